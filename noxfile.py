@@ -1,0 +1,53 @@
+"""Development sessions: ``nox -s demo``, ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``…"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = ["3.11", "3.12", "3.13"]
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Run the demo import of the bundled sample trust into a SQLite file."""
+    session.install("-e", ".")
+    session.run("python", "-m", "calm_azure_sync.demo", *session.posargs)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite (quick budgets of the fuzz and crash tests included)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """Run the long variants: many SIGKILLs, big hypothesis budgets."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "slow", "--run-slow", *session.posargs, env={"CALM_SOAK": "1"})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Check style and common mistakes with ruff."""
+    session.install("ruff")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """Type-check the package with mypy --strict."""
+    session.install("-e", ".[test]", "mypy")
+    session.run("mypy", "--strict")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run the benchmarks (pass --size 1000 for a quick smoke run)."""
+    session.install("-e", ".[test]", "httpx")
+    session.run("python", "-m", "benchmarks", *session.posargs)

@@ -1,0 +1,130 @@
+"""calm-azure-sync: import Microsoft Entra ID users and group memberships into CalmCompliance.
+
+The public surface is everything in ``__all__``. The Graph-backed directory
+(and so ``msgraph-sdk``) is imported only when first used, so policy work and
+tests against :class:`InMemoryDirectory` never pay for it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .audit.events import AuditEvent, AuditKind
+from .audit.protocol import AuditSink
+from .config import RemovalPolicy, SyncConfig
+from .directory.in_memory import InMemoryDirectory
+from .directory.protocol import Directory
+from .errors import (
+    CalmAzureSyncError,
+    ChildSiteConfigurationError,
+    ConfigError,
+    ConsentError,
+    DirectoryAccessError,
+    DirectoryError,
+    GroupNotFoundError,
+    ImportAlreadyRunningError,
+    NotAuthorizedError,
+)
+from .exclusion import ExclusionPolicy, ExclusionSuggestion
+from .hierarchy import Actor, TrustHierarchy, authorize
+from .mapping import GroupMapping, MappingPolicy
+from .model import DirectoryGroup, DirectoryUser, Role, Site
+from .plan import Assign, CreateUser, DeactivateUser, LinkUser, Plan, Skip, Unassign, UpdateUser
+from .store.protocol import ChangeResult, Grant, StoredUser, StoreState, UserStore
+
+if TYPE_CHECKING:
+    from .audit.in_memory import InMemoryAuditSink
+    from .audit.jsonl import JsonlAuditSink
+    from .audit.sqlite import SqliteAuditSink
+    from .directory.consent import ConsentResult, admin_consent_url, parse_consent_callback
+    from .directory.graph import GraphDirectory
+    from .reconciler import ImportReport, Reconciler
+    from .store.in_memory import InMemoryUserStore
+    from .store.sqlite import SqliteUserStore
+
+__version__ = "0.1.0"
+
+# Names imported on first use: the Graph SDK is slow to import, and the
+# stores and sinks pull in modules that pure policy work does not need.
+_LAZY = {
+    "ConsentResult": ".directory.consent",
+    "admin_consent_url": ".directory.consent",
+    "parse_consent_callback": ".directory.consent",
+    "GraphDirectory": ".directory.graph",
+    "ImportReport": ".reconciler",
+    "Reconciler": ".reconciler",
+    "InMemoryUserStore": ".store.in_memory",
+    "SqliteUserStore": ".store.sqlite",
+    "InMemoryAuditSink": ".audit.in_memory",
+    "JsonlAuditSink": ".audit.jsonl",
+    "SqliteAuditSink": ".audit.sqlite",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'calm_azure_sync' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+__all__ = [
+    "Actor",
+    "Assign",
+    "AuditEvent",
+    "AuditKind",
+    "AuditSink",
+    "CalmAzureSyncError",
+    "ChangeResult",
+    "ChildSiteConfigurationError",
+    "ConfigError",
+    "ConsentError",
+    "ConsentResult",
+    "CreateUser",
+    "DeactivateUser",
+    "Directory",
+    "DirectoryAccessError",
+    "DirectoryError",
+    "DirectoryGroup",
+    "DirectoryUser",
+    "ExclusionPolicy",
+    "ExclusionSuggestion",
+    "Grant",
+    "GraphDirectory",
+    "GroupMapping",
+    "GroupNotFoundError",
+    "ImportAlreadyRunningError",
+    "ImportReport",
+    "InMemoryAuditSink",
+    "InMemoryDirectory",
+    "InMemoryUserStore",
+    "JsonlAuditSink",
+    "LinkUser",
+    "MappingPolicy",
+    "NotAuthorizedError",
+    "Plan",
+    "Reconciler",
+    "RemovalPolicy",
+    "Role",
+    "Site",
+    "Skip",
+    "SqliteAuditSink",
+    "SqliteUserStore",
+    "StoreState",
+    "StoredUser",
+    "SyncConfig",
+    "TrustHierarchy",
+    "Unassign",
+    "UpdateUser",
+    "UserStore",
+    "admin_consent_url",
+    "authorize",
+    "parse_consent_callback",
+]

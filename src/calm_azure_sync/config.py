@@ -1,0 +1,324 @@
+"""One trust's sync configuration, and its plain-JSON form.
+
+:class:`SyncConfig` is what the Group Mapping and Exclusions tabs edit.
+``to_dict``/``from_dict`` round-trip it through JSON for the host to store;
+``from_dict`` reads untrusted input and reports every problem at once, each
+with the dotted path of the bad value, as one :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import attrs
+
+from .errors import ChildSiteConfigurationError, ConfigError
+from .exclusion import ExclusionPolicy
+from .hierarchy import TrustHierarchy
+from .mapping import GroupMapping, MappingPolicy
+
+__all__ = ["RemovalMode", "RemovalPolicy", "SyncConfig"]
+
+RemovalMode = Literal["unassign", "deactivate", "keep"]
+_REMOVAL_MODES = ("unassign", "deactivate", "keep")
+CONFIG_FORMAT_VERSION = 1
+
+
+def _check_mode(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value not in _REMOVAL_MODES:
+        raise ConfigError(f"removal.mode: {value!r} is not one of {', '.join(_REMOVAL_MODES)}")
+
+
+def _check_ratio(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 <= value <= 1
+    ):
+        raise ConfigError(f"removal.max_removal_ratio: must be a number from 0 to 1, got {value!r}")
+
+
+def _check_count(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(
+            f"removal.min_removals_to_hold: must be a whole number of at least 0, got {value!r}"
+        )
+
+
+@attrs.frozen
+class RemovalPolicy:
+    """What happens to access Azure no longer gives, and when to hold it back.
+
+    ``mode``: ``"unassign"`` removes only the assignments the sync granted;
+    ``"deactivate"`` also marks the user inactive once no access of any source
+    is left; ``"keep"`` removes nothing. Users are never deleted.
+
+    The safety hold: when one run would remove access from more than
+    ``max_removal_ratio`` of the trust's synced users *and* from at least
+    ``min_removals_to_hold`` users, the removals are held (not applied) until a
+    run with ``confirm_removals=True``.
+    """
+
+    mode: RemovalMode = attrs.field(default="unassign", validator=_check_mode)
+    max_removal_ratio: float = attrs.field(default=0.2, validator=_check_ratio)
+    min_removals_to_hold: int = attrs.field(default=10, validator=_check_count)
+
+    def should_hold(self, users_losing_access: int, synced_users: int) -> bool:
+        """Whether removals touching ``users_losing_access`` of ``synced_users`` are held."""
+        if users_losing_access < self.min_removals_to_hold or users_losing_access == 0:
+            return False
+        return users_losing_access > self.max_removal_ratio * max(synced_users, 1)
+
+
+def _to_policy(mappings: MappingPolicy | Iterable[GroupMapping]) -> MappingPolicy:
+    return mappings if isinstance(mappings, MappingPolicy) else MappingPolicy(mappings)
+
+
+def _freeze_modules(modules: Iterable[str] | None) -> frozenset[str] | None:
+    if modules is None:
+        return None
+    if isinstance(modules, str):
+        return frozenset([modules])
+    return frozenset(modules)
+
+
+@attrs.frozen
+class SyncConfig:
+    """Everything one trust's sync needs: where, which groups, whom to leave out.
+
+    ``mappings`` may be given as a :class:`MappingPolicy` or as a list of
+    :class:`GroupMapping`; it is kept as a ``MappingPolicy``. ``modules``, when
+    given, is the set of module names the host offers (mappings to others are
+    problems). ``tenant_id`` is the Entra tenant the trust connected to; a run
+    refuses a directory of another tenant.
+    """
+
+    trust_site_id: str
+    mappings: MappingPolicy = attrs.field(converter=_to_policy)
+    exclusions: ExclusionPolicy = attrs.field(factory=ExclusionPolicy)
+    removal: RemovalPolicy = attrs.field(factory=RemovalPolicy)
+    include_guests: bool = False
+    modules: frozenset[str] | None = attrs.field(default=None, converter=_freeze_modules)
+    tenant_id: str | None = None
+
+    def validate(self, hierarchy: TrustHierarchy) -> None:
+        """Check this configuration against the host's sites.
+
+        Raises :class:`ChildSiteConfigurationError` when ``trust_site_id`` is a
+        child site, and one :class:`ConfigError` listing every other problem.
+        """
+        if self.trust_site_id not in hierarchy:
+            raise ConfigError(f"trust_site_id: unknown site {self.trust_site_id!r}")
+        if hierarchy.is_child(self.trust_site_id):
+            raise ChildSiteConfigurationError(
+                self.trust_site_id, hierarchy.root_of(self.trust_site_id).id
+            )
+        in_trust = hierarchy.sites_under(self.trust_site_id)
+        problems: list[str] = []
+        seen: dict[tuple[str, str], int] = {}
+        for index, mapping in enumerate(self.mappings.mappings):
+            path = f"mappings[{index}]"
+            if mapping.site_id not in in_trust:
+                problems.append(
+                    f"{path}.site_id: site {mapping.site_id!r} is not part of trust "
+                    f"{self.trust_site_id!r}"
+                )
+            if self.modules is not None:
+                for module in mapping.roles:
+                    if module not in self.modules:
+                        problems.append(
+                            f"{path}.roles.{module}: unknown module {module!r} "
+                            f"(known: {', '.join(sorted(self.modules))})"
+                        )
+            key = (mapping.group_id, mapping.site_id)
+            if key in seen:
+                problems.append(
+                    f"{path}: group {mapping.group_id!r} is already mapped to site "
+                    f"{mapping.site_id!r} by mappings[{seen[key]}]"
+                )
+            else:
+                seen[key] = index
+        if problems:
+            raise ConfigError(problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON-safe dict; :meth:`from_dict` reads it back."""
+        return {
+            "version": CONFIG_FORMAT_VERSION,
+            "trust_site_id": self.trust_site_id,
+            "tenant_id": self.tenant_id,
+            "include_guests": self.include_guests,
+            "modules": None if self.modules is None else sorted(self.modules),
+            "mappings": [
+                {
+                    "group_id": mapping.group_id,
+                    "site_id": mapping.site_id,
+                    "roles": {module: role.value for module, role in mapping.roles.items()},
+                }
+                for mapping in self.mappings.mappings
+            ],
+            "exclusions": {
+                "patterns": list(self.exclusions.patterns),
+                "user_ids": list(self.exclusions.user_ids),
+            },
+            "removal": {
+                "mode": self.removal.mode,
+                "max_removal_ratio": self.removal.max_removal_ratio,
+                "min_removals_to_hold": self.removal.min_removals_to_hold,
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> SyncConfig:
+        """Read a configuration from plain JSON data.
+
+        Every problem is reported at once in one :class:`ConfigError`, each with
+        its path; no other exception escapes, whatever ``data`` holds.
+        """
+        reader = _Reader()
+        top = reader.mapping(data, "")
+        if top is None:
+            raise ConfigError(reader.problems)
+        reader.unknown_keys(
+            top,
+            "",
+            {
+                "version", "trust_site_id", "tenant_id", "include_guests",
+                "modules", "mappings", "exclusions", "removal",
+            },
+        )
+        version = top.get("version", CONFIG_FORMAT_VERSION)
+        if version != CONFIG_FORMAT_VERSION or isinstance(version, bool):
+            reader.problems.append(
+                f"version: unsupported configuration version {version!r} "
+                f"(this library reads version {CONFIG_FORMAT_VERSION})"
+            )
+        trust_site_id = reader.string(top.get("trust_site_id"), "trust_site_id")
+        tenant_id = reader.string(top.get("tenant_id"), "tenant_id", optional=True)
+        include_guests = reader.boolean(top.get("include_guests", False), "include_guests")
+        modules: list[str] | None = None
+        if top.get("modules") is not None:
+            raw_modules = reader.sequence(top.get("modules"), "modules") or []
+            modules = [
+                module
+                for index, item in enumerate(raw_modules)
+                if (module := reader.string(item, f"modules[{index}]")) is not None
+            ]
+        mappings = []
+        for index, item in enumerate(reader.sequence(top.get("mappings"), "mappings") or []):
+            mapping = reader.build(item, f"mappings[{index}]", GroupMapping, ("group_id", "site_id", "roles"))
+            if mapping is not None:
+                mappings.append(mapping)
+        exclusions = reader.build(
+            top.get("exclusions", {}), "exclusions", ExclusionPolicy, ("patterns", "user_ids"),
+            required=False,
+        )
+        removal = reader.build(
+            top.get("removal", {}), "removal", RemovalPolicy,
+            ("mode", "max_removal_ratio", "min_removals_to_hold"), required=False,
+        )
+        if reader.problems or trust_site_id is None:
+            raise ConfigError(reader.problems or ["trust_site_id: required"])
+        try:
+            return cls(
+                trust_site_id=trust_site_id,
+                mappings=mappings,
+                exclusions=exclusions if exclusions is not None else ExclusionPolicy(),
+                removal=removal if removal is not None else RemovalPolicy(),
+                include_guests=bool(include_guests),
+                modules=modules,
+                tenant_id=tenant_id,
+            )
+        except ConfigError:
+            raise
+        except Exception as error:  # defensive: from_dict promises ConfigError only
+            raise ConfigError(f"invalid configuration: {error}") from None
+
+
+class _Reader:
+    """Typed reads over untrusted JSON that collect problems instead of raising."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def _where(self, path: str) -> str:
+        return path or "configuration"
+
+    def mapping(self, value: object, path: str) -> Mapping[str, Any] | None:
+        if isinstance(value, Mapping) and all(isinstance(key, str) for key in value):
+            return value
+        self.problems.append(f"{self._where(path)}: expected an object, got {_kind(value)}")
+        return None
+
+    def sequence(self, value: object, path: str) -> list[Any] | None:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        self.problems.append(f"{path}: expected a list, got {_kind(value)}")
+        return None
+
+    def string(self, value: object, path: str, *, optional: bool = False) -> str | None:
+        if value is None and optional:
+            return None
+        if isinstance(value, str) and value.strip():
+            return value
+        self.problems.append(f"{path}: expected a non-empty string, got {_kind(value)}")
+        return None
+
+    def boolean(self, value: object, path: str) -> bool | None:
+        if isinstance(value, bool):
+            return value
+        self.problems.append(f"{path}: expected true or false, got {_kind(value)}")
+        return None
+
+    def unknown_keys(self, value: Mapping[str, Any], path: str, known: set[str]) -> None:
+        for key in sorted(set(value) - known):
+            self.problems.append(f"{path + '.' if path else ''}{key}: unknown setting")
+
+    def build(
+        self,
+        value: object,
+        path: str,
+        factory: Any,
+        keys: tuple[str, ...],
+        *,
+        required: bool = True,
+    ) -> Any:
+        """Call ``factory(**value)``, turning its ConfigError into path-prefixed problems."""
+        data = self.mapping(value, path)
+        if data is None:
+            return None
+        self.unknown_keys(data, path, set(keys))
+        if required:
+            missing = [key for key in keys if key not in data]
+            for key in missing:
+                self.problems.append(f"{path}.{key}: required")
+            if missing:
+                return None
+        try:
+            return factory(**{key: data[key] for key in keys if key in data})
+        except ConfigError as error:
+            self.problems.extend(_prefixed(path, problem) for problem in error.problems)
+        except (TypeError, ValueError) as error:
+            self.problems.append(f"{path}: {error}")
+        return None
+
+
+def _prefixed(path: str, problem: str) -> str:
+    # Validators name the field they check ("roles.Risk: ...", "removal.mode: ...");
+    # avoid saying the section twice.
+    section = path.split("[")[0]
+    if problem.startswith(section + "."):
+        problem = problem[len(section) + 1:]
+    return f"{path}.{problem}"
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{type(value).__name__} {shown}"

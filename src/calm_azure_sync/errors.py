@@ -1,0 +1,177 @@
+"""The one error tree of calm-azure-sync.
+
+Every exception the library raises on purpose derives from
+:class:`CalmAzureSyncError`, so a host can catch the whole family in one place::
+
+    CalmAzureSyncError
+    ├── ConfigError                     bad configuration; ``.problems`` lists every problem
+    │   └── ChildSiteConfigurationError configuring at a child site; ``.trust_site_id``
+    ├── NotAuthorizedError              the actor is not an Admin of the Trust
+    ├── DirectoryError                  Graph (or another directory) failed; ``.code``,
+    │   │                               ``.status``, ``.request_id``
+    │   ├── DirectoryAccessError        401/403: ``.missing_permissions``
+    │   └── GroupNotFoundError          a mapped group does not exist; ``.group_id``
+    ├── ConsentError                    the admin-consent callback was refused or forged;
+    │                                   ``.error``, ``.error_description``
+    └── ImportAlreadyRunningError       another import of the same trust holds the lock
+
+Messages name what is wrong and where. None of them ever carries a secret
+(client secret, certificate or token): directory errors are built from Graph's
+error body, never from request headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+__all__ = [
+    "CalmAzureSyncError",
+    "ChildSiteConfigurationError",
+    "ConfigError",
+    "ConsentError",
+    "DirectoryAccessError",
+    "DirectoryError",
+    "GroupNotFoundError",
+    "ImportAlreadyRunningError",
+    "NotAuthorizedError",
+]
+
+
+class CalmAzureSyncError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class ConfigError(CalmAzureSyncError, ValueError):
+    """The configuration (or a value in it) is invalid.
+
+    ``problems`` lists every problem found, each prefixed with the dotted path
+    of the bad value (``mappings[2].site_id: …``), so a settings screen can
+    show them all at once.
+    """
+
+    def __init__(self, problems: str | Iterable[str]) -> None:
+        self.problems: list[str] = [problems] if isinstance(problems, str) else list(problems)
+        if not self.problems:
+            self.problems = ["invalid configuration"]
+        if len(self.problems) == 1:
+            message = self.problems[0]
+        else:
+            message = f"{len(self.problems)} problems:\n" + "\n".join(
+                f"- {problem}" for problem in self.problems
+            )
+        super().__init__(message)
+
+
+class ChildSiteConfigurationError(ConfigError):
+    """Azure is configured at the Trust, never at one of its child sites.
+
+    ``trust_site_id`` is the Trust to send the admin to ("Go to Trust Site
+    Configuration").
+    """
+
+    def __init__(self, site_id: str, trust_site_id: str) -> None:
+        self.site_id = site_id
+        self.trust_site_id = trust_site_id
+        super().__init__(
+            f"site {site_id!r} is a child site: Microsoft Azure is configured "
+            f"at its Trust site {trust_site_id!r}"
+        )
+
+
+class NotAuthorizedError(CalmAzureSyncError, PermissionError):
+    """The acting user may not connect, configure or import here."""
+
+
+class DirectoryError(CalmAzureSyncError):
+    """Reading the directory failed.
+
+    ``code`` is Graph's error code (``Request_BadRequest``, ``TooManyRequests``…)
+    or a local one (``invalid_data``), ``status`` the HTTP status when there
+    was one, ``request_id`` Graph's request id for a support ticket.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.message = message
+        self.code = code
+        self.status = status
+        self.request_id = request_id
+        parts = [message]
+        if code:
+            parts.append(f"code={code}")
+        if status is not None:
+            parts.append(f"status={status}")
+        if request_id:
+            parts.append(f"request-id={request_id}")
+        super().__init__(" | ".join(parts))
+
+
+class DirectoryAccessError(DirectoryError):
+    """Graph refused the request (401/403): the app lacks a permission or consent.
+
+    ``missing_permissions`` names the application permissions that grant the
+    refused call (any one of them is enough).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        missing_permissions: Sequence[str] = (),
+        code: str | None = None,
+        status: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.missing_permissions = tuple(missing_permissions)
+        if self.missing_permissions:
+            message = f"{message} (grant {' or '.join(self.missing_permissions)} and re-consent)"
+        super().__init__(message, code=code, status=status, request_id=request_id)
+
+
+class GroupNotFoundError(DirectoryError):
+    """A group (usually a mapped one) does not exist in the directory."""
+
+    def __init__(
+        self,
+        group_id: str,
+        *,
+        code: str | None = None,
+        status: int | None = 404,
+        request_id: str | None = None,
+    ) -> None:
+        self.group_id = group_id
+        super().__init__(
+            f"group {group_id!r} was not found in the directory",
+            code=code,
+            status=status,
+            request_id=request_id,
+        )
+
+
+class ConsentError(CalmAzureSyncError):
+    """The admin-consent callback was refused, forged or incomplete.
+
+    ``error`` and ``error_description`` carry Azure's own values when Azure
+    reported the failure.
+    """
+
+    def __init__(
+        self, message: str, *, error: str | None = None, error_description: str | None = None
+    ) -> None:
+        self.error = error
+        self.error_description = error_description
+        super().__init__(message)
+
+
+class ImportAlreadyRunningError(CalmAzureSyncError):
+    """Another import of the same trust is running (the run lock is held)."""
+
+    def __init__(self, trust_site_id: str) -> None:
+        self.trust_site_id = trust_site_id
+        super().__init__(f"an import of trust {trust_site_id!r} is already running")

@@ -1,0 +1,120 @@
+"""Which Azure group gives which access, and how overlapping groups combine.
+
+Each :class:`GroupMapping` gives the members of one Azure group a role per
+module at one site. A user in several mapped groups gets, for every
+(site, module), the highest role any of their groups gives there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from .errors import ConfigError
+from .model import Role
+
+__all__ = ["Access", "GroupMapping", "MappingPolicy"]
+
+# (site_id, module) -> Role: the access one user holds or should hold.
+Access = dict[tuple[str, str], Role]
+
+
+def _parse_roles(roles: object) -> dict[str, Role]:
+    if not isinstance(roles, Mapping):
+        raise ConfigError(f"roles: expected a mapping of module to role, got {type(roles).__name__}")
+    parsed: dict[str, Role] = {}
+    problems: list[str] = []
+    for module, role in roles.items():
+        if not isinstance(module, str) or not module.strip():
+            problems.append(f"roles: module names must be non-empty strings, got {module!r}")
+            continue
+        try:
+            parsed[module.strip()] = Role.parse(role)
+        except ConfigError as error:
+            problems.append(f"roles.{module}: {error.problems[0]}")
+    if problems:
+        raise ConfigError(problems)
+    return dict(sorted(parsed.items()))
+
+
+def _check_id(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{attribute.name}: must be a non-empty string, got {value!r}")
+
+
+def _check_roles(instance: object, attribute: attrs.Attribute[Any], value: dict[str, Role]) -> None:
+    if not value:
+        raise ConfigError("roles: a mapping needs at least one module")
+
+
+@attrs.frozen(hash=False)
+class GroupMapping:
+    """Members of Azure group ``group_id`` get ``roles`` (module -> Role) at ``site_id``.
+
+    Role names are parsed case-insensitively:
+
+    >>> GroupMapping("g-staff", "birch", {"Risk": "manager"}).roles
+    {'Risk': <Role.MANAGER: 'Manager'>}
+    """
+
+    group_id: str = attrs.field(validator=_check_id)
+    site_id: str = attrs.field(validator=_check_id)
+    roles: dict[str, Role] = attrs.field(converter=_parse_roles, validator=_check_roles)
+
+    def __hash__(self) -> int:
+        return hash((self.group_id, self.site_id, tuple(self.roles.items())))
+
+
+def _freeze_mappings(mappings: Iterable[GroupMapping]) -> tuple[GroupMapping, ...]:
+    return tuple(mappings)
+
+
+@attrs.frozen
+class MappingPolicy:
+    """All group mappings of one trust, and the access they give."""
+
+    mappings: tuple[GroupMapping, ...] = attrs.field(converter=_freeze_mappings, default=())
+    # group id -> ((site_id, module, role), ...): the index access_for walks.
+    _grants_by_group: Mapping[str, tuple[tuple[str, str, Role], ...]] = attrs.field(
+        init=False, repr=False, eq=False
+    )
+
+    def __attrs_post_init__(self) -> None:
+        index: dict[str, list[tuple[str, str, Role]]] = {}
+        for mapping in self.mappings:
+            grants = index.setdefault(mapping.group_id, [])
+            grants.extend((mapping.site_id, module, role) for module, role in mapping.roles.items())
+        object.__setattr__(
+            self, "_grants_by_group", {group: tuple(grants) for group, grants in index.items()}
+        )
+
+    @property
+    def group_ids(self) -> frozenset[str]:
+        """Every mapped group id."""
+        return frozenset(self._grants_by_group)
+
+    def access_for(self, group_ids: Iterable[str]) -> Access:
+        """The access a member of these groups gets: the highest role per (site, module)."""
+        return {key: role for key, (role, _) in self.access_with_reasons(group_ids).items()}
+
+    def access_with_reasons(
+        self, group_ids: Iterable[str]
+    ) -> dict[tuple[str, str], tuple[Role, tuple[str, ...]]]:
+        """Like :meth:`access_for`, with the groups that give each winning role.
+
+        The reasons are every mapped group among ``group_ids`` that gives the
+        winning role at that (site, module), sorted, so a host can answer
+        "why does Carol have Manager on Risk at Birch High?".
+        """
+        best: dict[tuple[str, str], tuple[Role, list[str]]] = {}
+        for group_id in sorted(set(group_ids)):
+            for site_id, module, role in self._grants_by_group.get(group_id, ()):
+                key = (site_id, module)
+                current = best.get(key)
+                if current is None or role > current[0]:
+                    best[key] = (role, [group_id])
+                elif role == current[0] and group_id not in current[1]:
+                    current[1].append(group_id)
+        return {key: (role, tuple(groups)) for key, (role, groups) in best.items()}

@@ -1,0 +1,279 @@
+"""The domain model: roles, sites, and the directory's users and groups.
+
+Directory objects are built from Graph JSON through named constructors
+(``from_graph``): the constructors themselves stay plain, and everything
+Graph may leave out (missing or ``null`` fields) takes its default. Data that
+Graph should never send (no id, a number where a string belongs) is a
+:class:`~calm_azure_sync.errors.DirectoryError` naming the field, never a crash.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from .errors import ConfigError, DirectoryError
+
+__all__ = ["DirectoryGroup", "DirectoryUser", "Role", "Site", "email_key"]
+
+
+@functools.total_ordering
+class Role(enum.Enum):
+    """Access level per module, ordered ``MEMBER < MANAGER < ADMIN``.
+
+    >>> Role.parse("manager") > Role.MEMBER
+    True
+    """
+
+    MEMBER = "Member"
+    MANAGER = "Manager"
+    ADMIN = "Admin"
+
+    @property
+    def rank(self) -> int:
+        return _ROLE_RANK[self]
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Role):
+            return NotImplemented
+        return _ROLE_RANK[self] < _ROLE_RANK[other]
+
+    def __hash__(self) -> int:  # total_ordering keeps Enum's hash, said explicitly for mypy
+        return hash(self.value)
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, text: object) -> Role:
+        """Read a role name, ignoring case and surrounding space; a ``Role`` passes through."""
+        if isinstance(text, Role):
+            return text
+        if isinstance(text, str):
+            found = _ROLE_BY_NAME.get(text.strip().lower())
+            if found is not None:
+                return found
+        raise ConfigError(
+            f"{text!r} is not a role: expected one of {', '.join(r.value for r in cls)}"
+        )
+
+    @staticmethod
+    def join(first: Role, second: Role) -> Role:
+        """The higher of two roles: how overlapping groups combine."""
+        return first if _ROLE_RANK[first] >= _ROLE_RANK[second] else second
+
+
+_ROLE_RANK = {Role.MEMBER: 0, Role.MANAGER: 1, Role.ADMIN: 2}
+_ROLE_BY_NAME = {role.value.lower(): role for role in Role}
+
+
+def _non_empty(name: str) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{name}: must be a non-empty string, got {value!r}")
+
+    return check
+
+
+@attrs.frozen
+class Site:
+    """A CalmCompliance site. A site with children is a Trust."""
+
+    id: str = attrs.field(validator=_non_empty("Site.id"))
+    name: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
+    parent_id: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_non_empty("Site.parent_id"))
+    )
+
+
+def email_key(email: str) -> str:
+    """The form under which two emails are the same address.
+
+    Case is ignored (``lower``, not ``casefold``: ``ß`` and ``ss`` are different
+    mailboxes) and surrounding space dropped. Look-alike letters from other
+    scripts (a Cyrillic ``а``) stay different, as they are different addresses.
+    """
+    return email.strip().lower()
+
+
+def _is_usable_email(value: str) -> bool:
+    local, at, domain = value.rpartition("@")
+    return bool(at and local and domain) and not any(ch.isspace() for ch in value)
+
+
+@attrs.frozen
+class DirectoryUser:
+    """One Entra ID user, with just the fields the sync reads."""
+
+    id: str
+    display_name: str | None = None
+    mail: str | None = None
+    user_principal_name: str | None = None
+    given_name: str | None = None
+    surname: str | None = None
+    account_enabled: bool = True
+    user_type: str = "Member"
+    assigned_license_count: int | None = None
+    on_premises_sync_enabled: bool | None = None
+    creation_type: str | None = None
+
+    @property
+    def is_guest(self) -> bool:
+        """A B2B guest: ``userType`` Guest, or an ``#EXT#`` principal name."""
+        return self.user_type.lower() == "guest" or "#ext#" in (self.user_principal_name or "").lower()
+
+    @property
+    def email(self) -> str | None:
+        """``mail`` if set, else the UPN unless it is a guest ``#EXT#`` UPN, else ``None``.
+
+        Surrounding space is dropped; a value that is no usable address (no
+        ``@``, inner whitespace) counts as missing.
+        """
+        mail = (self.mail or "").strip()
+        if mail:
+            return mail if _is_usable_email(mail) else None
+        upn = (self.user_principal_name or "").strip()
+        if upn and "#ext#" not in upn.lower() and _is_usable_email(upn):
+            return upn
+        return None
+
+    # The properties to ask Graph for ($select): exactly what from_graph reads.
+    GRAPH_SELECT = (
+        "id",
+        "displayName",
+        "mail",
+        "userPrincipalName",
+        "givenName",
+        "surname",
+        "accountEnabled",
+        "userType",
+        "assignedLicenses",
+        "onPremisesSyncEnabled",
+        "creationType",
+    )
+
+    @classmethod
+    def from_graph(cls, data: Mapping[str, Any]) -> DirectoryUser:
+        """Build from a Graph ``user`` object (camelCase keys, as Graph sends them)."""
+        reader = _GraphReader(data, "user")
+        licenses = reader.optional_list("assignedLicenses")
+        return cls(
+            id=reader.id(),
+            display_name=reader.optional_str("displayName"),
+            mail=reader.optional_str("mail"),
+            user_principal_name=reader.optional_str("userPrincipalName"),
+            given_name=reader.optional_str("givenName"),
+            surname=reader.optional_str("surname"),
+            account_enabled=reader.optional_bool("accountEnabled", default=True),
+            user_type=reader.optional_str("userType") or "Member",
+            assigned_license_count=None if licenses is None else len(licenses),
+            on_premises_sync_enabled=reader.optional_bool("onPremisesSyncEnabled", default=None),
+            creation_type=reader.optional_str("creationType"),
+        )
+
+    def to_graph(self) -> dict[str, Any]:
+        """The Graph JSON this user would come from (for fixtures and fakes)."""
+        data: dict[str, Any] = {
+            "id": self.id,
+            "displayName": self.display_name,
+            "mail": self.mail,
+            "userPrincipalName": self.user_principal_name,
+            "givenName": self.given_name,
+            "surname": self.surname,
+            "accountEnabled": self.account_enabled,
+            "userType": self.user_type,
+            "onPremisesSyncEnabled": self.on_premises_sync_enabled,
+            "creationType": self.creation_type,
+        }
+        if self.assigned_license_count is not None:
+            data["assignedLicenses"] = [
+                {"disabledPlans": [], "skuId": f"00000000-0000-0000-0000-{index:012d}"}
+                for index in range(self.assigned_license_count)
+            ]
+        return data
+
+
+@attrs.frozen
+class DirectoryGroup:
+    """One Entra ID group."""
+
+    id: str
+    display_name: str | None = None
+    description: str | None = None
+    mail: str | None = None
+
+    GRAPH_SELECT = ("id", "displayName", "description", "mail")
+
+    @classmethod
+    def from_graph(cls, data: Mapping[str, Any]) -> DirectoryGroup:
+        """Build from a Graph ``group`` object."""
+        reader = _GraphReader(data, "group")
+        return cls(
+            id=reader.id(),
+            display_name=reader.optional_str("displayName"),
+            description=reader.optional_str("description"),
+            mail=reader.optional_str("mail"),
+        )
+
+    def to_graph(self) -> dict[str, Any]:
+        """The Graph JSON this group would come from (for fixtures and fakes)."""
+        return {
+            "id": self.id,
+            "displayName": self.display_name,
+            "description": self.description,
+            "mail": self.mail,
+        }
+
+
+class _GraphReader:
+    """Typed reads of one Graph object, failing with the field's name."""
+
+    __slots__ = ("_data", "_kind")
+
+    def __init__(self, data: object, kind: str) -> None:
+        if not isinstance(data, Mapping):
+            raise DirectoryError(
+                f"a Graph {kind} must be a JSON object, got {type(data).__name__}",
+                code="invalid_data",
+            )
+        self._data = data
+        self._kind = kind
+
+    def _bad(self, key: str, expected: str, value: object) -> DirectoryError:
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        return DirectoryError(
+            f"Graph {self._kind} {self._data.get('id')!r:.80}: field {key!r} should be {expected}, got {shown}",
+            code="invalid_data",
+        )
+
+    def id(self) -> str:
+        value = self._data.get("id")
+        if not isinstance(value, str) or not value.strip():
+            raise self._bad("id", "a non-empty string", value)
+        return value
+
+    def optional_str(self, key: str) -> str | None:
+        value = self._data.get(key)
+        if value is None or isinstance(value, str):
+            return value
+        raise self._bad(key, "a string or null", value)
+
+    def optional_bool(self, key: str, default: bool | None) -> Any:
+        value = self._data.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool):
+            return value
+        raise self._bad(key, "true, false or null", value)
+
+    def optional_list(self, key: str) -> list[Any] | None:
+        value = self._data.get(key)
+        if value is None or isinstance(value, list):
+            return value
+        raise self._bad(key, "a list or null", value)

@@ -1,0 +1,281 @@
+"""The changes a sync makes, and the plan that lists them.
+
+Every change is a frozen value keyed by the Entra object id (``external_id``);
+the planner produces them, a :class:`~calm_azure_sync.store.UserStore` applies
+them, and the audit log records them. Nothing here does IO.
+"""
+
+from __future__ import annotations
+
+import html
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any, Literal, Union
+
+import attrs
+
+from .model import Role
+
+__all__ = [
+    "Assign",
+    "Change",
+    "CreateUser",
+    "DeactivateUser",
+    "HoldReason",
+    "LinkUser",
+    "Plan",
+    "Skip",
+    "Unassign",
+    "UpdateUser",
+    "change_kind",
+    "is_removal",
+]
+
+
+@attrs.frozen
+class CreateUser:
+    """Create a store user for this Azure user."""
+
+    external_id: str
+    email: str
+    display_name: str
+    given_name: str | None = None
+    surname: str | None = None
+
+
+@attrs.frozen
+class LinkUser:
+    """Adopt store user ``user_id`` (invited by hand, same email) as this Azure user.
+
+    The store records ``external_id`` on it and refreshes its name and email;
+    nothing is duplicated.
+    """
+
+    external_id: str
+    user_id: str
+    email: str
+    display_name: str
+    given_name: str | None = None
+    surname: str | None = None
+
+
+@attrs.frozen
+class UpdateUser:
+    """The Azure user's name or email changed (or a deactivated user is back in scope).
+
+    Carries the full new values; ``changed`` names the fields that differ
+    (``email``, ``display_name``, ``given_name``, ``surname``, ``active``).
+    """
+
+    external_id: str
+    user_id: str
+    email: str
+    display_name: str
+    given_name: str | None = None
+    surname: str | None = None
+    reactivate: bool = False
+    changed: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Assign:
+    """Grant ``role`` on ``module`` at ``site_id`` (``previous`` set: a role change).
+
+    ``because`` names the mapped group ids that give this role.
+    """
+
+    external_id: str
+    site_id: str
+    module: str
+    role: Role
+    previous: Role | None = None
+    because: tuple[str, ...] = ()
+
+    @property
+    def is_downgrade(self) -> bool:
+        return self.previous is not None and self.role < self.previous
+
+
+@attrs.frozen
+class Unassign:
+    """Remove the synced grant on ``module`` at ``site_id`` (it was ``previous``)."""
+
+    external_id: str
+    site_id: str
+    module: str
+    previous: Role
+
+
+@attrs.frozen
+class DeactivateUser:
+    """Mark the user inactive: Azure gives them nothing and no other access is left.
+
+    A store applies it only if the user holds no grant of any source once
+    the run's unassignments are applied.
+    """
+
+    external_id: str
+    user_id: str
+
+
+Change = Union[CreateUser, LinkUser, UpdateUser, Assign, Unassign, DeactivateUser]
+
+HoldReason = Literal["mass_removal", "partial_read"]
+
+
+@attrs.frozen
+class Skip:
+    """A directory user the sync left out, and why.
+
+    ``keeps_access``: the user's existing synced access is left exactly as it
+    is (an email conflict or a duplicate email needs a person to look);
+    otherwise the user is out of scope and loses what the sync gave them.
+    """
+
+    external_id: str
+    email: str | None
+    reason: str
+    excluded: bool = False
+    keeps_access: bool = False
+
+
+_KIND_BY_TYPE: dict[type, str] = {
+    CreateUser: "create_user",
+    LinkUser: "link_user",
+    UpdateUser: "update_user",
+    Assign: "assign",
+    Unassign: "unassign",
+    DeactivateUser: "deactivate_user",
+}
+
+
+def change_kind(change: Change) -> str:
+    """A short snake_case name for the change's type (``"assign"``…)."""
+    return _KIND_BY_TYPE[type(change)]
+
+
+def is_removal(change: Change) -> bool:
+    """Whether the change takes access away (unassign, downgrade, deactivate)."""
+    if isinstance(change, (Unassign, DeactivateUser)):
+        return True
+    return isinstance(change, Assign) and change.is_downgrade
+
+
+def change_to_dict(change: Change) -> dict[str, Any]:
+    """A JSON-safe dict of one change, with its ``kind``."""
+    data: dict[str, Any] = {"kind": change_kind(change)}
+    for field in attrs.fields(type(change)):
+        value = getattr(change, field.name)
+        if isinstance(value, Role):
+            value = value.value
+        elif isinstance(value, tuple):
+            value = list(value)
+        data[field.name] = value
+    return data
+
+
+@attrs.frozen
+class Plan:
+    """What one import would do: the changes, in the order they apply, and who is left out.
+
+    ``held_removals`` are removals the run will not apply (``hold_reason``
+    says why: the mass-removal hold, or a partial directory read).
+    ``unreadable_groups`` maps a mapped group id that could not be read
+    completely to the reason.
+    """
+
+    trust_site_id: str
+    changes: tuple[Change, ...] = ()
+    skipped: tuple[Skip, ...] = ()
+    held_removals: tuple[Change, ...] = ()
+    hold_reason: HoldReason | None = None
+    unreadable_groups: Mapping[str, str] = attrs.field(factory=dict)
+    users_in_scope: int = 0
+    synced_users: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Whether every mapped group was read completely."""
+        return not self.unreadable_groups
+
+    def summary(self) -> dict[str, int]:
+        """Counts of changes by kind (skips are not changes), all kinds present."""
+        counts = Counter(change_kind(change) for change in self.changes)
+        return {kind: counts.get(kind, 0) for kind in _KIND_BY_TYPE.values()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict of the whole plan."""
+        return {
+            "trust_site_id": self.trust_site_id,
+            "summary": self.summary(),
+            "changes": [change_to_dict(change) for change in self.changes],
+            "skipped": [attrs.asdict(skip) for skip in self.skipped],
+            "held_removals": [change_to_dict(change) for change in self.held_removals],
+            "hold_reason": self.hold_reason,
+            "unreadable_groups": dict(self.unreadable_groups),
+            "users_in_scope": self.users_in_scope,
+            "synced_users": self.synced_users,
+        }
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{kind}={count}" for kind, count in self.summary().items() if count)
+        extra = f", held={len(self.held_removals)} ({self.hold_reason})" if self.held_removals else ""
+        return (
+            f"<Plan trust={self.trust_site_id!r} changes={len(self.changes)}"
+            f"{' (' + counts + ')' if counts else ''}, skipped={len(self.skipped)}{extra}>"
+        )
+
+    def _repr_html_(self) -> str:
+        return render_plan_html(self)
+
+
+def _html_table(headers: list[str], rows: list[list[object]], limit: int = 200) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape('' if c is None else str(c))}</td>" for c in row) + "</tr>"
+        for row in rows[:limit]
+    )
+    more = f"<p>… and {len(rows) - limit} more</p>" if len(rows) > limit else ""
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
+
+
+def describe_change(change: Change) -> list[object]:
+    """One table row: kind, user, site, module, role, detail."""
+    if isinstance(change, Assign):
+        detail = f"was {change.previous.value}" if change.previous else ""
+        if change.because:
+            detail = (detail + "; " if detail else "") + "because " + ", ".join(change.because)
+        return ["assign", change.external_id, change.site_id, change.module, change.role.value, detail]
+    if isinstance(change, Unassign):
+        return ["unassign", change.external_id, change.site_id, change.module, "", f"was {change.previous.value}"]
+    if isinstance(change, (CreateUser, LinkUser, UpdateUser)):
+        detail = change.display_name
+        if isinstance(change, UpdateUser):
+            detail = "changed " + ", ".join(change.changed)
+        return [change_kind(change), change.external_id, "", "", "", f"{change.email} {detail}".strip()]
+    return [change_kind(change), change.external_id, "", "", "", ""]
+
+
+def render_plan_html(plan: Plan) -> str:
+    """The plan as HTML tables: summary, changes, held removals, skips."""
+    parts = [f"<h4>Plan for trust {html.escape(plan.trust_site_id)}</h4>"]
+    parts.append(_html_table(["change", "count"], [[k, v] for k, v in plan.summary().items()]))
+    headers = ["change", "user", "site", "module", "role", "detail"]
+    if plan.changes:
+        parts.append("<h5>Changes</h5>" + _html_table(headers, [describe_change(c) for c in plan.changes]))
+    if plan.held_removals:
+        parts.append(
+            f"<h5>Held removals ({html.escape(str(plan.hold_reason))})</h5>"
+            + _html_table(headers, [describe_change(c) for c in plan.held_removals])
+        )
+    if plan.skipped:
+        parts.append(
+            "<h5>Skipped</h5>"
+            + _html_table(["user", "email", "reason"], [[s.external_id, s.email, s.reason] for s in plan.skipped])
+        )
+    if plan.unreadable_groups:
+        parts.append(
+            "<h5>Groups not read completely</h5>"
+            + _html_table(["group", "reason"], [[g, r] for g, r in plan.unreadable_groups.items()])
+        )
+    return "".join(parts)
