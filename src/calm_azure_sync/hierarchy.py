@@ -18,7 +18,11 @@ __all__ = ["Actor", "TrustHierarchy", "authorize"]
 
 
 def _freeze_sites(sites: Iterable[Site]) -> tuple[Site, ...]:
-    return tuple(sites)
+    frozen = tuple(sites)
+    for index, site in enumerate(frozen):
+        if not isinstance(site, Site):
+            raise ConfigError(f"sites[{index}]: expected a Site, got {type(site).__name__}")
+    return frozen
 
 
 @attrs.frozen
@@ -38,16 +42,13 @@ class TrustHierarchy:
         problems: list[str] = []
         by_id: dict[str, Site] = {}
         for index, site in enumerate(self.sites):
-            if not isinstance(site, Site):
-                problems.append(f"sites[{index}]: expected a Site, got {type(site).__name__}")
-                continue
             if site.id in by_id:
                 problems.append(f"sites[{index}].id: duplicate site id {site.id!r}")
                 continue
             by_id[site.id] = site
         children: dict[str, list[str]] = {site_id: [] for site_id in by_id}
         for index, site in enumerate(self.sites):
-            if not isinstance(site, Site) or site.parent_id is None or by_id.get(site.id) is not site:
+            if site.parent_id is None or by_id.get(site.id) is not site:
                 continue
             if site.parent_id not in by_id:
                 problems.append(f"sites[{index}].parent_id: unknown parent site {site.parent_id!r}")
@@ -62,7 +63,7 @@ class TrustHierarchy:
                 if current in in_cycle:
                     break
                 if current in path:
-                    cycle = path[path.index(current):] + [current]
+                    cycle = [*path[path.index(current):], current]
                     problems.append(f"sites: parent cycle {' -> '.join(cycle)}")
                     break
                 path.append(current)

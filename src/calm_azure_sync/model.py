@@ -95,7 +95,7 @@ def email_key(email: str) -> str:
 
     Case is ignored (``lower``, not ``casefold``: ``ß`` and ``ss`` are different
     mailboxes) and surrounding space dropped. Look-alike letters from other
-    scripts (a Cyrillic ``а``) stay different, as they are different addresses.
+    scripts (a Cyrillic a, U+0430) stay different, as they are different addresses.
     """
     return email.strip().lower()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import attrs
 
@@ -118,7 +118,7 @@ class DeactivateUser:
     user_id: str
 
 
-Change = Union[CreateUser, LinkUser, UpdateUser, Assign, Unassign, DeactivateUser]
+Change = CreateUser | LinkUser | UpdateUser | Assign | Unassign | DeactivateUser
 
 HoldReason = Literal["mass_removal", "partial_read"]
 

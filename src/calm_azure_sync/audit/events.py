@@ -12,7 +12,7 @@ import attrs
 __all__ = ["AuditEvent", "AuditKind", "utc_now"]
 
 
-class AuditKind(str, enum.Enum):
+class AuditKind(enum.StrEnum):
     """What an Import Log entry records."""
 
     DISCOVERY = "discovery"
@@ -36,13 +36,13 @@ class AuditKind(str, enum.Enum):
 
 
 def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _aware_utc(value: dt.datetime) -> dt.datetime:
     if not isinstance(value, dt.datetime) or value.tzinfo is None:
         raise ValueError(f"AuditEvent.at must be a timezone-aware datetime, got {value!r}")
-    return value.astimezone(dt.timezone.utc)
+    return value.astimezone(dt.UTC)
 
 
 def _plain_detail(detail: Mapping[str, Any]) -> dict[str, Any]:

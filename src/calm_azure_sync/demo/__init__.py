@@ -1,0 +1,52 @@
+"""The bundled sample trust, for the demo, the docs and notebooks.
+
+>>> sample = load_sample()
+>>> sample.hierarchy.root_of("birch-high").name
+'Oak Learning Trust'
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+import attrs
+
+from ..config import SyncConfig
+from ..directory.in_memory import InMemoryDirectory
+from ..hierarchy import TrustHierarchy
+from ..model import Site
+
+__all__ = ["Sample", "load_sample", "seed_invited_users"]
+
+
+@attrs.frozen
+class Sample:
+    """The Oak Learning Trust: sites, Azure directory, configuration, invited users."""
+
+    hierarchy: TrustHierarchy
+    directory: InMemoryDirectory
+    config: SyncConfig
+    invited: tuple[dict[str, Any], ...]
+    raw: dict[str, Any] = attrs.field(repr=False)
+
+
+def load_sample() -> Sample:
+    """Read the bundled ``sample_trust.json``."""
+    raw = json.loads(resources.files(__package__).joinpath("sample_trust.json").read_text("utf-8"))
+    return Sample(
+        hierarchy=TrustHierarchy(Site(s["id"], s["name"], s["parent_id"]) for s in raw["sites"]),
+        directory=InMemoryDirectory.from_dict(raw["directory"]),
+        config=SyncConfig.from_dict(raw["config"]),
+        invited=tuple(raw["invited"]),
+        raw=raw,
+    )
+
+
+async def seed_invited_users(store: Any, sample: Sample) -> None:
+    """Add the sample's hand-invited users (and their manual grants) to a store."""
+    for invited in sample.invited:
+        user_id = await store.add_user(invited["email"], invited["display_name"])
+        for grant in invited["grants"]:
+            await store.grant(user_id, grant["site_id"], grant["module"], grant["role"])
