@@ -76,16 +76,16 @@ class MappingPolicy:
     """All group mappings of one trust, and the access they give."""
 
     mappings: tuple[GroupMapping, ...] = attrs.field(converter=_freeze_mappings, default=())
-    # group id -> ((site_id, module, role), ...): the index access_for walks.
-    _grants_by_group: Mapping[str, tuple[tuple[str, str, Role], ...]] = attrs.field(
+    # group id -> (((site_id, module), role), ...): the index access_for walks.
+    _grants_by_group: Mapping[str, tuple[tuple[tuple[str, str], Role], ...]] = attrs.field(
         init=False, repr=False, eq=False
     )
 
     def __attrs_post_init__(self) -> None:
-        index: dict[str, list[tuple[str, str, Role]]] = {}
+        index: dict[str, list[tuple[tuple[str, str], Role]]] = {}
         for mapping in self.mappings:
             grants = index.setdefault(mapping.group_id, [])
-            grants.extend((mapping.site_id, module, role) for module, role in mapping.roles.items())
+            grants.extend(((mapping.site_id, module), role) for module, role in mapping.roles.items())
         object.__setattr__(
             self, "_grants_by_group", {group: tuple(grants) for group, grants in index.items()}
         )
@@ -108,13 +108,23 @@ class MappingPolicy:
         winning role at that (site, module), sorted, so a host can answer
         "why does Carol have Manager on Risk at Birch High?".
         """
-        best: dict[tuple[str, str], tuple[Role, list[str]]] = {}
+        access: dict[tuple[str, str], tuple[Role, tuple[str, ...]]] = {}
         for group_id in sorted(set(group_ids)):
-            for site_id, module, role in self._grants_by_group.get(group_id, ()):
-                key = (site_id, module)
-                current = best.get(key)
-                if current is None or role > current[0]:
-                    best[key] = (role, [group_id])
-                elif role == current[0] and group_id not in current[1]:
-                    current[1].append(group_id)
-        return {key: (role, tuple(groups)) for key, (role, groups) in best.items()}
+            self.fold_group(access, group_id)
+        return access
+
+    def fold_group(
+        self, access: dict[tuple[str, str], tuple[Role, tuple[str, ...]]], group_id: str
+    ) -> None:
+        """Fold one group's grants into ``access``, in place: the highest role wins.
+
+        The planner calls this once per (group, member) while walking the
+        groups in sorted order, so each role's reasons come out sorted; it is
+        the one place the highest-role rule is written.
+        """
+        for key, role in self._grants_by_group.get(group_id, ()):
+            current = access.get(key)
+            if current is None or role._rank > current[0]._rank:
+                access[key] = (role, (group_id,))
+            elif role is current[0] and current[1][-1] != group_id:
+                access[key] = (role, (*current[1], group_id))

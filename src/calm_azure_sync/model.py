@@ -10,7 +10,7 @@ Graph should never send (no id, a number where a string belongs) is a
 from __future__ import annotations
 
 import enum
-import functools
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +21,6 @@ from .errors import ConfigError, DirectoryError
 __all__ = ["DirectoryGroup", "DirectoryUser", "Role", "Site", "email_key"]
 
 
-@functools.total_ordering
 class Role(enum.Enum):
     """Access level per module, ordered ``MEMBER < MANAGER < ADMIN``.
 
@@ -33,20 +32,38 @@ class Role(enum.Enum):
     MANAGER = "Manager"
     ADMIN = "Admin"
 
+    # Comparisons read a plain int attribute set on each member below: the
+    # planner compares roles hundreds of thousands of times per run, and
+    # functools.total_ordering or dict look-ups keyed by enum members cost
+    # several times more.
+    _rank: int
+
     @property
     def rank(self) -> int:
-        return _ROLE_RANK[self]
+        return self._rank
 
     def __lt__(self, other: object) -> bool:
         if not isinstance(other, Role):
             return NotImplemented
-        return _ROLE_RANK[self] < _ROLE_RANK[other]
+        return self._rank < other._rank
 
-    def __hash__(self) -> int:  # total_ordering keeps Enum's hash, said explicitly for mypy
-        return hash(self.value)
+    def __le__(self, other: object) -> bool:
+        if not isinstance(other, Role):
+            return NotImplemented
+        return self._rank <= other._rank
+
+    def __gt__(self, other: object) -> bool:
+        if not isinstance(other, Role):
+            return NotImplemented
+        return self._rank > other._rank
+
+    def __ge__(self, other: object) -> bool:
+        if not isinstance(other, Role):
+            return NotImplemented
+        return self._rank >= other._rank
 
     def __str__(self) -> str:
-        return self.value
+        return str(self.value)
 
     @classmethod
     def parse(cls, text: object) -> Role:
@@ -64,10 +81,11 @@ class Role(enum.Enum):
     @staticmethod
     def join(first: Role, second: Role) -> Role:
         """The higher of two roles: how overlapping groups combine."""
-        return first if _ROLE_RANK[first] >= _ROLE_RANK[second] else second
+        return first if first._rank >= second._rank else second
 
 
-_ROLE_RANK = {Role.MEMBER: 0, Role.MANAGER: 1, Role.ADMIN: 2}
+for _rank, _role in enumerate(Role):
+    _role._rank = _rank
 _ROLE_BY_NAME = {role.value.lower(): role for role in Role}
 
 
@@ -100,9 +118,12 @@ def email_key(email: str) -> str:
     return email.strip().lower()
 
 
+_WHITESPACE = re.compile(r"\s")
+
+
 def _is_usable_email(value: str) -> bool:
     local, at, domain = value.rpartition("@")
-    return bool(at and local and domain) and not any(ch.isspace() for ch in value)
+    return bool(at and local and domain) and _WHITESPACE.search(value) is None
 
 
 @attrs.frozen

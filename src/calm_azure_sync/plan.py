@@ -156,9 +156,11 @@ def change_kind(change: Change) -> str:
 
 def is_removal(change: Change) -> bool:
     """Whether the change takes access away (unassign, downgrade, deactivate)."""
-    if isinstance(change, (Unassign, DeactivateUser)):
-        return True
-    return isinstance(change, Assign) and change.is_downgrade
+    kind = type(change)
+    if kind is Assign:
+        previous = change.previous  # type: ignore[union-attr]
+        return previous is not None and change.role._rank < previous._rank  # type: ignore[union-attr]
+    return kind is Unassign or kind is DeactivateUser
 
 
 def change_to_dict(change: Change) -> dict[str, Any]:

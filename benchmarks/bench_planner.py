@@ -1,0 +1,130 @@
+"""Planner: ``plan()`` time and peak RSS at each size, next to a bare-Python floor.
+
+Run: ``python -m benchmarks.bench_planner --size 100000`` (or ``nox -s bench``).
+
+The floor is one bare-Python pass over the same memberships with dicts: for
+each mapped group, for each member, keep the highest role per (site, module).
+It does none of the planner's other work (scope rules, identity, diffing,
+ordering), so the ratio says what that work costs. Each measurement runs in
+a fresh subprocess so peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _measure(kind: str, size: int, repeats: int) -> dict[str, Any]:
+    from calm_azure_sync import InMemoryDirectory, Role, StoredUser, StoreState
+    from calm_azure_sync.planner import DirectorySnapshot, build_plan
+    from calm_azure_sync.testing.synthetic import generate_tenant
+
+    tenant = generate_tenant(users=size, groups=max(20, size // 50))
+    directory = InMemoryDirectory.from_dict(tenant.fixture)
+    config = tenant.config
+    members = {g: directory.transitive_members(g) for g in sorted(config.mappings.group_ids)}
+    snapshot = DirectorySnapshot(members=members)
+    memberships = sum(len(m) for m in members.values())
+    state = StoreState()
+    if kind == "rerun":
+        first = build_plan(config, snapshot, state)
+        users: dict[str, StoredUser] = {}
+        access: dict[str, dict[tuple[str, str], Role]] = {}
+        for change in first.changes:
+            if hasattr(change, "role"):
+                access.setdefault(change.external_id, {})[(change.site_id, change.module)] = change.role
+            else:
+                users[f"s{len(users)}"] = StoredUser(f"s{len(users)}", change.email, change.display_name,
+                                                      change.external_id, change.given_name, change.surname)
+        state = StoreState(users=users, synced_access=access)
+        del first
+    grants = [(m.group_id, m.site_id, module, role) for m in config.mappings.mappings for module, role in m.roles.items()]
+    by_group: dict[str, list[tuple[str, str, Role]]] = {}
+    for group_id, site_id, module, role in grants:
+        by_group.setdefault(group_id, []).append((site_id, module, role))
+
+    def floor() -> int:
+        best: dict[str, dict[tuple[str, str], Role]] = {}
+        for group_id, users_in_group in members.items():
+            for site_id, module, role in by_group[group_id]:
+                key = (site_id, module)
+                for user in users_in_group:
+                    access = best.setdefault(user.id, {})
+                    current = access.get(key)
+                    if current is None or current < role:
+                        access[key] = role
+        return len(best)
+
+    timings: dict[str, list[float]] = {"plan": [], "floor": []}
+    changes = 0
+    for _ in range(repeats):
+        for name in ("floor", "plan"):
+            gc.collect()
+            started = time.perf_counter()
+            if name == "plan":
+                changes = len(build_plan(config, snapshot, state).changes)
+            else:
+                # build_plan pauses the cyclic collector while it runs; give the floor the same.
+                gc.disable()
+                floor()
+                gc.enable()
+            timings[name].append(time.perf_counter() - started)
+    return {
+        "kind": kind,
+        "users": size,
+        "groups": len(members),
+        "memberships": memberships,
+        "changes": changes,
+        "plan_s": statistics.median(timings["plan"]),
+        "floor_s": statistics.median(timings["floor"]),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def run(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
+    rows = []
+    for size in sizes:
+        for kind in ("first", "rerun"):
+            output = subprocess.run(
+                [sys.executable, "-m", "benchmarks.bench_planner", "--child", kind, "--size", str(size),
+                 "--repeats", str(repeats)],
+                check=True, capture_output=True, text=True,
+            ).stdout
+            rows.append(json.loads(output.strip().splitlines()[-1]))
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print("| users | groups | memberships | plan | changes | plan s | floor s | ratio | peak RSS MB |")
+    print("|---:|---:|---:|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['users']:,} | {r['groups']:,} | {r['memberships']:,} | {r['kind']} | {r['changes']:,} | "
+              f"{r['plan_s']:.3f} | {r['floor_s']:.3f} | {r['plan_s'] / r['floor_s']:.2f}x | {r['peak_rss_mb']:.0f} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", type=int, action="append", help="users (repeatable); default 1k, 10k, 100k")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--child", choices=["first", "rerun"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(_measure(args.child, args.size[0], args.repeats)))
+        return
+    print_table(run(args.size or [1_000, 10_000, 100_000], args.repeats))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Test doubles that wrap the shipped ones to inject faults, and an independent oracle."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from calm_azure_sync import DirectoryUser, InMemoryDirectory, Role, SyncConfig
+from calm_azure_sync.model import email_key
+
+
+class FlakyDirectory:
+    """Wraps a directory; ``failures[group_id]`` is raised when that group is read."""
+
+    def __init__(self, inner: InMemoryDirectory, failures: dict[str, BaseException] | None = None) -> None:
+        self.inner = inner
+        self.failures = dict(failures or {})
+        self.reads: list[str] = []
+        self.tenant_id = inner.tenant_id
+
+    async def list_groups(self):
+        return await self.inner.list_groups()
+
+    async def group_members(self, group_id: str) -> Sequence[DirectoryUser]:
+        self.reads.append(group_id)
+        if group_id in self.failures:
+            raise self.failures[group_id]
+        return await self.inner.group_members(group_id)
+
+
+class FlakyStore:
+    """Wraps a store; ``reject(change) -> str | None`` fails single changes, ``fail_apply``/``fail_load`` whole calls."""
+
+    def __init__(self, inner: Any, reject: Callable[[Any], str | None] | None = None) -> None:
+        self.inner = inner
+        self.reject = reject
+        self.fail_apply: BaseException | None = None
+        self.fail_load: BaseException | None = None
+        self.applied_batches: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def load(self, trust_site_id):
+        if self.fail_load is not None:
+            raise self.fail_load
+        return await self.inner.load(trust_site_id)
+
+    async def apply(self, trust_site_id, changes):
+        from calm_azure_sync import ChangeResult
+
+        if self.fail_apply is not None:
+            raise self.fail_apply
+        self.applied_batches.append(len(changes))
+        passing = [c for c in changes if not (self.reject and self.reject(c))]
+        results = {id(r.change): r for r in await self.inner.apply(trust_site_id, passing)}
+        return [
+            results[id(c)] if id(c) in results else ChangeResult(c, self.reject(c) if self.reject else None)
+            for c in changes
+        ]
+
+    def run_lock(self, trust_site_id):
+        return self.inner.run_lock(trust_site_id)
+
+
+class FailingSink:
+    """An audit sink that is down (or fails after ``works_for`` calls)."""
+
+    def __init__(self, works_for: int = 0) -> None:
+        self.works_for = works_for
+        self.events: list[Any] = []
+
+    async def record(self, events):
+        if self.works_for <= 0:
+            raise OSError("disk full")
+        self.works_for -= 1
+        self.events.extend(events)
+
+
+def expected_access(
+    directory: InMemoryDirectory, config: SyncConfig
+) -> dict[str, dict[tuple[str, str], Role]]:
+    """What the store's synced access should be after a clean run, computed
+    without the planner: walk the groups by hand, apply the scope rules, take
+    the highest role per (site, module)."""
+    groups_of: dict[str, set[str]] = {}
+    for mapping in config.mappings.mappings:
+        pending, seen = [mapping.group_id], set()
+        while pending:
+            group = pending.pop()
+            if group in seen:
+                continue
+            seen.add(group)
+            for member in directory.members.get(group, ()):
+                if member in directory.users:
+                    groups_of.setdefault(member, set()).add(mapping.group_id)
+                elif member in directory.groups:
+                    pending.append(member)
+    candidates = {}
+    for user_id in groups_of:
+        user = directory.users[user_id]
+        if not user.account_enabled or user.email is None:
+            continue
+        if user.is_guest and not config.include_guests:
+            continue
+        if config.exclusions.reason_excluded(user) is not None:
+            continue
+        candidates[user_id] = user
+    by_email: dict[str, int] = {}
+    for user in candidates.values():
+        by_email[email_key(user.email)] = by_email.get(email_key(user.email), 0) + 1
+    result: dict[str, dict[tuple[str, str], Role]] = {}
+    for user_id, user in candidates.items():
+        if by_email[email_key(user.email)] > 1:
+            continue
+        access: dict[tuple[str, str], Role] = {}
+        for mapping in config.mappings.mappings:
+            if mapping.group_id in groups_of[user_id]:
+                for module, role in mapping.roles.items():
+                    key = (mapping.site_id, module)
+                    access[key] = max(access.get(key, role), role)
+        result[user_id] = access
+    return result
+
+
+def synced_access_of(state) -> dict[str, dict[tuple[str, str], Role]]:
+    return {external_id: dict(access) for external_id, access in state.synced_access.items() if access}

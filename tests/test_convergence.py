@@ -1,0 +1,231 @@
+"""Stateful property test: random Azure changes between runs.
+
+After every clean run: the store's synced access equals an independently
+computed expectation (convergence), a re-plan is empty (idempotence), no
+manual grant was touched, no user was deleted. After a run in which a mapped
+group could not be read: nothing was removed or downgraded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import attrs
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from calm_azure_sync import (
+    DirectoryError,
+    DirectoryUser,
+    ExclusionPolicy,
+    GroupMapping,
+    InMemoryAuditSink,
+    InMemoryDirectory,
+    InMemoryUserStore,
+    Reconciler,
+    RemovalPolicy,
+    Role,
+    Site,
+    SyncConfig,
+    TrustHierarchy,
+)
+from calm_azure_sync.directory.in_memory import InMemoryDirectory as _Directory
+from calm_azure_sync.model import email_key
+
+from .helpers import FlakyDirectory, expected_access, synced_access_of
+
+USERS = [f"u{i}" for i in range(8)]
+GROUPS = ["g0", "g1", "g2", "g3"]
+HIERARCHY = TrustHierarchy([Site("oak"), Site("birch", parent_id="oak"), Site("ash", parent_id="oak")])
+MAPPINGS = [
+    GroupMapping("g0", "birch", {"Risk": "Member", "Policies": "Member"}),
+    GroupMapping("g1", "birch", {"Risk": "Manager"}),
+    GroupMapping("g2", "ash", {"Risk": "Admin"}),
+    GroupMapping("g3", "ash", {"Risk": "Member", "Policies": "Manager"}),
+]
+EXAMPLES = int(os.environ.get("CALM_STATEFUL_EXAMPLES", "60"))
+
+
+def _kept(directory: InMemoryDirectory, config: SyncConfig, state) -> set[str]:
+    """Users whose access must stay as it was: duplicate emails in Azure, email conflicts in the store."""
+    expected = expected_access(directory, config)
+    in_groups = set()
+    for mapping in config.mappings.mappings:
+        in_groups |= {u.id for u in directory.transitive_members(mapping.group_id)}
+    kept = set()
+    candidates = [
+        directory.users[u] for u in in_groups
+        if directory.users[u].account_enabled and directory.users[u].email
+        and not directory.users[u].is_guest and config.exclusions.reason_excluded(directory.users[u]) is None
+    ]
+    counts: dict[str, int] = {}
+    for user in candidates:
+        counts[email_key(user.email)] = counts.get(email_key(user.email), 0) + 1
+    kept |= {user.id for user in candidates if counts[email_key(user.email)] > 1}
+    for user_id in expected:
+        email = email_key(directory.users[user_id].email)
+        holders = [s for s in state.users.values() if email_key(s.email) == email]
+        synced = [s for s in state.users.values() if s.external_id == user_id]
+        if holders and holders[0].external_id not in (None, user_id):
+            kept.add(user_id)
+        elif holders and synced and holders[0].user_id != synced[0].user_id:
+            kept.add(user_id)
+    return kept
+
+
+class SyncMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.users = {u: DirectoryUser(u, display_name=u.upper(), mail=f"{u}@oak.sch.uk") for u in USERS}
+        self.members: dict[str, list[str]] = {g: [] for g in [*GROUPS, "nested"]}
+        self.store = InMemoryUserStore()
+        self.audit = InMemoryAuditSink()
+        self.mode = "unassign"
+        self.manual: dict[str, set] = {}
+        self.known_user_ids: set[str] = set()
+        self.renames = 0
+
+    def teardown(self) -> None:
+        self.loop.close()
+
+    def run_async(self, coroutine):
+        return self.loop.run_until_complete(coroutine)
+
+    def directory(self) -> InMemoryDirectory:
+        from calm_azure_sync import DirectoryGroup
+
+        return _Directory(
+            self.users.values(),
+            [DirectoryGroup(g) for g in self.members],
+            {g: list(m) for g, m in self.members.items()},
+        )
+
+    def config(self) -> SyncConfig:
+        return SyncConfig(
+            "oak",
+            MAPPINGS,
+            exclusions=ExclusionPolicy(["*.svc@*"]),
+            removal=RemovalPolicy(self.mode, max_removal_ratio=1.0, min_removals_to_hold=1000),
+        )
+
+    # ---------------------------------------------------------------- Azure changes
+
+    @rule(group=st.sampled_from([*GROUPS, "nested"]), user=st.sampled_from(USERS))
+    def join(self, group, user):
+        if user not in self.members[group]:
+            self.members[group].append(user)
+
+    @rule(group=st.sampled_from([*GROUPS, "nested"]), data=st.data())
+    def leave(self, group, data):
+        if self.members[group]:
+            self.members[group].remove(data.draw(st.sampled_from(self.members[group])))
+
+    @rule(parent=st.sampled_from(GROUPS), child=st.sampled_from([*GROUPS, "nested"]))
+    def nest(self, parent, child):
+        if child not in self.members[parent]:
+            self.members[parent].append(child)  # cycles allowed
+
+    @rule(user=st.sampled_from(USERS), change=st.sampled_from(["disable", "enable", "guest", "member", "svc", "no-mail"]))
+    def flip(self, user, change):
+        old = self.users[user]
+        self.users[user] = {
+            "disable": lambda: attrs.evolve(old, account_enabled=False),
+            "enable": lambda: attrs.evolve(old, account_enabled=True),
+            "guest": lambda: attrs.evolve(old, user_type="Guest"),
+            "member": lambda: attrs.evolve(old, user_type="Member"),
+            "svc": lambda: attrs.evolve(old, mail=f"{user}.svc@oak.sch.uk"),
+            "no-mail": lambda: attrs.evolve(old, mail=None),
+        }[change]()
+
+    @rule(user=st.sampled_from(USERS), upper=st.booleans())
+    def rename(self, user, upper):
+        self.renames += 1
+        mail = f"{user}.v{self.renames}@oak.sch.uk"
+        self.users[user] = attrs.evolve(self.users[user], mail=mail.upper() if upper else mail,
+                                        display_name=f"{user} v{self.renames}")
+
+    @rule(user=st.sampled_from(USERS), other=st.sampled_from(USERS))
+    def share_email(self, user, other):
+        if user != other and self.users[other].mail:
+            self.users[user] = attrs.evolve(self.users[user], mail=self.users[other].mail.upper())
+
+    @rule(mode=st.sampled_from(["unassign", "deactivate"]))
+    def switch_mode(self, mode):
+        self.mode = mode
+
+    # ---------------------------------------------------------------- host changes
+
+    @rule(user=st.sampled_from(USERS))
+    def invite_by_hand(self, user):
+        email = self.users[user].email
+        state = self.run_async(self.store.load("oak"))
+        if email and all(email_key(s.email) != email_key(email) for s in state.users.values()):
+            user_id = self.run_async(self.store.add_user(email.swapcase(), "Invited"))
+            self.known_user_ids.add(user_id)
+
+    @rule(data=st.data(), role=st.sampled_from(list(Role)))
+    def manual_grant(self, data, role):
+        state = self.run_async(self.store.load("oak"))
+        if state.users:
+            user_id = data.draw(st.sampled_from(sorted(state.users)))
+            self.run_async(self.store.grant(user_id, "birch", "Risk", role))
+            self.manual[user_id] = {(g.site_id, g.module, g.role) for g in self.run_async(self.store.grants(user_id))
+                                    if g.source == "manual"}
+
+    # ---------------------------------------------------------------- imports
+
+    @rule()
+    def clean_run(self):
+        directory, config = self.directory(), self.config()
+        before = self.run_async(self.store.load("oak"))
+        kept = _kept(directory, config, before)
+        report = self.run_async(Reconciler(directory, self.store, self.audit, HIERARCHY).run(config))
+        assert report.ok, report.errors
+        after = self.run_async(self.store.load("oak"))
+        expected = expected_access(directory, config)
+        actual = synced_access_of(after)
+        previous = synced_access_of(before)
+        for user_id in kept:
+            expected.pop(user_id, None)
+            if previous.get(user_id):
+                expected[user_id] = previous[user_id]
+        assert actual == expected
+        replan = self.run_async(Reconciler(directory, self.store, InMemoryAuditSink(), HIERARCHY).plan(config))
+        assert replan.changes == (), replan.changes
+        self.known_user_ids |= set(after.users)
+
+    @rule(group=st.sampled_from(GROUPS))
+    def run_with_an_unreadable_group(self, group):
+        directory, config = self.directory(), self.config()
+        before = synced_access_of(self.run_async(self.store.load("oak")))
+        flaky = FlakyDirectory(directory, {group: DirectoryError("Service unavailable", status=503)})
+        report = self.run_async(Reconciler(flaky, self.store, self.audit, HIERARCHY).run(config))
+        assert not report.ok
+        after = synced_access_of(self.run_async(self.store.load("oak")))
+        for user_id, access in before.items():
+            for key, role in access.items():
+                assert key in after.get(user_id, {}), f"{user_id} lost {key} after a partial read"
+                assert after[user_id][key] >= role, f"{user_id} downgraded on {key} after a partial read"
+        self.known_user_ids |= set(self.run_async(self.store.load("oak")).users)
+
+    # ---------------------------------------------------------------- always
+
+    @invariant()
+    def no_user_is_ever_deleted_and_manual_grants_are_untouched(self):
+        state = self.run_async(self.store.load("oak"))
+        assert self.known_user_ids <= set(state.users)
+        for user_id, grants in self.manual.items():
+            now = {(g.site_id, g.module, g.role) for g in self.run_async(self.store.grants(user_id)) if g.source == "manual"}
+            assert now == grants
+
+
+SyncMachine.TestCase.settings = settings(
+    max_examples=EXAMPLES,
+    stateful_step_count=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestSyncConvergence = SyncMachine.TestCase
