@@ -45,7 +45,7 @@ MAPPINGS = [
     GroupMapping("g2", "ash", {"Risk": "Admin"}),
     GroupMapping("g3", "ash", {"Risk": "Member", "Policies": "Manager"}),
 ]
-EXAMPLES = int(os.environ.get("CALM_STATEFUL_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("CALM_STATEFUL_EXAMPLES", "150"))
 
 
 def _kept(directory: InMemoryDirectory, config: SyncConfig, state) -> set[str]:

@@ -1,0 +1,429 @@
+"""SqliteUserStore beyond the conformance suite: crashes, processes, the run lock lease, the slow path."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from calm_azure_sync import (
+    Assign,
+    CreateUser,
+    DeactivateUser,
+    ImportAlreadyRunningError,
+    InMemoryUserStore,
+    LinkUser,
+    Role,
+    SqliteUserStore,
+    StoreState,
+    Unassign,
+    UpdateUser,
+)
+from calm_azure_sync.plan import Change
+
+TRUST = "trust-oak"
+MODULES = ("risk", "policies", "incidents")
+
+
+def _batch(first: int, count: int) -> list[Change]:
+    """``count`` new users from number ``first``, each created then given three grants."""
+    changes: list[Change] = []
+    for number in range(first, first + count):
+        external_id = f"e{number:04d}"
+        changes.append(CreateUser(external_id, f"user{number}@oak.example", f"User {number}"))
+        changes.extend(Assign(external_id, "oak-primary", module, Role.MEMBER) for module in MODULES)
+    return changes
+
+
+def _run_child(code: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteUserStore]:
+    opened = SqliteUserStore(tmp_path / "calm.db")
+    yield opened
+    opened.close()
+
+
+# -- crash safety ---------------------------------------------------------------------------
+
+_KILL_MID_APPLY = """
+    import asyncio, os, signal, sys
+    sys.path.insert(0, sys.argv[4])
+    from test_sqlite_store import _batch
+    from calm_azure_sync import SqliteUserStore
+
+    path, statement, after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    seen = 0
+
+    def trace(sql):
+        global seen
+        if sql.startswith(statement):
+            seen += 1
+            if seen == after:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    async def main():
+        store = SqliteUserStore(path)
+        await store.load("trust-oak")  # opens the connection, so the trace can be set on it
+        store._db._connection.set_trace_callback(trace)
+        await store.apply("trust-oak", _batch(50, 100))
+        print("applied without being killed")
+
+    asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(
+    ("statement", "after"),
+    [
+        pytest.param("INSERT INTO users", 1, id="first-user-row"),
+        pytest.param("INSERT INTO grants", 150, id="half-the-grants"),
+        pytest.param("COMMIT", 1, id="just-before-commit"),
+    ],
+)
+async def test_a_crash_mid_apply_leaves_no_half_written_user_and_a_rerun_converges(
+    tmp_path: Path, statement: str, after: int
+) -> None:
+    path = tmp_path / "calm.db"
+    async with SqliteUserStore(path) as store:
+        assert all(result.ok for result in await store.apply(TRUST, _batch(0, 50)))
+
+    child = _run_child(_KILL_MID_APPLY, str(path), statement, str(after), str(Path(__file__).parent))
+    assert child.returncode == -signal.SIGKILL, child.stdout + child.stderr
+
+    async with SqliteUserStore(path) as store:
+        state = await store.load(TRUST)
+        # The killed batch is gone entirely; the committed one is whole.
+        assert sorted(user.external_id or "" for user in state.users.values()) == [
+            f"e{number:04d}" for number in range(50)
+        ]
+        assert all(len(access) == len(MODULES) for access in state.synced_access.values())
+        assert len(state.synced_access) == 50
+
+        results = await store.apply(TRUST, _batch(50, 100))
+        assert all(result.ok for result in results)
+        converged = await store.load(TRUST)
+        assert len(converged.users) == 150
+        assert converged.synced_access == {
+            f"e{number:04d}": {("oak-primary", module): Role.MEMBER for module in MODULES} for number in range(150)
+        }
+    with sqlite3.connect(path) as check:
+        assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert check.execute("PRAGMA foreign_key_check").fetchall() == []
+    check.close()
+
+
+# -- several processes ----------------------------------------------------------------------
+
+_HOLD_LOCK = """
+    import asyncio, sys
+    from calm_azure_sync import SqliteUserStore
+
+    async def main():
+        async with SqliteUserStore(sys.argv[1]) as store, store.run_lock("trust-oak"):
+            print("locked", flush=True)
+            await asyncio.to_thread(sys.stdin.readline)
+
+    asyncio.run(main())
+"""
+
+
+def _start_lock_holder(path: Path) -> subprocess.Popen[str]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_HOLD_LOCK), str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "locked", holder.stderr.read() if holder.stderr else ""
+    return holder
+
+
+async def test_a_lock_held_by_another_process_refuses_then_is_released_on_exit(
+    store: SqliteUserStore, tmp_path: Path
+) -> None:
+    holder = _start_lock_holder(tmp_path / "calm.db")
+    try:
+        with pytest.raises(ImportAlreadyRunningError):
+            async with store.run_lock(TRUST):
+                pass  # pragma: no cover - the lock must not be granted
+        holder.communicate("done\n", timeout=30)
+        assert holder.returncode == 0
+    finally:
+        if holder.poll() is None:  # pragma: no cover - only when an assertion above failed
+            holder.kill()
+            holder.communicate()
+    async with store.run_lock(TRUST):
+        pass
+
+
+async def test_a_lock_whose_holder_was_killed_is_taken_over(store: SqliteUserStore, tmp_path: Path) -> None:
+    holder = _start_lock_holder(tmp_path / "calm.db")
+    holder.kill()
+    holder.communicate(timeout=30)  # reaped: the pid is really gone
+    async with store.run_lock(TRUST):
+        rows = await asyncio.to_thread(_lock_rows, tmp_path / "calm.db")
+        assert [(pid, hostname) for _holder, pid, hostname, _expires in rows] == [(os.getpid(), socket.gethostname())]
+    assert await asyncio.to_thread(_lock_rows, tmp_path / "calm.db") == []
+
+
+def _lock_rows(path: Path) -> list[tuple[str, int, str, str]]:
+    connection = sqlite3.connect(path)
+    try:
+        return connection.execute("SELECT holder, pid, hostname, expires_at FROM run_locks").fetchall()
+    finally:
+        connection.close()
+
+
+def _plant_lock(path: Path, *, pid: int, hostname: str, expires_in: dt.timedelta) -> None:
+    now = dt.datetime.now(dt.UTC)
+    connection = sqlite3.connect(path)
+    try:
+        with connection:
+            connection.execute(
+                "INSERT INTO run_locks VALUES (?, 'planted', ?, ?, ?, ?)",
+                (TRUST, pid, hostname, now.isoformat(), (now + expires_in).isoformat()),
+            )
+    finally:
+        connection.close()
+
+
+def _dead_pid() -> int:
+    probe = subprocess.Popen([sys.executable, "-c", "pass"])
+    probe.wait()
+    return probe.pid
+
+
+async def test_a_lock_left_by_a_dead_pid_on_this_host_is_recovered(store: SqliteUserStore, tmp_path: Path) -> None:
+    await store.load(TRUST)  # creates the schema
+    _plant_lock(tmp_path / "calm.db", pid=_dead_pid(), hostname=socket.gethostname(), expires_in=dt.timedelta(hours=1))
+    async with store.run_lock(TRUST):
+        pass
+
+
+async def test_a_live_lock_on_another_host_holds_until_its_lease_ends(store: SqliteUserStore, tmp_path: Path) -> None:
+    await store.load(TRUST)
+    # The pid is alive here, but it is another host's: only the lease can tell.
+    _plant_lock(tmp_path / "calm.db", pid=os.getpid(), hostname="other-host", expires_in=dt.timedelta(hours=1))
+    with pytest.raises(ImportAlreadyRunningError):
+        async with store.run_lock(TRUST):
+            pass  # pragma: no cover - the lock must not be granted
+
+
+async def test_an_expired_lease_is_taken_over(store: SqliteUserStore, tmp_path: Path) -> None:
+    await store.load(TRUST)
+    _plant_lock(tmp_path / "calm.db", pid=os.getpid(), hostname="other-host", expires_in=-dt.timedelta(seconds=1))
+    async with store.run_lock(TRUST):
+        pass
+
+
+async def test_the_holder_renews_its_lease_while_it_runs(tmp_path: Path) -> None:
+    lease = dt.timedelta(seconds=0.4)
+    async with SqliteUserStore(tmp_path / "calm.db", lock_lease=lease) as store, store.run_lock(TRUST):
+        await asyncio.sleep(1.0)  # more than two leases
+        [(_holder, _pid, _hostname, expires_at)] = await asyncio.to_thread(_lock_rows, tmp_path / "calm.db")
+        assert dt.datetime.fromisoformat(expires_at) > dt.datetime.now(dt.UTC)
+
+
+_WRITER = """
+    import asyncio, sys
+    sys.path.insert(0, sys.argv[3])
+    from test_sqlite_store import _batch
+    from calm_azure_sync import SqliteUserStore
+
+    async def main():
+        first = int(sys.argv[2])
+        async with SqliteUserStore(sys.argv[1]) as store:
+            for start in range(first, first + 200, 10):
+                results = await store.apply("trust-oak", _batch(start, 10))
+                assert all(result.ok for result in results), results
+                await store.load("trust-oak")
+
+    asyncio.run(main())
+"""
+
+
+def test_two_processes_apply_to_one_file_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "calm.db"
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(_WRITER), str(path), str(first), str(Path(__file__).parent)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for first in (0, 1000)
+    ]
+    for writer in writers:
+        _out, err = writer.communicate(timeout=60)
+        assert writer.returncode == 0, err
+
+    async def read() -> StoreState:
+        async with SqliteUserStore(path) as store:
+            return await store.load(TRUST)
+
+    state = asyncio.run(read())
+    assert len(state.users) == 400
+    assert len(state.synced_access) == 400
+
+
+# -- the slow path, schema ------------------------------------------------------------------
+
+
+async def test_a_write_the_database_refuses_fails_alone(store: SqliteUserStore, tmp_path: Path) -> None:
+    await store.load(TRUST)
+    connection = sqlite3.connect(tmp_path / "calm.db")
+    with connection:
+        # A host's own rule the sync knows nothing about.
+        connection.execute(
+            "CREATE TRIGGER no_finance BEFORE INSERT ON grants WHEN NEW.module = 'finance' "
+            "BEGIN SELECT RAISE(ABORT, 'finance is managed by hand'); END"
+        )
+    connection.close()
+    changes: list[Change] = [
+        *_batch(0, 2),
+        Assign("e0000", "oak-primary", "finance", Role.ADMIN),
+        *_batch(2, 2),
+    ]
+    results = await store.apply(TRUST, changes)
+    failed = [result for result in results if not result.ok]
+    assert [result.change for result in failed] == [changes[8]]
+    assert "finance is managed by hand" in (failed[0].error or "")
+    state = await store.load(TRUST)
+    assert len(state.users) == 4
+    assert all(len(access) == len(MODULES) for access in state.synced_access.values())
+
+
+async def test_a_schema_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    async with SqliteUserStore(tmp_path / "calm.db") as store:
+        await store.load(TRUST)
+    connection = sqlite3.connect(tmp_path / "calm.db")
+    with connection:
+        connection.execute("UPDATE calm_store_schema SET version = 99")
+    connection.close()
+    async with SqliteUserStore(tmp_path / "calm.db") as store:
+        with pytest.raises(RuntimeError, match="version 99"):
+            await store.load(TRUST)
+
+
+async def test_the_schema_has_the_documented_indexes_and_pragmas(store: SqliteUserStore, tmp_path: Path) -> None:
+    await store.load(TRUST)
+    connection = sqlite3.connect(tmp_path / "calm.db")
+    try:
+        indexes = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"users_by_email_key", "users_by_external_id"} <= indexes
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        connection.close()
+
+
+async def test_a_closed_store_says_so(tmp_path: Path) -> None:
+    store = SqliteUserStore(tmp_path / "calm.db")
+    store.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await store.load(TRUST)
+
+
+# -- the same answers as the in-memory store -------------------------------------------------
+
+EXTERNAL_IDS = ("e0", "e1", "e2")
+MANUAL_IDS = ("m0", "m1")
+EMAILS = ("ann@oak.example", "ANN@oak.example", "bob@oak.example", "cat@oak.example", "Cat@Oak.Example")
+
+_change_specs = st.one_of(
+    st.tuples(st.just("create"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(EMAILS)),
+    st.tuples(st.just("link"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(MANUAL_IDS), st.sampled_from(EMAILS)),
+    st.tuples(st.just("update"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(EMAILS), st.booleans()),
+    st.tuples(
+        st.just("assign"),
+        st.sampled_from(EXTERNAL_IDS),
+        st.sampled_from(("s1", "s2")),
+        st.sampled_from(Role),
+    ),
+    st.tuples(st.just("unassign"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(("s1", "s2"))),
+    st.tuples(st.just("deactivate"), st.sampled_from(EXTERNAL_IDS)),
+)
+
+
+def _resolve(spec: tuple[object, ...], state: StoreState) -> Change:
+    """Turn a spec into a change, naming store users the way a planner would (by external id)."""
+    kind, external_id = spec[0], str(spec[1])
+    user_id = next(
+        (user.user_id for user in state.users.values() if user.external_id == external_id), "no-such-user"
+    )
+    if kind == "create":
+        return CreateUser(external_id, str(spec[2]), f"Name {external_id}")
+    if kind == "link":
+        return LinkUser(external_id, str(spec[2]), str(spec[3]), f"Linked {external_id}")
+    if kind == "update":
+        return UpdateUser(external_id, user_id, str(spec[2]), f"Updated {external_id}", reactivate=bool(spec[3]))
+    if kind == "assign":
+        role = spec[3]
+        assert isinstance(role, Role)
+        return Assign(external_id, str(spec[2]), "risk", role)
+    if kind == "unassign":
+        return Unassign(external_id, str(spec[2]), "risk", previous=Role.MEMBER)
+    return DeactivateUser(external_id, user_id)
+
+
+def _comparable(state: StoreState) -> object:
+    """The state without generated user ids."""
+
+    def name(user_id: str) -> str:
+        return user_id if user_id in MANUAL_IDS else f"azure:{state.users[user_id].external_id}"
+
+    users = {
+        name(user.user_id): (user.email, user.display_name, user.external_id, user.active)
+        for user in state.users.values()
+    }
+    return users, state.synced_access, sorted(map(name, state.manual_access_user_ids))
+
+
+async def _apply_to_both(batches: Sequence[Sequence[tuple[object, ...]]], directory: Path) -> None:
+    reference = InMemoryUserStore()
+    async with SqliteUserStore(directory / "calm.db") as sqlite_store:
+        for store in (reference, sqlite_store):
+            await store.add_user("ann@oak.example", "Ann", user_id="m0")
+            await store.add_user("dan@oak.example", "Dan", user_id="m1")
+            await store.grant("m1", "s1", "risk", "Member")
+        for batch in batches:
+            expected_state = await reference.load(TRUST)
+            changes = [_resolve(spec, expected_state) for spec in batch]
+            expected = [result.ok for result in await reference.apply(TRUST, changes)]
+            # Resolve against the SQLite store's own ids: the same users, other ids.
+            sqlite_changes = [_resolve(spec, await sqlite_store.load(TRUST)) for spec in batch]
+            actual = [result.ok for result in await sqlite_store.apply(TRUST, sqlite_changes)]
+            assert actual == expected
+            assert _comparable(await sqlite_store.load(TRUST)) == _comparable(await reference.load(TRUST))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(st.lists(_change_specs, min_size=1, max_size=8), min_size=1, max_size=4))
+def test_sqlite_store_gives_the_same_answers_as_the_in_memory_store(
+    batches: list[list[tuple[object, ...]]],
+) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        asyncio.run(_apply_to_both(batches, Path(directory)))
