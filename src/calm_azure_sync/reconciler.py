@@ -102,17 +102,24 @@ import contextlib
         return groups
 
     async def suggest_exclusions(self, config: SyncConfig) -> list[ExclusionSuggestion]:
-        """Auto-detect: system accounts among the mapped groups' members, not yet excluded."""
+        """Auto-detect for the Exclusions tab: system accounts the next import would bring in.
+
+        Reads the mapped groups and runs :meth:`ExclusionPolicy.suggest` over
+        their members, keeping only users the sync would import now: the
+        disabled, guests (unless included), users without email and those the
+        current exclusions already cover are out of scope anyway.
+        """
         snapshot = await self._read(config, run_id=None, actor=None, events=[])
         seen: dict[str, DirectoryUser] = {}
         for members in snapshot.members.values():
             for user in members:
                 seen.setdefault(user.id, user)
         users = [seen[user_id] for user_id in sorted(seen)]
+        suggestions = ExclusionPolicy.suggest(users)
         return [
             suggestion
-            for suggestion in ExclusionPolicy.suggest(users)
-            if config.exclusions.reason_excluded(seen[suggestion.user_id]) is None
+            for suggestion in suggestions
+            if _would_import(seen[suggestion.user_id], config)
         ]
 
     # ------------------------------------------------------------------ plan / run
@@ -491,6 +498,15 @@ class _Run:
         counts["failed"] = self.applied.get("failed", 0)
         counts["held"] = len(plan.held_removals) if plan else 0
         return counts
+
+
+def _would_import(user: DirectoryUser, config: SyncConfig) -> bool:
+    return (
+        user.account_enabled
+        and user.email is not None
+        and (config.include_guests or not user.is_guest)
+        and config.exclusions.reason_excluded(user) is None
+    )
 
 
 def _batches(changes: Sequence[Change], size: int) -> Iterator[list[Change]]:

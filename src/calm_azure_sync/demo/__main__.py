@@ -14,7 +14,9 @@ import textwrap
 import time
 from pathlib import Path
 
-from .. import Actor, Reconciler, SqliteAuditSink, SqliteUserStore
+import attrs
+
+from .. import Actor, AuditKind, ExclusionPolicy, Reconciler, SqliteAuditSink, SqliteUserStore
 from ..plan import describe_change
 from . import load_sample, seed_invited_users
 
@@ -39,8 +41,16 @@ async def main(out: Path) -> int:
         print(f"  {group.display_name:28} {group.id}")
 
     _heading("Exclusions tab: auto-detect suggestions")
+    by_pattern: dict[str, list[str]] = {}
     for suggestion in await reconciler.suggest_exclusions(config):
-        print(f"  {suggestion.pattern:40} {'; '.join(suggestion.reasons)}")
+        by_pattern.setdefault(suggestion.pattern, []).append(suggestion.reasons[0])
+    for pattern, reasons in by_pattern.items():
+        print(f"  {pattern:28} {len(reasons)} account(s): {reasons[0]}")
+    # The admin accepts every suggestion.
+    config = attrs.evolve(
+        config, exclusions=ExclusionPolicy([*config.exclusions.patterns, *by_pattern], config.exclusions.user_ids)
+    )
+    print(f"  -> exclusion patterns now: {', '.join(config.exclusions.patterns)}")
 
     _heading("Plan (nothing written yet)")
     plan = await reconciler.plan(config)
@@ -63,15 +73,27 @@ async def main(out: Path) -> int:
     for grant in sorted(await store.grants(user.user_id), key=lambda g: (g.site_id, g.module, g.source)):
         print(f"    {grant.source:6} {grant.role.value:8} {grant.module} at {grant.site_id}")
 
-    _heading("Import Log (newest first)")
-    for event in audit.query("oak-trust", run_id=report.run_id, limit=12):
+    _heading("Import Log (newest first; assignments left out here)")
+    kinds = [kind for kind in AuditKind if not kind.value.startswith("assignment_")]
+    for event in await audit.query("oak-trust", run_id=report.run_id, kinds=kinds, limit=12):
         print(f"  {event.at:%H:%M:%S} {event.kind.value:18} {event.message}")
+
+    _heading("Meanwhile in Azure: a teacher joins the SLT, another leaves")
+    directory = sample.directory
+    teacher, leaver = directory.members["grp-birch-high-teachers"][1:3]
+    directory.members["grp-birch-high-slt"] += (teacher,)
+    directory.users[leaver] = attrs.evolve(directory.users[leaver], account_enabled=False)
+    refresh = await reconciler.run(config, admin)
+    print(textwrap.indent(str(refresh), "  "))
+    for event in await audit.query("oak-trust", run_id=refresh.run_id, limit=10):
+        if event.kind not in {AuditKind.DISCOVERY, AuditKind.USER_SKIPPED, AuditKind.USER_EXCLUDED}:
+            print(f"  {event.kind.value:18} {event.message}")
 
     _heading("Start Import again: nothing changed in Azure, so nothing changes")
     again = await reconciler.run(config, admin)
     print(textwrap.indent(str(again), "  "))
     changed = sum(count for kind, count in again.counts.items() if kind not in {"skipped", "excluded"})
-    return 0 if report.ok and again.ok and changed == 0 else 1
+    return 0 if report.ok and refresh.ok and again.ok and changed == 0 else 1
 
 
 if __name__ == "__main__":

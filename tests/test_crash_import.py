@@ -1,0 +1,112 @@
+"""An import into SQLite killed with SIGKILL mid-apply, then run again.
+
+The child process imports a synthetic trust in small batches and prints its
+progress; the parent kills it at a random point of the apply stage. After
+each kill, every synced user in the file must be whole (all of its grants or
+none of it), nothing may be duplicated, and the next run must converge.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from calm_azure_sync import InMemoryAuditSink, InMemoryDirectory, Reconciler, SqliteUserStore
+from calm_azure_sync.testing.synthetic import generate_tenant
+
+from .helpers import expected_access, synced_access_of
+
+USERS = 1500
+KILLS = int(os.environ.get("CALM_CRASH_KILLS", "3"))
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from calm_azure_sync import InMemoryAuditSink, InMemoryDirectory, Reconciler, SqliteUserStore
+    from calm_azure_sync.testing.synthetic import generate_tenant
+
+    def progress(stage, done, total):
+        print(stage, done, total, flush=True)
+
+    async def main(path, users):
+        tenant = generate_tenant(users=users, groups=30)
+        store = SqliteUserStore(path)
+        reconciler = Reconciler(InMemoryDirectory.from_dict(tenant.fixture), store, InMemoryAuditSink(),
+                                tenant.hierarchy, progress=progress, batch_size=25)
+        report = await reconciler.run(tenant.config)
+        print("done", report.ok, flush=True)
+
+    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    """
+)
+
+
+def _import_and_kill(path: Path, kill_after: int) -> bool:
+    """Run the child; SIGKILL it once it has applied ``kill_after`` changes. True if killed."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path), str(USERS)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert child.stdout is not None
+    killed = False
+    for line in child.stdout:
+        stage, *rest = line.split()
+        if stage == "apply" and int(rest[0]) >= kill_after:
+            child.send_signal(signal.SIGKILL)
+            killed = True
+            break
+    child.wait(timeout=120)
+    child.stdout.close()
+    return killed
+
+
+def _check_whole(path: Path, expected: dict) -> int:
+    """Every synced user holds exactly its expected grants; no duplicates. Returns users found."""
+    with sqlite3.connect(path) as connection:
+        emails = [row[0] for row in connection.execute("SELECT lower(email) FROM users")]
+        assert len(emails) == len(set(emails)), "duplicate users"
+    import asyncio
+
+    state = asyncio.run(SqliteUserStore(path).load("trust"))
+    synced = [u for u in state.users.values() if u.external_id]
+    access = synced_access_of(state)
+    for user in synced:
+        assert access.get(user.external_id) == expected[user.external_id], f"half-written user {user.external_id}"
+    return len(synced)
+
+
+@pytest.mark.parametrize("seed", range(KILLS))
+def test_a_killed_import_leaves_no_half_written_user_and_the_rerun_converges(tmp_path, seed):
+    tenant = generate_tenant(users=USERS, groups=30)
+    directory = InMemoryDirectory.from_dict(tenant.fixture)
+    expected = expected_access(directory, tenant.config)
+    path = tmp_path / "calm.sqlite"
+    rng = random.Random(seed)
+    total_changes = sum(1 + len(access) for access in expected.values())
+    assert _import_and_kill(path, rng.randrange(50, total_changes - 50))
+    found = _check_whole(path, expected)
+    assert 0 < found < len(expected)
+    # Kill the re-run too, then let a third run finish.
+    _import_and_kill(path, rng.randrange(1, max(2, (total_changes - found * 4) // 2)))
+    _check_whole(path, expected)
+    import asyncio
+
+    store = SqliteUserStore(path)
+    report = asyncio.run(Reconciler(directory, store, InMemoryAuditSink(), tenant.hierarchy).run(tenant.config))
+    assert report.ok, report.errors
+    assert _check_whole(path, expected) == len(expected)
+    assert synced_access_of(asyncio.run(store.load("trust"))) == expected
+    again = asyncio.run(Reconciler(directory, store, InMemoryAuditSink(), tenant.hierarchy).plan(tenant.config))
+    assert again.changes == ()
+    json.dumps(report.to_dict())
