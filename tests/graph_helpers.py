@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from azure.core.credentials import AccessToken
@@ -90,10 +88,3 @@ def user(user_id: str, **fields: Any) -> dict[str, Any]:
     }
     data.update(fields)
     return data
-
-
-@contextmanager
-def serving(fixture: dict[str, Any], **kwargs: Any) -> Iterator[FakeGraphServer]:
-    """A started fake server (stopped afterwards)."""
-    with FakeGraphServer(fixture, **kwargs) as server:
-        yield server

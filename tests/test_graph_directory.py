@@ -14,7 +14,9 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kiota_authentication_azure.azure_identity_authentication_provider import AzureIdentityAuthenticationProvider
+from kiota_authentication_azure.azure_identity_authentication_provider import (
+    AzureIdentityAuthenticationProvider,
+)
 from kiota_http.middleware import RetryHandler
 from msgraph.graph_request_adapter import GraphRequestAdapter
 from msgraph.graph_service_client import GraphServiceClient
@@ -30,7 +32,7 @@ from calm_azure_sync import (
 )
 from calm_azure_sync.directory.graph import GraphRetryHandler, RetryPolicy, parse_retry_after
 from calm_azure_sync.model import DirectoryGroup, DirectoryUser
-from calm_azure_sync.testing.fake_graph import Fault, FakeGraphServer
+from calm_azure_sync.testing.fake_graph import FakeGraphServer, Fault
 
 from .graph_helpers import (
     CLIENT_SECRET,
@@ -104,6 +106,17 @@ async def test_the_token_is_sent_to_a_custom_host_with_the_graph_scope(server):
     assert set(credential.scopes_asked) == {("https://graph.microsoft.com/.default",)}
 
 
+async def test_no_token_is_fetched_for_a_host_other_than_the_configured_one(server):
+    credential = FakeCredential()
+    directory, _ = directory_for(server, credential=credential)
+    await directory.aclose()
+    provider = directory._adapter._authentication_provider.access_token_provider
+    assert provider.get_allowed_hosts_validator().get_allowed_hosts() == ["127.0.0.1"]
+    assert await provider.get_authorization_token("https://evil.example/v1.0/groups") == ""
+    assert await provider.get_authorization_token(server.base_url + "/groups") == FAKE_TOKEN
+    assert len(credential.scopes_asked) == 1
+
+
 async def test_tenant_comes_from_the_credential_and_a_different_one_is_refused(server):
     directory, _ = directory_for(server)
     await directory.aclose()
@@ -125,7 +138,9 @@ async def test_a_changed_directory_is_read_afresh(server):
     server.add_user(user("new-one"), groups=["g1"])
     server.remove_user("u0000")
     ids = {u.id for u in (await read_members(server))[0]}
-    assert "new-one" in ids and "u0000" not in ids and len(ids) == 23
+    assert "new-one" in ids
+    assert "u0000" not in ids
+    assert len(ids) == 23
 
 
 # -- throttling and outages ----------------------------------------------------------
@@ -167,7 +182,8 @@ async def test_a_retry_after_beyond_the_budget_ends_the_read_without_waiting(ser
     server.inject(Fault.throttle(retry_after="500"), path="/groups/g1/*")
     with pytest.raises(DirectoryError) as caught:
         await read_members(server, retry=RetryPolicy(total_budget_seconds=60))
-    assert caught.value.status == 429 and caught.value.code == "TooManyRequests"
+    assert caught.value.status == 429
+    assert caught.value.code == "TooManyRequests"
 
 
 async def test_the_budget_is_shared_by_all_pages_of_one_read(server):
@@ -216,7 +232,8 @@ async def test_403_names_the_missing_permissions(server):
     with pytest.raises(DirectoryAccessError) as caught:
         await read_members(server)
     error = caught.value
-    assert error.status == 403 and error.code == "Authorization_RequestDenied"
+    assert error.status == 403
+    assert error.code == "Authorization_RequestDenied"
     assert "GroupMember.Read.All" in error.missing_permissions
     assert "Directory.Read.All" in error.missing_permissions
     assert "User.Read.All" in str(error)
@@ -410,7 +427,8 @@ async def test_an_error_without_a_graph_body_keeps_the_status():
     directory = GraphDirectory(mock_client(lambda request: httpx.Response(500, content=b"<html>oops</html>")))
     with pytest.raises(DirectoryError) as caught:
         await directory.list_groups()
-    assert caught.value.status == 500 and caught.value.code is None
+    assert caught.value.status == 500
+    assert caught.value.code is None
 
 
 async def test_retry_after_on_503_is_honoured_through_the_sdk_pipeline():

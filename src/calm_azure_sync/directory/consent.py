@@ -1,0 +1,200 @@
+"""The "Connect" button: Microsoft's admin-consent flow for the app registration.
+
+The host's web layer sends a Trust administrator to :func:`admin_consent_url`
+and, when Azure redirects back, hands the query parameters to
+:func:`parse_consent_callback`. The state round trip ties the callback to the
+admin's own session (keep ``state`` server-side, one per attempt); the tenant
+id Azure reports is then stored as ``SyncConfig.tenant_id``.
+
+Microsoft's warning applies: the ``tenant`` parameter of the callback can be
+spoofed, so it only says *which* tenant to configure, never *who* the user
+is. The first successful read with a credential for that tenant is the proof
+that consent was granted.
+
+This module does no IO and does not import the Graph SDK.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+import urllib.parse
+import uuid
+from collections.abc import Mapping, Sequence
+
+import attrs
+
+from ..errors import ConfigError, ConsentError
+
+__all__ = [
+    "ALTERNATIVE_PERMISSIONS",
+    "ConsentResult",
+    "GRAPH_DEFAULT_SCOPE",
+    "LOGIN_AUTHORITY",
+    "REQUIRED_PERMISSIONS",
+    "admin_consent_url",
+    "new_state",
+    "parse_consent_callback",
+]
+
+GRAPH_DEFAULT_SCOPE = "https://graph.microsoft.com/.default"
+"""The scope that asks for the app's configured application permissions."""
+
+REQUIRED_PERMISSIONS: tuple[str, ...] = ("User.Read.All", "GroupMember.Read.All")
+"""The Microsoft Graph *application* permissions the app registration needs.
+
+``User.Read.All`` reads the members' profiles (name, mail, account state,
+licences); ``GroupMember.Read.All`` lists groups and their (transitive)
+memberships. Both need an administrator's consent.
+"""
+
+ALTERNATIVE_PERMISSIONS: tuple[str, ...] = ("Directory.Read.All",)
+"""The broader permission that covers both :data:`REQUIRED_PERMISSIONS`."""
+
+LOGIN_AUTHORITY = "https://login.microsoftonline.com"
+"""The Microsoft identity platform's global authority."""
+
+# Tenant: a GUID, a domain name ("contoso.onmicrosoft.com") or "organizations".
+_TENANT = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?$")
+_MAX_VALUE = 4096  # error_description is long; anything longer is not Azure talking
+_MAX_STATE = 1024
+
+
+@attrs.frozen
+class ConsentResult:
+    """A successful admin-consent callback.
+
+    ``tenant_id`` is the consenting tenant's id (a GUID, lower-cased);
+    ``scope`` the permissions Azure reported as granted, if it said.
+    """
+
+    tenant_id: str
+    scope: tuple[str, ...] = ()
+
+
+def new_state() -> str:
+    """A fresh unguessable ``state`` value (store it in the admin's session)."""
+    return secrets.token_urlsafe(32)
+
+
+def admin_consent_url(
+    client_id: str,
+    redirect_uri: str,
+    state: str,
+    tenant: str = "organizations",
+    *,
+    authority: str = LOGIN_AUTHORITY,
+    scope: str = GRAPH_DEFAULT_SCOPE,
+) -> str:
+    """The v2.0 ``/adminconsent`` URL to send a Trust administrator to.
+
+    ``tenant`` is ``"organizations"`` (any work or school tenant), a tenant
+    GUID or a verified domain; ``"common"`` is refused, as Microsoft says not
+    to use it here. ``redirect_uri`` must exactly match one registered on the
+    app. ``authority`` serves national clouds
+    (``https://login.microsoftonline.us``). Bad input raises one
+    :class:`~calm_azure_sync.ConfigError` listing every problem.
+
+    >>> admin_consent_url("c1d2", "https://app.example/azure/callback", "s123")  # doctest: +ELLIPSIS
+    'https://login.microsoftonline.com/organizations/v2.0/adminconsent?client_id=c1d2&scope=https%3A%2F%2Fgraph...'
+    """
+    problems: list[str] = []
+    for name, value in (("client_id", client_id), ("redirect_uri", redirect_uri), ("state", state)):
+        if not isinstance(value, str) or not value.strip():
+            problems.append(f"{name}: must be a non-empty string")
+    if isinstance(state, str) and len(state) > _MAX_STATE:
+        problems.append(f"state: must be at most {_MAX_STATE} characters")
+    if not isinstance(tenant, str) or not tenant.strip():
+        problems.append("tenant: must be a non-empty string")
+    elif tenant.strip().lower() in ("common", "consumers"):
+        problems.append(f"tenant: {tenant!r} cannot grant admin consent; use 'organizations' or the tenant id")
+    elif not _TENANT.match(tenant.strip()):
+        problems.append(f"tenant: {tenant!r} is not a tenant id, domain name or 'organizations'")
+    if isinstance(redirect_uri, str) and redirect_uri.strip():
+        parts = urllib.parse.urlsplit(redirect_uri)
+        local = parts.hostname in ("localhost", "127.0.0.1", "::1")
+        if parts.scheme != "https" and not (parts.scheme == "http" and local):
+            problems.append("redirect_uri: must be an https URL (http only for localhost)")
+        elif not parts.hostname:
+            problems.append("redirect_uri: must be an absolute URL")
+    authority_parts = urllib.parse.urlsplit(authority) if isinstance(authority, str) else None
+    if authority_parts is None or authority_parts.scheme != "https" or not authority_parts.hostname:
+        problems.append(f"authority: must be an https URL, got {authority!r}")
+    if not isinstance(scope, str) or not scope.strip():
+        problems.append("scope: must be a non-empty string")
+    if problems:
+        raise ConfigError(problems)
+    query = urllib.parse.urlencode(
+        {"client_id": client_id.strip(), "scope": scope, "redirect_uri": redirect_uri, "state": state}
+    )
+    return f"{authority.rstrip('/')}/{urllib.parse.quote(tenant.strip())}/v2.0/adminconsent?{query}"
+
+
+def _single(params: Mapping[str, str] | Mapping[str, Sequence[str]], name: str) -> str | None:
+    """One parameter's value; a repeated parameter is refused (parameter pollution)."""
+    value = params.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, Sequence) and len(value) == 1 and isinstance(value[0], str):
+        text = value[0]
+    elif isinstance(value, Sequence) and len(value) == 0:
+        return None
+    else:
+        raise ConsentError(f"the consent callback repeats or mangles the {name!r} parameter")
+    if len(text) > _MAX_VALUE:
+        raise ConsentError(f"the consent callback's {name!r} parameter is too long")
+    return text
+
+
+def parse_consent_callback(
+    params: Mapping[str, str] | Mapping[str, Sequence[str]], expected_state: str
+) -> ConsentResult:
+    """Check Azure's redirect back from :func:`admin_consent_url`.
+
+    ``params`` is the callback's query, as a plain mapping or as
+    ``urllib.parse.parse_qs`` returns it. ``expected_state`` is the value
+    kept in the admin's session; it is compared in constant time.
+
+    Raises :class:`~calm_azure_sync.ConsentError` when the state is missing
+    or differs (a forged or replayed callback), when Azure reports an error
+    (its ``error`` and ``error_description`` are carried on the exception),
+    when consent was not granted, or when the tenant id is missing or not a
+    GUID.
+
+    >>> parse_consent_callback(
+    ...     {"admin_consent": "True", "tenant": "38d49456-54d4-455d-a8d6-c383c71e0a6d", "state": "s123"},
+    ...     expected_state="s123",
+    ... ).tenant_id
+    '38d49456-54d4-455d-a8d6-c383c71e0a6d'
+    """
+    if not isinstance(expected_state, str) or not expected_state:
+        raise ConfigError("expected_state: must be the non-empty state sent with the consent URL")
+    if not isinstance(params, Mapping):
+        raise ConsentError("the consent callback parameters must be a mapping")
+    state = _single(params, "state")
+    if not state:
+        raise ConsentError("the consent callback carries no state: it did not come from this sign-in")
+    if not hmac.compare_digest(state.encode(), expected_state.encode()):
+        raise ConsentError("the consent callback's state does not match: it did not come from this sign-in")
+    error = _single(params, "error")
+    description = _single(params, "error_description")
+    if error or description:
+        shown = f"{error}: {description}" if description else str(error)
+        raise ConsentError(
+            f"Microsoft did not grant admin consent ({shown})", error=error, error_description=description
+        )
+    granted = _single(params, "admin_consent")
+    if granted is not None and granted.strip().lower() != "true":
+        raise ConsentError(f"Microsoft reported admin_consent={granted!r}: consent was not granted")
+    tenant = _single(params, "tenant")
+    if not tenant:
+        raise ConsentError("the consent callback names no tenant")
+    try:
+        tenant_id = str(uuid.UUID(tenant.strip()))
+    except ValueError:
+        raise ConsentError("the consent callback's tenant is not a tenant id (GUID)") from None
+    scope = _single(params, "scope")
+    return ConsentResult(tenant_id, scope=tuple(scope.split()) if scope else ())

@@ -1,0 +1,139 @@
+"""InMemoryDirectory and GraphDirectory (real SDK, fake Graph on 127.0.0.1) answer alike, economically."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import pytest
+
+from calm_azure_sync import (
+    GroupMapping,
+    InMemoryAuditSink,
+    InMemoryDirectory,
+    InMemoryUserStore,
+    Reconciler,
+    RemovalPolicy,
+    Site,
+    SyncConfig,
+    TrustHierarchy,
+)
+from calm_azure_sync.testing.directory_conformance import (
+    check_directory,
+    conformance_fixture,
+    expected_members,
+)
+from calm_azure_sync.testing.fake_graph import FakeGraphServer, Fault
+
+from .graph_helpers import directory_for
+
+pytestmark = pytest.mark.wire
+
+PAGE = 50
+
+
+def paging_minimum(fixture: dict[str, Any], page: int) -> int:
+    """Requests the suite needs at least: group list pages, member pages per group, one 404."""
+    groups = [g["id"] for g in fixture["groups"]]
+    member_pages = sum(max(1, math.ceil(len(expected_members(fixture, g)) / page)) for g in groups)
+    return max(1, math.ceil(len(groups) / page)) + member_pages + 1
+
+
+@pytest.fixture(scope="module")
+def fixture() -> dict[str, Any]:
+    return conformance_fixture(big_group_size=3 * PAGE + 7)  # four pages
+
+
+async def test_in_memory_directory_conforms(fixture):
+    await check_directory(InMemoryDirectory.from_dict(fixture), fixture)
+
+
+async def test_graph_directory_over_the_fake_conforms_identically_with_the_fewest_requests(fixture):
+    reference = await check_directory(InMemoryDirectory.from_dict(fixture), fixture)
+    with FakeGraphServer(fixture, page_cap=PAGE) as graph:
+        directory, sleep = directory_for(graph)
+        async with directory:
+            answered = await check_directory(directory, fixture)
+        assert answered == reference
+        assert len(graph.requests) == paging_minimum(fixture, PAGE)
+        assert sleep.calls == []
+        member_reads = [r for r in graph.requests if "transitiveMembers" in r.path]
+        assert all(r.resource_units == 4 for r in member_reads)  # transitiveMembers 5, minus 1 for $select
+
+
+async def test_graph_directory_conforms_through_throttling_and_an_outage(fixture):
+    reference = await check_directory(InMemoryDirectory.from_dict(fixture), fixture)
+    with FakeGraphServer(fixture, page_cap=PAGE) as graph:
+        graph.inject(Fault.throttle("2.128"), path="/groups/g-big/*", skip=2)
+        graph.inject(Fault.unavailable(), path="/groups/g-staff/*", times=3)
+        graph.inject(Fault.gateway_timeout(), path="/groups")
+        directory, sleep = directory_for(graph)
+        async with directory:
+            assert await check_directory(directory, fixture) == reference
+        assert 2.128 in sleep.calls
+        assert len(sleep.calls) == 5
+        assert len(graph.requests) == paging_minimum(fixture, PAGE) + 5  # each fault costs one request
+        assert graph.pending_faults == 0
+
+
+def test_the_suite_catches_a_directory_that_answers_wrongly(fixture):
+    class Forgetful(InMemoryDirectory):
+        async def group_members(self, group_id):
+            return list(await super().group_members(group_id))[1:]
+
+    class Lenient(InMemoryDirectory):
+        async def group_members(self, group_id):
+            return [] if group_id not in self.groups else await super().group_members(group_id)
+
+    for wrong in (Forgetful, Lenient):
+        with pytest.raises(AssertionError):
+            asyncio.run(check_directory(wrong.from_dict(fixture), fixture))
+
+
+# -- the reconciler end to end over the real SDK and the fake -------------------------
+
+HIERARCHY = TrustHierarchy([Site("oak", "Oak Trust"), Site("birch", "Birch High", "oak")])
+
+
+def config() -> SyncConfig:
+    return SyncConfig(
+        "oak",
+        [
+            GroupMapping("g-staff", "birch", {"Policies": "Member"}),
+            GroupMapping("g-big", "birch", {"Risk": "Manager"}),
+            GroupMapping("g-cycle-a", "oak", {"Policies": "Admin"}),
+            GroupMapping("g-empty", "oak", {"Risk": "Member"}),
+        ],
+        removal=RemovalPolicy("deactivate"),
+    )
+
+
+async def test_the_reconciler_gets_the_same_result_from_graph_as_from_memory(fixture):
+    memory_store = InMemoryUserStore()
+    memory_report = await Reconciler(
+        InMemoryDirectory.from_dict(fixture), memory_store, InMemoryAuditSink(), HIERARCHY
+    ).run(config())
+    assert memory_report.ok, memory_report.errors
+
+    with FakeGraphServer(fixture, page_cap=PAGE) as graph:
+        graph.inject(Fault.throttle("2.128"), path="/groups/g-big/*", skip=1)
+        graph.inject(Fault.unavailable(), path="/groups/g-staff/*", times=2)
+        directory, sleep = directory_for(graph)
+        graph_store = InMemoryUserStore()
+        async with directory:
+            graph_report = await Reconciler(directory, graph_store, InMemoryAuditSink(), HIERARCHY).run(config())
+        assert graph_report.ok, graph_report.errors
+        assert 2.128 in sleep.calls
+        member_pages = sum(
+            max(1, math.ceil(len(expected_members(fixture, g)) / PAGE)) for g in ("g-staff", "g-big", "g-cycle-a", "g-empty")
+        )
+        assert len(graph.requests) == member_pages + 3  # the paging minimum plus the three injected faults
+
+    assert graph_report.counts == memory_report.counts
+    memory_state = await memory_store.load("oak")
+    graph_state = await graph_store.load("oak")
+    assert graph_state.synced_access == memory_state.synced_access
+    assert {u.external_id: (u.email, u.display_name, u.active) for u in graph_state.users.values()} == {
+        u.external_id: (u.email, u.display_name, u.active) for u in memory_state.users.values()
+    }

@@ -1,0 +1,289 @@
+"""The fake Graph server itself, spoken to with bare httpx: it must behave as Graph documents."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from calm_azure_sync.testing.fake_graph import FakeGraphServer, Fault, resource_units
+
+from .graph_helpers import FAKE_TOKEN, user
+
+pytestmark = pytest.mark.wire
+
+EXAMPLES = Path("/work/shared/reference/graph/examples")
+AUTH = {"Authorization": f"Bearer {FAKE_TOKEN}"}
+EVENTUAL = {**AUTH, "ConsistencyLevel": "eventual"}
+CAST = "/groups/g1/transitiveMembers/microsoft.graph.user"
+
+
+def fixture(size: int = 150) -> dict[str, Any]:
+    users = [user(f"u{index:03d}") for index in range(size)]
+    return {
+        "users": users,
+        "groups": [{"id": "g1", "displayName": "One"}, {"id": "g2", "displayName": "Two"}, {"id": "g3"}],
+        "members": {"g1": ["g2", "u000", "device-9"], "g2": [u["id"] for u in users] + ["g1"]},
+    }
+
+
+@pytest.fixture
+def graph() -> Iterator[FakeGraphServer]:
+    with FakeGraphServer(fixture()) as server:
+        yield server
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=5) as client:
+        yield client
+
+
+def get(http: httpx.Client, graph: FakeGraphServer, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    return http.get(graph.base_url + path, headers=AUTH if headers is None else headers)
+
+
+def test_it_listens_on_loopback_with_an_ephemeral_port_and_stops_cleanly():
+    server = FakeGraphServer(fixture()).start()
+    port = server.port
+    assert server.base_url == f"http://127.0.0.1:{port}/v1.0"
+    with httpx.Client() as client:  # a kept-alive connection must not hold the stop up
+        assert client.get(server.base_url + "/groups", headers=AUTH).status_code == 200
+        started = time.monotonic()
+        server.stop()
+        assert time.monotonic() - started < 2
+    server.stop()  # idempotent
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        pass
+    with pytest.raises(RuntimeError):
+        _ = server.base_url
+
+
+def test_a_cast_needs_consistency_level_and_count_on_every_page(graph, http):
+    refused = get(http, graph, CAST + "?$count=true")
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "Request_UnsupportedQuery"
+    assert get(http, graph, CAST, EVENTUAL).status_code == 400  # header without $count=true
+    first = get(http, graph, CAST + "?$count=true&$select=id", EVENTUAL).json()
+    assert first["@odata.count"] == 150
+    assert get(http, graph, "", {}).status_code == 400
+    next_link = first["@odata.nextLink"]
+    assert http.get(next_link, headers=AUTH).status_code == 400  # Graph does not carry the header over
+    again = get(http, graph, CAST + "?$count=true&$select=id", EVENTUAL).json()
+    second = http.get(again["@odata.nextLink"], headers=EVENTUAL).json()
+    assert "@odata.count" not in second  # only on the first page
+    assert len(again["value"]) + len(second["value"]) == 150
+
+
+def test_count_without_the_header_is_silently_ignored(graph, http):
+    answer = get(http, graph, "/groups?$count=true")
+    assert answer.status_code == 200
+    assert "@odata.count" not in answer.json()
+
+
+def test_top_defaults_to_100_allows_999_and_refuses_more(graph, http):
+    first = get(http, graph, "/users").json()
+    assert len(first["value"]) == 100
+    assert "@odata.nextLink" in first
+    assert len(get(http, graph, "/users?$top=999").json()["value"]) == 150
+    too_big = get(http, graph, "/users?$top=1000")
+    assert too_big.status_code == 400
+    assert too_big.json()["error"]["code"] == "Request_BadRequest"
+
+
+def test_the_page_cap_applies_under_top_and_next_links_are_opaque_and_whole(graph, http):
+    graph.page_cap = 40
+    seen: list[str] = []
+    link: str | None = graph.base_url + "/users?$top=999&$select=id"
+    while link:
+        body = http.get(link, headers=AUTH).json()
+        assert len(body["value"]) <= 40
+        seen += [item["id"] for item in body["value"]]
+        link = body.get("@odata.nextLink")
+        if link:
+            assert "$skiptoken=" in link
+            assert "$select=id" in link
+            token = link.split("$skiptoken=")[1]
+            assert "40" not in token.split("-")  # not an offset in disguise
+    assert len(seen) == 150 == len(set(seen))
+    bad = get(http, graph, "/users?$skiptoken=forged")
+    assert bad.status_code == 400
+
+
+def test_select_is_honoured_and_users_default_to_graphs_default_properties(graph, http):
+    selected = get(http, graph, "/users?$select=id,mail,accountEnabled&$top=1").json()
+    assert selected["@odata.context"].endswith("$metadata#users(id,mail,accountEnabled)")
+    assert set(selected["value"][0]) == {"id", "mail", "accountEnabled"}
+    plain = get(http, graph, "/users?$top=1").json()["value"][0]
+    assert "accountEnabled" not in plain
+    assert "userPrincipalName" in plain
+    unset = get(http, graph, "/users?$select=id,jobTitle&$top=1").json()["value"][0]
+    assert unset == {"id": "u000", "jobTitle": None}
+
+
+def test_uncast_member_lists_carry_odata_type_and_resolve_nesting(graph, http):
+    direct = get(http, graph, "/groups/g1/members").json()
+    assert direct["@odata.context"].endswith("$metadata#directoryObjects")
+    assert [(i["@odata.type"], i["id"]) for i in direct["value"]] == [
+        ("#microsoft.graph.group", "g2"),
+        ("#microsoft.graph.user", "u000"),
+    ]
+    graph.page_cap = 999
+    transitive = get(http, graph, "/groups/g1/transitiveMembers?$top=999").json()["value"]
+    types = {item["@odata.type"] for item in transitive}
+    assert types == {"#microsoft.graph.user", "#microsoft.graph.group"}
+    assert len([i for i in transitive if i["@odata.type"] == "#microsoft.graph.user"]) == 150
+    cast = get(http, graph, CAST + "?$count=true&$top=999", EVENTUAL).json()
+    assert cast["@odata.context"].endswith("$metadata#users")
+    assert all("@odata.type" not in item for item in cast["value"])  # as in the documented example
+
+
+def test_errors_have_graphs_shape_and_a_request_id(graph, http):
+    documented = json.loads((EXAMPLES / "error-403-authorization-requestdenied.json").read_text())
+    graph.granted_permissions = frozenset({"User.Read.All"})
+    denied = get(http, graph, "/groups")
+    assert denied.status_code == 403
+    body = denied.json()
+    assert set(body) == set(documented)
+    assert set(body["error"]) == set(documented["error"])
+    assert set(body["error"]["innerError"]) == set(documented["error"]["innerError"])
+    assert body["error"]["code"] == documented["error"]["code"]
+    assert denied.headers["request-id"] == body["error"]["innerError"]["request-id"]
+    graph.granted_permissions = None
+    missing = get(http, graph, "/groups/nope/transitiveMembers")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "Request_ResourceNotFound"
+
+
+def test_member_users_come_back_with_only_their_id_without_a_user_permission(graph, http):
+    graph.granted_permissions = frozenset({"GroupMember.Read.All"})
+    items = get(http, graph, CAST + "?$count=true&$select=id,mail", EVENTUAL).json()["value"]
+    assert items[0] == {"id": "u000"}
+    assert get(http, graph, "/users").status_code == 403
+
+
+def test_a_bearer_token_is_required_and_never_logged(graph, http):
+    empty = get(http, graph, "/groups", {})
+    assert empty.status_code == 401
+    assert empty.json()["error"]["code"] == "InvalidAuthenticationToken"
+    assert empty.json()["error"]["message"] == "Access token is empty."
+    assert get(http, graph, "/groups", {"Authorization": "Basic dTpw"}).status_code == 401
+    assert get(http, graph, "/groups").status_code == 200
+    assert [r.authorized for r in graph.requests] == [False, False, True]
+    assert FAKE_TOKEN not in repr(graph.requests)
+
+
+def test_only_listed_tokens_are_accepted_when_tokens_are_given(http):
+    with FakeGraphServer(fixture(), tokens=["right"]) as graph:
+        assert get(http, graph, "/groups", {"Authorization": "Bearer wrong"}).status_code == 401
+        assert get(http, graph, "/groups", {"Authorization": "Bearer right"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query", "units"),
+    [
+        ("GET", "/users", {}, 2),
+        ("GET", "/users", {"$select": "id"}, 1),
+        ("GET", "/users", {"$select": "id", "$top": "10"}, 1),
+        ("GET", "/groups/g1/members", {}, 3),
+        ("GET", "/groups/g1/transitiveMembers", {}, 5),
+        ("GET", "/groups/g1/transitiveMembers/microsoft.graph.user", {"$select": "id"}, 4),
+        ("GET", "/groups/g1/transitiveMembers", {"$expand": "x"}, 6),
+        ("GET", "/groups", {}, 1),
+        ("GET", "/groups", {"$select": "id"}, 1),
+    ],
+)
+def test_resource_units_follow_the_documented_table(method, path, query, units):
+    assert resource_units(method, path, query) == units
+
+
+def test_the_request_log_records_cost_headers_and_query(graph, http):
+    get(http, graph, CAST + "?$count=true&$select=id", {**EVENTUAL, "client-request-id": "c-1"})
+    (record,) = graph.requests
+    assert record.path == CAST
+    assert record.query == {"$count": "true", "$select": "id"}
+    assert record.consistency_level == "eventual"
+    assert record.client_request_id == "c-1"
+    assert record.resource_units == 4 == graph.resource_units_used
+    assert record.status == 200
+    assert not record.is_next_page
+
+
+def test_injected_throttle_carries_a_fractional_retry_after_in_graphs_429_shape(graph, http):
+    graph.inject(Fault.throttle(), path="/groups")
+    throttled = get(http, graph, "/groups")
+    assert throttled.status_code == 429
+    assert throttled.headers["Retry-After"] == "2.128"
+    assert throttled.json()["error"]["code"] == "TooManyRequests"
+    assert get(http, graph, "/groups").status_code == 200
+    assert graph.pending_faults == 0
+
+
+def test_faults_match_by_path_glob_and_can_skip_requests(graph, http):
+    graph.inject(Fault.unavailable(), path="/groups/g2/*", skip=1, times=2)
+    assert get(http, graph, "/groups").status_code == 200  # not matching
+    statuses = [get(http, graph, "/groups/g2/members").status_code for _ in range(4)]
+    assert statuses == [200, 503, 503, 200]
+    graph.inject(Fault.gateway_timeout())
+    graph.clear_faults()
+    assert get(http, graph, "/groups").status_code == 200
+
+
+def test_latency_reset_truncated_and_not_json_faults(graph, http):
+    graph.inject(Fault.latency(0.2))
+    started = time.monotonic()
+    assert get(http, graph, "/groups").status_code == 200
+    assert time.monotonic() - started >= 0.2
+    graph.inject(Fault.reset())
+    with pytest.raises(httpx.TransportError):
+        get(http, graph, "/groups")
+    graph.inject(Fault.truncated())
+    with pytest.raises(httpx.RemoteProtocolError):
+        get(http, graph, "/groups")
+    graph.inject(Fault.not_json())
+    odd = get(http, graph, "/groups")
+    assert odd.status_code == 200
+    with pytest.raises(json.JSONDecodeError):
+        odd.json()
+
+
+def test_the_directory_can_change_between_runs(graph, http):
+    graph.remove_group("g2")
+    assert get(http, graph, "/groups/g2/members").status_code == 404
+    graph.add_group({"id": "g4"}, members=["u001"])
+    graph.add_user(user("new"), groups=["g4"])
+    ids = [i["id"] for i in get(http, graph, "/groups/g4/members").json()["value"]]
+    assert ids == ["u001", "new"]
+    graph.remove_member("g4", "u001")
+    assert [i["id"] for i in get(http, graph, "/groups/g4/members").json()["value"]] == ["new"]
+    graph.load({"users": [], "groups": []})
+    assert get(http, graph, "/groups").json()["value"] == []
+    assert graph.fixture() == {"users": [], "groups": [], "members": {}}
+
+
+def test_batch_answers_each_request_and_refuses_more_than_20(graph, http):
+    requests = [
+        {"id": "1", "method": "GET", "url": CAST + "?$count=true&$select=id", "headers": {"ConsistencyLevel": "eventual"}},
+        {"id": "2", "method": "GET", "url": "/groups/nope"},
+    ]
+    answer = http.post(graph.base_url + "/$batch", headers=AUTH, json={"requests": requests})
+    assert answer.status_code == 200
+    by_id = {item["id"]: item for item in answer.json()["responses"]}
+    assert by_id["1"]["status"] == 200
+    assert by_id["1"]["body"]["@odata.count"] == 150
+    assert by_id["2"]["status"] == 404
+    assert [r.batched for r in graph.requests] == [True, True, False]
+    many = [{"id": str(i), "method": "GET", "url": "/groups"} for i in range(21)]
+    assert http.post(graph.base_url + "/$batch", headers=AUTH, json={"requests": many}).status_code == 400
+
+
+def test_unknown_segments_and_versions_are_bad_requests(graph, http):
+    assert get(http, graph, "/devices").status_code == 400
+    assert http.get(graph.base_url.replace("/v1.0", "/beta") + "/groups", headers=AUTH).status_code == 400
+    assert get(http, graph, "/groups/g1/transitiveMembers/microsoft.graph.device?$count=true", EVENTUAL).status_code == 400
