@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 import httpx
 
+from .._gc import collector_paused
 from ..errors import ConfigError, DirectoryAccessError, DirectoryError, GroupNotFoundError
 from ..model import DirectoryGroup, DirectoryUser
 from .consent import GRAPH_DEFAULT_SCOPE
@@ -555,9 +556,10 @@ class GraphDirectory:
             select=list(DirectoryGroup.GRAPH_SELECT), top=_PAGE_SIZE
         )
         groups: dict[str, DirectoryGroup] = {}
-        async for item in self._paged(builder, query, headers={}, operation="listing groups", group_id=None):
-            group = DirectoryGroup.from_graph(item)
-            groups.setdefault(group.id, group)
+        async for page in self._paged(builder, query, headers={}, operation="listing groups", group_id=None):
+            for item in page:
+                group = DirectoryGroup.from_graph(item)
+                groups.setdefault(group.id, group)
         return list(groups.values())
 
     async def group_members(self, group_id: str) -> Sequence[DirectoryUser]:
@@ -575,18 +577,25 @@ class GraphDirectory:
             select=list(DirectoryUser.GRAPH_SELECT), top=_PAGE_SIZE, count=True
         )
         users: dict[str, DirectoryUser] = {}
-        async for item in self._paged(
+        async for page in self._paged(
             builder,
             query,
             headers={"ConsistencyLevel": "eventual"},
             operation=f"reading the members of group {group_id!r}",
             group_id=group_id,
         ):
-            kind = item.get("@odata.type")
-            if kind is not None and kind != "#microsoft.graph.user":
-                continue  # the cast returns users only; anything else is not ours to read
-            user = DirectoryUser.from_graph(item)
-            users.setdefault(user.id, user)
+            # A page is parsed without awaiting, so pausing the cyclic collector
+            # is contained: 999 fresh objects that form no cycles would
+            # otherwise trigger collections that walk every object read so far.
+            with collector_paused():
+                from_graph = DirectoryUser.from_graph
+                for item in page:
+                    kind = item.get("@odata.type")
+                    if kind is not None and kind != "#microsoft.graph.user":
+                        continue  # the cast returns users only; anything else is not ours to read
+                    user = from_graph(item)
+                    if user.id not in users:
+                        users[user.id] = user
         return list(users.values())
 
     # -- paging, sending, errors --------------------------------------------------
@@ -600,7 +609,7 @@ class GraphDirectory:
         operation: str,
         group_id: str | None,
     ) -> Any:
-        """Yield every item of every page, following next links within the Graph origin."""
+        """Yield every page's items (a list of dicts), following next links within the Graph origin."""
         budget = _RetryBudget(self.retry.total_budget_seconds)
         options = [ResponseHandlerOption(_NATIVE), _RetryBudgetOption(budget)]
         request = builder.to_get_request_information(
@@ -613,9 +622,9 @@ class GraphDirectory:
             if not isinstance(values, list):
                 raise DirectoryError(f"{operation}: Graph's answer has no 'value' list", code="invalid_response")
             for item in values:
-                if not isinstance(item, dict):
+                if type(item) is not dict:
                     raise DirectoryError(f"{operation}: Graph returned a non-object item", code="invalid_response")
-                yield item
+            yield values
             next_link = page.get("@odata.nextLink")
             if next_link is None:
                 return
