@@ -160,10 +160,7 @@ class SyncConfig:
                 }
                 for mapping in self.mappings.mappings
             ],
-            "exclusions": {
-                "patterns": list(self.exclusions.patterns),
-                "user_ids": list(self.exclusions.user_ids),
-            },
+            "exclusions": self.exclusions.to_dict(),
             "removal": {
                 "mode": self.removal.mode,
                 "max_removal_ratio": self.removal.max_removal_ratio,
