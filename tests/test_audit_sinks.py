@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from calm_azure_sync import AuditEvent, AuditKind, AuditSink, InMemoryAuditSink, JsonlAuditSink, SqliteAuditSink
+from calm_azure_sync import (
+    AuditEvent,
+    AuditKind,
+    AuditSink,
+    InMemoryAuditSink,
+    JsonlAuditSink,
+    SqliteAuditSink,
+)
 from calm_azure_sync.audit.sqlite import ImportLogPage
 
 T0 = dt.datetime(2025, 3, 1, 9, 0, tzinfo=dt.UTC)
@@ -155,7 +162,9 @@ async def test_sqlite_stores_detail_as_json(sqlite_sink: SqliteAuditSink, tmp_pa
     assert json.loads(detail) == {"minute": 0, "groups": ["g1", "g2"], "name": "Zoë"}
 
 
-async def test_sqlite_query_is_newest_first_with_ties_last_recorded_first(sqlite_sink: SqliteAuditSink) -> None:
+async def test_sqlite_query_is_newest_first_with_ties_last_recorded_first(
+    sqlite_sink: SqliteAuditSink,
+) -> None:
     tied = [_event(5, subject=f"tied-{index}") for index in range(3)]
     await sqlite_sink.record([_event(1), _event(9), *tied])
     await sqlite_sink.record([_event(3)])
@@ -180,8 +189,11 @@ async def test_sqlite_query_filters_by_trust_run_and_kinds(sqlite_sink: SqliteAu
         2,
         1,
     ]
-    assert [e.at.minute for e in await sqlite_sink.query(TRUST, run_id="run-1", kinds={"user_created"})] == [1]
+    assert [e.at.minute for e in await sqlite_sink.query(TRUST, run_id="run-1", kinds={"user_created"})] == [
+        1
+    ]
     assert await sqlite_sink.query(TRUST, kinds=[]) == []
+    assert [e.at.minute for e in await sqlite_sink.query(TRUST, kinds="error")] == [2]
     assert [e.trust_site_id for e in await sqlite_sink.query("trust-elm")] == ["trust-elm"]
 
 
@@ -191,7 +203,7 @@ async def test_sqlite_query_refuses_an_unknown_kind_and_a_bad_limit(sqlite_sink:
     with pytest.raises(ValueError, match="limit"):
         await sqlite_sink.query(TRUST, limit=0)
     with pytest.raises(ValueError, match="timezone-aware"):
-        await sqlite_sink.query(TRUST, before=dt.datetime(2025, 1, 1))  # noqa: DTZ001 - the point of the test
+        await sqlite_sink.query(TRUST, before=dt.datetime(2025, 1, 1))  # naive: the point of the test
 
 
 async def test_sqlite_pages_with_a_before_datetime(sqlite_sink: SqliteAuditSink) -> None:

@@ -126,7 +126,8 @@ async def test_a_crash_mid_apply_leaves_no_half_written_user_and_a_rerun_converg
         converged = await store.load(TRUST)
         assert len(converged.users) == 150
         assert converged.synced_access == {
-            f"e{number:04d}": {("oak-primary", module): Role.MEMBER for module in MODULES} for number in range(150)
+            f"e{number:04d}": {("oak-primary", module): Role.MEMBER for module in MODULES}
+            for number in range(150)
         }
     with sqlite3.connect(path) as check:
         assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -186,7 +187,9 @@ async def test_a_lock_whose_holder_was_killed_is_taken_over(store: SqliteUserSto
     holder.communicate(timeout=30)  # reaped: the pid is really gone
     async with store.run_lock(TRUST):
         rows = await asyncio.to_thread(_lock_rows, tmp_path / "calm.db")
-        assert [(pid, hostname) for _holder, pid, hostname, _expires in rows] == [(os.getpid(), socket.gethostname())]
+        assert [(pid, hostname) for _holder, pid, hostname, _expires in rows] == [
+            (os.getpid(), socket.gethostname())
+        ]
     assert await asyncio.to_thread(_lock_rows, tmp_path / "calm.db") == []
 
 
@@ -217,17 +220,25 @@ def _dead_pid() -> int:
     return probe.pid
 
 
-async def test_a_lock_left_by_a_dead_pid_on_this_host_is_recovered(store: SqliteUserStore, tmp_path: Path) -> None:
+async def test_a_lock_left_by_a_dead_pid_on_this_host_is_recovered(
+    store: SqliteUserStore, tmp_path: Path
+) -> None:
     await store.load(TRUST)  # creates the schema
-    _plant_lock(tmp_path / "calm.db", pid=_dead_pid(), hostname=socket.gethostname(), expires_in=dt.timedelta(hours=1))
+    _plant_lock(
+        tmp_path / "calm.db", pid=_dead_pid(), hostname=socket.gethostname(), expires_in=dt.timedelta(hours=1)
+    )
     async with store.run_lock(TRUST):
         pass
 
 
-async def test_a_live_lock_on_another_host_holds_until_its_lease_ends(store: SqliteUserStore, tmp_path: Path) -> None:
+async def test_a_live_lock_on_another_host_holds_until_its_lease_ends(
+    store: SqliteUserStore, tmp_path: Path
+) -> None:
     await store.load(TRUST)
     # The pid is alive here, but it is another host's: only the lease can tell.
-    _plant_lock(tmp_path / "calm.db", pid=os.getpid(), hostname="other-host", expires_in=dt.timedelta(hours=1))
+    _plant_lock(
+        tmp_path / "calm.db", pid=os.getpid(), hostname="other-host", expires_in=dt.timedelta(hours=1)
+    )
     with pytest.raises(ImportAlreadyRunningError):
         async with store.run_lock(TRUST):
             pass  # pragma: no cover - the lock must not be granted
@@ -235,7 +246,9 @@ async def test_a_live_lock_on_another_host_holds_until_its_lease_ends(store: Sql
 
 async def test_an_expired_lease_is_taken_over(store: SqliteUserStore, tmp_path: Path) -> None:
     await store.load(TRUST)
-    _plant_lock(tmp_path / "calm.db", pid=os.getpid(), hostname="other-host", expires_in=-dt.timedelta(seconds=1))
+    _plant_lock(
+        tmp_path / "calm.db", pid=os.getpid(), hostname="other-host", expires_in=-dt.timedelta(seconds=1)
+    )
     async with store.run_lock(TRUST):
         pass
 
@@ -270,7 +283,14 @@ def test_two_processes_apply_to_one_file_at_once(tmp_path: Path) -> None:
     path = tmp_path / "calm.db"
     writers = [
         subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(_WRITER), str(path), str(first), str(Path(__file__).parent)],
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent(_WRITER),
+                str(path),
+                str(first),
+                str(Path(__file__).parent),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -317,6 +337,29 @@ async def test_a_write_the_database_refuses_fails_alone(store: SqliteUserStore, 
     assert all(len(access) == len(MODULES) for access in state.synced_access.values())
 
 
+async def test_reapplying_an_applied_batch_writes_no_row(store: SqliteUserStore, tmp_path: Path) -> None:
+    batch = _batch(0, 5)
+    await store.apply(TRUST, batch)
+    connection = sqlite3.connect(tmp_path / "calm.db")
+    with connection:
+        connection.execute("CREATE TABLE row_writes (n INTEGER)")
+        for table in ("users", "grants"):
+            for event in ("INSERT", "UPDATE", "DELETE"):
+                connection.execute(
+                    f"CREATE TRIGGER count_{table}_{event.lower()} AFTER {event} ON {table} "
+                    "BEGIN INSERT INTO row_writes VALUES (1); END"
+                )
+    try:
+        results = await store.apply(TRUST, batch)
+        assert all(result.ok for result in results)
+        assert connection.execute("SELECT count(*) FROM row_writes").fetchone() == (0,)
+        # The counter itself works: a real change is counted.
+        await store.apply(TRUST, [Assign("e0000", "oak-primary", "risk", Role.ADMIN)])
+        assert connection.execute("SELECT count(*) FROM row_writes").fetchone() == (1,)
+    finally:
+        connection.close()
+
+
 async def test_a_schema_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     async with SqliteUserStore(tmp_path / "calm.db") as store:
         await store.load(TRUST)
@@ -329,11 +372,15 @@ async def test_a_schema_from_a_newer_version_is_refused(tmp_path: Path) -> None:
             await store.load(TRUST)
 
 
-async def test_the_schema_has_the_documented_indexes_and_pragmas(store: SqliteUserStore, tmp_path: Path) -> None:
+async def test_the_schema_has_the_documented_indexes_and_pragmas(
+    store: SqliteUserStore, tmp_path: Path
+) -> None:
     await store.load(TRUST)
     connection = sqlite3.connect(tmp_path / "calm.db")
     try:
-        indexes = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        indexes = {
+            row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
         assert {"users_by_email_key", "users_by_external_id"} <= indexes
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
@@ -355,7 +402,9 @@ EMAILS = ("ann@oak.example", "ANN@oak.example", "bob@oak.example", "cat@oak.exam
 
 _change_specs = st.one_of(
     st.tuples(st.just("create"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(EMAILS)),
-    st.tuples(st.just("link"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(MANUAL_IDS), st.sampled_from(EMAILS)),
+    st.tuples(
+        st.just("link"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(MANUAL_IDS), st.sampled_from(EMAILS)
+    ),
     st.tuples(st.just("update"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(EMAILS), st.booleans()),
     st.tuples(
         st.just("assign"),
@@ -379,7 +428,9 @@ def _resolve(spec: tuple[object, ...], state: StoreState) -> Change:
     if kind == "link":
         return LinkUser(external_id, str(spec[2]), str(spec[3]), f"Linked {external_id}")
     if kind == "update":
-        return UpdateUser(external_id, user_id, str(spec[2]), f"Updated {external_id}", reactivate=bool(spec[3]))
+        return UpdateUser(
+            external_id, user_id, str(spec[2]), f"Updated {external_id}", reactivate=bool(spec[3])
+        )
     if kind == "assign":
         role = spec[3]
         assert isinstance(role, Role)

@@ -1,0 +1,104 @@
+"""The JSON Lines Import Log: append-only, one event a line, durable per call."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import attrs
+
+from .events import AuditEvent
+
+__all__ = ["JsonlAuditSink"]
+
+
+@attrs.define
+class JsonlAuditSink:
+    """An :class:`~calm_azure_sync.AuditSink` appending one JSON object a line to ``path``.
+
+    Each line is :meth:`AuditEvent.to_dict`. Every :meth:`record` call writes
+    its events at once, then flushes and fsyncs, so what it returned for is on
+    disk. Parent directories are created. A crash mid-write can leave a torn
+    last line; the next :meth:`record` starts a fresh line after it, and
+    :meth:`read` skips it, so one torn write never hides another event.
+    """
+
+    path: Path = attrs.field(converter=Path)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+
+    async def record(self, events: Sequence[AuditEvent]) -> None:
+        """Append ``events``, durably."""
+        if not events:
+            return
+        text = "".join(json.dumps(event.to_dict(), ensure_ascii=False) + "\n" for event in events)
+        await asyncio.to_thread(self._append, text.encode("utf-8"))
+
+    def _append(self, data: bytes) -> None:
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            created = not self.path.exists()
+            with self.path.open("ab") as file:
+                if file.tell() > 0 and not self._ends_with_newline():
+                    # The last write was torn by a crash: end that fragment so
+                    # our first event starts on a line of its own.
+                    data = b"\n" + data
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            if created:
+                _fsync_directory(self.path.parent)
+
+    def _ends_with_newline(self) -> bool:
+        with self.path.open("rb") as file:
+            file.seek(-1, os.SEEK_END)
+            return file.read(1) == b"\n"
+
+    def iter_events(self) -> Iterator[AuditEvent]:
+        """Yield the events in the file, oldest first; a line torn by a crash is skipped.
+
+        A missing file has no events.
+        """
+        try:
+            file = self.path.open("rb")
+        except FileNotFoundError:
+            return
+        with file:
+            for line in file:
+                event = _parse_line(line)
+                if event is not None:
+                    yield event
+
+    def read(self) -> list[AuditEvent]:
+        """Every event in the file, oldest first (see :meth:`iter_events`)."""
+        return list(self.iter_events())
+
+
+def _parse_line(line: bytes) -> AuditEvent | None:
+    """The event on ``line``, or ``None`` for a blank or torn line."""
+    if not line.strip():
+        return None
+    try:
+        data = json.loads(line)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError: a partial write
+        return None
+    if not isinstance(data, dict):
+        return None
+    return AuditEvent.from_dict(data)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # A new file's directory entry is only durable once its directory is synced.
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms that cannot open a directory
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:  # pragma: no cover - some filesystems refuse; the data itself is synced
+        pass
+    finally:
+        os.close(descriptor)

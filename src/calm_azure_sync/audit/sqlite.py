@@ -1,0 +1,247 @@
+"""The SQLite Import Log: events in one table, queried newest first for the Import Log screen."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import os
+import sqlite3
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any, Final
+
+import attrs
+
+from ..store.sqlite import ThreadedConnection, write_transaction
+from .events import AuditEvent, AuditKind
+
+__all__ = ["ImportLogCursor", "ImportLogPage", "SqliteAuditSink"]
+
+SCHEMA_VERSION: Final = 1
+
+_SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS calm_audit_schema (version INTEGER NOT NULL)",
+    # ``seq`` is the insertion order: it breaks ties between events with one ``at``.
+    """CREATE TABLE IF NOT EXISTS audit_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        trust_site_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        message TEXT NOT NULL,
+        run_id TEXT,
+        actor_id TEXT,
+        subject TEXT,
+        detail TEXT NOT NULL DEFAULT '{}'
+    )""",
+    # The index ends in the rowid (``seq``), so "newest first" is an index walk.
+    "CREATE INDEX IF NOT EXISTS audit_events_by_trust_at ON audit_events (trust_site_id, at)",
+    "CREATE INDEX IF NOT EXISTS audit_events_by_run ON audit_events (run_id) WHERE run_id IS NOT NULL",
+)
+
+
+def _stored_at(moment: dt.datetime) -> str:
+    # Fixed-width UTC ISO 8601, so text order is time order.
+    if moment.tzinfo is None:
+        raise ValueError(f"before must be a timezone-aware datetime, got {moment!r}")
+    return moment.astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
+@attrs.frozen
+class ImportLogCursor:
+    """Where a page of the Import Log ended: pass it as ``before`` to get the next page.
+
+    Unlike a bare datetime it also remembers the event's place among events
+    with the same time, so paging never skips or repeats an event.
+    """
+
+    at: dt.datetime
+    seq: int
+
+
+class ImportLogPage(list[AuditEvent]):
+    """One page of the Import Log, newest first: a list of :class:`AuditEvent`.
+
+    ``next_before`` is the cursor for the following page (``None`` when this
+    page is the last). Prints as a small table, and as HTML in notebooks.
+    """
+
+    next_before: ImportLogCursor | None
+
+    def __init__(self, events: Iterable[AuditEvent] = (), next_before: ImportLogCursor | None = None) -> None:
+        super().__init__(events)
+        self.next_before = next_before
+
+    def __str__(self) -> str:
+        if not self:
+            return "(no Import Log events)"
+        return "\n".join(
+            f"{event.at:%Y-%m-%d %H:%M:%S}  {event.kind.value:<19} {event.subject or '':<24} {event.message}"
+            for event in self
+        )
+
+    def _repr_html_(self) -> str:
+        cells = ("at", "kind", "subject", "message", "run")
+        head = "".join(f"<th>{name}</th>" for name in cells)
+        rows = "".join(
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(value)}</td>"
+                for value in (
+                    f"{event.at:%Y-%m-%d %H:%M:%S}",
+                    event.kind.value,
+                    event.subject or "",
+                    event.message,
+                    event.run_id or "",
+                )
+            )
+            + "</tr>"
+            for event in self
+        )
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _setup(connection: sqlite3.Connection) -> None:
+    with write_transaction(connection):
+        for statement in _SCHEMA:
+            connection.execute(statement)
+        row = connection.execute("SELECT version FROM calm_audit_schema").fetchone()
+        if row is None:
+            connection.execute("INSERT INTO calm_audit_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif row[0] != SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the Import Log schema is version {row[0]}; this calm-azure-sync reads version {SCHEMA_VERSION}"
+            )
+
+
+def _insert(connection: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    with write_transaction(connection):
+        connection.executemany(
+            "INSERT INTO audit_events (at, trust_site_id, kind, message, run_id, actor_id, subject, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+
+def _select(connection: sqlite3.Connection, sql: str, parameters: list[Any]) -> list[tuple[Any, ...]]:
+    return connection.execute(sql, parameters).fetchall()
+
+
+def _kind_values(kinds: Collection[AuditKind | str]) -> list[str]:
+    if isinstance(kinds, str):  # one kind given bare (AuditKind is a str too), not its letters
+        kinds = [kinds]
+    return [AuditKind(kind).value for kind in kinds]
+
+
+@attrs.define
+class SqliteAuditSink:
+    """An :class:`~calm_azure_sync.AuditSink` in a SQLite file, with :meth:`query` for the Import Log.
+
+    It may share a file with :class:`~calm_azure_sync.SqliteUserStore` (its
+    table is ``audit_events``). Each :meth:`record` call is one transaction.
+    ``detail`` is stored as JSON text. Call :meth:`close` when done.
+
+    A host's Import Log screen pages like this::
+
+        page = await sink.query("trust-1", limit=50)
+        older = await sink.query("trust-1", limit=50, before=page.next_before)
+    """
+
+    path: str | os.PathLike[str]
+    busy_timeout_ms: int = 30_000
+    _db: ThreadedConnection = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._db = ThreadedConnection(self.path, _setup, self.busy_timeout_ms)
+
+    async def __aenter__(self) -> SqliteAuditSink:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._db.close()
+
+    async def record(self, events: Sequence[AuditEvent]) -> None:
+        """Store ``events`` in one transaction."""
+        if not events:
+            return
+        rows = [
+            (
+                _stored_at(event.at),
+                event.trust_site_id,
+                event.kind.value,
+                event.message,
+                event.run_id,
+                event.actor_id,
+                event.subject,
+                json.dumps(event.detail, ensure_ascii=False, sort_keys=True),
+            )
+            for event in events
+        ]
+        await self._db.run(_insert, rows)
+
+    async def query(
+        self,
+        trust_site_id: str,
+        run_id: str | None = None,
+        kinds: Collection[AuditKind | str] | None = None,
+        limit: int | None = 100,
+        before: dt.datetime | ImportLogCursor | None = None,
+    ) -> ImportLogPage:
+        """The Import Log of ``trust_site_id``, newest first (events with one time: last recorded first).
+
+        ``run_id`` keeps one run's events; ``kinds`` keeps those kinds
+        (:class:`AuditKind` or their string values; an unknown one raises
+        ``ValueError``); ``before`` keeps events strictly older than a
+        timezone-aware datetime, or older than the end of a previous page
+        (its :attr:`ImportLogPage.next_before`); ``limit`` caps the page
+        (``None``: no cap).
+        """
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be at least 1 or None, got {limit!r}")
+        where = ["trust_site_id = ?"]
+        parameters: list[Any] = [trust_site_id]
+        if run_id is not None:
+            where.append("run_id = ?")
+            parameters.append(run_id)
+        if kinds is not None:
+            values = _kind_values(kinds)
+            where.append(f"kind IN ({', '.join('?' for _ in values)})" if values else "0")
+            parameters.extend(values)
+        if isinstance(before, ImportLogCursor):
+            where.append("(at < ? OR (at = ? AND seq < ?))")
+            parameters.extend([_stored_at(before.at), _stored_at(before.at), before.seq])
+        elif before is not None:
+            where.append("at < ?")
+            parameters.append(_stored_at(before))
+        sql = (
+            "SELECT seq, at, trust_site_id, kind, message, run_id, actor_id, subject, detail FROM audit_events "
+            f"WHERE {' AND '.join(where)} ORDER BY at DESC, seq DESC"
+        )
+        if limit is not None:
+            # One row more than asked tells whether there is a next page.
+            sql += " LIMIT ?"
+            parameters.append(limit + 1)
+        rows = await self._db.run(_select, sql, parameters)
+        has_more = limit is not None and len(rows) > limit
+        rows = rows[:limit] if limit is not None else rows
+        events = [
+            AuditEvent(
+                at=dt.datetime.fromisoformat(at),
+                trust_site_id=trust,
+                kind=kind,
+                message=message,
+                run_id=run,
+                actor_id=actor,
+                subject=subject,
+                detail=json.loads(detail),
+            )
+            for _seq, at, trust, kind, message, run, actor, subject, detail in rows
+        ]
+        next_before = None
+        if has_more:
+            last_seq, last_at = rows[-1][0], rows[-1][1]
+            next_before = ImportLogCursor(at=dt.datetime.fromisoformat(last_at), seq=last_seq)
+        return ImportLogPage(events, next_before)

@@ -1,0 +1,590 @@
+"""The SQLite user store: the embedded default for hosts without their own users table.
+
+Standard-library :mod:`sqlite3` in WAL mode with foreign keys on. The schema
+(see docs/stores.md) is created on first use and versioned in
+``calm_store_schema``.
+
+How ``apply`` stays fast and safe
+---------------------------------
+One ``apply`` call is one ``BEGIN IMMEDIATE`` transaction. Inside it the store
+loads just the rows the batch touches (the users named by external id, user
+id or email, and their grants) into a
+:class:`~calm_azure_sync.store.in_memory.UserTables`, applies the batch there
+with the same rules as the in-memory store, and writes back the logged
+mutations with ``executemany``: user rows first, in order, then grant rows, in
+order. A change those rules reject writes nothing. If the database still
+refuses a write (a host's trigger or constraint), the batch's writes are
+rolled back to a savepoint and the batch is replayed one change at a time,
+each user's changes under a savepoint and each change under a nested one, so
+only the refused change fails. The transaction commits once: a crash anywhere
+in the batch leaves none of it, so no user is ever half-written.
+
+The connection is used from worker threads (:func:`asyncio.to_thread`) under a
+lock, so the event loop never waits on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import itertools
+import json
+import logging
+import os
+import socket
+import sqlite3
+import sys
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import attrs
+
+from .._gc import collector_paused
+from ..errors import ImportAlreadyRunningError
+from ..model import Role, email_key
+from ..plan import Change, CreateUser, DeactivateUser, LinkUser, UpdateUser
+from .in_memory import GrantWrite, Mutation, UserTables, UserWrite
+from .protocol import ChangeResult, Grant, StoredUser, StoreState
+
+__all__ = ["SqliteUserStore", "ThreadedConnection"]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+SCHEMA_VERSION: Final = 1
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS calm_store_schema (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS users (
+    id TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    email_key TEXT NOT NULL,
+    display_name TEXT NOT NULL,
+    given_name TEXT,
+    surname TEXT,
+    external_id TEXT,
+    active INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1))
+);
+CREATE UNIQUE INDEX IF NOT EXISTS users_by_email_key ON users (email_key);
+CREATE UNIQUE INDEX IF NOT EXISTS users_by_external_id ON users (external_id);
+CREATE TABLE IF NOT EXISTS grants (
+    user_id TEXT NOT NULL REFERENCES users (id),
+    site_id TEXT NOT NULL,
+    module TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('Member', 'Manager', 'Admin')),
+    source TEXT NOT NULL CHECK (source IN ('manual', 'azure')),
+    trust_site_id TEXT,
+    PRIMARY KEY (user_id, site_id, module, source)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS grants_synced_by_trust ON grants (trust_site_id) WHERE source = 'azure';
+CREATE INDEX IF NOT EXISTS grants_manual_by_user ON grants (user_id) WHERE source = 'manual';
+CREATE TABLE IF NOT EXISTS run_locks (
+    trust_site_id TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    hostname TEXT NOT NULL,
+    acquired_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
+"""
+
+_ROLES: Final = {role.value: role for role in Role}
+
+_USER_COLUMNS: Final = "id, email, display_name, external_id, given_name, surname, active"
+_INSERT_USER: Final = (
+    "INSERT INTO users (id, email, email_key, display_name, given_name, surname, external_id, active) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_USER: Final = (
+    "UPDATE users SET email = ?, email_key = ?, display_name = ?, given_name = ?, surname = ?, "
+    "external_id = ?, active = ? WHERE id = ?"
+)
+_UPSERT_GRANT: Final = (
+    "INSERT INTO grants (user_id, site_id, module, source, role, trust_site_id) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (user_id, site_id, module, source) "
+    "DO UPDATE SET role = excluded.role, trust_site_id = excluded.trust_site_id"
+)
+_DELETE_GRANT: Final = "DELETE FROM grants WHERE user_id = ? AND site_id = ? AND module = ? AND source = ?"
+
+
+def open_sqlite(path: str | os.PathLike[str], *, busy_timeout_ms: int) -> sqlite3.Connection:
+    """Open ``path`` the way every shipped SQLite component does.
+
+    WAL (readers never block the writer), foreign keys on, a busy timeout so
+    two processes on one file wait for each other instead of failing, and
+    autocommit mode so transactions are exactly the ``BEGIN``s we issue.
+    Parent directories are created.
+    """
+    if str(path) != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        connection.execute("PRAGMA journal_mode = WAL")
+        # FULL: a batch reported as applied survives a power cut, not just a
+        # process crash; one fsync per batch is cheap next to the batch itself.
+        connection.execute("PRAGMA synchronous = FULL")
+        connection.execute("PRAGMA foreign_keys = ON")
+        connection.execute("PRAGMA cache_size = -32768")
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+@attrs.define
+class ThreadedConnection:
+    """One SQLite connection used from worker threads, one call at a time.
+
+    ``run(fn, *args)`` calls ``fn(connection, *args)`` in a thread under a
+    lock; the connection is opened (and ``setup`` run on it) on first use.
+    """
+
+    path: str | os.PathLike[str]
+    setup: Callable[[sqlite3.Connection], None]
+    busy_timeout_ms: int = 30_000
+    _connection: sqlite3.Connection | None = attrs.field(default=None, init=False)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+
+    def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self.path}: the store is closed")
+            if self._connection is None:
+                connection = open_sqlite(self.path, busy_timeout_ms=self.busy_timeout_ms)
+                try:
+                    self.setup(connection)
+                except BaseException:
+                    connection.close()
+                    raise
+                self._connection = connection
+            return fn(self._connection, *args)
+
+    async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn(connection, *args)`` in a worker thread and return its result."""
+        return await asyncio.to_thread(self._call, fn, *args)
+
+    def close(self) -> None:
+        """Close the connection (waiting for a call in progress to finish)."""
+        with self._lock:
+            self._closed = True
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+
+@contextlib.contextmanager
+def write_transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``; roll back on any exception."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        # SQLite rolls back by itself on some errors (a full disk, an I/O
+        # error); a second ROLLBACK would then hide the original exception.
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+def _setup_store(connection: sqlite3.Connection) -> None:
+    with write_transaction(connection):
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                connection.execute(statement)
+        row = connection.execute("SELECT version FROM calm_store_schema").fetchone()
+        if row is None:
+            connection.execute("INSERT INTO calm_store_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif row[0] != SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the user store schema is version {row[0]}; this calm-azure-sync reads version {SCHEMA_VERSION}"
+            )
+
+
+def _user_from_row(row: sqlite3.Row | tuple[Any, ...]) -> StoredUser:
+    user_id, email, display_name, external_id, given_name, surname, active = row
+    return StoredUser(
+        user_id=user_id,
+        email=email,
+        display_name=display_name,
+        external_id=external_id,
+        given_name=given_name,
+        surname=surname,
+        active=bool(active),
+    )
+
+
+def _json_list(values: Iterable[str]) -> str:
+    return json.dumps(sorted(set(values)))
+
+
+def _load_tables(connection: sqlite3.Connection, changes: Sequence[Change]) -> UserTables:
+    """The rows ``changes`` can read or collide with, as UserTables that log mutations.
+
+    Every user whose external id, id or email key a change names is loaded,
+    with all its grants, so email uniqueness and "no grant left" are decided
+    on complete facts.
+    """
+    external_ids = {change.external_id for change in changes}
+    user_ids = {
+        change.user_id for change in changes if isinstance(change, (LinkUser, UpdateUser, DeactivateUser))
+    }
+    email_keys = {
+        email_key(change.email)
+        for change in changes
+        if isinstance(change, (CreateUser, LinkUser, UpdateUser))
+    }
+    tables = UserTables(log=[])
+    rows = connection.execute(
+        f"SELECT {_USER_COLUMNS} FROM users WHERE external_id IN (SELECT value FROM json_each(?1)) "
+        "OR id IN (SELECT value FROM json_each(?2)) OR email_key IN (SELECT value FROM json_each(?3))",
+        (_json_list(external_ids), _json_list(user_ids), _json_list(email_keys)),
+    )
+    for row in rows:
+        tables.put_user(_user_from_row(row))
+    if tables.users:
+        grant_rows = connection.execute(
+            "SELECT user_id, site_id, module, source, role, trust_site_id FROM grants "
+            "WHERE user_id IN (SELECT value FROM json_each(?))",
+            (_json_list(tables.users),),
+        )
+        for user_id, site_id, module, source, role, trust in grant_rows:
+            tables.put_grant(user_id, (site_id, module, source), (_ROLES[role], trust))
+    return tables
+
+
+def _write(connection: sqlite3.Connection, mutations: Sequence[Mutation]) -> None:
+    """Write logged mutations: user rows first, then grant rows, each in order.
+
+    User rows go first so every grant's user exists; within each kind the
+    order is kept, because an email freed by one update may be taken by the
+    next row. Consecutive rows of one statement go through one executemany.
+    """
+    runs: list[tuple[str, list[tuple[Any, ...]]]] = []
+
+    def add(statement: str, parameters: tuple[Any, ...]) -> None:
+        if runs and runs[-1][0] == statement:
+            runs[-1][1].append(parameters)
+        else:
+            runs.append((statement, [parameters]))
+
+    for mutation in mutations:
+        if isinstance(mutation, UserWrite):
+            user = mutation.user
+            row = (email_key(user.email), user.display_name, user.given_name, user.surname, user.external_id)
+            if mutation.new:
+                add(_INSERT_USER, (user.user_id, user.email, *row, int(user.active)))
+            else:
+                add(_UPDATE_USER, (user.email, *row, int(user.active), user.user_id))
+    for mutation in mutations:
+        if isinstance(mutation, GrantWrite):
+            site_id, module, source = mutation.key
+            if mutation.value is None:
+                add(_DELETE_GRANT, (mutation.user_id, site_id, module, source))
+            else:
+                role, trust_site_id = mutation.value
+                add(_UPSERT_GRANT, (mutation.user_id, site_id, module, source, role.value, trust_site_id))
+    for statement, rows in runs:
+        connection.executemany(statement, rows)
+
+
+def _apply_batch(
+    connection: sqlite3.Connection, trust_site_id: str, changes: Sequence[Change]
+) -> list[ChangeResult]:
+    with write_transaction(connection):
+        connection.execute("SAVEPOINT calm_batch")
+        try:
+            tables = _load_tables(connection, changes)
+            results = tables.apply(trust_site_id, changes)
+            assert tables.log is not None
+            _write(connection, tables.log)
+        except sqlite3.IntegrityError:
+            connection.execute("ROLLBACK TO calm_batch")
+            connection.execute("RELEASE calm_batch")
+            return _apply_one_by_one(connection, trust_site_id, changes)
+        connection.execute("RELEASE calm_batch")
+        return results
+
+
+def _apply_one_by_one(
+    connection: sqlite3.Connection, trust_site_id: str, changes: Sequence[Change]
+) -> list[ChangeResult]:
+    """The slow path, when the database refused a write the rules allowed.
+
+    Each user's changes (consecutive changes with one external id) run under a
+    savepoint, each change under a nested one, re-reading its rows first, so a
+    refused change is rolled back alone and reported; the others apply.
+    """
+    results: list[ChangeResult] = []
+    for _external_id, group in itertools.groupby(changes, key=lambda change: change.external_id):
+        connection.execute("SAVEPOINT calm_user")
+        for change in group:
+            connection.execute("SAVEPOINT calm_change")
+            try:
+                tables = _load_tables(connection, [change])
+                error = tables.apply_one(trust_site_id, change)
+                assert tables.log is not None
+                _write(connection, tables.log)
+            except sqlite3.IntegrityError as exc:
+                connection.execute("ROLLBACK TO calm_change")
+                error = f"the database refused the change: {exc}"
+            connection.execute("RELEASE calm_change")
+            results.append(ChangeResult(change, error))
+        connection.execute("RELEASE calm_user")
+    return results
+
+
+def _load_state(connection: sqlite3.Connection, trust_site_id: str) -> StoreState:
+    # One read transaction, so the users and grants are one consistent snapshot.
+    connection.execute("BEGIN")
+    with collector_paused():
+        try:
+            users = {
+                row[0]: _user_from_row(row)
+                for row in connection.execute(f"SELECT {_USER_COLUMNS} FROM users")
+            }
+            # No join: the users are in memory already, and mapping user id to
+            # external id here is cheaper than SQLite looking each user up.
+            external_ids = {user.user_id: user.external_id for user in users.values()}
+            synced: dict[str, dict[tuple[str, str], Role]] = {}
+            for user_id, site_id, module, role in connection.execute(
+                "SELECT user_id, site_id, module, role FROM grants WHERE source = 'azure' AND trust_site_id = ?",
+                (trust_site_id,),
+            ):
+                external_id = external_ids[user_id]
+                if external_id is not None:
+                    synced.setdefault(external_id, {})[(site_id, module)] = _ROLES[role]
+            manual = frozenset(
+                row[0]
+                for row in connection.execute("SELECT DISTINCT user_id FROM grants WHERE source = 'manual'")
+            )
+        finally:
+            connection.execute("COMMIT")
+    return StoreState(users=users, synced_access=synced, manual_access_user_ids=manual)
+
+
+def _add_user(connection: sqlite3.Connection, email: str, display_name: str, user_id: str | None) -> str:
+    with write_transaction(connection):
+        tables = UserTables(log=[])
+        for row in connection.execute(
+            f"SELECT {_USER_COLUMNS} FROM users WHERE email_key = ? OR id = ?", (email_key(email), user_id)
+        ):
+            tables.put_user(_user_from_row(row))
+        new_id = tables.add_user(email, display_name, user_id)
+        _write(connection, tables.log or [])
+    return new_id
+
+
+def _grant(connection: sqlite3.Connection, user_id: str, site_id: str, module: str, role: Role | str) -> None:
+    parsed = Role.parse(role)
+    with write_transaction(connection):
+        if connection.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone() is None:
+            raise KeyError(f"no user with id {user_id!r}")
+        connection.execute(_UPSERT_GRANT, (user_id, site_id, module, "manual", parsed.value, None))
+
+
+def _grants(connection: sqlite3.Connection, user_id: str) -> set[Grant]:
+    _user(connection, user_id)
+    return {
+        Grant(site_id=site_id, module=module, role=Role(role), source=source)
+        for site_id, module, role, source in connection.execute(
+            "SELECT site_id, module, role, source FROM grants WHERE user_id = ?", (user_id,)
+        )
+    }
+
+
+def _user(connection: sqlite3.Connection, user_id: str) -> StoredUser:
+    row = connection.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,)).fetchone()
+    if row is None:
+        raise KeyError(f"no user with id {user_id!r}")
+    return _user_from_row(row)
+
+
+def _users(connection: sqlite3.Connection) -> list[StoredUser]:
+    return [
+        _user_from_row(row) for row in connection.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY rowid")
+    ]
+
+
+# -- the run lock ---------------------------------------------------------------
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (``True`` when it cannot tell)."""
+    if pid <= 0:
+        return False
+    if sys.platform == "win32":  # pragma: no cover - signal 0 is not a probe there; rely on the lease
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # EPERM: it exists, it is just not ours
+    return True
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
+def _acquire_lock(
+    connection: sqlite3.Connection, trust_site_id: str, holder: str, lease: dt.timedelta
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    hostname = socket.gethostname()
+    with write_transaction(connection):
+        row = connection.execute(
+            "SELECT holder, pid, hostname, expires_at FROM run_locks WHERE trust_site_id = ?",
+            (trust_site_id,),
+        ).fetchone()
+        if row is not None:
+            _old_holder, pid, old_hostname, expires_at = row
+            expired = dt.datetime.fromisoformat(expires_at) <= now
+            holder_died = old_hostname == hostname and not pid_alive(pid)
+            if not (expired or holder_died):
+                raise ImportAlreadyRunningError(trust_site_id)
+            logger.warning(
+                "taking over the run lock of trust %r from %s pid %s (%s)",
+                trust_site_id,
+                old_hostname,
+                pid,
+                "lease expired" if expired else "holder is gone",
+            )
+        connection.execute(
+            "INSERT OR REPLACE INTO run_locks (trust_site_id, holder, pid, hostname, acquired_at, expires_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (trust_site_id, holder, os.getpid(), hostname, _iso(now), _iso(now + lease)),
+        )
+
+
+def _renew_lock(connection: sqlite3.Connection, trust_site_id: str, holder: str, lease: dt.timedelta) -> bool:
+    expires = _iso(dt.datetime.now(dt.UTC) + lease)
+    with write_transaction(connection):
+        cursor = connection.execute(
+            "UPDATE run_locks SET expires_at = ? WHERE trust_site_id = ? AND holder = ?",
+            (expires, trust_site_id, holder),
+        )
+    return cursor.rowcount == 1
+
+
+def _release_lock(connection: sqlite3.Connection, trust_site_id: str, holder: str) -> None:
+    with write_transaction(connection):
+        connection.execute(
+            "DELETE FROM run_locks WHERE trust_site_id = ? AND holder = ?", (trust_site_id, holder)
+        )
+
+
+@attrs.define
+class SqliteUserStore:
+    """A :class:`~calm_azure_sync.UserStore` in one SQLite file, usable from several processes.
+
+    ``SqliteUserStore("calm.db")`` creates the file and its schema on first
+    use. Each :meth:`apply` is one transaction: a crash mid-import leaves no
+    half-written user. ``busy_timeout_ms`` is how long a call waits for
+    another process's write to finish. ``lock_lease`` is how long the run
+    lock outlives a holder that stops renewing it (the holder renews it every
+    quarter lease while it runs; see :meth:`run_lock`).
+
+    Offers the same host helpers as :class:`~calm_azure_sync.InMemoryUserStore`.
+    Call :meth:`close` (or use ``async with``) when done.
+    """
+
+    path: str | os.PathLike[str]
+    busy_timeout_ms: int = 30_000
+    lock_lease: dt.timedelta = dt.timedelta(minutes=2)
+    _db: ThreadedConnection = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._db = ThreadedConnection(self.path, _setup_store, self.busy_timeout_ms)
+
+    async def __aenter__(self) -> SqliteUserStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._db.close()
+
+    async def load(self, trust_site_id: str) -> StoreState:
+        """Every user, the synced grants of ``trust_site_id``, and who holds manual grants."""
+        return await self._db.run(_load_state, trust_site_id)
+
+    async def apply(self, trust_site_id: str, changes: Sequence[Change]) -> Sequence[ChangeResult]:
+        """Apply ``changes`` in one transaction; one :class:`ChangeResult` per change, in order."""
+        if not changes:
+            return []
+        return await self._db.run(_apply_batch, trust_site_id, changes)
+
+    @contextlib.asynccontextmanager
+    async def run_lock(self, trust_site_id: str) -> AsyncIterator[None]:
+        """Hold the import lock of ``trust_site_id`` across every process using this file.
+
+        The lock is a row in ``run_locks`` naming its holder (a random token,
+        the pid and the hostname) and a lease end. While held, the lease is
+        renewed every quarter ``lock_lease``. Another holder gets
+        :class:`~calm_azure_sync.ImportAlreadyRunningError` at once, unless
+        the row's lease has ended or its pid is gone on this same host: then
+        the lock is taken over (a crashed import never blocks the next one
+        for longer than the lease). Released on exit.
+        """
+        holder = uuid.uuid4().hex
+        await self._db.run(_acquire_lock, trust_site_id, holder, self.lock_lease)
+        renewing = asyncio.create_task(self._keep_renewing(trust_site_id, holder))
+        try:
+            yield
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+            await self._db.run(_release_lock, trust_site_id, holder)
+
+    async def _keep_renewing(self, trust_site_id: str, holder: str) -> None:
+        while True:
+            await asyncio.sleep(self.lock_lease.total_seconds() / 4)
+            try:
+                still_ours = await self._db.run(_renew_lock, trust_site_id, holder, self.lock_lease)
+            except sqlite3.Error as exc:
+                # A busy database can delay one renewal; the next one may pass
+                # well within the lease.
+                logger.warning("could not renew the run lock of trust %r: %s", trust_site_id, exc)
+                continue
+            if not still_ours:
+                logger.error("the run lock of trust %r was taken over by another import", trust_site_id)
+                return
+
+    async def add_user(self, email: str, display_name: str, *, user_id: str | None = None) -> str:
+        """Add a manually invited user and return its id.
+
+        Raises ``ValueError`` when another user has the email (in any case) or
+        the id is taken.
+        """
+        return await self._db.run(_add_user, email, display_name, user_id)
+
+    async def grant(self, user_id: str, site_id: str, module: str, role: Role | str) -> None:
+        """Give ``user_id`` a manual grant; ``role`` may be a string (``"manager"``).
+
+        Raises ``KeyError`` for an unknown user and ``ConfigError`` for an unknown role.
+        """
+        await self._db.run(_grant, user_id, site_id, module, role)
+
+    async def grants(self, user_id: str) -> set[Grant]:
+        """Every grant of ``user_id``, manual and azure. Raises ``KeyError`` for an unknown user."""
+        return await self._db.run(_grants, user_id)
+
+    async def user(self, user_id: str) -> StoredUser:
+        """The user with ``user_id``. Raises ``KeyError`` when there is none."""
+        return await self._db.run(_user, user_id)
+
+    async def users(self) -> list[StoredUser]:
+        """Every user, in the order they were added."""
+        return await self._db.run(_users)

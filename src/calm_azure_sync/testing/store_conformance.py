@@ -1,0 +1,555 @@
+"""The user store conformance suite: point it at any UserStore to check it behaves as the sync needs.
+
+Subclass :class:`UserStoreConformance` in a test module, say how to build a
+fresh, empty store, and pytest runs every check against it::
+
+    from calm_azure_sync.testing.store_conformance import UserStoreConformance
+
+    class TestMyStore(UserStoreConformance):
+        async def make_store(self, tmp_path):
+            return MyStore(await fresh_test_database(tmp_path))
+
+The suite needs pytest and pytest-asyncio (it marks its tests itself, so
+pytest-asyncio's strict mode works too). Besides the
+:class:`~calm_azure_sync.UserStore` protocol, the store under test must offer
+the host helpers described in :class:`ConformantUserStore` (``add_user``,
+``grant``, ``grants``): the suite needs them to set up manually invited users
+and manual grants. When the store needs closing, override
+:meth:`UserStoreConformance.close_store` (by default it calls the store's
+``close()`` or ``aclose()`` if it has one).
+
+What the suite pins, beyond the protocol docstring:
+
+- a change that cannot apply fails alone, with an ``error``, and writes nothing;
+- emails are unique regardless of case (``lower()``, not ``casefold()``);
+- re-applying a batch that already applied succeeds and changes nothing
+  (a ``CreateUser`` for an external id the store holds refreshes that user;
+  an ``Unassign`` of a grant already gone succeeds);
+- ``UpdateUser`` and ``DeactivateUser`` whose ``user_id`` does not hold the
+  external id fail (a stale plan never writes to the wrong user).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import pytest
+import pytest_asyncio
+
+from ..errors import ImportAlreadyRunningError
+from ..model import Role
+from ..plan import Assign, Change, CreateUser, DeactivateUser, LinkUser, Unassign, UpdateUser
+from ..store.protocol import ChangeResult, Grant, StoredUser, StoreState, UserStore
+
+__all__ = ["ConformantUserStore", "UserStoreConformance"]
+
+TRUST = "trust-oak"
+OTHER_TRUST = "trust-elm"
+SITE = "oak-primary"
+OTHER_SITE = "oak-high"
+ELM_SITE = "elm-academy"
+
+
+@runtime_checkable
+class ConformantUserStore(UserStore, Protocol):
+    """A :class:`~calm_azure_sync.UserStore` with the host helpers the suite uses to set up."""
+
+    async def add_user(self, email: str, display_name: str, *, user_id: str | None = None) -> str:
+        """Add a manually invited user (no external id) and return its id; a taken email raises."""
+        ...
+
+    async def grant(self, user_id: str, site_id: str, module: str, role: Role | str) -> None:
+        """Give ``user_id`` a manual grant."""
+        ...
+
+    async def grants(self, user_id: str) -> set[Grant]:
+        """Every grant of ``user_id``, with its source (``"manual"`` or ``"azure"``)."""
+        ...
+
+
+def _create(external_id: str, email: str | None = None, name: str | None = None) -> CreateUser:
+    return CreateUser(
+        external_id=external_id,
+        email=email or f"{external_id}@oak.example",
+        display_name=name or f"User {external_id}",
+        given_name="User",
+        surname=external_id,
+    )
+
+
+def _by_external_id(state: StoreState, external_id: str) -> StoredUser:
+    found = [user for user in state.users.values() if user.external_id == external_id]
+    assert len(found) == 1, f"expected one user with external id {external_id!r}, found {found}"
+    return found[0]
+
+
+def _assert_all_ok(results: Sequence[ChangeResult]) -> None:
+    failed = [(result.change, result.error) for result in results if not result.ok]
+    assert not failed, f"changes failed: {failed}"
+
+
+class UserStoreConformance:
+    """The behavioural checks every :class:`~calm_azure_sync.UserStore` must pass.
+
+    Subclass it as ``TestSomething`` and implement :meth:`make_store`.
+    """
+
+    async def make_store(self, tmp_path: Path) -> ConformantUserStore:
+        """Return a new, empty store. ``tmp_path`` is a fresh directory, for stores that keep files."""
+        raise NotImplementedError("subclasses of UserStoreConformance implement make_store()")
+
+    async def close_store(self, store: ConformantUserStore) -> None:
+        """Release the store after a test: calls its ``close()`` or ``aclose()`` when it has one."""
+        for name in ("aclose", "close"):
+            close = getattr(store, name, None)
+            if callable(close):
+                outcome = close()
+                if inspect.isawaitable(outcome):
+                    await outcome
+                return
+
+    @pytest_asyncio.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[ConformantUserStore]:
+        """A fresh store, closed after the test."""
+        made = await self.make_store(tmp_path)
+        try:
+            yield made
+        finally:
+            await self.close_store(made)
+
+    async def _apply_ok(
+        self, store: ConformantUserStore, changes: Sequence[Change], trust: str = TRUST
+    ) -> None:
+        _assert_all_ok(await store.apply(trust, changes))
+
+    # -- create -----------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_create_user_makes_an_active_user_with_its_external_id(
+        self, store: ConformantUserStore
+    ) -> None:
+        await self._apply_ok(store, [CreateUser("e1", "Ann.Lee@oak.example", "Ann Lee", "Ann", "Lee")])
+        user = _by_external_id(await store.load(TRUST), "e1")
+        assert (user.email, user.display_name, user.given_name, user.surname, user.active) == (
+            "Ann.Lee@oak.example",
+            "Ann Lee",
+            "Ann",
+            "Lee",
+            True,
+        )
+
+    @pytest.mark.asyncio
+    async def test_create_with_an_email_taken_in_another_case_fails_and_writes_nothing(
+        self, store: ConformantUserStore
+    ) -> None:
+        await store.add_user("Ann.Lee@Oak.Example", "Ann (invited)")
+        results = await store.apply(TRUST, [CreateUser("e1", "ann.lee@oak.EXAMPLE", "Ann Lee")])
+        assert not results[0].ok
+        assert "email" in (results[0].error or "")
+        state = await store.load(TRUST)
+        assert len(state.users) == 1
+        assert all(user.external_id is None for user in state.users.values())
+
+    @pytest.mark.asyncio
+    async def test_two_creates_with_one_email_in_a_batch_the_second_fails(
+        self, store: ConformantUserStore
+    ) -> None:
+        results = await store.apply(
+            TRUST, [_create("e1", "same@oak.example"), _create("e2", "SAME@oak.example")]
+        )
+        assert [result.ok for result in results] == [True, False]
+        assert len((await store.load(TRUST)).users) == 1
+
+    @pytest.mark.asyncio
+    async def test_emails_differing_beyond_case_are_different_users(self, store: ConformantUserStore) -> None:
+        # lower(), not casefold(): "ß" and "ss" are different mailboxes.
+        await self._apply_ok(
+            store, [_create("e1", "straße@oak.example"), _create("e2", "strasse@oak.example")]
+        )
+        assert len((await store.load(TRUST)).users) == 2
+
+    # -- results ----------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_one_result_per_change_in_order(self, store: ConformantUserStore) -> None:
+        changes: list[Change] = [
+            _create("e1"),
+            Assign("e1", SITE, "risk", Role.MEMBER, because=("g1",)),
+            _create("e2"),
+            Assign("e2", SITE, "risk", Role.ADMIN),
+            Assign("e2", OTHER_SITE, "policies", Role.MANAGER),
+            Unassign("e1", SITE, "risk", previous=Role.MEMBER),
+        ]
+        results = await store.apply(TRUST, changes)
+        assert [result.change for result in results] == changes
+        _assert_all_ok(results)
+
+    @pytest.mark.asyncio
+    async def test_a_failing_change_does_not_stop_the_others(self, store: ConformantUserStore) -> None:
+        await store.add_user("taken@oak.example", "Invited")
+        changes: list[Change] = [
+            _create("e1"),
+            _create("e2", "TAKEN@oak.example"),
+            Assign("e2", SITE, "risk", Role.MEMBER),
+            _create("e3"),
+            Assign("e3", SITE, "risk", Role.MANAGER),
+            Assign("e1", SITE, "risk", Role.ADMIN),
+        ]
+        results = await store.apply(TRUST, changes)
+        assert [result.ok for result in results] == [True, False, False, True, True, True]
+        state = await store.load(TRUST)
+        assert state.synced_access == {
+            "e1": {(SITE, "risk"): Role.ADMIN},
+            "e3": {(SITE, "risk"): Role.MANAGER},
+        }
+
+    # -- link -------------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_link_adopts_the_invited_user_without_duplicating(self, store: ConformantUserStore) -> None:
+        invited = await store.add_user("bob@oak.example", "bob")
+        await self._apply_ok(
+            store,
+            [
+                LinkUser("e1", invited, "Bob@Oak.example", "Bob Stone", "Bob", "Stone"),
+                Assign("e1", SITE, "risk", Role.MEMBER),
+            ],
+        )
+        state = await store.load(TRUST)
+        assert list(state.users) == [invited]
+        user = state.users[invited]
+        assert (user.external_id, user.email, user.display_name, user.given_name, user.surname) == (
+            "e1",
+            "Bob@Oak.example",
+            "Bob Stone",
+            "Bob",
+            "Stone",
+        )
+        assert await store.grants(invited) == {Grant(SITE, "risk", Role.MEMBER, "azure")}
+
+    @pytest.mark.asyncio
+    async def test_link_to_an_unknown_user_fails(self, store: ConformantUserStore) -> None:
+        results = await store.apply(TRUST, [LinkUser("e1", "no-such-user", "x@oak.example", "X")])
+        assert not results[0].ok
+        assert (await store.load(TRUST)).users == {}
+
+    @pytest.mark.asyncio
+    async def test_link_never_takes_over_a_user_linked_to_someone_else(
+        self, store: ConformantUserStore
+    ) -> None:
+        await self._apply_ok(store, [_create("e1", "carol@oak.example")])
+        carol = _by_external_id(await store.load(TRUST), "e1")
+        results = await store.apply(TRUST, [LinkUser("e2", carol.user_id, "carol@oak.example", "Carol")])
+        assert not results[0].ok
+        assert (await store.load(TRUST)).users[carol.user_id] == carol
+
+    @pytest.mark.asyncio
+    async def test_link_of_an_external_id_another_user_holds_fails(self, store: ConformantUserStore) -> None:
+        await self._apply_ok(store, [_create("e1")])
+        invited = await store.add_user("dan@oak.example", "Dan")
+        results = await store.apply(TRUST, [LinkUser("e1", invited, "dan@oak.example", "Dan")])
+        assert not results[0].ok
+        assert (await store.load(TRUST)).users[invited].external_id is None
+
+    @pytest.mark.asyncio
+    async def test_link_to_an_email_another_user_holds_fails(self, store: ConformantUserStore) -> None:
+        invited = await store.add_user("erin@oak.example", "Erin")
+        await store.add_user("erin.new@oak.example", "Someone else")
+        results = await store.apply(TRUST, [LinkUser("e1", invited, "Erin.New@oak.example", "Erin")])
+        assert not results[0].ok
+        user = (await store.load(TRUST)).users[invited]
+        assert (user.external_id, user.email) == (None, "erin@oak.example")
+
+    # -- update -----------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_update_changes_email_and_names(self, store: ConformantUserStore) -> None:
+        await self._apply_ok(store, [_create("e1", "fay@oak.example", "Fay")])
+        fay = _by_external_id(await store.load(TRUST), "e1")
+        await self._apply_ok(
+            store,
+            [
+                UpdateUser(
+                    "e1", fay.user_id, "fay.moss@oak.example", "Fay Moss", "Fay", "Moss", changed=("email",)
+                )
+            ],
+        )
+        user = (await store.load(TRUST)).users[fay.user_id]
+        assert (user.email, user.display_name, user.given_name, user.surname) == (
+            "fay.moss@oak.example",
+            "Fay Moss",
+            "Fay",
+            "Moss",
+        )
+        # The old address is free again.
+        await store.add_user("FAY@oak.example", "New Fay")
+
+    @pytest.mark.asyncio
+    async def test_update_to_an_email_another_user_holds_fails_and_changes_nothing(
+        self, store: ConformantUserStore
+    ) -> None:
+        await store.add_user("gus@oak.example", "Gus")
+        await self._apply_ok(store, [_create("e1", "hal@oak.example", "Hal")])
+        hal = _by_external_id(await store.load(TRUST), "e1")
+        results = await store.apply(TRUST, [UpdateUser("e1", hal.user_id, "GUS@oak.example", "Hal Renamed")])
+        assert not results[0].ok
+        assert (await store.load(TRUST)).users[hal.user_id] == hal
+
+    @pytest.mark.asyncio
+    async def test_update_may_change_the_case_of_its_own_email(self, store: ConformantUserStore) -> None:
+        await self._apply_ok(store, [_create("e1", "ivy@oak.example")])
+        ivy = _by_external_id(await store.load(TRUST), "e1")
+        await self._apply_ok(store, [UpdateUser("e1", ivy.user_id, "Ivy@Oak.example", ivy.display_name)])
+        assert (await store.load(TRUST)).users[ivy.user_id].email == "Ivy@Oak.example"
+
+    @pytest.mark.asyncio
+    async def test_update_reactivates_only_when_asked(self, store: ConformantUserStore) -> None:
+        await self._apply_ok(store, [_create("e1")])
+        user = _by_external_id(await store.load(TRUST), "e1")
+        await self._apply_ok(store, [DeactivateUser("e1", user.user_id)])
+        await self._apply_ok(store, [UpdateUser("e1", user.user_id, user.email, "Renamed")])
+        assert not (await store.load(TRUST)).users[user.user_id].active
+        await self._apply_ok(store, [UpdateUser("e1", user.user_id, user.email, "Renamed", reactivate=True)])
+        assert (await store.load(TRUST)).users[user.user_id].active
+
+    @pytest.mark.asyncio
+    async def test_update_of_an_unknown_or_mismatched_user_fails(self, store: ConformantUserStore) -> None:
+        other = await store.add_user("jo@oak.example", "Jo")
+        await self._apply_ok(store, [_create("e1")])
+        results = await store.apply(
+            TRUST,
+            [
+                UpdateUser("e-unknown", other, "jo@oak.example", "Jo"),
+                UpdateUser("e1", other, "jo@oak.example", "Jo"),
+            ],
+        )
+        assert [result.ok for result in results] == [False, False]
+        assert (await store.load(TRUST)).users[other].external_id is None
+
+    # -- assign / unassign --------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_assign_grants_and_changes_the_azure_role(self, store: ConformantUserStore) -> None:
+        await self._apply_ok(store, [_create("e1"), Assign("e1", SITE, "risk", Role.MEMBER)])
+        await self._apply_ok(store, [Assign("e1", SITE, "risk", Role.ADMIN, previous=Role.MEMBER)])
+        user = _by_external_id(await store.load(TRUST), "e1")
+        assert await store.grants(user.user_id) == {Grant(SITE, "risk", Role.ADMIN, "azure")}
+        assert (await store.load(TRUST)).synced_access == {"e1": {(SITE, "risk"): Role.ADMIN}}
+
+    @pytest.mark.asyncio
+    async def test_assign_to_an_unknown_external_id_fails(self, store: ConformantUserStore) -> None:
+        results = await store.apply(TRUST, [Assign("nobody", SITE, "risk", Role.MEMBER)])
+        assert not results[0].ok
+        assert (await store.load(TRUST)).synced_access == {}
+
+    @pytest.mark.asyncio
+    async def test_unassign_removes_the_azure_grant(self, store: ConformantUserStore) -> None:
+        await self._apply_ok(
+            store,
+            [
+                _create("e1"),
+                Assign("e1", SITE, "risk", Role.MEMBER),
+                Assign("e1", SITE, "policies", Role.MEMBER),
+            ],
+        )
+        await self._apply_ok(store, [Unassign("e1", SITE, "risk", previous=Role.MEMBER)])
+        assert (await store.load(TRUST)).synced_access == {"e1": {(SITE, "policies"): Role.MEMBER}}
+
+    @pytest.mark.asyncio
+    async def test_unassign_of_an_unknown_external_id_fails(self, store: ConformantUserStore) -> None:
+        results = await store.apply(TRUST, [Unassign("nobody", SITE, "risk", previous=Role.MEMBER)])
+        assert not results[0].ok
+
+    # -- manual grants ------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_manual_and_azure_grants_on_one_module_coexist(self, store: ConformantUserStore) -> None:
+        invited = await store.add_user("kim@oak.example", "Kim")
+        await store.grant(invited, SITE, "risk", "manager")
+        await self._apply_ok(
+            store, [LinkUser("e1", invited, "kim@oak.example", "Kim"), Assign("e1", SITE, "risk", Role.ADMIN)]
+        )
+        assert await store.grants(invited) == {
+            Grant(SITE, "risk", Role.MANAGER, "manual"),
+            Grant(SITE, "risk", Role.ADMIN, "azure"),
+        }
+        state = await store.load(TRUST)
+        assert state.synced_access == {"e1": {(SITE, "risk"): Role.ADMIN}}
+        assert state.manual_access_user_ids == frozenset({invited})
+
+    @pytest.mark.asyncio
+    async def test_the_sync_never_touches_a_manual_grant(self, store: ConformantUserStore) -> None:
+        invited = await store.add_user("lee@oak.example", "Lee")
+        await store.grant(invited, SITE, "risk", Role.MEMBER)
+        await store.grant(invited, OTHER_SITE, "policies", Role.ADMIN)
+        await self._apply_ok(
+            store,
+            [
+                LinkUser("e1", invited, "lee@oak.example", "Lee"),
+                Assign("e1", SITE, "risk", Role.ADMIN),
+                Unassign("e1", SITE, "risk", previous=Role.ADMIN),
+                Unassign("e1", OTHER_SITE, "policies", previous=Role.ADMIN),
+                DeactivateUser("e1", invited),
+            ],
+        )
+        assert await store.grants(invited) == {
+            Grant(SITE, "risk", Role.MEMBER, "manual"),
+            Grant(OTHER_SITE, "policies", Role.ADMIN, "manual"),
+        }
+        assert (await store.load(TRUST)).users[invited].active
+
+    # -- deactivate ---------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_deactivate_marks_inactive_when_no_grant_is_left(self, store: ConformantUserStore) -> None:
+        await self._apply_ok(store, [_create("e1"), Assign("e1", SITE, "risk", Role.MEMBER)])
+        user = _by_external_id(await store.load(TRUST), "e1")
+        await self._apply_ok(
+            store, [Unassign("e1", SITE, "risk", previous=Role.MEMBER), DeactivateUser("e1", user.user_id)]
+        )
+        after = (await store.load(TRUST)).users[user.user_id]
+        assert not after.active
+        assert after.external_id == "e1"
+
+    @pytest.mark.asyncio
+    async def test_deactivate_is_a_successful_no_op_while_any_grant_remains(
+        self, store: ConformantUserStore
+    ) -> None:
+        await self._apply_ok(
+            store,
+            [_create("e1"), Assign("e1", SITE, "risk", Role.MEMBER), _create("e2")],
+        )
+        state = await store.load(TRUST)
+        azure_user = _by_external_id(state, "e1")
+        manual_user = _by_external_id(state, "e2")
+        await store.grant(manual_user.user_id, SITE, "policies", Role.MEMBER)
+        await self._apply_ok(
+            store, [DeactivateUser("e1", azure_user.user_id), DeactivateUser("e2", manual_user.user_id)]
+        )
+        users = (await store.load(TRUST)).users
+        assert users[azure_user.user_id].active
+        assert users[manual_user.user_id].active
+
+    @pytest.mark.asyncio
+    async def test_deactivate_counts_grants_of_every_trust(self, store: ConformantUserStore) -> None:
+        await self._apply_ok(store, [_create("e1")])
+        await self._apply_ok(store, [Assign("e1", ELM_SITE, "risk", Role.MEMBER)], trust=OTHER_TRUST)
+        user = _by_external_id(await store.load(TRUST), "e1")
+        await self._apply_ok(store, [DeactivateUser("e1", user.user_id)])
+        assert (await store.load(TRUST)).users[user.user_id].active
+
+    @pytest.mark.asyncio
+    async def test_deactivate_of_an_unknown_or_mismatched_user_fails(
+        self, store: ConformantUserStore
+    ) -> None:
+        other = await store.add_user("max@oak.example", "Max")
+        await self._apply_ok(store, [_create("e1")])
+        results = await store.apply(TRUST, [DeactivateUser("nobody", other), DeactivateUser("e1", other)])
+        assert [result.ok for result in results] == [False, False]
+        assert all(user.active for user in (await store.load(TRUST)).users.values())
+
+    @pytest.mark.asyncio
+    async def test_users_are_never_deleted(self, store: ConformantUserStore) -> None:
+        invited = await store.add_user("ned@oak.example", "Ned")
+        await self._apply_ok(store, [_create("e1"), Assign("e1", SITE, "risk", Role.MEMBER)])
+        before = set((await store.load(TRUST)).users)
+        user = _by_external_id(await store.load(TRUST), "e1")
+        await self._apply_ok(
+            store,
+            [
+                Unassign("e1", SITE, "risk", previous=Role.MEMBER),
+                DeactivateUser("e1", user.user_id),
+                LinkUser("e2", invited, "ned@oak.example", "Ned"),
+                DeactivateUser("e2", invited),
+            ],
+        )
+        assert set((await store.load(TRUST)).users) == before
+
+    # -- load ---------------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_load_lists_every_user_but_synced_access_of_that_trust_only(
+        self, store: ConformantUserStore
+    ) -> None:
+        invited = await store.add_user("ola@oak.example", "Ola")
+        await self._apply_ok(store, [_create("e1"), _create("e2"), Assign("e1", SITE, "risk", Role.MANAGER)])
+        await self._apply_ok(
+            store,
+            [Assign("e1", ELM_SITE, "risk", Role.ADMIN), Assign("e2", ELM_SITE, "policies", Role.MEMBER)],
+            trust=OTHER_TRUST,
+        )
+        oak = await store.load(TRUST)
+        elm = await store.load(OTHER_TRUST)
+        assert set(oak.users) == set(elm.users)
+        assert len(oak.users) == 3
+        assert invited in oak.users
+        assert oak.synced_access == {"e1": {(SITE, "risk"): Role.MANAGER}}
+        assert elm.synced_access == {
+            "e1": {(ELM_SITE, "risk"): Role.ADMIN},
+            "e2": {(ELM_SITE, "policies"): Role.MEMBER},
+        }
+        assert oak.manual_access_user_ids == frozenset()
+
+    @pytest.mark.asyncio
+    async def test_load_of_an_empty_store(self, store: ConformantUserStore) -> None:
+        assert await store.load(TRUST) == StoreState()
+
+    # -- idempotence ----------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_reapplying_a_batch_succeeds_and_changes_nothing(self, store: ConformantUserStore) -> None:
+        invited = await store.add_user("pat@oak.example", "Pat")
+        batch: list[Change] = [
+            _create("e1", "quinn@oak.example"),
+            Assign("e1", SITE, "risk", Role.MEMBER),
+            Assign("e1", SITE, "policies", Role.ADMIN),
+            LinkUser("e2", invited, "Pat@oak.example", "Pat Reed"),
+            Assign("e2", SITE, "risk", Role.MANAGER),
+            Unassign("e2", SITE, "incidents", previous=Role.MEMBER),
+        ]
+        await self._apply_ok(store, batch)
+        first = await store.load(TRUST)
+        await self._apply_ok(store, batch)
+        assert await store.load(TRUST) == first
+
+    # -- helpers ----------------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_add_user_refuses_an_email_taken_in_any_case(self, store: ConformantUserStore) -> None:
+        await store.add_user("Rae@oak.example", "Rae")
+        with pytest.raises(ValueError, match="email"):
+            await store.add_user("rae@OAK.example", "Another Rae")
+
+    @pytest.mark.asyncio
+    async def test_add_user_keeps_a_given_id(self, store: ConformantUserStore) -> None:
+        assert await store.add_user("sam@oak.example", "Sam", user_id="host-42") == "host-42"
+        assert (await store.load(TRUST)).users["host-42"].email == "sam@oak.example"
+
+    # -- run lock ---------------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_a_second_holder_of_the_run_lock_fails_at_once(self, store: ConformantUserStore) -> None:
+        async with store.run_lock(TRUST):
+            second = store.run_lock(TRUST)
+            # No waiting: the second import fails now, not when the first ends.
+            with pytest.raises(ImportAlreadyRunningError):
+                await asyncio.wait_for(second.__aenter__(), timeout=5)
+
+    @pytest.mark.asyncio
+    async def test_run_locks_of_different_trusts_are_independent(self, store: ConformantUserStore) -> None:
+        async with store.run_lock(TRUST), store.run_lock(OTHER_TRUST):
+            pass
+
+    @pytest.mark.asyncio
+    async def test_the_run_lock_is_released_on_exit_and_on_error(self, store: ConformantUserStore) -> None:
+        async with store.run_lock(TRUST):
+            pass
+        with pytest.raises(RuntimeError, match="import broke"):
+            async with store.run_lock(TRUST):
+                raise RuntimeError("import broke")
+        async with store.run_lock(TRUST):
+            pass
