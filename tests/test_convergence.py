@@ -49,12 +49,12 @@ EXAMPLES = int(os.environ.get("CALM_STATEFUL_EXAMPLES", "150"))
 
 
 def _kept(directory: InMemoryDirectory, config: SyncConfig, state) -> set[str]:
-    """Users whose access must stay as it was: duplicate emails in Azure, email conflicts in the store."""
+    """Users whose access must stay as it was: duplicate emails in Azure, and
+    email conflicts in the store that no move in this run resolves."""
     expected = expected_access(directory, config)
     in_groups = set()
     for mapping in config.mappings.mappings:
         in_groups |= {u.id for u in directory.transitive_members(mapping.group_id)}
-    kept = set()
     candidates = [
         directory.users[u] for u in in_groups
         if directory.users[u].account_enabled and directory.users[u].email
@@ -63,16 +63,23 @@ def _kept(directory: InMemoryDirectory, config: SyncConfig, state) -> set[str]:
     counts: dict[str, int] = {}
     for user in candidates:
         counts[email_key(user.email)] = counts.get(email_key(user.email), 0) + 1
-    kept |= {user.id for user in candidates if counts[email_key(user.email)] > 1}
-    for user_id in expected:
-        email = email_key(directory.users[user_id].email)
-        holders = [s for s in state.users.values() if email_key(s.email) == email]
-        synced = [s for s in state.users.values() if s.external_id == user_id]
-        if holders and holders[0].external_id not in (None, user_id):
-            kept.add(user_id)
-        elif holders and synced and holders[0].user_id != synced[0].user_id:
-            kept.add(user_id)
-    return kept
+    duplicates = {user.id for user in candidates if counts[email_key(user.email)] > 1}
+    holder_of = {email_key(s.email): s for s in state.users.values()}
+    synced = {s.external_id: s for s in state.users.values() if s.external_id}
+    unresolved, freed = set(expected), set()
+    progress = True
+    while progress:  # an address becomes free once the user holding it moves away in this run
+        progress = False
+        for user_id in sorted(unresolved):
+            key = email_key(directory.users[user_id].email)
+            holder, mine = holder_of.get(key), synced.get(user_id)
+            if (holder is None or key in freed or (mine is not None and holder.user_id == mine.user_id)
+                    or (mine is None and holder.external_id is None)):
+                unresolved.discard(user_id)
+                progress = True
+                if mine is not None and email_key(mine.email) != key:
+                    freed.add(email_key(mine.email))
+    return duplicates | unresolved
 
 
 class SyncMachine(RuleBasedStateMachine):

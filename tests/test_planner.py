@@ -255,3 +255,30 @@ def test_plan_to_dict_and_repr_are_readable():
     assert data["skipped"][0]["reason"].startswith("account is disabled")
     assert repr(plan) == "<Plan trust='oak' changes=3 (create_user=1, assign=2), skipped=1>"
     assert "<table>" in plan._repr_html_() and "carol" in plan._repr_html_()
+
+
+def test_an_email_given_up_in_the_same_run_can_be_taken_by_another_user():
+    # dan used to have carol's address; in Azure he moved to a new one and carol now has it.
+    dan = synced("dan", "carol@birch.sch.uk")
+    plan = build_plan(config(), snapshot(g_it=[person("carol"), person("dan", "dan@birch.sch.uk")]),
+                      state([dan], {"dan": {("birch", "Risk"): Role.ADMIN}}))
+    assert plan.skipped == ()
+    kinds = [(type(c).__name__, c.external_id) for c in plan.changes]
+    # dan's move is applied before carol's creation, whatever the ids' order.
+    assert kinds.index(("UpdateUser", "dan")) < kinds.index(("CreateUser", "carol"))
+
+
+def test_two_users_swapping_emails_is_a_conflict_that_keeps_access():
+    a, b = synced("a", "b@birch.sch.uk"), synced("b", "a@birch.sch.uk")
+    access = {"a": {("birch", "Risk"): Role.ADMIN}, "b": {("birch", "Risk"): Role.ADMIN}}
+    plan = build_plan(config(), snapshot(g_it=[person("a"), person("b")]), state([a, b], access))
+    assert plan.changes == ()
+    assert {(s.external_id, s.keeps_access) for s in plan.skipped} == {("a", True), ("b", True)}
+
+
+def test_an_email_kept_by_a_leaver_is_not_taken_over():
+    leaver = synced("old", "carol@birch.sch.uk")
+    plan = build_plan(config(), snapshot(g_it=[person("carol")]),
+                      state([leaver], {"old": {("birch", "Risk"): Role.ADMIN}}))
+    assert [s.external_id for s in plan.skipped] == ["carol"]
+    assert plan.changes == (Unassign("old", "birch", "Risk", Role.ADMIN),)

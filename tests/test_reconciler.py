@@ -346,3 +346,23 @@ async def test_report_is_readable(parts):
     assert "ok" in text and "create_user=12" in text
     assert "<table>" in report._repr_html_()
     assert report.to_dict()["counts"]["create_user"] == 12
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
+async def test_an_email_handed_from_one_user_to_another_converges_in_one_run(tmp_path, store_kind):
+    from calm_azure_sync import SqliteUserStore
+
+    store = InMemoryUserStore() if store_kind == "memory" else SqliteUserStore(tmp_path / "s.sqlite")
+    data = tenant(staff=3)
+    directory = InMemoryDirectory.from_dict(data)
+    reconciler = Reconciler(directory, store, InMemoryAuditSink(), HIERARCHY)
+    await reconciler.run(make_config())
+    # u02 hands teacher2@ over to a new colleague whose id sorts first: the move must still apply first.
+    directory.users["u02"] = attrs.evolve(directory.users["u02"], mail="t2.married@birch.sch.uk")
+    directory.users["a-new"] = attrs.evolve(directory.users["u00"], id="a-new", mail="teacher2@birch.sch.uk")
+    directory.members["g-teachers"] = (*directory.members["g-teachers"], "a-new")
+    report = await reconciler.run(make_config())
+    assert report.ok, report.errors
+    assert report.counts["update_user"] == 1 and report.counts["create_user"] == 1
+    assert (await reconciler.plan(make_config())).changes == ()
+    assert synced_access_of(await store.load("oak")) == expected_access(directory, make_config())

@@ -110,21 +110,29 @@ class MappingPolicy:
         """
         access: dict[tuple[str, str], tuple[Role, tuple[str, ...]]] = {}
         for group_id in sorted(set(group_ids)):
-            self.fold_group(access, group_id)
+            self.fold_group([access], group_id)
         return access
 
     def fold_group(
-        self, access: dict[tuple[str, str], tuple[Role, tuple[str, ...]]], group_id: str
+        self, accesses: Iterable[dict[tuple[str, str], tuple[Role, tuple[str, ...]]]], group_id: str
     ) -> None:
-        """Fold one group's grants into ``access``, in place: the highest role wins.
+        """Fold one group's grants into each of ``accesses`` (one per member), in place.
 
-        The planner calls this once per (group, member) while walking the
-        groups in sorted order, so each role's reasons come out sorted; it is
-        the one place the highest-role rule is written.
+        The highest role wins; a tie adds the group to the reasons. Folding
+        groups in sorted order keeps the reasons sorted. This is the one place
+        the highest-role rule is written: :meth:`access_with_reasons` folds
+        one user's groups, the planner folds every member of a group at once.
         """
-        for key, role in self._grants_by_group.get(group_id, ()):
-            current = access.get(key)
-            if current is None or role._rank > current[0]._rank:
-                access[key] = (role, (group_id,))
-            elif role is current[0] and current[1][-1] != group_id:
-                access[key] = (role, (*current[1], group_id))
+        grants = self._grants_by_group.get(group_id, ())
+        if not grants:
+            return
+        accesses = accesses if isinstance(accesses, list) else list(accesses)
+        for key, role in grants:
+            rank = role._rank
+            single = (role, (group_id,))
+            for access in accesses:
+                current = access.get(key)
+                if current is None or rank > current[0]._rank:
+                    access[key] = single
+                elif current[0] is role and current[1][-1] != group_id:
+                    access[key] = (role, (*current[1], group_id))

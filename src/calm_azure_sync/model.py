@@ -126,6 +126,19 @@ def _is_usable_email(value: str) -> bool:
     return bool(at and local and domain) and _WHITESPACE.search(value) is None
 
 
+_NOT_YET = object()
+
+
+def _derive_email(mail: str | None, user_principal_name: str | None) -> str | None:
+    mail = (mail or "").strip()
+    if mail:
+        return mail if _is_usable_email(mail) else None
+    upn = (user_principal_name or "").strip()
+    if upn and "#ext#" not in upn.lower() and _is_usable_email(upn):
+        return upn
+    return None
+
+
 @attrs.frozen
 class DirectoryUser:
     """One Entra ID user, with just the fields the sync reads."""
@@ -141,6 +154,9 @@ class DirectoryUser:
     assigned_license_count: int | None = None
     on_premises_sync_enabled: bool | None = None
     creation_type: str | None = None
+    # The derived email, worked out on first use: the planner, the exclusion
+    # policy and the audit log each ask for it, 100k users at a time.
+    _email_memo: object = attrs.field(init=False, default=_NOT_YET, eq=False, repr=False)
 
     @property
     def is_guest(self) -> bool:
@@ -154,13 +170,11 @@ class DirectoryUser:
         Surrounding space is dropped; a value that is no usable address (no
         ``@``, inner whitespace) counts as missing.
         """
-        mail = (self.mail or "").strip()
-        if mail:
-            return mail if _is_usable_email(mail) else None
-        upn = (self.user_principal_name or "").strip()
-        if upn and "#ext#" not in upn.lower() and _is_usable_email(upn):
-            return upn
-        return None
+        memo = self._email_memo
+        if memo is _NOT_YET:
+            memo = _derive_email(self.mail, self.user_principal_name)
+            object.__setattr__(self, "_email_memo", memo)
+        return memo  # type: ignore[return-value]
 
     # The properties to ask Graph for ($select): exactly what from_graph reads.
     GRAPH_SELECT = (

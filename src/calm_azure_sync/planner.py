@@ -48,7 +48,7 @@ give the same plan.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import attrs
 
@@ -71,7 +71,7 @@ from .plan import (
 )
 from .store.protocol import StoredUser, StoreState
 
-__all__ = ["DirectorySnapshot", "build_plan", "desired_access"]
+__all__ = ["DirectorySnapshot", "build_plan"]
 
 
 @attrs.frozen
@@ -114,27 +114,49 @@ def _build_plan(
     changes_by_user: dict[str, list[Change]] = {}
     processed: set[str] = set()  # external ids whose access this plan decides
     mode = config.removal.mode
+    synced_access = state.synced_access
 
-    for user, email in in_scope:
-        identity = _identity_change(user, email, by_external, by_email)
-        if isinstance(identity, Skip):
-            skipped.append(identity)
-            continue
-        processed.add(user.id)
+    has_removal = False  # tracked as changes are made: checking 500k changes afterwards costs more
+    keep_mode = mode == "keep"
+    identities, rounds, conflicts = _resolve_identities(in_scope, by_external, by_email)
+    skipped.extend(conflicts)
+    for user, _ in in_scope:
+        user_id = user.id
+        if user_id not in identities:
+            continue  # a conflict: left exactly as it is
+        identity = identities[user_id]
+        processed.add(user_id)
         user_changes: list[Change] = [identity] if identity is not None else []
-        wanted = wanted_by_user[user.id]
-        current = state.synced_access.get(user.id) or {}
-        for key in sorted(wanted.keys() | current.keys()) if current else sorted(wanted):
-            now = current.get(key)
-            wanted_here = wanted.get(key)
-            if wanted_here is not None:
-                role, because = wanted_here
-                if now is not role and not (mode == "keep" and now is not None and role < now):
-                    user_changes.append(Assign(user.id, key[0], key[1], role, now, because))
-            elif now is not None and mode != "keep":
-                user_changes.append(Unassign(user.id, key[0], key[1], now))
+        wanted = wanted_by_user[user_id]
+        current = synced_access.get(user_id) or {}
+        unchanged = len(current) == len(wanted)  # the common re-run case, checked cheaply first
+        if unchanged:
+            for key, (wanted_role, _) in wanted.items():
+                if current.get(key) is not wanted_role:
+                    unchanged = False
+                    break
+        if not unchanged and not current:  # the common first-import case: only grants to add
+            for key in sorted(wanted):
+                role, because = wanted[key]
+                user_changes.append(Assign(user_id, key[0], key[1], role, None, because))
+        elif not unchanged:
+            for key in sorted(wanted.keys() | current.keys()):
+                now = current.get(key)
+                wanted_here = wanted.get(key)
+                if wanted_here is not None:
+                    role, because = wanted_here
+                    if now is role:
+                        continue
+                    if now is not None and role._rank < now._rank:
+                        if keep_mode:
+                            continue
+                        has_removal = True
+                    user_changes.append(Assign(user_id, key[0], key[1], role, now, because))
+                elif now is not None and not keep_mode:
+                    has_removal = True
+                    user_changes.append(Unassign(user_id, key[0], key[1], now))
         if user_changes:
-            changes_by_user[user.id] = user_changes
+            changes_by_user[user_id] = user_changes
 
     keeps_access = {skip.external_id for skip in skipped if skip.keeps_access}
     if mode != "keep":
@@ -154,12 +176,19 @@ def _build_plan(
             ):
                 user_changes.append(DeactivateUser(external_id, stored.user_id))
             changes_by_user[external_id] = user_changes
+            has_removal = True
 
-    ordered = [change for external_id in sorted(changes_by_user) for change in changes_by_user[external_id]]
+    # Users by external id, except that one who takes over an email another
+    # user gives up in this plan comes after that user (rounds > 0 are rare).
+    if any(rounds.values()):
+        user_order = sorted(changes_by_user, key=lambda external_id: (rounds.get(external_id, 0), external_id))
+    else:
+        user_order = sorted(changes_by_user)
+    ordered = [change for external_id in user_order for change in changes_by_user[external_id]]
     synced_users = sum(1 for access in state.synced_access.values() if access)
     hold_reason: HoldReason | None = None
     removals: list[Change] = []
-    if any(is_removal(change) for change in ordered):
+    if has_removal:
         removals = [change for change in ordered if is_removal(change)]
         if snapshot.unreadable:
             hold_reason = "partial_read"
@@ -184,18 +213,6 @@ def _build_plan(
     )
 
 
-def desired_access(
-    mappings: MappingPolicy, groups_of_user: Mapping[str, Iterable[str]]
-) -> dict[str, dict[tuple[str, str], Role]]:
-    """The access each user should hold given the groups they are in (empty ones dropped)."""
-    result: dict[str, dict[tuple[str, str], Role]] = {}
-    for user_id, group_ids in groups_of_user.items():
-        access = mappings.access_for(group_ids)
-        if access:
-            result[user_id] = access
-    return result
-
-
 def _collect_users(
     members: Mapping[str, Sequence[DirectoryUser]], mappings: MappingPolicy
 ) -> tuple[dict[str, DirectoryUser], dict[str, dict[tuple[str, str], tuple[Role, tuple[str, ...]]]]]:
@@ -207,14 +224,15 @@ def _collect_users(
     """
     users: dict[str, DirectoryUser] = {}
     access: dict[str, dict[tuple[str, str], tuple[Role, tuple[str, ...]]]] = {}
-    fold = mappings.fold_group
     for group_id in sorted(members):
+        accesses = []
         for user in members[group_id]:
             user_access = access.get(user.id)
             if user_access is None:
                 users[user.id] = user
                 user_access = access[user.id] = {}
-            fold(user_access, group_id)
+            accesses.append(user_access)
+        mappings.fold_group(accesses, group_id)
     return users, access
 
 
@@ -223,7 +241,7 @@ def _scope(
 ) -> tuple[list[tuple[DirectoryUser, str]], list[Skip]]:
     """The in-scope users with their email (computed once), and the skipped ones."""
     skipped: list[Skip] = []
-    candidates: list[tuple[DirectoryUser, str]] = []
+    candidates: list[tuple[DirectoryUser, str, str]] = []
     for user_id in sorted(users):
         user = users[user_id]
         email = user.email
@@ -236,13 +254,17 @@ def _scope(
         elif (reason := config.exclusions.reason_excluded(user)) is not None:
             skipped.append(Skip(user_id, email, reason, excluded=True))
         else:
-            candidates.append((user, email))
+            candidates.append((user, email, email_key(email)))
     holders: dict[str, list[str]] = {}
-    for user, email in candidates:
-        holders.setdefault(email_key(email), []).append(user.id)
+    for user, _, key in candidates:
+        sharing = holders.get(key)
+        if sharing is None:
+            holders[key] = [user.id]
+        else:
+            sharing.append(user.id)
     in_scope: list[tuple[DirectoryUser, str]] = []
-    for user, email in candidates:
-        sharing = holders[email_key(email)]
+    for user, email, key in candidates:
+        sharing = holders[key]
         if len(sharing) > 1:
             others = ", ".join(other for other in sharing if other != user.id)
             skipped.append(
@@ -263,25 +285,84 @@ def _display_name(user: DirectoryUser, email: str) -> str:
     return name or email
 
 
-def _identity_change(
-    user: DirectoryUser,
-    email: str,
+def _resolve_identities(
+    in_scope: Sequence[tuple[DirectoryUser, str]],
     by_external: Mapping[str, StoredUser],
     by_email: Mapping[str, StoredUser],
-) -> CreateUser | LinkUser | UpdateUser | Skip | None:
-    """How this in-scope Azure user maps onto the store: the change, a conflict, or nothing."""
+) -> tuple[dict[str, CreateUser | LinkUser | UpdateUser | None], dict[str, int], list[Skip]]:
+    """How each in-scope Azure user maps onto the store.
+
+    Returns the identity change per user (``None``: nothing to change), the
+    round each user's changes must be applied in, and the conflicts.
+
+    An email is free for a user when no store user holds it, when the user
+    already holds it, or when a hand-invited user holds it (then it is linked).
+    An email held by a synced user whose Azure account moves to another email
+    in this same plan is free once that move is applied: the claimant goes in
+    a later round. Resolved in rounds until nothing more frees up; whatever is
+    still held by someone else (a leaver who kept the address, a swap) is a
+    conflict that keeps the user's access as it is.
+    """
+    identities: dict[str, CreateUser | LinkUser | UpdateUser | None] = {}
+    rounds: dict[str, int] = {}
+    released: dict[str, int] = {}  # email key -> round in which its holder moves away
+    waiting: list[tuple[DirectoryUser, str, str, StoredUser | None, StoredUser]] = []
+
+    def settle(user: DirectoryUser, email: str, key: str, stored: StoredUser | None, holder: StoredUser | None,
+               round_: int) -> None:
+        identities[user.id] = _identity_change(user, email, stored, holder)
+        rounds[user.id] = round_
+        if stored is not None and email_key(stored.email) != key:
+            released[email_key(stored.email)] = round_
+
+    for user, email in in_scope:
+        key = email_key(email)
+        stored = by_external.get(user.id)
+        holder = by_email.get(key)
+        if holder is None or (stored is not None and holder.user_id == stored.user_id):
+            settle(user, email, key, stored, None, 0)
+        elif stored is None and holder.external_id is None:
+            settle(user, email, key, None, holder, 0)  # link the hand-invited user
+        else:
+            waiting.append((user, email, key, stored, holder))
+    while waiting:
+        still_waiting = []
+        for user, email, key, stored, holder in waiting:
+            if key in released:
+                settle(user, email, key, stored, None, released[key] + 1)
+            else:
+                still_waiting.append((user, email, key, stored, holder))
+        if len(still_waiting) == len(waiting):
+            break
+        waiting = still_waiting
+    conflicts = [
+        Skip(
+            user.id,
+            email,
+            f"email conflict: {email} is already used by store user {holder.user_id}"
+            + (f" (synced from Azure account {holder.external_id})" if holder.external_id else "")
+            + "; not taken over, access left unchanged",
+            keeps_access=True,
+        )
+        for user, email, _, _, holder in waiting
+    ]
+    return identities, rounds, conflicts
+
+
+def _identity_change(
+    user: DirectoryUser, email: str, stored: StoredUser | None, invited: StoredUser | None
+) -> CreateUser | LinkUser | UpdateUser | None:
+    """The change that makes the store's record of ``user`` current (``None`` if it is)."""
     name = _display_name(user, email)
-    holder = by_email.get(email_key(email))
-    stored = by_external.get(user.id)
     if stored is not None:
-        if holder is not None and holder.user_id != stored.user_id:
-            return Skip(
-                user.id,
-                email,
-                f"email conflict: {email} is already used by store user {holder.user_id}; "
-                "access left unchanged",
-                keeps_access=True,
-            )
+        if (
+            stored.active
+            and stored.email == email
+            and stored.display_name == name
+            and stored.given_name == user.given_name
+            and stored.surname == user.surname
+        ):
+            return None  # the common re-run case
         wanted = {
             "email": email,
             "display_name": name,
@@ -291,8 +372,6 @@ def _identity_change(
         changed = tuple(field for field, value in wanted.items() if getattr(stored, field) != value)
         if not stored.active:
             changed += ("active",)
-        if not changed:
-            return None
         return UpdateUser(
             user.id,
             stored.user_id,
@@ -303,14 +382,6 @@ def _identity_change(
             reactivate=not stored.active,
             changed=changed,
         )
-    if holder is not None:
-        if holder.external_id is None:
-            return LinkUser(user.id, holder.user_id, email, name, user.given_name, user.surname)
-        return Skip(
-            user.id,
-            email,
-            f"email conflict: {email} belongs to store user {holder.user_id}, synced from "
-            f"another Azure account ({holder.external_id}); not taken over",
-            keeps_access=True,
-        )
+    if invited is not None:
+        return LinkUser(user.id, invited.user_id, email, name, user.given_name, user.surname)
     return CreateUser(user.id, email, name, user.given_name, user.surname)
