@@ -1,1 +1,52 @@
-"""testing."""
+"""Test helpers shipped with the library, for hosts' own test suites.
+
+- :class:`FakeGraphServer` (``testing.fake_graph``): a Graph-shaped server on
+  127.0.0.1 with fault injection and a request log;
+- :func:`check_directory` (``testing.directory_conformance``): does a
+  ``Directory`` answer the way Entra ID does;
+- :class:`UserStoreConformance` (``testing.store_conformance``, needs pytest
+  and pytest-asyncio): subclass it to run the store suite on your ``UserStore``;
+- :func:`generate_tenant` (``testing.synthetic``): Graph-shaped trusts of any size.
+
+Each is imported on first use, so importing this package costs nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .directory_conformance import check_directory, conformance_fixture
+    from .fake_graph import FakeGraphServer, Fault
+    from .store_conformance import UserStoreConformance
+    from .synthetic import SyntheticTenant, generate_tenant
+
+_LAZY = {
+    "check_directory": ".directory_conformance",
+    "conformance_fixture": ".directory_conformance",
+    "FakeGraphServer": ".fake_graph",
+    "Fault": ".fake_graph",
+    "UserStoreConformance": ".store_conformance",
+    "SyntheticTenant": ".synthetic",
+    "generate_tenant": ".synthetic",
+}
+
+__all__ = [
+    "FakeGraphServer",
+    "Fault",
+    "SyntheticTenant",
+    "UserStoreConformance",
+    "check_directory",
+    "conformance_fixture",
+    "generate_tenant",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'calm_azure_sync.testing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name, __name__), name)
+    globals()[name] = value
+    return value
