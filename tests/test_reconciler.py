@@ -59,15 +59,15 @@ def tenant(staff: int = 12, *, slt: tuple[int, ...] = (0, 1)) -> dict:
 
 
 def make_config(**overrides) -> SyncConfig:
-    values = dict(
-        trust_site_id="oak",
-        mappings=[
+    values = {
+        "trust_site_id": "oak",
+        "mappings": [
             GroupMapping("g-all", "birch", {"Policies": "Member"}),
             GroupMapping("g-slt", "birch", {"Policies": "Manager", "Risk": "Manager"}),
             GroupMapping("g-teachers", "ash", {"Risk": "Member"}),
         ],
-        removal=RemovalPolicy("deactivate", max_removal_ratio=0.5, min_removals_to_hold=5),
-    )
+        "removal": RemovalPolicy("deactivate", max_removal_ratio=0.5, min_removals_to_hold=5),
+    }
     values["exclusions"] = ExclusionPolicy(["scanner@*"])
     values.update(overrides)
     return SyncConfig(**values)
@@ -105,7 +105,7 @@ async def test_first_import_creates_users_grants_access_and_logs_every_step(part
 
 
 async def test_second_run_with_nothing_changed_changes_nothing(parts):
-    _, store, audit, reconciler = parts
+    _, store, _audit, reconciler = parts
     await reconciler.run(make_config())
     before = await store.load("oak")
     again = await reconciler.run(make_config())

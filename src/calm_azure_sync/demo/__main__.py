@@ -26,8 +26,6 @@ def _heading(text: str) -> None:
 
 
 async def main(out: Path) -> int:
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
     sample = load_sample()
     store = SqliteUserStore(out / "calm.sqlite")
     audit = SqliteAuditSink(out / "import-log.sqlite")
@@ -99,4 +97,7 @@ async def main(out: Path) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="where to write the SQLite files")
-    raise SystemExit(asyncio.run(main(parser.parse_args().out)))
+    out = parser.parse_args().out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    raise SystemExit(asyncio.run(main(out)))

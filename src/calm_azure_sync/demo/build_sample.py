@@ -106,7 +106,7 @@ def build() -> dict[str, Any]:
              surname=None, assignedLicenses=[]),
     ]
     # Guests: external consultants invited into Teams.
-    for index in range(4):
+    for _ in range(4):
         first, last = rng.choice(FIRST_NAMES), rng.choice(SURNAMES)
         home = f"{first}.{last}@consultancy.co.uk".lower()
         members[trust_central].append(
