@@ -51,3 +51,10 @@ def bench(session: nox.Session) -> None:
     """Run the benchmarks (pass --size 1000 for a quick smoke run)."""
     session.install("-e", ".[test]", "httpx")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site with warnings as errors."""
+    session.install(".", "mkdocs>=1.6,<2", "mkdocstrings[python]>=1.0", "ruff")
+    session.run("mkdocs", "build", "--strict", *session.posargs)

@@ -54,6 +54,7 @@ suggested: no glob can name them (exclude them by id).
 from __future__ import annotations
 
 import bisect
+import html
 import re
 import sys
 import unicodedata
@@ -65,7 +66,7 @@ import attrs
 from .errors import ConfigError
 from .model import DirectoryUser
 
-__all__ = ["ExclusionPolicy", "ExclusionSuggestion"]
+__all__ = ["ExclusionPolicy", "ExclusionSuggestion", "Suggestions"]
 
 #: The longest pattern accepted: no email address is longer (RFC 5321 path limit).
 MAX_PATTERN_LENGTH = 254
@@ -569,7 +570,7 @@ class ExclusionPolicy:
         return attrs.evolve(self, user_ids=(*self.user_ids, *added))
 
     @staticmethod
-    def suggest(users: Sequence[DirectoryUser]) -> list[ExclusionSuggestion]:
+    def suggest(users: Sequence[DirectoryUser]) -> Suggestions:
         """Find the accounts among ``users`` that look like no person, with a glob and reasons each.
 
         One suggestion per user id with an email, sorted by email. The rules
@@ -579,7 +580,7 @@ class ExclusionPolicy:
         unsuggested account has the same address) is left out. Nothing is
         changed: pass the patterns to :meth:`with_patterns` to accept them.
         """
-        return _suggest(users)
+        return Suggestions(_suggest(users))
 
     def to_dict(self) -> dict[str, Any]:
         """The plain JSON form (what ``SyncConfig.to_dict`` stores under ``exclusions``)."""
@@ -589,6 +590,39 @@ class ExclusionPolicy:
 # --------------------------------------------------------------------------
 # Auto-detect
 # --------------------------------------------------------------------------
+
+
+class Suggestions(list[ExclusionSuggestion]):
+    """A list of :class:`ExclusionSuggestion` that reads as a table (text, and HTML in notebooks)."""
+
+    @property
+    def patterns(self) -> list[str]:
+        """The distinct suggested patterns, in order: what to pass to ``with_patterns``."""
+        return list(dict.fromkeys(suggestion.pattern for suggestion in self))
+
+    def __str__(self) -> str:
+        if not self:
+            return "no suggestions"
+        width = max(len(suggestion.pattern) for suggestion in self)
+        return "\n".join(
+            f"{suggestion.pattern:{width}}  {suggestion.email}  ({'; '.join(suggestion.reasons)})"
+            for suggestion in self
+        )
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(str(cell))}</td>"
+                for cell in (suggestion.pattern, suggestion.email, "; ".join(suggestion.reasons))
+            )
+            + "</tr>"
+            for suggestion in self
+        )
+        return (
+            "<table><thead><tr><th>pattern</th><th>account</th><th>why</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>"
+        )
 
 # Runs of digits, or of letters: a letter/digit boundary is a word boundary.
 _WORD_RUN = re.compile(r"\d+|[^\W\d_]+")

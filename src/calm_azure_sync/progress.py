@@ -46,6 +46,7 @@ class TqdmProgress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        self._stage = None
 
 
 def tqdm_progress(**tqdm_options: Any) -> TqdmProgress:
