@@ -366,3 +366,12 @@ async def test_an_email_handed_from_one_user_to_another_converges_in_one_run(tmp
     assert report.counts["update_user"] == 1 and report.counts["create_user"] == 1
     assert (await reconciler.plan(make_config())).changes == ()
     assert synced_access_of(await store.load("oak")) == expected_access(directory, make_config())
+
+
+async def test_a_directory_that_cannot_name_its_tenant_is_refused_for_a_connected_trust(parts):
+    directory, _, audit, reconciler = parts
+    directory.tenant_id = None
+    with pytest.raises(ConfigError, match="does not say which tenant"):
+        await reconciler.run(make_config(tenant_id="tenant-a"))
+    assert audit.events == []
+    assert (await reconciler.run(make_config())).ok  # no tenant configured: nothing to check

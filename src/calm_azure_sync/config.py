@@ -9,6 +9,7 @@ with the dotted path of the bad value, as one :class:`ConfigError`.
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -312,10 +313,18 @@ def _prefixed(path: str, problem: str) -> str:
     return f"{path}.{problem}"
 
 
+# Bounded depth and length: a bad value may be deeply nested or huge, and
+# showing it must never fail (repr() of deep data raises RecursionError).
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel = 2
+_SHOW.maxstring = 57
+_SHOW.maxother = 57
+
+
 def _kind(value: object) -> str:
     if value is None:
         return "null"
-    shown = repr(value)
+    shown = _SHOW.repr(value)
     if len(shown) > 60:
         shown = shown[:57] + "..."
     return f"{type(value).__name__} {shown}"

@@ -113,9 +113,16 @@ def email_key(email: str) -> str:
 
     Case is ignored (``lower``, not ``casefold``: ``ß`` and ``ss`` are different
     mailboxes) and surrounding space dropped. Look-alike letters from other
-    scripts (a Cyrillic a, U+0430) stay different, as they are different addresses.
+    scripts (a Cyrillic a, U+0430) stay different, as they are different
+    addresses; so does the Kelvin sign (U+212A), the one non-ASCII letter that
+    ``lower()`` would turn into an ASCII one (``k``).
     """
-    return email.strip().lower()
+    email = email.strip()
+    if email.isascii():
+        return email.lower()
+    return "".join(
+        char if not char.isascii() and char.lower().isascii() else char.lower() for char in email
+    )
 
 
 _WHITESPACE = re.compile(r"\s")

@@ -17,7 +17,7 @@ from .audit.protocol import AuditSink
 from .config import SyncConfig
 from .directory.protocol import Directory
 from .errors import ConfigError, DirectoryAccessError, DirectoryError, GroupNotFoundError
-from .exclusion import ExclusionPolicy, ExclusionSuggestion
+from .exclusion import ExclusionPolicy, Suggestions
 from .hierarchy import Actor, TrustHierarchy, authorize
 from .model import DirectoryGroup, DirectoryUser
 from .plan import (
@@ -61,7 +61,6 @@ class Reconciler:
     groups read at once (Graph throttles per app and tenant).
 
     >>> import asyncio
-import contextlib
     >>> from calm_azure_sync import *
     >>> directory = InMemoryDirectory.from_dict({
     ...     "users": [{"id": "u1", "displayName": "Ann", "mail": "ann@birch.sch.uk"}],
@@ -101,7 +100,7 @@ import contextlib
         )
         return groups
 
-    async def suggest_exclusions(self, config: SyncConfig) -> list[ExclusionSuggestion]:
+    async def suggest_exclusions(self, config: SyncConfig) -> Suggestions:
         """Auto-detect for the Exclusions tab: system accounts the next import would bring in.
 
         Reads the mapped groups and runs :meth:`ExclusionPolicy.suggest` over
@@ -116,11 +115,9 @@ import contextlib
                 seen.setdefault(user.id, user)
         users = [seen[user_id] for user_id in sorted(seen)]
         suggestions = ExclusionPolicy.suggest(users)
-        return [
-            suggestion
-            for suggestion in suggestions
-            if _would_import(seen[suggestion.user_id], config)
-        ]
+        return Suggestions(
+            suggestion for suggestion in suggestions if _would_import(seen[suggestion.user_id], config)
+        )
 
     # ------------------------------------------------------------------ plan / run
 
@@ -159,8 +156,20 @@ import contextlib
         return authorize(actor, site_id, self.hierarchy)
 
     def _check_tenant(self, config: SyncConfig) -> None:
+        """A trust connected to a tenant is only ever synced from that tenant.
+
+        A directory that cannot say which tenant it reads is refused too: the
+        check must not pass just because the answer is unknown.
+        """
+        if not config.tenant_id:
+            return
         directory_tenant = getattr(self.directory, "tenant_id", None)
-        if config.tenant_id and directory_tenant and config.tenant_id.lower() != str(directory_tenant).lower():
+        if not directory_tenant:
+            raise ConfigError(
+                f"tenant_id: trust {config.trust_site_id!r} is connected to tenant {config.tenant_id!r}, "
+                "but the directory does not say which tenant it reads; pass tenant_id to the directory"
+            )
+        if config.tenant_id.lower() != str(directory_tenant).lower():
             raise ConfigError(
                 f"tenant_id: trust {config.trust_site_id!r} is connected to tenant {config.tenant_id!r}, "
                 f"but the directory reads tenant {directory_tenant!r}; refusing to sync another organisation"

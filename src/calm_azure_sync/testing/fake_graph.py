@@ -25,7 +25,8 @@ What it models (each from the Graph documentation):
   ``@odata.count`` on the first page only, when asked for properly.
 - paging: ``$top`` (default 100, at most 999, more is a 400), a server page
   cap (``page_cap``) and opaque ``$skiptoken`` next links over a snapshot
-  taken at the first page.
+  taken at the first page (a next link may be followed again, e.g. after a
+  connection reset; the oldest of 10,000 live cursors expire).
 - ``$select`` (selected properties are returned, ``null`` when unset;
   without ``$select`` users carry only Graph's default properties).
 - the advanced-query rule: an OData cast needs ``ConsistencyLevel:
@@ -39,7 +40,8 @@ What it models (each from the Graph documentation):
   with a ``request-id`` header.
 - injected faults (:class:`Fault`): 429 with a (fractional) Retry-After,
   503, 504, 401, 403, latency, a connection reset, a truncated body, a body
-  that is not JSON.
+  that is not JSON, and a rewrite of the real answer's JSON body (for
+  hostile-input tests: duplicate ids across pages, a foreign next link…).
 - a request log (:attr:`FakeGraphServer.requests`) with the resource-unit
   cost Graph documents for identity calls: ``users`` 2, ``members`` 3,
   ``transitiveMembers`` 5, any other GET 1; one less with ``$select``, one
@@ -66,7 +68,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal
 
@@ -74,7 +76,7 @@ import attrs
 
 __all__ = ["Fault", "FakeGraphServer", "RecordedRequest", "resource_units"]
 
-FaultKind = Literal["status", "latency", "reset", "truncated", "not_json"]
+FaultKind = Literal["status", "latency", "reset", "truncated", "not_json", "rewrite"]
 
 # Graph's own error codes and messages for the faults it documents.
 _STATUS_ERRORS: dict[int, tuple[str, str]] = {
@@ -133,14 +135,17 @@ class Fault:
     ``"latency"`` waits ``delay`` seconds, then answers normally;
     ``"reset"`` drops the connection without an answer; ``"truncated"``
     sends the real answer's headers and only half its body, then closes;
-    ``"not_json"`` answers 200 with an HTML body. ``delay`` is also waited
-    before any other kind.
+    ``"not_json"`` answers 200 with an HTML body; ``"rewrite"`` answers
+    normally but passes the JSON body of a successful answer through
+    ``transform`` first (it gets a deep copy and returns the body to send).
+    ``delay`` is also waited before any other kind.
     """
 
     kind: FaultKind
     status: int = 200
     retry_after: str | None = None
     delay: float = 0.0
+    transform: Callable[[Any], Any] | None = attrs.field(default=None, eq=False, repr=False)
 
     @classmethod
     def throttle(cls, retry_after: str | None = "2.128") -> Fault:
@@ -191,6 +196,15 @@ class Fault:
     def not_json(cls) -> Fault:
         """200 with an HTML body, as a misbehaving proxy might send."""
         return cls("not_json")
+
+    @classmethod
+    def rewrite(cls, transform: Callable[[Any], Any]) -> Fault:
+        """Answer normally, but send ``transform(body)`` instead of a successful answer's JSON body.
+
+        >>> Fault.rewrite(lambda body: {**body, "@odata.nextLink": "https://evil.example/v1.0/users"}).kind
+        'rewrite'
+        """
+        return cls("rewrite", transform=transform)
 
 
 @attrs.frozen
@@ -595,6 +609,8 @@ class FakeGraphServer:
                     reply.headers["Retry-After"] = fault.retry_after
             else:
                 reply = self._answer(request)
+                if fault is not None and fault.kind == "rewrite" and fault.transform is not None:
+                    reply.body = fault.transform(copy.deepcopy(reply.body))
         except _GraphError as error:
             reply = self._error(error, request)
         reply.headers.setdefault("request-id", str(uuid.uuid4()))
@@ -719,7 +735,7 @@ class FakeGraphServer:
         return tuple(name.strip() for name in raw.split(",") if name.strip())
 
     def _context(self, entity_set: str, select: tuple[str, ...] | None, *, entity: bool = False) -> str:
-        root = self.base_url if self._httpd is not None else "https://graph.microsoft.com/v1.0"
+        root = self._root()
         shape = entity_set if select is None else f"{entity_set}({','.join(select)})"
         return f"{root}/$metadata#{shape}{'/$entity' if entity else ''}"
 
@@ -758,7 +774,9 @@ class FakeGraphServer:
             cursor = self._cursors.get(token)
             if cursor is None or cursor.path != request.path:
                 raise _GraphError(400, "Request_BadRequest", "The specified page token value has expired or is invalid.")
-            del self._cursors[token]
+            # Kept, not consumed: a client whose connection broke after the
+            # server answered may ask for the same page again, as with Graph.
+            self._cursors.move_to_end(token)
         else:
             base_query = {k: v for k, v in request.query.items() if k != "$skiptoken"}
             cursor = _Cursor(request.path, kind, ids, self._select(request.query), base_query)
@@ -786,7 +804,14 @@ class FakeGraphServer:
     def _next_link(self, cursor: _Cursor, token: str) -> str:
         parts = [f"{name}={urllib.parse.quote(value, safe=',()')}" for name, value in cursor.query.items()]
         parts.append(f"$skiptoken={token}")
-        return f"{self.base_url}{cursor.path}?{'&'.join(parts)}"
+        return f"{self._root()}{cursor.path}?{'&'.join(parts)}"
+
+    def _root(self) -> str:
+        # Read once: a slow answer may still be written while the server stops.
+        httpd = self._httpd
+        if httpd is None:
+            return "https://graph.microsoft.com/v1.0"
+        return f"http://127.0.0.1:{httpd.server_address[1]}/v1.0"
 
     def _batch(self, outer: _Request, raw_body: bytes) -> _Reply:
         """``POST /$batch``: up to 20 independent GETs, answered in one response."""
