@@ -21,7 +21,6 @@ from .exclusion import ExclusionPolicy, Suggestions
 from .hierarchy import Actor, TrustHierarchy, authorize
 from .model import DirectoryGroup, DirectoryUser
 from .plan import (
-    Assign,
     Change,
     CreateUser,
     DeactivateUser,
@@ -467,36 +466,32 @@ class _Run:
         return self.labels.get(external_id, external_id)
 
     def _change_event(self, change: Change) -> AuditEvent:
+        """The Import Log entry for one applied change."""
+        kind, message = self._describe(change)
+        return self.event(kind, message, subject=change.external_id, detail=change_to_dict(change))
+
+    def _describe(self, change: Change) -> tuple[AuditKind, str]:
         who = self._label(change.external_id)
-        detail = change_to_dict(change)
         if isinstance(change, CreateUser):
-            return self.event(AuditKind.USER_CREATED, f"Created user {change.email} ({change.display_name})",
-                              subject=change.external_id, detail=detail)
+            return AuditKind.USER_CREATED, f"Created user {change.email} ({change.display_name})"
         if isinstance(change, LinkUser):
-            return self.event(AuditKind.USER_LINKED, f"Linked invited user {change.email} to Azure",
-                              subject=change.external_id, detail=detail)
+            return AuditKind.USER_LINKED, f"Linked invited user {change.email} to Azure"
         if isinstance(change, UpdateUser):
-            return self.event(AuditKind.USER_UPDATED, f"Updated user {change.email}: {', '.join(change.changed)}",
-                              subject=change.external_id, detail=detail)
+            return AuditKind.USER_UPDATED, f"Updated user {change.email}: {', '.join(change.changed)}"
         if isinstance(change, DeactivateUser):
-            return self.event(AuditKind.USER_DEACTIVATED, f"Deactivated user {who}: no access left",
-                              subject=change.external_id, detail=detail)
-        if isinstance(change, Assign):
-            where = f"{change.module} at {change.site_id}"
-            because = f" (groups: {', '.join(change.because)})" if change.because else ""
-            if change.previous is None:
-                return self.event(AuditKind.ASSIGNMENT_ADDED, f"Gave {who} {change.role.value} on {where}{because}",
-                                  subject=change.external_id, detail=detail)
-            return self.event(
-                AuditKind.ASSIGNMENT_CHANGED,
-                f"Changed {who} on {where} from {change.previous.value} to {change.role.value}{because}",
-                subject=change.external_id, detail=detail,
+            return AuditKind.USER_DEACTIVATED, f"Deactivated user {who}: no access left"
+        if isinstance(change, Unassign):
+            return (
+                AuditKind.ASSIGNMENT_REMOVED,
+                f"Removed {who}'s {change.previous.value} on {change.module} at {change.site_id}",
             )
-        assert isinstance(change, Unassign)
-        return self.event(
-            AuditKind.ASSIGNMENT_REMOVED,
-            f"Removed {who}'s {change.previous.value} on {change.module} at {change.site_id}",
-            subject=change.external_id, detail=detail,
+        where = f"{change.module} at {change.site_id}"
+        because = f" (groups: {', '.join(change.because)})" if change.because else ""
+        if change.previous is None:
+            return AuditKind.ASSIGNMENT_ADDED, f"Gave {who} {change.role.value} on {where}{because}"
+        return (
+            AuditKind.ASSIGNMENT_CHANGED,
+            f"Changed {who} on {where} from {change.previous.value} to {change.role.value}{because}",
         )
 
     def _counts(self, plan: Plan | None) -> dict[str, int]:
