@@ -54,7 +54,6 @@ suggested: no glob can name them (exclude them by id).
 from __future__ import annotations
 
 import bisect
-import html
 import re
 import sys
 import unicodedata
@@ -63,6 +62,7 @@ from typing import Any
 
 import attrs
 
+from ._html import html_table
 from .errors import ConfigError
 from .model import DirectoryUser
 
@@ -610,18 +610,9 @@ class Suggestions(list[ExclusionSuggestion]):
         )
 
     def _repr_html_(self) -> str:
-        rows = "".join(
-            "<tr>"
-            + "".join(
-                f"<td>{html.escape(str(cell))}</td>"
-                for cell in (suggestion.pattern, suggestion.email, "; ".join(suggestion.reasons))
-            )
-            + "</tr>"
-            for suggestion in self
-        )
-        return (
-            "<table><thead><tr><th>pattern</th><th>account</th><th>why</th></tr></thead>"
-            f"<tbody>{rows}</tbody></table>"
+        return html_table(
+            ["pattern", "account", "why"],
+            ((suggestion.pattern, suggestion.email, "; ".join(suggestion.reasons)) for suggestion in self),
         )
 
 # Runs of digits, or of letters: a letter/digit boundary is a word boundary.

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import attrs
 
+from ._html import html_table
 from .model import Role
 
 __all__ = [
@@ -231,16 +232,6 @@ class Plan:
         return render_plan_html(self)
 
 
-def _html_table(headers: list[str], rows: list[list[object]], limit: int = 200) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape('' if c is None else str(c))}</td>" for c in row) + "</tr>"
-        for row in rows[:limit]
-    )
-    more = f"<p>… and {len(rows) - limit} more</p>" if len(rows) > limit else ""
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
-
-
 def describe_change(change: Change) -> list[object]:
     """One table row: kind, user, site, module, role, detail."""
     if isinstance(change, Assign):
@@ -261,23 +252,23 @@ def describe_change(change: Change) -> list[object]:
 def render_plan_html(plan: Plan) -> str:
     """The plan as HTML tables: summary, changes, held removals, skips."""
     parts = [f"<h4>Plan for trust {html.escape(plan.trust_site_id)}</h4>"]
-    parts.append(_html_table(["change", "count"], [[k, v] for k, v in plan.summary().items()]))
+    parts.append(html_table(["change", "count"], [[k, v] for k, v in plan.summary().items()]))
     headers = ["change", "user", "site", "module", "role", "detail"]
     if plan.changes:
-        parts.append("<h5>Changes</h5>" + _html_table(headers, [describe_change(c) for c in plan.changes]))
+        parts.append("<h5>Changes</h5>" + html_table(headers, [describe_change(c) for c in plan.changes]))
     if plan.held_removals:
         parts.append(
             f"<h5>Held removals ({html.escape(str(plan.hold_reason))})</h5>"
-            + _html_table(headers, [describe_change(c) for c in plan.held_removals])
+            + html_table(headers, [describe_change(c) for c in plan.held_removals])
         )
     if plan.skipped:
         parts.append(
             "<h5>Skipped</h5>"
-            + _html_table(["user", "email", "reason"], [[s.external_id, s.email, s.reason] for s in plan.skipped])
+            + html_table(["user", "email", "reason"], [[s.external_id, s.email, s.reason] for s in plan.skipped])
         )
     if plan.unreadable_groups:
         parts.append(
             "<h5>Groups not read completely</h5>"
-            + _html_table(["group", "reason"], [[g, r] for g, r in plan.unreadable_groups.items()])
+            + html_table(["group", "reason"], [[g, r] for g, r in plan.unreadable_groups.items()])
         )
     return "".join(parts)

@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 
+from ._html import html_table
 from .audit.events import AuditEvent
 from .plan import Change, HoldReason, Plan, change_to_dict
 
@@ -75,9 +76,6 @@ class ImportReport:
 
     def _repr_html_(self) -> str:
         status = "ok" if self.ok else "failed"
-        rows = "".join(
-            f"<tr><td>{html.escape(kind)}</td><td>{count}</td></tr>" for kind, count in self.counts.items()
-        )
         errors = "".join(f"<li>{html.escape(error)}</li>" for error in self.errors[:100])
         held = (
             f"<p>{len(self.held_removals)} removals held ({html.escape(str(self.hold_reason))})</p>"
@@ -86,6 +84,6 @@ class ImportReport:
         )
         return (
             f"<h4>Import {html.escape(self.run_id)} of trust {html.escape(self.trust_site_id)}: {status}</h4>"
-            f"<table><thead><tr><th>kind</th><th>count</th></tr></thead><tbody>{rows}</tbody></table>"
+            f"{html_table(['kind', 'count'], self.counts.items())}"
             f"{held}{'<h5>Errors</h5><ul>' + errors + '</ul>' if errors else ''}"
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import html
 import json
 import os
 import sqlite3
@@ -12,6 +11,7 @@ from typing import Any, Final
 
 import attrs
 
+from .._html import html_table
 from ..store.sqlite import ThreadedConnection, write_transaction
 from .events import AuditEvent, AuditKind
 
@@ -80,24 +80,14 @@ class ImportLogPage(list[AuditEvent]):
         )
 
     def _repr_html_(self) -> str:
-        cells = ("at", "kind", "subject", "message", "run")
-        head = "".join(f"<th>{name}</th>" for name in cells)
-        rows = "".join(
-            "<tr>"
-            + "".join(
-                f"<td>{html.escape(value)}</td>"
-                for value in (
-                    f"{event.at:%Y-%m-%d %H:%M:%S}",
-                    event.kind.value,
-                    event.subject or "",
-                    event.message,
-                    event.run_id or "",
-                )
-            )
-            + "</tr>"
-            for event in self
+        return html_table(
+            ("at", "kind", "subject", "message", "run"),
+            (
+                (f"{event.at:%Y-%m-%d %H:%M:%S}", event.kind.value, event.subject, event.message, event.run_id)
+                for event in self
+            ),
+            limit=len(self),
         )
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
 def _setup(connection: sqlite3.Connection) -> None:
