@@ -48,7 +48,7 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run the benchmarks (pass --size 1000 for a quick smoke run)."""
+    """Run the benchmarks (--smoke for a quick check, --only NAME for one)."""
     session.install("-e", ".[test]", "httpx")
     session.run("python", "-m", "benchmarks", *session.posargs)
 

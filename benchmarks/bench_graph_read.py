@@ -7,7 +7,7 @@ advanced-query header on every page. Each reader runs in a fresh subprocess
 so its CPU time and peak RSS are its own. The runs alternate and the median
 of ``--repeat`` runs is reported.
 
-    python benchmarks/bench_graph_read.py                 # 100k users
+    python -m benchmarks --only graph_read                # 100k users
     python benchmarks/bench_graph_read.py --size 20000 --repeat 5
     python benchmarks/bench_graph_read.py --batch 200     # the $batch measurement
 
@@ -23,13 +23,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
+
+if not __package__:  # run as a script: make the benchmarks package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import child_env, print_table
 
 SELECT = (
     "id,displayName,mail,userPrincipalName,givenName,surname,accountEnabled,userType,"
@@ -210,23 +215,28 @@ def run_reader(reader: str, base_url: str, args: argparse.Namespace) -> dict[str
         sys.executable, __file__, "--read", reader, "--base-url", base_url,
         "--groups", str(args.groups), "--concurrency", str(args.concurrency),
     ]  # fmt: skip
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    output = subprocess.run(command, check=True, capture_output=True, text=True, env=child_env()).stdout
     return json.loads(output.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=100_000, help="users in all (default 100000)")
     parser.add_argument("--groups", type=int, default=20, help="groups the users are spread over (default 20)")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per reader; the median is shown (default 3)")
+    parser.add_argument(
+        "--repeat", "--repeats", type=int, default=3, help="runs per reader; the median is shown (default 3)"
+    )
+    parser.add_argument("--smoke", action="store_true", help="a tiny, fast run that only checks it works")
     parser.add_argument("--batch", type=int, default=0, metavar="K", help="measure $batch over K one-page groups")
     parser.add_argument("--latency", type=float, default=0.0, help="server seconds per HTTP round trip")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--read", dest="reader", choices=sorted(READERS), help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     parser.add_argument("--small-group-size", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.size, args.groups, args.repeat = min(args.size, 2_000), min(args.groups, 4), 1
     if args.serve:
         return serve(args)
     if args.reader:
@@ -242,7 +252,9 @@ def main() -> None:
         sys.executable, __file__, "--serve", "--size", str(args.size), "--groups", str(args.groups),
         "--latency", str(args.latency), "--small-group-size", str(args.small_group_size),
     ]  # fmt: skip
-    server = subprocess.Popen(server_command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        server_command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env()
+    )
     assert server.stdout is not None
     assert server.stdin is not None
     base_url = server.stdout.readline().strip()
@@ -256,30 +268,35 @@ def main() -> None:
         server_stats = json.loads(server.stdout.readline() or "{}")
         server.wait(timeout=30)
 
-    print(
-        f"# {args.size} users in {args.groups} groups, concurrency {args.concurrency}, "
-        f"latency {args.latency}s, median of {args.repeat}; {os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
-    )
-    print(f"# server: {server_stats.get('requests')} requests, {server_stats.get('resource_units')} resource units in all runs")
-    header = f"{'reader':<12} {'users':>8} {'wall s':>8} {'cpu s':>8} {'peak RSS MB':>12} {'RSS for read MB':>16}"
-    print(header)
-    medians: dict[str, dict[str, float]] = {}
-    for reader, runs in results.items():
-        median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-        medians[reader] = median
-        print(
-            f"{reader:<12} {int(median['users']):>8} {median['wall']:>8.3f} {median['cpu']:>8.3f} "
-            f"{median['peak_rss_mb']:>12.1f} {median['read_rss_mb']:>16.1f}"
-        )
+    medians = {
+        reader: {key: statistics.median(run[key] for run in runs) for key in runs[0]} for reader, runs in results.items()
+    }
     base = medians["httpx"]
+    rows: list[list[object]] = []
     for reader in readers:
-        if reader != "httpx":
-            ours = medians[reader]
-            print(
-                f"ratio {reader}/httpx: wall {ours['wall'] / base['wall']:.2f}x, cpu {ours['cpu'] / base['cpu']:.2f}x, "
-                f"peak RSS {ours['peak_rss_mb'] / base['peak_rss_mb']:.2f}x, "
-                f"RSS for read {ours['read_rss_mb'] / max(base['read_rss_mb'], 0.1):.2f}x"
-            )
+        ours = medians[reader]
+        rows.append([
+            reader,
+            f"{int(ours['users']):,}",
+            f"{ours['wall']:.3f}",
+            f"{ours['cpu']:.3f}",
+            f"{ours['peak_rss_mb']:.1f}",
+            f"{ours['read_rss_mb']:.1f}",
+            f"{ours['wall'] / base['wall']:.2f}x",
+            f"{ours['cpu'] / base['cpu']:.2f}x",
+            f"{ours['peak_rss_mb'] / base['peak_rss_mb']:.2f}x",
+            f"{ours['read_rss_mb'] / max(base['read_rss_mb'], 0.1):.2f}x",
+        ])  # fmt: skip
+    print_table(
+        f"SDK overhead: {args.size:,} users in {args.groups} groups, concurrency {args.concurrency}, "
+        f"latency {args.latency}s, median of {args.repeat} (server: {server_stats.get('requests')} requests, "
+        f"{server_stats.get('resource_units')} RU in all runs)",
+        ["reader", "users", "wall s", "CPU s", "peak RSS MB", "RSS for read MB", "wall / httpx", "CPU / httpx",
+         "peak RSS / httpx", "read RSS / httpx"],
+        rows,
+        command=f"python -m benchmarks.bench_graph_read --size {args.size} --groups {args.groups} "
+        f"--repeat {args.repeat}" + (f" --batch {args.batch} --latency {args.latency}" if args.batch else ""),
+    )  # fmt: skip
     return None
 
 

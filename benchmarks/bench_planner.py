@@ -1,6 +1,6 @@
 """Planner: ``plan()`` time and peak RSS at each size, next to a bare-Python floor.
 
-Run: ``python -m benchmarks.bench_planner --size 100000`` (or ``nox -s bench``).
+Run: ``python -m benchmarks --only planner [--size 100000]`` (or ``nox -s bench``).
 
 The floor is one bare-Python pass over the same memberships with dicts: for
 each mapped group, for each member, keep the highest role per (site, module).
@@ -14,16 +14,11 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import resource
 import statistics
-import subprocess
-import sys
 import time
 from typing import Any
 
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from benchmarks._common import child_json, peak_rss_mb, print_table
 
 
 def _measure(kind: str, size: int, repeats: int) -> dict[str, Any]:
@@ -89,7 +84,7 @@ def _measure(kind: str, size: int, repeats: int) -> dict[str, Any]:
         "changes": changes,
         "plan_s": statistics.median(timings["plan"]),
         "floor_s": statistics.median(timings["floor"]),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -97,33 +92,41 @@ def run(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
     rows = []
     for size in sizes:
         for kind in ("first", "rerun"):
-            output = subprocess.run(
-                [sys.executable, "-m", "benchmarks.bench_planner", "--child", kind, "--size", str(size),
-                 "--repeats", str(repeats)],
-                check=True, capture_output=True, text=True,
-            ).stdout
-            rows.append(json.loads(output.strip().splitlines()[-1]))
+            rows.append(
+                child_json("benchmarks.bench_planner", "--child", kind, "--size", str(size), "--repeats", str(repeats))
+            )
     return rows
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-    print("| users | groups | memberships | plan | changes | plan s | floor s | ratio | peak RSS MB |")
-    print("|---:|---:|---:|---|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['users']:,} | {r['groups']:,} | {r['memberships']:,} | {r['kind']} | {r['changes']:,} | "
-              f"{r['plan_s']:.3f} | {r['floor_s']:.3f} | {r['plan_s'] / r['floor_s']:.2f}x | {r['peak_rss_mb']:.0f} |")
+def print_rows(rows: list[dict[str, Any]], repeats: int) -> None:
+    sizes = " ".join(f"--size {size}" for size in dict.fromkeys(r["users"] for r in rows))
+    print_table(
+        f"Planner: build_plan vs a bare-dict floor, same process, median of {repeats} "
+        "(target at 100k users: ≤ 3x the floor, peak RSS ≤ 500 MB)",
+        ["users", "groups", "memberships", "plan", "changes", "plan s", "floor s", "plan / floor", "peak RSS MB"],
+        [
+            [f"{r['users']:,}", f"{r['groups']:,}", f"{r['memberships']:,}", r["kind"], f"{r['changes']:,}",
+             f"{r['plan_s']:.3f}", f"{r['floor_s']:.3f}", f"{r['plan_s'] / r['floor_s']:.2f}x",
+             f"{r['peak_rss_mb']:.0f}"]
+            for r in rows
+        ],
+        command=f"python -m benchmarks.bench_planner {sizes} --repeats {repeats}",
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, action="append", help="users (repeatable); default 1k, 10k, 100k")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="a tiny, fast run that only checks it works")
     parser.add_argument("--child", choices=["first", "rerun"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.size, args.repeats = [500], 1
     if args.child:
         print(json.dumps(_measure(args.child, args.size[0], args.repeats)))
         return
-    print_table(run(args.size or [1_000, 10_000, 100_000], args.repeats))
+    print_rows(run(args.size or [1_000, 10_000, 100_000], args.repeats), args.repeats)
 
 
 if __name__ == "__main__":

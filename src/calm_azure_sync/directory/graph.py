@@ -432,7 +432,7 @@ class GraphDirectory:
         *,
         tenant_id: str | None = None,
         retry: RetryPolicy | None = None,
-        max_concurrency: int = 8,
+        max_concurrency: int = 16,
         sleep: Sleep | None = None,
         random_draw: Callable[[], float] | None = None,
     ) -> None:
@@ -464,7 +464,7 @@ class GraphDirectory:
         tenant_id: str | None = None,
         scopes: Sequence[str] | None = None,
         retry: RetryPolicy | None = None,
-        max_concurrency: int = 8,
+        max_concurrency: int = 16,
         timeout: float = 60.0,
         sleep: Sleep | None = None,
         random_draw: Callable[[], float] | None = None,

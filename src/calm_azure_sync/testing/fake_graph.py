@@ -64,6 +64,7 @@ import json
 import secrets
 import socket
 import struct
+import sys
 import threading
 import time
 import urllib.parse
@@ -878,6 +879,12 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
         super().__init__(address, handler)
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A keep-alive client that hangs up is normal, not worth a traceback.
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:

@@ -19,13 +19,13 @@ from ..model import Site
 
 __all__ = ["SyntheticTenant", "generate_tenant"]
 
-FIRST_NAMES = (
+FIRST_NAMES = (  # noqa: SIM905 - a name list reads best as prose
     "Amelia Oliver Isla George Ava Noah Mia Arthur Ivy Muhammad Freya Leo Lily Harry Florence Oscar "
     "Willow Archie Sophia Jack Grace Henry Evie Charlie Ella Theo Aria Freddie Rosie Alfie Millie "
     "Thomas Sienna Jacob Daisy Joshua Poppy William Phoebe James Emily Lucas Alice Edward Chloe Samuel "
     "Priya Aisha Tomasz Zofia Chidi Ngozi Siobhan Ciaran Rhys Cerys Fatima Yusuf Mei Hiroshi"
 ).split()
-SURNAMES = (
+SURNAMES = (  # noqa: SIM905
     "Smith Jones Taylor Brown Williams Wilson Johnson Davies Patel Wright Robinson Thompson Evans Walker "
     "White Roberts Green Hall Thomas Clarke Jackson Wood Harris Edwards Turner Martin Cooper Hill Ward "
     "Hughes Moore Clark King Harrison Lewis Baker Lee Allen Morris Khan Scott Watson Davis Parker James "
@@ -56,6 +56,7 @@ def generate_tenant(
     nesting: bool = True,
     seed: int = 1,
     domain: str = "oak.sch.uk",
+    mapped_groups: int | None = None,
 ) -> SyntheticTenant:
     """Generate a trust of ``schools`` schools with ``users`` staff in ``groups`` groups.
 
@@ -63,6 +64,10 @@ def generate_tenant(
     every third group also nests the next one (so transitive reads matter).
     Every group is mapped to a school with roles on two modules. A few percent
     of users are guests, disabled, or service accounts.
+
+    ``mapped_groups`` maps only the first that many groups (a real tenant
+    holds many groups no trust maps: classes, teams, distribution lists);
+    by default every group is mapped.
     """
     rng = random.Random(seed)
     sites = [Site("trust", "Oak Learning Trust")] + [
@@ -113,7 +118,7 @@ def generate_tenant(
             members[group_ids[index]].append(group_ids[index + 1])
     roles = ("Member", "Manager", "Admin")
     mappings = []
-    for index, group_id in enumerate(group_ids):
+    for index, group_id in enumerate(group_ids[:mapped_groups]):
         site = sites[1 + index % schools] if schools else sites[0]
         role = roles[0] if index % 10 < 7 else roles[1] if index % 10 < 9 else roles[2]
         mappings.append(GroupMapping(group_id, site.id, {"Risk": role, "Policies": roles[0]}))
