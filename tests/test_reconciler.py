@@ -375,3 +375,13 @@ async def test_a_directory_that_cannot_name_its_tenant_is_refused_for_a_connecte
         await reconciler.run(make_config(tenant_id="tenant-a"))
     assert audit.events == []
     assert (await reconciler.run(make_config())).ok  # no tenant configured: nothing to check
+
+
+async def test_plan_and_suggestions_authorize_an_actor_when_given(parts):
+    _, _, audit, reconciler = parts
+    with pytest.raises(NotAuthorizedError):
+        await reconciler.plan(make_config(), Actor("teacher", set()))
+    with pytest.raises(NotAuthorizedError):
+        await reconciler.suggest_exclusions(make_config(), Actor("teacher", set()))
+    assert audit.events == []
+    assert (await reconciler.plan(make_config(), ADMIN)).summary()["create_user"] == 12

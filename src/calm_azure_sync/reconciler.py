@@ -103,15 +103,17 @@ class Reconciler:
         )
         return groups
 
-    async def suggest_exclusions(self, config: SyncConfig) -> Suggestions:
+    async def suggest_exclusions(self, config: SyncConfig, actor: Actor | None = None) -> Suggestions:
         """Auto-detect for the Exclusions tab: system accounts the next import would bring in.
 
         Reads the mapped groups and runs :meth:`ExclusionPolicy.suggest` over
         their members, keeping only users the sync would import now: the
         disabled, guests (unless included), users without email and those the
-        current exclusions already cover are out of scope anyway.
+        current exclusions already cover are out of scope anyway. ``actor``,
+        when given, must be an Admin of the Trust, as for :meth:`run`.
         """
-        snapshot = await self._read(config, run_id=None, actor=None, events=[])
+        self._authorize(config.trust_site_id, actor)
+        snapshot = await self._read(config, run_id=None, actor=actor, events=[])
         seen: dict[str, DirectoryUser] = {}
         for members in snapshot.members.values():
             for user in members:
@@ -124,12 +126,18 @@ class Reconciler:
 
     # ------------------------------------------------------------------ plan / run
 
-    async def plan(self, config: SyncConfig, *, confirm_removals: bool = False) -> Plan:
-        """What :meth:`run` would do now. Writes nothing to the store; logs only discovery."""
+    async def plan(
+        self, config: SyncConfig, actor: Actor | None = None, *, confirm_removals: bool = False
+    ) -> Plan:
+        """What :meth:`run` would do now. Writes nothing to the store; logs only discovery.
+
+        ``actor``, when given, is authorized as for :meth:`run`.
+        """
+        self._authorize(config.trust_site_id, actor)
         config.validate(self.hierarchy)
         self._check_tenant(config)
         events: list[AuditEvent] = []
-        snapshot = await self._read(config, run_id=None, actor=None, events=events)
+        snapshot = await self._read(config, run_id=None, actor=actor, events=events)
         await self._record_safely(events)
         state = await self.store.load(config.trust_site_id)
         return self._build_plan(config, snapshot, state, confirm_removals)
