@@ -120,7 +120,7 @@ def _build_plan(
     keep_mode = mode == "keep"
     identities, rounds, conflicts = _resolve_identities(in_scope, by_external, by_email)
     skipped.extend(conflicts)
-    for user, _ in in_scope:
+    for user, _, _ in in_scope:
         user_id = user.id
         if user_id not in identities:
             continue  # a conflict: left exactly as it is
@@ -238,8 +238,8 @@ def _collect_users(
 
 def _scope(
     users: Mapping[str, DirectoryUser], config: SyncConfig
-) -> tuple[list[tuple[DirectoryUser, str]], list[Skip]]:
-    """The in-scope users with their email (computed once), and the skipped ones."""
+) -> tuple[list[tuple[DirectoryUser, str, str]], list[Skip]]:
+    """The in-scope users with their email and its key (computed once), and the skipped ones."""
     skipped: list[Skip] = []
     candidates: list[tuple[DirectoryUser, str, str]] = []
     for user_id in sorted(users):
@@ -262,7 +262,7 @@ def _scope(
             holders[key] = [user.id]
         else:
             sharing.append(user.id)
-    in_scope: list[tuple[DirectoryUser, str]] = []
+    in_scope: list[tuple[DirectoryUser, str, str]] = []
     for user, email, key in candidates:
         sharing = holders[key]
         if len(sharing) > 1:
@@ -276,7 +276,7 @@ def _scope(
                 )
             )
         else:
-            in_scope.append((user, email))
+            in_scope.append((user, email, key))
     return in_scope, skipped
 
 
@@ -286,7 +286,7 @@ def _display_name(user: DirectoryUser, email: str) -> str:
 
 
 def _resolve_identities(
-    in_scope: Sequence[tuple[DirectoryUser, str]],
+    in_scope: Sequence[tuple[DirectoryUser, str, str]],
     by_external: Mapping[str, StoredUser],
     by_email: Mapping[str, StoredUser],
 ) -> tuple[dict[str, CreateUser | LinkUser | UpdateUser | None], dict[str, int], list[Skip]]:
@@ -315,8 +315,7 @@ def _resolve_identities(
         if stored is not None and email_key(stored.email) != key:
             released[email_key(stored.email)] = round_
 
-    for user, email in in_scope:
-        key = email_key(email)
+    for user, email, key in in_scope:
         stored = by_external.get(user.id)
         holder = by_email.get(key)
         if holder is None or (stored is not None and holder.user_id == stored.user_id):
