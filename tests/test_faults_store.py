@@ -590,3 +590,30 @@ async def test_an_audit_sink_down_for_the_whole_run_applies_at_most_nothing(figu
         # import_started could not be logged: nothing was read or applied.
         assert (await store.load(TRUST)).users == {}
         assert [e.kind for e in report.unrecorded_events] == [AuditKind.IMPORT_STARTED, AuditKind.IMPORT_FAILED]
+
+
+async def test_two_trusts_importing_into_one_file_at_once_each_converge(tmp_path: Path) -> None:
+    """Two trusts of one host share a SQLite file; their imports run at the same time."""
+    from calm_azure_sync import GroupMapping, InMemoryAuditSink, Reconciler, Site, SqliteUserStore, SyncConfig
+    from calm_azure_sync import TrustHierarchy as Hierarchy
+
+    path = tmp_path / "shared.sqlite"
+    hierarchy = Hierarchy([Site("oak"), Site("oak-school", parent_id="oak"), Site("elm"), Site("elm-school", parent_id="elm")])
+    runs = []
+    for trust, seed in (("oak", 1), ("elm", 2)):
+        tenant = generate_tenant(users=400, groups=12, seed=seed, domain=f"{trust}.sch.uk")
+        config = SyncConfig(
+            trust,
+            [GroupMapping(m.group_id, f"{trust}-school", m.roles) for m in tenant.config.mappings.mappings],
+        )
+        # Entra object ids are unique across tenants: give each tenant its own.
+        fixture = json.loads(json.dumps(tenant.fixture).replace('"u0', f'"{trust}-u0'))
+        directory = InMemoryDirectory.from_dict(fixture)
+        runs.append((trust, directory, config, SqliteUserStore(path)))
+    reports = await asyncio.gather(
+        *(Reconciler(d, store, InMemoryAuditSink(), hierarchy, batch_size=50).run(c) for _, d, c, store in runs)
+    )
+    assert all(report.ok for report in reports), [report.errors for report in reports]
+    for trust, directory, config, store in runs:
+        assert synced_access_of(await store.load(trust)) == expected_access(directory, config)
+        assert (await Reconciler(directory, store, InMemoryAuditSink(), hierarchy).plan(config)).changes == ()
