@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import uuid
 from collections import Counter
@@ -82,7 +83,7 @@ class Reconciler:
     # about 640 resource units a second, under Graph's per-tenant budget.
     batch_size: int = attrs.field(default=5000, kw_only=True, validator=_positive)
     max_concurrent_reads: int = attrs.field(default=16, kw_only=True, validator=_positive)
-    clock: Callable[[], Any] = attrs.field(default=utc_now, kw_only=True, repr=False)
+    clock: Callable[[], dt.datetime] = attrs.field(default=utc_now, kw_only=True, repr=False)
 
     # ------------------------------------------------------------------ screens
 
