@@ -284,3 +284,20 @@ async def test_a_token_revoked_between_two_groups_holds_everything(server: FakeG
             server.clear_faults()
             assert (await parts.reconciler.run(CONFIG)).ok
             assert await parts.access() == truth(server)
+
+
+async def test_consent_without_user_read_all_removes_nothing(server: FakeGraphServer) -> None:
+    """An app that may read memberships but not users gets id-only users from Graph.
+
+    They would look like users without an email (out of scope), and everyone
+    would lose access; the directory refuses the read instead, so the run holds.
+    """
+    parts = Parts(server, timeout=30.0)
+    async with parts.directory:
+        assert (await parts.reconciler.run(CONFIG)).ok
+        before = await parts.access()
+        server.granted_permissions = frozenset({"GroupMember.Read.All"})
+        report = await parts.reconciler.run(CONFIG)
+        assert not report.ok
+        assert any("User.Read.All" in error for error in report.errors)
+        assert await parts.access() == before

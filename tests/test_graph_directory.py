@@ -481,3 +481,12 @@ def test_max_concurrency_must_be_positive():
 def test_importing_the_package_does_not_import_the_graph_sdk():
     code = "import sys, calm_azure_sync; assert not any(m.startswith(('msgraph', 'kiota')) for m in sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_member_users_listed_by_id_only_mean_user_read_all_is_missing(server):
+    # Graph answers GroupMember.Read.All without User.Read.All with id-only users.
+    server.granted_permissions = frozenset({"GroupMember.Read.All"})
+    with pytest.raises(DirectoryAccessError) as caught:
+        await read_members(server)
+    assert caught.value.missing_permissions == ("User.Read.All", "Directory.Read.All")
+    assert caught.value.code == "users_not_readable"

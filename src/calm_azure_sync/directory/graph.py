@@ -593,6 +593,17 @@ class GraphDirectory:
                     kind = item.get("@odata.type")
                     if kind is not None and kind != "#microsoft.graph.user":
                         continue  # the cast returns users only; anything else is not ours to read
+                    if "userPrincipalName" not in item:
+                        # Every user has a UPN, and we $select it: Graph leaves
+                        # it out (listing member users by id only) when the app
+                        # may read memberships but not users. Those users would
+                        # look emailless and lose their access, so refuse.
+                        raise DirectoryAccessError(
+                            f"reading the members of group {group_id!r}: Graph listed member users "
+                            "without their properties, so the app cannot read users",
+                            missing_permissions=("User.Read.All", "Directory.Read.All"),
+                            code="users_not_readable",
+                        )
                     user = from_graph(item)
                     if user.id not in users:
                         users[user.id] = user
