@@ -385,3 +385,12 @@ async def test_plan_and_suggestions_authorize_an_actor_when_given(parts):
         await reconciler.suggest_exclusions(make_config(), Actor("teacher", set()))
     assert audit.events == []
     assert (await reconciler.plan(make_config(), ADMIN)).summary()["create_user"] == 12
+
+
+async def test_report_repr_is_short(parts):
+    _, _, _, reconciler = parts
+    report = await reconciler.run(make_config())
+    assert repr(report) == (
+        f"<ImportReport run={report.run_id} trust='oak' ok=True "
+        "(create_user=12, assign=26, skipped=2, excluded=1), errors=0, held=0>"
+    )

@@ -16,7 +16,7 @@ from .plan import Change, HoldReason, Plan, change_to_dict
 __all__ = ["ImportReport"]
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class ImportReport:
     """What one run of :meth:`Reconciler.run` did.
 
@@ -59,6 +59,14 @@ class ImportReport:
             "hold_reason": self.hold_reason,
             "ok": self.ok,
         }
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{kind}={count}" for kind, count in self.counts.items() if count)
+        return (
+            f"<ImportReport run={self.run_id} trust={self.trust_site_id!r} ok={self.ok}"
+            f"{' (' + counts + ')' if counts else ''}, errors={len(self.errors)}, "
+            f"held={len(self.held_removals)}>"
+        )
 
     def __str__(self) -> str:
         status = "ok" if self.ok else "FAILED"
