@@ -554,3 +554,9 @@ def test_suggest_handles_any_text_and_keeps_its_promise(users):
 def test_the_shortcut_for_plain_text_never_hides_a_rule_word(text):
     if _surely_no_rule_word(text):
         assert _hits(_words(text), frozenset()) == []
+
+
+def test_excluded_user_ids_match_whatever_their_case() -> None:
+    policy = ExclusionPolicy(user_ids=["6EA91A8D-E32E-41A1-B7BD-D2D185EED0E0"])
+    user = DirectoryUser("6ea91a8d-e32e-41a1-b7bd-d2d185eed0e0", mail="adams@contoso.com")
+    assert policy.reason_excluded(user) == "excluded by user id"

@@ -45,9 +45,10 @@ def snapshot(unreadable=None, **members):
                              unreadable=unreadable or {})
 
 
-def synced(external_id, email=None, user_id=None, active=True, name=None):
+def synced(external_id, email=None, user_id=None, active=True, name=None, by_sync=False):
     return StoredUser(user_id or f"s-{external_id}", email or f"{external_id}@birch.sch.uk",
-                      name or external_id.title(), external_id=external_id, active=active)
+                      name or external_id.title(), external_id=external_id, active=active,
+                      deactivated_by_sync=by_sync)
 
 
 def state(users=(), access=None, manual=()):
@@ -177,10 +178,22 @@ def test_a_disabled_synced_user_loses_access():
     assert plan.changes == (Unassign("carol", "birch", "Risk", Role.MEMBER),)
 
 
-def test_a_deactivated_user_back_in_scope_is_reactivated():
-    plan = build_plan(config(), snapshot(g_it=[person("carol")]), state([synced("carol", active=False)]))
+def test_a_user_the_sync_deactivated_is_reactivated_when_back_in_scope():
+    plan = build_plan(config(), snapshot(g_it=[person("carol")]),
+                      state([synced("carol", active=False, by_sync=True)]))
     assert plan.changes[0] == UpdateUser("carol", "s-carol", "carol@birch.sch.uk", "Carol",
                                          reactivate=True, changed=("active",))
+
+
+@pytest.mark.parametrize("mode", ["unassign", "deactivate", "keep"])
+def test_a_user_a_person_deactivated_is_never_reactivated(mode):
+    suspended = synced("carol", active=False)
+    plan = build_plan(config(removal=RemovalPolicy(mode)), snapshot(g_it=[person("carol")]),
+                      state([suspended], {"carol": {("birch", "Risk"): Role.ADMIN}}))
+    assert plan.changes == ()
+    invited = StoredUser("s-1", "dan@birch.sch.uk", "Dan", active=False)
+    linked = build_plan(config(removal=RemovalPolicy(mode)), snapshot(g_it=[person("dan")]), state([invited]))
+    assert [type(c).__name__ for c in linked.changes] == ["LinkUser", "Assign"]
 
 
 def test_partial_read_removes_and_downgrades_nothing_but_still_adds():

@@ -394,3 +394,67 @@ async def test_report_repr_is_short(parts):
         f"<ImportReport run={report.run_id} trust='oak' ok=True "
         "(create_user=12, assign=26, skipped=2, excluded=1), errors=0, held=0>"
     )
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
+async def test_a_user_suspended_in_the_app_stays_suspended(tmp_path, store_kind):
+    from calm_azure_sync import SqliteUserStore
+
+    store = InMemoryUserStore() if store_kind == "memory" else SqliteUserStore(tmp_path / "s.sqlite")
+    directory = InMemoryDirectory.from_dict(tenant(staff=3))
+    reconciler = Reconciler(directory, store, InMemoryAuditSink(), HIERARCHY)
+    config = make_config(removal=RemovalPolicy("deactivate"))
+    await reconciler.run(config)
+    u01 = next(u for u in (await store.load("oak")).users.values() if u.external_id == "u01")
+    # The host suspends u01 in CalmCompliance (not the sync); Azure still maps them.
+    await store.set_active(u01.user_id, False)
+    again = await reconciler.run(config)
+    assert again.ok and again.counts["update_user"] == 0
+    assert not (await store.load("oak")).users[u01.user_id].active
+    # The sync's own deactivation is undone when the user comes back.
+    directory.members["g-teachers"] = ("u00", "u01")
+    directory.members["g-slt"] = ("u00",)
+    await reconciler.run(config)
+    u02 = next(u for u in (await store.load("oak")).users.values() if u.external_id == "u02")
+    assert not u02.active and u02.deactivated_by_sync
+    directory.members["g-teachers"] = ("u00", "u01", "u02")
+    back = await reconciler.run(config)
+    assert back.counts["update_user"] == 1
+    assert (await store.load("oak")).users[u02.user_id].active
+    assert (await reconciler.plan(config)).changes == ()
+
+
+async def test_a_lock_that_fails_to_release_is_reported_not_raised(parts):
+    import contextlib
+
+    directory, store, audit, _ = parts
+
+    class StickyLock(FlakyStore):
+        @contextlib.asynccontextmanager
+        async def run_lock(self, trust_site_id):
+            async with self.inner.run_lock(trust_site_id):
+                yield
+            raise OSError("database is locked")
+
+    report = await Reconciler(directory, StickyLock(store), audit, HIERARCHY).run(make_config())
+    assert not report.ok
+    assert report.counts["create_user"] == 12
+    assert report.errors[-1].startswith("releasing the run lock failed: OSError")
+
+
+async def test_sqlite_lock_release_failure_is_logged_and_the_lease_takes_over(tmp_path, monkeypatch, caplog):
+    import sqlite3
+
+    import calm_azure_sync.store.sqlite as sqlite_module
+    from calm_azure_sync import SqliteUserStore
+
+    def locked(*args):
+        raise sqlite3.OperationalError("database is locked")
+
+    store = SqliteUserStore(tmp_path / "s.sqlite")
+    monkeypatch.setattr(sqlite_module, "_release_lock", locked)
+    report = await Reconciler(InMemoryDirectory.from_dict(tenant()), store, InMemoryAuditSink(), HIERARCHY).run(
+        make_config()
+    )
+    assert report.ok
+    assert "releasing the run lock of oak failed" in caplog.text

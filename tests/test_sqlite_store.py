@@ -478,3 +478,28 @@ def test_sqlite_store_gives_the_same_answers_as_the_in_memory_store(
 ) -> None:
     with tempfile.TemporaryDirectory() as directory:
         asyncio.run(_apply_to_both(batches, Path(directory)))
+
+
+async def test_a_version_1_store_is_migrated_and_keeps_its_users(tmp_path):
+    import sqlite3
+
+    from calm_azure_sync import SqliteUserStore
+
+    path = tmp_path / "v1.sqlite"
+    with sqlite3.connect(path) as connection:
+        connection.executescript(
+            """
+            CREATE TABLE calm_store_schema (version INTEGER NOT NULL);
+            INSERT INTO calm_store_schema VALUES (1);
+            CREATE TABLE users (id TEXT PRIMARY KEY, email TEXT NOT NULL, email_key TEXT NOT NULL,
+                display_name TEXT NOT NULL, given_name TEXT, surname TEXT, external_id TEXT,
+                active INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1)));
+            INSERT INTO users VALUES ('s1', 'Ann@x.org', 'ann@x.org', 'Ann', NULL, NULL, 'e1', 0);
+            """
+        )
+    store = SqliteUserStore(path)
+    user = (await store.load("trust")).users["s1"]
+    assert (user.email, user.external_id, user.active, user.deactivated_by_sync) == ("Ann@x.org", "e1", False, False)
+    store.close()
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT version FROM calm_store_schema").fetchone() == (2,)

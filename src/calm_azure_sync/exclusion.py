@@ -530,7 +530,8 @@ class ExclusionPolicy:
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "_index", _PatternIndex([pattern.lower() for pattern in self.patterns]))
-        object.__setattr__(self, "_user_id_set", frozenset(self.user_ids))
+        # Entra object ids are GUIDs: an id typed in upper case is the same id.
+        object.__setattr__(self, "_user_id_set", frozenset(user_id.lower() for user_id in self.user_ids))
 
     def matches(self, email: str | None) -> str | None:
         """The first pattern (as written in the policy) matching ``email``, or None."""
@@ -541,7 +542,7 @@ class ExclusionPolicy:
 
     def reason_excluded(self, user: DirectoryUser) -> str | None:
         """Why ``user`` is excluded (its id is listed, or its email matches a pattern), or None."""
-        if user.id in self._user_id_set:
+        if self._user_id_set and user.id.lower() in self._user_id_set:
             return "excluded by user id"
         pattern = self.matches(user.email)
         if pattern is None:

@@ -15,8 +15,9 @@ any of the user's mapped groups gives there; ``Assign.because`` names the
 groups that give that winning role.
 
 Matching store users. A synced user is found by external id and updated when
-Azure changed its name or email (or reactivated when the sync had
-deactivated it). Otherwise a store user with the same email, any case, and
+Azure changed its name or email, and reactivated only if the sync itself
+had deactivated it (``StoredUser.deactivated_by_sync``): a user a person
+deactivated in the app stays inactive. Otherwise a store user with the same email, any case, and
 no external id (someone invited by hand) is linked, never duplicated. An
 email already held by a store user that belongs to another Azure object is a
 conflict: reported as a skip that keeps the user's access exactly as it is,
@@ -354,8 +355,11 @@ def _identity_change(
     """The change that makes the store's record of ``user`` current (``None`` if it is)."""
     name = _display_name(user, email)
     if stored is not None:
+        # Only a user the sync itself deactivated is reactivated; someone a
+        # person deactivated in the app stays as they left them.
+        reactivate = not stored.active and stored.deactivated_by_sync
         if (
-            stored.active
+            not reactivate
             and stored.email == email
             and stored.display_name == name
             and stored.given_name == user.given_name
@@ -369,7 +373,7 @@ def _identity_change(
             "surname": user.surname,
         }
         changed = tuple(field for field, value in wanted.items() if getattr(stored, field) != value)
-        if not stored.active:
+        if reactivate:
             changed += ("active",)
         return UpdateUser(
             user.id,
@@ -378,7 +382,7 @@ def _identity_change(
             name,
             user.given_name,
             user.surname,
-            reactivate=not stored.active,
+            reactivate=reactivate,
             changed=changed,
         )
     if invited is not None:

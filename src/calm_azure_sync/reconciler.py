@@ -157,8 +157,24 @@ class Reconciler:
         self._authorize(config.trust_site_id, actor)
         config.validate(self.hierarchy)
         self._check_tenant(config)
-        async with self.store.run_lock(config.trust_site_id):
-            return await _Run(self, config, actor, confirm_removals).execute()
+        lock = self.store.run_lock(config.trust_site_id)
+        await lock.__aenter__()  # ImportAlreadyRunningError: before anything started
+        report: ImportReport | None = None
+        try:
+            report = await _Run(self, config, actor, confirm_removals).execute()
+        finally:
+            try:
+                await lock.__aexit__(None, None, None)
+            except Exception as error:  # the import is over: report, don't raise
+                logger.warning("releasing the run lock of %s failed", config.trust_site_id, exc_info=True)
+                if report is not None:
+                    report = attrs.evolve(
+                        report,
+                        errors=(*report.errors, f"releasing the run lock failed: {type(error).__name__}: {error}"),
+                        ok=False,
+                    )
+        assert report is not None
+        return report
 
     # ------------------------------------------------------------------ helpers
 

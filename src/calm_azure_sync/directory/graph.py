@@ -593,11 +593,12 @@ class GraphDirectory:
                     kind = item.get("@odata.type")
                     if kind is not None and kind != "#microsoft.graph.user":
                         continue  # the cast returns users only; anything else is not ours to read
-                    if "userPrincipalName" not in item:
-                        # Every user has a UPN, and we $select it: Graph leaves
-                        # it out (listing member users by id only) when the app
-                        # may read memberships but not users. Those users would
-                        # look emailless and lose their access, so refuse.
+                    if "userPrincipalName" not in item or "accountEnabled" not in item:
+                        # We $select both, and Graph returns a selected property
+                        # (null if unset) whenever it may: a missing one means the
+                        # app may read memberships but not users (Graph then lists
+                        # members by id only). Those users would look emailless,
+                        # or enabled when they are not; refuse instead.
                         raise DirectoryAccessError(
                             f"reading the members of group {group_id!r}: Graph listed member users "
                             "without their properties, so the app cannot read users",

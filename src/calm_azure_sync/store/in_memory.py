@@ -140,6 +140,10 @@ class UserTables:
 
     # -- host helpers ---------------------------------------------------------
 
+    def set_active(self, user_id: str, active: bool) -> None:
+        """Activate or deactivate a user by hand (clears the sync's deactivation mark)."""
+        self._replace_user(attrs.evolve(self.users[user_id], active=active, deactivated_by_sync=False))
+
     def add_user(self, email: str, display_name: str, user_id: str | None = None) -> str:
         """Add a manually invited user; raise ``ValueError`` on a taken email or id."""
         problem = self._email_problem(email, owner=None)
@@ -263,10 +267,13 @@ class UserTables:
     ) -> None:
         new_external_id = user.external_id if external_id is None else external_id
         new_active = user.active if active is None else active
+        # Reactivating clears the mark; a user the sync deactivated keeps it.
+        by_sync = user.deactivated_by_sync and not new_active
         if (
             _names_equal(user, email, display_name, given_name, surname)
             and new_external_id == user.external_id
             and new_active == user.active
+            and by_sync == user.deactivated_by_sync
         ):
             return  # nothing to write: a re-run must not churn rows
         self._replace_user(
@@ -278,6 +285,7 @@ class UserTables:
                 surname=surname,
                 external_id=new_external_id,
                 active=new_active,
+                deactivated_by_sync=by_sync,
             )
         )
 
@@ -346,7 +354,7 @@ class UserTables:
         if user is None:
             return problem
         if not self.grants.get(user.user_id) and user.active:
-            self._replace_user(attrs.evolve(user, active=False))
+            self._replace_user(attrs.evolve(user, active=False, deactivated_by_sync=True))
         return None
 
 
@@ -408,6 +416,13 @@ class InMemoryUserStore:
     async def grants(self, user_id: str) -> set[Grant]:
         """Every grant of ``user_id``, manual and azure. Raises ``KeyError`` for an unknown user."""
         return self._tables.grants_of(user_id)
+
+    async def set_active(self, user_id: str, active: bool) -> None:
+        """A person (not the sync) activates or deactivates ``user_id``; the sync never undoes it.
+
+        Raises ``KeyError`` for an unknown user.
+        """
+        self._tables.set_active(user_id, active)
 
     async def user(self, user_id: str) -> StoredUser:
         """The user with ``user_id``. Raises ``KeyError`` when there is none."""

@@ -26,7 +26,9 @@ class StoredUser:
     """A user as the store holds it.
 
     ``external_id`` is the Entra object id of a synced user, ``None`` for a
-    user invited by hand.
+    user invited by hand. ``deactivated_by_sync`` is true only while the user
+    is inactive because the sync deactivated them: the sync reactivates those
+    users when they come back into scope, and never anyone a person deactivated.
     """
 
     user_id: str
@@ -36,6 +38,7 @@ class StoredUser:
     given_name: str | None = None
     surname: str | None = None
     active: bool = True
+    deactivated_by_sync: bool = False
 
 
 @attrs.frozen
@@ -88,12 +91,14 @@ class UserStore(Protocol):
 
     - ``CreateUser``: a new active user carrying ``external_id``;
     - ``LinkUser``: set ``external_id`` on user ``user_id``, refresh names/email;
-    - ``UpdateUser``: set email and names (and ``active`` when ``reactivate``);
+    - ``UpdateUser``: set email and names (and, when ``reactivate``, ``active``
+      and clear ``deactivated_by_sync``);
     - ``Assign``/``Unassign``: upsert/delete the *azure* grant of the user with
       that external id at (site, module), recorded against ``trust_site_id``;
       manual grants are never touched;
-    - ``DeactivateUser``: mark inactive, only if the user then holds no grant of
-      any source (otherwise a no-op that still succeeds). Never delete a user.
+    - ``DeactivateUser``: mark inactive and ``deactivated_by_sync``, only if the
+      user then holds no grant of any source (otherwise a no-op that still
+      succeeds). Never delete a user.
 
     A change that cannot apply (say, a duplicate email) gets a
     :class:`ChangeResult` with ``error``; the others still apply. A store

@@ -56,7 +56,15 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+
+# Version -> the statements that bring a store of that version to the next.
+_MIGRATIONS: Final = {
+    1: (
+        "ALTER TABLE users ADD COLUMN deactivated_by_sync INTEGER NOT NULL DEFAULT 0 "
+        "CHECK (deactivated_by_sync IN (0, 1))",
+    ),
+}
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS calm_store_schema (version INTEGER NOT NULL);
@@ -68,7 +76,8 @@ CREATE TABLE IF NOT EXISTS users (
     given_name TEXT,
     surname TEXT,
     external_id TEXT,
-    active INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1))
+    active INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1)),
+    deactivated_by_sync INTEGER NOT NULL DEFAULT 0 CHECK (deactivated_by_sync IN (0, 1))
 );
 CREATE UNIQUE INDEX IF NOT EXISTS users_by_email_key ON users (email_key);
 CREATE UNIQUE INDEX IF NOT EXISTS users_by_external_id ON users (external_id);
@@ -95,14 +104,14 @@ CREATE TABLE IF NOT EXISTS run_locks (
 
 _ROLES: Final = {role.value: role for role in Role}
 
-_USER_COLUMNS: Final = "id, email, display_name, external_id, given_name, surname, active"
+_USER_COLUMNS: Final = "id, email, display_name, external_id, given_name, surname, active, deactivated_by_sync"
 _INSERT_USER: Final = (
-    "INSERT INTO users (id, email, email_key, display_name, given_name, surname, external_id, active) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO users (id, email, email_key, display_name, given_name, surname, external_id, active, "
+    "deactivated_by_sync) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE_USER: Final = (
     "UPDATE users SET email = ?, email_key = ?, display_name = ?, given_name = ?, surname = ?, "
-    "external_id = ?, active = ? WHERE id = ?"
+    "external_id = ?, active = ?, deactivated_by_sync = ? WHERE id = ?"
 )
 _UPSERT_GRANT: Final = (
     "INSERT INTO grants (user_id, site_id, module, source, role, trust_site_id) VALUES (?, ?, ?, ?, ?, ?) "
@@ -202,14 +211,21 @@ def _setup_store(connection: sqlite3.Connection) -> None:
         row = connection.execute("SELECT version FROM calm_store_schema").fetchone()
         if row is None:
             connection.execute("INSERT INTO calm_store_schema (version) VALUES (?)", (SCHEMA_VERSION,))
-        elif row[0] != SCHEMA_VERSION:
+            return
+        version = row[0]
+        while version in _MIGRATIONS and version < SCHEMA_VERSION:
+            for statement in _MIGRATIONS[version]:
+                connection.execute(statement)
+            version += 1
+            connection.execute("UPDATE calm_store_schema SET version = ?", (version,))
+        if version != SCHEMA_VERSION:
             raise RuntimeError(
-                f"the user store schema is version {row[0]}; this calm-azure-sync reads version {SCHEMA_VERSION}"
+                f"the user store schema is version {version}; this calm-azure-sync reads version {SCHEMA_VERSION}"
             )
 
 
 def _user_from_row(row: sqlite3.Row | tuple[Any, ...]) -> StoredUser:
-    user_id, email, display_name, external_id, given_name, surname, active = row
+    user_id, email, display_name, external_id, given_name, surname, active, deactivated_by_sync = row
     return StoredUser(
         user_id=user_id,
         email=email,
@@ -218,6 +234,7 @@ def _user_from_row(row: sqlite3.Row | tuple[Any, ...]) -> StoredUser:
         given_name=given_name,
         surname=surname,
         active=bool(active),
+        deactivated_by_sync=bool(deactivated_by_sync),
     )
 
 
@@ -280,9 +297,9 @@ def _write(connection: sqlite3.Connection, mutations: Sequence[Mutation]) -> Non
             user = mutation.user
             row = (email_key(user.email), user.display_name, user.given_name, user.surname, user.external_id)
             if mutation.new:
-                add(_INSERT_USER, (user.user_id, user.email, *row, int(user.active)))
+                add(_INSERT_USER, (user.user_id, user.email, *row, int(user.active), int(user.deactivated_by_sync)))
             else:
-                add(_UPDATE_USER, (user.email, *row, int(user.active), user.user_id))
+                add(_UPDATE_USER, (user.email, *row, int(user.active), int(user.deactivated_by_sync), user.user_id))
     for mutation in mutations:
         if isinstance(mutation, GrantWrite):
             site_id, module, source = mutation.key
@@ -408,6 +425,15 @@ def _grants(connection: sqlite3.Connection, user_id: str) -> set[Grant]:
             "SELECT site_id, module, role, source FROM grants WHERE user_id = ?", (user_id,)
         )
     }
+
+
+def _set_active(connection: sqlite3.Connection, user_id: str, active: bool) -> None:
+    with write_transaction(connection):
+        cursor = connection.execute(
+            "UPDATE users SET active = ?, deactivated_by_sync = 0 WHERE id = ?", (int(active), user_id)
+        )
+        if cursor.rowcount == 0:
+            raise KeyError(user_id)
 
 
 def _user(connection: sqlite3.Connection, user_id: str) -> StoredUser:
@@ -554,9 +580,20 @@ class SqliteUserStore:
             yield
         finally:
             renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # Releasing must never mask how the import ended: if it fails, the
+            # lease lets the next import take the lock over.
+            try:
                 await renewing
-            await self._db.run(_release_lock, trust_site_id, holder)
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                logger.warning("renewing the run lock of %s failed", trust_site_id, exc_info=True)
+            try:
+                await self._db.run(_release_lock, trust_site_id, holder)
+            except Exception:
+                logger.warning(
+                    "releasing the run lock of %s failed; it expires with its lease", trust_site_id, exc_info=True
+                )
 
     async def _keep_renewing(self, trust_site_id: str, holder: str) -> None:
         while True:
@@ -590,6 +627,13 @@ class SqliteUserStore:
     async def grants(self, user_id: str) -> set[Grant]:
         """Every grant of ``user_id``, manual and azure. Raises ``KeyError`` for an unknown user."""
         return await self._db.run(_grants, user_id)
+
+    async def set_active(self, user_id: str, active: bool) -> None:
+        """A person (not the sync) activates or deactivates ``user_id``; the sync never undoes it.
+
+        Raises ``KeyError`` for an unknown user.
+        """
+        await self._db.run(_set_active, user_id, active)
 
     async def user(self, user_id: str) -> StoredUser:
         """The user with ``user_id``. Raises ``KeyError`` when there is none."""

@@ -413,7 +413,21 @@ class UserStoreConformance:
         )
         after = (await store.load(TRUST)).users[user.user_id]
         assert not after.active
+        assert after.deactivated_by_sync
         assert after.external_id == "e1"
+
+    @pytest.mark.asyncio
+    async def test_reactivating_clears_the_sync_deactivation_mark(self, store: ConformantUserStore) -> None:
+        await self._apply_ok(store, [_create("e1")])
+        user = _by_external_id(await store.load(TRUST), "e1")
+        await self._apply_ok(store, [DeactivateUser("e1", user.user_id)])
+        await self._apply_ok(
+            store,
+            [UpdateUser("e1", user.user_id, user.email, user.display_name, reactivate=True, changed=("active",))],
+        )
+        after = (await store.load(TRUST)).users[user.user_id]
+        assert after.active
+        assert not after.deactivated_by_sync
 
     @pytest.mark.asyncio
     async def test_deactivate_is_a_successful_no_op_while_any_grant_remains(
