@@ -116,16 +116,17 @@ def test_the_state_is_compared_in_constant_time(monkeypatch):
         return a == b
 
     monkeypatch.setattr(consent.hmac, "compare_digest", spy)
-    parse_consent_callback({"tenant": TENANT, "state": "s-1"}, "s-1")
+    parse_consent_callback({"admin_consent": "True", "tenant": TENANT, "state": "s-1"}, "s-1")
     assert calls == [(b"s-1", b"s-1")]
 
 
 @pytest.mark.parametrize(
     ("params", "fragment"),
     [
-        ({"state": "s-1"}, "no tenant"),
-        ({"state": "s-1", "tenant": ""}, "no tenant"),
-        ({"state": "s-1", "tenant": "contoso.com"}, "not a tenant id"),
+        ({"state": "s-1", "admin_consent": "True"}, "no tenant"),
+        ({"state": "s-1", "admin_consent": "True", "tenant": ""}, "no tenant"),
+        ({"state": "s-1", "admin_consent": "True", "tenant": "contoso.com"}, "not a tenant id"),
+        ({"state": "s-1", "tenant": TENANT}, "no admin_consent"),
         ({"state": "s-1", "tenant": TENANT, "admin_consent": "False"}, "not granted"),
         ({"state": ["s-1", "s-1"], "tenant": TENANT}, "repeats"),
         ({"state": "s-1", "tenant": TENANT, "error_description": "x" * 5000}, "too long"),

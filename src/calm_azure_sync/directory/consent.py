@@ -187,8 +187,11 @@ def parse_consent_callback(
             f"Microsoft did not grant admin consent ({shown})", error=error, error_description=description
         )
     granted = _single(params, "admin_consent")
-    if granted is not None and granted.strip().lower() != "true":
-        raise ConsentError(f"Microsoft reported admin_consent={granted!r}: consent was not granted")
+    # Microsoft's success redirect always says admin_consent=True; anything
+    # else, or nothing, is not proof that consent was granted.
+    if granted is None or granted.strip().lower() != "true":
+        shown = "no admin_consent" if granted is None else f"admin_consent={granted!r}"
+        raise ConsentError(f"the consent callback reports {shown}: consent was not granted")
     tenant = _single(params, "tenant")
     if not tenant:
         raise ConsentError("the consent callback names no tenant")
