@@ -298,23 +298,23 @@ class UserTables:
         holder = self.by_external_id.get(change.external_id)
         if holder is not None and holder != change.user_id:
             return f"external id {change.external_id!r} already belongs to user {holder!r}"
-        problem = self._email_problem(change.email, owner=change.user_id)
-        if problem is not None:
-            return problem
-        self._refresh(
-            user,
-            change.email.strip(),
-            change.display_name,
-            change.given_name,
-            change.surname,
-            external_id=change.external_id,
-        )
-        return None
+        return self._take_values(user, change, external_id=change.external_id)
 
     def _apply_update(self, change: UpdateUser) -> str | None:
         user, problem = self._user_for(change.external_id, change.user_id)
         if user is None:
             return problem
+        return self._take_values(user, change, active=True if change.reactivate else None)
+
+    def _take_values(
+        self,
+        user: StoredUser,
+        change: LinkUser | UpdateUser,
+        *,
+        external_id: str | None = None,
+        active: bool | None = None,
+    ) -> str | None:
+        """Give ``user`` the change's email and names, unless another user holds that email."""
         problem = self._email_problem(change.email, owner=user.user_id)
         if problem is not None:
             return problem
@@ -324,7 +324,8 @@ class UserTables:
             change.display_name,
             change.given_name,
             change.surname,
-            active=True if change.reactivate else None,
+            external_id=external_id,
+            active=active,
         )
         return None
 
