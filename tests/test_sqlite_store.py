@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import calm_azure_sync.store.sqlite as sqlite_module
 from calm_azure_sync import (
     Assign,
     CreateUser,
@@ -188,7 +189,7 @@ async def test_a_lock_whose_holder_was_killed_is_taken_over(store: SqliteUserSto
     async with store.run_lock(TRUST):
         rows = await asyncio.to_thread(_lock_rows, tmp_path / "calm.db")
         assert [(pid, hostname) for _holder, pid, hostname, _expires in rows] == [
-            (os.getpid(), socket.gethostname())
+            (os.getpid(), sqlite_module._process_host())
         ]
     assert await asyncio.to_thread(_lock_rows, tmp_path / "calm.db") == []
 
@@ -225,7 +226,7 @@ async def test_a_lock_left_by_a_dead_pid_on_this_host_is_recovered(
 ) -> None:
     await store.load(TRUST)  # creates the schema
     _plant_lock(
-        tmp_path / "calm.db", pid=_dead_pid(), hostname=socket.gethostname(), expires_in=dt.timedelta(hours=1)
+        tmp_path / "calm.db", pid=_dead_pid(), hostname=sqlite_module._process_host(), expires_in=dt.timedelta(hours=1)
     )
     async with store.run_lock(TRUST):
         pass
@@ -503,3 +504,19 @@ async def test_a_version_1_store_is_migrated_and_keeps_its_users(tmp_path):
     store.close()
     with sqlite3.connect(path) as connection:
         assert connection.execute("SELECT version FROM calm_store_schema").fetchone() == (2,)
+
+
+async def test_a_dead_looking_pid_in_another_pid_namespace_is_not_taken_over(
+    store: SqliteUserStore, tmp_path: Path
+) -> None:
+    # Same hostname, different PID namespace (another container): the pid says nothing here.
+    await store.load(TRUST)
+    _plant_lock(
+        tmp_path / "calm.db",
+        pid=_dead_pid(),
+        hostname=f"{socket.gethostname()} pid:[1]",
+        expires_in=dt.timedelta(hours=1),
+    )
+    with pytest.raises(ImportAlreadyRunningError):
+        async with store.run_lock(TRUST):
+            pass

@@ -452,6 +452,20 @@ def _users(connection: sqlite3.Connection) -> list[StoredUser]:
 # -- the run lock ---------------------------------------------------------------
 
 
+def _process_host() -> str:
+    """Where a pid means something: the hostname, plus the PID namespace on Linux.
+
+    Containers can share a hostname without sharing process ids; a pid is only
+    checked for liveness by a process in the same namespace.
+    """
+    hostname = socket.gethostname()
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return hostname
+    return f"{hostname} {namespace}"
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` exists on this machine (``True`` when it cannot tell)."""
     if pid <= 0:
@@ -475,7 +489,7 @@ def _acquire_lock(
     connection: sqlite3.Connection, trust_site_id: str, holder: str, lease: dt.timedelta
 ) -> None:
     now = dt.datetime.now(dt.UTC)
-    hostname = socket.gethostname()
+    hostname = _process_host()
     with write_transaction(connection):
         row = connection.execute(
             "SELECT holder, pid, hostname, expires_at FROM run_locks WHERE trust_site_id = ?",
