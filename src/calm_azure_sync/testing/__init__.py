@@ -6,6 +6,8 @@
   ``Directory`` answer the way Entra ID does;
 - :class:`UserStoreConformance` (``testing.store_conformance``, needs pytest
   and pytest-asyncio): subclass it to run the store suite on your ``UserStore``;
+- :class:`AuditSinkConformance` (``testing.audit_conformance``, likewise) for
+  your ``AuditSink``;
 - :func:`generate_tenant` (``testing.synthetic``): Graph-shaped trusts of any size.
 
 Each is imported on first use, so importing this package costs nothing.
@@ -18,12 +20,14 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_attributes
 
 if TYPE_CHECKING:
+    from .audit_conformance import AuditSinkConformance
     from .directory_conformance import check_directory, conformance_fixture
     from .fake_graph import FakeGraphServer, Fault
     from .store_conformance import UserStoreConformance
     from .synthetic import SyntheticTenant, generate_tenant
 
 _LAZY = {
+    "AuditSinkConformance": ".audit_conformance",
     "check_directory": ".directory_conformance",
     "conformance_fixture": ".directory_conformance",
     "FakeGraphServer": ".fake_graph",
@@ -34,6 +38,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "AuditSinkConformance",
     "FakeGraphServer",
     "Fault",
     "SyntheticTenant",
