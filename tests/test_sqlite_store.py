@@ -520,3 +520,25 @@ async def test_a_dead_looking_pid_in_another_pid_namespace_is_not_taken_over(
     with pytest.raises(ImportAlreadyRunningError):
         async with store.run_lock(TRUST):
             pass
+
+
+def test_opening_a_new_file_waits_for_another_connection_instead_of_failing(tmp_path: Path) -> None:
+    # Switching a fresh file to WAL needs it to itself; SQLite says "locked" at
+    # once (no busy handler) while another connection is writing to it.
+    import threading
+
+    path = tmp_path / "new.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO t VALUES (1)")
+    timer = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+    timer.start()
+    connection = sqlite_module.open_sqlite(path, busy_timeout_ms=10_000)  # waits for the writer
+    try:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert holder.execute("SELECT count(*) FROM t").fetchone() == (1,)  # the writer's row committed first
+    finally:
+        timer.join()
+        connection.close()
+        holder.close()

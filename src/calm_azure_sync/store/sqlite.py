@@ -36,6 +36,7 @@ import socket
 import sqlite3
 import sys
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -134,7 +135,7 @@ def open_sqlite(path: str | os.PathLike[str], *, busy_timeout_ms: int) -> sqlite
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        connection.execute("PRAGMA journal_mode = WAL")
+        _use_wal(connection, busy_timeout_ms)
         # FULL: a batch reported as applied survives a power cut, not just a
         # process crash; one fsync per batch is cheap next to the batch itself.
         connection.execute("PRAGMA synchronous = FULL")
@@ -144,6 +145,30 @@ def open_sqlite(path: str | os.PathLike[str], *, busy_timeout_ms: int) -> sqlite
         connection.close()
         raise
     return connection
+
+
+def _use_wal(connection: sqlite3.Connection, busy_timeout_ms: int) -> None:
+    """Switch the file to WAL, waiting for other connections as the busy timeout allows.
+
+    WAL is a property of the file: once one connection set it, everyone sees
+    it. Setting it needs the file to itself, and SQLite answers "database is
+    locked" at once (without its busy handler) while another connection opens
+    the same new file, so the switch is retried here.
+    """
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    delay = 0.005
+    while True:
+        if connection.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+            return
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) and "busy" not in str(error):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 @attrs.define
