@@ -23,7 +23,6 @@ apart; and recording never changes the events it was given.
 from __future__ import annotations
 
 import datetime as dt
-import inspect
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import pytest_asyncio
 
 from ..audit.events import AuditEvent, AuditKind
 from ..audit.protocol import AuditSink
+from ._closing import close_if_closable
 
 __all__ = ["AuditSinkConformance"]
 
@@ -72,13 +72,7 @@ class AuditSinkConformance:
 
     async def close_sink(self, sink: AuditSink) -> None:
         """Release the sink after a test: calls its ``close()`` or ``aclose()`` when it has one."""
-        for name in ("aclose", "close"):
-            close = getattr(sink, name, None)
-            if callable(close):
-                outcome = close()
-                if inspect.isawaitable(outcome):
-                    await outcome
-                return
+        await close_if_closable(sink)
 
     @pytest_asyncio.fixture
     async def sink(self, tmp_path: Path) -> AsyncIterator[AuditSink]:

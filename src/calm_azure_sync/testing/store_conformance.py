@@ -32,7 +32,6 @@ What the suite pins, beyond the protocol docstring:
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -44,6 +43,7 @@ from ..errors import ImportAlreadyRunningError
 from ..model import Role
 from ..plan import Assign, Change, CreateUser, DeactivateUser, LinkUser, Unassign, UpdateUser
 from ..store.protocol import ChangeResult, Grant, StoredUser, StoreState, UserStore
+from ._closing import close_if_closable
 
 __all__ = ["ConformantUserStore", "UserStoreConformance"]
 
@@ -104,13 +104,7 @@ class UserStoreConformance:
 
     async def close_store(self, store: ConformantUserStore) -> None:
         """Release the store after a test: calls its ``close()`` or ``aclose()`` when it has one."""
-        for name in ("aclose", "close"):
-            close = getattr(store, name, None)
-            if callable(close):
-                outcome = close()
-                if inspect.isawaitable(outcome):
-                    await outcome
-                return
+        await close_if_closable(store)
 
     @pytest_asyncio.fixture
     async def store(self, tmp_path: Path) -> AsyncIterator[ConformantUserStore]:
