@@ -23,6 +23,7 @@ from .errors import (
     DirectoryAccessError,
     DirectoryError,
     GroupNotFoundError,
+    HoldMismatchError,
     ImportAlreadyRunningError,
     NotAuthorizedError,
 )
@@ -30,8 +31,23 @@ from .exclusion import ExclusionPolicy, ExclusionSuggestion
 from .hierarchy import Actor, TrustHierarchy, authorize
 from .mapping import GroupMapping, MappingPolicy
 from .model import DirectoryGroup, DirectoryUser, Role, Site
-from .plan import Assign, CreateUser, DeactivateUser, LinkUser, Plan, Skip, Unassign, UpdateUser
-from .store.protocol import ChangeResult, Grant, StoredUser, StoreState, UserStore
+from .plan import (
+    AddGroupMember,
+    Assign,
+    CreateUser,
+    DeactivateUser,
+    LinkUser,
+    Plan,
+    RelinkUser,
+    RemoveGroupMember,
+    RetireGroup,
+    Skip,
+    Unassign,
+    UpdateUser,
+    UpsertGroup,
+)
+from .state import Hold, SyncState, SyncStateStore
+from .store.protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup, UserStore
 
 if TYPE_CHECKING:
     from .audit.in_memory import InMemoryAuditSink
@@ -71,6 +87,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Actor",
+    "AddGroupMember",
     "Assign",
     "AuditEvent",
     "AuditKind",
@@ -94,6 +111,8 @@ __all__ = [
     "GraphDirectory",
     "GroupMapping",
     "GroupNotFoundError",
+    "Hold",
+    "HoldMismatchError",
     "ImportAlreadyRunningError",
     "ImportReport",
     "InMemoryAuditSink",
@@ -105,7 +124,10 @@ __all__ = [
     "NotAuthorizedError",
     "Plan",
     "Reconciler",
+    "RelinkUser",
     "RemovalPolicy",
+    "RemoveGroupMember",
+    "RetireGroup",
     "Role",
     "Site",
     "Skip",
@@ -114,9 +136,13 @@ __all__ = [
     "StoreState",
     "StoredUser",
     "SyncConfig",
+    "SyncState",
+    "SyncStateStore",
+    "SyncedGroup",
     "TrustHierarchy",
     "Unassign",
     "UpdateUser",
+    "UpsertGroup",
     "UserStore",
     "admin_consent_url",
     "authorize",

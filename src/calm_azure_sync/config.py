@@ -39,14 +39,12 @@ def _check_ratio(instance: object, attribute: attrs.Attribute[Any], value: objec
         or not math.isfinite(value)
         or not 0 <= value <= 1
     ):
-        raise ConfigError(f"removal.max_removal_ratio: must be a number from 0 to 1, got {value!r}")
+        raise ConfigError(f"removal.{attribute.name}: must be a number from 0 to 1, got {value!r}")
 
 
 def _check_count(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(
-            f"removal.min_removals_to_hold: must be a whole number of at least 0, got {value!r}"
-        )
+        raise ConfigError(f"removal.{attribute.name}: must be a whole number of at least 0, got {value!r}")
 
 
 @attrs.frozen
@@ -57,21 +55,43 @@ class RemovalPolicy:
     ``"deactivate"`` also marks the user inactive once no access of any source
     is left; ``"keep"`` removes nothing. Users are never deleted.
 
-    The safety hold: when one run would remove access from more than
-    ``max_removal_ratio`` of the trust's synced users *and* from at least
-    ``min_removals_to_hold`` users, the removals are held (not applied) until a
-    run with ``confirm_removals=True``.
+    The mass-removal hold: when removals would touch more than
+    ``max_removal_ratio`` of the trust's synced users *and* at least
+    ``min_removals_to_hold`` users, or every synced user of a trust of two or
+    more, they are held until an admin confirms the hold.
+
+    The per-group guard: when a mapped group whose baseline (its size at the
+    last undisputed complete read) is at least ``min_group_baseline`` reads
+    with more than ``max_group_shrink_ratio`` of it gone, the removals on the
+    sites and modules it maps to are held (reason ``group_shrank``). A group
+    that had members and reads empty is held whatever its baseline.
     """
 
     mode: RemovalMode = attrs.field(default="unassign", validator=_check_mode)
     max_removal_ratio: float = attrs.field(default=0.2, validator=_check_ratio)
     min_removals_to_hold: int = attrs.field(default=10, validator=_check_count)
+    max_group_shrink_ratio: float = attrs.field(default=0.5, validator=_check_ratio)
+    min_group_baseline: int = attrs.field(default=3, validator=_check_count)
 
     def should_hold(self, users_losing_access: int, synced_users: int) -> bool:
         """Whether removals touching ``users_losing_access`` of ``synced_users`` are held."""
-        if users_losing_access < self.min_removals_to_hold or users_losing_access == 0:
+        if users_losing_access == 0:
+            return False
+        if synced_users >= 2 and users_losing_access >= synced_users:
+            return True  # everyone at once is never routine, however small the trust
+        if users_losing_access < self.min_removals_to_hold:
             return False
         return users_losing_access > self.max_removal_ratio * max(synced_users, 1)
+
+    def group_shrank(self, baseline: int | None, members_now: int) -> bool:
+        """Whether a group read with ``members_now`` users, against ``baseline``, trips the guard."""
+        if baseline is None or baseline == 0:
+            return False
+        if members_now == 0:
+            return True  # an empty read of a group that had members: Graph's index may lag
+        if baseline < self.min_group_baseline:
+            return False
+        return (baseline - members_now) > self.max_group_shrink_ratio * baseline
 
 
 def _to_policy(mappings: MappingPolicy | Iterable[GroupMapping]) -> MappingPolicy:
@@ -166,6 +186,8 @@ class SyncConfig:
                 "mode": self.removal.mode,
                 "max_removal_ratio": self.removal.max_removal_ratio,
                 "min_removals_to_hold": self.removal.min_removals_to_hold,
+                "max_group_shrink_ratio": self.removal.max_group_shrink_ratio,
+                "min_group_baseline": self.removal.min_group_baseline,
             },
         }
 
@@ -216,7 +238,8 @@ class SyncConfig:
         )
         removal = reader.build(
             top.get("removal", {}), "removal", RemovalPolicy,
-            ("mode", "max_removal_ratio", "min_removals_to_hold"), required=False,
+            ("mode", "max_removal_ratio", "min_removals_to_hold", "max_group_shrink_ratio", "min_group_baseline"),
+            required=False,
         )
         if reader.problems or trust_site_id is None:
             raise ConfigError(reader.problems or ["trust_site_id: required"])

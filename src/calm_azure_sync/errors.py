@@ -5,7 +5,8 @@ Every exception the library raises on purpose derives from
 
     CalmAzureSyncError
     ├── ConfigError                     bad configuration; ``.problems`` lists every problem
-    │   └── ChildSiteConfigurationError configuring at a child site; ``.trust_site_id``
+    │   ├── ChildSiteConfigurationError configuring at a child site; ``.trust_site_id``
+    │   └── HoldMismatchError           ``confirm_hold`` is not the pending hold's id
     ├── NotAuthorizedError              the actor is not an Admin of the Trust
     ├── DirectoryError                  Graph (or another directory) failed; ``.code``,
     │   │                               ``.status``, ``.request_id``
@@ -32,6 +33,7 @@ __all__ = [
     "DirectoryAccessError",
     "DirectoryError",
     "GroupNotFoundError",
+    "HoldMismatchError",
     "ImportAlreadyRunningError",
     "NotAuthorizedError",
 ]
@@ -76,6 +78,27 @@ class ChildSiteConfigurationError(ConfigError):
             f"site {site_id!r} is a child site: Microsoft Azure is configured "
             f"at its Trust site {trust_site_id!r}"
         )
+
+
+class HoldMismatchError(ConfigError):
+    """A run was asked to confirm a hold that is not the trust's pending one.
+
+    The admin reviewed another set of removals (or none is pending any more):
+    nothing is applied. ``confirmed`` is the id given, ``pending`` the pending
+    hold's id (``None`` when there is none).
+    """
+
+    def __init__(self, confirmed: str, pending: str | None) -> None:
+        self.confirmed = confirmed
+        self.pending = pending
+        if pending is None:
+            problem = f"confirm_hold: no hold is pending, so {confirmed!r} cannot be confirmed"
+        else:
+            problem = (
+                f"confirm_hold: {confirmed!r} is not the pending hold ({pending!r}); "
+                "review the pending hold and confirm it by its id"
+            )
+        super().__init__(problem)
 
 
 class NotAuthorizedError(CalmAzureSyncError, PermissionError):

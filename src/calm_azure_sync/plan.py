@@ -18,18 +18,27 @@ from ._html import html_table
 from .model import Role
 
 __all__ = [
+    "AddGroupMember",
     "Assign",
     "Change",
     "CreateUser",
     "DeactivateUser",
+    "GroupChange",
     "HoldReason",
     "LinkUser",
     "Plan",
+    "RelinkUser",
+    "RemoveGroupMember",
+    "RetireGroup",
     "Skip",
     "Unassign",
     "UpdateUser",
+    "UpsertGroup",
+    "UserChange",
+    "change_from_dict",
     "change_kind",
     "is_removal",
+    "removal_slot",
 ]
 
 
@@ -79,6 +88,24 @@ class UpdateUser:
 
 
 @attrs.frozen
+class RelinkUser:
+    """Store user ``user_id``, synced from Azure object ``previous_external_id``, becomes ``external_id``.
+
+    Planned only when the directory proved the previous object is gone (an
+    account deleted and re-created with the same email): the store user keeps
+    its id and its manual grants, and takes the new object id, email and names.
+    """
+
+    external_id: str
+    user_id: str
+    previous_external_id: str
+    email: str
+    display_name: str
+    given_name: str | None = None
+    surname: str | None = None
+
+
+@attrs.frozen
 class Assign:
     """Grant ``role`` on ``module`` at ``site_id`` (``previous`` set: a role change).
 
@@ -119,9 +146,43 @@ class DeactivateUser:
     user_id: str
 
 
-Change = CreateUser | LinkUser | UpdateUser | Assign | Unassign | DeactivateUser
+@attrs.frozen
+class UpsertGroup:
+    """Mirror the mapped Azure group ``external_id``: create it, or refresh its name and sites."""
 
-HoldReason = Literal["mass_removal", "partial_read"]
+    external_id: str
+    display_name: str
+    site_ids: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class AddGroupMember:
+    """Azure user ``external_id`` is an in-scope member of synced group ``group_external_id``."""
+
+    group_external_id: str
+    external_id: str
+
+
+@attrs.frozen
+class RemoveGroupMember:
+    """Azure user ``external_id`` is no longer an in-scope member of ``group_external_id`` (a removal)."""
+
+    group_external_id: str
+    external_id: str
+
+
+@attrs.frozen
+class RetireGroup:
+    """The group's mapping was removed: keep the synced group, mark it retired, clear its members."""
+
+    external_id: str
+
+
+UserChange = CreateUser | LinkUser | RelinkUser | UpdateUser | Assign | Unassign | DeactivateUser
+GroupChange = UpsertGroup | AddGroupMember | RemoveGroupMember | RetireGroup
+Change = UserChange | GroupChange
+
+HoldReason = Literal["mass_removal", "partial_read", "group_shrank"]
 
 
 @attrs.frozen
@@ -143,11 +204,17 @@ class Skip:
 _KIND_BY_TYPE: dict[type, str] = {
     CreateUser: "create_user",
     LinkUser: "link_user",
+    RelinkUser: "relink_user",
     UpdateUser: "update_user",
     Assign: "assign",
     Unassign: "unassign",
     DeactivateUser: "deactivate_user",
+    UpsertGroup: "upsert_group",
+    AddGroupMember: "add_group_member",
+    RemoveGroupMember: "remove_group_member",
+    RetireGroup: "retire_group",
 }
+_TYPE_BY_KIND: dict[str, type] = {kind: type_ for type_, kind in _KIND_BY_TYPE.items()}
 
 
 def change_kind(change: Change) -> str:
@@ -161,7 +228,23 @@ def is_removal(change: Change) -> bool:
     if kind is Assign:
         previous = change.previous  # type: ignore[union-attr]
         return previous is not None and change.role._rank < previous._rank  # type: ignore[union-attr]
-    return kind is Unassign or kind is DeactivateUser
+    return kind is Unassign or kind is DeactivateUser or kind is RemoveGroupMember
+
+
+def removal_slot(change: Change) -> tuple[str, ...]:
+    """What a removal takes away, whatever its details: a hold covers slots.
+
+    A grant (user, site, module), a user's activation, or a group membership.
+    A later run that plans a different removal of the same slot (an unassign
+    where a downgrade was held) is still covered by the hold.
+    """
+    if isinstance(change, (Assign, Unassign)):
+        return ("grant", change.external_id, change.site_id, change.module)
+    if isinstance(change, DeactivateUser):
+        return ("active", change.external_id)
+    if isinstance(change, RemoveGroupMember):
+        return ("member", change.group_external_id, change.external_id)
+    raise ValueError(f"{change_kind(change)} is not a removal")
 
 
 def change_to_dict(change: Change) -> dict[str, Any]:
@@ -175,6 +258,28 @@ def change_to_dict(change: Change) -> dict[str, Any]:
             value = list(value)
         data[field.name] = value
     return data
+
+
+def change_from_dict(data: Mapping[str, Any]) -> Change:
+    """Read back what :func:`change_to_dict` wrote; ``ValueError`` on anything else."""
+    try:
+        kind = data["kind"]
+        type_ = _TYPE_BY_KIND[kind]
+    except (KeyError, TypeError):
+        raise ValueError(f"not a change: {data!r:.80}") from None
+    values: dict[str, Any] = {}
+    for field in attrs.fields(type_):
+        if field.name not in data:
+            if field.default is attrs.NOTHING:
+                raise ValueError(f"{kind}: {field.name} is missing")
+            continue
+        value = data[field.name]
+        if field.name in ("role", "previous") and value is not None:
+            value = Role.parse(value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[field.name] = value
+    return type_(**values)  # type: ignore[no-any-return]
 
 
 @attrs.frozen

@@ -30,6 +30,14 @@ class AuditKind(enum.StrEnum):
     USER_SKIPPED = "user_skipped"
     REMOVALS_HELD = "removals_held"
     ERROR = "error"
+    IMPORT_REFUSED = "import_refused"
+    USER_RELINKED = "user_relinked"
+    HOLD_CLEARED = "hold_cleared"
+    GROUP_CREATED = "group_created"
+    GROUP_UPDATED = "group_updated"
+    GROUP_RETIRED = "group_retired"
+    GROUP_MEMBER_ADDED = "group_member_added"
+    GROUP_MEMBER_REMOVED = "group_member_removed"
 
     def __str__(self) -> str:
         return self.value

@@ -9,16 +9,31 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
 from ..model import Role
 from ..plan import Change
 
-__all__ = ["ChangeResult", "Grant", "GrantSource", "StoreState", "StoredUser", "UserStore"]
+__all__ = [
+    "ChangeOutcome",
+    "ChangeResult",
+    "Grant",
+    "GrantSource",
+    "StoreState",
+    "StoredUser",
+    "SyncedGroup",
+    "UserStore",
+]
 
 GrantSource = Literal["manual", "azure"]
+
+ChangeOutcome = Literal["applied", "unchanged", "failed"]
+"""What a store did with one change: ``applied`` it; left everything ``unchanged``
+(the change was already true, or a rule refused it harmlessly: a deactivation
+while other access remains, a create whose user already existed); or ``failed``
+(``ChangeResult.error`` says why)."""
 
 
 @attrs.frozen
@@ -52,6 +67,22 @@ class Grant:
 
 
 @attrs.frozen
+class SyncedGroup:
+    """A mapped Azure group as the store mirrors it in one trust.
+
+    ``external_id`` is the group's Entra object id; ``site_ids`` the sites its
+    mappings point at; ``retired`` is true once its mapping was removed (the
+    group is kept, its members cleared; groups are never deleted).
+    """
+
+    external_id: str
+    trust_site_id: str
+    display_name: str
+    site_ids: tuple[str, ...] = ()
+    retired: bool = False
+
+
+@attrs.frozen
 class StoreState:
     """What the store holds, as the planner needs it.
 
@@ -60,19 +91,48 @@ class StoreState:
     ``synced_access``: external id -> {(site_id, module): Role}: the grants the
     sync made in this trust. ``manual_access_user_ids``: store user ids that
     hold any manual grant (the sync never deactivates them).
+    ``other_access_user_ids``: store user ids that hold any grant this trust's
+    sync did not make (a manual grant, or another trust's synced grant): the
+    sync never deactivates them either.
+    ``groups``: group external id -> :class:`SyncedGroup` of this trust;
+    ``group_members``: group external id -> the member external ids.
     """
 
     users: Mapping[str, StoredUser] = attrs.field(factory=dict)
     synced_access: Mapping[str, Mapping[tuple[str, str], Role]] = attrs.field(factory=dict)
     manual_access_user_ids: frozenset[str] = frozenset()
+    other_access_user_ids: frozenset[str] = frozenset()
+    groups: Mapping[str, SyncedGroup] = attrs.field(factory=dict)
+    group_members: Mapping[str, frozenset[str]] = attrs.field(factory=dict)
+
+
+def _default_outcome(result: ChangeResult) -> ChangeOutcome:
+    return "applied" if result.error is None else "failed"
+
+
+def _check_outcome(result: ChangeResult, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value not in ("applied", "unchanged", "failed"):
+        raise ValueError(f"ChangeResult.outcome: {value!r} is not applied, unchanged or failed")
+    if (value == "failed") != (result.error is not None):
+        raise ValueError("ChangeResult: outcome 'failed' goes with an error, and only it")
 
 
 @attrs.frozen
 class ChangeResult:
-    """The outcome of applying one change: ``error`` says why it failed."""
+    """What a store did with one change.
+
+    ``error`` says why it failed; ``outcome`` is ``"applied"``, ``"unchanged"``
+    (nothing needed writing, or a rule refused it harmlessly) or ``"failed"``.
+    It defaults from ``error``, so ``ChangeResult(change)`` means applied. The
+    Import Log reports outcomes: an ``unchanged`` change records no event that
+    would claim it happened.
+    """
 
     change: Change
     error: str | None = None
+    outcome: ChangeOutcome = attrs.field(
+        default=attrs.Factory(_default_outcome, takes_self=True), validator=_check_outcome
+    )
 
     @property
     def ok(self) -> bool:
@@ -96,14 +156,27 @@ class UserStore(Protocol):
     - ``Assign``/``Unassign``: upsert/delete the *azure* grant of the user with
       that external id at (site, module), recorded against ``trust_site_id``;
       manual grants are never touched;
+    - ``RelinkUser``: user ``user_id`` must carry ``previous_external_id``; it
+      takes ``external_id``, the email and names; its grants (manual and
+      synced) stay with it;
     - ``DeactivateUser``: mark inactive and ``deactivated_by_sync``, only if the
-      user then holds no grant of any source (otherwise a no-op that still
-      succeeds). Never delete a user.
+      user then holds no grant of any source (otherwise outcome
+      ``unchanged``). Never delete a user;
+    - ``UpsertGroup``: create the trust's synced group or refresh its name and
+      sites (and un-retire it); ``AddGroupMember``/``RemoveGroupMember``: add
+      or remove the membership of the synced user with that external id;
+      ``RetireGroup``: mark the group retired and clear its members. Groups
+      are never deleted.
 
-    A change that cannot apply (say, a duplicate email) gets a
-    :class:`ChangeResult` with ``error``; the others still apply. A store
-    should make each user's changes within a batch all-or-nothing across a
-    crash, so no user is ever half-written.
+    Each :class:`ChangeResult` carries the ``outcome``: ``applied``,
+    ``unchanged`` (nothing to write: already so, a deactivation refused because
+    access remains, a create whose user already existed) or ``failed`` with
+    ``error``; the others still apply. A store should make each batch
+    all-or-nothing across a crash, so no user is ever half-written.
+
+    Stores that also implement :class:`~calm_azure_sync.SyncStateStore` keep
+    the sync's per-trust memory (holds, baselines); the reconciler requires
+    one (the user store, or one passed as ``state=``).
     """
 
     async def load(self, trust_site_id: str) -> StoreState:
