@@ -35,6 +35,7 @@ __all__ = [
     "UpdateUser",
     "UpsertGroup",
     "UserChange",
+    "UserLabel",
     "change_from_dict",
     "change_kind",
     "is_removal",
@@ -199,6 +200,21 @@ class Skip:
     reason: str
     excluded: bool = False
     keeps_access: bool = False
+    conflict: bool = False
+    """An email conflict with a store user: a person must look; counted on its own."""
+
+
+@attrs.frozen
+class UserLabel:
+    """How a review names a user: Azure's display name and email (either may be missing)."""
+
+    display_name: str | None
+    email: str | None
+
+    def __str__(self) -> str:
+        if self.display_name and self.email:
+            return f"{self.display_name} <{self.email}>"
+        return self.display_name or self.email or "?"
 
 
 _KIND_BY_TYPE: dict[type, str] = {
@@ -287,9 +303,17 @@ class Plan:
     """What one import would do: the changes, in the order they apply, and who is left out.
 
     ``held_removals`` are removals the run will not apply (``hold_reason``
-    says why: the mass-removal hold, or a partial directory read).
-    ``unreadable_groups`` maps a mapped group id that could not be read
-    completely to the reason.
+    says why: ``mass_removal``, ``group_shrank`` or ``partial_read``);
+    ``hold_id`` is the id of the pending hold they join (what an admin
+    confirms; ``None`` when only a partial read holds them), ``held_groups``
+    the groups whose shrink tripped the guard, and ``stale_groups`` maps a
+    mapped group that no longer exists in Azure to the number of removals it
+    keeps held. ``unreadable_groups`` maps a mapped group id that could not be
+    read completely to the reason.
+
+    For reviews: ``people`` names the users the plan mentions (external id ->
+    :class:`UserLabel`), ``group_names`` the mapped groups, and
+    ``access_before`` is the trust's synced access before the plan.
     """
 
     trust_site_id: str
@@ -300,6 +324,12 @@ class Plan:
     unreadable_groups: Mapping[str, str] = attrs.field(factory=dict)
     users_in_scope: int = 0
     synced_users: int = 0
+    hold_id: str | None = None
+    held_groups: tuple[str, ...] = ()
+    stale_groups: Mapping[str, int] = attrs.field(factory=dict)
+    people: Mapping[str, UserLabel] = attrs.field(factory=dict, repr=False)
+    group_names: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    access_before: Mapping[str, Mapping[tuple[str, str], Role]] = attrs.field(factory=dict, repr=False)
 
     @property
     def complete(self) -> bool:
@@ -309,7 +339,9 @@ class Plan:
     def summary(self) -> dict[str, int]:
         """Counts of changes by kind (skips are not changes), all kinds present."""
         counts = Counter(change_kind(change) for change in self.changes)
-        return {kind: counts.get(kind, 0) for kind in _KIND_BY_TYPE.values()}
+        summary = {kind: counts.get(kind, 0) for kind in _KIND_BY_TYPE.values()}
+        summary["conflict"] = sum(1 for skip in self.skipped if skip.conflict)
+        return summary
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict of the whole plan."""
