@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import string
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from calm_azure_sync import (
+    Actor,
     AuditKind,
     ConfigError,
     ConsentError,
@@ -25,8 +27,11 @@ from calm_azure_sync import (
     InMemoryAuditSink,
     InMemoryDirectory,
     InMemoryUserStore,
+    JsonlAuditSink,
     Reconciler,
     Site,
+    SqliteAuditSink,
+    SqliteUserStore,
     SyncConfig,
     TrustHierarchy,
     parse_consent_callback,
@@ -44,6 +49,7 @@ CONFIG = SyncConfig(
     "oak",
     [GroupMapping("g-base", "birch", {"Risk": "Member"}), GroupMapping("g-hostile", "birch", {"Policies": "Manager"})],
 )
+ADMIN = Actor("head-of-it", {"oak"})
 BASE_USERS = [user(f"base{i}") for i in range(5)]
 FUZZ = budget("CALM_FUZZ", 25, 400)
 FUZZ_SOAK = budget("CALM_FUZZ", 400, 400)
@@ -320,6 +326,36 @@ async def test_a_kelvin_sign_address_is_not_the_latin_k_address() -> None:
     kate = next(u for u in (await store.load("oak")).users.values() if u.email == "kate@school.org")
     assert kate.external_id is None  # the invited Kate was not taken over by the look-alike
     assert email_key("\u212aate@school.org") != email_key("kate@school.org")
+
+
+async def test_a_lone_surrogate_from_graph_costs_one_odd_name_not_the_batch(tmp_path: Path) -> None:
+    # Fifty ordinary staff and one display name ending in half an emoji: "\ud83d" is a valid JSON
+    # escape Graph can send. Before: SQLite created 0 of 51 users and both file sinks refused the events.
+    hostile = [user("zoe", displayName="Zo\ud83d", givenName="Zo\udc00"), *(user(f"staff{i}") for i in range(45))]
+    jsonl = JsonlAuditSink(tmp_path / "log.jsonl")
+    stores_and_sinks = [
+        (SqliteUserStore(tmp_path / "a.sqlite"), SqliteAuditSink(tmp_path / "log.sqlite")),
+        (SqliteUserStore(tmp_path / "b.sqlite"), jsonl),
+        (InMemoryUserStore(), InMemoryAuditSink()),
+    ]
+    try:
+        with FakeGraphServer(fixture(hostile), page_cap=7) as server:
+            for store, sink in stores_and_sinks:
+                async with directory_over(server) as directory:
+                    report = await Reconciler(directory, store, sink, HIERARCHY).run(CONFIG, actor=ADMIN)
+                assert report.ok, report.errors
+                users = (await store.load("oak")).users.values()
+                assert len(users) == 51
+                zoe = next(u for u in users if u.external_id == "zoe")
+                assert (zoe.display_name, zoe.given_name) == ("Zo\ufffd", "Zo\ufffd")
+        sqlite_sink = stores_and_sinks[0][1]
+        assert len(await sqlite_sink.query("oak", kinds=[AuditKind.USER_CREATED])) == 51  # type: ignore[attr-defined]
+        assert [e.kind for e in jsonl.read()].count(AuditKind.USER_CREATED) == 51
+    finally:
+        for store, sink in stores_and_sinks:
+            for closable in (store, sink):
+                if hasattr(closable, "close"):
+                    closable.close()
 
 
 # -- configuration ----------------------------------------------------------------------------

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -145,3 +147,51 @@ def test_from_graph_never_crashes_with_anything_but_directory_error(data):
         DirectoryGroup.from_graph(data)
     except DirectoryError:
         pass
+
+
+# -- text hygiene: what Graph may send that no store can write ---------------------------------
+
+USER_TEXT_FIELDS = {
+    "displayName": "display_name", "mail": "mail", "userPrincipalName": "user_principal_name",
+    "givenName": "given_name", "surname": "surname", "userType": "user_type", "creationType": "creation_type",
+}
+
+
+@pytest.mark.parametrize(("key", "field"), USER_TEXT_FIELDS.items())
+def test_a_lone_surrogate_from_graph_json_becomes_the_replacement_character(key, field):
+    # "\ud83d" alone is a valid JSON escape (half an emoji); json.loads keeps it, UTF-8 cannot encode it.
+    data = json.loads('{"id": "u1", "KEY": "Zo\\ud83d and \\udc00 and \\u00eb"}'.replace("KEY", key))
+    user = DirectoryUser.from_graph(data)
+    assert getattr(user, field) == "Zo\ufffd and \ufffd and \u00eb"
+    getattr(user, field).encode("utf-8")  # storable
+
+
+def test_clean_and_ascii_text_from_graph_is_kept_as_is():
+    data = {"id": "u1", "displayName": "Zo\u00eb \U0001f600", "mail": "zoe@school.org", "surname": "\u7528\u6237"}
+    user = DirectoryUser.from_graph(data)
+    assert (user.display_name, user.mail, user.surname) == ("Zo\u00eb \U0001f600", "zoe@school.org", "\u7528\u6237")
+    assert user.display_name is data["displayName"]  # not copied
+
+
+def test_a_group_from_graph_json_gets_the_same_hygiene():
+    group = DirectoryGroup.from_graph(json.loads('{"id": "g1", "displayName": "Staff \\ud83d", "description": "\\udfff"}'))
+    assert (group.display_name, group.description) == ("Staff \ufffd", "\ufffd")
+
+
+@pytest.mark.parametrize("kind", [DirectoryUser, DirectoryGroup])
+def test_an_id_that_cannot_be_stored_is_refused_not_repaired(kind):
+    # Repairing ids could make two users one: Graph sends GUIDs, so this is data Graph never sends.
+    with pytest.raises(DirectoryError, match="'id' should be text without surrogates") as caught:
+        kind.from_graph({"id": "u\ud800", "displayName": "X"})
+    assert caught.value.code == "invalid_data"
+
+
+SURROGATES = st.integers(0xD800, 0xDFFF).map(chr)
+
+
+@given(st.text(st.characters() | SURROGATES, max_size=30).filter(lambda text: not text.isascii()))
+def test_from_graph_text_always_encodes_as_utf8(text):
+    user = DirectoryUser.from_graph({"id": "u1", "displayName": text, "mail": text})
+    user.display_name.encode("utf-8")
+    user.mail.encode("utf-8")
+    assert len(user.display_name) == len(text)  # one replacement per bad code point, nothing else changes

@@ -9,12 +9,12 @@ with the dotted path of the bad value, as one :class:`ConfigError`.
 from __future__ import annotations
 
 import math
-import reprlib
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import attrs
 
+from ._text import show
 from .errors import ChildSiteConfigurationError, ConfigError
 from .exclusion import ExclusionPolicy
 from .hierarchy import TrustHierarchy
@@ -336,18 +336,7 @@ def _prefixed(path: str, problem: str) -> str:
     return f"{path}.{problem}"
 
 
-# Bounded depth and length: a bad value may be deeply nested or huge, and
-# showing it must never fail (repr() of deep data raises RecursionError).
-_SHOW = reprlib.Repr()
-_SHOW.maxlevel = 2
-_SHOW.maxstring = 57
-_SHOW.maxother = 57
-
-
 def _kind(value: object) -> str:
     if value is None:
         return "null"
-    shown = _SHOW.repr(value)
-    if len(shown) > 60:
-        shown = shown[:57] + "..."
-    return f"{type(value).__name__} {shown}"
+    return f"{type(value).__name__} {show(value)}"

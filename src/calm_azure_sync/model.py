@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 
+from ._text import clean_text, is_clean, show
 from .errors import ConfigError, DirectoryError
 
 __all__ = ["DirectoryGroup", "DirectoryUser", "Role", "Site", "email_key"]
@@ -241,6 +242,23 @@ class DirectoryUser:
             reader.optional_bool("accountEnabled", default=True)
             reader.optional_bool("onPremisesSyncEnabled", default=None)
             reader.optional_list("assignedLicenses")
+        if not (
+            user_id.isascii()
+            and (display_name is None or display_name.isascii())
+            and (mail is None or mail.isascii())
+            and (upn is None or upn.isascii())
+            and (given_name is None or given_name.isascii())
+            and (surname is None or surname.isascii())
+            and (user_type is None or user_type.isascii())
+            and (creation_type is None or creation_type.isascii())
+        ):
+            # Rare path (non-ASCII text): make every string storable, see _text.
+            if not is_clean(user_id):
+                raise _GraphReader(data, "user")._bad("id", "text without surrogates", user_id)
+            display_name, mail, upn, given_name, surname, user_type, creation_type = (
+                None if text is None else clean_text(text)
+                for text in (display_name, mail, upn, given_name, surname, user_type, creation_type)
+            )
         return cls(
             user_id,
             display_name,
@@ -324,11 +342,9 @@ class _GraphReader:
         self._kind = kind
 
     def _bad(self, key: str, expected: str, value: object) -> DirectoryError:
-        shown = repr(value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
         return DirectoryError(
-            f"Graph {self._kind} {self._data.get('id')!r:.80}: field {key!r} should be {expected}, got {shown}",
+            f"Graph {self._kind} {show(self._data.get('id'), 80)}: field {key!r} should be {expected}, "
+            f"got {show(value, 80)}",
             code="invalid_data",
         )
 
@@ -336,12 +352,19 @@ class _GraphReader:
         value = self._data.get("id")
         if not isinstance(value, str) or not value.strip():
             raise self._bad("id", "a non-empty string", value)
+        # An id is a key, so it is refused rather than repaired: two ids
+        # repaired to the same text would be one user. Graph sends GUIDs.
+        if not is_clean(value):
+            raise self._bad("id", "text without surrogates", value)
         return value
 
     def optional_str(self, key: str) -> str | None:
+        """A string field (made storable, see :func:`~calm_azure_sync._text.clean_text`) or ``None``."""
         value = self._data.get(key)
-        if value is None or isinstance(value, str):
-            return value
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return clean_text(value)
         raise self._bad(key, "a string or null", value)
 
     def optional_bool(self, key: str, default: bool | None) -> Any:
