@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 from azure.core.credentials import AccessToken
@@ -88,3 +91,26 @@ def user(user_id: str, **fields: Any) -> dict[str, Any]:
     }
     data.update(fields)
     return data
+
+
+@functools.cache
+def examples_dir() -> Path:
+    """Graph's documented example responses: ``../shared/reference/graph/examples`` beside the clone.
+
+    CI has ``../shared`` next to the repository; a missing directory is a
+    failure, not a skip: these tests are the proof that the parsers and the
+    fake match what Microsoft documents.
+    """
+    candidates = [
+        Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "graph" / "examples",
+        Path("/work/shared/reference/graph/examples"),
+    ]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"Graph's documented examples are not at any of {[str(c) for c in candidates]}")
+
+
+def example(name: str) -> Any:
+    """One documented Graph example (JSON), as saved from the docs."""
+    return json.loads((examples_dir() / name).read_text(encoding="utf-8"))

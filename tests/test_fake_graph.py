@@ -6,7 +6,6 @@ import json
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,11 +13,10 @@ import pytest
 
 from calm_azure_sync.testing.fake_graph import FakeGraphServer, Fault, resource_units
 
-from .graph_helpers import FAKE_TOKEN, user
+from .graph_helpers import FAKE_TOKEN, examples_dir, user
 
 pytestmark = pytest.mark.wire
 
-EXAMPLES = Path("/work/shared/reference/graph/examples")
 AUTH = {"Authorization": f"Bearer {FAKE_TOKEN}"}
 EVENTUAL = {**AUTH, "ConsistencyLevel": "eventual"}
 CAST = "/groups/g1/transitiveMembers/microsoft.graph.user"
@@ -145,7 +143,7 @@ def test_uncast_member_lists_carry_odata_type_and_resolve_nesting(graph, http):
 
 
 def test_errors_have_graphs_shape_and_a_request_id(graph, http):
-    documented = json.loads((EXAMPLES / "error-403-authorization-requestdenied.json").read_text())
+    documented = json.loads((examples_dir() / "error-403-authorization-requestdenied.json").read_text())
     graph.granted_permissions = frozenset({"User.Read.All"})
     denied = get(http, graph, "/groups")
     assert denied.status_code == 403
@@ -161,11 +159,35 @@ def test_errors_have_graphs_shape_and_a_request_id(graph, http):
     assert missing.json()["error"]["code"] == "Request_ResourceNotFound"
 
 
-def test_member_users_come_back_with_only_their_id_without_a_user_permission(graph, http):
+def test_member_users_come_back_in_the_documented_limited_shape_without_a_user_permission(graph, http):
+    # permissions-overview: "only the object type and ID are returned and
+    # other properties have the value null"; collections come back empty.
     graph.granted_permissions = frozenset({"GroupMember.Read.All"})
-    items = get(http, graph, CAST + "?$count=true&$select=id,mail", EVENTUAL).json()["value"]
-    assert items[0] == {"id": "u000"}
+    items = get(http, graph, CAST + "?$count=true&$select=id,mail,accountEnabled,assignedLicenses", EVENTUAL).json()
+    assert items["value"][0] == {
+        "@odata.type": "#microsoft.graph.user",
+        "id": "u000",
+        "mail": None,
+        "accountEnabled": None,
+        "assignedLicenses": [],
+    }
+    uncast = get(http, graph, "/groups/g1/members").json()["value"]
+    limited_user = next(item for item in uncast if item["id"] == "u000")
+    assert limited_user["@odata.type"] == "#microsoft.graph.user"
+    assert limited_user["displayName"] is None and limited_user["userPrincipalName"] is None
+    group = next(item for item in uncast if item["id"] == "g2")
+    assert group["displayName"] == "Two"  # groups stay readable with a group permission
     assert get(http, graph, "/users").status_code == 403
+    graph.limited_information = "absent"
+    items = get(http, graph, CAST + "?$count=true&$select=id,mail", EVENTUAL).json()
+    assert items["value"][0] == {"@odata.type": "#microsoft.graph.user", "id": "u000"}
+
+
+def test_a_fixture_user_without_account_enabled_is_served_enabled(graph, http):
+    graph.add_user({"id": "bare", "mail": "bare@school.example"}, groups=["g1"])
+    items = get(http, graph, CAST + "?$count=true&$select=id,accountEnabled,userPrincipalName", EVENTUAL).json()
+    bare = next(item for item in items["value"] if item["id"] == "bare")
+    assert bare == {"id": "bare", "accountEnabled": True, "userPrincipalName": None}
 
 
 def test_a_bearer_token_is_required_and_never_logged(graph, http):

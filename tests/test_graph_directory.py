@@ -483,10 +483,62 @@ def test_importing_the_package_does_not_import_the_graph_sdk():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-async def test_member_users_listed_by_id_only_mean_user_read_all_is_missing(server):
-    # Graph answers GroupMember.Read.All without User.Read.All with id-only users.
+@pytest.mark.parametrize("shape", ["null", "absent"])
+async def test_member_users_in_the_limited_shape_mean_user_read_all_is_missing(server, shape):
+    # Graph answers GroupMember.Read.All without User.Read.All with "limited
+    # information" users: id and @odata.type, every other property null (or,
+    # in the older shape, absent).
     server.granted_permissions = frozenset({"GroupMember.Read.All"})
+    server.limited_information = shape
     with pytest.raises(DirectoryAccessError) as caught:
         await read_members(server)
     assert caught.value.missing_permissions == ("User.Read.All", "Directory.Read.All")
     assert caught.value.code == "users_not_readable"
+
+
+# The documented response (permissions-overview, "Limited information returned
+# for inaccessible member objects"), its inaccessible object turned into a user:
+# "only the object type and ID are returned and other properties have the value null".
+DOCUMENTED_LIMITED_USER = {
+    "@odata.type": "#microsoft.graph.user",
+    "id": "d282309e-f91d-43b6-badb-9e68aa4b4fc8",
+    "accountEnabled": None,
+    "displayName": None,
+    "mail": None,
+    "userPrincipalName": None,
+    "givenName": None,
+    "surname": None,
+    "userType": None,
+    "assignedLicenses": [],
+    "onPremisesSyncEnabled": None,
+    "creationType": None,
+}
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        DOCUMENTED_LIMITED_USER,
+        {"@odata.type": "#microsoft.graph.user", "id": "d282309e-f91d-43b6-badb-9e68aa4b4fc8"},
+        {"id": "d282309e-f91d-43b6-badb-9e68aa4b4fc8", "accountEnabled": None, "userPrincipalName": "a@b.org"},
+        {"id": "d282309e-f91d-43b6-badb-9e68aa4b4fc8", "accountEnabled": True},
+    ],
+    ids=["documented-null-shape", "absent-shape", "accountEnabled-null", "userPrincipalName-absent"],
+)
+async def test_one_unreadable_user_on_a_later_page_makes_the_read_fail(server, item):
+    def one_limited(body):
+        body["value"][2] = dict(item)
+        return body
+
+    server.inject(Fault.rewrite(one_limited), path="/groups/g1/*", skip=1)
+    with pytest.raises(DirectoryAccessError) as caught:
+        await read_members(server)
+    assert caught.value.code == "users_not_readable"
+    assert "null" in str(caught.value)
+
+
+async def test_a_readable_user_without_mail_or_upn_is_still_a_user(server):
+    server.add_user(user("plain", mail=None, userPrincipalName=None), groups=["g1"])
+    members, _ = await read_members(server)
+    plain = next(u for u in members if u.id == "plain")
+    assert plain.email is None and plain.account_enabled

@@ -383,6 +383,31 @@ def _short(text: str) -> str:
     return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
 
 
+def _limited_information(item: Mapping[str, Any]) -> bool:
+    """Whether a user item is Graph's "limited information" shape, not a readable user.
+
+    Without a user permission Graph lists member users with their ``id`` and
+    ``@odata.type`` and every other property ``null`` (permissions-overview:
+    "Limited information returned for inaccessible member objects"), or, in
+    the older shape, without the other properties at all. We ``$select``
+    ``accountEnabled`` and ``userPrincipalName``; a readable user always
+    carries both keys and its ``accountEnabled`` is never ``null`` (Entra
+    requires it). So: ``accountEnabled`` null or absent, or
+    ``userPrincipalName`` absent, is unreadable. Reading such a user anyway
+    would make a disabled user look enabled and everyone look emailless.
+    """
+    return item.get("accountEnabled") is None or "userPrincipalName" not in item
+
+
+def _users_not_readable(operation: str) -> DirectoryAccessError:
+    return DirectoryAccessError(
+        f"{operation}: Graph returned users with only their id and type (every other property null "
+        "or missing), so the app may read memberships but not users",
+        missing_permissions=("User.Read.All", "Directory.Read.All"),
+        code="users_not_readable",
+    )
+
+
 def _graph_error(response: httpx.Response) -> tuple[str | None, str | None, str | None]:
     """Graph's error ``code``, ``message`` and request id, read defensively."""
     code = message = None
@@ -593,18 +618,8 @@ class GraphDirectory:
                     kind = item.get("@odata.type")
                     if kind is not None and kind != "#microsoft.graph.user":
                         continue  # the cast returns users only; anything else is not ours to read
-                    if "userPrincipalName" not in item or "accountEnabled" not in item:
-                        # We $select both, and Graph returns a selected property
-                        # (null if unset) whenever it may: a missing one means the
-                        # app may read memberships but not users (Graph then lists
-                        # members by id only). Those users would look emailless,
-                        # or enabled when they are not; refuse instead.
-                        raise DirectoryAccessError(
-                            f"reading the members of group {group_id!r}: Graph listed member users "
-                            "without their properties, so the app cannot read users",
-                            missing_permissions=("User.Read.All", "Directory.Read.All"),
-                            code="users_not_readable",
-                        )
+                    if _limited_information(item):
+                        raise _users_not_readable(f"reading the members of group {group_id!r}")
                     user = from_graph(item)
                     if user.id not in users:
                         users[user.id] = user

@@ -35,7 +35,9 @@ What it models (each from the Graph documentation):
   silently ignored.
 - a Bearer token is required (401 ``InvalidAuthenticationToken``
   otherwise); ``granted_permissions`` turns on 403s for calls the app has
-  no permission for. The token itself is never stored or logged.
+  no permission for, and without a user permission serves member users in
+  the "limited information" shape (id and ``@odata.type``, all else
+  ``null``). The token itself is never stored or logged.
 - errors in Graph's ``{"error": {"code", "message", "innerError"}}`` shape,
   with a ``request-id`` header.
 - injected faults (:class:`Fault`): 429 with a (fractional) Retry-After,
@@ -107,6 +109,8 @@ _USER_DEFAULT_PROPERTIES = (
 )
 
 _USER_CASTS = ("microsoft.graph.user", "graph.user")
+# User properties that are collections: Graph never sends them as null.
+_USER_COLLECTIONS = frozenset({"assignedLicenses", "businessPhones", "identities", "otherMails", "proxyAddresses"})
 _GROUP_PERMISSIONS = frozenset(
     {
         "GroupMember.Read.All",
@@ -338,8 +342,10 @@ class FakeGraphServer:
     caps every page below what ``$top`` asks (to test paging with small
     fixtures); ``latency`` delays every answer (a round-trip time);
     ``granted_permissions``, when given, are the application permissions
-    the app holds (403 for calls needing others; member users come back with
-    only their id without a user permission, as Graph does); ``tokens``,
+    the app holds (403 for calls needing others; without a user permission
+    member users come back in Graph's documented "limited information" shape:
+    ``@odata.type`` and ``id``, every other property ``null``, or absent with
+    ``limited_information="absent"``); ``tokens``,
     when given, are the only Bearer tokens accepted.
 
     Use as a context manager (or :meth:`start` / :meth:`stop`); it stops its
@@ -354,8 +360,12 @@ class FakeGraphServer:
         latency: float = 0.0,
         granted_permissions: Iterable[str] | None = None,
         tokens: Iterable[str] | None = None,
+        limited_information: Literal["null", "absent"] = "null",
     ) -> None:
+        if limited_information not in ("null", "absent"):
+            raise ValueError("limited_information must be 'null' or 'absent'")
         self.page_cap = page_cap
+        self.limited_information = limited_information
         self.latency = latency
         self.granted_permissions = None if granted_permissions is None else frozenset(granted_permissions)
         self._tokens = None if tokens is None else frozenset(tokens)
@@ -753,20 +763,38 @@ class FakeGraphServer:
         item: dict[str, Any] = {}
         if typed:
             item["@odata.type"] = "#microsoft.graph.user" if is_user else "#microsoft.graph.group"
-        if is_user and self.granted_permissions is not None and not (self.granted_permissions & _USER_PERMISSIONS):
-            # Without a user permission Graph lists member users with their id only.
-            item["id"] = data["id"]
-            return item
         if select is not None:
             names: Sequence[str] = select if "id" in select else ("id", *select)
         elif is_user:
             names = _USER_DEFAULT_PROPERTIES
         else:
             names = tuple(data)
+        if is_user and self.granted_permissions is not None and not (self.granted_permissions & _USER_PERMISSIONS):
+            return self._limited(item, data, names)
         for name in names:
             value = data.get(name)
+            if value is None and is_user and name == "accountEnabled" and name not in data:
+                # Every real user has accountEnabled; a fixture that leaves it
+                # out means enabled, as DirectoryUser.from_graph reads it.
+                value = True
             # Copy only what a client could mutate; strings and numbers are shared.
             item[name] = copy.deepcopy(value) if isinstance(value, dict | list) else value
+        return item
+
+    def _limited(self, item: dict[str, Any], data: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+        """A member user the app may not read, as permissions-overview documents it.
+
+        "Only the object type and ID are returned and other properties have
+        the value null" (collections come back empty, as in the documented
+        memberOf sample); ``limited_information="absent"`` serves the older
+        shape without the other properties at all.
+        """
+        item.setdefault("@odata.type", "#microsoft.graph.user")
+        item["id"] = data["id"]
+        if self.limited_information == "null":
+            for name in names:
+                if name != "id":
+                    item[name] = [] if name in _USER_COLLECTIONS else None
         return item
 
     def _page(self, request: _Request, entity_set: str, ids: list[str], top: int, kind: str) -> _Reply:
