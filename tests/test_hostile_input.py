@@ -320,6 +320,16 @@ async def test_addresses_match_by_case_only_never_by_look_alike(figures: Any, ma
             assert (invited_user.external_id is not None) == bool(mine)
 
 
+async def test_a_greek_address_invited_in_capitals_is_linked_not_duplicated() -> None:
+    # Whole-string lower() gives the final capital sigma its final form, as Azure stores it;
+    # letter-by-letter lowering gave the medial form, and a second Odysseas was created.
+    users = [{"id": "odysseas", "mail": "\u03bf\u03b4\u03c5\u03c3\u03c3\u03b5\u03b1\u03c2@x.gr", "displayName": "Odysseas"}]
+    report, store = await _import(users, ("\u039f\u0394\u03a5\u03a3\u03a3\u0395\u0391\u03a3@x.gr",))
+    assert report.ok, report.errors
+    greek = [u for u in (await store.load("oak")).users.values() if u.email.endswith("@x.gr")]
+    assert [(email_key(u.email), u.external_id) for u in greek] == [(email_key(users[0]["mail"]), "odysseas")]
+
+
 async def test_a_kelvin_sign_address_is_not_the_latin_k_address() -> None:
     users = [{"id": "intruder", "mail": "\u212aate@school.org", "displayName": "Not Kate"}]
     _report, store = await _import(users, ("kate@school.org",))

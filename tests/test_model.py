@@ -118,6 +118,26 @@ def test_emails_compare_case_insensitively_but_lookalikes_differ():
     assert email_key("strasse@x.de") != email_key("stra\u00dfe@x.de")
 
 
+def test_emails_compare_as_lower_of_the_whole_address():
+    # A capital sigma at the end of a word lowers to the final sigma only in context.
+    assert email_key("\u039f\u0394\u03a5\u03a3\u03a3\u0395\u0391\u03a3@x.gr") == "\u03bf\u03b4\u03c5\u03c3\u03c3\u03b5\u03b1\u03c2@x.gr"
+    assert email_key("\u039f\u0394\u03a5\u03a3\u03a3\u0395\u0391\u03a3@x.gr") == email_key("\u03bf\u03b4\u03c5\u03c3\u03c3\u03b5\u03b1\u03c2@x.gr")
+
+
+def test_the_kelvin_sign_stays_itself_and_the_rest_still_lowers_as_a_whole():
+    assert email_key("\u212aate@school.org") != email_key("kate@school.org")
+    assert email_key("\u212aATE@SCHOOL.ORG") == "\u212aate@school.org"
+    # The sigma before a Kelvin sign is not final (a letter follows); after the last one it is.
+    assert email_key("\u0391\u03a3\u212a\u0391\u03a3@x.gr") == "\u03b1\u03c3\u212a\u03b1\u03c2@x.gr"
+
+
+@given(st.text(st.sampled_from("aK\u212a\u03a3\u03c3\u0391\u0130. @\u00df\u00c9-") | st.characters(), max_size=25))
+def test_email_key_is_whole_string_lower_except_that_kelvin_signs_stay(text):
+    key = email_key(text)
+    assert key.count("\u212a") == text.count("\u212a")
+    assert key.replace("\u212a", "k") == text.strip().lower()
+
+
 def test_group_from_graph_and_back():
     group = DirectoryGroup.from_graph({"id": "g1", "displayName": "Staff", "mailEnabled": True})
     assert group == DirectoryGroup("g1", "Staff")

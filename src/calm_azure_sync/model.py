@@ -109,21 +109,35 @@ class Site:
     )
 
 
+_KELVIN_SIGN = "\u212a"
+
+
 def email_key(email: str) -> str:
     """The form under which two emails are the same address.
 
-    Case is ignored (``lower``, not ``casefold``: ``ß`` and ``ss`` are different
-    mailboxes) and surrounding space dropped. Look-alike letters from other
-    scripts (a Cyrillic a, U+0430) stay different, as they are different
-    addresses; so does the Kelvin sign (U+212A), the one non-ASCII letter that
-    ``lower()`` would turn into an ASCII one (``k``).
+    Case is ignored, by ``str.lower()`` of the whole address (not letter by
+    letter: a word-final capital sigma lowers to ``ς``, so ``ΟΔΥΣΣΕΑΣ@x.gr``
+    is ``οδυσσεας@x.gr``; and not ``casefold``: ``ß`` and ``ss`` are
+    different mailboxes), and surrounding space is dropped. Look-alike letters
+    from other scripts (a Cyrillic a, U+0430) stay different, as they are
+    different addresses; so does the Kelvin sign (U+212A), the one non-ASCII
+    letter that ``lower()`` turns into an ASCII one (``k``).
     """
     email = email.strip()
-    if email.isascii():
+    if email.isascii() or _KELVIN_SIGN not in email:
         return email.lower()
-    return "".join(
-        char if not char.isascii() and char.lower().isascii() else char.lower() for char in email
-    )
+    # Lower the text between Kelvin signs, each piece with a Latin K standing
+    # in for its neighbouring Kelvin sign: both are cased letters, so the
+    # context-dependent rules (final sigma) see what they would see in the
+    # whole address.
+    pieces = email.split(_KELVIN_SIGN)
+    last = len(pieces) - 1
+    lowered = []
+    for index, piece in enumerate(pieces):
+        text = ("K" if index else "") + piece + ("K" if index < last else "")
+        text = text.lower()
+        lowered.append(text[1 if index else 0 : len(text) - 1 if index < last else len(text)])
+    return _KELVIN_SIGN.join(lowered)
 
 
 _WHITESPACE = re.compile(r"\s")
