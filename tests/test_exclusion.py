@@ -110,6 +110,16 @@ def test_user_ids_must_be_non_empty_strings():
         ExclusionPolicy(user_ids="u-1")
 
 
+def test_a_bad_user_id_is_shown_as_written():
+    with pytest.raises(ConfigError) as caught:
+        ExclusionPolicy(user_ids=["", 3, " " * 500])
+    assert caught.value.problems[:2] == [
+        "user_ids[0]: must be a non-empty string, got ''",
+        "user_ids[1]: must be a non-empty string, got 3",
+    ]
+    assert len(caught.value.problems[2]) < 120  # a huge value is cut short
+
+
 def test_any_iterable_is_accepted_and_stored_as_a_tuple():
     policy = ExclusionPolicy(patterns=(pattern for pattern in ["a@*", "b@*"]), user_ids={"u-1"})
     assert policy.patterns == ("a@*", "b@*")

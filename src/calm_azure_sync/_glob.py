@@ -26,6 +26,8 @@ import sys
 import unicodedata
 from collections.abc import Callable, Sequence
 
+from ._text import shorten
+
 __all__ = [
     "MAX_PATTERN_LENGTH",
     "WILDCARD_RUN",
@@ -33,7 +35,6 @@ __all__ = [
     "PatternIndex",
     "character_problem",
     "pattern_problem",
-    "short_repr",
 ]
 
 #: The longest pattern accepted: no email address is longer (RFC 5321 path limit).
@@ -87,12 +88,7 @@ def pattern_problem(pattern: str) -> str | None:
         for character, (position, kind) in list(bad.items())[:5]
     )
     more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-    return f"{short_repr(pattern)} has characters that cannot appear in a pattern: {shown}{more}"
-
-
-def short_repr(value: str) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= 60 else shown[:57] + "..."
+    return f"{shorten(repr(pattern))} has characters that cannot appear in a pattern: {shown}{more}"
 
 
 class _Segment:

@@ -21,7 +21,8 @@ from typing import Any
 
 import attrs
 
-from ._glob import MAX_PATTERN_LENGTH, PatternIndex, pattern_problem, short_repr
+from ._glob import MAX_PATTERN_LENGTH, PatternIndex, pattern_problem
+from ._text import show
 from .autodetect import ExclusionSuggestion, Suggestions, suggest
 from .errors import ConfigError
 from .model import DirectoryUser
@@ -54,7 +55,7 @@ def _to_user_ids(value: Iterable[str]) -> tuple[str, ...]:
     items, problems = _string_items(value, "user_ids")
     for index, item in enumerate(items):
         if not isinstance(item, str) or not item.strip():
-            problems.append(f"user_ids[{index}]: must be a non-empty string, got {short_repr(repr(item))}")
+            problems.append(f"user_ids[{index}]: must be a non-empty string, got {show(item)}")
     if problems:
         raise ConfigError(problems)
     return items  # type: ignore[return-value]  # every item was checked to be a str
