@@ -85,3 +85,98 @@ def test_child_site_admin_is_sent_to_the_trust(hierarchy):
     with pytest.raises(ChildSiteConfigurationError) as caught:
         authorize(Actor("u-school-admin", {"birch"}), "birch", hierarchy)
     assert caught.value.trust_site_id == "oak"
+
+
+# -- system actors: a scheduled job ----------------------------------------------------------
+
+
+def test_a_system_actor_may_run_any_trust_but_never_a_child_site(hierarchy):
+    nightly = Actor.system("nightly")
+    assert nightly.user_id == "system:nightly"
+    assert nightly.is_system and not Actor("u-head", {"oak"}).is_system
+    assert authorize(nightly, "oak", hierarchy).id == "oak"
+    assert authorize(nightly, "solo", hierarchy).id == "solo"
+    with pytest.raises(ChildSiteConfigurationError) as caught:
+        authorize(nightly, "ash-nursery", hierarchy)
+    assert caught.value.trust_site_id == "oak"
+    with pytest.raises(ConfigError, match="unknown site"):
+        authorize(nightly, "nowhere", hierarchy)
+
+
+def test_a_person_whose_id_looks_like_a_system_actor_is_still_a_person(hierarchy):
+    # Only Actor.system() makes a trusted actor: a host user id is data, never a credential.
+    impostor = Actor("system:nightly")
+    assert not impostor.is_system and impostor != Actor.system("nightly")
+    with pytest.raises(NotAuthorizedError):
+        authorize(impostor, "oak", hierarchy)
+
+
+@pytest.mark.parametrize("name", ["", "   ", None, 3, ["nightly"]])
+def test_a_system_actor_needs_a_name(name):
+    with pytest.raises(ConfigError, match=r"Actor\.system: name must be a non-empty string"):
+        Actor.system(name)  # type: ignore[arg-type]
+
+
+async def test_a_system_actors_events_carry_its_name():
+    from calm_azure_sync import (
+        GroupMapping,
+        InMemoryAuditSink,
+        InMemoryDirectory,
+        InMemoryUserStore,
+        Reconciler,
+        SyncConfig,
+    )
+
+    directory = InMemoryDirectory.from_dict(
+        {"users": [{"id": "u1", "mail": "ann@school.org"}], "groups": [{"id": "g1"}], "members": {"g1": ["u1"]}}
+    )
+    audit = InMemoryAuditSink()
+    sites = TrustHierarchy([Site("oak"), Site("birch", parent_id="oak")])
+    reconciler = Reconciler(directory, InMemoryUserStore(), audit, sites)
+    report = await reconciler.run(SyncConfig("oak", [GroupMapping("g1", "birch", {"Risk": "Member"})]),
+                                  actor=Actor.system("nightly"))
+    assert report.ok, report.errors
+    assert audit.events and {event.actor_id for event in audit.events} == {"system:nightly"}
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        ((None,), "Actor.user_id"),
+        ((42,), "Actor.user_id"),
+        (("u1", 7), "Actor.admin_site_ids"),
+        (("u1", {"oak": True}), "Actor.admin_site_ids"),
+        (("u1", {"oak", 3}), "Actor.admin_site_ids"),
+        (("u1", [None]), "Actor.admin_site_ids"),
+    ],
+)
+def test_actor_fields_are_checked(args, field):
+    with pytest.raises(ConfigError, match=field):
+        Actor(*args)
+
+
+def test_authorize_refuses_what_is_not_an_actor(hierarchy):
+    with pytest.raises(NotAuthorizedError, match="expected an Actor"):
+        authorize("u-head", "oak", hierarchy)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("sites", [Site("oak"), "oak", None, 3, {"oak": Site("oak")}])
+def test_sites_must_be_a_list_of_sites(sites):
+    with pytest.raises(ConfigError, match="sites: expected a list of Site"):
+        TrustHierarchy(sites)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"id": ""}, "Site.id"),
+        ({"id": 3}, "Site.id"),
+        ({"id": "oak", "name": None}, "Site.name"),
+        ({"id": "oak", "name": 3}, "Site.name"),
+        ({"id": "oak", "parent_id": ""}, "Site.parent_id"),
+        ({"id": "oak", "parent_id": ["trust"]}, "Site.parent_id"),
+    ],
+)
+def test_site_fields_are_checked_with_config_error(kwargs, field):
+    with pytest.raises(ConfigError, match=field):
+        Site(**kwargs)

@@ -8,9 +8,11 @@ an Admin of the Trust may connect, configure or start an import.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attrs
 
+from ._text import show
 from .errors import ChildSiteConfigurationError, ConfigError, NotAuthorizedError
 from .model import Site
 
@@ -18,10 +20,16 @@ __all__ = ["Actor", "TrustHierarchy", "authorize"]
 
 
 def _freeze_sites(sites: Iterable[Site]) -> tuple[Site, ...]:
+    if isinstance(sites, (str, bytes, Mapping, Site)) or not isinstance(sites, Iterable):
+        raise ConfigError(f"sites: expected a list of Site, got {type(sites).__name__} {show(sites)}")
     frozen = tuple(sites)
-    for index, site in enumerate(frozen):
-        if not isinstance(site, Site):
-            raise ConfigError(f"sites[{index}]: expected a Site, got {type(site).__name__}")
+    problems = [
+        f"sites[{index}]: expected a Site, got {type(site).__name__} {show(site)}"
+        for index, site in enumerate(frozen)
+        if not isinstance(site, Site)
+    ]
+    if problems:
+        raise ConfigError(problems)
     return frozen
 
 
@@ -131,16 +139,69 @@ class TrustHierarchy:
 
 def _freeze_ids(ids: Iterable[str]) -> frozenset[str]:
     if isinstance(ids, str):
-        return frozenset([ids])
-    return frozenset(ids)
+        ids = [ids]
+    elif isinstance(ids, (bytes, Mapping)) or not isinstance(ids, Iterable):
+        raise ConfigError(
+            f"Actor.admin_site_ids: expected a set of site ids, got {type(ids).__name__} {show(ids)}"
+        )
+    frozen = frozenset(ids)
+    # Types only: an empty id is a value (it names no site, so it grants nothing).
+    bad = sorted(f"{type(item).__name__} {show(item)}" for item in frozen if not isinstance(item, str))
+    if bad:
+        raise ConfigError(f"Actor.admin_site_ids: site ids must be strings, got {', '.join(bad)}")
+    return frozen
+
+
+def _check_user_id(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    # Types only: an empty user id is still refused, by authorize (it is Admin nowhere).
+    if not isinstance(value, str):
+        raise ConfigError(f"Actor.user_id: must be a string, got {type(value).__name__} {show(value)}")
+
+
+# The prefix of a system actor's user_id, and so of its events' actor_id.
+_SYSTEM_PREFIX = "system:"
 
 
 @attrs.frozen
 class Actor:
-    """Who is acting: a host user and the sites where they hold the Admin role."""
+    """Who is acting: a host user and the sites where they hold the Admin role.
 
-    user_id: str
+    A person is ``Actor(user_id, admin_site_ids)``. A trusted non-person, such
+    as a scheduled job, is :meth:`Actor.system`: it may run any trust, and its
+    events carry ``actor_id`` ``"system:<name>"``. Only :meth:`Actor.system`
+    makes a system actor; a host user whose id happens to start with
+    ``system:`` is still a person, checked like any other.
+
+    >>> Actor.system("nightly").user_id
+    'system:nightly'
+    >>> Actor.system("nightly").is_system, Actor("head-of-it", {"oak"}).is_system
+    (True, False)
+    """
+
+    user_id: str = attrs.field(validator=_check_user_id)
     admin_site_ids: frozenset[str] = attrs.field(factory=frozenset, converter=_freeze_ids)
+    # Not an __init__ argument: only Actor.system() sets it, so no host data
+    # (a user id, a deserialised dict) can make a person trusted.
+    _system: bool = attrs.field(default=False, init=False)
+
+    @classmethod
+    def system(cls, name: str) -> Actor:
+        """A trusted non-person (a scheduled job, the demo) that may run any trust.
+
+        ``name`` says which job it is, for the Import Log: its events carry
+        ``actor_id`` ``"system:<name>"``. It still cannot configure a child
+        site: Azure is configured at the Trust.
+        """
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"Actor.system: name must be a non-empty string, got {show(name)}")
+        actor = cls(_SYSTEM_PREFIX + name.strip())
+        object.__setattr__(actor, "_system", True)
+        return actor
+
+    @property
+    def is_system(self) -> bool:
+        """Whether this is a trusted non-person made by :meth:`Actor.system`."""
+        return self._system
 
 
 def authorize(actor: Actor, site_id: str, hierarchy: TrustHierarchy) -> Site:
@@ -149,9 +210,16 @@ def authorize(actor: Actor, site_id: str, hierarchy: TrustHierarchy) -> Site:
     Returns the Trust to configure. A child site raises
     :class:`ChildSiteConfigurationError` (with the Trust's id); an actor who is
     not an Admin of that Trust raises :class:`NotAuthorizedError`. Being Admin
-    of a child school does not make anyone Admin of its Trust.
+    of a child school does not make anyone Admin of its Trust. A system actor
+    (:meth:`Actor.system`) may act at any Trust, never at a child site.
     """
+    if not isinstance(actor, Actor):
+        raise NotAuthorizedError(
+            f"expected an Actor (a person, or Actor.system(name) for a scheduled job), got {show(actor)}"
+        )
     trust = hierarchy.require_config_site(site_id)
+    if actor.is_system:
+        return trust
     if trust.id not in actor.admin_site_ids:
         raise NotAuthorizedError(
             f"user {actor.user_id!r} needs the Admin role at site {trust.id!r} "

@@ -93,7 +93,15 @@ _ROLE_BY_NAME = {role.value.lower(): role for role in Role}
 def _non_empty(name: str) -> Any:
     def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
         if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"{name}: must be a non-empty string, got {value!r}")
+            raise ConfigError(f"{name}: must be a non-empty string, got {show(value)}")
+
+    return check
+
+
+def _text(name: str) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: must be a string, got {type(value).__name__} {show(value)}")
 
     return check
 
@@ -103,7 +111,7 @@ class Site:
     """A CalmCompliance site. A site with children is a Trust."""
 
     id: str = attrs.field(validator=_non_empty("Site.id"))
-    name: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
+    name: str = attrs.field(default="", validator=_text("Site.name"))
     parent_id: str | None = attrs.field(
         default=None, validator=attrs.validators.optional(_non_empty("Site.parent_id"))
     )
