@@ -20,6 +20,7 @@ from calm_azure_sync import (
     TrustHierarchy,
 )
 from calm_azure_sync.testing.directory_conformance import (
+    LOOKUP_SAMPLE,
     check_directory,
     conformance_fixture,
     expected_members,
@@ -34,10 +35,13 @@ PAGE = 50
 
 
 def paging_minimum(fixture: dict[str, Any], page: int) -> int:
-    """Requests the suite needs at least: group list pages, member pages per group, one 404."""
+    """Requests the suite needs at least: group list pages, member pages per group, one 404, the look-ups."""
     groups = [g["id"] for g in fixture["groups"]]
     member_pages = sum(max(1, math.ceil(len(expected_members(fixture, g)) / page)) for g in groups)
-    return max(1, math.ceil(len(groups) / page)) + member_pages + 1
+    # lookup_users: LOOKUP_SAMPLE users + an unknown id + a group id in $batch requests of 20,
+    # then one user alone and one unknown id alone (a GET each), then no ids (no request).
+    lookups = math.ceil((LOOKUP_SAMPLE + 2) / 20) + 2
+    return max(1, math.ceil(len(groups) / page)) + member_pages + 1 + lookups
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +60,10 @@ async def test_graph_directory_over_the_fake_conforms_identically_with_the_fewes
         async with directory:
             answered = await check_directory(directory, fixture)
         assert answered == reference
-        assert len(graph.requests) == paging_minimum(fixture, PAGE)
+        wire = [r for r in graph.requests if not r.batched]
+        assert len(wire) == paging_minimum(fixture, PAGE)
+        assert [r.path for r in wire].count("/$batch") == math.ceil((LOOKUP_SAMPLE + 2) / 20)
+        assert len([r for r in graph.requests if r.batched]) == LOOKUP_SAMPLE + 2  # each id once
         assert sleep.calls == []
         member_reads = [r for r in graph.requests if "transitiveMembers" in r.path]
         assert all(r.resource_units == 4 for r in member_reads)  # transitiveMembers 5, minus 1 for $select
@@ -73,7 +80,7 @@ async def test_graph_directory_conforms_through_throttling_and_an_outage(fixture
             assert await check_directory(directory, fixture) == reference
         assert 2.128 in sleep.calls
         assert len(sleep.calls) == 5
-        assert len(graph.requests) == paging_minimum(fixture, PAGE) + 5  # each fault costs one request
+        assert len([r for r in graph.requests if not r.batched]) == paging_minimum(fixture, PAGE) + 5  # a request per fault
         assert graph.pending_faults == 0
 
 

@@ -542,3 +542,188 @@ async def test_a_readable_user_without_mail_or_upn_is_still_a_user(server):
     members, _ = await read_members(server)
     plain = next(u for u in members if u.id == "plain")
     assert plain.email is None and plain.account_enabled
+
+
+# -- lookup_users ----------------------------------------------------------------------
+
+
+async def lookup(server: FakeGraphServer, ids: list[str], **kwargs: Any) -> tuple[dict[str, Any], RecordingSleep]:
+    directory, sleep = directory_for(server, **kwargs)
+    async with directory:
+        return dict(await directory.lookup_users(ids)), sleep
+
+
+def wire(server: FakeGraphServer) -> list[Any]:
+    return [r for r in server.requests if not r.batched]
+
+
+async def test_lookup_of_45_ids_takes_3_batch_requests_with_select(server):
+    ids = [f"u{i:04d}" for i in range(23)] + ["x0", "gone", *(f"missing-{i}" for i in range(20))]
+    found, sleep = await lookup(server, ids)
+    assert list(found) == ids
+    assert [u.id for u in found.values() if u is not None] == [f"u{i:04d}" for i in range(23)]
+    assert all(found[i] is None for i in ids[23:])  # a group's id, unknown ids
+    assert found["u0001"] == DirectoryUser.from_graph(user("u0001"))
+    assert [r.path for r in wire(server)] == ["/$batch"] * 3  # ceil(45 / 20)
+    sub = [r for r in server.requests if r.batched]
+    assert len(sub) == 45
+    assert all(r.query["$select"] == ",".join(DirectoryUser.GRAPH_SELECT) for r in sub)
+    assert sleep.calls == []
+
+
+async def test_lookup_of_one_id_is_one_get_and_404_is_none(server):
+    found, _ = await lookup(server, ["u0003"])
+    assert found == {"u0003": DirectoryUser.from_graph(user("u0003"))}
+    assert [(r.method, r.path) for r in server.requests] == [("GET", "/users/u0003")]
+    server.clear_log()
+    assert (await lookup(server, ["nobody"]))[0] == {"nobody": None}
+    assert (await lookup(server, []))[0] == {}
+    assert (await lookup(server, ["", "  "]))[0] == {"": None, "  ": None}
+    assert [r.status for r in server.requests] == [404]  # blank ids are never sent
+
+
+async def test_lookup_retries_a_throttled_sub_request_after_its_own_retry_after(server):
+    server.inject(Fault.throttle("2.128"), path="/users/u0002", times=2)
+    found, sleep = await lookup(server, ["u0001", "u0002", "u0003"])
+    assert all(found[i] is not None for i in ("u0001", "u0002", "u0003"))
+    assert sleep.calls == [2.128, 2.128]
+    assert [r.path for r in wire(server)] == ["/$batch"] * 3
+    assert [r.path for r in server.requests if r.batched][3:] == ["/users/u0002", "/users/u0002"]  # only it again
+
+
+async def test_lookup_gives_up_on_a_sub_request_throttled_past_the_attempts(server):
+    server.inject(Fault.unavailable(), path="/users/u0002", times=10)
+    with pytest.raises(DirectoryError) as caught:
+        await lookup(server, ["u0001", "u0002"], retry=RetryPolicy(max_attempts=3, base_delay=0.0))
+    assert caught.value.status == 503
+    assert "after 3 attempts" in str(caught.value)
+
+
+async def test_lookup_survives_a_throttled_batch(server):
+    server.inject(Fault.throttle("0.5"), path="/$batch")
+    found, sleep = await lookup(server, ["u0001", "u0002"])
+    assert None not in found.values() and sleep.calls == [0.5]
+
+
+async def test_lookup_without_user_read_all_is_an_access_error(server):
+    server.granted_permissions = frozenset({"GroupMember.Read.All"})
+    for ids in (["u0001"], ["u0001", "u0002"]):
+        with pytest.raises(DirectoryAccessError) as caught:
+            await lookup(server, ids)
+        assert caught.value.status == 403
+        assert caught.value.missing_permissions == ("User.Read.All", "Directory.Read.All")
+
+
+@pytest.mark.parametrize("ids", [["u0001"], ["u0001", "u0002"]])
+async def test_a_looked_up_user_in_the_limited_shape_is_unreadable_not_none(server, ids):
+    server.inject(Fault.rewrite(lambda body: {**DOCUMENTED_LIMITED_USER, "id": "u0001"}), path="/users/u0001")
+    with pytest.raises(DirectoryAccessError) as caught:
+        await lookup(server, ids)
+    assert caught.value.code == "users_not_readable"
+
+
+async def test_lookup_refuses_ids_that_are_not_strings(server):
+    with pytest.raises(ConfigError):
+        await lookup(server, "u0001")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        await lookup(server, ["u0001", 7])  # type: ignore[list-item]
+    assert server.requests == []
+
+
+# -- token failures are DirectoryAccessError(authentication_failed) ---------------------
+
+
+class RaisingCredential:
+    """A credential that fails the way a host's or azure-identity's may."""
+
+    def __init__(self, error: BaseException) -> None:
+        self._client_secret = CLIENT_SECRET
+        self.error = error
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        raise self.error
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def every_read(directory: GraphDirectory) -> list[DirectoryError]:
+    caught: list[DirectoryError] = []
+    for read in (directory.list_groups(), directory.group_members("g1"), directory.lookup_users(["u0001"]),
+                 directory.lookup_users(["u0001", "u0002"])):
+        try:
+            await read
+        except DirectoryError as error:
+            caught.append(error)
+    return caught
+
+
+async def test_an_unreachable_token_endpoint_is_authentication_failed(server):
+    from azure.identity.aio import ClientSecretCredential
+
+    credential = ClientSecretCredential(
+        TENANT_ID, "client-id", CLIENT_SECRET, authority=f"https://127.0.0.1:{closed_port()}", retry_total=0
+    )
+    directory, _ = directory_for(server, credential=credential)
+    async with credential, directory:
+        errors = await every_read(directory)
+    assert len(errors) == 4
+    for error in errors:
+        assert type(error) is DirectoryAccessError
+        assert error.code == "authentication_failed"
+        assert "ServiceRequestError" in str(error)
+        assert CLIENT_SECRET not in str(error) and CLIENT_SECRET not in repr(error)
+    assert server.requests == []  # no request went to Graph without a token
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError(f"boom {CLIENT_SECRET}"),
+        ValueError("bad tenant"),
+        OSError("no route"),
+    ],
+    ids=["runtime-error-with-secret", "value-error", "os-error"],
+)
+async def test_a_credential_that_raises_anything_is_authentication_failed(server, error):
+    directory, _ = directory_for(server, credential=RaisingCredential(error))
+    async with directory:
+        errors = await every_read(directory)
+    assert len(errors) == 4
+    for caught in errors:
+        assert type(caught) is DirectoryAccessError and caught.code == "authentication_failed"
+        assert type(error).__name__ in str(caught)
+        assert CLIENT_SECRET not in str(caught)
+
+
+async def test_azures_refusal_keeps_its_aadsts_text_but_never_the_secret(server):
+    from azure.core.exceptions import ClientAuthenticationError
+
+    refusal = ClientAuthenticationError(
+        message=f"AADSTS7000215: Invalid client secret provided. secret was {CLIENT_SECRET}"
+    )
+    directory, _ = directory_for(server, credential=RaisingCredential(refusal))
+    async with directory:
+        with pytest.raises(DirectoryAccessError) as caught:
+            await directory.list_groups()
+    assert caught.value.code == "authentication_failed"
+    assert "AADSTS7000215" in str(caught.value)
+    assert CLIENT_SECRET not in str(caught.value)
+
+
+async def test_a_client_built_by_the_host_with_a_failing_credential_is_authentication_failed(server):
+    from azure.core.exceptions import ServiceRequestError
+
+    auth = AzureIdentityAuthenticationProvider(RaisingCredential(ServiceRequestError("unreachable")),
+                                               allowed_hosts=["127.0.0.1"])
+    adapter = GraphRequestAdapter(auth, client=GraphClientFactory.create_with_default_middleware())
+    adapter.base_url = server.base_url
+    directory = GraphDirectory(GraphServiceClient(request_adapter=adapter), sleep=RecordingSleep())
+    with pytest.raises(DirectoryAccessError) as caught:
+        await directory.list_groups()
+    assert caught.value.code == "authentication_failed"

@@ -14,7 +14,7 @@ from .audit.events import AuditEvent, AuditKind
 from .audit.protocol import AuditSink
 from .config import RemovalPolicy, SyncConfig
 from .directory.in_memory import InMemoryDirectory
-from .directory.protocol import Directory
+from .directory.protocol import Directory, UserLookup
 from .errors import (
     CalmAzureSyncError,
     ChildSiteConfigurationError,
@@ -143,6 +143,7 @@ __all__ = [
     "Unassign",
     "UpdateUser",
     "UpsertGroup",
+    "UserLookup",
     "UserStore",
     "admin_consent_url",
     "authorize",

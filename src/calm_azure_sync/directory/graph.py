@@ -29,26 +29,32 @@ How a read works, and why:
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import functools
+import inspect
 import json
 import logging
-import math
-import random
 import ssl
-import time
 import urllib.parse
 import warnings
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-import attrs
 import httpx
 
 from .._gc import collector_paused
 from ..errors import ConfigError, DirectoryAccessError, DirectoryError, GroupNotFoundError
 from ..model import DirectoryGroup, DirectoryUser
+from ._retry import (
+    ATTEMPTS_KEY,
+    GraphRetryHandler,
+    RetryBudget,
+    RetryBudgetOption,
+    RetryPolicy,
+    Sleep,
+    install_retry_handler,
+    parse_retry_after,
+)
 from .consent import GRAPH_DEFAULT_SCOPE
 
 # Some generated request-builder modules call warnings.warn(DeprecationWarning)
@@ -58,24 +64,23 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import kiota_abstractions.default_query_parameters  # noqa: F401
     import msgraph.generated.groups.item.group_item_request_builder
-    import msgraph.generated.groups.item.transitive_members.transitive_members_request_builder  # noqa: F401
-    from azure.core.exceptions import ClientAuthenticationError
+    import msgraph.generated.groups.item.transitive_members.transitive_members_request_builder
+    import msgraph.generated.users.users_request_builder  # noqa: F401
+    from azure.core.exceptions import AzureError, ClientAuthenticationError
     from kiota_abstractions.base_request_configuration import RequestConfiguration
+    from kiota_abstractions.method import Method
     from kiota_abstractions.native_response_handler import NativeResponseHandler
     from kiota_abstractions.request_information import RequestInformation
     from kiota_abstractions.request_option import RequestOption
     from kiota_authentication_azure.azure_identity_authentication_provider import (
         AzureIdentityAuthenticationProvider,
     )
-    from kiota_http.kiota_client_factory import KiotaClientFactory
-    from kiota_http.middleware import MiddlewarePipeline, RetryHandler
-    from kiota_http.middleware.async_kiota_transport import AsyncKiotaTransport
-    from kiota_http.middleware.middleware import REQUEST_OPTIONS_KEY, BaseMiddleware
     from kiota_http.middleware.options import ResponseHandlerOption
     from msgraph.generated.groups.groups_request_builder import GroupsRequestBuilder
     from msgraph.generated.groups.item.transitive_members.graph_user.graph_user_request_builder import (
         GraphUserRequestBuilder,
     )
+    from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
     from msgraph.graph_request_adapter import GraphRequestAdapter
     from msgraph.graph_request_adapter import options as _graph_adapter_options
     from msgraph.graph_service_client import GraphServiceClient
@@ -106,250 +111,11 @@ _NATIONAL_CLOUD_SCOPES = {
 }
 
 _PAGE_SIZE = 999  # Graph's maximum for users, groups and members
-_ATTEMPTS_KEY = "calm_azure_sync.attempts"
 _MESSAGE_LIMIT = 300
 _GROUP_READ_PERMISSIONS = ("GroupMember.Read.All", "Directory.Read.All")
+_USER_READ_PERMISSIONS = ("User.Read.All", "Directory.Read.All")
+_BATCH_LIMIT = 20  # requests per JSON $batch, Graph's maximum
 _NATIVE = NativeResponseHandler()
-
-
-class Sleep(Protocol):
-    """How the retry handler waits: ``asyncio.sleep`` unless a test injects another."""
-
-    def __call__(self, seconds: float, /) -> Awaitable[None]:
-        """Wait ``seconds``."""
-        ...
-
-
-def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0 or math.isnan(value):
-        raise ConfigError(f"RetryPolicy.{attribute.name}: must be a number >= 0, got {value!r}")
-
-
-@attrs.frozen
-class RetryPolicy:
-    """When and how long to retry a Graph request that was throttled or failed.
-
-    - ``max_attempts``: attempts per request, the first included.
-    - ``base_delay`` / ``max_delay``: the exponential backoff used when Graph
-      sends no ``Retry-After``: ``base_delay * 2 ** (retry - 1)``, capped at
-      ``max_delay``, then shortened by a random fraction of up to ``jitter``
-      (0 to 1) so that concurrent readers do not retry in step.
-    - ``Retry-After`` (seconds, fractions included, or an HTTP date) is
-      honoured exactly, even above ``max_delay``: retrying earlier than Graph
-      asks only earns another 429.
-    - ``total_budget_seconds``: the most one read (one ``list_groups`` or
-      ``group_members`` call, all its pages) may spend waiting between
-      retries; a wait that would exceed it ends the read with the last error.
-    - ``retry_statuses``: the HTTP statuses retried (429, 503, 504).
-      Connection errors, timeouts and bodies cut short are retried too.
-
-    >>> RetryPolicy().delay(1, retry_after="2.128", jitter_draw=0.5)
-    2.128
-    >>> RetryPolicy(base_delay=1.0, jitter=0.0).delay(3, retry_after=None, jitter_draw=0.5)
-    4.0
-    """
-
-    max_attempts: int = attrs.field(default=6)
-    base_delay: float = attrs.field(default=1.0, validator=_positive)
-    max_delay: float = attrs.field(default=32.0, validator=_positive)
-    total_budget_seconds: float = attrs.field(default=120.0, validator=_positive)
-    jitter: float = attrs.field(default=0.5)
-    retry_statuses: frozenset[int] = attrs.field(default=frozenset({429, 503, 504}), converter=frozenset)
-
-    @max_attempts.validator
-    def _check_attempts(self, attribute: attrs.Attribute[int], value: int) -> None:
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"RetryPolicy.max_attempts: must be an integer >= 1, got {value!r}")
-
-    @jitter.validator
-    def _check_jitter(self, attribute: attrs.Attribute[float], value: float) -> None:
-        if not isinstance(value, int | float) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
-            raise ConfigError(f"RetryPolicy.jitter: must be between 0 and 1, got {value!r}")
-
-    def delay(self, retry: int, *, retry_after: str | None, jitter_draw: float) -> float:
-        """Seconds to wait before retry number ``retry`` (1 for the first retry).
-
-        ``jitter_draw`` is a random number in [0, 1).
-        """
-        honoured = parse_retry_after(retry_after)
-        if honoured is not None:
-            return honoured
-        backoff: float = min(self.max_delay, self.base_delay * 2.0 ** (retry - 1))
-        return backoff * (1.0 - self.jitter * jitter_draw)
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """A ``Retry-After`` header in seconds (``"2.128"`` → 2.128), or ``None``.
-
-    Delta-seconds may be fractional (Graph's own sample is); an HTTP date
-    gives the seconds until then (never negative). Anything else is ``None``.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            moment = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if moment.tzinfo is None:
-            return None
-        current = time.time() if now is None else now
-        return max(0.0, moment.timestamp() - current)
-    if math.isnan(seconds) or math.isinf(seconds) or seconds < 0:
-        return None
-    return seconds
-
-
-class _RetryBudget:
-    """Seconds of retry waiting one read may still spend (shared by its pages)."""
-
-    __slots__ = ("remaining",)
-
-    def __init__(self, seconds: float) -> None:
-        self.remaining = seconds
-
-    def allows(self, delay: float) -> bool:
-        return delay <= self.remaining
-
-    def spend(self, delay: float) -> None:
-        self.remaining -= delay
-
-
-class _RetryBudgetOption(RequestOption):
-    """Carries a read's retry budget to the retry handler through kiota's request options."""
-
-    KEY = "calm_azure_sync.retry_budget"
-
-    def __init__(self, budget: _RetryBudget) -> None:
-        self.budget = budget
-
-    @staticmethod
-    def get_key() -> str:
-        return _RetryBudgetOption.KEY
-
-
-class GraphRetryHandler(BaseMiddleware):
-    """Kiota middleware that retries throttled and failed Graph requests per a :class:`RetryPolicy`.
-
-    :class:`GraphDirectory` puts it in the SDK pipeline in place of kiota's
-    ``RetryHandler``. Hosts that build their own ``GraphServiceClient`` can
-    do the same through ``GraphClientFactory.create_with_custom_middleware``.
-    ``sleep`` and ``random`` are injectable so tests need not wait.
-    """
-
-    def __init__(
-        self,
-        policy: RetryPolicy | None = None,
-        *,
-        sleep: Sleep | None = None,
-        random_draw: Callable[[], float] | None = None,
-    ) -> None:
-        super().__init__()
-        self.policy = policy or RetryPolicy()
-        self._sleep: Sleep = sleep or asyncio.sleep
-        self._random_draw = random_draw or random.Random().random
-
-    async def send(self, request: httpx.Request, transport: httpx.AsyncBaseTransport) -> httpx.Response:
-        """Send ``request`` down the pipeline, retrying as the policy says."""
-        budget = self._budget(request)
-        policy = self.policy
-        retry = 0
-        while True:
-            response: httpx.Response | None = None
-            failure: httpx.TransportError | None = None
-            try:
-                response = await super().send(request, transport)
-                if response.status_code not in policy.retry_statuses:
-                    # Read here so that a body cut short is retried like a reset.
-                    await response.aread()
-                    response.extensions[_ATTEMPTS_KEY] = retry + 1
-                    return response
-            except httpx.TransportError as error:
-                failure = error
-                if response is not None:
-                    # The body broke off: release the connection, retry like a reset.
-                    await response.aclose()
-                    response = None
-            retry += 1
-            retry_after = None if response is None else response.headers.get("Retry-After")
-            delay = policy.delay(retry, retry_after=retry_after, jitter_draw=self._random_draw())
-            what = type(failure).__name__ if response is None else f"HTTP {response.status_code}"
-            if retry >= policy.max_attempts or not budget.allows(delay):
-                logger.warning(
-                    "Graph %s %s failed with %s after %d attempt(s); not retrying (next wait %.3f s, budget left %.3f s)",
-                    request.method,
-                    request.url.path,
-                    what,
-                    retry,
-                    delay,
-                    budget.remaining,
-                )
-                if response is None:
-                    assert failure is not None
-                    raise failure
-                await response.aread()
-                response.extensions[_ATTEMPTS_KEY] = retry
-                return response
-            if response is not None:
-                await response.aclose()
-            logger.info(
-                "Graph %s %s failed with %s; retry %d in %.3f s",
-                request.method,
-                request.url.path,
-                what,
-                retry,
-                delay,
-            )
-            budget.spend(delay)
-            await self._sleep(delay)
-            request.headers["Retry-Attempt"] = str(retry)
-
-    def _budget(self, request: httpx.Request) -> _RetryBudget:
-        options = request.extensions.get(REQUEST_OPTIONS_KEY) or {}
-        option = options.get(_RetryBudgetOption.KEY)
-        if isinstance(option, _RetryBudgetOption):
-            return option.budget
-        return _RetryBudget(self.policy.total_budget_seconds)
-
-
-def _install_retry_handler(http_client: httpx.AsyncClient, handler: GraphRetryHandler) -> str:
-    """Put ``handler`` in the client's kiota pipeline(s) in place of any retry handler.
-
-    Returns ``"replaced"`` or ``"added"``: a client without a kiota pipeline
-    gets one holding just our handler.
-    """
-    transports: list[Any] = [http_client._transport, *http_client._mounts.values()]
-    outcome = "added"
-    for transport in transports:
-        pipeline = getattr(transport, "pipeline", None)
-        if not isinstance(pipeline, MiddlewarePipeline):
-            continue
-        previous: Any = None
-        current = pipeline._first_middleware
-        while current is not None:
-            if isinstance(current, RetryHandler | GraphRetryHandler):
-                handler.next = current.next
-                if previous is None:
-                    pipeline._first_middleware = handler
-                else:
-                    previous.next = handler
-                if pipeline._current_middleware is current:
-                    pipeline._current_middleware = handler
-                outcome = "replaced"
-                break
-            previous, current = current, current.next
-        else:
-            handler.next = pipeline._first_middleware
-            pipeline._first_middleware = handler
-            if pipeline._current_middleware is None:
-                pipeline._current_middleware = handler
-    if not any(isinstance(getattr(t, "pipeline", None), MiddlewarePipeline) for t in transports):
-        pipeline = KiotaClientFactory.create_middleware_pipeline([handler], http_client._transport)
-        http_client._transport = AsyncKiotaTransport(transport=http_client._transport, pipeline=pipeline)
-    return outcome
 
 
 def _origin(url: str) -> tuple[str, str, int]:
@@ -376,6 +142,54 @@ def _credential_tenant(credential: object) -> str | None:
         if isinstance(value, str) and value and value.lower() not in ("common", "organizations"):
             return value
     return None
+
+
+class _TokenFailure(Exception):
+    """Raised by :class:`_GuardedCredential`: the credential, not Graph, failed."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(type(error).__name__)
+        self.error = error
+
+
+class _GuardedCredential:
+    """Wraps the host's credential so that a failure to get a token is told apart.
+
+    azure-identity raises ``ClientAuthenticationError`` for a refused secret,
+    ``ServiceRequestError`` for an unreachable token endpoint, and a host's
+    own credential may raise anything; inside the SDK's auth provider all of
+    them would look like any other failure.
+    """
+
+    def __init__(self, credential: Any) -> None:
+        self._credential = credential
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        try:
+            result = self._credential.get_token(*scopes, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as error:
+            raise _TokenFailure(error) from error
+        return result
+
+
+def _credential_secrets(credential: object) -> tuple[str, ...]:
+    """Secret-looking strings a credential holds, to scrub from Azure's messages."""
+    found: list[str] = []
+    for holder in (credential, getattr(credential, "_client", None)):
+        for name, value in getattr(holder, "__dict__", {}).items():
+            if isinstance(value, str) and len(value) >= 8 and any(
+                word in name.lower() for word in ("secret", "password", "assertion", "certificate", "token")
+            ):
+                found.append(value)
+    return tuple(found)
+
+
+def _redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
 
 
 def _short(text: str) -> str:
@@ -408,14 +222,30 @@ def _users_not_readable(operation: str) -> DirectoryAccessError:
     )
 
 
-def _graph_error(response: httpx.Response) -> tuple[str | None, str | None, str | None]:
-    """Graph's error ``code``, ``message`` and request id, read defensively."""
+def _lookup_ids(ids: Iterable[str]) -> list[str]:
+    """The ids to look up, each once, in the order given (blank ids are no object: left out)."""
+    if isinstance(ids, str):
+        raise ConfigError("lookup_users: ids must be a collection of object ids, not one string")
+    wanted: dict[str, None] = {}
+    for user_id in ids:
+        if not isinstance(user_id, str):
+            raise ConfigError(f"lookup_users: every id must be a string, got {type(user_id).__name__}")
+        wanted.setdefault(user_id, None)
+    return list(wanted)
+
+
+def _looked_up_user(body: Mapping[str, Any], user_id: str, operation: str) -> DirectoryUser:
+    if _limited_information(body):
+        raise _users_not_readable(operation)
+    user = DirectoryUser.from_graph(body)
+    if user.id.lower() != user_id.lower():
+        raise DirectoryError(f"{operation}: Graph answered with another user ({user.id!r})", code="invalid_response")
+    return user
+
+
+def _error_fields(body: object, request_id: str | None) -> tuple[str | None, str | None, str | None]:
+    """Graph's error ``code``, ``message`` and request id from a parsed error body."""
     code = message = None
-    request_id = response.headers.get("request-id")
-    try:
-        body = json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
-        body = None
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
         code = error.get("code") if isinstance(error.get("code"), str) else None
@@ -424,6 +254,15 @@ def _graph_error(response: httpx.Response) -> tuple[str | None, str | None, str 
         if isinstance(inner, dict) and isinstance(inner.get("request-id"), str):
             request_id = inner["request-id"]
     return code or None, None if message is None else _short(message), request_id
+
+
+def _graph_error(response: httpx.Response) -> tuple[str | None, str | None, str | None]:
+    """Graph's error ``code``, ``message`` and request id, read defensively."""
+    try:
+        body = json.loads(response.content)
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    return _error_fields(body, response.headers.get("request-id"))
 
 
 class GraphDirectory:
@@ -474,11 +313,12 @@ class GraphDirectory:
         http_client = getattr(self._adapter, "_http_client", None)
         if not isinstance(http_client, httpx.AsyncClient):
             raise ConfigError("GraphDirectory needs a GraphServiceClient whose request adapter uses httpx")
-        self.retry_wiring = _install_retry_handler(http_client, self._retry_handler)
+        self.retry_wiring = install_retry_handler(http_client, self._retry_handler)
         self._owned_http_client: httpx.AsyncClient | None = None
         self._owned_transport: httpx.AsyncBaseTransport | None = None
         self._semaphore: asyncio.Semaphore | None = None
         self._semaphore_loop: asyncio.AbstractEventLoop | None = None
+        self._secrets: tuple[str, ...] = ()
 
     @classmethod
     def from_credential(
@@ -517,7 +357,7 @@ class GraphDirectory:
                 f"tenant_id: {tenant_id!r} differs from the credential's tenant {known_tenant!r}"
             )
         auth = AzureIdentityAuthenticationProvider(
-            credential,
+            _GuardedCredential(credential),  # type: ignore[arg-type]
             scopes=list(scopes or [_default_scope(host)]),
             # A bare host name: the token goes to the configured Graph host only.
             allowed_hosts=[host],
@@ -545,6 +385,7 @@ class GraphDirectory:
         )
         directory._owned_http_client = http_client
         directory._owned_transport = network_transport
+        directory._secrets = _credential_secrets(credential)
         return directory
 
     def __repr__(self) -> str:
@@ -625,6 +466,125 @@ class GraphDirectory:
                         users[user.id] = user
         return list(users.values())
 
+    async def lookup_users(self, ids: Iterable[str]) -> Mapping[str, DirectoryUser | None]:
+        """Each user by object id, ``None`` for an id that is no user (gone, or never was).
+
+        ``GET /users/{id}?$select=<the member fields>`` (User.Read.All); a
+        single id is one request, more are sent as JSON ``$batch`` requests of
+        20 (Graph's maximum), several batches at once within
+        ``max_concurrency``. A throttled or unavailable sub-request is retried
+        in a later batch after its own ``Retry-After``; 404 is ``None``; 401
+        and 403 are :class:`~calm_azure_sync.DirectoryAccessError`; a user in
+        the limited-information shape is ``users_not_readable``.
+        """
+        wanted = _lookup_ids(ids)
+        # A blank id is no object; sent, /users/ would list the tenant instead.
+        found: dict[str, DirectoryUser | None] = {user_id: None for user_id in wanted if not user_id.strip()}
+        asked = [user_id for user_id in wanted if user_id not in found]
+        budget = RetryBudget(self.retry.total_budget_seconds)
+        if len(asked) == 1:
+            found[asked[0]] = await self._lookup_one(asked[0], budget)
+        elif asked:
+            chunks = [asked[start : start + _BATCH_LIMIT] for start in range(0, len(asked), _BATCH_LIMIT)]
+            for answer in await asyncio.gather(*(self._lookup_batch(chunk, budget) for chunk in chunks)):
+                found.update(answer)
+        return {user_id: found[user_id] for user_id in wanted}
+
+    async def _lookup_one(self, user_id: str, budget: RetryBudget) -> DirectoryUser | None:
+        operation = f"looking up user {user_id!r}"
+        builder: UserItemRequestBuilder = self._client.users.by_user_id(user_id)
+        query = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(select=list(DirectoryUser.GRAPH_SELECT))
+        options = [ResponseHandlerOption(_NATIVE), RetryBudgetOption(budget)]
+        request = builder.to_get_request_information(self._configuration(query, {}, options))
+        response = await self._send(request, operation=operation)
+        if response.status_code == 404:
+            return None
+        if not 200 <= response.status_code < 300:
+            raise self._status_error(response, operation=operation, group_id=None, permissions=_USER_READ_PERMISSIONS)
+        body = _json_object(response.content, operation, status=response.status_code, response=response)
+        return _looked_up_user(body, user_id, operation)
+
+    async def _lookup_batch(self, chunk: Sequence[str], budget: RetryBudget) -> dict[str, DirectoryUser | None]:
+        """One chunk of at most 20 ids through ``POST /$batch``, retrying throttled sub-requests."""
+        operation = f"looking up {len(chunk)} users"
+        select = ",".join(DirectoryUser.GRAPH_SELECT)
+        found: dict[str, DirectoryUser | None] = {}
+        pending = list(chunk)
+        attempt = 0
+        while pending:
+            attempt += 1
+            body = {
+                "requests": [
+                    {"id": str(index), "method": "GET", "url": f"/users/{urllib.parse.quote(user_id, safe='')}?$select={select}"}
+                    for index, user_id in enumerate(pending)
+                ]
+            }
+            request = RequestInformation(Method.POST, "{+baseurl}/$batch")
+            request.set_stream_content(json.dumps(body).encode(), "application/json")
+            request.add_request_options([ResponseHandlerOption(_NATIVE), RetryBudgetOption(budget)])
+            page = await self._get_json(request, operation=operation, group_id=None, permissions=_USER_READ_PERMISSIONS)
+            retry, retry_after = self._batch_answers(page, pending, found, operation)
+            if not retry:
+                break
+            delay = self.retry.delay(attempt, retry_after=retry_after, jitter_draw=self._retry_handler._random_draw())
+            if attempt >= self.retry.max_attempts or not budget.allows(delay):
+                status, code = retry[0][1], retry[0][2]
+                raise DirectoryError(
+                    f"{operation}: Microsoft Graph answered HTTP {status} for {len(retry)} of them "
+                    f"after {attempt} attempts",
+                    code=code,
+                    status=status,
+                )
+            budget.spend(delay)
+            await self._retry_handler._sleep(delay)
+            pending = [user_id for user_id, _, _ in retry]
+        return found
+
+    def _batch_answers(
+        self, page: Mapping[str, Any], pending: Sequence[str], found: dict[str, DirectoryUser | None], operation: str
+    ) -> tuple[list[tuple[str, int, str | None]], str | None]:
+        """Record each sub-response; return the ones to retry and the longest Retry-After among them."""
+        responses = page.get("responses")
+        if not isinstance(responses, list):
+            raise DirectoryError(f"{operation}: Graph's batch answer has no 'responses' list", code="invalid_response")
+        by_id: dict[str, Mapping[str, Any]] = {}
+        for item in responses:
+            if isinstance(item, dict) and isinstance(item.get("id"), str):
+                by_id[item["id"].lower()] = item
+        retry: list[tuple[str, int, str | None]] = []
+        longest: float | None = None
+        for index, user_id in enumerate(pending):
+            item = by_id.get(str(index))
+            status = item.get("status") if item is not None else None
+            if item is None or type(status) is not int:
+                raise DirectoryError(f"{operation}: Graph's batch answer lacks request {index}", code="invalid_response")
+            headers = {str(k).lower(): str(v) for k, v in (item.get("headers") or {}).items()}
+            body = item.get("body")
+            if status == 404:
+                found[user_id] = None
+            elif 200 <= status < 300:
+                if not isinstance(body, dict):
+                    raise DirectoryError(f"{operation}: user {user_id!r} came back without a body", code="invalid_response")
+                found[user_id] = _looked_up_user(body, user_id, f"looking up user {user_id!r}")
+            else:
+                code, message, request_id = _error_fields(body, headers.get("request-id"))
+                if status in self.retry.retry_statuses:
+                    retry.append((user_id, status, code))
+                    seconds = parse_retry_after(headers.get("retry-after"))
+                    if seconds is not None and (longest is None or seconds > longest):
+                        longest = seconds
+                    continue
+                raise _status_error(
+                    status,
+                    code,
+                    message,
+                    request_id,
+                    operation=f"looking up user {user_id!r}",
+                    group_id=None,
+                    permissions=_USER_READ_PERMISSIONS,
+                )
+        return retry, None if longest is None else repr(longest)
+
     # -- paging, sending, errors --------------------------------------------------
 
     async def _paged(
@@ -637,8 +597,8 @@ class GraphDirectory:
         group_id: str | None,
     ) -> Any:
         """Yield every page's items (a list of dicts), following next links within the Graph origin."""
-        budget = _RetryBudget(self.retry.total_budget_seconds)
-        options = [ResponseHandlerOption(_NATIVE), _RetryBudgetOption(budget)]
+        budget = RetryBudget(self.retry.total_budget_seconds)
+        options = [ResponseHandlerOption(_NATIVE), RetryBudgetOption(budget)]
         request = builder.to_get_request_information(
             self._configuration(query, headers, options)
         )
@@ -695,76 +655,138 @@ class GraphDirectory:
             self._semaphore_loop = loop
         return self._semaphore
 
-    async def _get_json(
-        self, request: RequestInformation, *, operation: str, group_id: str | None
-    ) -> dict[str, Any]:
+    async def _send(self, request: RequestInformation, *, operation: str) -> httpx.Response:
+        """Send through the SDK pipeline; every failure to get an answer is a DirectoryError."""
         try:
             async with self._slot():
                 response: httpx.Response = await self._adapter.send_primitive_async(request, "bytes", {})
-        except ClientAuthenticationError as error:
-            raise DirectoryAccessError(
-                f"{operation}: the credential could not get a token ({_short(str(error.message or error))})",
-                code="authentication_failed",
-                missing_permissions=(),
-            ) from error
+        except _TokenFailure as failure:
+            raise self._token_error(operation, failure.error) from failure.error
+        except AzureError as error:  # a credential inside a client the host built
+            raise self._token_error(operation, error) from error
         except httpx.HTTPError as error:
             raise DirectoryError(
                 f"{operation}: Microsoft Graph could not be reached ({type(error).__name__})",
                 code="connection_error",
             ) from error
+        except Exception as error:
+            # Whatever else the SDK stack raises (its own errors, a bug in a
+            # middleware): the host catches DirectoryError, never a surprise.
+            raise DirectoryError(
+                f"{operation}: the Graph request failed ({type(error).__name__})", code="request_failed"
+            ) from error
+        return response
+
+    def _token_error(self, operation: str, error: BaseException) -> DirectoryAccessError:
+        # Azure's own text (AADSTS codes) helps the admin; anything else may
+        # be a host credential's message, so only its type is shown.
+        if isinstance(error, ClientAuthenticationError):
+            detail = _redact(_short(str(error.message or error)), self._secrets)
+        else:
+            detail = type(error).__name__
+        return DirectoryAccessError(
+            f"{operation}: the credential could not get a token ({detail}); check the tenant, the client "
+            "secret or certificate, and that the token endpoint can be reached",
+            code="authentication_failed",
+            missing_permissions=(),
+        )
+
+    async def _get_json(
+        self,
+        request: RequestInformation,
+        *,
+        operation: str,
+        group_id: str | None,
+        permissions: tuple[str, ...] = _GROUP_READ_PERMISSIONS,
+    ) -> dict[str, Any]:
+        response = await self._send(request, operation=operation)
         status = response.status_code
         if not 200 <= status < 300:
-            raise self._status_error(response, operation=operation, group_id=group_id)
-        try:
-            page = json.loads(response.content)
-        except (ValueError, UnicodeDecodeError):
-            raise DirectoryError(
-                f"{operation}: Graph's answer is not valid JSON (HTTP {status}, "
-                f"{len(response.content)} bytes, {response.headers.get('Content-Type', 'no content type')})",
-                code="invalid_response",
-                status=status,
-                request_id=response.headers.get("request-id"),
-            ) from None
-        if not isinstance(page, dict):
-            raise DirectoryError(
-                f"{operation}: Graph's answer is not a JSON object",
-                code="invalid_response",
-                status=status,
-                request_id=response.headers.get("request-id"),
-            )
-        return page
+            raise self._status_error(response, operation=operation, group_id=group_id, permissions=permissions)
+        return _json_object(response.content, operation, status=status, response=response)
 
-    def _status_error(self, response: httpx.Response, *, operation: str, group_id: str | None) -> DirectoryError:
-        status = response.status_code
+    def _status_error(
+        self,
+        response: httpx.Response,
+        *,
+        operation: str,
+        group_id: str | None,
+        permissions: tuple[str, ...] = _GROUP_READ_PERMISSIONS,
+    ) -> DirectoryError:
         code, message, request_id = _graph_error(response)
-        said = f"HTTP {status}" + (f": {message}" if message else "")
-        if status == 401:
-            return DirectoryAccessError(
-                f"{operation}: Microsoft Graph did not accept the app's token ({said}); check the tenant, "
-                "the client secret or certificate, and that an administrator granted consent. "
-                "The app needs User.Read.All and GroupMember.Read.All",
-                missing_permissions=_GROUP_READ_PERMISSIONS,
-                code=code,
-                status=status,
-                request_id=request_id,
-            )
-        if status == 403:
-            return DirectoryAccessError(
-                f"{operation}: Microsoft Graph denied the request ({said}); the app needs the application "
-                "permissions User.Read.All and GroupMember.Read.All, or Directory.Read.All",
-                missing_permissions=_GROUP_READ_PERMISSIONS,
-                code=code,
-                status=status,
-                request_id=request_id,
-            )
-        if status == 404 and group_id is not None:
-            return GroupNotFoundError(group_id, code=code, status=status, request_id=request_id)
-        attempts = response.extensions.get(_ATTEMPTS_KEY)
-        tried = f" after {attempts} attempts" if isinstance(attempts, int) and attempts > 1 else ""
-        return DirectoryError(
-            f"{operation}: Microsoft Graph answered {said}{tried}",
+        return _status_error(
+            response.status_code,
+            code,
+            message,
+            request_id,
+            operation=operation,
+            group_id=group_id,
+            permissions=permissions,
+            attempts=response.extensions.get(ATTEMPTS_KEY),
+        )
+
+
+def _status_error(
+    status: int,
+    code: str | None,
+    message: str | None,
+    request_id: str | None,
+    *,
+    operation: str,
+    group_id: str | None,
+    permissions: tuple[str, ...],
+    attempts: object = None,
+) -> DirectoryError:
+    """The DirectoryError for a Graph error answer (also a $batch sub-response's)."""
+    said = f"HTTP {status}" + (f": {message}" if message else "")
+    if status == 401:
+        return DirectoryAccessError(
+            f"{operation}: Microsoft Graph did not accept the app's token ({said}); check the tenant, "
+            "the client secret or certificate, and that an administrator granted consent. "
+            "The app needs User.Read.All and GroupMember.Read.All",
+            missing_permissions=permissions,
             code=code,
             status=status,
             request_id=request_id,
         )
+    if status == 403:
+        return DirectoryAccessError(
+            f"{operation}: Microsoft Graph denied the request ({said}); the app needs the application "
+            "permissions User.Read.All and GroupMember.Read.All, or Directory.Read.All",
+            missing_permissions=permissions,
+            code=code,
+            status=status,
+            request_id=request_id,
+        )
+    if status == 404 and group_id is not None:
+        return GroupNotFoundError(group_id, code=code, status=status, request_id=request_id)
+    tried = f" after {attempts} attempts" if isinstance(attempts, int) and attempts > 1 else ""
+    return DirectoryError(
+        f"{operation}: Microsoft Graph answered {said}{tried}",
+        code=code,
+        status=status,
+        request_id=request_id,
+    )
 
+
+def _json_object(content: bytes, operation: str, *, status: int, response: httpx.Response | None) -> dict[str, Any]:
+    """A JSON object from Graph, or a DirectoryError saying what came instead."""
+    request_id = None if response is None else response.headers.get("request-id")
+    try:
+        page = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        kind = "no content type" if response is None else response.headers.get("Content-Type", "no content type")
+        raise DirectoryError(
+            f"{operation}: Graph's answer is not valid JSON (HTTP {status}, {len(content)} bytes, {kind})",
+            code="invalid_response",
+            status=status,
+            request_id=request_id,
+        ) from None
+    if not isinstance(page, dict):
+        raise DirectoryError(
+            f"{operation}: Graph's answer is not a JSON object",
+            code="invalid_response",
+            status=status,
+            request_id=request_id,
+        )
+    return page

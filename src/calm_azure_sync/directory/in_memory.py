@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..errors import DirectoryError, GroupNotFoundError
+from ..errors import ConfigError, DirectoryError, GroupNotFoundError
 from ..model import DirectoryGroup, DirectoryUser
 
 __all__ = ["InMemoryDirectory"]
@@ -89,6 +89,17 @@ class InMemoryDirectory:
         if group_id not in self.groups:
             raise GroupNotFoundError(group_id, code="Request_ResourceNotFound")
         return self.transitive_members(group_id)
+
+    async def lookup_users(self, ids: Iterable[str]) -> Mapping[str, DirectoryUser | None]:
+        """Each id to its user, ``None`` when no user has it (see :class:`~calm_azure_sync.UserLookup`)."""
+        if isinstance(ids, str):
+            raise ConfigError("lookup_users: ids must be a collection of object ids, not one string")
+        found: dict[str, DirectoryUser | None] = {}
+        for user_id in ids:
+            if not isinstance(user_id, str):
+                raise ConfigError(f"lookup_users: every id must be a string, got {type(user_id).__name__}")
+            found[user_id] = self.users.get(user_id)
+        return found
 
     def transitive_members(self, group_id: str) -> list[DirectoryUser]:
         """The users under ``group_id``, breadth first, each once (synchronous)."""

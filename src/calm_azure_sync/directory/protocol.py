@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from ..model import DirectoryGroup, DirectoryUser
 
-__all__ = ["Directory"]
+__all__ = ["Directory", "UserLookup"]
 
 
 @runtime_checkable
@@ -29,5 +29,29 @@ class Directory(Protocol):
 
         An unknown group raises :class:`~calm_azure_sync.GroupNotFoundError`;
         a failed read raises :class:`~calm_azure_sync.DirectoryError`.
+        """
+        ...
+
+
+@runtime_checkable
+class UserLookup(Protocol):
+    """An optional capability of a :class:`Directory`: reading users by object id.
+
+    The reconciler uses it when the directory has it (``isinstance(directory,
+    UserLookup)``) to heal email conflicts: when the previous holder of a
+    contested email is gone from the directory, the store user is relinked
+    to the new object; when it exists with another email, the stored email is
+    refreshed. A directory without it leaves such conflicts standing.
+    Both shipped directories implement it.
+    """
+
+    async def lookup_users(self, ids: Iterable[str]) -> Mapping[str, DirectoryUser | None]:
+        """Each id to its user, or to ``None`` when no user has that id (deleted, or a group's id).
+
+        Every id given is a key of the answer, each once. A user Graph sends
+        without its properties (no ``User.Read.All``) raises
+        :class:`~calm_azure_sync.DirectoryAccessError` (``users_not_readable``);
+        a failed read raises :class:`~calm_azure_sync.DirectoryError`. It never
+        answers ``None`` for a user it could not read.
         """
         ...

@@ -21,7 +21,11 @@ computed here from the fixture, independently of any implementation:
   of its fixture entry; ids that are neither users nor groups (devices) are
   ignored; a group without members gives an empty answer;
 - an unknown group raises :class:`~calm_azure_sync.GroupNotFoundError`
-  carrying that id.
+  carrying that id;
+- a directory that implements :class:`~calm_azure_sync.UserLookup` answers
+  ``lookup_users`` with every id given, once: the fixture's user, or
+  ``None`` for an unknown id and for a group's id (checked with
+  :data:`LOOKUP_SAMPLE` users and more, then one user alone, then no ids).
 
 Order is not part of the contract: answers are compared as sets, and the
 snapshot :func:`check_directory` returns is sorted.
@@ -32,16 +36,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..directory.protocol import Directory
+from ..directory.protocol import Directory, UserLookup
 from ..errors import GroupNotFoundError
 from ..model import DirectoryGroup, DirectoryUser
 
-__all__ = ["DirectorySnapshot", "check_directory", "conformance_fixture", "expected_members"]
+__all__ = [
+    "LOOKUP_SAMPLE",
+    "DirectorySnapshot",
+    "check_directory",
+    "check_lookup",
+    "conformance_fixture",
+    "expected_members",
+]
 
 DirectorySnapshot = dict[str, tuple[DirectoryUser, ...]]
 """Group id to that group's users, sorted by id: what a directory answered."""
 
 UNKNOWN_GROUP_ID = "00000000-dead-beef-0000-000000000000"
+UNKNOWN_USER_ID = "00000000-dead-beef-0000-0000000000ff"
+
+LOOKUP_SAMPLE = 45
+"""How many of the fixture's users :func:`check_lookup` asks for at once (more than two $batch requests)."""
 
 
 def conformance_fixture(big_group_size: int = 250) -> dict[str, Any]:
@@ -182,4 +197,25 @@ async def check_directory(
             raise _fail(f"GroupNotFoundError names {error.group_id!r}, not {unknown_group_id!r}") from error
     else:
         raise _fail(f"group_members({unknown_group_id!r}) of an unknown group did not raise GroupNotFoundError")
+    if isinstance(directory, UserLookup):
+        await check_lookup(directory, fixture)
     return snapshot
+
+
+async def check_lookup(directory: UserLookup, fixture: Mapping[str, Any]) -> None:
+    """Check ``lookup_users`` against the fixture (:func:`check_directory` calls it when it applies)."""
+    users = {str(item["id"]): DirectoryUser.from_graph(item) for item in fixture.get("users") or ()}
+    group_ids = [str(item["id"]) for item in fixture.get("groups") or ()]
+    sample = sorted(users)[:LOOKUP_SAMPLE]
+    asked = [*sample, UNKNOWN_USER_ID, *group_ids[:1], *sample[:2]]  # an unknown id, a group, repeats
+    expected: dict[str, DirectoryUser | None] = {user_id: users.get(user_id) for user_id in asked}
+    for ids in (asked, sample[:1], [UNKNOWN_USER_ID], []):
+        answer = dict(await directory.lookup_users(list(ids)))
+        want = {user_id: expected.get(user_id, users.get(user_id)) for user_id in ids}
+        if set(answer) != set(want):
+            missing = sorted(set(want) - set(answer))[:10]
+            extra = sorted(set(answer) - set(want))[:10]
+            raise _fail(f"lookup_users: missing {missing}, unexpected {extra}")
+        for user_id, user in want.items():
+            if answer[user_id] != user:
+                raise _fail(f"lookup_users: {user_id!r} answered {answer[user_id]!r}, expected {user!r}")
