@@ -10,6 +10,9 @@ nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = ["3.11", "3.12", "3.13"]
 
+# The Celery example's own dependencies (examples/celery/): tested, never a library dependency.
+CELERY_EXAMPLE = ["celery>=5.3", "redis>=5"]
+
 
 @nox.session
 def demo(session: nox.Session) -> None:
@@ -20,15 +23,19 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite (quick budgets of the fuzz and crash tests included)."""
-    session.install("-e", ".[test]")
+    """Run the test suite (quick budgets of the fuzz and crash tests included).
+
+    The Postgres and Celery tests need the servers of ``.ci/services.sh start``
+    (``CALM_TEST_POSTGRES``, ``CALM_TEST_REDIS``); without them they skip.
+    """
+    session.install("-e", ".[test,postgres]", *CELERY_EXAMPLE)
     session.run("pytest", *session.posargs)
 
 
 @nox.session
 def soak(session: nox.Session) -> None:
-    """Run the long variants: many SIGKILLs, big hypothesis budgets."""
-    session.install("-e", ".[test]")
+    """Run the long variants: many SIGKILLs, big hypothesis budgets (Postgres and Celery ones too)."""
+    session.install("-e", ".[test,postgres]", *CELERY_EXAMPLE)
     session.run("pytest", "-m", "slow", "--run-slow", *session.posargs, env={"CALM_SOAK": "1"})
 
 
@@ -42,14 +49,14 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """Type-check the package with mypy --strict."""
-    session.install("-e", ".[test]", "mypy")
+    session.install("-e", ".[test,postgres]", "mypy")
     session.run("mypy", "--strict")
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run the benchmarks (--smoke for a quick check, --only NAME for one)."""
-    session.install("-e", ".[test]", "httpx")
+    session.install("-e", ".[test,postgres]", "httpx", *CELERY_EXAMPLE)
     session.run("python", "-m", "benchmarks", *session.posargs)
 
 

@@ -125,3 +125,46 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         name: {**row, "tests": sorted(row["tests"])} for name, row in sorted(_FIGURES.rows.items())
     }
     Path(target).write_text(json.dumps({"soak": SOAK, "classes": rows}, indent=2, ensure_ascii=False) + "\n")
+
+
+# -- servers started by .ci/services.sh ------------------------------------------------------
+
+
+def _service_url(variable: str, what: str) -> str:
+    """The URL in ``$variable``; skip without it, but fail in CI, where .ci/run must have started it."""
+    url = os.environ.get(variable)
+    if url:
+        return url
+    message = (
+        f"{variable} is not set: no {what} server to test against. "
+        'Start the throwaway servers with `eval "$(.ci/services.sh start)"` (see docs/stores.md)'
+    )
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message}; in CI .ci/run starts them, so this is a broken CI set-up")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A conninfo for the throwaway PostgreSQL server (``$CALM_TEST_POSTGRES``)."""
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed (pip install -e '.[postgres]')")
+    return _service_url("CALM_TEST_POSTGRES", "PostgreSQL")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A URL for the throwaway Redis server (``$CALM_TEST_REDIS``)."""
+    return _service_url("CALM_TEST_REDIS", "Redis")
+
+
+@pytest.fixture
+def postgres_schema(postgres_url: str) -> Iterator[str]:
+    """A fresh, empty Postgres schema name for one test; dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    name = f"calm_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')

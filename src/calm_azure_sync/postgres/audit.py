@@ -1,0 +1,193 @@
+"""The PostgreSQL Import Log: events in one table, queried newest first like SqliteAuditSink."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Collection, Sequence
+from typing import Any, Final
+
+from psycopg_pool import AsyncConnectionPool
+
+from ..audit.events import AuditEvent, AuditKind
+from ..audit.sqlite import ImportLogCursor, ImportLogPage
+from ._db import Database, Migrations
+
+__all__ = ["PostgresAuditSink"]
+
+SCHEMA_VERSION: Final = 1
+
+MIGRATIONS: Final[Migrations] = {
+    1: (
+        # ``seq`` is the insertion order: it breaks ties between events with one ``at``.
+        # ``detail`` is json, not jsonb: it keeps the text as recorded, and
+        # jsonb cannot hold the escape \u0000 that JSON allows.
+        """CREATE TABLE {schema}.audit_events (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at timestamptz NOT NULL,
+            trust_site_id text NOT NULL,
+            kind text NOT NULL,
+            message text NOT NULL,
+            run_id text,
+            actor_id text,
+            subject text,
+            detail json NOT NULL DEFAULT '{{}}'
+        )""",
+        "CREATE INDEX audit_events_by_trust_at ON {schema}.audit_events (trust_site_id, at DESC, seq DESC)",
+        "CREATE INDEX audit_events_by_run ON {schema}.audit_events (run_id) WHERE run_id IS NOT NULL",
+    ),
+}
+
+_COPY_EVENTS: Final = "COPY {schema}.audit_events (at, trust_site_id, kind, message, run_id, actor_id, subject, detail) FROM STDIN"
+
+
+def _text(value: str | None) -> str | None:
+    # PostgreSQL text cannot hold NUL; an event must still be recorded.
+    return None if value is None else value.replace("\x00", "\ufffd")
+
+
+def _aware(moment: dt.datetime) -> dt.datetime:
+    if moment.tzinfo is None:
+        raise ValueError(f"before must be a timezone-aware datetime, got {moment!r}")
+    return moment
+
+
+def _kind_values(kinds: Collection[AuditKind | str]) -> list[str]:
+    if isinstance(kinds, str):  # one kind given bare (AuditKind is a str too), not its letters
+        kinds = [kinds]
+    return [AuditKind(kind).value for kind in kinds]
+
+
+class PostgresAuditSink:
+    """An :class:`~calm_azure_sync.AuditSink` in PostgreSQL, with :meth:`query` for the Import Log.
+
+    Takes a conninfo string or a host's :class:`psycopg_pool.AsyncConnectionPool`
+    and a ``schema`` (may be the user store's: its table is ``audit_events``).
+    Each :meth:`record` call is one transaction (a ``COPY``). Text that
+    PostgreSQL cannot store (the NUL character) is recorded as U+FFFD.
+    Call :meth:`close` when done. Pages like
+    :class:`~calm_azure_sync.SqliteAuditSink`::
+
+        page = await sink.query("trust-1", limit=50)
+        older = await sink.query("trust-1", limit=50, before=page.next_before)
+    """
+
+    def __init__(
+        self,
+        conninfo: str | AsyncConnectionPool[Any],
+        *,
+        schema: str = "calm_azure_sync",
+        pool_size: int = 2,
+    ) -> None:
+        self._db = Database(
+            conninfo, schema=schema, component="import_log", migrations=MIGRATIONS, pool_size=pool_size
+        )
+
+    def __repr__(self) -> str:
+        return f"PostgresAuditSink(schema={self._db.schema!r})"
+
+    @property
+    def schema(self) -> str:
+        """The Postgres schema holding the Import Log table."""
+        return self._db.schema
+
+    async def __aenter__(self) -> PostgresAuditSink:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the sink's own pool (a host's pool is left open)."""
+        await self._db.close()
+
+    async def migrate(self) -> int:
+        """Create or upgrade the Import Log table now; returns the schema version."""
+        return await self._db.migrate()
+
+    async def record(self, events: Sequence[AuditEvent]) -> None:
+        """Store ``events`` in one transaction, in order."""
+        if not events:
+            return
+        async with self._db.connection() as connection, connection.transaction():
+            cursor = connection.cursor()
+            async with cursor.copy(self._db.q(_COPY_EVENTS)) as copy:
+                for event in events:
+                    await copy.write_row(
+                        (
+                            event.at,
+                            _text(event.trust_site_id),
+                            event.kind.value,
+                            _text(event.message),
+                            _text(event.run_id),
+                            _text(event.actor_id),
+                            _text(event.subject),
+                            json.dumps(event.detail, ensure_ascii=False, sort_keys=True).replace(
+                                "\x00", "\\u0000"
+                            ),
+                        )
+                    )
+
+    async def query(
+        self,
+        trust_site_id: str,
+        run_id: str | None = None,
+        kinds: Collection[AuditKind | str] | None = None,
+        limit: int | None = 100,
+        before: dt.datetime | ImportLogCursor | None = None,
+    ) -> ImportLogPage:
+        """The Import Log of ``trust_site_id``, newest first (events with one time: last recorded first).
+
+        Same arguments and answer as :meth:`SqliteAuditSink.query
+        <calm_azure_sync.SqliteAuditSink.query>`: ``run_id`` keeps one run's
+        events; ``kinds`` keeps those kinds (an unknown one raises
+        ``ValueError``); ``before`` is a timezone-aware datetime or a previous
+        page's :attr:`~calm_azure_sync.audit.sqlite.ImportLogPage.next_before`;
+        ``limit`` caps the page (``None``: no cap).
+        """
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be at least 1 or None, got {limit!r}")
+        where = ["trust_site_id = %s"]
+        parameters: list[Any] = [trust_site_id]
+        if run_id is not None:
+            where.append("run_id = %s")
+            parameters.append(run_id)
+        if kinds is not None:
+            where.append("kind = ANY(%s)")
+            parameters.append(_kind_values(kinds))
+        if isinstance(before, ImportLogCursor):
+            where.append("(at, seq) < (%s, %s)")
+            parameters.extend([_aware(before.at), before.seq])
+        elif before is not None:
+            where.append("at < %s")
+            parameters.append(_aware(before))
+        statement = (
+            "SELECT seq, at, trust_site_id, kind, message, run_id, actor_id, subject, detail "
+            "FROM {schema}.audit_events WHERE " + " AND ".join(where) + " ORDER BY at DESC, seq DESC"
+        )
+        if limit is not None:
+            # One row more than asked tells whether there is a next page.
+            statement += " LIMIT %s"
+            parameters.append(limit + 1)
+        async with self._db.connection() as connection:
+            cursor = await connection.execute(self._db.q(statement), parameters)
+            rows = await cursor.fetchall()
+        has_more = limit is not None and len(rows) > limit
+        rows = rows[:limit] if limit is not None else rows
+        events = [
+            AuditEvent(
+                at=at,
+                trust_site_id=trust,
+                kind=kind,
+                message=message,
+                run_id=run,
+                actor_id=actor,
+                subject=subject,
+                detail=detail,
+            )
+            for _seq, at, trust, kind, message, run, actor, subject, detail in rows
+        ]
+        next_before = None
+        if has_more:
+            next_before = ImportLogCursor(at=rows[-1][1], seq=rows[-1][0])
+        return ImportLogPage(events, next_before)

@@ -1,0 +1,632 @@
+"""The PostgreSQL user store: one server database for many trusts and many worker machines.
+
+Same behaviour as :class:`~calm_azure_sync.SqliteUserStore` (both pass
+:class:`~calm_azure_sync.testing.UserStoreConformance`), on psycopg 3's async
+connections.
+
+How ``apply`` stays fast and safe
+---------------------------------
+One ``apply`` call is one transaction (READ COMMITTED). Inside it the store
+loads just the rows the batch touches (users named by external id, user id or
+email key, ``SELECT … ORDER BY id FOR UPDATE``, and their grants) into a
+:class:`~calm_azure_sync.store.in_memory.UserTables`, applies the batch there
+with the rules every shipped store shares, and writes back the logged
+mutations. The row locks make two batches touching one user (two trusts
+sharing a person, or a host's ``grant`` at the same moment) take turns, so a
+decision such as "no grant left, deactivate" is made on facts no one else can
+change before the commit; the ``ORDER BY id`` takes them in one order
+everywhere, which keeps deadlocks rare (one that happens is retried).
+
+A row that does not exist yet cannot be locked: two batches creating the same
+external id or email at once both see nothing, and the unique indexes let the
+second one fail. That batch is then replayed from the start, and its new load
+sees the other batch's committed row, so it refreshes that user instead of
+duplicating it. A write the database refuses for another reason (a host's
+trigger or constraint, text Postgres cannot store) is replayed one change at a
+time, each under a savepoint, so only the refused change fails.
+
+Writes use the cheapest statement that keeps the order that matters: updates
+of existing users first, in log order (an email freed by one update may be
+taken by the next), then the batch's new users in one ``COPY``, then grants
+(collapsed to their final value per key): ``COPY`` for new users' grants,
+pipelined ``executemany`` for the rest. The transaction commits once, so a
+crash anywhere leaves none of the batch: no user is ever half-written.
+
+The run lock
+------------
+:meth:`PostgresUserStore.run_lock` takes ``pg_try_advisory_lock`` on a stable
+64-bit hash of (schema, trust id) on a connection of its own, held for the
+run: it holds across every process and machine using the database, never
+waits, and the server releases it when that connection dies (a killed worker
+never leaves a trust locked). While a run holds it, every ``apply`` and
+``save_state`` of that trust first checks, inside its transaction, that the
+lock's connection still holds it, so a run whose lock connection was lost
+(and whose trust another worker may have taken) writes nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any, Final, LiteralString
+
+import attrs
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from .._gc import collector_paused
+from ..errors import ImportAlreadyRunningError
+from ..model import Role, email_key
+from ..plan import Change, CreateUser, DeactivateUser, LinkUser, RelinkUser, UpdateUser
+from ..state import SyncState
+from ..store.in_memory import GrantWrite, UserTables, UserWrite
+from ..store.protocol import ChangeResult, Grant, StoredUser, StoreState
+from ._db import Database, Migrations, advisory_key
+
+__all__ = ["PostgresUserStore"]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION: Final = 1
+
+MIGRATIONS: Final[Migrations] = {
+    1: (
+        """CREATE TABLE {schema}.users (
+            id text PRIMARY KEY,
+            seq bigint GENERATED ALWAYS AS IDENTITY,
+            email text NOT NULL,
+            email_key text NOT NULL,
+            display_name text NOT NULL,
+            given_name text,
+            surname text,
+            external_id text,
+            active boolean NOT NULL DEFAULT true,
+            deactivated_by_sync boolean NOT NULL DEFAULT false,
+            CONSTRAINT users_email_key_unique UNIQUE (email_key),
+            CONSTRAINT users_external_id_unique UNIQUE (external_id)
+        )""",
+        """CREATE TABLE {schema}.grants (
+            user_id text NOT NULL REFERENCES {schema}.users (id),
+            site_id text NOT NULL,
+            module text NOT NULL,
+            source text NOT NULL CHECK (source IN ('manual', 'azure')),
+            role text NOT NULL CHECK (role IN ('Member', 'Manager', 'Admin')),
+            trust_site_id text,
+            PRIMARY KEY (user_id, site_id, module, source)
+        )""",
+        "CREATE INDEX grants_synced_by_trust ON {schema}.grants (trust_site_id, user_id) WHERE source = 'azure'",
+        "CREATE INDEX grants_manual_by_user ON {schema}.grants (user_id) WHERE source = 'manual'",
+        """CREATE TABLE {schema}.sync_states (
+            trust_site_id text PRIMARY KEY,
+            state jsonb NOT NULL,
+            saved_at timestamptz NOT NULL DEFAULT now()
+        )""",
+    ),
+}
+
+_ROLES: Final = {role.value: role for role in Role}
+
+_USER_COLUMNS: Final = (
+    "id, email, display_name, external_id, given_name, surname, active, deactivated_by_sync"
+)
+
+_SELECT_TOUCHED_USERS: Final = (
+    "SELECT id, email, display_name, external_id, given_name, surname, active, deactivated_by_sync "
+    "FROM {schema}.users WHERE external_id = ANY(%s) OR id = ANY(%s) OR email_key = ANY(%s) "
+    "ORDER BY id FOR UPDATE"
+)
+_SELECT_GRANTS_OF: Final = "SELECT user_id, site_id, module, source, role, trust_site_id FROM {schema}.grants WHERE user_id = ANY(%s)"
+_UPDATE_USER: Final = (
+    "UPDATE {schema}.users SET email = %s, email_key = %s, display_name = %s, given_name = %s, surname = %s, "
+    "external_id = %s, active = %s, deactivated_by_sync = %s WHERE id = %s"
+)
+_COPY_USERS: Final = (
+    "COPY {schema}.users (id, email, email_key, display_name, given_name, surname, external_id, active, "
+    "deactivated_by_sync) FROM STDIN"
+)
+_COPY_GRANTS: Final = (
+    "COPY {schema}.grants (user_id, site_id, module, source, role, trust_site_id) FROM STDIN"
+)
+_UPSERT_GRANT: Final = (
+    "INSERT INTO {schema}.grants (user_id, site_id, module, source, role, trust_site_id) "
+    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (user_id, site_id, module, source) "
+    "DO UPDATE SET role = excluded.role, trust_site_id = excluded.trust_site_id"
+)
+_DELETE_GRANT: Final = (
+    "DELETE FROM {schema}.grants WHERE user_id = %s AND site_id = %s AND module = %s AND source = %s"
+)
+_LOCK_HELD: Final = (
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = %s "
+    "AND objsubid = 1 AND classid = %s::bigint::oid AND objid = %s::bigint::oid)"
+)
+
+# Errors after which a batch is simply run again: another transaction won a
+# race (a unique key both created, a deadlock, a serialization failure).
+_RETRY_BATCH: Final = (pg_errors.UniqueViolation, pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
+_BATCH_ATTEMPTS: Final = 4
+
+
+def _user_from_row(row: Sequence[Any]) -> StoredUser:
+    user_id, email, display_name, external_id, given_name, surname, active, deactivated_by_sync = row
+    return StoredUser(
+        user_id=user_id,
+        email=email,
+        display_name=display_name,
+        external_id=external_id,
+        given_name=given_name,
+        surname=surname,
+        active=active,
+        deactivated_by_sync=deactivated_by_sync,
+    )
+
+
+def _refusal(error: psycopg.Error) -> str:
+    message = error.diag.message_primary if error.diag.message_primary else str(error)
+    return f"the database refused the change: {message}"
+
+
+@attrs.frozen
+class _HeldLock:
+    connection: psycopg.AsyncConnection[Any]
+    key: int
+
+    @property
+    def lock_ids(self) -> tuple[int, int]:
+        """(classid, objid) as ``pg_locks`` shows a bigint advisory key."""
+        unsigned = self.key & 0xFFFF_FFFF_FFFF_FFFF
+        return unsigned >> 32, unsigned & 0xFFFF_FFFF
+
+
+class PostgresUserStore:
+    """A :class:`~calm_azure_sync.UserStore` and :class:`~calm_azure_sync.SyncStateStore` in PostgreSQL.
+
+    ``PostgresUserStore("postgresql://app@db/calm")`` opens a small pool of
+    its own (at most ``pool_size`` connections, plus one per run lock held)
+    on first use; ``PostgresUserStore(pool)`` uses the host's
+    :class:`psycopg_pool.AsyncConnectionPool` (never closed here; a run lock
+    takes one of its connections for the whole run, so size it for that).
+    Tables live in ``schema`` (created if missing; a plain identifier,
+    validated and quoted). Migrations run on first use or by
+    ``await store.migrate()``; a database migrated by a newer calm-azure-sync
+    is refused with :class:`~calm_azure_sync.ConfigError`.
+
+    Offers the host helpers of the other shipped stores (``add_user``,
+    ``grant``, ``grants``, ``set_active``, ``user``, ``users``). Call
+    :meth:`close` (or use ``async with``) when done::
+
+        async with PostgresUserStore(conninfo, schema="calm") as store:
+            ann = await store.add_user("ann@example.org", "Ann Example")
+    """
+
+    def __init__(
+        self,
+        conninfo: str | AsyncConnectionPool[Any],
+        *,
+        schema: str = "calm_azure_sync",
+        pool_size: int = 4,
+    ) -> None:
+        self._db = Database(
+            conninfo, schema=schema, component="user_store", migrations=MIGRATIONS, pool_size=pool_size
+        )
+        self._held: dict[str, _HeldLock] = {}
+
+    def __repr__(self) -> str:
+        # Never the conninfo: it may carry a password.
+        return f"PostgresUserStore(schema={self._db.schema!r})"
+
+    @property
+    def schema(self) -> str:
+        """The Postgres schema holding this store's tables."""
+        return self._db.schema
+
+    async def __aenter__(self) -> PostgresUserStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the store's own pool (a host's pool is left open)."""
+        await self._db.close()
+
+    async def migrate(self) -> int:
+        """Create or upgrade the store's tables now; returns the schema version.
+
+        Otherwise this happens on first use. Safe to run from many processes at once.
+        """
+        return await self._db.migrate()
+
+    def _q(self, template: LiteralString) -> Any:
+        return self._db.q(template)
+
+    # -- reading ---------------------------------------------------------------
+
+    async def load(self, trust_site_id: str) -> StoreState:
+        """Every user, the synced grants of ``trust_site_id``, and who holds other access."""
+        async with self._db.connection() as connection, connection.transaction():
+            # One snapshot for users and grants, as SQLite's read transaction gives.
+            await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            user_cursor = await connection.execute(self._q(f"SELECT {_USER_COLUMNS} FROM {{schema}}.users"))
+            user_rows = await user_cursor.fetchall()
+            grant_cursor = await connection.execute(
+                self._q(
+                    "SELECT user_id, site_id, module, role FROM {schema}.grants "
+                    "WHERE source = 'azure' AND trust_site_id = %s ORDER BY user_id"
+                ),
+                (trust_site_id,),
+            )
+            grant_rows = await grant_cursor.fetchall()
+            manual_cursor = await connection.execute(
+                self._q("SELECT DISTINCT user_id FROM {schema}.grants WHERE source = 'manual'")
+            )
+            manual_rows = await manual_cursor.fetchall()
+            other_cursor = await connection.execute(
+                self._q(
+                    "SELECT DISTINCT user_id FROM {schema}.grants "
+                    "WHERE source = 'manual' OR trust_site_id IS DISTINCT FROM %s"
+                ),
+                (trust_site_id,),
+            )
+            other_rows = await other_cursor.fetchall()
+        with collector_paused():
+            users = {row[0]: _user_from_row(row) for row in user_rows}
+            synced: dict[str, dict[tuple[str, str], Role]] = {}
+            roles = _ROLES
+            current_user: str | None = None
+            access: dict[tuple[str, str], Role] = {}
+            for user_id, site_id, module, role in grant_rows:
+                if user_id != current_user:
+                    current_user = user_id
+                    external_id = users[user_id].external_id
+                    access = {} if external_id is None else synced.setdefault(external_id, {})
+                access[(site_id, module)] = roles[role]
+        return StoreState(
+            users=users,
+            synced_access=synced,
+            manual_access_user_ids=frozenset(row[0] for row in manual_rows),
+            other_access_user_ids=frozenset(row[0] for row in other_rows),
+        )
+
+    # -- applying ----------------------------------------------------------------
+
+    async def apply(self, trust_site_id: str, changes: Sequence[Change]) -> Sequence[ChangeResult]:
+        """Apply ``changes`` in one transaction; one :class:`ChangeResult` per change, in order."""
+        if not changes:
+            return []
+        changes = list(changes)
+        async with self._db.connection() as connection:
+            for attempt in range(1, _BATCH_ATTEMPTS + 1):
+                try:
+                    return await self._apply_batch(connection, trust_site_id, changes)
+                except _RETRY_BATCH as error:
+                    # Another transaction won a race; the replay's load sees its rows.
+                    logger.info(
+                        "apply to trust %r: %s; replaying the batch", trust_site_id, type(error).__name__
+                    )
+                    await asyncio.sleep(0.01 * attempt)
+                except (psycopg.IntegrityError, psycopg.DataError):
+                    break
+            return await self._apply_one_by_one(connection, trust_site_id, changes)
+
+    async def _apply_batch(
+        self, connection: psycopg.AsyncConnection[Any], trust_site_id: str, changes: Sequence[Change]
+    ) -> list[ChangeResult]:
+        async with connection.transaction():
+            await self._check_lock(connection, trust_site_id)
+            tables = await self._load_tables(connection, changes)
+            results = tables.apply(trust_site_id, changes)
+            await self._write(connection, tables)
+        return results
+
+    async def _apply_one_by_one(
+        self, connection: psycopg.AsyncConnection[Any], trust_site_id: str, changes: Sequence[Change]
+    ) -> list[ChangeResult]:
+        """The slow path: each change under a savepoint, re-reading its rows, so a refused one fails alone."""
+        results: list[ChangeResult] = []
+        async with connection.transaction():
+            await self._check_lock(connection, trust_site_id)
+            for change in changes:
+                try:
+                    async with connection.transaction():
+                        tables = await self._load_tables(connection, [change])
+                        (result,) = tables.apply(trust_site_id, [change])
+                        await self._write(connection, tables)
+                except (psycopg.IntegrityError, psycopg.DataError) as error:
+                    result = ChangeResult(change, _refusal(error))
+                results.append(result)
+        return results
+
+    async def _check_lock(self, connection: psycopg.AsyncConnection[Any], trust_site_id: str) -> None:
+        """While this store holds the trust's run lock, refuse to write once the lock is gone."""
+        held = self._held.get(trust_site_id)
+        if held is None:
+            return
+        classid, objid = held.lock_ids
+        backend = None if held.connection.closed else held.connection.info.backend_pid
+        still_held = False
+        if backend is not None:
+            cursor = await connection.execute(_LOCK_HELD, (backend, classid, objid))
+            row = await cursor.fetchone()
+            still_held = bool(row and row[0])
+        if not still_held:
+            logger.error(
+                "the run lock of trust %r was lost (its connection closed); writing nothing more",
+                trust_site_id,
+            )
+            raise ImportAlreadyRunningError(trust_site_id)
+
+    async def _load_tables(
+        self, connection: psycopg.AsyncConnection[Any], changes: Iterable[Change]
+    ) -> UserTables:
+        """The rows ``changes`` can read or collide with, locked, as UserTables that log mutations."""
+        external_ids: set[str] = set()
+        user_ids: set[str] = set()
+        email_keys: set[str] = set()
+        for change in changes:
+            external_id = getattr(change, "external_id", None)
+            if external_id is not None:
+                external_ids.add(external_id)
+            if isinstance(change, RelinkUser):
+                external_ids.add(change.previous_external_id)
+            if isinstance(change, (LinkUser, UpdateUser, DeactivateUser, RelinkUser)):
+                user_ids.add(change.user_id)
+            if isinstance(change, (CreateUser, LinkUser, UpdateUser, RelinkUser)):
+                email_keys.add(email_key(change.email))
+        tables = UserTables(log=[])
+        cursor = await connection.execute(
+            self._q(_SELECT_TOUCHED_USERS), (sorted(external_ids), sorted(user_ids), sorted(email_keys))
+        )
+        for row in await cursor.fetchall():
+            tables.put_user(_user_from_row(row))
+        if tables.users:
+            cursor = await connection.execute(self._q(_SELECT_GRANTS_OF), (list(tables.users),))
+            for user_id, site_id, module, source, role, trust in await cursor.fetchall():
+                tables.put_grant(user_id, (site_id, module, source), (_ROLES[role], trust))
+        return tables
+
+    async def _write(self, connection: psycopg.AsyncConnection[Any], tables: UserTables) -> None:
+        """Write the logged mutations (see the module docstring for the order and the statements)."""
+        log = tables.log or []
+        if not log:
+            return
+        new_users: dict[str, None] = {}
+        updates: list[StoredUser] = []
+        final_grants: dict[tuple[str, tuple[str, str, str]], tuple[Role, str | None] | None] = {}
+        for mutation in log:
+            if isinstance(mutation, UserWrite):
+                if mutation.new:
+                    new_users[mutation.user.user_id] = None
+                elif mutation.user.user_id not in new_users:
+                    updates.append(mutation.user)
+            elif isinstance(mutation, GrantWrite):
+                final_grants[(mutation.user_id, mutation.key)] = mutation.value
+        async with connection.cursor() as cursor:
+            if updates:
+                await cursor.executemany(
+                    self._q(_UPDATE_USER),
+                    [
+                        (
+                            user.email,
+                            email_key(user.email),
+                            user.display_name,
+                            user.given_name,
+                            user.surname,
+                            user.external_id,
+                            user.active,
+                            user.deactivated_by_sync,
+                            user.user_id,
+                        )
+                        for user in updates
+                    ],
+                )
+            if new_users:
+                # A user created in this batch is written once, as it ended.
+                async with cursor.copy(self._q(_COPY_USERS)) as copy:
+                    for user_id in new_users:
+                        user = tables.users[user_id]
+                        await copy.write_row(
+                            (
+                                user.user_id,
+                                user.email,
+                                email_key(user.email),
+                                user.display_name,
+                                user.given_name,
+                                user.surname,
+                                user.external_id,
+                                user.active,
+                                user.deactivated_by_sync,
+                            )
+                        )
+            deletes: list[tuple[str, str, str, str]] = []
+            upserts: list[tuple[str, str, str, str, str, str | None]] = []
+            inserts: list[tuple[str, str, str, str, str, str | None]] = []
+            for (user_id, (site_id, module, source)), value in final_grants.items():
+                if value is None:
+                    if user_id not in new_users:
+                        deletes.append((user_id, site_id, module, source))
+                    continue
+                row = (user_id, site_id, module, source, value[0].value, value[1])
+                (inserts if user_id in new_users else upserts).append(row)
+            if deletes:
+                await cursor.executemany(self._q(_DELETE_GRANT), deletes)
+            if upserts:
+                await cursor.executemany(self._q(_UPSERT_GRANT), upserts)
+            if inserts:
+                async with cursor.copy(self._q(_COPY_GRANTS)) as copy:
+                    for grant_row in inserts:
+                        await copy.write_row(grant_row)
+
+    # -- the run lock --------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def run_lock(self, trust_site_id: str) -> AsyncIterator[None]:
+        """Hold the import lock of ``trust_site_id`` across every process and machine on this database.
+
+        ``pg_try_advisory_lock`` on a dedicated connection held for the run: a
+        second holder anywhere gets
+        :class:`~calm_azure_sync.ImportAlreadyRunningError` at once, and the
+        server frees the lock when the holder's connection dies. Released on exit.
+        """
+        key = advisory_key("run_lock", self._db.schema, trust_site_id)
+        connection = await self._db.connect_dedicated()
+        try:
+            cursor = await connection.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+            row = await cursor.fetchone()
+            if not (row and row[0]):
+                raise ImportAlreadyRunningError(trust_site_id)
+            self._held[trust_site_id] = _HeldLock(connection, key)
+            try:
+                yield
+            finally:
+                del self._held[trust_site_id]
+                await self._unlock(connection, trust_site_id, key)
+        finally:
+            try:
+                await self._db.release_dedicated(connection)
+            except Exception:
+                logger.warning("closing the run lock connection of %r failed", trust_site_id, exc_info=True)
+
+    async def _unlock(self, connection: psycopg.AsyncConnection[Any], trust_site_id: str, key: int) -> None:
+        # Releasing must never mask how the import ended; a lock whose
+        # connection is gone is released already.
+        if connection.closed or connection.broken:
+            logger.warning("the run lock connection of trust %r was lost before the run ended", trust_site_id)
+            return
+        try:
+            cursor = await connection.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            row = await cursor.fetchone()
+        except psycopg.Error:
+            logger.warning("releasing the run lock of trust %r failed", trust_site_id, exc_info=True)
+            return
+        if not (row and row[0]):
+            logger.warning("the run lock of trust %r was no longer held at release", trust_site_id)
+
+    # -- sync state ------------------------------------------------------------------
+
+    async def load_state(self, trust_site_id: str) -> SyncState:
+        """The trust's :class:`~calm_azure_sync.SyncState` (``SyncState()`` when none was saved).
+
+        A stored state this library cannot read raises :class:`~calm_azure_sync.ConfigError`.
+        """
+        async with self._db.connection() as connection:
+            cursor = await connection.execute(
+                self._q("SELECT state FROM {schema}.sync_states WHERE trust_site_id = %s"), (trust_site_id,)
+            )
+            row = await cursor.fetchone()
+        if row is None:
+            return SyncState()
+        return SyncState.from_dict(row[0], where=f"sync state of trust {trust_site_id!r}")
+
+    async def save_state(self, trust_site_id: str, state: SyncState) -> None:
+        """Replace the trust's state in one transaction."""
+        async with self._db.connection() as connection, connection.transaction():
+            await self._check_lock(connection, trust_site_id)
+            await connection.execute(
+                self._q(
+                    "INSERT INTO {schema}.sync_states (trust_site_id, state, saved_at) VALUES (%s, %s, now()) "
+                    "ON CONFLICT (trust_site_id) DO UPDATE SET state = excluded.state, saved_at = now()"
+                ),
+                (trust_site_id, Jsonb(state.to_dict())),
+            )
+
+    # -- host helpers -------------------------------------------------------------------
+
+    async def add_user(self, email: str, display_name: str, *, user_id: str | None = None) -> str:
+        """Add a manually invited user and return its id.
+
+        Raises ``ValueError`` when another user has the email (in any case) or
+        the id is taken.
+        """
+        async with self._db.connection() as connection:
+            for attempt in (1, 2):
+                try:
+                    async with connection.transaction():
+                        tables = UserTables(log=[])
+                        cursor = await connection.execute(
+                            self._q(
+                                f"SELECT {_USER_COLUMNS} FROM {{schema}}.users WHERE email_key = %s OR id = %s "
+                                "ORDER BY id FOR UPDATE"
+                            ),
+                            (email_key(email), user_id),
+                        )
+                        for row in await cursor.fetchall():
+                            tables.put_user(_user_from_row(row))
+                        new_id = tables.add_user(email, display_name, user_id)
+                        await self._write(connection, tables)
+                    return new_id
+                except pg_errors.UniqueViolation:
+                    # Someone added the same email or id just now: the second
+                    # attempt sees them and says so as a ValueError.
+                    if attempt == 2:
+                        raise
+        raise AssertionError("unreachable")
+
+    async def grant(self, user_id: str, site_id: str, module: str, role: Role | str) -> None:
+        """Give ``user_id`` a manual grant; ``role`` may be a string (``"manager"``).
+
+        Raises ``KeyError`` for an unknown user and ``ConfigError`` for an unknown role.
+        """
+        parsed = Role.parse(role)
+        async with self._db.connection() as connection, connection.transaction():
+            # The row lock makes a sync batch deciding about this user wait for us.
+            cursor = await connection.execute(
+                self._q("SELECT 1 FROM {schema}.users WHERE id = %s FOR UPDATE"), (user_id,)
+            )
+            if await cursor.fetchone() is None:
+                raise KeyError(f"no user with id {user_id!r}")
+            await connection.execute(
+                self._q(_UPSERT_GRANT), (user_id, site_id, module, "manual", parsed.value, None)
+            )
+
+    async def grants(self, user_id: str) -> set[Grant]:
+        """Every grant of ``user_id``, manual and azure. Raises ``KeyError`` for an unknown user."""
+        async with self._db.connection() as connection, connection.transaction():
+            await self._user(connection, user_id)
+            cursor = await connection.execute(
+                self._q("SELECT site_id, module, role, source FROM {schema}.grants WHERE user_id = %s"),
+                (user_id,),
+            )
+            rows = await cursor.fetchall()
+        return {
+            Grant(site_id=site_id, module=module, role=_ROLES[role], source=source)
+            for site_id, module, role, source in rows
+        }
+
+    async def set_active(self, user_id: str, active: bool) -> None:
+        """A person (not the sync) activates or deactivates ``user_id``; the sync never undoes it.
+
+        Raises ``KeyError`` for an unknown user.
+        """
+        async with self._db.connection() as connection:
+            cursor = await connection.execute(
+                self._q("UPDATE {schema}.users SET active = %s, deactivated_by_sync = false WHERE id = %s"),
+                (active, user_id),
+            )
+            if cursor.rowcount == 0:
+                raise KeyError(user_id)
+
+    async def user(self, user_id: str) -> StoredUser:
+        """The user with ``user_id``. Raises ``KeyError`` when there is none."""
+        async with self._db.connection() as connection:
+            return await self._user(connection, user_id)
+
+    async def _user(self, connection: psycopg.AsyncConnection[Any], user_id: str) -> StoredUser:
+        cursor = await connection.execute(
+            self._q(f"SELECT {_USER_COLUMNS} FROM {{schema}}.users WHERE id = %s"), (user_id,)
+        )
+        row = await cursor.fetchone()
+        if row is None:
+            raise KeyError(f"no user with id {user_id!r}")
+        return _user_from_row(row)
+
+    async def users(self) -> list[StoredUser]:
+        """Every user, in the order they were added."""
+        async with self._db.connection() as connection:
+            cursor = await connection.execute(
+                self._q(f"SELECT {_USER_COLUMNS} FROM {{schema}}.users ORDER BY seq")
+            )
+            return [_user_from_row(row) for row in await cursor.fetchall()]
