@@ -33,6 +33,7 @@ from calm_azure_sync import (
     Unassign,
     UpdateUser,
 )
+from calm_azure_sync._sqlite import open_sqlite
 from calm_azure_sync.plan import Change
 
 TRUST = "trust-oak"
@@ -534,7 +535,7 @@ def test_opening_a_new_file_waits_for_another_connection_instead_of_failing(tmp_
     holder.execute("INSERT INTO t VALUES (1)")
     timer = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
     timer.start()
-    connection = sqlite_module.open_sqlite(path, busy_timeout_ms=10_000)  # waits for the writer
+    connection = open_sqlite(path, busy_timeout_ms=10_000)  # waits for the writer
     try:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert holder.execute("SELECT count(*) FROM t").fetchone() == (1,)  # the writer's row committed first

@@ -12,7 +12,7 @@ from typing import Any, Final
 import attrs
 
 from .._html import html_table
-from ..store.sqlite import ThreadedConnection, write_transaction
+from .._sqlite import ThreadedConnection, write_transaction
 from .events import AuditEvent, AuditKind
 
 __all__ = ["ImportLogCursor", "ImportLogPage", "SqliteAuditSink"]
