@@ -15,9 +15,13 @@ from ..errors import ImportAlreadyRunningError
 from ..model import Role
 from ..plan import Change
 from .protocol import ChangeResult, Grant, StoredUser, StoreState
-from .rules import UserTables
+from .rules import GrantWrite, UserTables, UserWrite
 
 __all__ = ["InMemoryUserStore"]
+
+# Moved to calm_azure_sync.store.rules; these names still import from here
+# for code written before the move (import them from store.rules).
+_MOVED_TO_RULES = (GrantWrite, UserWrite)
 
 
 @attrs.define
