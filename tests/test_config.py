@@ -128,3 +128,80 @@ def test_removal_hold_threshold():
     assert policy.should_hold(21, 100)
     with pytest.raises(ConfigError):
         RemovalPolicy(mode="delete")  # type: ignore[arg-type]
+
+
+# -- the constructor checks its input, like from_dict ------------------------------------------
+
+MAPPING = GroupMapping("g-staff", "birch", {"Risk": "Member"})
+
+
+def test_exclusions_may_be_a_list_of_patterns_or_the_dict_to_dict_writes():
+    # Before: accepted, then AttributeError at run time ("list" has no attribute "reason_excluded").
+    assert SyncConfig("oak", [MAPPING], exclusions=["noreply@*", "*.bot@*"]).exclusions == ExclusionPolicy(
+        patterns=["noreply@*", "*.bot@*"]
+    )
+    assert SyncConfig("oak", [MAPPING], exclusions=("noreply@*",)).exclusions.patterns == ("noreply@*",)
+    as_dict = {"patterns": ["noreply@*"], "user_ids": ["u-1"]}
+    assert SyncConfig("oak", [MAPPING], exclusions=as_dict).exclusions == ExclusionPolicy(**as_dict)
+
+
+def test_mappings_and_removal_may_be_given_as_their_dicts():
+    config = make_config()
+    rebuilt = SyncConfig(
+        "oak",
+        [mapping.to_dict() for mapping in config.mappings.mappings],
+        exclusions=config.exclusions.to_dict(),
+        removal=config.to_dict()["removal"],
+        include_guests=True,
+        modules=["Risk", "Policies"],
+        tenant_id="t-1",
+    )
+    assert rebuilt == config
+    assert SyncConfig("oak", [MAPPING], removal={"mode": "keep"}).removal == RemovalPolicy("keep")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"exclusions": "noreply@*"}, "exclusions: expected an ExclusionPolicy, a list of email patterns"),
+        ({"exclusions": ["a b"]}, r"exclusions\.patterns\[0\]: 'a b' has characters"),
+        ({"exclusions": [3]}, r"exclusions\.patterns\[0\]: must be a string"),
+        ({"exclusions": {"patterns": [], "nope": 1}}, r"exclusions\.nope: unknown setting"),
+        ({"exclusions": 42}, "exclusions: expected"),
+        ({"mappings": [MAPPING, {"group_id": "g", "site_id": "birch"}]}, r"mappings\[1\]\.roles: required"),
+        ({"mappings": [{"group_id": "g", "site_id": "birch", "roles": {"Risk": "boss"}}]},
+         r"mappings\[0\]\.roles\.Risk: 'boss' is not a role"),
+        ({"mappings": [MAPPING, "g-staff"]}, r"mappings\[1\]: expected a GroupMapping or a dict"),
+        ({"mappings": [{"group_id": "g", "site_id": "birch", "roles": {"Risk": "Member"}, "x": 1}]},
+         r"mappings\[0\]\.x: unknown setting"),
+        ({"mappings": "g-staff"}, "mappings: expected a list of GroupMapping"),
+        ({"mappings": None}, "mappings: expected a list of GroupMapping"),
+        ({"removal": "keep"}, "removal: expected a RemovalPolicy or a dict"),
+        ({"removal": {"mode": "delete"}}, r"removal\.mode: 'delete' is not one of"),
+        ({"removal": {"mode": "keep", "ratio": 1}}, r"removal\.ratio: unknown setting"),
+        ({"trust_site_id": None}, "trust_site_id: must be a non-empty string"),
+        ({"trust_site_id": 7}, "trust_site_id: must be a non-empty string, got int 7"),
+        ({"trust_site_id": " "}, "trust_site_id: must be a non-empty string"),
+        ({"include_guests": "no"}, "include_guests: must be true or false, got str 'no'"),
+        ({"include_guests": 1}, "include_guests: must be true or false"),
+        ({"tenant_id": 5}, "tenant_id: must be a non-empty string or None"),
+        ({"tenant_id": ""}, "tenant_id: must be a non-empty string or None"),
+        ({"modules": 5}, "modules: expected a list of module names"),
+        ({"modules": ["Risk", 3]}, r"modules\[1\]: must be a non-empty string, got int 3"),
+        ({"modules": {"Risk": True}}, "modules: expected a list of module names"),
+    ],
+)
+def test_the_constructor_refuses_wrong_types_naming_the_field(overrides, problem):
+    with pytest.raises(ConfigError, match=problem):
+        make_config(**overrides)
+
+
+@given(st.dictionaries(
+    st.sampled_from(["trust_site_id", "mappings", "exclusions", "removal", "include_guests", "modules", "tenant_id"]),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+                 lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                 max_leaves=8),
+))
+def test_the_constructor_raises_only_config_error(overrides):
+    with contextlib.suppress(ConfigError):
+        make_config(**overrides)

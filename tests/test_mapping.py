@@ -78,3 +78,38 @@ def test_access_does_not_depend_on_order(mapping_list, groups, random):
     order = sorted(groups)
     random.shuffle(order)
     assert MappingPolicy(shuffled).access_with_reasons(order) == MappingPolicy(mapping_list).access_with_reasons(groups)
+
+
+def test_a_group_mapping_reads_back_its_dict():
+    mapping = GroupMapping("g", "birch", {"Risk": "admin", "Policies": "Member"})
+    assert mapping.to_dict() == {"group_id": "g", "site_id": "birch", "roles": {"Policies": "Member", "Risk": "Admin"}}
+    assert GroupMapping.from_dict(mapping.to_dict()) == mapping
+
+
+@pytest.mark.parametrize(
+    ("data", "problems"),
+    [
+        ("g", ["expected an object with group_id, site_id, roles, got str 'g'"]),
+        ({"group_id": "g"}, ["site_id: required", "roles: required"]),
+        ({"group_id": "g", "site_id": "s", "roles": {"Risk": "Admin"}, "role": "x"}, ["role: unknown setting"]),
+        ({"group_id": 3, "site_id": "s", "roles": {"Risk": "Admin"}}, ["group_id: must be a non-empty string, got 3"]),
+        ({"group_id": "g", "site_id": "s", "roles": ["Risk"]}, ["roles: expected a mapping of module to role, got list ['Risk']"]),
+    ],
+)
+def test_group_mapping_from_dict_names_every_problem(data, problems):
+    with pytest.raises(ConfigError) as caught:
+        GroupMapping.from_dict(data)
+    assert caught.value.problems == problems
+
+
+def test_a_mapping_policy_takes_group_mappings_or_their_dicts_and_names_the_bad_item():
+    as_dict = {"group_id": "g", "site_id": "s", "roles": {"Risk": "Admin"}}
+    assert MappingPolicy([as_dict]) == MappingPolicy([GroupMapping.from_dict(as_dict)])
+    with pytest.raises(ConfigError) as caught:
+        MappingPolicy([as_dict, 3, {**as_dict, "site_id": ""}])
+    assert caught.value.problems == [
+        "mappings[1]: expected a GroupMapping or a dict with group_id, site_id and roles, got int 3",
+        "mappings[2].site_id: must be a non-empty string, got ''",
+    ]
+    with pytest.raises(ConfigError, match="mappings: expected a list"):
+        MappingPolicy(as_dict)  # type: ignore[arg-type]

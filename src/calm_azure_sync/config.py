@@ -29,7 +29,7 @@ CONFIG_FORMAT_VERSION = 1
 
 def _check_mode(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value not in _REMOVAL_MODES:
-        raise ConfigError(f"removal.mode: {value!r} is not one of {', '.join(_REMOVAL_MODES)}")
+        raise ConfigError(f"removal.mode: {show(value)} is not one of {', '.join(_REMOVAL_MODES)}")
 
 
 def _check_ratio(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -39,12 +39,12 @@ def _check_ratio(instance: object, attribute: attrs.Attribute[Any], value: objec
         or not math.isfinite(value)
         or not 0 <= value <= 1
     ):
-        raise ConfigError(f"removal.{attribute.name}: must be a number from 0 to 1, got {value!r}")
+        raise ConfigError(f"removal.{attribute.name}: must be a number from 0 to 1, got {show(value)}")
 
 
 def _check_count(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"removal.{attribute.name}: must be a whole number of at least 0, got {value!r}")
+        raise ConfigError(f"removal.{attribute.name}: must be a whole number of at least 0, got {show(value)}")
 
 
 @attrs.frozen
@@ -94,16 +94,80 @@ class RemovalPolicy:
         return (baseline - members_now) > self.max_group_shrink_ratio * baseline
 
 
-def _to_policy(mappings: MappingPolicy | Iterable[GroupMapping]) -> MappingPolicy:
+def _to_policy(mappings: MappingPolicy | Iterable[GroupMapping | Mapping[str, Any]]) -> MappingPolicy:
+    # MappingPolicy checks the items (GroupMapping, or GroupMapping.from_dict dicts).
     return mappings if isinstance(mappings, MappingPolicy) else MappingPolicy(mappings)
+
+
+def _to_exclusions(exclusions: ExclusionPolicy | Iterable[str] | Mapping[str, Any]) -> ExclusionPolicy:
+    if isinstance(exclusions, ExclusionPolicy):
+        return exclusions
+    reader = _Reader()
+    if isinstance(exclusions, Mapping):
+        # The form to_dict writes: {"patterns": [...], "user_ids": [...]}.
+        policy = reader.build(exclusions, "exclusions", ExclusionPolicy, ("patterns", "user_ids"), required=False)
+    elif isinstance(exclusions, (str, bytes)) or not isinstance(exclusions, Iterable):
+        hint = f" (one pattern is written [{exclusions!r}])" if isinstance(exclusions, str) else ""
+        raise ConfigError(
+            "exclusions: expected an ExclusionPolicy, a list of email patterns or a dict with patterns and "
+            f"user_ids, got {_kind(exclusions)}{hint}"
+        )
+    else:
+        # A plain list of patterns, the obvious shorthand: ["noreply@*", "*.bot@*"].
+        policy = reader.build({"patterns": exclusions}, "exclusions", ExclusionPolicy, ("patterns",))
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    assert isinstance(policy, ExclusionPolicy)
+    return policy
+
+
+def _to_removal(removal: RemovalPolicy | Mapping[str, Any]) -> RemovalPolicy:
+    if isinstance(removal, RemovalPolicy):
+        return removal
+    if not isinstance(removal, Mapping):
+        raise ConfigError(
+            f"removal: expected a RemovalPolicy or a dict of its settings, got {_kind(removal)}"
+        )
+    reader = _Reader()
+    keys = tuple(field.name for field in attrs.fields(RemovalPolicy))
+    policy = reader.build(removal, "removal", RemovalPolicy, keys, required=False)
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    assert isinstance(policy, RemovalPolicy)
+    return policy
+
+
+def _check_trust_site_id(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"trust_site_id: must be a non-empty string, got {_kind(value)}")
+
+
+def _check_include_guests(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"include_guests: must be true or false, got {_kind(value)}")
+
+
+def _check_tenant_id(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ConfigError(f"tenant_id: must be a non-empty string or None, got {_kind(value)}")
 
 
 def _freeze_modules(modules: Iterable[str] | None) -> frozenset[str] | None:
     if modules is None:
         return None
     if isinstance(modules, str):
-        return frozenset([modules])
-    return frozenset(modules)
+        modules = [modules]
+    elif isinstance(modules, (bytes, Mapping)) or not isinstance(modules, Iterable):
+        raise ConfigError(f"modules: expected a list of module names or None, got {_kind(modules)}")
+    items = list(modules)
+    problems = [
+        f"modules[{index}]: must be a non-empty string, got {_kind(module)}"
+        for index, module in enumerate(items)
+        if not isinstance(module, str) or not module.strip()
+    ]
+    if problems:
+        raise ConfigError(problems)
+    return frozenset(items)
 
 
 @attrs.frozen
@@ -111,19 +175,34 @@ class SyncConfig:
     """Everything one trust's sync needs: where, which groups, whom to leave out.
 
     ``mappings`` may be given as a :class:`MappingPolicy` or as a list of
-    :class:`GroupMapping`; it is kept as a ``MappingPolicy``. ``modules``, when
-    given, is the set of module names the host offers (mappings to others are
+    :class:`GroupMapping` or of their dicts (:meth:`GroupMapping.from_dict`);
+    it is kept as a ``MappingPolicy``. ``exclusions`` may be an
+    :class:`ExclusionPolicy`, a list of email patterns (``["noreply@*"]``) or
+    a dict with ``patterns`` and ``user_ids``; ``removal`` a
+    :class:`RemovalPolicy` or a dict of its settings. ``modules``, when given,
+    is the set of module names the host offers (mappings to others are
     problems). ``tenant_id`` is the Entra tenant the trust connected to; a run
     refuses a directory of another tenant.
+
+    Anything else is refused at once with a :class:`ConfigError` naming the
+    field (``mappings[2].roles.Risk: ...``, ``include_guests: ...``), not
+    later in a run:
+
+    >>> SyncConfig("oak", [], exclusions=["noreply@*"]).exclusions.patterns
+    ('noreply@*',)
+    >>> SyncConfig("oak", [], include_guests="yes")
+    Traceback (most recent call last):
+    ...
+    calm_azure_sync.errors.ConfigError: include_guests: must be true or false, got str 'yes'
     """
 
-    trust_site_id: str
+    trust_site_id: str = attrs.field(validator=_check_trust_site_id)
     mappings: MappingPolicy = attrs.field(converter=_to_policy)
-    exclusions: ExclusionPolicy = attrs.field(factory=ExclusionPolicy)
-    removal: RemovalPolicy = attrs.field(factory=RemovalPolicy)
-    include_guests: bool = False
+    exclusions: ExclusionPolicy = attrs.field(factory=ExclusionPolicy, converter=_to_exclusions)
+    removal: RemovalPolicy = attrs.field(factory=RemovalPolicy, converter=_to_removal)
+    include_guests: bool = attrs.field(default=False, validator=_check_include_guests)
     modules: frozenset[str] | None = attrs.field(default=None, converter=_freeze_modules)
-    tenant_id: str | None = None
+    tenant_id: str | None = attrs.field(default=None, validator=_check_tenant_id)
 
     def validate(self, hierarchy: TrustHierarchy) -> None:
         """Check this configuration against the host's sites.
@@ -173,14 +252,7 @@ class SyncConfig:
             "tenant_id": self.tenant_id,
             "include_guests": self.include_guests,
             "modules": None if self.modules is None else sorted(self.modules),
-            "mappings": [
-                {
-                    "group_id": mapping.group_id,
-                    "site_id": mapping.site_id,
-                    "roles": {module: role.value for module, role in mapping.roles.items()},
-                }
-                for mapping in self.mappings.mappings
-            ],
+            "mappings": [mapping.to_dict() for mapping in self.mappings.mappings],
             "exclusions": self.exclusions.to_dict(),
             "removal": {
                 "mode": self.removal.mode,

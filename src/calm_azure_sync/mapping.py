@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 
+from ._text import show
 from .errors import ConfigError
 from .model import Role
 
@@ -23,12 +24,14 @@ Access = dict[tuple[str, str], Role]
 
 def _parse_roles(roles: object) -> dict[str, Role]:
     if not isinstance(roles, Mapping):
-        raise ConfigError(f"roles: expected a mapping of module to role, got {type(roles).__name__}")
+        raise ConfigError(
+            f"roles: expected a mapping of module to role, got {type(roles).__name__} {show(roles)}"
+        )
     parsed: dict[str, Role] = {}
     problems: list[str] = []
     for module, role in roles.items():
         if not isinstance(module, str) or not module.strip():
-            problems.append(f"roles: module names must be non-empty strings, got {module!r}")
+            problems.append(f"roles: module names must be non-empty strings, got {show(module)}")
             continue
         try:
             parsed[module.strip()] = Role.parse(role)
@@ -41,7 +44,7 @@ def _parse_roles(roles: object) -> dict[str, Role]:
 
 def _check_id(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{attribute.name}: must be a non-empty string, got {value!r}")
+        raise ConfigError(f"{attribute.name}: must be a non-empty string, got {show(value)}")
 
 
 def _check_roles(instance: object, attribute: attrs.Attribute[Any], value: dict[str, Role]) -> None:
@@ -66,14 +69,70 @@ class GroupMapping:
     def __hash__(self) -> int:
         return hash((self.group_id, self.site_id, tuple(self.roles.items())))
 
+    _KEYS = ("group_id", "site_id", "roles")
 
-def _freeze_mappings(mappings: Iterable[GroupMapping]) -> tuple[GroupMapping, ...]:
-    return tuple(mappings)
+    @classmethod
+    def from_dict(cls, data: object) -> GroupMapping:
+        """Read ``{"group_id": ..., "site_id": ..., "roles": {module: role}}`` (the form :meth:`to_dict` writes).
+
+        Every problem (not an object, a missing or unknown key, a bad value)
+        is reported at once in one :class:`ConfigError`, each naming its key.
+        """
+        if not isinstance(data, Mapping) or not all(isinstance(key, str) for key in data):
+            raise ConfigError(f"expected an object with {', '.join(cls._KEYS)}, got {type(data).__name__} {show(data)}")
+        problems = [f"{key}: unknown setting" for key in sorted(set(data) - set(cls._KEYS))]
+        problems += [f"{key}: required" for key in cls._KEYS if key not in data]
+        if not problems:
+            try:
+                return cls(data["group_id"], data["site_id"], data["roles"])
+            except ConfigError as error:
+                problems = error.problems
+        raise ConfigError(problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain JSON form: role names as strings."""
+        return {
+            "group_id": self.group_id,
+            "site_id": self.site_id,
+            "roles": {module: role.value for module, role in self.roles.items()},
+        }
+
+
+def _freeze_mappings(mappings: Iterable[GroupMapping | Mapping[str, Any]]) -> tuple[GroupMapping, ...]:
+    if isinstance(mappings, (str, bytes, Mapping, GroupMapping)) or not isinstance(mappings, Iterable):
+        raise ConfigError(
+            f"mappings: expected a list of GroupMapping (or of their dicts), got {type(mappings).__name__} "
+            f"{show(mappings)}"
+        )
+    frozen: list[GroupMapping] = []
+    problems: list[str] = []
+    untyped: Iterable[object] = mappings  # whatever the caller passed, typed or not
+    for index, item in enumerate(untyped):
+        if isinstance(item, GroupMapping):
+            frozen.append(item)
+        elif isinstance(item, Mapping):
+            try:
+                frozen.append(GroupMapping.from_dict(item))
+            except ConfigError as error:
+                problems.extend(f"mappings[{index}].{problem}" for problem in error.problems)
+        else:
+            problems.append(
+                f"mappings[{index}]: expected a GroupMapping or a dict with group_id, site_id and roles, "
+                f"got {type(item).__name__} {show(item)}"
+            )
+    if problems:
+        raise ConfigError(problems)
+    return tuple(frozen)
 
 
 @attrs.frozen
 class MappingPolicy:
-    """All group mappings of one trust, and the access they give."""
+    """All group mappings of one trust, and the access they give.
+
+    ``mappings`` is a list of :class:`GroupMapping`, or of dicts in the form
+    :meth:`GroupMapping.from_dict` reads; anything else is a
+    :class:`ConfigError` naming ``mappings[i]``.
+    """
 
     mappings: tuple[GroupMapping, ...] = attrs.field(converter=_freeze_mappings, default=())
     # group id -> (((site_id, module), role), ...): the index access_for walks.
