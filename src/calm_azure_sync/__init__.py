@@ -46,6 +46,7 @@ from .plan import (
     UpdateUser,
     UpsertGroup,
 )
+from .review import AccessRow, AccessTable
 from .state import Hold, SyncState, SyncStateStore
 from .store.protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup, UserStore
 
@@ -86,6 +87,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AccessRow",
+    "AccessTable",
     "Actor",
     "AddGroupMember",
     "Assign",

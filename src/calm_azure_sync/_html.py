@@ -1,23 +1,104 @@
-"""HTML tables for notebooks (``_repr_html_``): one builder for every table the library shows."""
+"""Tables for people: one HTML builder for every notebook table (``_repr_html_``), one for text.
+
+The cells hold text from Azure (display names, group names, reasons naming
+them), so both builders treat every cell as untrusted, in one place: HTML
+escapes it, and both spell out the characters that would let a name take
+over its surroundings (:func:`visible`).
+"""
 
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Iterable, Sequence
 
-__all__ = ["html_table"]
+import attrs
+
+__all__ = ["Cell", "html_table", "text_table", "visible"]
+
+#: Rows a text table shows before it says how many more there are (HTML shows 200).
+TEXT_ROWS = 50
+#: Characters a text cell shows before it is cut (the last column gets ``TEXT_LAST_CELL``).
+TEXT_CELL = 40
+TEXT_LAST_CELL = 120
+
+# Control characters (a terminal obeys ESC sequences; a newline breaks a row)
+# and the bidirectional embeddings, overrides and isolates that make a line
+# read in another order than it is written ("Trojan Source"). Joiners and
+# marks that scripts need (ZWJ, ZWNJ, LRM, RLM) are left alone.
+_HIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    r"""``text`` with control and bidi-override characters spelled out (``\n``, ``\x1b``, ``\u202e``)."""
+    return _HIDDEN.sub(lambda match: match[0].encode("unicode_escape").decode("ascii"), text)
+
+
+@attrs.frozen
+class Cell:
+    """A table cell that shows ``text`` and, on hover, ``title`` (an object id behind a name)."""
+
+    text: object
+    title: str | None = None
+
+
+def _text(value: object) -> str:
+    if isinstance(value, Cell):
+        value = value.text
+    return "" if value is None else visible(str(value))
+
+
+def _html_cell(value: object) -> str:
+    title = value.title if isinstance(value, Cell) else None
+    title_attribute = f' title="{html.escape(visible(title))}"' if title else ""
+    return f"<td{title_attribute}>{html.escape(_text(value))}</td>"
 
 
 def html_table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, limit: int = 200) -> str:
-    """An escaped HTML table; past ``limit`` rows, a line says how many more there are."""
-    head = "".join(f"<th>{html.escape(str(header))}</th>" for header in headers)
+    """An escaped HTML table; past ``limit`` rows, a line says how many more there are.
+
+    A cell is any value (``None`` shows empty) or a :class:`Cell` with a title.
+    """
+    head = "".join(f"<th>{html.escape(visible(str(header)))}</th>" for header in headers)
     shown: list[str] = []
     hidden = 0
     for row in rows:
         if len(shown) < limit:
-            cells = "".join(f"<td>{html.escape('' if cell is None else str(cell))}</td>" for cell in row)
-            shown.append(f"<tr>{cells}</tr>")
+            shown.append(f"<tr>{''.join(_html_cell(cell) for cell in row)}</tr>")
         else:
             hidden += 1
     more = f"<p>… and {hidden} more</p>" if hidden else ""
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(shown)}</tbody></table>{more}"
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def text_table(
+    headers: Sequence[str], rows: Iterable[Sequence[object]], *, limit: int = TEXT_ROWS
+) -> list[str]:
+    """A plain-text table, one line a row, for ``__str__``; the same cells :func:`html_table` takes.
+
+    Columns empty in every shown row are left out; long cells are cut; past
+    ``limit`` rows, a line says how many more there are. No rows, no lines.
+    """
+    last = len(headers) - 1
+    shown: list[list[str]] = []
+    hidden = 0
+    for row in rows:
+        if len(shown) < limit:
+            shown.append(
+                [_cut(_text(cell), TEXT_LAST_CELL if i == last else TEXT_CELL) for i, cell in enumerate(row)]
+            )
+        else:
+            hidden += 1
+    if not shown:
+        return []
+    columns = [index for index in range(len(headers)) if any(row[index] for row in shown)]
+    widths = {index: max(len(headers[index]), *(len(row[index]) for row in shown)) for index in columns}
+    lines = ["  ".join(headers[index].ljust(widths[index]) for index in columns).rstrip()]
+    lines += ["  ".join(row[index].ljust(widths[index]) for index in columns).rstrip() for row in shown]
+    if hidden:
+        lines.append(f"… and {hidden} more")
+    return lines

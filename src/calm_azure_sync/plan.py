@@ -7,15 +7,16 @@ them, and the audit log records them. Nothing here does IO.
 
 from __future__ import annotations
 
-import html
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from ._html import html_table
 from .model import Role
+
+if TYPE_CHECKING:
+    from .review import AccessTable
 
 __all__ = [
     "AddGroupMember",
@@ -358,54 +359,58 @@ class Plan:
         }
 
     def __repr__(self) -> str:
-        counts = ", ".join(f"{kind}={count}" for kind, count in self.summary().items() if count)
-        extra = f", held={len(self.held_removals)} ({self.hold_reason})" if self.held_removals else ""
-        return (
-            f"<Plan trust={self.trust_site_id!r} changes={len(self.changes)}"
-            f"{' (' + counts + ')' if counts else ''}, skipped={len(self.skipped)}{extra}>"
-        )
+        from . import review  # review renders plans: it imports this module
+
+        return review.plan_repr(self)
+
+    def __str__(self) -> str:
+        """The plan for a terminal: headline counts, holds and conflicts, the changes, who was left out."""
+        from . import review
+
+        return review.plan_text(self)
 
     def _repr_html_(self) -> str:
         return render_plan_html(self)
 
+    def to_records(self) -> list[dict[str, object]]:
+        """One plain dict per change, then per held removal, for ``pandas.DataFrame(plan.to_records())``.
 
-def describe_change(change: Change) -> list[object]:
-    """One table row: kind, user, site, module, role, detail."""
-    if isinstance(change, Assign):
-        detail = f"was {change.previous.value}" if change.previous else ""
-        if change.because:
-            detail = (detail + "; " if detail else "") + "because " + ", ".join(change.because)
-        return ["assign", change.external_id, change.site_id, change.module, change.role.value, detail]
-    if isinstance(change, Unassign):
-        return ["unassign", change.external_id, change.site_id, change.module, "", f"was {change.previous.value}"]
-    if isinstance(change, (CreateUser, LinkUser, UpdateUser)):
-        detail = change.display_name
-        if isinstance(change, UpdateUser):
-            detail = "changed " + ", ".join(change.changed)
-        return [change_kind(change), change.external_id, "", "", "", f"{change.email} {detail}".strip()]
-    return [change_kind(change), change.external_id, "", "", "", ""]
+        Keys (the same in every dict): ``kind``, ``external_id`` (the user's),
+        ``name``, ``email``, ``site_id``, ``module``, ``role``, ``previous``,
+        ``groups`` (names), ``group_ids``, ``held``, ``detail``; values are
+        ``str``, ``bool`` or ``None``.
+        """
+        from . import review
+
+        return review.plan_records(self)
+
+    def access_table(self, site_id: str | None = None, *, changed_only: bool = False) -> AccessTable:
+        """Users by (site, module) with the role after this plan runs and what changed.
+
+        The trust's synced access before the run (``access_before``) with the
+        changes applied; held removals keep their role, marked held.
+        ``site_id`` keeps one site; ``changed_only`` leaves out unchanged
+        roles. Shows as a table in a notebook and in ``str()``; its
+        ``to_records()`` gives plain dicts.
+        """
+        from . import review
+
+        return review.access_table(self, site_id, changed_only=changed_only)
+
+
+def describe_change(change: Change, plan: Plan | None = None) -> list[str]:
+    """One change as a row of text: change, user, email, site, module, role, groups, detail.
+
+    Users and groups are named from ``plan`` (``people``, ``group_names``)
+    when given; an empty string where a column does not apply.
+    """
+    from . import review
+
+    return review.change_cells(change, plan)
 
 
 def render_plan_html(plan: Plan) -> str:
-    """The plan as HTML tables: summary, changes, held removals, skips."""
-    parts = [f"<h4>Plan for trust {html.escape(plan.trust_site_id)}</h4>"]
-    parts.append(html_table(["change", "count"], [[k, v] for k, v in plan.summary().items()]))
-    headers = ["change", "user", "site", "module", "role", "detail"]
-    if plan.changes:
-        parts.append("<h5>Changes</h5>" + html_table(headers, [describe_change(c) for c in plan.changes]))
-    if plan.held_removals:
-        parts.append(
-            f"<h5>Held removals ({html.escape(str(plan.hold_reason))})</h5>"
-            + html_table(headers, [describe_change(c) for c in plan.held_removals])
-        )
-    if plan.skipped:
-        parts.append(
-            "<h5>Skipped</h5>"
-            + html_table(["user", "email", "reason"], [[s.external_id, s.email, s.reason] for s in plan.skipped])
-        )
-    if plan.unreadable_groups:
-        parts.append(
-            "<h5>Groups not read completely</h5>"
-            + html_table(["group", "reason"], [[g, r] for g, r in plan.unreadable_groups.items()])
-        )
-    return "".join(parts)
+    """The plan as HTML: summary, held removals and conflicts, changes, who was left out."""
+    from . import review
+
+    return review.plan_html(plan)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import html
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
-from ._html import html_table
+from . import review
 from .audit.events import AuditEvent
 from .plan import Change, HoldReason, Plan, change_to_dict
 
@@ -21,9 +20,12 @@ class ImportReport:
     """What one run of :meth:`Reconciler.run` did.
 
     ``counts`` holds the applied changes by kind (``create_user``, ``assign``…)
-    and ``skipped``, ``excluded``, ``failed`` and ``held``; ``errors`` says
-    what went wrong, one line each; ``held_removals`` are the removals held
-    back (``hold_reason`` says why). ``ok`` is false when anything failed: a
+    and ``skipped`` (out of scope), ``excluded`` (exclusion policy),
+    ``conflict`` (email conflicts), ``failed`` and ``held``; its text and HTML
+    take those three skip counts from the plan, so they read like the plan's.
+    ``errors`` says what went wrong, one line each; ``held_removals`` are the
+    removals held back (``hold_reason`` says why; the plan's ``hold_id`` is
+    what an admin confirms). ``ok`` is false when anything failed: a
     group that could not be read, a change the store refused, an audit sink
     that was down. A run whose only news is a hold is ``ok``.
     ``unrecorded_events`` are Import Log events the audit sink did not take
@@ -60,38 +62,20 @@ class ImportReport:
             "ok": self.ok,
         }
 
+    def to_records(self) -> list[dict[str, object]]:
+        """The run's planned changes and held removals as plain dicts, for ``pandas.DataFrame``.
+
+        What :meth:`Plan.to_records` gives, each with this run's ``run_id``
+        first; empty when the run stopped before it planned.
+        """
+        return review.report_records(self)
+
     def __repr__(self) -> str:
-        counts = ", ".join(f"{kind}={count}" for kind, count in self.counts.items() if count)
-        return (
-            f"<ImportReport run={self.run_id} trust={self.trust_site_id!r} ok={self.ok}"
-            f"{' (' + counts + ')' if counts else ''}, errors={len(self.errors)}, "
-            f"held={len(self.held_removals)}>"
-        )
+        return review.report_repr(self)
 
     def __str__(self) -> str:
-        status = "ok" if self.ok else "FAILED"
-        counts = ", ".join(f"{kind}={count}" for kind, count in self.counts.items() if count)
-        lines = [
-            f"Import {self.run_id} of trust {self.trust_site_id}: {status} "
-            f"in {self.duration_seconds:.1f}s ({counts or 'no changes'})"
-        ]
-        if self.held_removals:
-            lines.append(f"  {len(self.held_removals)} removals held ({self.hold_reason})")
-        lines.extend(f"  error: {error}" for error in self.errors[:20])
-        if len(self.errors) > 20:
-            lines.append(f"  … and {len(self.errors) - 20} more errors")
-        return "\n".join(lines)
+        """Outcome, duration and counts; then held removals (with the hold id), stale groups, conflicts, errors."""
+        return review.report_text(self)
 
     def _repr_html_(self) -> str:
-        status = "ok" if self.ok else "failed"
-        errors = "".join(f"<li>{html.escape(error)}</li>" for error in self.errors[:100])
-        held = (
-            f"<p>{len(self.held_removals)} removals held ({html.escape(str(self.hold_reason))})</p>"
-            if self.held_removals
-            else ""
-        )
-        return (
-            f"<h4>Import {html.escape(self.run_id)} of trust {html.escape(self.trust_site_id)}: {status}</h4>"
-            f"{html_table(['kind', 'count'], self.counts.items())}"
-            f"{held}{'<h5>Errors</h5><ul>' + errors + '</ul>' if errors else ''}"
-        )
+        return review.report_html(self)

@@ -52,9 +52,9 @@ async def main(out: Path) -> int:
 
     _heading("Plan (nothing written yet)")
     plan = await reconciler.plan(config)
-    print(" ", plan)
+    print(" ", repr(plan))
     for change in plan.changes[:8]:
-        print("   ", " | ".join(str(cell) for cell in describe_change(change) if cell))
+        print("   ", " | ".join(str(cell) for cell in describe_change(change, plan) if cell))
     print(f"    … {len(plan.changes) - 8} more")
     for skip in plan.skipped[:6]:
         print(f"    skipped {skip.email or skip.external_id}: {skip.reason}")

@@ -1,0 +1,773 @@
+"""How a plan and an import report read to a person: text, HTML, records and the access table.
+
+:class:`~calm_azure_sync.plan.Plan` and
+:class:`~calm_azure_sync.report.ImportReport` hand their ``__str__``,
+``_repr_html_``, ``to_records()`` and ``access_table()`` to the functions
+here, so every way of showing a change says the same thing. Nothing here
+does IO. The rules, written once:
+
+- **People by name.** A user is shown by Azure display name and email
+  (``Plan.people``; else the name and email a change or skip carries; else,
+  and only then, the Entra object id). The object id stays available: the
+  HTML cell's title, the records' ``external_id``.
+- **Groups by name.** A group is shown by its display name
+  (``Plan.group_names``; else the name an ``UpsertGroup`` carries), its id as
+  the cell's title and in the records' ``group_ids``.
+- **One vocabulary for who was left out**, the same in the plan and the
+  report: ``skipped`` (out of scope: disabled, guest, no email, an email
+  shared with another Azure user), ``excluded`` (the exclusion policy) and
+  ``conflict`` (the email already belongs to another store user; a person
+  must look). :func:`skip_category` decides; nothing else counts skips.
+- **Text from Azure is shown as text.** HTML escapes every cell
+  (:func:`~calm_azure_sync._html.html_table`); plain text spells out control
+  and bidi-override characters (``\\n``, ``\\x1b``, ``\\u202e``), in HTML
+  too, so a display name cannot break a table, move a terminal's cursor or
+  reverse a line.
+- **The access table** is the trust's synced access before the run
+  (``Plan.access_before``) with the planned changes applied; a held removal
+  keeps the role it would have taken away, marked held.
+"""
+
+from __future__ import annotations
+
+import html
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Literal
+
+import attrs
+
+from ._html import Cell, html_table, text_table, visible
+from .model import Role
+from .plan import (
+    AddGroupMember,
+    Assign,
+    Change,
+    CreateUser,
+    DeactivateUser,
+    LinkUser,
+    Plan,
+    RelinkUser,
+    RemoveGroupMember,
+    RetireGroup,
+    Skip,
+    Unassign,
+    UpdateUser,
+    UpsertGroup,
+    UserLabel,
+    change_kind,
+)
+
+if TYPE_CHECKING:
+    from .report import ImportReport
+
+__all__ = [
+    "HOLD_REASONS",
+    "SKIP_CATEGORIES",
+    "AccessChange",
+    "AccessRow",
+    "AccessTable",
+    "SkipCategory",
+    "access_table",
+    "change_cells",
+    "plan_html",
+    "plan_records",
+    "plan_repr",
+    "plan_text",
+    "report_counts",
+    "report_html",
+    "report_records",
+    "report_repr",
+    "report_text",
+    "skip_category",
+    "skip_counts",
+]
+
+SkipCategory = Literal["skipped", "excluded", "conflict"]
+SKIP_CATEGORIES: tuple[SkipCategory, ...] = ("skipped", "excluded", "conflict")
+
+#: Why removals are held, in words, by ``Plan.hold_reason``.
+HOLD_REASONS: Mapping[str, str] = {
+    "mass_removal": "the run would remove access from many synced users at once",
+    "group_shrank": "a mapped group shrank sharply since its last complete read",
+    "partial_read": "a mapped group could not be read completely",
+}
+
+#: Every change kind, in the order they apply (``Plan.summary()`` without its skip counts).
+_CHANGE_KINDS = tuple(kind for kind in Plan("").summary() if kind not in SKIP_CATEGORIES)
+_CHANGE_HEADERS = ("change", "user", "email", "site", "module", "role", "groups", "detail")
+_SKIP_HEADERS = ("user", "email", "reason")
+_SKIP_TITLES: Mapping[SkipCategory, str] = {
+    "conflict": "Conflicts (the email belongs to another store user; access left as it is)",
+    "skipped": "Skipped (out of scope)",
+    "excluded": "Excluded (exclusion policy)",
+}
+
+
+def skip_category(skip: Skip) -> SkipCategory:
+    """Which of the three words names this skip: ``conflict``, ``excluded`` or ``skipped``."""
+    if skip.conflict:
+        return "conflict"
+    if skip.excluded:
+        return "excluded"
+    return "skipped"
+
+
+def skip_counts(skipped: Iterable[Skip]) -> dict[str, int]:
+    """How many users were skipped, excluded and in conflict: all three keys, in that order."""
+    counts: dict[str, int] = dict.fromkeys(SKIP_CATEGORIES, 0)
+    for skip in skipped:
+        counts[skip_category(skip)] += 1
+    return counts
+
+
+# --- names ----------------------------------------------------------------------------------------
+
+
+class _Names:
+    """The names of the users and groups one plan mentions."""
+
+    def __init__(self, plan: Plan | None) -> None:
+        self.people: dict[str, UserLabel] = {}
+        self.groups: dict[str, str] = {}
+        if plan is None:
+            return
+        # What the changes and skips carry is the fallback; the planner's names win.
+        for change in (*plan.changes, *plan.held_removals):
+            if isinstance(change, (CreateUser, LinkUser, RelinkUser, UpdateUser)):
+                self.people.setdefault(change.external_id, UserLabel(change.display_name, change.email))
+            elif isinstance(change, UpsertGroup):
+                self.groups.setdefault(change.external_id, change.display_name)
+        for skip in plan.skipped:
+            self.people.setdefault(skip.external_id, UserLabel(None, skip.email))
+        self.people.update(plan.people)
+        self.groups.update(plan.group_names)
+
+    def user(self, external_id: str) -> tuple[str, str | None]:
+        """A user's name (the object id only when nothing better is known) and email."""
+        label = self.people.get(external_id)
+        if label is None:
+            return external_id, None
+        return label.display_name or label.email or external_id, label.email
+
+    def user_cells(self, external_id: str | None) -> list[object]:
+        """The user and email columns of a table: the email is left out when it is the name shown."""
+        if external_id is None:
+            return [None, None]
+        name, email = self.user(external_id)
+        return [Cell(name, title=external_id), email if email != name else None]
+
+    def group(self, group_id: str) -> str:
+        return self.groups.get(group_id) or group_id
+
+    def groups_cell(self, group_ids: Sequence[str]) -> Cell | None:
+        if not group_ids:
+            return None
+        return Cell(", ".join(self.group(group_id) for group_id in group_ids), title=", ".join(group_ids))
+
+
+# --- one change, described once --------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Row:
+    """One change as every output shows it."""
+
+    kind: str
+    external_id: str | None  # the user's; None for a change to a group alone
+    site_id: str | None = None
+    module: str | None = None
+    role: Role | None = None
+    previous: Role | None = None
+    group_ids: tuple[str, ...] = ()
+    detail: str = ""
+
+
+def _row(change: Change) -> _Row:
+    kind = change_kind(change)
+    if isinstance(change, Assign):
+        detail = f"was {change.previous.value}" if change.previous is not None else ""
+        return _Row(
+            kind,
+            change.external_id,
+            change.site_id,
+            change.module,
+            change.role,
+            change.previous,
+            change.because,
+            detail,
+        )
+    if isinstance(change, Unassign):
+        return _Row(
+            kind,
+            change.external_id,
+            change.site_id,
+            change.module,
+            None,
+            change.previous,
+            detail=f"was {change.previous.value}",
+        )
+    if isinstance(change, CreateUser):
+        return _Row(kind, change.external_id)
+    if isinstance(change, LinkUser):
+        return _Row(kind, change.external_id, detail=f"adopts store user {change.user_id} (invited by hand)")
+    if isinstance(change, RelinkUser):
+        return _Row(
+            kind,
+            change.external_id,
+            detail=f"store user {change.user_id} moves over from deleted Azure account "
+            f"{change.previous_external_id}",
+        )
+    if isinstance(change, UpdateUser):
+        parts = [f"changed {', '.join(change.changed)}"] if change.changed else []
+        if change.reactivate:
+            parts.append("reactivated")
+        return _Row(kind, change.external_id, detail="; ".join(parts))
+    if isinstance(change, DeactivateUser):
+        return _Row(kind, change.external_id, detail="no access left")
+    if isinstance(change, UpsertGroup):
+        sites = f"maps to {', '.join(change.site_ids)}" if change.site_ids else ""
+        return _Row(kind, None, group_ids=(change.external_id,), detail=sites)
+    if isinstance(change, (AddGroupMember, RemoveGroupMember)):
+        return _Row(kind, change.external_id, group_ids=(change.group_external_id,))
+    if isinstance(change, RetireGroup):
+        return _Row(
+            kind, None, group_ids=(change.external_id,), detail="mapping removed: kept, members cleared"
+        )
+    raise TypeError(f"not a change: {type(change).__name__}")  # pragma: no cover - the union is closed
+
+
+def _cells(row: _Row, names: _Names) -> list[object]:
+    return [
+        row.kind,
+        *names.user_cells(row.external_id),
+        row.site_id,
+        row.module,
+        row.role.value if row.role is not None else None,
+        names.groups_cell(row.group_ids),
+        row.detail or None,
+    ]
+
+
+def change_cells(change: Change, plan: Plan | None = None) -> list[str]:
+    """One change as a row of text: change, user, email, site, module, role, groups, detail.
+
+    Names come from ``plan`` when given, else from what the change carries;
+    an empty string where a column does not apply.
+    """
+    names = _Names(plan if plan is not None else Plan("", changes=(change,)))
+    return [
+        "" if cell is None else str(cell.text if isinstance(cell, Cell) else cell)
+        for cell in _cells(_row(change), names)
+    ]
+
+
+def _record(row: _Row, names: _Names, *, held: bool) -> dict[str, object]:
+    name, email = names.user(row.external_id) if row.external_id is not None else (None, None)
+    return {
+        "kind": row.kind,
+        "external_id": row.external_id,
+        "name": name,
+        "email": email,
+        "site_id": row.site_id,
+        "module": row.module,
+        "role": row.role.value if row.role is not None else None,
+        "previous": row.previous.value if row.previous is not None else None,
+        "groups": ", ".join(names.group(group_id) for group_id in row.group_ids) or None,
+        "group_ids": ", ".join(row.group_ids) or None,
+        "held": held,
+        "detail": row.detail or None,
+    }
+
+
+def plan_records(plan: Plan) -> list[dict[str, object]]:
+    """One plain dict per change, then per held removal (``held`` true): what ``pandas.DataFrame`` takes.
+
+    Every dict has the same keys (``kind``, ``external_id``, ``name``,
+    ``email``, ``site_id``, ``module``, ``role``, ``previous``, ``groups``,
+    ``group_ids``, ``held``, ``detail``) and only ``str``, ``bool`` or
+    ``None`` values.
+    """
+    names = _Names(plan)
+    records = [_record(_row(change), names, held=False) for change in plan.changes]
+    records += [_record(_row(change), names, held=True) for change in plan.held_removals]
+    return records
+
+
+# --- plain text --------------------------------------------------------------------------------------
+
+
+def _indent(lines: Iterable[str]) -> list[str]:
+    return [f"  {line}" for line in lines]
+
+
+def _indented(title: str, lines: Iterable[str]) -> list[str]:
+    return [title, *_indent(lines)]
+
+
+def _nonzero(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{kind}={count}" for kind, count in counts.items() if count)
+
+
+def _change_counts(plan: Plan) -> dict[str, int]:
+    return {kind: count for kind, count in plan.summary().items() if kind not in SKIP_CATEGORIES}
+
+
+def _hold_lines(plan: Plan, held: Sequence[Change], names: _Names) -> list[str]:
+    """What a hold is, what confirms it, and what it holds (text)."""
+    reason = plan.hold_reason or "unknown"
+    lines = [f"Held removals ({len(held)}): {reason}: {HOLD_REASONS.get(reason, 'see the Import Log')}"]
+    if plan.held_groups:
+        lines.append("  groups: " + ", ".join(visible(names.group(group)) for group in plan.held_groups))
+    lines.append(f"  {_confirmation(plan)}")
+    lines += _indent(text_table(_CHANGE_HEADERS, (_cells(_row(change), names) for change in held)))
+    return lines
+
+
+def _confirmation(plan: Plan) -> str:
+    if plan.hold_id is not None:
+        return f"To apply them once reviewed: run(config, actor=..., confirm_hold={plan.hold_id!r})"
+    return "They wait for a run that reads every mapped group completely"
+
+
+def _stale_rows(plan: Plan, names: _Names) -> Iterator[list[object]]:
+    for group_id, count in plan.stale_groups.items():
+        yield [Cell(names.group(group_id), title=group_id), group_id, count]
+
+
+def _unreadable_rows(plan: Plan, names: _Names) -> Iterator[list[object]]:
+    for group_id, reason in plan.unreadable_groups.items():
+        yield [Cell(names.group(group_id), title=group_id), group_id, reason]
+
+
+def _skip_rows(skipped: Iterable[Skip], category: SkipCategory, names: _Names) -> list[list[object]]:
+    return [
+        [*names.user_cells(skip.external_id), skip.reason]
+        for skip in skipped
+        if skip_category(skip) == category
+    ]
+
+
+_STALE_HEADERS = ("group", "group id", "removals held")
+_STALE_TITLE = "Stale mappings (the group no longer exists in Azure; remove the mapping)"
+_UNREAD_HEADERS = ("group", "group id", "reason")
+_UNREAD_TITLE = "Groups not read completely (nothing is removed or downgraded)"
+
+
+def _review_sections(plan: Plan, names: _Names) -> list[str]:
+    """The parts of a plan a person must look at: holds, stale and unread groups, conflicts (text)."""
+    lines: list[str] = []
+    if plan.held_removals:
+        lines += _hold_lines(plan, plan.held_removals, names)
+    if plan.stale_groups:
+        lines += _indented(_STALE_TITLE, text_table(_STALE_HEADERS, _stale_rows(plan, names)))
+    if plan.unreadable_groups:
+        lines += _indented(_UNREAD_TITLE, text_table(_UNREAD_HEADERS, _unreadable_rows(plan, names)))
+    conflicts = _skip_rows(plan.skipped, "conflict", names)
+    if conflicts:
+        lines += _indented(
+            f"{_SKIP_TITLES['conflict']}: {len(conflicts)}", text_table(_SKIP_HEADERS, conflicts)
+        )
+    return lines
+
+
+def plan_repr(plan: Plan) -> str:
+    """``<Plan trust=… changes=N (kind=count…), skipped=N[, excluded=N][, conflict=N][, held=N (reason)]>``."""
+    kinds = _nonzero(_change_counts(plan))
+    skips = skip_counts(plan.skipped)
+    left_out = f"skipped={skips['skipped']}" + "".join(
+        f", {category}={skips[category]}" for category in ("excluded", "conflict") if skips[category]
+    )
+    held = f", held={len(plan.held_removals)} ({plan.hold_reason})" if plan.held_removals else ""
+    return (
+        f"<Plan trust={plan.trust_site_id!r} changes={len(plan.changes)}"
+        f"{' (' + kinds + ')' if kinds else ''}, {left_out}{held}>"
+    )
+
+
+def _plan_headline(plan: Plan) -> str:
+    kinds = _nonzero(_change_counts(plan))
+    skips = ", ".join(f"{category}={count}" for category, count in skip_counts(plan.skipped).items())
+    held = f", held={len(plan.held_removals)}" if plan.held_removals else ""
+    return (
+        f"Plan for trust {visible(plan.trust_site_id)}: {len(plan.changes)} changes"
+        f"{' (' + kinds + ')' if kinds else ''}; {skips}{held}"
+    )
+
+
+def plan_text(plan: Plan) -> str:
+    """The plan for a terminal: a headline, what needs a person, the changes, who was left out."""
+    names = _Names(plan)
+    lines = [_plan_headline(plan)]
+    lines += _review_sections(plan, names)
+    if plan.changes:
+        lines += _indented(
+            f"Changes ({len(plan.changes)})",
+            text_table(_CHANGE_HEADERS, (_cells(_row(change), names) for change in plan.changes)),
+        )
+    for category in ("skipped", "excluded"):
+        rows = _skip_rows(plan.skipped, category, names)
+        if rows:
+            lines += _indented(f"{_SKIP_TITLES[category]}: {len(rows)}", text_table(_SKIP_HEADERS, rows))
+    return "\n".join(lines)
+
+
+# --- HTML --------------------------------------------------------------------------------------------
+
+
+def _h(text: object) -> str:
+    return html.escape(str(text))
+
+
+def _hold_html(plan: Plan, held: Sequence[Change], names: _Names) -> str:
+    reason = plan.hold_reason or "unknown"
+    parts = [
+        f"<h5>Held removals ({len(held)})</h5>"
+        f"<p>{_h(reason)}: {_h(HOLD_REASONS.get(reason, 'see the Import Log'))}. {_h(_confirmation(plan))}.</p>"
+    ]
+    if plan.held_groups:
+        parts.append("<p>Groups: " + _h(", ".join(names.group(group) for group in plan.held_groups)) + "</p>")
+    parts.append(html_table(_CHANGE_HEADERS, (_cells(_row(change), names) for change in held)))
+    return "".join(parts)
+
+
+def _review_html(plan: Plan, names: _Names) -> str:
+    parts: list[str] = []
+    if plan.held_removals:
+        parts.append(_hold_html(plan, plan.held_removals, names))
+    if plan.stale_groups:
+        parts.append(f"<h5>{_h(_STALE_TITLE)}</h5>" + html_table(_STALE_HEADERS, _stale_rows(plan, names)))
+    if plan.unreadable_groups:
+        parts.append(
+            f"<h5>{_h(_UNREAD_TITLE)}</h5>" + html_table(_UNREAD_HEADERS, _unreadable_rows(plan, names))
+        )
+    conflicts = _skip_rows(plan.skipped, "conflict", names)
+    if conflicts:
+        parts.append(
+            f"<h5>{_h(_SKIP_TITLES['conflict'])}: {len(conflicts)}</h5>"
+            + html_table(_SKIP_HEADERS, conflicts)
+        )
+    return "".join(parts)
+
+
+def _counts_table(changes: Mapping[str, int], others: Mapping[str, int]) -> str:
+    rows = [[kind, count] for kind, count in changes.items() if count]
+    if not rows:
+        rows = [["no changes", 0]]
+    rows += [[kind, count] for kind, count in others.items()]
+    return html_table(["", "count"], rows)
+
+
+def plan_html(plan: Plan) -> str:
+    """The plan as HTML for a notebook: summary, what needs a person, changes, who was left out."""
+    names = _Names(plan)
+    others: dict[str, int] = skip_counts(plan.skipped)
+    if plan.held_removals:
+        others["held"] = len(plan.held_removals)
+    parts = [f"<h4>Plan for trust {_h(plan.trust_site_id)}</h4>"]
+    if not plan.complete:
+        parts.append("<p>Not every mapped group was read completely: nothing is removed or downgraded.</p>")
+    parts.append(_counts_table(_change_counts(plan), others))
+    parts.append(_review_html(plan, names))
+    if plan.changes:
+        parts.append(
+            f"<h5>Changes ({len(plan.changes)})</h5>"
+            + html_table(_CHANGE_HEADERS, (_cells(_row(change), names) for change in plan.changes))
+        )
+    for category in ("skipped", "excluded"):
+        rows = _skip_rows(plan.skipped, category, names)
+        if rows:
+            parts.append(
+                f"<h5>{_h(_SKIP_TITLES[category])}: {len(rows)}</h5>" + html_table(_SKIP_HEADERS, rows)
+            )
+    return "".join(parts)
+
+
+# --- the import report ---------------------------------------------------------------------------------
+
+
+def report_counts(report: ImportReport) -> tuple[dict[str, int], dict[str, int]]:
+    """The report's counts as two parts: applied changes by kind, then everything else.
+
+    The second part starts with ``skipped``, ``excluded`` and ``conflict``,
+    counted from the run's plan by :func:`skip_category` when the report has
+    it (so the report and the plan use one vocabulary), then the report's
+    other counts (``unchanged``, ``failed``, ``held``…) in their order.
+    """
+    changes = {kind: count for kind, count in report.counts.items() if kind in _CHANGE_KINDS}
+    others: dict[str, int] = {category: report.counts.get(category, 0) for category in SKIP_CATEGORIES}
+    if report.plan is not None:
+        others.update(skip_counts(report.plan.skipped))
+    others.update(
+        (kind, count)
+        for kind, count in report.counts.items()
+        if kind not in _CHANGE_KINDS and kind not in others
+    )
+    return changes, others
+
+
+def report_repr(report: ImportReport) -> str:
+    """``<ImportReport run=… trust=… ok=… (count=…), errors=N, held=N>``."""
+    changes, others = report_counts(report)
+    counts = ", ".join(part for part in (_nonzero(changes), _nonzero(others)) if part)
+    return (
+        f"<ImportReport run={report.run_id} trust={report.trust_site_id!r} ok={report.ok}"
+        f"{' (' + counts + ')' if counts else ''}, errors={len(report.errors)}, "
+        f"held={len(report.held_removals)}>"
+    )
+
+
+def _report_plan(report: ImportReport) -> Plan:
+    # A run refused or failed before it planned has no plan: review what the report itself says.
+    if report.plan is not None:
+        return report.plan
+    return Plan(report.trust_site_id, held_removals=report.held_removals, hold_reason=report.hold_reason)
+
+
+def report_text(report: ImportReport) -> str:
+    """The report for a terminal: outcome, duration and counts, then holds, conflicts and errors."""
+    status = "ok" if report.ok else "FAILED"
+    changes, others = report_counts(report)
+    left_out = ", ".join(f"{kind}={others[kind]}" for kind in SKIP_CATEGORIES)
+    rest = _nonzero({kind: count for kind, count in others.items() if kind not in SKIP_CATEGORIES})
+    lines = [
+        f"Import {visible(report.run_id)} of trust {visible(report.trust_site_id)}: {status} "
+        f"in {report.duration_seconds:.1f}s ({_nonzero(changes) or 'no changes'}; {left_out}"
+        f"{', ' + rest if rest else ''})"
+    ]
+    plan = _report_plan(report)
+    names = _Names(plan)
+    if report.held_removals:
+        lines += _hold_lines(plan, report.held_removals, names)
+    lines += _review_sections(attrs.evolve(plan, held_removals=()), names)
+    lines += [f"error: {visible(error)}" for error in report.errors[:20]]
+    if len(report.errors) > 20:
+        lines.append(f"… and {len(report.errors) - 20} more errors")
+    return lines[0] + "".join(f"\n  {line}" for line in lines[1:])
+
+
+def report_html(report: ImportReport) -> str:
+    """The report as HTML for a notebook: outcome, duration, counts, holds, conflicts, errors, changes."""
+    status = "ok" if report.ok else "failed"
+    changes, others = report_counts(report)
+    plan = _report_plan(report)
+    names = _Names(plan)
+    parts = [
+        f"<h4>Import {_h(report.run_id)} of trust {_h(report.trust_site_id)}: {status}</h4>"
+        f"<p>Started {_h(report.started_at.isoformat(timespec='seconds'))}, "
+        f"took {report.duration_seconds:.1f} s.</p>",
+        _counts_table(changes, others),
+    ]
+    if report.held_removals:
+        parts.append(_hold_html(plan, report.held_removals, names))
+    parts.append(_review_html(attrs.evolve(plan, held_removals=()), names))
+    if report.errors:
+        parts.append(
+            f"<h5>Errors ({len(report.errors)})</h5>" + html_table(["error"], ([e] for e in report.errors))
+        )
+    if plan.changes:
+        parts.append(
+            f"<details><summary>Planned changes ({len(plan.changes)})</summary>"
+            + html_table(_CHANGE_HEADERS, (_cells(_row(change), names) for change in plan.changes))
+            + "</details>"
+        )
+    return "".join(parts)
+
+
+def report_records(report: ImportReport) -> list[dict[str, object]]:
+    """The run's changes and held removals as :func:`plan_records` gives them, each with the ``run_id``."""
+    if report.plan is None:
+        return []
+    return [{"run_id": report.run_id, **record} for record in plan_records(report.plan)]
+
+
+# --- the access table -----------------------------------------------------------------------------------
+
+AccessChange = Literal["unchanged", "added", "changed", "removed", "held"]
+
+
+@attrs.frozen
+class AccessRow:
+    """One user's synced role on one module at one site, after the run.
+
+    ``role`` is the role after the run (``None``: no synced access left),
+    ``before`` the role before it, ``change`` what the run does to it. A
+    ``held`` row keeps ``role == before``; ``planned`` is what the held
+    removal would leave (``None``: nothing). ``groups`` names the groups that
+    give a new role.
+    """
+
+    external_id: str
+    name: str
+    email: str | None
+    site_id: str
+    module: str
+    role: Role | None
+    before: Role | None
+    change: AccessChange
+    planned: Role | None = None
+    groups: tuple[str, ...] = ()
+
+    @property
+    def status(self) -> str:
+        """What changed, in words: ``added``, ``changed from Admin``, ``removed (was Member)``, ``held: …``."""
+        if self.change == "added":
+            return "added"
+        if self.change == "changed":
+            return f"changed from {_role(self.before)}"
+        if self.change == "removed":
+            return f"removed (was {_role(self.before)})"
+        if self.change == "held":
+            return (
+                "held: would be removed"
+                if self.planned is None
+                else f"held: would change to {self.planned.value}"
+            )
+        return ""
+
+    def cell(self) -> str:
+        """The pivot table's cell: the role after the run and, when it changed, how."""
+        if self.change == "unchanged":
+            return _role(self.role)
+        if self.change == "removed":
+            return self.status
+        return f"{_role(self.role)} ({self.status})"
+
+    def to_record(self) -> dict[str, object]:
+        """A plain dict: ids, names, roles as strings (``None``: no access)."""
+        return {
+            "external_id": self.external_id,
+            "name": self.name,
+            "email": self.email,
+            "site_id": self.site_id,
+            "module": self.module,
+            "role": self.role.value if self.role is not None else None,
+            "before": self.before.value if self.before is not None else None,
+            "change": self.change,
+            "status": self.status,
+            "groups": ", ".join(self.groups) or None,
+        }
+
+
+def _role(role: Role | None) -> str:
+    return role.value if role is not None else "none"
+
+
+@attrs.frozen
+class AccessTable:
+    """Users by (site, module) with the role after the run and what changed (``Plan.access_table()``).
+
+    Shows as a pivot table in a notebook (one row a user, one column a site
+    and module) and in ``str()``; :meth:`to_records` gives one plain dict per
+    user and slot, for ``pandas.DataFrame``. Iterating gives the
+    :class:`AccessRow` s, sorted by user name, site and module.
+    """
+
+    trust_site_id: str
+    site_id: str | None
+    rows: tuple[AccessRow, ...]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[AccessRow]:
+        return iter(self.rows)
+
+    def counts(self) -> dict[str, int]:
+        """Rows by change: ``unchanged``, ``added``, ``changed``, ``removed``, ``held`` (all present)."""
+        counted = Counter(row.change for row in self.rows)
+        return {
+            change: counted.get(change, 0) for change in ("unchanged", "added", "changed", "removed", "held")
+        }
+
+    def to_records(self) -> list[dict[str, object]]:
+        """One plain dict per row (:meth:`AccessRow.to_record`), all with the same keys."""
+        return [row.to_record() for row in self.rows]
+
+    def _pivot(self) -> tuple[list[str], list[list[object]]]:
+        slots = sorted({(row.site_id, row.module) for row in self.rows})
+        column = {slot: index for index, slot in enumerate(slots)}
+        headers = ["user", "email"] + [
+            module if self.site_id else f"{site} / {module}" for site, module in slots
+        ]
+        by_user: dict[str, list[object]] = {}
+        for row in self.rows:
+            cells = by_user.get(row.external_id)
+            if cells is None:
+                cells = by_user[row.external_id] = [
+                    Cell(row.name, title=row.external_id),
+                    row.email if row.email != row.name else None,
+                ]
+                cells += [None] * len(slots)
+            cells[2 + column[(row.site_id, row.module)]] = row.cell()
+        return headers, list(by_user.values())
+
+    def _headline(self) -> str:
+        where = f"trust {self.trust_site_id}" + (f", site {self.site_id}" if self.site_id else "")
+        users = len({row.external_id for row in self.rows})
+        counts = ", ".join(f"{count} {change}" for change, count in self.counts().items() if count)
+        return f"Access after the run ({where}): {users} users" + (f"; {counts}" if counts else "")
+
+    def __str__(self) -> str:
+        headers, rows = self._pivot()
+        return "\n".join(_indented(visible(self._headline()), text_table(headers, rows)))
+
+    def _repr_html_(self) -> str:
+        headers, rows = self._pivot()
+        return f"<h5>{_h(self._headline())}</h5>" + html_table(headers, rows)
+
+
+def access_table(plan: Plan, site_id: str | None = None, *, changed_only: bool = False) -> AccessTable:
+    """Users by (site, module): ``plan.access_before`` with the plan's changes applied.
+
+    Held removals keep the role they would take away, marked ``held``.
+    ``site_id`` keeps one site's columns; ``changed_only`` leaves out what the
+    run does not change. When ``access_before`` lacks a slot a change
+    touches, the change's ``previous`` role stands in for it.
+    """
+    before: dict[tuple[str, str, str], Role] = {
+        (external_id, site, module): role
+        for external_id, access in plan.access_before.items()
+        for (site, module), role in access.items()
+    }
+    changed: dict[tuple[str, str, str], tuple[AccessChange, Role | None, tuple[str, ...]]] = {}
+    names = _Names(plan)
+    for held, changes in ((False, plan.changes), (True, plan.held_removals)):
+        for change in changes:
+            if not isinstance(change, (Assign, Unassign)):
+                continue
+            slot = (change.external_id, change.site_id, change.module)
+            if change.previous is not None:
+                before.setdefault(slot, change.previous)
+            new_role = change.role if isinstance(change, Assign) else None
+            groups = (
+                tuple(names.group(group) for group in change.because) if isinstance(change, Assign) else ()
+            )
+            if held:
+                changed[slot] = ("held", new_role, ())
+            elif new_role is None:
+                changed[slot] = ("removed", None, ())
+            elif before.get(slot) is None:
+                changed[slot] = ("added", new_role, groups)
+            elif before[slot] != new_role:
+                changed[slot] = ("changed", new_role, groups)
+    rows: list[AccessRow] = []
+    for slot in set(before) | set(changed):
+        external_id, site, module = slot
+        if site_id is not None and site != site_id:
+            continue
+        what, planned, groups = changed.get(slot, ("unchanged", None, ()))
+        if changed_only and what == "unchanged":
+            continue
+        role_before = before.get(slot)
+        # Added and changed slots take the planned role, removed ones none; held and unchanged keep theirs.
+        role_after = planned if what in ("added", "changed") else None if what == "removed" else role_before
+        name, email = names.user(external_id)
+        held_as = planned if what == "held" else None
+        rows.append(
+            AccessRow(external_id, name, email, site, module, role_after, role_before, what, held_as, groups)
+        )
+    rows.sort(
+        key=lambda row: (row.name.casefold(), row.email or "", row.external_id, row.site_id, row.module)
+    )
+    return AccessTable(plan.trust_site_id, site_id, tuple(rows))
