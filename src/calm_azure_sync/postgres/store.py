@@ -9,7 +9,7 @@ How ``apply`` stays fast and safe
 One ``apply`` call is one transaction (READ COMMITTED). Inside it the store
 loads just the rows the batch touches (users named by external id, user id or
 email key, ``SELECT … ORDER BY id FOR UPDATE``, and their grants) into a
-:class:`~calm_azure_sync.store.in_memory.UserTables`, applies the batch there
+:class:`~calm_azure_sync.store.rules.UserTables`, applies the batch there
 with the rules every shipped store shares, and writes back the logged
 mutations. The row locks make two batches touching one user (two trusts
 sharing a person, or a host's ``grant`` at the same moment) take turns, so a
@@ -61,10 +61,10 @@ from psycopg_pool import AsyncConnectionPool
 from .._gc import collector_paused
 from ..errors import ImportAlreadyRunningError
 from ..model import Role, email_key
-from ..plan import Change, CreateUser, DeactivateUser, LinkUser, RelinkUser, UpdateUser
+from ..plan import Change
 from ..state import SyncState
-from ..store.in_memory import GrantWrite, UserTables, UserWrite
 from ..store.protocol import ChangeResult, Grant, StoredUser, StoreState
+from ..store.rules import GrantWrite, UserTables, UserWrite, batch_keys
 from ._db import Database, Migrations, advisory_key
 
 __all__ = ["PostgresUserStore"]
@@ -363,19 +363,7 @@ class PostgresUserStore:
         self, connection: psycopg.AsyncConnection[Any], changes: Iterable[Change]
     ) -> UserTables:
         """The rows ``changes`` can read or collide with, locked, as UserTables that log mutations."""
-        external_ids: set[str] = set()
-        user_ids: set[str] = set()
-        email_keys: set[str] = set()
-        for change in changes:
-            external_id = getattr(change, "external_id", None)
-            if external_id is not None:
-                external_ids.add(external_id)
-            if isinstance(change, RelinkUser):
-                external_ids.add(change.previous_external_id)
-            if isinstance(change, (LinkUser, UpdateUser, DeactivateUser, RelinkUser)):
-                user_ids.add(change.user_id)
-            if isinstance(change, (CreateUser, LinkUser, UpdateUser, RelinkUser)):
-                email_keys.add(email_key(change.email))
+        external_ids, user_ids, email_keys = batch_keys(changes)
         tables = UserTables(log=[])
         cursor = await connection.execute(
             self._q(_SELECT_TOUCHED_USERS), (sorted(external_ids), sorted(user_ids), sorted(email_keys))
