@@ -152,3 +152,85 @@ def test_fresh_states_are_unguessable_and_distinct():
 def test_the_required_permissions_are_the_least_privileged_pair():
     assert consent.REQUIRED_PERMISSIONS == ("User.Read.All", "GroupMember.Read.All")
     assert consent.ALTERNATIVE_PERMISSIONS == ("Directory.Read.All",)
+
+
+# -- national clouds ---------------------------------------------------------------------------
+
+CLOUDS = [
+    ("login.microsoftonline.com", "https://graph.microsoft.com/.default"),
+    ("login.microsoftonline.us", "https://graph.microsoft.us/.default"),
+    ("login.chinacloudapi.cn", "https://microsoftgraph.chinacloudapi.cn/.default"),
+]
+
+
+@pytest.mark.parametrize(("host", "scope"), CLOUDS)
+@pytest.mark.parametrize("form", ["{}", "https://{}", "https://{}/", "HTTPS://{}", " {} "])
+def test_an_authority_as_host_or_url_gets_its_own_clouds_graph_scope(host, scope, form):
+    # azure-identity's AzureAuthorityHosts are bare hosts ("login.microsoftonline.us").
+    url = admin_consent_url("c", REDIRECT, "s", tenant=TENANT, authority=form.format(host.upper() if "HTTPS" in form else host))
+    parts = urllib.parse.urlsplit(url)
+    assert (parts.scheme, parts.netloc, parts.path) == ("https", host, f"/{TENANT}/v2.0/adminconsent")
+    assert query_of(url)["scope"] == scope
+
+
+def test_azure_identitys_authority_hosts_are_accepted():
+    from azure.identity import AzureAuthorityHosts
+
+    for host, scope in ((AzureAuthorityHosts.AZURE_GOVERNMENT, "https://graph.microsoft.us/.default"),
+                        (AzureAuthorityHosts.AZURE_CHINA, "https://microsoftgraph.chinacloudapi.cn/.default"),
+                        (AzureAuthorityHosts.AZURE_PUBLIC_CLOUD, "https://graph.microsoft.com/.default")):
+        assert query_of(admin_consent_url("c", REDIRECT, "s", authority=host))["scope"] == scope
+
+
+def test_us_government_dod_graph_may_be_asked_for_explicitly():
+    url = admin_consent_url("c", REDIRECT, "s", authority="login.microsoftonline.us",
+                            scope="https://dod-graph.microsoft.us/.default")
+    assert query_of(url)["scope"] == "https://dod-graph.microsoft.us/.default"
+
+
+@pytest.mark.parametrize(
+    ("authority", "scope", "problem"),
+    [
+        ("login.microsoftonline.us", "https://graph.microsoft.com/.default",
+         "is the global cloud's Graph, but the authority is the US Government cloud's"),
+        ("https://login.chinacloudapi.cn", "https://graph.microsoft.us/.default",
+         "is the US Government cloud's Graph, but the authority is the China"),
+        ("login.microsoftonline.de", None, "is not a Microsoft Entra authority this library knows"),
+        ("https://login.example.com", None, "is not a Microsoft Entra authority this library knows"),
+        ("http://login.microsoftonline.us", None, "must be a host or an https URL"),
+        ("https://login.microsoftonline.us/evil", None, "no path or port"),
+        ("https://login.microsoftonline.us:8443", None, "no path or port"),
+        ("https://user@login.microsoftonline.us", None, "no path or port"),
+        ("", None, "must be a host or an https URL"),
+        (None, None, "must be a host or an https URL"),
+        ("https://[::1", None, "is not a host or an https URL"),
+    ],
+)
+def test_unknown_authorities_and_another_clouds_scope_are_refused(authority, scope, problem):
+    with pytest.raises(ConfigError) as caught:
+        admin_consent_url("c", REDIRECT, "s", authority=authority, scope=scope)
+    assert len(caught.value.problems) == 1 and problem in caught.value.problems[0]
+
+
+# -- Microsoft's error redirect without state ---------------------------------------------------
+
+
+def test_an_error_redirect_without_state_is_refused_but_keeps_azures_words():
+    # Microsoft's documented shape when the admin cancels: no state, no tenant.
+    query = "error=permission_denied&error_description=The+admin+canceled+the+request"
+    with pytest.raises(ConsentError, match="carries no state") as caught:
+        parse_consent_callback(urllib.parse.parse_qs(query), "s-1")
+    assert caught.value.error == "permission_denied"
+    assert caught.value.error_description == "The admin canceled the request"
+    assert "permission_denied" in str(caught.value)
+
+
+def test_an_error_with_another_sign_ins_state_still_carries_nothing():
+    with pytest.raises(ConsentError, match="does not match") as caught:
+        parse_consent_callback({"error": "permission_denied", "error_description": "x", "state": "forged"}, "s-1")
+    assert (caught.value.error, caught.value.error_description) == (None, None)
+
+
+def test_an_overlong_error_description_without_state_is_refused_as_too_long():
+    with pytest.raises(ConsentError, match="too long"):
+        parse_consent_callback({"error": "permission_denied", "error_description": "x" * 5000}, "s-1")

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
+from .._text import show
 from ..errors import ConfigError, ConsentError
 
 __all__ = [
@@ -54,6 +55,52 @@ ALTERNATIVE_PERMISSIONS: tuple[str, ...] = ("Directory.Read.All",)
 
 LOGIN_AUTHORITY = "https://login.microsoftonline.com"
 """The Microsoft identity platform's global authority."""
+
+
+@attrs.frozen
+class _Cloud:
+    name: str
+    graph_hosts: tuple[str, ...]  # the first is the default scope's host
+
+    @property
+    def default_scope(self) -> str:
+        return f"https://{self.graph_hosts[0]}/.default"
+
+
+# Microsoft Entra authority host -> its cloud, from "Microsoft Graph national
+# cloud deployments" (learn.microsoft.com/graph/deployments). The hosts are
+# azure-identity's AzureAuthorityHosts values. US Government L4 (GCC High) and
+# L5 (DoD) share one authority; L4's Graph is the default, DoD's is accepted
+# as an explicit scope. Azure Germany closed in 2021 and is not listed.
+_CLOUDS: dict[str, _Cloud] = {
+    "login.microsoftonline.com": _Cloud("global", ("graph.microsoft.com",)),
+    "login.microsoftonline.us": _Cloud("US Government", ("graph.microsoft.us", "dod-graph.microsoft.us")),
+    "login.chinacloudapi.cn": _Cloud("China (21Vianet)", ("microsoftgraph.chinacloudapi.cn",)),
+}
+_GRAPH_HOSTS = {host: cloud for cloud in _CLOUDS.values() for host in cloud.graph_hosts}
+
+
+def _authority_host(authority: object) -> tuple[str | None, str | None]:
+    """The authority's host, or the problem with it. Either a bare host or an https URL."""
+    if not isinstance(authority, str) or not authority.strip():
+        return None, f"authority: must be a host or an https URL, got {show(authority)}"
+    text = authority.strip()
+    if "://" not in text:
+        text = "https://" + text  # the bare host form azure-identity's AzureAuthorityHosts uses
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return None, f"authority: {show(authority)} is not a host or an https URL"
+    if parts.scheme.lower() != "https" or not parts.hostname:
+        return None, f"authority: must be a host or an https URL, got {show(authority)}"
+    if parts.path.strip("/") or parts.query or parts.fragment or parts.username or port not in (None, 443):
+        return None, f"authority: must be the authority host alone (no path or port), got {show(authority)}"
+    host = parts.hostname.lower().rstrip(".")
+    if host not in _CLOUDS:
+        known = ", ".join(f"{known_host} ({cloud.name})" for known_host, cloud in _CLOUDS.items())
+        return None, f"authority: {show(authority)} is not a Microsoft Entra authority this library knows: {known}"
+    return host, None
 
 # Tenant: a GUID, a domain name ("contoso.onmicrosoft.com") or "organizations".
 _TENANT = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?$")
@@ -85,16 +132,27 @@ def admin_consent_url(
     tenant: str = "organizations",
     *,
     authority: str = LOGIN_AUTHORITY,
-    scope: str = GRAPH_DEFAULT_SCOPE,
+    scope: str | None = None,
 ) -> str:
     """The v2.0 ``/adminconsent`` URL to send a Trust administrator to.
 
     ``tenant`` is ``"organizations"`` (any work or school tenant), a tenant
     GUID or a verified domain; ``"common"`` is refused, as Microsoft says not
     to use it here. ``redirect_uri`` must exactly match one registered on the
-    app. ``authority`` serves national clouds
-    (``https://login.microsoftonline.us``). Bad input raises one
-    :class:`~calm_azure_sync.ConfigError` listing every problem.
+    app.
+
+    ``authority`` picks the cloud, given as a host (``login.microsoftonline.us``,
+    as azure-identity's ``AzureAuthorityHosts`` has it) or as a URL
+    (``https://login.microsoftonline.us``): the global cloud
+    (``login.microsoftonline.com``), US Government (``login.microsoftonline.us``)
+    or China (``login.chinacloudapi.cn``). ``scope`` defaults to that cloud's
+    Graph: ``https://graph.microsoft.com/.default``,
+    ``https://graph.microsoft.us/.default`` or
+    ``https://microsoftgraph.chinacloudapi.cn/.default`` (pass
+    ``https://dod-graph.microsoft.us/.default`` for US Government DoD). An
+    unknown authority, or a scope naming another cloud's Graph, is refused.
+    Bad input raises one :class:`~calm_azure_sync.ConfigError` listing every
+    problem.
 
     >>> admin_consent_url("c1d2", "https://app.example/azure/callback", "s123")  # doctest: +ELLIPSIS
     'https://login.microsoftonline.com/organizations/v2.0/adminconsent?client_id=c1d2&scope=https%3A%2F%2Fgraph...'
@@ -118,17 +176,31 @@ def admin_consent_url(
             problems.append("redirect_uri: must be an https URL (http only for localhost)")
         elif not parts.hostname:
             problems.append("redirect_uri: must be an absolute URL")
-    authority_parts = urllib.parse.urlsplit(authority) if isinstance(authority, str) else None
-    if authority_parts is None or authority_parts.scheme != "https" or not authority_parts.hostname:
-        problems.append(f"authority: must be an https URL, got {authority!r}")
-    if not isinstance(scope, str) or not scope.strip():
+    host, problem = _authority_host(authority)
+    if problem:
+        problems.append(problem)
+    cloud = _CLOUDS.get(host or "")
+    if scope is None:
+        scope = cloud.default_scope if cloud else GRAPH_DEFAULT_SCOPE
+    elif not isinstance(scope, str) or not scope.strip():
         problems.append("scope: must be a non-empty string")
+    elif cloud is not None:
+        try:
+            scope_host = (urllib.parse.urlsplit(scope.strip()).hostname or "").lower()
+        except ValueError:
+            scope_host = ""
+        other = _GRAPH_HOSTS.get(scope_host)
+        if other is not None and other is not cloud:
+            problems.append(
+                f"scope: {show(scope)} is the {other.name} cloud's Graph, but the authority is the "
+                f"{cloud.name} cloud's (use {cloud.default_scope})"
+            )
     if problems:
         raise ConfigError(problems)
     query = urllib.parse.urlencode(
         {"client_id": client_id.strip(), "scope": scope, "redirect_uri": redirect_uri, "state": state}
     )
-    return f"{authority.rstrip('/')}/{urllib.parse.quote(tenant.strip())}/v2.0/adminconsent?{query}"
+    return f"https://{host}/{urllib.parse.quote(tenant.strip())}/v2.0/adminconsent?{query}"
 
 
 def _single(params: Mapping[str, str] | Mapping[str, Sequence[str]], name: str) -> str | None:
@@ -160,7 +232,10 @@ def parse_consent_callback(
 
     Raises :class:`~calm_azure_sync.ConsentError` when the state is missing
     or differs (a forged or replayed callback), when Azure reports an error
-    (its ``error`` and ``error_description`` are carried on the exception),
+    (its ``error`` and ``error_description`` are carried on the exception,
+    also when the state is missing, as in Microsoft's documented
+    ``?error=permission_denied&error_description=...`` redirect; never when
+    the state belongs to another sign-in),
     when consent was not granted, or when the tenant id is missing or not a
     GUID.
 
@@ -176,7 +251,18 @@ def parse_consent_callback(
         raise ConsentError("the consent callback parameters must be a mapping")
     state = _single(params, "state")
     if not state:
-        raise ConsentError("the consent callback carries no state: it did not come from this sign-in")
+        # Microsoft's own error redirect may come without state
+        # (?error=permission_denied&error_description=...: the admin cancelled).
+        # Still refused, as nothing ties it to this sign-in, but Azure's words
+        # are kept so the host can say what happened.
+        error = _single(params, "error")
+        description = _single(params, "error_description")
+        reported = f" (it reports {show(error)})" if error else ""
+        raise ConsentError(
+            f"the consent callback carries no state: it did not come from this sign-in{reported}",
+            error=error,
+            error_description=description,
+        )
     if not hmac.compare_digest(state.encode(), expected_state.encode()):
         raise ConsentError("the consent callback's state does not match: it did not come from this sign-in")
     error = _single(params, "error")
