@@ -21,6 +21,7 @@ from calm_azure_sync import (
 )
 from calm_azure_sync.testing.directory_conformance import (
     LOOKUP_SAMPLE,
+    SEARCHES,
     check_directory,
     conformance_fixture,
     expected_members,
@@ -41,7 +42,9 @@ def paging_minimum(fixture: dict[str, Any], page: int) -> int:
     # lookup_users: LOOKUP_SAMPLE users + an unknown id + a group id in $batch requests of 20,
     # then one user alone and one unknown id alone (a GET each), then no ids (no request).
     lookups = math.ceil((LOOKUP_SAMPLE + 2) / 20) + 2
-    return max(1, math.ceil(len(groups) / page)) + member_pages + 1 + lookups
+    # discovery: one $count per group, one page per search (the fixture's groups fit a page).
+    discovery = len(groups) + len(SEARCHES)
+    return max(1, math.ceil(len(groups) / page)) + member_pages + 1 + lookups + discovery
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +68,10 @@ async def test_graph_directory_over_the_fake_conforms_identically_with_the_fewes
         assert [r.path for r in wire].count("/$batch") == math.ceil((LOOKUP_SAMPLE + 2) / 20)
         assert len([r for r in graph.requests if r.batched]) == LOOKUP_SAMPLE + 2  # each id once
         assert sleep.calls == []
-        member_reads = [r for r in graph.requests if "transitiveMembers" in r.path]
+        member_reads = [r for r in graph.requests if "transitiveMembers" in r.path and not r.path.endswith("$count")]
         assert all(r.resource_units == 4 for r in member_reads)  # transitiveMembers 5, minus 1 for $select
+        searches = [r for r in wire if "$search" in r.query]
+        assert len(searches) == len(SEARCHES) and all(r.consistency_level == "eventual" for r in searches)
 
 
 async def test_graph_directory_conforms_through_throttling_and_an_outage(fixture):

@@ -41,6 +41,7 @@ from .graph_helpers import (
     FakeCredential,
     RecordingSleep,
     directory_for,
+    example,
     user,
 )
 
@@ -727,3 +728,106 @@ async def test_a_client_built_by_the_host_with_a_failing_credential_is_authentic
     with pytest.raises(DirectoryAccessError) as caught:
         await directory.list_groups()
     assert caught.value.code == "authentication_failed"
+
+
+# -- discovery for a large tenant: search, group kinds, member counts ---------------------
+
+
+def groups_fixture() -> dict[str, Any]:
+    documented = example("groups-list.json")["value"]  # Golf Assist (Unified), Golf Discussion
+    names = ["Year 9 Science", "Science Dept", "ScienceTeachers", "Conscience Club", 'Quote "Sci" Group', "Staff"]
+    groups = documented + [{"id": f"s{i}", "displayName": name, "securityEnabled": True} for i, name in enumerate(names)]
+    users = [user(f"u{i}") for i in range(7)]
+    return {"users": users, "groups": groups, "members": {"s0": ["u0", "u1", "s5"], "s5": ["u2", "u1"]}}
+
+
+async def test_groups_carry_their_kind_as_graph_documents_it():
+    with FakeGraphServer(groups_fixture()) as server:
+        directory, _ = directory_for(server)
+        async with directory:
+            groups = {g.display_name: g for g in await directory.list_groups()}
+    assert groups["Golf Assist"].group_types == ("Unified",)
+    assert groups["Golf Assist"].mail_enabled is True and groups["Golf Assist"].security_enabled is False
+    assert groups["Golf Discussion"].group_types == ()
+    assert groups["Staff"].security_enabled is True and groups["Staff"].mail_enabled is None
+    assert server.requests[0].query["$select"] == ",".join(DirectoryGroup.GRAPH_SELECT)
+
+
+@pytest.mark.parametrize(
+    ("search", "expected"),
+    [
+        ("sci", {"Year 9 Science", "Science Dept", "ScienceTeachers", 'Quote "Sci" Group'}),
+        ("SCIENCE dept", {"Science Dept"}),
+        ("teach", {"ScienceTeachers"}),  # a capital starts a word
+        ("ience", set()),  # tokenized, not a substring: "Conscience" is not found by "science" either
+        ('sci" OR "displayName:golf', set()),  # a quote cannot open another clause
+        ("golf", {"Golf Assist", "Golf Discussion"}),
+        ("   ", None),  # blank: every group
+    ],
+)
+async def test_search_is_server_side_with_consistency_level_on_every_page(search, expected):
+    fixture = groups_fixture()
+    with FakeGraphServer(fixture, page_cap=1) as server:
+        directory, _ = directory_for(server)
+        async with directory:
+            found = await directory.list_groups(search=search)
+        in_memory = await InMemoryDirectory.from_dict(fixture).list_groups(search=search)
+    names = {g.display_name for g in found}
+    assert names == (expected if expected is not None else {g["displayName"] for g in fixture["groups"]})
+    assert {g.id for g in in_memory} == {g.id for g in found}
+    if expected is not None:
+        assert len(server.requests) == max(1, len(expected))  # pages of one
+        assert all(r.consistency_level == "eventual" for r in server.requests)
+        assert server.requests[0].query["$search"].startswith('"displayName:')
+    else:
+        assert all("$search" not in r.query for r in server.requests)
+
+
+def test_the_fake_refuses_search_without_consistency_level_as_documented():
+    documented = example("error-search-without-consistencylevel.json")["error"]
+    with FakeGraphServer(groups_fixture()) as server, httpx.Client() as http:
+        url = server.base_url + '/groups?$search="displayName:golf"'
+        refused = http.get(url, headers={"Authorization": f"Bearer {FAKE_TOKEN}"})
+        answered = http.get(url, headers={"Authorization": f"Bearer {FAKE_TOKEN}", "ConsistencyLevel": "eventual"})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == documented["code"]
+    assert refused.json()["error"]["message"] == documented["message"]
+    assert [g["displayName"] for g in answered.json()["value"]] == ["Golf Assist", "Golf Discussion"]
+
+
+async def test_member_count_is_one_request_and_matches_the_members():
+    fixture = groups_fixture()
+    with FakeGraphServer(fixture) as server:
+        directory, _ = directory_for(server)
+        async with directory:
+            assert await directory.group_member_count("s0") == 3  # u0, u1, and u2 through s5
+            assert await directory.group_member_count("s1") == 0
+            with pytest.raises(GroupNotFoundError):
+                await directory.group_member_count("nope")
+        requests = server.requests
+    assert [r.path for r in requests[:2]] == ["/groups/s0/transitiveMembers/graph.user/$count",
+                                              "/groups/s1/transitiveMembers/graph.user/$count"]
+    assert all(r.consistency_level == "eventual" for r in requests)
+    assert await InMemoryDirectory.from_dict(fixture).group_member_count("s0") == 3
+
+
+def test_the_fake_refuses_a_count_segment_without_consistency_level_as_documented():
+    documented = example("error-count-without-consistencylevel.json")["error"]
+    with FakeGraphServer(groups_fixture()) as server, httpx.Client() as http:
+        url = server.base_url + "/groups/s0/transitiveMembers/microsoft.graph.user/$count"
+        refused = http.get(url, headers={"Authorization": f"Bearer {FAKE_TOKEN}"})
+        counted = http.get(url, headers={"Authorization": f"Bearer {FAKE_TOKEN}", "ConsistencyLevel": "eventual"})
+    assert refused.status_code == 400
+    assert (refused.json()["error"]["code"], refused.json()["error"]["message"]) == (
+        documented["code"], documented["message"])
+    assert counted.headers["Content-Type"].startswith("text/plain") and counted.text == "3"
+
+
+async def test_a_search_that_is_not_a_string_is_a_config_error():
+    with pytest.raises(ConfigError):
+        await InMemoryDirectory.from_dict(groups_fixture()).list_groups(search=3)  # type: ignore[arg-type]
+    with FakeGraphServer(groups_fixture()) as server:
+        directory, _ = directory_for(server)
+        async with directory:
+            with pytest.raises(ConfigError):
+                await directory.list_groups(search=["golf"])  # type: ignore[arg-type]

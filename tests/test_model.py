@@ -139,8 +139,8 @@ def test_email_key_is_whole_string_lower_except_that_kelvin_signs_stay(text):
 
 
 def test_group_from_graph_and_back():
-    group = DirectoryGroup.from_graph({"id": "g1", "displayName": "Staff", "mailEnabled": True})
-    assert group == DirectoryGroup("g1", "Staff")
+    group = DirectoryGroup.from_graph({"id": "g1", "displayName": "Staff", "mailEnabled": True, "visibility": "x"})
+    assert group == DirectoryGroup("g1", "Staff", mail_enabled=True)
     assert DirectoryGroup.from_graph(group.to_graph()) == group
 
 

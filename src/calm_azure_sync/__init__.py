@@ -14,7 +14,7 @@ from .audit.events import AuditEvent, AuditKind
 from .audit.protocol import AuditSink
 from .config import RemovalPolicy, SyncConfig
 from .directory.in_memory import InMemoryDirectory
-from .directory.protocol import Directory, UserLookup
+from .directory.protocol import Directory, GroupDiscovery, UserLookup
 from .errors import (
     CalmAzureSyncError,
     ChildSiteConfigurationError,
@@ -112,6 +112,7 @@ __all__ = [
     "ExclusionSuggestion",
     "Grant",
     "GraphDirectory",
+    "GroupDiscovery",
     "GroupMapping",
     "GroupNotFoundError",
     "Hold",

@@ -319,24 +319,41 @@ class DirectoryUser:
 
 @attrs.frozen
 class DirectoryGroup:
-    """One Entra ID group."""
+    """One Entra ID group.
+
+    ``group_types`` is Graph's ``groupTypes`` (``("Unified",)`` for a
+    Microsoft 365 group, ``("DynamicMembership",)`` for a dynamic one, empty
+    for a security or distribution group); ``security_enabled`` and
+    ``mail_enabled`` are Graph's ``securityEnabled`` and ``mailEnabled``
+    (``None`` when Graph did not say). Together they tell a mapping screen
+    which kind of group it shows.
+    """
 
     id: str
     display_name: str | None = None
     description: str | None = None
     mail: str | None = None
+    group_types: tuple[str, ...] = ()
+    security_enabled: bool | None = None
+    mail_enabled: bool | None = None
 
-    GRAPH_SELECT = ("id", "displayName", "description", "mail")
+    GRAPH_SELECT = ("id", "displayName", "description", "mail", "groupTypes", "securityEnabled", "mailEnabled")
 
     @classmethod
     def from_graph(cls, data: Mapping[str, Any]) -> DirectoryGroup:
         """Build from a Graph ``group`` object."""
         reader = _GraphReader(data, "group")
+        types = reader.optional_list("groupTypes") or []
+        if not all(isinstance(kind, str) for kind in types):
+            raise reader._bad("groupTypes", "a list of strings or null", types)
         return cls(
             id=reader.id(),
             display_name=reader.optional_str("displayName"),
             description=reader.optional_str("description"),
             mail=reader.optional_str("mail"),
+            group_types=tuple(clean_text(kind) for kind in types),
+            security_enabled=reader.optional_bool("securityEnabled", default=None),
+            mail_enabled=reader.optional_bool("mailEnabled", default=None),
         )
 
     def to_graph(self) -> dict[str, Any]:
@@ -346,6 +363,9 @@ class DirectoryGroup:
             "displayName": self.display_name,
             "description": self.description,
             "mail": self.mail,
+            "groupTypes": list(self.group_types),
+            "securityEnabled": self.security_enabled,
+            "mailEnabled": self.mail_enabled,
         }
 
 

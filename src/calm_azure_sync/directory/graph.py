@@ -64,6 +64,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import kiota_abstractions.default_query_parameters  # noqa: F401
     import msgraph.generated.groups.item.group_item_request_builder
+    import msgraph.generated.groups.item.transitive_members.graph_user.count.count_request_builder
     import msgraph.generated.groups.item.transitive_members.transitive_members_request_builder
     import msgraph.generated.users.users_request_builder  # noqa: F401
     from azure.core.exceptions import AzureError, ClientAuthenticationError
@@ -220,6 +221,19 @@ def _users_not_readable(operation: str) -> DirectoryAccessError:
         missing_permissions=("User.Read.All", "Directory.Read.All"),
         code="users_not_readable",
     )
+
+
+def search_clause(search: str) -> str:
+    r"""Graph's ``$search`` value for a group name search: ``"displayName:<words>"``.
+
+    A double quote or backslash in the words is escaped with a backslash, so
+    a search can never close the clause and add another.
+
+    >>> print(search_clause('Year 9 "Sci"'))
+    "displayName:Year 9 \"Sci\""
+    """
+    words = " ".join(search.split()).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"displayName:{words}"'
 
 
 def _lookup_ids(ids: Iterable[str]) -> list[str]:
@@ -415,18 +429,62 @@ class GraphDirectory:
 
     # -- the Directory protocol ---------------------------------------------------
 
-    async def list_groups(self) -> Sequence[DirectoryGroup]:
-        """Every group in the tenant (``GET /groups``, ``$select``, pages of 999)."""
+    async def list_groups(self, search: str | None = None) -> Sequence[DirectoryGroup]:
+        """Every group in the tenant, or those whose name matches ``search``.
+
+        ``GET /groups`` with ``$select`` and pages of 999. With ``search``,
+        Graph's server-side ``$search="displayName:<search>"`` (an advanced
+        query: ``ConsistencyLevel: eventual`` on every page). Graph's search
+        is tokenized: each word of ``search`` matches the start of a word of
+        the name, ignoring case (``"sci"`` finds "Year 9 Science"). A blank
+        ``search`` lists every group.
+        """
         builder: GroupsRequestBuilder = self._client.groups
         query = GroupsRequestBuilder.GroupsRequestBuilderGetQueryParameters(
             select=list(DirectoryGroup.GRAPH_SELECT), top=_PAGE_SIZE
         )
+        headers: dict[str, str] = {}
+        operation = "listing groups"
+        if search is not None and not isinstance(search, str):
+            raise ConfigError(f"list_groups: search must be a string or None, got {type(search).__name__}")
+        if search is not None and search.strip():
+            query.search = search_clause(search)
+            headers["ConsistencyLevel"] = "eventual"  # Graph refuses $search without it
+            operation = f"searching groups for {search.strip()!r}"
         groups: dict[str, DirectoryGroup] = {}
-        async for page in self._paged(builder, query, headers={}, operation="listing groups", group_id=None):
+        async for page in self._paged(builder, query, headers=headers, operation=operation, group_id=None):
             for item in page:
                 group = DirectoryGroup.from_graph(item)
                 groups.setdefault(group.id, group)
         return list(groups.values())
+
+    async def group_member_count(self, group_id: str) -> int:
+        """How many users the group has, nested groups resolved, in one request.
+
+        ``GET /groups/{id}/transitiveMembers/microsoft.graph.user/$count`` with
+        ``ConsistencyLevel: eventual``: Graph's eventually consistent index, so
+        the count may lag a change by a little. For the mapping screen; the
+        sync itself always reads the members. An unknown group raises
+        :class:`~calm_azure_sync.GroupNotFoundError`.
+        """
+        if not isinstance(group_id, str) or not group_id.strip():
+            raise GroupNotFoundError(str(group_id), code="invalid_group_id", status=None)
+        operation = f"counting the members of group {group_id!r}"
+        builder = self._client.groups.by_group_id(group_id).transitive_members.graph_user.count
+        budget = RetryBudget(self.retry.total_budget_seconds)
+        options = [ResponseHandlerOption(_NATIVE), RetryBudgetOption(budget)]
+        request = builder.to_get_request_information(self._configuration(None, {"ConsistencyLevel": "eventual"}, options))
+        response = await self._send(request, operation=operation)
+        if not 200 <= response.status_code < 300:
+            raise self._status_error(response, operation=operation, group_id=group_id)
+        text = response.content.decode("ascii", "replace").strip()
+        if not text.isdigit():
+            raise DirectoryError(
+                f"{operation}: Graph's count is not a number ({len(response.content)} bytes)",
+                code="invalid_response",
+                status=response.status_code,
+            )
+        return int(text)
 
     async def group_members(self, group_id: str) -> Sequence[DirectoryUser]:
         """The group's users, nested groups resolved by Graph, each user once.

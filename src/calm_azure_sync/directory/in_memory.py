@@ -7,6 +7,7 @@ from typing import Any
 
 from ..errors import ConfigError, DirectoryError, GroupNotFoundError
 from ..model import DirectoryGroup, DirectoryUser
+from ._search import name_matches
 
 __all__ = ["InMemoryDirectory"]
 
@@ -82,8 +83,21 @@ class InMemoryDirectory:
             "members": {group_id: list(ids) for group_id, ids in self.members.items()},
         }
 
-    async def list_groups(self) -> Sequence[DirectoryGroup]:
-        return list(self.groups.values())
+    async def list_groups(self, search: str | None = None) -> Sequence[DirectoryGroup]:
+        """Every group, or those whose name ``search`` finds (Graph's tokenized search).
+
+        Each word of ``search`` must start a word of the display name,
+        ignoring case, as with :meth:`GraphDirectory.list_groups`.
+        """
+        if search is not None and not isinstance(search, str):
+            raise ConfigError(f"list_groups: search must be a string or None, got {type(search).__name__}")
+        if search is None or not search.strip():
+            return list(self.groups.values())
+        return [group for group in self.groups.values() if name_matches(group.display_name, search)]
+
+    async def group_member_count(self, group_id: str) -> int:
+        """How many users the group has, nested groups resolved."""
+        return len(await self.group_members(group_id))
 
     async def group_members(self, group_id: str) -> Sequence[DirectoryUser]:
         if group_id not in self.groups:

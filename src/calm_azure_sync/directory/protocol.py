@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 from ..model import DirectoryGroup, DirectoryUser
 
-__all__ = ["Directory", "UserLookup"]
+__all__ = ["Directory", "GroupDiscovery", "UserLookup"]
 
 
 @runtime_checkable
@@ -53,5 +53,33 @@ class UserLookup(Protocol):
         :class:`~calm_azure_sync.DirectoryAccessError` (``users_not_readable``);
         a failed read raises :class:`~calm_azure_sync.DirectoryError`. It never
         answers ``None`` for a user it could not read.
+        """
+        ...
+
+
+@runtime_checkable
+class GroupDiscovery(Protocol):
+    """An optional capability of a :class:`Directory`: discovery for a large tenant's mapping screen.
+
+    ``list_groups(search=...)`` narrows the list on the server, and
+    ``group_member_count`` counts a group's users in one request, so a screen
+    can show sizes without reading every member. A caller checks
+    ``isinstance(directory, GroupDiscovery)`` before passing ``search``.
+    Both shipped directories implement it.
+    """
+
+    async def list_groups(self, search: str | None = None) -> Sequence[DirectoryGroup]:
+        """Every group, or those whose display name ``search`` finds.
+
+        Graph's search is tokenized: each word of ``search`` must start a
+        word of the name, ignoring case. ``None`` or a blank string lists
+        every group.
+        """
+        ...
+
+    async def group_member_count(self, group_id: str) -> int:
+        """The group's users, nested groups resolved (may lag a change slightly on Graph).
+
+        An unknown group raises :class:`~calm_azure_sync.GroupNotFoundError`.
         """
         ...

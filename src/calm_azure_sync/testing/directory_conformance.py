@@ -25,7 +25,11 @@ computed here from the fixture, independently of any implementation:
 - a directory that implements :class:`~calm_azure_sync.UserLookup` answers
   ``lookup_users`` with every id given, once: the fixture's user, or
   ``None`` for an unknown id and for a group's id (checked with
-  :data:`LOOKUP_SAMPLE` users and more, then one user alone, then no ids).
+  :data:`LOOKUP_SAMPLE` users and more, then one user alone, then no ids);
+- a directory that implements :class:`~calm_azure_sync.GroupDiscovery`
+  counts each group's users as ``group_member_count``, and
+  ``list_groups(search=...)`` finds the groups Graph's tokenized search
+  would (each of :data:`SEARCHES`).
 
 Order is not part of the contract: answers are compared as sets, and the
 snapshot :func:`check_directory` returns is sorted.
@@ -36,14 +40,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..directory.protocol import Directory, UserLookup
+from ..directory._search import name_matches
+from ..directory.protocol import Directory, GroupDiscovery, UserLookup
 from ..errors import GroupNotFoundError
 from ..model import DirectoryGroup, DirectoryUser
 
 __all__ = [
     "LOOKUP_SAMPLE",
     "DirectorySnapshot",
+    "SEARCHES",
     "check_directory",
+    "check_discovery",
     "check_lookup",
     "conformance_fixture",
     "expected_members",
@@ -56,6 +63,8 @@ UNKNOWN_GROUP_ID = "00000000-dead-beef-0000-000000000000"
 UNKNOWN_USER_ID = "00000000-dead-beef-0000-0000000000ff"
 
 LOOKUP_SAMPLE = 45
+SEARCHES = ("cyc", "STAFF", "cycle b", "nothing-matches", "ycle")
+"""The searches :func:`check_discovery` makes: prefixes, any case, several words, no match, mid-word."""
 """How many of the fixture's users :func:`check_lookup` asks for at once (more than two $batch requests)."""
 
 
@@ -199,7 +208,27 @@ async def check_directory(
         raise _fail(f"group_members({unknown_group_id!r}) of an unknown group did not raise GroupNotFoundError")
     if isinstance(directory, UserLookup):
         await check_lookup(directory, fixture)
+    if isinstance(directory, GroupDiscovery):
+        await check_discovery(directory, fixture)
     return snapshot
+
+
+async def check_discovery(directory: GroupDiscovery, fixture: Mapping[str, Any]) -> None:
+    """Check ``group_member_count`` and ``list_groups(search=...)`` against the fixture."""
+    groups = {str(item["id"]): DirectoryGroup.from_graph(item) for item in fixture.get("groups") or ()}
+    for group_id in sorted(groups):
+        count = await directory.group_member_count(group_id)
+        expected = len(expected_members(fixture, group_id))
+        if count != expected:
+            raise _fail(f"group_member_count({group_id!r}) = {count}, expected {expected}")
+    for search in SEARCHES:
+        found = list(await directory.list_groups(search=search))
+        want = {gid for gid, group in groups.items() if name_matches(group.display_name, search)}
+        if {group.id for group in found} != want or len(found) != len(want):
+            raise _fail(f"list_groups(search={search!r}) found {sorted(g.id for g in found)}, expected {sorted(want)}")
+        for group in found:
+            if group != groups[group.id]:
+                raise _fail(f"list_groups(search={search!r}): {group!r} differs from the fixture's")
 
 
 async def check_lookup(directory: UserLookup, fixture: Mapping[str, Any]) -> None:
