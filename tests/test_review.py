@@ -162,3 +162,21 @@ def test_text_table_aligns_cuts_and_drops_empty_columns():
     assert lines[1] == "x" * 39 + "…" + "  " + "y" * 119 + "…"
     assert lines[2] == "… and 1 more"
     assert text_table(["a"], []) == []
+
+
+def test_given_the_total_a_table_reads_no_further_than_it_shows():
+    def rows():
+        yield from ([index] for index in range(200))
+        raise AssertionError("read past the shown rows")
+
+    assert html_table(["n"], rows(), total=1000).endswith("<p>… and 800 more</p>")
+    assert text_table(["n"], rows(), limit=3, total=1000)[-1] == "… and 997 more"
+
+
+def test_a_long_plan_shows_its_first_rows_and_counts_the_rest():
+    many = tuple(Assign(f"oid-{index}", "birch", "Risk", Role.MEMBER) for index in range(500))
+    plan = Plan("oak", changes=many)
+    assert str(plan).splitlines()[-1] == "  … and 450 more"
+    assert plan._repr_html_().endswith("<p>… and 300 more</p>")
+    table = plan.access_table()
+    assert str(table).splitlines()[-1] == "  … and 450 more" and table._repr_html_().endswith("<p>… and 300 more</p>")

@@ -9,6 +9,7 @@ over its surroundings (:func:`visible`).
 from __future__ import annotations
 
 import html
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 
@@ -54,21 +55,39 @@ def _html_cell(value: object) -> str:
     return f"<td{title_attribute}>{html.escape(_text(value))}</td>"
 
 
-def html_table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, limit: int = 200) -> str:
+#: Rows an HTML table shows before it says how many more there are.
+HTML_ROWS = 200
+
+
+def _first(
+    rows: Iterable[Sequence[object]], limit: int, total: int | None
+) -> tuple[list[Sequence[object]], int]:
+    """The first ``limit`` rows and how many are left out; given ``total``, the rest is never read."""
+    iterator = iter(rows)
+    shown = list(itertools.islice(iterator, limit))
+    hidden = total - len(shown) if total is not None else sum(1 for _ in iterator)
+    return shown, hidden
+
+
+def html_table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    *,
+    limit: int = HTML_ROWS,
+    total: int | None = None,
+) -> str:
     """An escaped HTML table; past ``limit`` rows, a line says how many more there are.
 
     A cell is any value (``None`` shows empty) or a :class:`Cell` with a title.
+    ``total``, when the caller knows it, is the number of rows ``rows`` would
+    give: a lazy ``rows`` is then read no further than ``limit`` (a plan of
+    100,000 changes shows its first 200 without describing the rest).
     """
     head = "".join(f"<th>{html.escape(visible(str(header)))}</th>" for header in headers)
-    shown: list[str] = []
-    hidden = 0
-    for row in rows:
-        if len(shown) < limit:
-            shown.append(f"<tr>{''.join(_html_cell(cell) for cell in row)}</tr>")
-        else:
-            hidden += 1
-    more = f"<p>… and {hidden} more</p>" if hidden else ""
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(shown)}</tbody></table>{more}"
+    shown, hidden = _first(rows, limit, total)
+    body = "".join(f"<tr>{''.join(_html_cell(cell) for cell in row)}</tr>" for row in shown)
+    more = f"<p>… and {hidden} more</p>" if hidden > 0 else ""
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
 
 
 def _cut(text: str, limit: int) -> str:
@@ -76,29 +95,30 @@ def _cut(text: str, limit: int) -> str:
 
 
 def text_table(
-    headers: Sequence[str], rows: Iterable[Sequence[object]], *, limit: int = TEXT_ROWS
+    headers: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    *,
+    limit: int = TEXT_ROWS,
+    total: int | None = None,
 ) -> list[str]:
     """A plain-text table, one line a row, for ``__str__``; the same cells :func:`html_table` takes.
 
     Columns empty in every shown row are left out; long cells are cut; past
-    ``limit`` rows, a line says how many more there are. No rows, no lines.
+    ``limit`` rows, a line says how many more there are (``total`` as for
+    :func:`html_table`). No rows, no lines.
     """
     last = len(headers) - 1
-    shown: list[list[str]] = []
-    hidden = 0
-    for row in rows:
-        if len(shown) < limit:
-            shown.append(
-                [_cut(_text(cell), TEXT_LAST_CELL if i == last else TEXT_CELL) for i, cell in enumerate(row)]
-            )
-        else:
-            hidden += 1
+    first, hidden = _first(rows, limit, total)
+    shown = [
+        [_cut(_text(cell), TEXT_LAST_CELL if index == last else TEXT_CELL) for index, cell in enumerate(row)]
+        for row in first
+    ]
     if not shown:
         return []
     columns = [index for index in range(len(headers)) if any(row[index] for row in shown)]
     widths = {index: max(len(headers[index]), *(len(row[index]) for row in shown)) for index in columns}
     lines = ["  ".join(headers[index].ljust(widths[index]) for index in columns).rstrip()]
     lines += ["  ".join(row[index].ljust(widths[index]) for index in columns).rstrip() for row in shown]
-    if hidden:
+    if hidden > 0:
         lines.append(f"… and {hidden} more")
     return lines

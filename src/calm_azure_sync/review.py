@@ -31,6 +31,7 @@ does IO. The rules, written once:
 from __future__ import annotations
 
 import html
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
@@ -249,6 +250,11 @@ def _cells(row: _Row, names: _Names) -> list[object]:
     ]
 
 
+def _change_rows(changes: Iterable[Change], names: _Names) -> Iterator[list[object]]:
+    # Lazy: a table shows the first rows of a long plan and only counts the rest.
+    return (_cells(_row(change), names) for change in changes)
+
+
 def change_cells(change: Change, plan: Plan | None = None) -> list[str]:
     """One change as a row of text: change, user, email, site, module, role, groups, detail.
 
@@ -320,7 +326,7 @@ def _hold_lines(plan: Plan, held: Sequence[Change], names: _Names) -> list[str]:
     if plan.held_groups:
         lines.append("  groups: " + ", ".join(visible(names.group(group)) for group in plan.held_groups))
     lines.append(f"  {_confirmation(plan)}")
-    lines += _indent(text_table(_CHANGE_HEADERS, (_cells(_row(change), names) for change in held)))
+    lines += _indent(text_table(_CHANGE_HEADERS, _change_rows(held, names), total=len(held)))
     return lines
 
 
@@ -403,7 +409,7 @@ def plan_text(plan: Plan) -> str:
     if plan.changes:
         lines += _indented(
             f"Changes ({len(plan.changes)})",
-            text_table(_CHANGE_HEADERS, (_cells(_row(change), names) for change in plan.changes)),
+            text_table(_CHANGE_HEADERS, _change_rows(plan.changes, names), total=len(plan.changes)),
         )
     for category in ("skipped", "excluded"):
         rows = _skip_rows(plan.skipped, category, names)
@@ -427,7 +433,7 @@ def _hold_html(plan: Plan, held: Sequence[Change], names: _Names) -> str:
     ]
     if plan.held_groups:
         parts.append("<p>Groups: " + _h(", ".join(names.group(group) for group in plan.held_groups)) + "</p>")
-    parts.append(html_table(_CHANGE_HEADERS, (_cells(_row(change), names) for change in held)))
+    parts.append(html_table(_CHANGE_HEADERS, _change_rows(held, names), total=len(held)))
     return "".join(parts)
 
 
@@ -472,7 +478,7 @@ def plan_html(plan: Plan) -> str:
     if plan.changes:
         parts.append(
             f"<h5>Changes ({len(plan.changes)})</h5>"
-            + html_table(_CHANGE_HEADERS, (_cells(_row(change), names) for change in plan.changes))
+            + html_table(_CHANGE_HEADERS, _change_rows(plan.changes, names), total=len(plan.changes))
         )
     for category in ("skipped", "excluded"):
         rows = _skip_rows(plan.skipped, category, names)
@@ -568,7 +574,7 @@ def report_html(report: ImportReport) -> str:
     if plan.changes:
         parts.append(
             f"<details><summary>Planned changes ({len(plan.changes)})</summary>"
-            + html_table(_CHANGE_HEADERS, (_cells(_row(change), names) for change in plan.changes))
+            + html_table(_CHANGE_HEADERS, _change_rows(plan.changes, names), total=len(plan.changes))
             + "</details>"
         )
     return "".join(parts)
@@ -684,37 +690,41 @@ class AccessTable:
         """One plain dict per row (:meth:`AccessRow.to_record`), all with the same keys."""
         return [row.to_record() for row in self.rows]
 
-    def _pivot(self) -> tuple[list[str], list[list[object]]]:
+    def _pivot(self) -> tuple[list[str], Iterator[list[object]]]:
+        """The column headers and a lazy row per user (rows are sorted, so one user's slots are adjacent)."""
         slots = sorted({(row.site_id, row.module) for row in self.rows})
         column = {slot: index for index, slot in enumerate(slots)}
         headers = ["user", "email"] + [
             module if self.site_id else f"{site} / {module}" for site, module in slots
         ]
-        by_user: dict[str, list[object]] = {}
-        for row in self.rows:
-            cells = by_user.get(row.external_id)
-            if cells is None:
-                cells = by_user[row.external_id] = [
-                    Cell(row.name, title=row.external_id),
-                    row.email if row.email != row.name else None,
-                ]
-                cells += [None] * len(slots)
-            cells[2 + column[(row.site_id, row.module)]] = row.cell()
-        return headers, list(by_user.values())
+
+        def users() -> Iterator[list[object]]:
+            for _, slots_of_user in itertools.groupby(self.rows, key=lambda row: row.external_id):
+                first = next(slots_of_user)
+                cells: list[object] = [Cell(first.name, title=first.external_id)]
+                cells += [first.email if first.email != first.name else None] + [None] * len(slots)
+                for row in (first, *slots_of_user):
+                    cells[2 + column[(row.site_id, row.module)]] = row.cell()
+                yield cells
+
+        return headers, users()
+
+    def _users(self) -> int:
+        return len({row.external_id for row in self.rows})
 
     def _headline(self) -> str:
         where = f"trust {self.trust_site_id}" + (f", site {self.site_id}" if self.site_id else "")
-        users = len({row.external_id for row in self.rows})
         counts = ", ".join(f"{count} {change}" for change, count in self.counts().items() if count)
-        return f"Access after the run ({where}): {users} users" + (f"; {counts}" if counts else "")
+        return f"Access after the run ({where}): {self._users()} users" + (f"; {counts}" if counts else "")
 
     def __str__(self) -> str:
         headers, rows = self._pivot()
-        return "\n".join(_indented(visible(self._headline()), text_table(headers, rows)))
+        table = text_table(headers, rows, total=self._users())
+        return "\n".join(_indented(visible(self._headline()), table))
 
     def _repr_html_(self) -> str:
         headers, rows = self._pivot()
-        return f"<h5>{_h(self._headline())}</h5>" + html_table(headers, rows)
+        return f"<h5>{_h(self._headline())}</h5>" + html_table(headers, rows, total=self._users())
 
 
 def access_table(plan: Plan, site_id: str | None = None, *, changed_only: bool = False) -> AccessTable:
@@ -732,6 +742,7 @@ def access_table(plan: Plan, site_id: str | None = None, *, changed_only: bool =
     }
     changed: dict[tuple[str, str, str], tuple[AccessChange, Role | None, tuple[str, ...]]] = {}
     names = _Names(plan)
+    group_names: dict[tuple[str, ...], tuple[str, ...]] = {}
     for held, changes in ((False, plan.changes), (True, plan.held_removals)):
         for change in changes:
             if not isinstance(change, (Assign, Unassign)):
@@ -739,10 +750,15 @@ def access_table(plan: Plan, site_id: str | None = None, *, changed_only: bool =
             slot = (change.external_id, change.site_id, change.module)
             if change.previous is not None:
                 before.setdefault(slot, change.previous)
-            new_role = change.role if isinstance(change, Assign) else None
-            groups = (
-                tuple(names.group(group) for group in change.because) if isinstance(change, Assign) else ()
-            )
+            new_role: Role | None = None
+            groups: tuple[str, ...] = ()
+            if isinstance(change, Assign):
+                new_role = change.role
+                # Most grants share a few sets of groups: name each set once.
+                found = group_names.get(change.because)
+                if found is None:
+                    found = group_names[change.because] = tuple(names.group(group) for group in change.because)
+                groups = found
             if held:
                 changed[slot] = ("held", new_role, ())
             elif new_role is None:
@@ -752,6 +768,7 @@ def access_table(plan: Plan, site_id: str | None = None, *, changed_only: bool =
             elif before[slot] != new_role:
                 changed[slot] = ("changed", new_role, groups)
     rows: list[AccessRow] = []
+    user_order: dict[str, tuple[str, str, str]] = {}
     for slot in set(before) | set(changed):
         external_id, site, module = slot
         if site_id is not None and site != site_id:
@@ -763,11 +780,11 @@ def access_table(plan: Plan, site_id: str | None = None, *, changed_only: bool =
         # Added and changed slots take the planned role, removed ones none; held and unchanged keep theirs.
         role_after = planned if what in ("added", "changed") else None if what == "removed" else role_before
         name, email = names.user(external_id)
+        if external_id not in user_order:
+            user_order[external_id] = (name.casefold(), email or "", external_id)
         held_as = planned if what == "held" else None
         rows.append(
             AccessRow(external_id, name, email, site, module, role_after, role_before, what, held_as, groups)
         )
-    rows.sort(
-        key=lambda row: (row.name.casefold(), row.email or "", row.external_id, row.site_id, row.module)
-    )
+    rows.sort(key=lambda row: (user_order[row.external_id], row.site_id, row.module))
     return AccessTable(plan.trust_site_id, site_id, tuple(rows))
