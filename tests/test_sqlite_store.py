@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import calm_azure_sync.store.sqlite as sqlite_module
 from calm_azure_sync import (
     Assign,
+    ConfigError,
     CreateUser,
     DeactivateUser,
     ImportAlreadyRunningError,
@@ -30,6 +31,7 @@ from calm_azure_sync import (
     Role,
     SqliteUserStore,
     StoreState,
+    SyncState,
     Unassign,
     UpdateUser,
 )
@@ -504,7 +506,7 @@ async def test_a_version_1_store_is_migrated_and_keeps_its_users(tmp_path):
     assert (user.email, user.external_id, user.active, user.deactivated_by_sync) == ("Ann@x.org", "e1", False, False)
     store.close()
     with sqlite3.connect(path) as connection:
-        assert connection.execute("SELECT version FROM calm_store_schema").fetchone() == (2,)
+        assert connection.execute("SELECT version FROM calm_store_schema").fetchone() == (sqlite_module.SCHEMA_VERSION,)
 
 
 async def test_a_dead_looking_pid_in_another_pid_namespace_is_not_taken_over(
@@ -543,3 +545,94 @@ def test_opening_a_new_file_waits_for_another_connection_instead_of_failing(tmp_
         timer.join()
         connection.close()
         holder.close()
+
+
+# -- the sync state ----------------------------------------------------------------------
+
+_V2_SCHEMA = """
+CREATE TABLE calm_store_schema (version INTEGER NOT NULL);
+INSERT INTO calm_store_schema VALUES (2);
+CREATE TABLE users (
+    id TEXT PRIMARY KEY, email TEXT NOT NULL, email_key TEXT NOT NULL, display_name TEXT NOT NULL,
+    given_name TEXT, surname TEXT, external_id TEXT,
+    active INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1)),
+    deactivated_by_sync INTEGER NOT NULL DEFAULT 0 CHECK (deactivated_by_sync IN (0, 1))
+);
+CREATE UNIQUE INDEX users_by_email_key ON users (email_key);
+CREATE UNIQUE INDEX users_by_external_id ON users (external_id);
+CREATE TABLE grants (
+    user_id TEXT NOT NULL REFERENCES users (id), site_id TEXT NOT NULL, module TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('Member', 'Manager', 'Admin')),
+    source TEXT NOT NULL CHECK (source IN ('manual', 'azure')), trust_site_id TEXT,
+    PRIMARY KEY (user_id, site_id, module, source)
+) WITHOUT ROWID;
+CREATE INDEX grants_synced_by_trust ON grants (trust_site_id) WHERE source = 'azure';
+CREATE INDEX grants_manual_by_user ON grants (user_id) WHERE source = 'manual';
+CREATE TABLE run_locks (
+    trust_site_id TEXT PRIMARY KEY, holder TEXT NOT NULL, pid INTEGER NOT NULL, hostname TEXT NOT NULL,
+    acquired_at TEXT NOT NULL, expires_at TEXT NOT NULL
+);
+INSERT INTO users VALUES ('u1', 'Ann@x.org', 'ann@x.org', 'Ann', NULL, NULL, 'e1', 1, 0);
+INSERT INTO users VALUES ('u2', 'bo@x.org', 'bo@x.org', 'Bo', NULL, NULL, NULL, 1, 0);
+INSERT INTO grants VALUES ('u1', 's1', 'risk', 'Admin', 'azure', 'trust-oak');
+INSERT INTO grants VALUES ('u2', 's1', 'risk', 'Member', 'manual', NULL);
+"""
+
+
+def _v2_file(path: Path) -> Path:
+    with sqlite3.connect(path) as connection:
+        connection.executescript(_V2_SCHEMA)
+    connection.close()
+    return path
+
+
+async def test_a_version_2_store_is_migrated_in_place_and_keeps_its_users_and_grants(tmp_path: Path) -> None:
+    path = _v2_file(tmp_path / "v2.sqlite")
+    async with SqliteUserStore(path) as store:
+        state = await store.load(TRUST)
+        assert set(state.users) == {"u1", "u2"}
+        assert state.synced_access == {"e1": {("s1", "risk"): Role.ADMIN}}
+        assert state.manual_access_user_ids == frozenset({"u2"})
+        assert await store.load_state(TRUST) == SyncState()
+        await store.save_state(TRUST, SyncState(baselines={"g1": 12}))
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT version FROM calm_store_schema").fetchall() == [
+            (sqlite_module.SCHEMA_VERSION,)
+        ]
+        assert connection.execute("SELECT trust_site_id, version FROM sync_state").fetchall() == [(TRUST, 1)]
+    connection.close()
+    async with SqliteUserStore(path) as store:  # opening a migrated file again changes nothing
+        assert (await store.load_state(TRUST)).baselines == {"g1": 12}
+
+
+async def test_a_migration_that_fails_leaves_the_file_at_its_old_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _v2_file(tmp_path / "v2.sqlite")
+    monkeypatch.setitem(sqlite_module._MIGRATIONS, 2, ("CREATE TABLE sync_state (x)", "SELECT no_such_function()"))
+    async with SqliteUserStore(path) as store:
+        with pytest.raises(sqlite3.OperationalError):
+            await store.load(TRUST)
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT version FROM calm_store_schema").fetchall() == [(2,)]
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "sync_state" not in tables
+    connection.close()
+
+
+async def test_sync_state_survives_closing_and_reopening_the_file(tmp_path: Path) -> None:
+    state = SyncState(baselines={"g1": 40}, left_scope={"e1": True}, delta={"g1": {"link": "x"}})
+    async with SqliteUserStore(tmp_path / "calm.db") as store:
+        await store.save_state(TRUST, state)
+    async with SqliteUserStore(tmp_path / "calm.db") as store:
+        assert await store.load_state(TRUST) == state
+
+
+async def test_a_state_row_whose_version_column_disagrees_is_refused(tmp_path: Path) -> None:
+    async with SqliteUserStore(tmp_path / "calm.db") as store:
+        await store.save_state(TRUST, SyncState(baselines={"g1": 1}))
+        with sqlite3.connect(tmp_path / "calm.db") as connection:
+            connection.execute("UPDATE sync_state SET version = 2")
+        connection.close()
+        with pytest.raises(ConfigError, match="version 2"):
+            await store.load_state(TRUST)

@@ -14,14 +14,14 @@ import attrs
 from ..errors import ImportAlreadyRunningError
 from ..model import Role
 from ..plan import Change
+from ..state import SyncState
 from .protocol import ChangeResult, Grant, StoredUser, StoreState
-from .rules import GrantWrite, UserTables, UserWrite
+from .rules import GrantWrite as GrantWrite  # moved to store.rules; still importable from here
+from .rules import UserTables as UserTables  # (its home is store.rules; see above)
+from .rules import UserWrite as UserWrite  # moved to store.rules; still importable from here
+from .rules import state_from_json, state_to_json
 
 __all__ = ["InMemoryUserStore"]
-
-# Moved to calm_azure_sync.store.rules; these names still import from here
-# for code written before the move (import them from store.rules).
-_MOVED_TO_RULES = (GrantWrite, UserWrite)
 
 
 @attrs.define
@@ -35,11 +35,15 @@ class InMemoryUserStore:
         ann = await store.add_user("ann@example.org", "Ann Example")
         await store.grant(ann, "birch-high", "risk", "Manager")
 
-    Emails are unique regardless of case. Nothing is persisted.
+    Emails are unique regardless of case. Nothing is persisted. It is also a
+    :class:`~calm_azure_sync.SyncStateStore`: each trust's state is kept on
+    the store object, as the JSON text a database would hold.
     """
 
     _tables: UserTables = attrs.field(factory=UserTables, init=False)
     _locked_trusts: set[str] = attrs.field(factory=set, init=False)
+    # trust -> state_to_json text: a saved state is a copy, and reads back as a database's would.
+    _states: dict[str, str] = attrs.field(factory=dict, init=False)
 
     async def load(self, trust_site_id: str) -> StoreState:
         """Every user, the synced grants of ``trust_site_id``, and who holds manual grants."""
@@ -48,6 +52,20 @@ class InMemoryUserStore:
     async def apply(self, trust_site_id: str, changes: Sequence[Change]) -> Sequence[ChangeResult]:
         """Apply ``changes`` in order; one :class:`ChangeResult` per change."""
         return self._tables.apply(trust_site_id, changes)
+
+    async def load_state(self, trust_site_id: str) -> SyncState:
+        """The trust's saved :class:`~calm_azure_sync.SyncState` (``SyncState()`` when none was saved).
+
+        Raises :class:`~calm_azure_sync.ConfigError` when the saved state cannot be read.
+        """
+        text = self._states.get(trust_site_id)
+        if text is None:
+            return SyncState()
+        return state_from_json(text, where=f"the sync state of trust {trust_site_id!r}")
+
+    async def save_state(self, trust_site_id: str, state: SyncState) -> None:
+        """Replace the trust's state with a copy of ``state``; a state that cannot be stored raises ConfigError."""
+        self._states[trust_site_id] = state_to_json(state, where=f"the sync state of trust {trust_site_id!r}")
 
     @contextlib.asynccontextmanager
     async def run_lock(self, trust_site_id: str) -> AsyncIterator[None]:

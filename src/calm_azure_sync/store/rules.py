@@ -15,16 +15,29 @@ the :class:`~calm_azure_sync.store.protocol.UserStore` docstring.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar, NamedTuple, TypeAlias
+from typing import Any, ClassVar, Final, NamedTuple, TypeAlias
 
 import attrs
 
 from .._gc import collector_paused
+from ..errors import ConfigError
 from ..model import Role, email_key
-from ..plan import Assign, Change, CreateUser, DeactivateUser, LinkUser, Unassign, UpdateUser, change_kind
+from ..plan import (
+    Assign,
+    Change,
+    CreateUser,
+    DeactivateUser,
+    LinkUser,
+    RelinkUser,
+    Unassign,
+    UpdateUser,
+    change_kind,
+)
+from ..state import SyncState
 from .protocol import ChangeResult, Grant, GrantSource, StoredUser, StoreState
 
 __all__ = [
@@ -37,6 +50,8 @@ __all__ = [
     "UserWrite",
     "batch_keys",
     "new_user_id",
+    "state_from_json",
+    "state_to_json",
 ]
 
 GrantKey: TypeAlias = tuple[str, str, GrantSource]
@@ -76,8 +91,8 @@ class BatchKeys(NamedTuple):
 
 # Which change types name a store user id, and which carry an email: the rows
 # a batch reads besides the users named by external id.
-_NAMES_USER_ID: frozenset[type] = frozenset({LinkUser, UpdateUser, DeactivateUser})
-_CARRIES_EMAIL: frozenset[type] = frozenset({CreateUser, LinkUser, UpdateUser})
+_NAMES_USER_ID: frozenset[type] = frozenset({LinkUser, RelinkUser, UpdateUser, DeactivateUser})
+_CARRIES_EMAIL: frozenset[type] = frozenset({CreateUser, LinkUser, RelinkUser, UpdateUser})
 
 
 def batch_keys(changes: Iterable[Change]) -> BatchKeys:
@@ -96,6 +111,35 @@ def batch_keys(changes: Iterable[Change]) -> BatchKeys:
         if kind in _CARRIES_EMAIL:
             keys.email_keys.add(email_key(change.email))  # type: ignore[union-attr]
     return keys
+
+
+def state_to_json(state: SyncState, *, where: str = "sync state") -> str:
+    """The text a store keeps for ``state``: the JSON of :meth:`SyncState.to_dict`.
+
+    ASCII-only JSON (any text stores), keys sorted. Raises
+    :class:`~calm_azure_sync.ConfigError` naming ``where`` for a state that is
+    not JSON-safe or that :func:`state_from_json` would refuse (say, a newer
+    ``version``): a store never writes a state it could not read back.
+    """
+    try:
+        text = json.dumps(state.to_dict(), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as error:
+        raise ConfigError(f"{where}: not JSON-safe ({error})") from None
+    state_from_json(text, where=where)
+    return text
+
+
+def state_from_json(text: str, *, where: str = "sync state") -> SyncState:
+    """Read back what :func:`state_to_json` wrote; :class:`~calm_azure_sync.ConfigError` if unreadable.
+
+    Corrupt text and a state of another format version are refused, never
+    read as an empty state (that would forget a pending hold).
+    """
+    try:
+        data = json.loads(text)
+    except (TypeError, ValueError, RecursionError) as error:
+        raise ConfigError(f"{where}: not JSON ({error})") from None
+    return SyncState.from_dict(data, where=where)
 
 
 _id_prefix: tuple[int, str] = (0, "")
@@ -119,7 +163,10 @@ def _names_equal(user: StoredUser, email: str, display_name: str, given: str | N
     return (user.email, user.display_name, user.given_name, user.surname) == (email, display_name, given, sur)
 
 
-_Applier: TypeAlias = Callable[["UserTables", str, Any], "str | None"]
+_Applier: TypeAlias = Callable[["UserTables", str, Any], ChangeResult]
+
+APPLIED: Final = "applied"
+UNCHANGED: Final = "unchanged"
 
 
 @attrs.define
@@ -180,13 +227,14 @@ class UserTables:
         if self.log is not None:
             self.log.append(GrantWrite(user_id, key, value))
 
-    def _delete_grant(self, user_id: str, key: GrantKey) -> None:
+    def _delete_grant(self, user_id: str, key: GrantKey) -> bool:
         held = self.grants.get(user_id)
         if held is None or key not in held:
-            return
+            return False
         del held[key]
         if self.log is not None:
             self.log.append(GrantWrite(user_id, key, None))
+        return True
 
     # -- host helpers ---------------------------------------------------------
 
@@ -228,6 +276,7 @@ class UserTables:
     def _state(self, trust_site_id: str) -> StoreState:
         synced: dict[str, dict[tuple[str, str], Role]] = {}
         manual: set[str] = set()
+        other_trusts: set[str] = set()
         for user_id, held in self.grants.items():
             for (site_id, module, source), (role, trust) in held.items():
                 if source == "manual":
@@ -236,8 +285,13 @@ class UserTables:
                     external_id = self.users[user_id].external_id
                     if external_id is not None:
                         synced.setdefault(external_id, {})[(site_id, module)] = role
+                else:
+                    other_trusts.add(user_id)
         return StoreState(
-            users=dict(self.users), synced_access=synced, manual_access_user_ids=frozenset(manual)
+            users=dict(self.users),
+            synced_access=synced,
+            manual_access_user_ids=frozenset(manual),
+            other_access_user_ids=frozenset(manual | other_trusts),
         )
 
     # -- applying changes -----------------------------------------------------
@@ -246,14 +300,20 @@ class UserTables:
         """Apply ``changes`` in order; one result per change."""
         # A big batch allocates many objects and frees none: pausing the
         # cycle collector keeps it from rescanning the whole store each time.
+        rules = self._RULES
         with collector_paused():
-            return [ChangeResult(change, self.apply_one(trust_site_id, change)) for change in changes]
+            return [
+                rule(self, trust_site_id, change)
+                if (rule := rules.get(type(change))) is not None
+                else _unsupported(change)
+                for change in changes
+            ]
 
-    def apply_one(self, trust_site_id: str, change: Change) -> str | None:
-        """Apply one change; return why it failed, or ``None``."""
+    def apply_one(self, trust_site_id: str, change: Change) -> ChangeResult:
+        """Apply one change and say what happened (``applied``, ``unchanged`` or ``failed``)."""
         rule = self._RULES.get(type(change))
         if rule is None:
-            return f"this store does not apply {change_kind(change)} changes"
+            return _unsupported(change)
         return rule(self, trust_site_id, change)
 
     def _email_problem(self, email: str, owner: str | None) -> str | None:
@@ -273,27 +333,27 @@ class UserTables:
             return None, f"external id {external_id!r} belongs to user {found!r}, not {user_id!r}"
         return self.users[found], None
 
-    def _apply_create(self, trust_site_id: str, change: CreateUser) -> str | None:
-        existing = self.by_external_id.get(change.external_id)
-        # A create for an external id the store already holds is a re-applied
-        # batch (say, after a retry): refresh the user rather than duplicate it.
-        problem = self._email_problem(change.email, owner=existing)
+    def _apply_create(self, trust_site_id: str, change: CreateUser) -> ChangeResult:
+        if change.external_id in self.by_external_id:
+            # The user exists already: a re-applied batch, or another trust of
+            # the same tenant created them a moment ago. A create never
+            # overwrites a user; if Azure's values differ, the next plan has
+            # an UpdateUser for them. "unchanged": the log says no creation.
+            return ChangeResult(change, None, UNCHANGED)
+        problem = self._email_problem(change.email, owner=None)
         if problem is not None:
-            return problem
-        email = change.email.strip()
-        if existing is None:
-            user = StoredUser(
+            return ChangeResult(change, problem)
+        self._insert_user(
+            StoredUser(
                 user_id=new_user_id(),
-                email=email,
+                email=change.email.strip(),
                 display_name=change.display_name,
                 external_id=change.external_id,
                 given_name=change.given_name,
                 surname=change.surname,
             )
-            self._insert_user(user)
-        else:
-            self._refresh(self.users[existing], email, change.display_name, change.given_name, change.surname)
-        return None
+        )
+        return ChangeResult(change, None, APPLIED)
 
     def _refresh(
         self,
@@ -305,7 +365,8 @@ class UserTables:
         *,
         external_id: str | None = None,
         active: bool | None = None,
-    ) -> None:
+    ) -> bool:
+        """Give ``user`` these values; return whether anything changed (and was written)."""
         new_external_id = user.external_id if external_id is None else external_id
         new_active = user.active if active is None else active
         # Reactivating clears the mark; a user the sync deactivated keeps it.
@@ -316,7 +377,7 @@ class UserTables:
             and new_active == user.active
             and by_sync == user.deactivated_by_sync
         ):
-            return  # nothing to write: a re-run must not churn rows
+            return False  # nothing to write: a re-run must not churn rows
         self._replace_user(
             attrs.evolve(
                 user,
@@ -329,37 +390,59 @@ class UserTables:
                 deactivated_by_sync=by_sync,
             )
         )
+        return True
 
-    def _apply_link(self, trust_site_id: str, change: LinkUser) -> str | None:
+    def _apply_link(self, trust_site_id: str, change: LinkUser) -> ChangeResult:
         user = self.users.get(change.user_id)
         if user is None:
-            return f"no user with id {change.user_id!r}"
+            return ChangeResult(change, f"no user with id {change.user_id!r}")
         if user.external_id is not None and user.external_id != change.external_id:
-            return f"user {change.user_id!r} is already linked to external id {user.external_id!r}"
+            return ChangeResult(
+                change, f"user {change.user_id!r} is already linked to external id {user.external_id!r}"
+            )
         holder = self.by_external_id.get(change.external_id)
         if holder is not None and holder != change.user_id:
-            return f"external id {change.external_id!r} already belongs to user {holder!r}"
+            return ChangeResult(change, f"external id {change.external_id!r} already belongs to user {holder!r}")
         return self._take_values(user, change, external_id=change.external_id)
 
-    def _apply_update(self, trust_site_id: str, change: UpdateUser) -> str | None:
+    def _apply_relink(self, trust_site_id: str, change: RelinkUser) -> ChangeResult:
+        user = self.users.get(change.user_id)
+        if user is None:
+            return ChangeResult(change, f"no user with id {change.user_id!r}")
+        if user.external_id == change.external_id:
+            # Relinked already (a re-applied batch): only the values may differ.
+            return self._take_values(user, change)
+        if user.external_id != change.previous_external_id:
+            return ChangeResult(
+                change,
+                f"user {change.user_id!r} carries external id {user.external_id!r}, "
+                f"not {change.previous_external_id!r}",
+            )
+        holder = self.by_external_id.get(change.external_id)
+        if holder is not None:
+            return ChangeResult(change, f"external id {change.external_id!r} already belongs to user {holder!r}")
+        # Grants and memberships are the user id's: manual and synced ones stay.
+        return self._take_values(user, change, external_id=change.external_id)
+
+    def _apply_update(self, trust_site_id: str, change: UpdateUser) -> ChangeResult:
         user, problem = self._user_for(change.external_id, change.user_id)
         if user is None:
-            return problem
+            return ChangeResult(change, problem)
         return self._take_values(user, change, active=True if change.reactivate else None)
 
     def _take_values(
         self,
         user: StoredUser,
-        change: LinkUser | UpdateUser,
+        change: LinkUser | RelinkUser | UpdateUser,
         *,
         external_id: str | None = None,
         active: bool | None = None,
-    ) -> str | None:
+    ) -> ChangeResult:
         """Give ``user`` the change's email and names, unless another user holds that email."""
         problem = self._email_problem(change.email, owner=user.user_id)
         if problem is not None:
-            return problem
-        self._refresh(
+            return ChangeResult(change, problem)
+        changed = self._refresh(
             user,
             change.email.strip(),
             change.display_name,
@@ -368,36 +451,44 @@ class UserTables:
             external_id=external_id,
             active=active,
         )
-        return None
+        return ChangeResult(change, None, APPLIED if changed else UNCHANGED)
 
-    def _apply_assign(self, trust_site_id: str, change: Assign) -> str | None:
+    def _apply_assign(self, trust_site_id: str, change: Assign) -> ChangeResult:
         # The hottest path of a first import (three in four changes): inlined lookups.
         user_id = self.by_external_id.get(change.external_id)
         if user_id is None:
-            return self._user_for(change.external_id)[1]
+            return ChangeResult(change, self._user_for(change.external_id)[1])
         key: GrantKey = (change.site_id, change.module, "azure")
         value: GrantValue = (change.role, trust_site_id)
         held = self.grants.get(user_id)
-        if held is None or held.get(key) != value:
-            self._upsert_grant(user_id, key, value)
-        return None
+        if held is not None and held.get(key) == value:
+            return ChangeResult(change, None, UNCHANGED)
+        self._upsert_grant(user_id, key, value)
+        return ChangeResult(change, None, APPLIED)
 
-    def _apply_unassign(self, trust_site_id: str, change: Unassign) -> str | None:
+    def _apply_unassign(self, trust_site_id: str, change: Unassign) -> ChangeResult:
         user, problem = self._user_for(change.external_id)
         if user is None:
-            return problem
-        # Removing a grant that is already gone succeeds: the outcome is the
-        # one asked for, and a re-applied batch must not turn into errors.
-        self._delete_grant(user.user_id, (change.site_id, change.module, "azure"))
-        return None
+            return ChangeResult(change, problem)
+        # Removing a grant that is already gone succeeds, unchanged: the state
+        # is the one asked for, and a re-applied batch must not turn into errors.
+        removed = self._delete_grant(user.user_id, (change.site_id, change.module, "azure"))
+        return ChangeResult(change, None, APPLIED if removed else UNCHANGED)
 
-    def _apply_deactivate(self, trust_site_id: str, change: DeactivateUser) -> str | None:
+    def _apply_deactivate(self, trust_site_id: str, change: DeactivateUser) -> ChangeResult:
         user, problem = self._user_for(change.external_id, change.user_id)
         if user is None:
-            return problem
-        if not self.grants.get(user.user_id) and user.active:
-            self._replace_user(attrs.evolve(user, active=False, deactivated_by_sync=True))
-        return None
+            return ChangeResult(change, problem)
+        # Any grant left (manual, or another trust's) keeps the user active:
+        # refused harmlessly, so "unchanged", and the log claims no deactivation.
+        if self.grants.get(user.user_id) or not user.active:
+            return ChangeResult(change, None, UNCHANGED)
+        self._replace_user(attrs.evolve(user, active=False, deactivated_by_sync=True))
+        return ChangeResult(change, None, APPLIED)
+
+
+def _unsupported(change: Change) -> ChangeResult:
+    return ChangeResult(change, f"this store does not apply {change_kind(change)} changes")
 
 
 # One table, change type -> rule: a new change type is one more row here.
@@ -407,6 +498,7 @@ UserTables._RULES.update(
         Unassign: UserTables._apply_unassign,
         CreateUser: UserTables._apply_create,
         LinkUser: UserTables._apply_link,
+        RelinkUser: UserTables._apply_relink,
         UpdateUser: UserTables._apply_update,
         DeactivateUser: UserTables._apply_deactivate,
     }

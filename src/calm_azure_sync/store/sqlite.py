@@ -43,17 +43,25 @@ import attrs
 
 from .._gc import collector_paused
 from .._sqlite import ThreadedConnection, write_transaction
-from ..errors import ImportAlreadyRunningError
+from ..errors import ConfigError, ImportAlreadyRunningError
 from ..model import Role, email_key
 from ..plan import Change
+from ..state import SyncState
 from .protocol import ChangeResult, Grant, StoredUser, StoreState
-from .rules import GrantWrite, Mutation, UserTables, UserWrite, batch_keys
+from .rules import GrantWrite, Mutation, UserTables, UserWrite, batch_keys, state_from_json, state_to_json
 
 __all__ = ["SqliteUserStore"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
+
+_SYNC_STATE_TABLE: Final = """CREATE TABLE IF NOT EXISTS sync_state (
+    trust_site_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    saved_at TEXT NOT NULL
+)"""
 
 # Version -> the statements that bring a store of that version to the next.
 _MIGRATIONS: Final = {
@@ -61,9 +69,10 @@ _MIGRATIONS: Final = {
         "ALTER TABLE users ADD COLUMN deactivated_by_sync INTEGER NOT NULL DEFAULT 0 "
         "CHECK (deactivated_by_sync IN (0, 1))",
     ),
+    2: (_SYNC_STATE_TABLE,),
 }
 
-_SCHEMA: Final = """
+_SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS calm_store_schema (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS users (
     id TEXT PRIMARY KEY,
@@ -89,6 +98,7 @@ CREATE TABLE IF NOT EXISTS grants (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS grants_synced_by_trust ON grants (trust_site_id) WHERE source = 'azure';
 CREATE INDEX IF NOT EXISTS grants_manual_by_user ON grants (user_id) WHERE source = 'manual';
+{_SYNC_STATE_TABLE};
 CREATE TABLE IF NOT EXISTS run_locks (
     trust_site_id TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
@@ -120,23 +130,27 @@ _DELETE_GRANT: Final = "DELETE FROM grants WHERE user_id = ? AND site_id = ? AND
 
 def _setup_store(connection: sqlite3.Connection) -> None:
     with write_transaction(connection):
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                connection.execute(statement)
+        connection.execute("CREATE TABLE IF NOT EXISTS calm_store_schema (version INTEGER NOT NULL)")
         row = connection.execute("SELECT version FROM calm_store_schema").fetchone()
-        if row is None:
-            connection.execute("INSERT INTO calm_store_schema (version) VALUES (?)", (SCHEMA_VERSION,))
-            return
-        version = row[0]
-        while version in _MIGRATIONS and version < SCHEMA_VERSION:
-            for statement in _MIGRATIONS[version]:
-                connection.execute(statement)
-            version += 1
-            connection.execute("UPDATE calm_store_schema SET version = ?", (version,))
-        if version != SCHEMA_VERSION:
+        version = SCHEMA_VERSION if row is None else row[0]
+        if version > SCHEMA_VERSION or (version < SCHEMA_VERSION and version not in _MIGRATIONS):
+            # Refused before anything is written: a newer library's file is never misread.
             raise RuntimeError(
                 f"the user store schema is version {version}; this calm-azure-sync reads version {SCHEMA_VERSION}"
             )
+        while version < SCHEMA_VERSION:
+            for statement in _MIGRATIONS[version]:
+                connection.execute(statement)
+            version += 1
+        # Every table and index, IF NOT EXISTS: a new file gets them all, a
+        # migrated one whatever its old version lacked.
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                connection.execute(statement)
+        if row is None:
+            connection.execute("INSERT INTO calm_store_schema (version) VALUES (?)", (version,))
+        elif row[0] != version:
+            connection.execute("UPDATE calm_store_schema SET version = ?", (version,))
 
 
 def _user_from_row(row: sqlite3.Row | tuple[Any, ...]) -> StoredUser:
@@ -253,14 +267,14 @@ def _apply_one_by_one(
             connection.execute("SAVEPOINT calm_change")
             try:
                 tables = _load_tables(connection, [change])
-                error = tables.apply_one(trust_site_id, change)
+                result = tables.apply_one(trust_site_id, change)
                 assert tables.log is not None
                 _write(connection, tables.log)
             except sqlite3.IntegrityError as exc:
                 connection.execute("ROLLBACK TO calm_change")
-                error = f"the database refused the change: {exc}"
+                result = ChangeResult(change, f"the database refused the change: {exc}")
             connection.execute("RELEASE calm_change")
-            results.append(ChangeResult(change, error))
+            results.append(result)
         connection.execute("RELEASE calm_user")
     return results
 
@@ -299,9 +313,50 @@ def _load_state(connection: sqlite3.Connection, trust_site_id: str) -> StoreStat
                 row[0]
                 for row in connection.execute("SELECT DISTINCT user_id FROM grants WHERE source = 'manual'")
             )
+            # Three index searches around this trust, not "<>" (a scan of
+            # every grant): with one trust in the file they read nothing.
+            other_trusts = {
+                row[0]
+                for row in connection.execute(
+                    " UNION ALL ".join(
+                        f"SELECT user_id FROM grants WHERE source = 'azure' AND trust_site_id {test}"
+                        for test in ("< ?1", "> ?1", "IS NULL")
+                    ),
+                    (trust_site_id,),
+                )
+            }
         finally:
             connection.execute("COMMIT")
-    return StoreState(users=users, synced_access=synced, manual_access_user_ids=manual)
+    return StoreState(
+        users=users,
+        synced_access=synced,
+        manual_access_user_ids=manual,
+        other_access_user_ids=manual | other_trusts,
+    )
+
+
+def _load_sync_state(connection: sqlite3.Connection, trust_site_id: str, where: str) -> SyncState:
+    row = connection.execute(
+        "SELECT version, state FROM sync_state WHERE trust_site_id = ?", (trust_site_id,)
+    ).fetchone()
+    if row is None:
+        return SyncState()
+    version, text = row
+    state = state_from_json(text, where=where)
+    if version != state.version:
+        raise ConfigError(f"{where}: the row says version {version!r} but holds a version {state.version} state")
+    return state
+
+
+def _save_sync_state(connection: sqlite3.Connection, trust_site_id: str, state: SyncState, where: str) -> None:
+    text = state_to_json(state, where=where)
+    with write_transaction(connection):
+        connection.execute(
+            "INSERT INTO sync_state (trust_site_id, version, state, saved_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (trust_site_id) DO UPDATE SET "
+            "version = excluded.version, state = excluded.state, saved_at = excluded.saved_at",
+            (trust_site_id, state.version, text, _iso(dt.datetime.now(dt.UTC))),
+        )
 
 
 def _add_user(connection: sqlite3.Connection, email: str, display_name: str, user_id: str | None) -> str:
@@ -450,7 +505,9 @@ class SqliteUserStore:
     lock outlives a holder that stops renewing it (the holder renews it every
     quarter lease while it runs; see :meth:`run_lock`).
 
-    Offers the same host helpers as :class:`~calm_azure_sync.InMemoryUserStore`.
+    Offers the same host helpers as :class:`~calm_azure_sync.InMemoryUserStore`,
+    and is a :class:`~calm_azure_sync.SyncStateStore` (table ``sync_state``
+    in the same file).
     Call :meth:`close` (or use ``async with``) when done.
     """
 
@@ -481,6 +538,21 @@ class SqliteUserStore:
         if not changes:
             return []
         return await self._db.run(_apply_batch, trust_site_id, changes)
+
+    async def load_state(self, trust_site_id: str) -> SyncState:
+        """The trust's saved :class:`~calm_azure_sync.SyncState` (``SyncState()`` when none was saved).
+
+        Raises :class:`~calm_azure_sync.ConfigError` when the stored row cannot
+        be read (corrupt, or written by a newer calm-azure-sync): never a reset.
+        """
+        return await self._db.run(_load_sync_state, trust_site_id, self._state_label(trust_site_id))
+
+    async def save_state(self, trust_site_id: str, state: SyncState) -> None:
+        """Replace the trust's state in one transaction (row ``sync_state``); ConfigError if it cannot be stored."""
+        await self._db.run(_save_sync_state, trust_site_id, state, self._state_label(trust_site_id))
+
+    def _state_label(self, trust_site_id: str) -> str:
+        return f"the sync state of trust {trust_site_id!r} in {os.fspath(self.path)}"
 
     @contextlib.asynccontextmanager
     async def run_lock(self, trust_site_id: str) -> AsyncIterator[None]:

@@ -16,15 +16,23 @@ the host helpers described in :class:`ConformantUserStore` (``add_user``,
 ``grant``, ``grants``): the suite needs them to set up manually invited users
 and manual grants. When the store needs closing, override
 :meth:`UserStoreConformance.close_store` (by default it calls the store's
-``close()`` or ``aclose()`` if it has one).
+``close()`` or ``aclose()`` if it has one). When the store can be opened a
+second time on the same data (another connection, as a second process would
+have), override :meth:`UserStoreConformance.open_again` so the concurrency
+checks run across two handles; by default they share the one store.
 
 What the suite pins, beyond the protocol docstring:
 
 - a change that cannot apply fails alone, with an ``error``, and writes nothing;
 - emails are unique regardless of case (``lower()``, not ``casefold()``);
-- re-applying a batch that already applied succeeds and changes nothing
-  (a ``CreateUser`` for an external id the store holds refreshes that user;
-  an ``Unassign`` of a grant already gone succeeds);
+- re-applying a batch that already applied succeeds and changes nothing,
+  every outcome ``unchanged`` (a ``CreateUser`` for an external id the store
+  holds leaves that user as it is; an ``Unassign`` of a grant already gone
+  succeeds);
+- outcomes tell what happened: ``applied`` only when something was written;
+  a deactivation refused because any grant remains, an ``Assign`` already in
+  place, an ``UpdateUser`` with nothing to change are ``unchanged``; two
+  handles creating one external id at once give exactly one ``applied``;
 - ``UpdateUser`` and ``DeactivateUser`` whose ``user_id`` does not hold the
   external id fail (a stale plan never writes to the wrong user).
 """
@@ -32,17 +40,30 @@ What the suite pins, beyond the protocol docstring:
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+import attrs
 import pytest
 import pytest_asyncio
 
-from ..errors import ImportAlreadyRunningError
+from ..errors import ConfigError, ImportAlreadyRunningError
 from ..model import Role
-from ..plan import Assign, Change, CreateUser, DeactivateUser, LinkUser, Unassign, UpdateUser
-from ..store.protocol import ChangeResult, Grant, StoredUser, StoreState, UserStore
+from ..plan import (
+    Assign,
+    Change,
+    CreateUser,
+    DeactivateUser,
+    LinkUser,
+    RelinkUser,
+    Unassign,
+    UpdateUser,
+    change_to_dict,
+)
+from ..state import STATE_FORMAT_VERSION, Hold, SyncState, SyncStateStore
+from ..store.protocol import ChangeOutcome, ChangeResult, Grant, StoredUser, StoreState, UserStore
 from ._closing import close_if_closable
 
 __all__ = ["ConformantUserStore", "UserStoreConformance"]
@@ -87,6 +108,39 @@ def _by_external_id(state: StoreState, external_id: str) -> StoredUser:
     return found[0]
 
 
+def _sample_state() -> SyncState:
+    # Built from its JSON form, as a store reads it back.
+    hold = Hold.from_dict(
+        {
+            "id": "hold-1",
+            "trust_site_id": TRUST,
+            "reason": "group_shrank",
+            "changes": [
+                change_to_dict(Unassign("e1", SITE, "risk", previous=Role.MANAGER)),
+                change_to_dict(Assign("e2", SITE, "risk", Role.MEMBER, previous=Role.ADMIN, because=("g1",))),
+                change_to_dict(DeactivateUser("e3", "user-3")),
+            ],
+            "created_at": "2026-11-30T07:00:00+00:00",
+            "run_id": "run-1",
+            "group_ids": ["g1"],
+        }
+    )
+    return SyncState(
+        hold=hold,
+        baselines={"g1": 40, "g2": 0},
+        left_scope={"e3": False, "e4": True},
+        delta={"links": {"g1": "https://graph.example/delta?token=\u00e9"}},
+    )
+
+
+def _evolve(change: UpdateUser, **values: Any) -> UpdateUser:
+    return attrs.evolve(change, **values)
+
+
+def _outcomes(results: Sequence[ChangeResult]) -> list[ChangeOutcome]:
+    return [result.outcome for result in results]
+
+
 def _assert_all_ok(results: Sequence[ChangeResult]) -> None:
     failed = [(result.change, result.error) for result in results if not result.ok]
     assert not failed, f"changes failed: {failed}"
@@ -105,6 +159,23 @@ class UserStoreConformance:
     async def close_store(self, store: ConformantUserStore) -> None:
         """Release the store after a test: calls its ``close()`` or ``aclose()`` when it has one."""
         await close_if_closable(store)
+
+    async def write_raw_state(self, store: ConformantUserStore, trust_site_id: str, text: str) -> None:
+        """Store ``text`` as the trust's saved sync state, bypassing ``save_state``.
+
+        The suite uses it to check that ``load_state`` refuses what it cannot
+        read. By default the checks that need it are skipped; a store that
+        keeps the state as text (a column, a file) overrides it.
+        """
+        pytest.skip(f"{type(self).__name__} does not override write_raw_state()")
+
+    async def open_again(self, store: ConformantUserStore, tmp_path: Path) -> ConformantUserStore:
+        """Another handle on ``store``'s data, as another process would open it (default: ``store``).
+
+        The suite closes a handle it gets here (with :meth:`close_store`)
+        unless it is ``store`` itself.
+        """
+        return store
 
     @pytest_asyncio.fixture
     async def store(self, tmp_path: Path) -> AsyncIterator[ConformantUserStore]:
@@ -523,6 +594,268 @@ class UserStoreConformance:
         first = await store.load(TRUST)
         await self._apply_ok(store, batch)
         assert await store.load(TRUST) == first
+
+    # -- relink -----------------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_relink_moves_the_user_to_the_new_object_and_keeps_every_grant(
+        self, store: ConformantUserStore
+    ) -> None:
+        await self._apply_ok(store, [_create("old", "zoe@oak.example", "Zoe"), Assign("old", SITE, "risk", Role.ADMIN)])
+        zoe = _by_external_id(await store.load(TRUST), "old")
+        await store.grant(zoe.user_id, OTHER_SITE, "policies", Role.MEMBER)
+        relink = RelinkUser("new", zoe.user_id, "old", "Zoe@oak.example", "Zoe Park", "Zoe", "Park")
+        assert _outcomes(await store.apply(TRUST, [relink])) == ["applied"]
+        state = await store.load(TRUST)
+        user = state.users[zoe.user_id]
+        assert (user.external_id, user.email, user.display_name, user.given_name, user.surname) == (
+            "new",
+            "Zoe@oak.example",
+            "Zoe Park",
+            "Zoe",
+            "Park",
+        )
+        assert len(state.users) == 1
+        assert state.synced_access == {"new": {(SITE, "risk"): Role.ADMIN}}
+        assert await store.grants(zoe.user_id) == {
+            Grant(SITE, "risk", Role.ADMIN, "azure"),
+            Grant(OTHER_SITE, "policies", Role.MEMBER, "manual"),
+        }
+        # The old object id is free; a replay of the relink changes nothing.
+        assert _outcomes(await store.apply(TRUST, [relink])) == ["unchanged"]
+        await self._apply_ok(store, [_create("old", "someone@oak.example")])
+
+    @pytest.mark.asyncio
+    async def test_relink_refuses_what_it_cannot_prove(self, store: ConformantUserStore) -> None:
+        await self._apply_ok(store, [_create("old", "ada@oak.example"), _create("taken", "bea@oak.example")])
+        await store.add_user("cy@oak.example", "Cy")
+        state = await store.load(TRUST)
+        ada = _by_external_id(state, "old")
+        results = await store.apply(
+            TRUST,
+            [
+                RelinkUser("new", "no-such-user", "old", "ada@oak.example", "Ada"),
+                RelinkUser("new", ada.user_id, "not-its-id", "ada@oak.example", "Ada"),
+                RelinkUser("taken", ada.user_id, "old", "ada@oak.example", "Ada"),
+                RelinkUser("new", ada.user_id, "old", "CY@oak.example", "Ada"),
+            ],
+        )
+        assert _outcomes(results) == ["failed"] * 4
+        assert await store.load(TRUST) == state
+
+    # -- other access -------------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_load_names_the_users_holding_access_this_trust_did_not_grant(
+        self, store: ConformantUserStore
+    ) -> None:
+        await self._apply_ok(store, [_create("e1"), _create("e2"), _create("e3"), _create("e4")])
+        await self._apply_ok(store, [Assign("e1", SITE, "risk", Role.MEMBER), Assign("e3", SITE, "risk", Role.MEMBER)])
+        await self._apply_ok(store, [Assign("e2", ELM_SITE, "risk", Role.MEMBER)], trust=OTHER_TRUST)
+        state = await store.load(TRUST)
+        ids = {external_id: _by_external_id(state, external_id).user_id for external_id in ("e1", "e2", "e3", "e4")}
+        invited = await store.add_user("hand@oak.example", "By Hand")
+        await store.grant(invited, SITE, "risk", Role.MEMBER)
+        await store.grant(ids["e3"], OTHER_SITE, "risk", Role.MEMBER)
+        oak, elm = await store.load(TRUST), await store.load(OTHER_TRUST)
+        assert oak.other_access_user_ids == frozenset({ids["e2"], ids["e3"], invited})
+        assert elm.other_access_user_ids == frozenset({ids["e1"], ids["e3"], invited})
+        assert oak.manual_access_user_ids == elm.manual_access_user_ids == frozenset({ids["e3"], invited})
+
+    # -- outcomes -------------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_a_first_batch_is_applied_and_its_replay_unchanged(self, store: ConformantUserStore) -> None:
+        invited = await store.add_user("uma@oak.example", "Uma")
+        batch: list[Change] = [
+            _create("e1"),
+            Assign("e1", SITE, "risk", Role.MEMBER),
+            LinkUser("e2", invited, "Uma@oak.example", "Uma Vale"),
+            Assign("e2", SITE, "risk", Role.ADMIN),
+        ]
+        assert _outcomes(await store.apply(TRUST, batch)) == ["applied"] * 4
+        assert _outcomes(await store.apply(TRUST, batch)) == ["unchanged"] * 4
+
+    @pytest.mark.asyncio
+    async def test_a_create_for_a_held_external_id_is_unchanged_and_overwrites_nothing(
+        self, store: ConformantUserStore
+    ) -> None:
+        await self._apply_ok(store, [_create("e1", "vic@oak.example", "Vic")])
+        before = await store.load(TRUST)
+        results = await store.apply(TRUST, [_create("e1", "victor@oak.example", "Victor")])
+        assert _outcomes(results) == ["unchanged"]
+        assert await store.load(TRUST) == before
+
+    @pytest.mark.asyncio
+    async def test_failed_changes_have_the_outcome_failed(self, store: ConformantUserStore) -> None:
+        results = await store.apply(TRUST, [Assign("nobody", SITE, "risk", Role.MEMBER), _create("e1", " ")])
+        assert _outcomes(results) == ["failed", "failed"]
+        assert all(result.error for result in results)
+
+    @pytest.mark.asyncio
+    async def test_update_is_applied_only_when_something_changes(self, store: ConformantUserStore) -> None:
+        await self._apply_ok(store, [_create("e1", "wes@oak.example", "Wes")])
+        wes = _by_external_id(await store.load(TRUST), "e1")
+        same = UpdateUser("e1", wes.user_id, wes.email, wes.display_name, wes.given_name, wes.surname)
+        renamed = _evolve(same, display_name="Wes Hart")
+        assert _outcomes(await store.apply(TRUST, [same, renamed, renamed])) == ["unchanged", "applied", "unchanged"]
+        reactivate = _evolve(renamed, reactivate=True)
+        assert _outcomes(await store.apply(TRUST, [reactivate])) == ["unchanged"]  # already active
+
+    @pytest.mark.asyncio
+    async def test_grant_outcomes(self, store: ConformantUserStore) -> None:
+        await self._apply_ok(store, [_create("e1")])
+        changes: list[Change] = [
+            Assign("e1", SITE, "risk", Role.MEMBER),
+            Assign("e1", SITE, "risk", Role.MEMBER),
+            Assign("e1", SITE, "risk", Role.ADMIN, previous=Role.MEMBER),
+            Unassign("e1", SITE, "risk", previous=Role.ADMIN),
+            Unassign("e1", SITE, "risk", previous=Role.ADMIN),
+        ]
+        assert _outcomes(await store.apply(TRUST, changes)) == [
+            "applied",
+            "unchanged",
+            "applied",
+            "applied",
+            "unchanged",
+        ]
+
+    @pytest.mark.asyncio
+    async def test_a_deactivation_refused_by_remaining_access_is_unchanged(
+        self, store: ConformantUserStore
+    ) -> None:
+        await self._apply_ok(store, [_create("e1"), _create("e2"), _create("e3")])
+        await self._apply_ok(store, [Assign("e2", ELM_SITE, "risk", Role.MEMBER)], trust=OTHER_TRUST)
+        state = await store.load(TRUST)
+        manual, other_trust, free = (_by_external_id(state, e) for e in ("e1", "e2", "e3"))
+        await store.grant(manual.user_id, SITE, "policies", Role.MEMBER)
+        results = await store.apply(
+            TRUST,
+            [
+                DeactivateUser("e1", manual.user_id),
+                DeactivateUser("e2", other_trust.user_id),
+                DeactivateUser("e3", free.user_id),
+                DeactivateUser("e3", free.user_id),
+            ],
+        )
+        assert _outcomes(results) == ["unchanged", "unchanged", "applied", "unchanged"]
+        users = (await store.load(TRUST)).users
+        assert [users[u.user_id].active for u in (manual, other_trust, free)] == [True, True, False]
+
+    @pytest.mark.asyncio
+    async def test_two_handles_creating_one_external_id_at_once_give_one_applied_create(
+        self, store: ConformantUserStore, tmp_path: Path
+    ) -> None:
+        other = await self.open_again(store, tmp_path)
+        try:
+            for round_ in range(5):
+                external_id = f"both-{round_}"
+                first, second = await asyncio.gather(
+                    store.apply(TRUST, [_create(external_id), Assign(external_id, SITE, "risk", Role.MEMBER)]),
+                    other.apply(
+                        OTHER_TRUST, [_create(external_id), Assign(external_id, ELM_SITE, "risk", Role.ADMIN)]
+                    ),
+                )
+                assert sorted([first[0].outcome, second[0].outcome]) == ["applied", "unchanged"]
+                assert (first[1].outcome, second[1].outcome) == ("applied", "applied")
+                user = _by_external_id(await store.load(TRUST), external_id)
+                assert await store.grants(user.user_id) == {
+                    Grant(SITE, "risk", Role.MEMBER, "azure"),
+                    Grant(ELM_SITE, "risk", Role.ADMIN, "azure"),
+                }
+        finally:
+            if other is not store:
+                await self.close_store(other)
+
+    # -- sync state (stores that are also SyncStateStores) --------------------------
+
+    def _state_store(self, store: ConformantUserStore) -> SyncStateStore:
+        if not isinstance(store, SyncStateStore):
+            pytest.skip(f"{type(store).__name__} is not a SyncStateStore")
+        return store
+
+    @pytest.mark.asyncio
+    async def test_sync_state_of_a_trust_never_saved_is_empty(self, store: ConformantUserStore) -> None:
+        assert await self._state_store(store).load_state(TRUST) == SyncState()
+
+    @pytest.mark.asyncio
+    async def test_sync_state_round_trips(self, store: ConformantUserStore) -> None:
+        states = self._state_store(store)
+        state = _sample_state()
+        await states.save_state(TRUST, state)
+        assert await states.load_state(TRUST) == state
+
+    @pytest.mark.asyncio
+    async def test_save_state_replaces_the_whole_state(self, store: ConformantUserStore) -> None:
+        states = self._state_store(store)
+        await states.save_state(TRUST, _sample_state())
+        second = SyncState(baselines={"g-other": 3})
+        await states.save_state(TRUST, second)
+        assert await states.load_state(TRUST) == second
+
+    @pytest.mark.asyncio
+    async def test_a_saved_state_is_a_copy(self, store: ConformantUserStore) -> None:
+        states = self._state_store(store)
+        delta: dict[str, object] = {"links": {"g1": "https://graph.example/delta?token=1"}}
+        await states.save_state(TRUST, SyncState(delta=delta))
+        delta["links"] = {}
+        assert (await states.load_state(TRUST)).delta == {"links": {"g1": "https://graph.example/delta?token=1"}}
+
+    @pytest.mark.asyncio
+    async def test_a_state_that_cannot_be_stored_is_refused_and_the_old_one_kept(
+        self, store: ConformantUserStore
+    ) -> None:
+        states = self._state_store(store)
+        first = _sample_state()
+        await states.save_state(TRUST, first)
+        with pytest.raises(ConfigError):
+            await states.save_state(TRUST, SyncState(delta={"cursor": object()}))
+        with pytest.raises(ConfigError, match="version"):
+            await states.save_state(TRUST, SyncState(version=STATE_FORMAT_VERSION + 1))
+        assert await states.load_state(TRUST) == first
+
+    @pytest.mark.asyncio
+    async def test_sync_state_is_kept_per_trust(self, store: ConformantUserStore) -> None:
+        states = self._state_store(store)
+        await states.save_state(TRUST, _sample_state())
+        assert await states.load_state(OTHER_TRUST) == SyncState()
+        await states.save_state(OTHER_TRUST, SyncState(left_scope={"e9": False}))
+        assert await states.load_state(TRUST) == _sample_state()
+        assert (await states.load_state(OTHER_TRUST)).left_scope == {"e9": False}
+
+    @pytest.mark.asyncio
+    async def test_sync_state_is_seen_by_another_handle(self, store: ConformantUserStore, tmp_path: Path) -> None:
+        await self._state_store(store).save_state(TRUST, _sample_state())
+        other = await self.open_again(store, tmp_path)
+        try:
+            assert await self._state_store(other).load_state(TRUST) == _sample_state()
+        finally:
+            if other is not store:
+                await self.close_store(other)
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize(
+        ("text", "says"),
+        [
+            ("{not json", "JSON"),
+            (json.dumps({**SyncState().to_dict(), "version": STATE_FORMAT_VERSION + 1}), "version"),
+            ('{"version": 1, "baselines": {"g1": -4}}', "baselines"),
+            ('{"version": 1, "hold": {"id": "h1"}}', "hold|trust_site_id|reason"),
+            ("[]", "object"),
+        ],
+        ids=["not-json", "future-version", "bad-baseline", "bad-hold", "not-an-object"],
+    )
+    async def test_a_stored_state_that_cannot_be_read_is_refused_not_reset(
+        self, store: ConformantUserStore, text: str, says: str
+    ) -> None:
+        states = self._state_store(store)
+        await states.save_state(TRUST, _sample_state())
+        await self.write_raw_state(store, TRUST, text)
+        with pytest.raises(ConfigError, match=says):
+            await states.load_state(TRUST)
+        with pytest.raises(ConfigError):  # every time, not just once
+            await states.load_state(TRUST)
+        assert await states.load_state(OTHER_TRUST) == SyncState()
 
     # -- helpers ----------------------------------------------------------------------
 
