@@ -11,7 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from calm_azure_sync.testing.fake_graph import FakeGraphServer, Fault, resource_units
+from calm_azure_sync import DirectoryError
+from calm_azure_sync.model import DirectoryGroup, DirectoryUser
+from calm_azure_sync.testing.fake_graph import FakeGraph, FakeGraphServer, Fault, resource_units
 
 from .graph_helpers import FAKE_TOKEN, examples_dir, user
 
@@ -309,3 +311,89 @@ def test_unknown_segments_and_versions_are_bad_requests(graph, http):
     assert get(http, graph, "/devices").status_code == 400
     assert http.get(graph.base_url.replace("/v1.0", "/beta") + "/groups", headers=AUTH).status_code == 400
     assert get(http, graph, "/groups/g1/transitiveMembers/microsoft.graph.device?$count=true", EVENTUAL).status_code == 400
+
+
+# -- the model without sockets: the whole SDK over FakeGraph.transport() ----------------
+
+
+def sdk_over(transport: httpx.AsyncBaseTransport, **kwargs: Any) -> Any:
+    """A GraphDirectory on the real msgraph-sdk whose httpx client answers from ``transport``."""
+    from kiota_authentication_azure.azure_identity_authentication_provider import (
+        AzureIdentityAuthenticationProvider,
+    )
+    from msgraph.graph_request_adapter import GraphRequestAdapter
+    from msgraph.graph_service_client import GraphServiceClient
+    from msgraph_core import GraphClientFactory
+
+    from calm_azure_sync import GraphDirectory
+
+    from .graph_helpers import FAST_RETRY, FakeCredential, RecordingSleep
+
+    http = GraphClientFactory.create_with_default_middleware(client=httpx.AsyncClient(transport=transport))
+    auth = AzureIdentityAuthenticationProvider(FakeCredential(), allowed_hosts=["graph.microsoft.com"])
+    adapter = GraphRequestAdapter(auth, client=http)
+    adapter.base_url = "https://graph.microsoft.com/v1.0"
+    kwargs.setdefault("retry", FAST_RETRY)
+    return GraphDirectory(GraphServiceClient(request_adapter=adapter), sleep=RecordingSleep(), **kwargs)
+
+
+def test_the_model_answers_without_a_server():
+    model = FakeGraph(fixture(3))
+    with httpx.Client(transport=model.transport()) as client:
+        answer = client.get("https://graph.microsoft.com/v1.0/users?$select=id,mail", headers=AUTH)
+    assert answer.status_code == 200
+    assert [set(item) for item in answer.json()["value"]] == [{"id", "mail"}] * 3
+    assert answer.json()["@odata.context"] == "https://graph.microsoft.com/v1.0/$metadata#users(id,mail)"
+    assert not hasattr(model, "port")
+
+
+async def test_paging_through_the_sdk_follows_every_next_link_without_sockets():
+    model = FakeGraph(fixture(40), page_cap=7)
+    directory = sdk_over(model.transport())
+    members = await directory.group_members("g2")
+    assert len(members) == 40
+    reads = model.requests
+    assert len(reads) == 6  # ceil(40 / 7)
+    assert [r.is_next_page for r in reads] == [False] + [True] * 5
+    assert all(r.query["$select"] == ",".join(DirectoryUser.GRAPH_SELECT) for r in reads)  # kept in next links
+    assert all(r.query["$top"] == "999" and r.consistency_level == "eventual" for r in reads)
+
+
+async def test_select_decides_what_comes_back_through_the_sdk():
+    model = FakeGraph(fixture(2))
+    directory = sdk_over(model.transport())
+    groups = await directory.list_groups()
+    assert {g.id for g in groups} == {"g1", "g2", "g3"}
+    assert model.requests[0].query["$select"] == ",".join(DirectoryGroup.GRAPH_SELECT)
+    async with httpx.AsyncClient(transport=model.transport()) as client:
+        plain = (await client.get("https://graph.microsoft.com/v1.0/users/u000", headers=AUTH)).json()
+    assert "accountEnabled" not in plain and "userPrincipalName" in plain  # Graph's default properties
+
+
+async def test_a_client_that_drops_consistency_level_on_a_later_page_is_refused():
+    model = FakeGraph(fixture(30), page_cap=10)
+
+    def forgetful(request: httpx.Request) -> httpx.Response:
+        if "$skiptoken" in request.url.params:
+            del request.headers["ConsistencyLevel"]  # Graph does not carry it over: a client must resend it
+        return model.handle(request)
+
+    directory = sdk_over(httpx.MockTransport(forgetful))
+    with pytest.raises(DirectoryError) as caught:
+        await directory.group_members("g2")
+    assert caught.value.status == 400 and caught.value.code == "Request_UnsupportedQuery"
+    assert [r.status for r in model.requests] == [200, 400]
+
+
+async def test_wire_faults_through_the_transport_are_retried_like_socket_errors():
+    model = FakeGraph(fixture(12), page_cap=5)
+    model.inject(Fault.reset(), path="/groups/g2/*", skip=1)
+    model.inject(Fault.truncated(), path="/groups/g2/*", skip=1)
+    model.inject(Fault.not_json(), path="/groups/g1/*")
+    directory = sdk_over(model.transport())
+    assert len(await directory.group_members("g2")) == 12
+    assert [r.fault for r in model.requests].count("reset:200") == 1
+    assert [r.fault for r in model.requests].count("truncated:200") == 1
+    with pytest.raises(DirectoryError) as caught:
+        await directory.group_members("g1")
+    assert caught.value.code == "invalid_response"
