@@ -8,6 +8,7 @@ readers raise their own errors and nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import string
 from collections.abc import Iterator
@@ -366,6 +367,38 @@ async def test_a_lone_surrogate_from_graph_costs_one_odd_name_not_the_batch(tmp_
             for closable in (store, sink):
                 if hasattr(closable, "close"):
                     closable.close()
+
+
+# -- public value constructors: junk in, ConfigError out ------------------------------------
+
+JUNK = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6) | st.binary(max_size=3),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    | st.frozensets(st.text(max_size=3), max_size=2),
+    max_leaves=6,
+)
+
+
+def _constructors() -> dict[str, tuple[Any, int, int]]:
+    from calm_azure_sync import ExclusionPolicy, MappingPolicy, RemovalPolicy
+
+    # Each public value's constructor, and how many positional arguments it requires and takes.
+    return {
+        "Site": (Site, 1, 3), "TrustHierarchy": (TrustHierarchy, 1, 1), "Actor": (Actor, 1, 2),
+        "Actor.system": (Actor.system, 1, 1), "GroupMapping": (GroupMapping, 3, 3),
+        "GroupMapping.from_dict": (GroupMapping.from_dict, 1, 1), "MappingPolicy": (MappingPolicy, 0, 1),
+        "ExclusionPolicy": (ExclusionPolicy, 0, 2), "RemovalPolicy": (RemovalPolicy, 0, 5),
+        "SyncConfig": (SyncConfig, 2, 7),
+    }
+
+
+@settings(max_examples=FUZZ * 8, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(_constructors())), st.data())
+def test_every_public_value_refuses_junk_with_config_error_only(kind: str, data: st.DataObject) -> None:
+    build, required, takes = _constructors()[kind]
+    args = data.draw(st.lists(JUNK, min_size=required, max_size=takes))
+    with contextlib.suppress(ConfigError):
+        build(*args)
 
 
 # -- configuration ----------------------------------------------------------------------------

@@ -144,12 +144,12 @@ def _freeze_ids(ids: Iterable[str]) -> frozenset[str]:
         raise ConfigError(
             f"Actor.admin_site_ids: expected a set of site ids, got {type(ids).__name__} {show(ids)}"
         )
-    frozen = frozenset(ids)
+    items = list(ids)
     # Types only: an empty id is a value (it names no site, so it grants nothing).
-    bad = sorted(f"{type(item).__name__} {show(item)}" for item in frozen if not isinstance(item, str))
+    bad = [f"{type(item).__name__} {show(item)}" for item in items if not isinstance(item, str)]
     if bad:
         raise ConfigError(f"Actor.admin_site_ids: site ids must be strings, got {', '.join(bad)}")
-    return frozen
+    return frozenset(items)
 
 
 def _check_user_id(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
