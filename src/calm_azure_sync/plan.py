@@ -17,6 +17,7 @@ from .model import Role
 
 if TYPE_CHECKING:
     from .review import AccessTable
+    from .state import Hold
 
 __all__ = [
     "AddGroupMember",
@@ -312,6 +313,12 @@ class Plan:
     keeps held. ``unreadable_groups`` maps a mapped group id that could not be
     read completely to the reason.
 
+    ``hold`` is the pending hold this plan leaves (the full value the sync
+    state keeps), ``hold_cleared`` the id of a hold it clears; ``left_scope``
+    lists the users this plan takes out of scope for good (none of their
+    removals held); ``lookups_needed`` the Azure objects whose existence would
+    settle an email conflict (the reconciler looks them up and plans again).
+
     For reviews: ``people`` names the users the plan mentions (external id ->
     :class:`UserLabel`), ``group_names`` the mapped groups, and
     ``access_before`` is the trust's synced access before the plan.
@@ -331,6 +338,11 @@ class Plan:
     people: Mapping[str, UserLabel] = attrs.field(factory=dict, repr=False)
     group_names: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     access_before: Mapping[str, Mapping[tuple[str, str], Role]] = attrs.field(factory=dict, repr=False)
+    hold: Hold | None = attrs.field(default=None, repr=False)
+    hold_cleared: str | None = None
+    left_scope: tuple[str, ...] = attrs.field(default=(), repr=False)
+    in_scope_ids: frozenset[str] = attrs.field(default=frozenset(), repr=False)
+    lookups_needed: frozenset[str] = attrs.field(default=frozenset(), repr=False)
 
     @property
     def complete(self) -> bool:

@@ -1,4 +1,4 @@
-"""Directory snapshot + store state + configuration -> :class:`Plan`. Pure: no IO.
+"""Directory snapshot + store state + sync state + configuration -> :class:`Plan`. Pure: no IO.
 
 Theory of operation
 ===================
@@ -7,72 +7,86 @@ Who is in scope. The users of the mapped groups that were read (nested
 groups resolved by the directory). A user is left out, with a reason in
 ``Plan.skipped``, when the account is disabled, is a guest (unless
 ``include_guests``), has no usable email, matches the exclusion policy, or
-shares its email (any case) with another in-scope Azure user. Identity is the
-Entra object id, never the email.
+shares its email (any case) with another in-scope Azure user
+(:func:`skip_reason` is the one place these rules live; auto-detect uses it
+too). Identity is the Entra object id, never the email.
 
 What each user should have. For every (site, module), the highest role that
 any of the user's mapped groups gives there; ``Assign.because`` names the
 groups that give that winning role.
 
-Matching store users. A synced user is found by external id and updated when
-Azure changed its name or email, and reactivated only if the sync itself
-had deactivated it (``StoredUser.deactivated_by_sync``): a user a person
-deactivated in the app stays inactive. Otherwise a store user with the same email, any case, and
-no external id (someone invited by hand) is linked, never duplicated. An
-email already held by a store user that belongs to another Azure object is a
-conflict: reported as a skip that keeps the user's access exactly as it is,
-never a takeover. A duplicate email in Azure is treated the same way.
+Matching store users. See the table above :func:`_resolve_identities`: a
+synced user is found by external id and updated; a hand-invited user with the
+same email is linked; an email held by another Azure object is a conflict,
+unless the directory proves that object gone (the store user is relinked to
+the new object) or moved to another email (the stored email is refreshed and
+the newcomer proceeds). A synced user is reactivated only if the sync itself
+had deactivated it: a user a person deactivated in the app stays inactive.
 
 What is granted and removed. Only grants the sync made (source "azure") are
 compared; manual grants are invisible here and never touched. Missing grants
 are assigned, different roles changed, and synced grants Azure no longer
 gives are unassigned. A synced user who left scope loses every synced grant;
-in ``deactivate`` mode they are also deactivated when no manual access
-remains (the store re-checks that, atomically). In ``keep`` mode nothing is
-removed or downgraded: the sync only adds and upgrades. Users are never
-deleted.
+in ``deactivate`` mode they are also deactivated when no other access remains
+(a manual grant, another trust's grant; the store re-checks). Users who left
+scope earlier, before ``deactivate`` mode was switched on, are deactivated
+too, once: one a person re-activates stays active until they re-enter and
+leave scope again. In ``keep`` mode nothing is removed or downgraded. Users
+are never deleted.
 
-When removals are held. A removal is an unassign, a downgrade or a
-deactivation. If any mapped group could not be read completely (an outage, or
-a mapped group that no longer exists: a stale mapping), the plan removes and
-downgrades nothing: every removal is held with reason ``partial_read``,
-because a user missing from an unread group is not evidence they left.
-Otherwise, when the removals would touch more than ``max_removal_ratio`` of
-the trust's synced users and at least ``min_removals_to_hold`` of them, they
-are held with reason ``mass_removal`` unless the run confirms removals.
-Additions are never held.
+What is mirrored. Every mapped group becomes a synced group of the trust
+(its display name, the sites it maps to) whose members are its in-scope
+users; a group whose mapping was removed is retired. A member removal is a
+removal like an unassign.
 
-Order. Users by external id; for each, its create/link/update, then its grant
-changes by (site, module), then its deactivation. The same inputs in any order
-give the same plan.
+When removals are held. :mod:`calm_azure_sync.guards` decides, with the
+trust's memory: the pending hold, partial reads, shrunk groups, mass removals.
+
+Order. Group upserts first; then users by external id (one who takes over an
+email another user gives up comes after that user): for each, its identity
+change, then its grant changes by (site, module), then its deactivation; then
+group memberships and retirements. The same inputs in any order give the same
+plan.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 
 import attrs
 
 from ._gc import collector_paused
 from .config import SyncConfig
+from .guards import GuardInput, apply_guards
 from .mapping import MappingPolicy
 from .model import DirectoryUser, Role, email_key
 from .plan import (
+    AddGroupMember,
     Assign,
     Change,
     CreateUser,
     DeactivateUser,
-    HoldReason,
+    GroupChange,
     LinkUser,
     Plan,
+    RelinkUser,
+    RemoveGroupMember,
+    RetireGroup,
     Skip,
     Unassign,
     UpdateUser,
+    UpsertGroup,
+    UserLabel,
     is_removal,
 )
+from .state import SyncState
 from .store.protocol import StoredUser, StoreState
 
-__all__ = ["DirectorySnapshot", "build_plan"]
+__all__ = ["DirectorySnapshot", "build_plan", "skip_reason"]
+
+Wanted = dict[tuple[str, str], tuple[Role, tuple[str, ...]]]
+IdentityChange = CreateUser | LinkUser | RelinkUser | UpdateUser | None
 
 
 @attrs.frozen
@@ -80,143 +94,230 @@ class DirectorySnapshot:
     """What one read of the mapped groups returned.
 
     ``members`` maps each group that was read completely to its users;
-    ``unreadable`` maps each mapped group that was not to the reason.
+    ``unreadable`` maps each mapped group that was not to the reason, and
+    ``stale`` names those that no longer exist in Azure (a 404).
+    ``group_names`` holds the display names the directory gave, when it did.
     """
 
     members: Mapping[str, Sequence[DirectoryUser]]
     unreadable: Mapping[str, str] = attrs.field(factory=dict)
+    stale: frozenset[str] = frozenset()
+    group_names: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class PlanContext:
+    """Everything besides the snapshot and store that a plan depends on."""
+
+    sync_state: SyncState = attrs.field(factory=SyncState)
+    confirm_hold: str | None = None
+    lookups: Mapping[str, DirectoryUser | None] = attrs.field(factory=dict)
+    run_id: str = "plan"
+    now: dt.datetime = attrs.field(factory=lambda: dt.datetime.now(dt.UTC))
+
+
+def skip_reason(user: DirectoryUser, config: SyncConfig) -> Skip | None:
+    """Why ``user`` is out of scope before emails are compared (``None``: in scope)."""
+    email = user.email
+    if not user.account_enabled:
+        return Skip(user.id, email, "account is disabled in Azure")
+    if user.is_guest and not config.include_guests:
+        return Skip(user.id, email, "guest account (guests are not synced)")
+    if email is None:
+        return Skip(user.id, None, "no usable email address in Azure")
+    reason = config.exclusions.reason_excluded(user)
+    if reason is not None:
+        return Skip(user.id, email, reason, excluded=True)
+    return None
 
 
 def build_plan(
     config: SyncConfig,
     snapshot: DirectorySnapshot,
     state: StoreState,
-    *,
-    confirm_removals: bool = False,
+    context: PlanContext | None = None,
 ) -> Plan:
     """Work out what an import of ``config`` would change. See the module docstring."""
     with collector_paused():
-        return _build_plan(config, snapshot, state, confirm_removals)
+        return _Planner(config, snapshot, state, context or PlanContext()).plan()
 
 
-def _build_plan(
-    config: SyncConfig, snapshot: DirectorySnapshot, state: StoreState, confirm_removals: bool
-) -> Plan:
-    users, wanted_by_user = _collect_users(snapshot.members, config.mappings)
-    in_scope, skipped = _scope(users, config)
+@attrs.define
+class _Planner:
+    """One plan's working state; each method is one paragraph of the module docstring."""
 
-    by_external: dict[str, StoredUser] = {}
-    by_email: dict[str, StoredUser] = {}
-    for store_user in sorted(state.users.values(), key=lambda s: s.user_id):
-        if store_user.external_id is not None:
-            by_external.setdefault(store_user.external_id, store_user)
-        by_email.setdefault(email_key(store_user.email), store_user)
+    config: SyncConfig
+    snapshot: DirectorySnapshot
+    state: StoreState
+    context: PlanContext
+    changes_by_user: dict[str, list[Change]] = attrs.field(factory=dict)
+    processed: set[str] = attrs.field(factory=set)  # external ids whose access this plan decides
+    leavers: list[str] = attrs.field(factory=list)
+    people: dict[str, UserLabel] = attrs.field(factory=dict)
 
-    changes_by_user: dict[str, list[Change]] = {}
-    processed: set[str] = set()  # external ids whose access this plan decides
-    mode = config.removal.mode
-    synced_access = state.synced_access
+    def plan(self) -> Plan:
+        users, wanted_by_user = _collect_users(self.snapshot.members, self.config.mappings)
+        in_scope, skipped = _scope(users, self.config)
+        by_external, by_email = _index_store(self.state)
+        known = {**self.context.lookups, **users}
+        identities = _resolve_identities(in_scope, by_external, by_email, known)
+        skipped.extend(identities.conflicts)
+        self._grant_in_scope(in_scope, identities, wanted_by_user)
+        self._remove_leavers(skipped, by_external)
+        group_changes = self._mirror_groups(identities, skipped)
+        ordered = self._order(identities.rounds, group_changes)
+        return self._judge(ordered, skipped, users, identities)
 
-    has_removal = False  # tracked as changes are made: checking 500k changes afterwards costs more
-    keep_mode = mode == "keep"
-    identities, rounds, conflicts = _resolve_identities(in_scope, by_external, by_email)
-    skipped.extend(conflicts)
-    for user, _, _ in in_scope:
-        user_id = user.id
-        if user_id not in identities:
-            continue  # a conflict: left exactly as it is
-        identity = identities[user_id]
-        processed.add(user_id)
-        user_changes: list[Change] = [identity] if identity is not None else []
-        wanted = wanted_by_user[user_id]
-        current = synced_access.get(user_id) or {}
-        unchanged = len(current) == len(wanted)  # the common re-run case, checked cheaply first
-        if unchanged:
-            for key, (wanted_role, _) in wanted.items():
-                if current.get(key) is not wanted_role:
-                    unchanged = False
-                    break
-        if not unchanged and not current:  # the common first-import case: only grants to add
-            for key in sorted(wanted):
-                role, because = wanted[key]
-                user_changes.append(Assign(user_id, key[0], key[1], role, None, because))
-        elif not unchanged:
-            for key in sorted(wanted.keys() | current.keys()):
-                now = current.get(key)
-                wanted_here = wanted.get(key)
-                if wanted_here is not None:
-                    role, because = wanted_here
-                    if now is role:
-                        continue
-                    if now is not None and role._rank < now._rank:
-                        if keep_mode:
-                            continue
-                        has_removal = True
-                    user_changes.append(Assign(user_id, key[0], key[1], role, now, because))
-                elif now is not None and not keep_mode:
-                    has_removal = True
-                    user_changes.append(Unassign(user_id, key[0], key[1], now))
-        if user_changes:
-            changes_by_user[user_id] = user_changes
+    # -- what each in-scope user should have ------------------------------------
 
-    keeps_access = {skip.external_id for skip in skipped if skip.keeps_access}
-    if mode != "keep":
-        for external_id, current in state.synced_access.items():
-            if external_id in processed or external_id in keeps_access or not current:
+    def _grant_in_scope(
+        self,
+        in_scope: Sequence[tuple[DirectoryUser, str, str]],
+        identities: _Identities,
+        wanted_by_user: Mapping[str, Wanted],
+    ) -> None:
+        synced_access = self.state.synced_access
+        keep_mode = self.config.removal.mode == "keep"
+        for user, _, _ in in_scope:
+            user_id = user.id
+            if user_id not in identities.changes:
+                continue  # a conflict: left exactly as it is
+            identity = identities.changes[user_id]
+            self.processed.add(user_id)
+            current_key = user_id
+            if isinstance(identity, RelinkUser):
+                current_key = identity.previous_external_id
+                self.processed.add(current_key)  # its access is the relinked user's, not a leaver's
+            user_changes: list[Change] = [identity] if identity is not None else []
+            if identities.refreshes.get(user_id) is not None:
+                user_changes.insert(0, identities.refreshes[user_id])
+            user_changes.extend(
+                _grant_changes(user_id, wanted_by_user[user_id], synced_access.get(current_key) or {}, keep_mode)
+            )
+            if user_changes:
+                self.changes_by_user[user_id] = user_changes
+
+    # -- who left scope -----------------------------------------------------------
+
+    def _remove_leavers(self, skipped: Sequence[Skip], by_external: Mapping[str, StoredUser]) -> None:
+        mode = self.config.removal.mode
+        if mode == "keep":
+            return
+        keeps_access = {skip.external_id for skip in skipped if skip.keeps_access}
+        other_access = self.state.other_access_user_ids | self.state.manual_access_user_ids
+        for external_id, current in self.state.synced_access.items():
+            if external_id in self.processed or external_id in keeps_access or not current:
                 continue
-            user_changes = [
-                Unassign(external_id, site_id, module, role)
-                for (site_id, module), role in sorted(current.items())
+            user_changes: list[Change] = [
+                Unassign(external_id, site_id, module, role) for (site_id, module), role in sorted(current.items())
             ]
             stored = by_external.get(external_id)
-            if (
-                mode == "deactivate"
-                and stored is not None
-                and stored.active
-                and stored.user_id not in state.manual_access_user_ids
-            ):
+            if mode == "deactivate" and stored is not None and stored.active and stored.user_id not in other_access:
                 user_changes.append(DeactivateUser(external_id, stored.user_id))
-            changes_by_user[external_id] = user_changes
-            has_removal = True
+            self.changes_by_user.setdefault(external_id, []).extend(user_changes)
+            self.leavers.append(external_id)
+        if mode != "deactivate":
+            return
+        # Users who left earlier, with nothing left to unassign: deactivated once.
+        for external_id, deactivated in self.context.sync_state.left_scope.items():
+            if deactivated or external_id in self.processed or external_id in keeps_access:
+                continue
+            if self.state.synced_access.get(external_id):
+                continue
+            stored = by_external.get(external_id)
+            if stored is not None and stored.active and stored.user_id not in other_access:
+                self.changes_by_user.setdefault(external_id, []).append(DeactivateUser(external_id, stored.user_id))
 
-    # Users by external id, except that one who takes over an email another
-    # user gives up in this plan comes after that user (rounds > 0 are rare).
-    if any(rounds.values()):
-        user_order = sorted(changes_by_user, key=lambda external_id: (rounds.get(external_id, 0), external_id))
-    else:
-        user_order = sorted(changes_by_user)
-    ordered = [change for external_id in user_order for change in changes_by_user[external_id]]
-    synced_users = sum(1 for access in state.synced_access.values() if access)
-    hold_reason: HoldReason | None = None
-    removals: list[Change] = []
-    if has_removal:
-        removals = [change for change in ordered if is_removal(change)]
-        if snapshot.unreadable:
-            hold_reason = "partial_read"
-        elif not confirm_removals:
-            losing = len({change.external_id for change in removals})
-            if config.removal.should_hold(losing, synced_users):
-                hold_reason = "mass_removal"
-        if hold_reason is not None:
-            ordered = [change for change in ordered if not is_removal(change)]
+    # -- what is mirrored -----------------------------------------------------------
+
+    def _mirror_groups(self, identities: _Identities, skipped: Sequence[Skip]) -> list[GroupChange]:
+        """Synced groups and their in-scope members; see :func:`_group_changes`.
+
+        A user whose access is left as it is (an email conflict) keeps their
+        memberships as they are too.
+        """
+        in_scope = identities.changes
+        keeps = {skip.external_id for skip in skipped if skip.keeps_access}
+        members_now = {}
+        for group_id, users in self.snapshot.members.items():
+            now = frozenset(user.id for user in users if user.id in in_scope)
+            if keeps:
+                now |= self.state.group_members.get(group_id, frozenset()) & keeps
+            members_now[group_id] = now
+        return _group_changes(self.config, self.snapshot, self.state, members_now)
+
+    # -- order --------------------------------------------------------------------------
+
+    def _order(self, rounds: Mapping[str, int], group_changes: Sequence[GroupChange]) -> list[Change]:
+        # Users by external id, except that one who takes over an email another
+        # user gives up in this plan comes after that user (rounds > 0 are rare).
+        if any(rounds.values()):
+            user_order = sorted(self.changes_by_user, key=lambda external_id: (rounds.get(external_id, 0), external_id))
         else:
-            removals = []
+            user_order = sorted(self.changes_by_user)
+        upserts = [change for change in group_changes if isinstance(change, UpsertGroup)]
+        memberships = [change for change in group_changes if not isinstance(change, UpsertGroup)]
+        users = [change for external_id in user_order for change in self.changes_by_user[external_id]]
+        return [*upserts, *users, *memberships]
 
-    return Plan(
-        trust_site_id=config.trust_site_id,
-        changes=tuple(ordered),
-        skipped=tuple(sorted(skipped, key=lambda skip: skip.external_id)),
-        held_removals=tuple(removals),
-        hold_reason=hold_reason,
-        unreadable_groups=dict(sorted(snapshot.unreadable.items())),
-        users_in_scope=len(processed),
-        synced_users=synced_users,
-    )
+    # -- when removals are held ------------------------------------------------------
+
+    def _judge(
+        self,
+        ordered: list[Change],
+        skipped: list[Skip],
+        users: Mapping[str, DirectoryUser],
+        identities: _Identities,
+    ) -> Plan:
+        removals = [change for change in ordered if is_removal(change)]
+        synced_users = sum(1 for access in self.state.synced_access.values() if access)
+        context = self.context
+        verdict = apply_guards(
+            GuardInput(
+                config=self.config,
+                removals=removals,
+                pending=context.sync_state.hold,
+                confirm_hold=context.confirm_hold,
+                unreadable_groups=self.snapshot.unreadable,
+                stale_groups=self.snapshot.stale,
+                member_counts={group: len(members) for group, members in self.snapshot.members.items()},
+                baselines=context.sync_state.baselines,
+                synced_users=synced_users,
+                run_id=context.run_id,
+                now=context.now,
+            )
+        )
+        if verdict.held:
+            held = set(map(id, verdict.held))
+            ordered = [change for change in ordered if id(change) not in held]
+        held_users = {change.external_id for change in verdict.held}
+        mentioned = {change.external_id for change in (*ordered, *verdict.held)} | {s.external_id for s in skipped}
+        return Plan(
+            trust_site_id=self.config.trust_site_id,
+            changes=tuple(ordered),
+            skipped=tuple(sorted(skipped, key=lambda skip: skip.external_id)),
+            held_removals=verdict.held,
+            hold_reason=verdict.reason,  # type: ignore[arg-type]
+            unreadable_groups=dict(sorted(self.snapshot.unreadable.items())),
+            users_in_scope=len(identities.changes),
+            synced_users=synced_users,
+            hold_id=verdict.hold.id if verdict.hold is not None else None,
+            held_groups=verdict.shrunk_groups,
+            stale_groups=verdict.stale_held,
+            people=_labels(mentioned, users, self.state, self.context.lookups),
+            group_names={group: self.snapshot.group_names.get(group, group) for group in sorted(self.config.mappings.group_ids)},
+            access_before=self.state.synced_access,
+            hold=verdict.hold,
+            hold_cleared=verdict.hold_cleared,
+            left_scope=tuple(sorted(external_id for external_id in self.leavers if external_id not in held_users)),
+            lookups_needed=identities.lookups_needed,
+            in_scope_ids=frozenset(self.processed),
+        )
 
 
 def _collect_users(
     members: Mapping[str, Sequence[DirectoryUser]], mappings: MappingPolicy
-) -> tuple[dict[str, DirectoryUser], dict[str, dict[tuple[str, str], tuple[Role, tuple[str, ...]]]]]:
+) -> tuple[dict[str, DirectoryUser], dict[str, Wanted]]:
     """Every user once, with the access their mapped groups give (and why).
 
     Groups are walked in sorted order so that the reasons come out sorted and,
@@ -224,7 +325,7 @@ def _collect_users(
     whatever order Graph used.
     """
     users: dict[str, DirectoryUser] = {}
-    access: dict[str, dict[tuple[str, str], tuple[Role, tuple[str, ...]]]] = {}
+    access: dict[str, Wanted] = {}
     for group_id in sorted(members):
         accesses = []
         for user in members[group_id]:
@@ -245,74 +346,115 @@ def _scope(
     candidates: list[tuple[DirectoryUser, str, str]] = []
     for user_id in sorted(users):
         user = users[user_id]
+        skip = skip_reason(user, config)
+        if skip is not None:
+            skipped.append(skip)
+            continue
         email = user.email
-        if not user.account_enabled:
-            skipped.append(Skip(user_id, email, "account is disabled in Azure"))
-        elif user.is_guest and not config.include_guests:
-            skipped.append(Skip(user_id, email, "guest account (guests are not synced)"))
-        elif email is None:
-            skipped.append(Skip(user_id, None, "no usable email address in Azure"))
-        elif (reason := config.exclusions.reason_excluded(user)) is not None:
-            skipped.append(Skip(user_id, email, reason, excluded=True))
-        else:
-            candidates.append((user, email, email_key(email)))
+        assert email is not None  # skip_reason leaves out users without one
+        candidates.append((user, email, email_key(email)))
     holders: dict[str, list[str]] = {}
     for user, _, key in candidates:
-        sharing = holders.get(key)
-        if sharing is None:
-            holders[key] = [user.id]
-        else:
-            sharing.append(user.id)
+        holders.setdefault(key, []).append(user.id)
     in_scope: list[tuple[DirectoryUser, str, str]] = []
     for user, email, key in candidates:
         sharing = holders[key]
         if len(sharing) > 1:
             others = ", ".join(other for other in sharing if other != user.id)
-            skipped.append(
-                Skip(
-                    user.id,
-                    email,
-                    f"email is shared with other Azure users ({others}); fix it in Azure",
-                    keeps_access=True,
-                )
-            )
+            reason = f"email is shared with other Azure users ({others}); fix it in Azure"
+            skipped.append(Skip(user.id, email, reason, keeps_access=True))
         else:
             in_scope.append((user, email, key))
     return in_scope, skipped
 
 
-def _display_name(user: DirectoryUser, email: str) -> str:
-    name = (user.display_name or "").strip()
-    return name or email
+def _index_store(state: StoreState) -> tuple[dict[str, StoredUser], dict[str, StoredUser]]:
+    by_external: dict[str, StoredUser] = {}
+    by_email: dict[str, StoredUser] = {}
+    for store_user in sorted(state.users.values(), key=lambda s: s.user_id):
+        if store_user.external_id is not None:
+            by_external.setdefault(store_user.external_id, store_user)
+        by_email.setdefault(email_key(store_user.email), store_user)
+    return by_external, by_email
+
+
+def _grant_changes(user_id: str, wanted: Wanted, current: Mapping[tuple[str, str], Role], keep_mode: bool) -> list[Change]:
+    """Assigns, role changes and unassigns that turn ``current`` into ``wanted``.
+
+    Two fast paths, measured on the 100k-user planner benchmark: an unchanged
+    user is recognised without building anything (the re-run case), and a
+    user with no current access only gets assigns (the first import).
+    """
+    if len(current) == len(wanted):
+        for key, (wanted_role, _) in wanted.items():
+            if current.get(key) is not wanted_role:
+                break
+        else:
+            return []
+    if not current:
+        return [Assign(user_id, key[0], key[1], role, None, because) for key, (role, because) in sorted(wanted.items())]
+    changes: list[Change] = []
+    for key in sorted(wanted.keys() | current.keys()):
+        held_role = current.get(key)
+        wanted_here = wanted.get(key)
+        if wanted_here is not None:
+            role, because = wanted_here
+            if held_role is role:
+                continue
+            if keep_mode and held_role is not None and role._rank < held_role._rank:
+                continue
+            changes.append(Assign(user_id, key[0], key[1], role, held_role, because))
+        elif held_role is not None and not keep_mode:
+            changes.append(Unassign(user_id, key[0], key[1], held_role))
+    return changes
+
+
+# -- matching store users ---------------------------------------------------------------
+#
+# For each in-scope Azure user, by what the store holds under its external id
+# ("stored") and under its email ("holder"):
+#
+#   stored   holder                                  decision
+#   -------  --------------------------------------  ---------------------------------------
+#   any      none, or the stored user itself          update (or create when no stored user)
+#   none     a hand-invited user (no external id)     link the invited user
+#   any      a synced user whose Azure account moves   later round: once that move is applied
+#            to another email in this plan
+#   none     a synced user whose object is gone        relink: the store user takes the new id
+#            (the directory answered None)
+#   any      a synced user whose object now has        refresh the holder's email first, then
+#            another email (directory proves it)       the newcomer in a later round
+#   any      anything else                             conflict: reported, access left as is
+#
+# A holder the snapshot does not show and the directory was not asked about
+# is a conflict for now, and named in ``lookups_needed``.
+
+
+@attrs.define
+class _Identities:
+    changes: dict[str, IdentityChange] = attrs.field(factory=dict)
+    rounds: dict[str, int] = attrs.field(factory=dict)
+    refreshes: dict[str, UpdateUser | None] = attrs.field(factory=dict)  # newcomer -> holder refresh
+    conflicts: list[Skip] = attrs.field(factory=list)
+    lookups_needed: frozenset[str] = frozenset()
 
 
 def _resolve_identities(
     in_scope: Sequence[tuple[DirectoryUser, str, str]],
     by_external: Mapping[str, StoredUser],
     by_email: Mapping[str, StoredUser],
-) -> tuple[dict[str, CreateUser | LinkUser | UpdateUser | None], dict[str, int], list[Skip]]:
-    """How each in-scope Azure user maps onto the store.
-
-    Returns the identity change per user (``None``: nothing to change), the
-    round each user's changes must be applied in, and the conflicts.
-
-    An email is free for a user when no store user holds it, when the user
-    already holds it, or when a hand-invited user holds it (then it is linked).
-    An email held by a synced user whose Azure account moves to another email
-    in this same plan is free once that move is applied: the claimant goes in
-    a later round. Resolved in rounds until nothing more frees up; whatever is
-    still held by someone else (a leaver who kept the address, a swap) is a
-    conflict that keeps the user's access as it is.
-    """
-    identities: dict[str, CreateUser | LinkUser | UpdateUser | None] = {}
-    rounds: dict[str, int] = {}
+    known: Mapping[str, DirectoryUser | None],
+) -> _Identities:
+    """How each in-scope Azure user maps onto the store: the table above."""
+    found = _Identities()
     released: dict[str, int] = {}  # email key -> round in which its holder moves away
     waiting: list[tuple[DirectoryUser, str, str, StoredUser | None, StoredUser]] = []
+    in_scope_ids = {user.id for user, _, _ in in_scope}
 
     def settle(user: DirectoryUser, email: str, key: str, stored: StoredUser | None, holder: StoredUser | None,
                round_: int) -> None:
-        identities[user.id] = _identity_change(user, email, stored, holder)
-        rounds[user.id] = round_
+        found.changes[user.id] = _identity_change(user, email, stored, holder)
+        found.rounds[user.id] = round_
         if stored is not None and email_key(stored.email) != key:
             released[email_key(stored.email)] = round_
 
@@ -335,18 +477,48 @@ def _resolve_identities(
         if len(still_waiting) == len(waiting):
             break
         waiting = still_waiting
-    conflicts = [
-        Skip(
-            user.id,
-            email,
-            f"email conflict: {email} is already used by store user {holder.user_id}"
-            + (f" (synced from Azure account {holder.external_id})" if holder.external_id else "")
-            + "; not taken over, access left unchanged",
-            keeps_access=True,
-        )
-        for user, email, _, _, holder in waiting
-    ]
-    return identities, rounds, conflicts
+    needed: set[str] = set()
+    for user, email, key, stored, holder in waiting:
+        previous = holder.external_id
+        assert previous is not None  # hand-invited holders were linked above
+        if previous in in_scope_ids or previous not in known:
+            if previous not in in_scope_ids:
+                needed.add(previous)
+            found.conflicts.append(_conflict(user, email, holder))
+            continue
+        now = known[previous]
+        if now is None and stored is None:
+            found.changes[user.id] = RelinkUser(
+                user.id, holder.user_id, previous, email, _display_name(user, email), user.given_name, user.surname
+            )
+            found.rounds[user.id] = 0
+        elif now is not None and now.email is not None and email_key(now.email) != key:
+            found.refreshes[user.id] = UpdateUser(
+                previous, holder.user_id, now.email, _display_name(now, now.email), now.given_name, now.surname,
+                changed=("email",),
+            )
+            settle(user, email, key, stored, None, 0)
+        else:
+            found.conflicts.append(_conflict(user, email, holder))
+    found.lookups_needed = frozenset(needed)
+    return found
+
+
+def _conflict(user: DirectoryUser, email: str, holder: StoredUser) -> Skip:
+    return Skip(
+        user.id,
+        email,
+        f"email conflict: {email} is already used by store user {holder.user_id}"
+        + (f" (synced from Azure account {holder.external_id})" if holder.external_id else "")
+        + "; not taken over, access left unchanged",
+        keeps_access=True,
+        conflict=True,
+    )
+
+
+def _display_name(user: DirectoryUser, email: str) -> str:
+    name = (user.display_name or "").strip()
+    return name or email
 
 
 def _identity_change(
@@ -366,25 +538,73 @@ def _identity_change(
             and stored.surname == user.surname
         ):
             return None  # the common re-run case
-        wanted = {
-            "email": email,
-            "display_name": name,
-            "given_name": user.given_name,
-            "surname": user.surname,
-        }
+        wanted = {"email": email, "display_name": name, "given_name": user.given_name, "surname": user.surname}
         changed = tuple(field for field, value in wanted.items() if getattr(stored, field) != value)
         if reactivate:
             changed += ("active",)
         return UpdateUser(
-            user.id,
-            stored.user_id,
-            email,
-            name,
-            user.given_name,
-            user.surname,
-            reactivate=reactivate,
-            changed=changed,
+            user.id, stored.user_id, email, name, user.given_name, user.surname, reactivate=reactivate, changed=changed
         )
     if invited is not None:
         return LinkUser(user.id, invited.user_id, email, name, user.given_name, user.surname)
     return CreateUser(user.id, email, name, user.given_name, user.surname)
+
+
+def _group_changes(
+    config: SyncConfig,
+    snapshot: DirectorySnapshot,
+    state: StoreState,
+    members_now: Mapping[str, frozenset[str]],
+) -> list[GroupChange]:
+    """Mirror every mapped group: upsert it, diff its in-scope members, retire unmapped ones.
+
+    An unread group keeps its members as they are (nothing is known); its
+    upsert still happens so a new mapping shows up at once.
+    """
+    sites: dict[str, set[str]] = {}
+    for mapping in config.mappings.mappings:
+        sites.setdefault(mapping.group_id, set()).add(mapping.site_id)
+    changes: list[GroupChange] = []
+    for group_id in sorted(sites):
+        site_ids = tuple(sorted(sites[group_id]))
+        name = snapshot.group_names.get(group_id)
+        stored = state.groups.get(group_id)
+        if name is None:
+            name = stored.display_name if stored is not None else group_id
+        if stored is None or stored.retired or stored.display_name != name or tuple(stored.site_ids) != site_ids:
+            changes.append(UpsertGroup(group_id, name, site_ids))
+    for group_id in sorted(members_now):
+        if group_id not in sites:
+            continue
+        had = state.group_members.get(group_id, frozenset())
+        now = members_now[group_id]
+        if had == now:
+            continue
+        changes.extend(AddGroupMember(group_id, member) for member in sorted(now - had))
+        changes.extend(RemoveGroupMember(group_id, member) for member in sorted(had - now))
+    for group_id in sorted(state.groups):
+        if group_id not in sites and not state.groups[group_id].retired:
+            changes.append(RetireGroup(group_id))
+    return changes
+
+
+def _labels(
+    external_ids: set[str],
+    users: Mapping[str, DirectoryUser],
+    state: StoreState,
+    lookups: Mapping[str, DirectoryUser | None],
+) -> dict[str, UserLabel]:
+    """Names for the users a plan mentions: Azure's when it has them, else the store's."""
+    labels: dict[str, UserLabel] = {}
+    missing = set()
+    for external_id in external_ids:
+        user = users.get(external_id) or lookups.get(external_id)
+        if user is not None:
+            labels[external_id] = UserLabel(user.display_name, user.email)
+        else:
+            missing.add(external_id)
+    if missing:
+        for stored in state.users.values():
+            if stored.external_id in missing:
+                labels[stored.external_id] = UserLabel(stored.display_name, stored.email)
+    return labels

@@ -1,39 +1,49 @@
-"""Start Import: read, plan, lock, apply, audit. The IO edge around the pure planner."""
+"""Start Import: the IO edge around the pure planner.
+
+A run reads as its steps: authorize -> lock -> load the sync state -> read the
+directory -> load the store -> plan -> record -> remember the hold -> apply ->
+record -> remember the rest. The rules live elsewhere: who is in scope and what
+changes in :mod:`~calm_azure_sync.planner`, what is held in
+:mod:`~calm_azure_sync.guards`, what the Import Log says in
+:mod:`~calm_azure_sync.journal`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
 
-from .audit.events import AuditEvent, AuditKind, utc_now
+from .audit.events import AuditEvent, utc_now
 from .audit.protocol import AuditSink
 from .config import SyncConfig
 from .directory.protocol import Directory
-from .errors import ConfigError, DirectoryAccessError, DirectoryError, GroupNotFoundError
-from .exclusion import ExclusionPolicy, Suggestions
-from .hierarchy import Actor, TrustHierarchy, authorize
-from .model import DirectoryGroup, DirectoryUser
-from .plan import (
-    Change,
-    CreateUser,
-    DeactivateUser,
-    LinkUser,
-    Plan,
-    Unassign,
-    UpdateUser,
-    change_kind,
-    change_to_dict,
+from .errors import (
+    ChildSiteConfigurationError,
+    ConfigError,
+    DirectoryAccessError,
+    DirectoryError,
+    GroupNotFoundError,
+    HoldMismatchError,
+    ImportAlreadyRunningError,
+    NotAuthorizedError,
 )
-from .planner import DirectorySnapshot, build_plan
+from .exclusion import ExclusionPolicy
+from .autodetect import Suggestions
+from .guards import next_sync_state
+from .hierarchy import Actor, TrustHierarchy, authorize
+from .journal import Journal, RefusalReason
+from .model import DirectoryGroup, DirectoryUser, Site
+from .plan import CreateUser, LinkUser, Plan, RelinkUser, UpdateUser, change_kind
+from .planner import DirectorySnapshot, PlanContext, build_plan, skip_reason
 from .report import ImportReport
+from .state import Hold, SyncState, SyncStateStore
 from .store.protocol import ChangeResult, StoreState, UserStore
 
 __all__ = ["ImportReport", "ProgressCallback", "Reconciler"]
@@ -52,13 +62,36 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: int) -> 
         raise ConfigError(f"{attribute.name}: must be at least 1, got {value!r}")
 
 
+def _refusal_reason(error: BaseException) -> RefusalReason:
+    if isinstance(error, ChildSiteConfigurationError):
+        return "child_site"
+    if isinstance(error, NotAuthorizedError):
+        return "not_authorized"
+    if isinstance(error, ImportAlreadyRunningError):
+        return "already_running"
+    if isinstance(error, HoldMismatchError):
+        return "hold_mismatch"
+    if isinstance(error, ConfigError) and any(problem.startswith("tenant_id:") for problem in error.problems):
+        return "tenant_mismatch"
+    return "invalid_config"
+
+
 @attrs.define
 class Reconciler:
     """Runs imports of one host's trusts from one directory into one store.
 
+    ``state`` keeps each trust's memory between runs (pending holds, group
+    baselines); it defaults to the user store, which must then implement
+    :class:`~calm_azure_sync.SyncStateStore` (both shipped stores do): there
+    is no in-memory fallback that would forget a hold when the process restarts.
+
     ``batch_size`` is how many changes (rounded up to whole users) go to the
     store in one ``apply`` call; ``max_concurrent_reads`` bounds the mapped
     groups read at once (Graph throttles per app and tenant).
+
+    Every method that reads or changes a trust takes ``actor`` as a required
+    keyword: an :class:`~calm_azure_sync.Actor` who is Admin of the Trust, or
+    ``Actor.system(name)`` for a scheduled job.
 
     >>> import asyncio
     >>> from calm_azure_sync import *
@@ -68,7 +101,7 @@ class Reconciler:
     >>> hierarchy = TrustHierarchy([Site("oak", "Oak Trust"), Site("birch", "Birch", "oak")])
     >>> config = SyncConfig("oak", [GroupMapping("g-staff", "birch", {"Risk": "Member"})])
     >>> reconciler = Reconciler(directory, InMemoryUserStore(), InMemoryAuditSink(), hierarchy)
-    >>> asyncio.run(reconciler.run(config)).counts["create_user"]
+    >>> asyncio.run(reconciler.run(config, actor=Actor.system("docs"))).counts["create_user"]
     1
     """
 
@@ -77,6 +110,7 @@ class Reconciler:
     audit: AuditSink
     hierarchy: TrustHierarchy
     progress: ProgressCallback | None = attrs.field(default=None, kw_only=True)
+    state: SyncStateStore | None = attrs.field(default=None, kw_only=True)
     # Measured (docs/performance.md): 5,000-change batches import 100k users into
     # SQLite in 10 s against 13 s at 500; 16 concurrent reads bring a no-change
     # re-run of a 10k trust at 100 ms Graph latency to 2.3 s (5.8 s at 4), for
@@ -85,83 +119,101 @@ class Reconciler:
     max_concurrent_reads: int = attrs.field(default=16, kw_only=True, validator=_positive)
     clock: Callable[[], dt.datetime] = attrs.field(default=utc_now, kw_only=True, repr=False)
 
+    def __attrs_post_init__(self) -> None:
+        if self.state is None:
+            if not isinstance(self.store, SyncStateStore):
+                raise ConfigError(
+                    f"state: {type(self.store).__name__} does not keep the sync state (load_state/save_state); "
+                    "pass state= a SyncStateStore, so a pending hold survives a restart"
+                )
+            self.state = self.store
+
+    @property
+    def _state_store(self) -> SyncStateStore:
+        assert self.state is not None
+        return self.state
+
     # ------------------------------------------------------------------ screens
 
-    async def discover(self, site_id: str, actor: Actor | None = None) -> list[DirectoryGroup]:
-        """List the directory's groups for the Group Mapping screen, and log the discovery."""
+    async def discover(self, site_id: str, *, actor: Actor, search: str | None = None) -> list[DirectoryGroup]:
+        """List the directory's groups for the Group Mapping screen, and log the discovery.
+
+        ``search``, when given, narrows the list by display name on the
+        directory's side (Graph ``$search``), for tenants with many groups.
+        """
         trust = self._authorize(site_id, actor)
-        groups = sorted(await self.directory.list_groups(), key=lambda g: ((g.display_name or "").lower(), g.id))
-        await self._record_safely(
-            [
-                self._event(
-                    trust.id,
-                    AuditKind.DISCOVERY,
-                    f"Discovered {len(groups)} Azure groups",
-                    actor=actor,
-                    detail={"groups": len(groups)},
-                )
-            ]
-        )
+        listed = await (self.directory.list_groups(search=search) if search else self.directory.list_groups())  # type: ignore[call-arg]
+        groups = sorted(listed, key=lambda g: ((g.display_name or "").lower(), g.id))
+        await self._record_safely([self._journal(trust.id, actor).discovered(len(groups))])
         return groups
 
-    async def suggest_exclusions(self, config: SyncConfig, actor: Actor | None = None) -> Suggestions:
+    async def suggest_exclusions(self, config: SyncConfig, *, actor: Actor) -> Suggestions:
         """Auto-detect for the Exclusions tab: system accounts the next import would bring in.
 
-        Reads the mapped groups and runs :meth:`ExclusionPolicy.suggest` over
-        their members, keeping only users the sync would import now: the
-        disabled, guests (unless included), users without email and those the
-        current exclusions already cover are out of scope anyway. ``actor``,
-        when given, must be an Admin of the Trust, as for :meth:`run`.
+        Checked like :meth:`plan` (the actor, the configuration, the tenant),
+        then the mapped groups are read and :meth:`ExclusionPolicy.suggest` runs
+        over their members, keeping only users the sync would import now.
         """
-        self._authorize(config.trust_site_id, actor)
-        snapshot = await self._read(config, run_id=None, actor=actor, events=[])
+        self._admit(config, actor)
+        snapshot = await self._read(config)
         seen: dict[str, DirectoryUser] = {}
         for members in snapshot.members.values():
             for user in members:
                 seen.setdefault(user.id, user)
         users = [seen[user_id] for user_id in sorted(seen)]
-        suggestions = ExclusionPolicy.suggest(users)
         return Suggestions(
-            suggestion for suggestion in suggestions if _would_import(seen[suggestion.user_id], config)
+            suggestion
+            for suggestion in ExclusionPolicy.suggest(users)
+            if skip_reason(seen[suggestion.user_id], config) is None
         )
+
+    async def pending_hold(self, trust_site_id: str, *, actor: Actor) -> Hold | None:
+        """The trust's pending hold, for the review screen (``None``: nothing is held)."""
+        trust = self._authorize(trust_site_id, actor)
+        return (await self._state_store.load_state(trust.id)).hold
 
     # ------------------------------------------------------------------ plan / run
 
-    async def plan(
-        self, config: SyncConfig, actor: Actor | None = None, *, confirm_removals: bool = False
-    ) -> Plan:
-        """What :meth:`run` would do now. Writes nothing to the store; logs only discovery.
-
-        ``actor``, when given, is authorized as for :meth:`run`.
-        """
-        self._authorize(config.trust_site_id, actor)
-        config.validate(self.hierarchy)
-        self._check_tenant(config)
-        events: list[AuditEvent] = []
-        snapshot = await self._read(config, run_id=None, actor=actor, events=events)
-        await self._record_safely(events)
+    async def plan(self, config: SyncConfig, *, actor: Actor, confirm_hold: str | None = None) -> Plan:
+        """What :meth:`run` would do now. Writes nothing; the Import Log gets only ``discovery``."""
+        self._admit(config, actor)
+        snapshot = await self._read(config)
+        journal = self._journal(config.trust_site_id, actor)
+        await self._record_safely(
+            journal.read_events(snapshot.members, snapshot.unreadable, sorted(config.mappings.group_ids), errors=False)
+        )
+        sync_state = await self._state_store.load_state(config.trust_site_id)
         state = await self.store.load(config.trust_site_id)
-        return self._build_plan(config, snapshot, state, confirm_removals)
+        context = PlanContext(sync_state, confirm_hold, run_id="preview", now=self.clock())
+        return await self._build_plan(config, snapshot, state, context)
 
-    async def run(
-        self, config: SyncConfig, actor: Actor | None = None, confirm_removals: bool = False
-    ) -> ImportReport:
+    async def run(self, config: SyncConfig, *, actor: Actor, confirm_hold: str | None = None) -> ImportReport:
         """Start Import.
 
-        Authorizes ``actor`` (``None``: a trusted scheduled job), validates the
-        configuration, takes the trust's run lock, then reads, plans, applies
-        and audits. It raises only before it starts (authorization,
-        configuration, tenant mismatch, lock held); anything that fails after
-        that is in the report (``ok=False``) and the Import Log.
+        Refuses before anything starts (each refusal is an ``import_refused``
+        entry in the Import Log, then raised): an actor who may not import
+        this trust, an invalid configuration, another tenant's directory, a
+        run already holding the lock, a ``confirm_hold`` that is not the
+        pending hold's id (:class:`~calm_azure_sync.HoldMismatchError`).
+        Anything that fails after that is in the report (``ok=False``) and the
+        Import Log. A cancelled run logs ``import_failed``, releases the lock
+        and re-raises.
         """
-        self._authorize(config.trust_site_id, actor)
-        config.validate(self.hierarchy)
-        self._check_tenant(config)
-        lock = self.store.run_lock(config.trust_site_id)
-        await lock.__aenter__()  # ImportAlreadyRunningError: before anything started
+        journal = Journal(
+            config.trust_site_id if isinstance(config, SyncConfig) else "?", self.clock, uuid.uuid4().hex,
+            actor.user_id if isinstance(actor, Actor) else None,
+        )
+        try:
+            self._admit(config, actor)
+            lock = self.store.run_lock(config.trust_site_id)
+            await lock.__aenter__()
+        except (NotAuthorizedError, ConfigError, ImportAlreadyRunningError) as error:
+            await self._record_safely([journal.refused(_refusal_reason(error), error)])
+            raise
         report: ImportReport | None = None
         try:
-            report = await _Run(self, config, actor, confirm_removals).execute()
+            sync_state = await self._load_state_or_refuse(config, confirm_hold, journal)
+            report = await _Run(self, config, journal, sync_state, confirm_hold).execute()
         finally:
             try:
                 await lock.__aexit__(None, None, None)
@@ -176,12 +228,23 @@ class Reconciler:
         assert report is not None
         return report
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ steps
 
-    def _authorize(self, site_id: str, actor: Actor | None) -> Any:
-        if actor is None:
-            return self.hierarchy.require_config_site(site_id)
+    def _authorize(self, site_id: str, actor: Actor) -> Site:
+        if not isinstance(actor, Actor):
+            raise NotAuthorizedError(
+                f"actor is required: pass actor=Actor(user_id, admin_site_ids) for a person, or "
+                f"actor=Actor.system(name) for a scheduled job (got {type(actor).__name__})"
+            )
         return authorize(actor, site_id, self.hierarchy)
+
+    def _admit(self, config: SyncConfig, actor: Actor) -> None:
+        """The checks every trust-reading method makes first: the actor, the configuration, the tenant."""
+        if not isinstance(config, SyncConfig):
+            raise ConfigError(f"config: expected a SyncConfig, got {type(config).__name__}")
+        self._authorize(config.trust_site_id, actor)
+        config.validate(self.hierarchy)
+        self._check_tenant(config)
 
     def _check_tenant(self, config: SyncConfig) -> None:
         """A trust connected to a tenant is only ever synced from that tenant.
@@ -203,33 +266,31 @@ class Reconciler:
                 f"but the directory reads tenant {directory_tenant!r}; refusing to sync another organisation"
             )
 
-    def _build_plan(
-        self, config: SyncConfig, snapshot: DirectorySnapshot, state: StoreState, confirm_removals: bool
-    ) -> Plan:
-        self._report("plan", 0, 1)
-        plan = build_plan(config, snapshot, state, confirm_removals=confirm_removals)
-        self._report("plan", 1, 1)
-        return plan
+    async def _load_state_or_refuse(self, config: SyncConfig, confirm_hold: str | None, journal: Journal) -> SyncState:
+        try:
+            sync_state = await self._state_store.load_state(config.trust_site_id)
+            pending = sync_state.hold
+            if confirm_hold is not None and (pending is None or pending.id != confirm_hold):
+                raise HoldMismatchError(confirm_hold, pending.id if pending is not None else None)
+        except ConfigError as error:
+            reason = _refusal_reason(error) if isinstance(error, HoldMismatchError) else "unreadable_state"
+            await self._record_safely([journal.refused(reason, error)])
+            raise
+        return sync_state
 
-    async def _read(
-        self,
-        config: SyncConfig,
-        *,
-        run_id: str | None,
-        actor: Actor | None,
-        events: list[AuditEvent],
-    ) -> DirectorySnapshot:
+    async def _read(self, config: SyncConfig) -> DirectorySnapshot:
         """Read every mapped group, at most ``max_concurrent_reads`` at once.
 
         A group that fails is recorded as unreadable (never raised): the
-        planner then holds every removal.
+        guards then hold what it could explain.
         """
         group_ids = sorted(config.mappings.group_ids)
         members: dict[str, Sequence[DirectoryUser]] = {}
         unreadable: dict[str, str] = {}
+        stale: set[str] = set()
         limit = asyncio.Semaphore(self.max_concurrent_reads)
         done = 0
-        self._report("read", 0, len(group_ids))
+        self._progress("read", 0, len(group_ids))
 
         async def read_one(group_id: str) -> None:
             nonlocal done
@@ -237,6 +298,7 @@ class Reconciler:
                 try:
                     members[group_id] = await self.directory.group_members(group_id)
                 except GroupNotFoundError:
+                    stale.add(group_id)
                     unreadable[group_id] = "stale mapping: the group no longer exists in Azure"
                 except DirectoryAccessError as error:
                     unreadable[group_id] = f"access denied: {error}"
@@ -246,38 +308,42 @@ class Reconciler:
                     logger.warning("reading group %s failed", group_id, exc_info=True)
                     unreadable[group_id] = f"could not be read: {type(error).__name__}: {error}"
             done += 1
-            self._report("read", done, len(group_ids))
+            self._progress("read", done, len(group_ids))
 
         await asyncio.gather(*(read_one(group_id) for group_id in group_ids))
-        trust = config.trust_site_id
-        for group_id in group_ids:
-            if group_id in members:
-                events.append(
-                    self._event(
-                        trust,
-                        AuditKind.DISCOVERY,
-                        f"Read group {group_id}: {len(members[group_id])} users",
-                        run_id=run_id,
-                        actor=actor,
-                        subject=group_id,
-                        detail={"group_id": group_id, "users": len(members[group_id])},
-                    )
-                )
-            else:
-                events.append(
-                    self._event(
-                        trust,
-                        AuditKind.ERROR,
-                        f"Group {group_id} {unreadable[group_id]}",
-                        run_id=run_id,
-                        actor=actor,
-                        subject=group_id,
-                        detail={"group_id": group_id, "stage": "read"},
-                    )
-                )
-        return DirectorySnapshot(members=members, unreadable=unreadable)
+        names = await self._group_names(group_ids)
+        return DirectorySnapshot(members=members, unreadable=unreadable, stale=frozenset(stale), group_names=names)
 
-    def _report(self, stage: str, done: int, total: int | None) -> None:
+    async def _group_names(self, group_ids: Sequence[str]) -> dict[str, str]:
+        """Display names of the mapped groups, when the directory can look groups up."""
+        lookup = getattr(self.directory, "lookup_groups", None)
+        if lookup is None or not group_ids:
+            return {}
+        try:
+            found: Mapping[str, DirectoryGroup | None] = await lookup(list(group_ids))
+        except Exception:  # names are for people; a failure only costs the names
+            logger.warning("looking up the mapped groups' names failed", exc_info=True)
+            return {}
+        return {gid: group.display_name for gid, group in found.items() if group is not None and group.display_name}
+
+    async def _build_plan(
+        self, config: SyncConfig, snapshot: DirectorySnapshot, state: StoreState, context: PlanContext
+    ) -> Plan:
+        """Plan; when an email conflict could be settled by asking the directory, ask and plan again."""
+        self._progress("plan", 0, 1)
+        plan = build_plan(config, snapshot, state, context)
+        lookup = getattr(self.directory, "lookup_users", None)
+        if plan.lookups_needed and lookup is not None:
+            try:
+                found: Mapping[str, DirectoryUser | None] = await lookup(sorted(plan.lookups_needed))
+            except Exception:  # the conflicts stay conflicts: safe, and reported
+                logger.warning("looking up %d conflicting users failed", len(plan.lookups_needed), exc_info=True)
+            else:
+                plan = build_plan(config, snapshot, state, attrs.evolve(context, lookups=found))
+        self._progress("plan", 1, 1)
+        return plan
+
+    def _progress(self, stage: str, done: int, total: int | None) -> None:
         if self.progress is None:
             return
         try:
@@ -285,27 +351,8 @@ class Reconciler:
         except Exception:  # a broken progress bar must not break an import
             logger.warning("progress callback failed", exc_info=True)
 
-    def _event(
-        self,
-        trust_site_id: str,
-        kind: AuditKind,
-        message: str,
-        *,
-        run_id: str | None = None,
-        actor: Actor | None = None,
-        subject: str | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> AuditEvent:
-        return AuditEvent(
-            at=self.clock(),
-            trust_site_id=trust_site_id,
-            kind=kind,
-            message=message,
-            run_id=run_id,
-            actor_id=actor.user_id if actor else None,
-            subject=subject,
-            detail=detail or {},
-        )
+    def _journal(self, trust_site_id: str, actor: Actor, run_id: str | None = None) -> Journal:
+        return Journal(trust_site_id, self.clock, run_id, actor.user_id)
 
     async def _record_safely(self, events: Sequence[AuditEvent]) -> str | None:
         """Record events; on failure return why (never raise: the store is the truth)."""
@@ -325,22 +372,25 @@ class _AuditSinkDown(Exception):
 
 @attrs.define
 class _Run:
-    """One import: the state that lives as long as a run."""
+    """One import, step by step: the state that lives as long as a run."""
 
     reconciler: Reconciler
     config: SyncConfig
-    actor: Actor | None
-    confirm_removals: bool
-    run_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    journal: Journal
+    sync_state: SyncState
+    confirm_hold: str | None
     errors: list[str] = attrs.field(factory=list)
-    applied: Counter[str] = attrs.field(factory=Counter)
+    outcomes: Counter[str] = attrs.field(factory=Counter)
+    results: list[ChangeResult] = attrs.field(factory=list)
     unrecorded: list[AuditEvent] = attrs.field(factory=list)
     labels: dict[str, str] = attrs.field(factory=dict)
+    existing_groups: frozenset[str] = frozenset()
+    group_names: dict[str, str] = attrs.field(factory=dict)
 
-    def event(self, kind: AuditKind, message: str, **fields: Any) -> AuditEvent:
-        return self.reconciler._event(
-            self.config.trust_site_id, kind, message, run_id=self.run_id, actor=self.actor, **fields
-        )
+    @property
+    def run_id(self) -> str:
+        assert self.journal.run_id is not None
+        return self.journal.run_id
 
     async def record(self, events: Sequence[AuditEvent]) -> None:
         failure = await self.reconciler._record_safely(events)
@@ -354,121 +404,74 @@ class _Run:
 
     async def execute(self) -> ImportReport:
         reconciler = self.reconciler
-        trust = self.config.trust_site_id
         started_at = reconciler.clock()
         plan: Plan | None = None
         completed = False
+        why: str | None = None
         try:
-            await self.record(
-                [
-                    self.event(
-                        AuditKind.IMPORT_STARTED,
-                        f"Import started{' by ' + self.actor.user_id if self.actor else ''}",
-                        detail={"mapped_groups": len(self.config.mappings.group_ids)},
-                    )
-                ]
-            )
-            events: list[AuditEvent] = []
-            snapshot = await reconciler._read(self.config, run_id=self.run_id, actor=self.actor, events=events)
-            self.errors.extend(
-                f"group {group_id}: {reason}" for group_id, reason in sorted(snapshot.unreadable.items())
-            )
-            state = await reconciler.store.load(trust)
-            plan = reconciler._build_plan(self.config, snapshot, state, self.confirm_removals)
-            self._learn_labels(plan, state)
-            events.extend(self._plan_events(plan))
-            await self.record(events)
+            await self.record([self.journal.started(len(self.config.mappings.group_ids))])
+            plan, snapshot = await self._read_and_plan()
+            if not snapshot.members and snapshot.unreadable:
+                why = "no mapped group could be read"
+            await self._remember_hold(plan)
             await self._apply(plan)
-            completed = True
+            await self._remember(plan, snapshot)
+            completed = why is None
         except _AuditSinkDown:
             pass
+        except asyncio.CancelledError:
+            self.errors.append("import cancelled")
+            await self._finish(started_at, plan, completed=False, why="the import was cancelled")
+            raise
         except Exception as error:
-            logger.exception("import %s of trust %s failed", self.run_id, trust)
+            logger.exception("import %s of trust %s failed", self.run_id, self.config.trust_site_id)
             self.errors.append(f"import failed: {type(error).__name__}: {error}")
-        finished_at = reconciler.clock()
-        counts = self._counts(plan)
-        ok = completed and not self.errors  # as the final event says; errors may grow below
-        final = (
-            self.event(
-                AuditKind.IMPORT_COMPLETED,
-                f"Import completed: {_describe_counts(counts)}",
-                detail={"ok": ok, "counts": counts, "errors": len(self.errors)},
-            )
-            if completed
-            else self.event(
-                AuditKind.IMPORT_FAILED,
-                f"Import failed: {self.errors[-1] if self.errors else 'unknown error'}",
-                detail={"counts": counts, "errors": self.errors[:20]},
-            )
-        )
-        with contextlib.suppress(_AuditSinkDown):  # kept in unrecorded_events and errors
-            await self.record([final])
-        return ImportReport(
-            run_id=self.run_id,
-            trust_site_id=trust,
-            started_at=started_at,
-            finished_at=finished_at,
-            counts=counts,
-            errors=tuple(self.errors),
-            held_removals=plan.held_removals if plan else (),
-            ok=completed and not self.errors,
-            hold_reason=plan.hold_reason if plan else None,
-            plan=plan,
-            unrecorded_events=tuple(self.unrecorded),
-        )
+        return await self._finish(started_at, plan, completed=completed, why=why)
 
-    def _learn_labels(self, plan: Plan, state: StoreState) -> None:
-        """Emails by external id for the users this run changes, so log messages name people.
+    async def _read_and_plan(self) -> tuple[Plan, DirectorySnapshot]:
+        reconciler = self.reconciler
+        snapshot = await reconciler._read(self.config)
+        self.errors.extend(f"group {group_id}: {reason}" for group_id, reason in sorted(snapshot.unreadable.items()))
+        state = await reconciler.store.load(self.config.trust_site_id)
+        self.existing_groups = frozenset(state.groups)
+        context = PlanContext(self.sync_state, self.confirm_hold, run_id=self.run_id, now=reconciler.clock())
+        plan = await reconciler._build_plan(self.config, snapshot, state, context)
+        self._learn_labels(plan)
+        events = self.journal.read_events(snapshot.members, snapshot.unreadable, sorted(self.config.mappings.group_ids))
+        events.extend(self.journal.plan_events(plan, confirmed=self.confirm_hold))
+        await self.record(events)
+        return plan, snapshot
 
-        Only the users with changes are looked up: a no-change re-run of a
-        large trust should not walk every membership to build labels it never uses.
+    async def _remember_hold(self, plan: Plan) -> None:
+        """Save a new or changed hold before anything is applied: a crash must not forget it.
+
+        A hold being confirmed stays pending until its removals are applied,
+        so a crash half-way leaves the rest to confirm again, never released.
         """
-        needed = {change.external_id for change in (*plan.changes, *plan.held_removals)}
-        if not needed:
+        if plan.hold is None or plan.hold == self.sync_state.hold:
             return
-        for change in plan.changes:
-            if isinstance(change, (CreateUser, LinkUser, UpdateUser)):
-                self.labels[change.external_id] = change.email
-        missing = needed - self.labels.keys()
-        for stored in state.users.values():
-            if stored.external_id in missing:
-                self.labels[stored.external_id] = stored.email
+        self.sync_state = attrs.evolve(self.sync_state, hold=plan.hold)
+        await self.reconciler._state_store.save_state(self.config.trust_site_id, self.sync_state)
 
-    def _plan_events(self, plan: Plan) -> list[AuditEvent]:
-        events = []
-        for skip in plan.skipped:
-            kind = AuditKind.USER_EXCLUDED if skip.excluded else AuditKind.USER_SKIPPED
-            verb = "Excluded" if skip.excluded else "Skipped"
-            events.append(
-                self.event(
-                    kind,
-                    f"{verb} {skip.email or skip.external_id}: {skip.reason}",
-                    subject=skip.external_id,
-                    detail={"email": skip.email, "reason": skip.reason, "keeps_access": skip.keeps_access},
-                )
-            )
-        if plan.held_removals:
-            users = len({change.external_id for change in plan.held_removals})
-            why = (
-                "not every mapped group could be read completely"
-                if plan.hold_reason == "partial_read"
-                else f"they would remove access from {users} of {plan.synced_users} synced users; "
-                "run again with confirm_removals=True to apply them"
-            )
-            events.append(
-                self.event(
-                    AuditKind.REMOVALS_HELD,
-                    f"Held {len(plan.held_removals)} removals for {users} users: {why}",
-                    detail={"reason": plan.hold_reason, "removals": len(plan.held_removals), "users": users},
-                )
-            )
-        return events
+    async def _remember(self, plan: Plan, snapshot: DirectorySnapshot) -> None:
+        after = next_sync_state(
+            self.sync_state,
+            config=self.config,
+            hold=plan.hold,
+            member_counts={group: len(users) for group, users in snapshot.members.items()},
+            in_scope=plan.in_scope_ids,
+            results=self.results,
+            left_now=plan.left_scope,
+        )
+        if after != self.sync_state:
+            await self.reconciler._state_store.save_state(self.config.trust_site_id, after)
+            self.sync_state = after
 
     async def _apply(self, plan: Plan) -> None:
         reconciler = self.reconciler
         total = len(plan.changes)
         done = 0
-        reconciler._report("apply", 0, total)
+        reconciler._progress("apply", 0, total)
         for batch in _batches(plan.changes, reconciler.batch_size):
             try:
                 results: Sequence[ChangeResult] = await reconciler.store.apply(self.config.trust_site_id, batch)
@@ -479,79 +482,78 @@ class _Run:
                 results = [ChangeResult(change, f"{type(error).__name__}: {error}") for change in batch]
             events = []
             for result in results:
-                if result.ok:
-                    self.applied[change_kind(result.change)] += 1
-                    events.append(self._change_event(result.change))
+                self.results.append(result)
+                if result.outcome == "applied":
+                    self.outcomes[change_kind(result.change)] += 1
                 else:
-                    self.applied["failed"] += 1
-                    message = f"{change_kind(result.change)} for {self._label(result.change.external_id)} failed: {result.error}"
-                    self.errors.append(message)
-                    events.append(
-                        self.event(
-                            AuditKind.ERROR,
-                            message,
-                            subject=result.change.external_id,
-                            detail={"change": change_to_dict(result.change), "error": result.error},
-                        )
-                    )
+                    self.outcomes[result.outcome] += 1
+                if result.outcome == "failed":
+                    self.errors.append(f"{change_kind(result.change)} for {self._label(result.change.external_id)} "
+                                       f"failed: {result.error}")
+                entry = self.journal.change_entry(
+                    result, self._label, self._group_label, existing_groups=self.existing_groups
+                )
+                if entry is not None:
+                    events.append(entry)
             await self.record(events)
             done += len(batch)
-            reconciler._report("apply", done, total)
+            reconciler._progress("apply", done, total)
+
+    async def _finish(self, started_at: dt.datetime, plan: Plan | None, *, completed: bool, why: str | None) -> ImportReport:
+        counts = self._counts(plan)
+        ok = completed and not self.errors
+        final = self.journal.finished(completed=completed, ok=ok, counts=counts, errors=self.errors, why=why)
+        try:
+            await self.record([final])
+        except _AuditSinkDown:  # kept in unrecorded_events and errors
+            ok = False
+        return ImportReport(
+            run_id=self.run_id,
+            trust_site_id=self.config.trust_site_id,
+            started_at=started_at,
+            finished_at=self.reconciler.clock(),
+            counts=counts,
+            errors=tuple(self.errors),
+            held_removals=plan.held_removals if plan else (),
+            ok=completed and not self.errors,
+            hold_reason=plan.hold_reason if plan else None,
+            plan=plan,
+            unrecorded_events=tuple(self.unrecorded),
+            hold_id=plan.hold_id if plan else None,
+        )
+
+    def _learn_labels(self, plan: Plan) -> None:
+        """Emails by external id for the users this run mentions, so log messages name people."""
+        for external_id, label in plan.people.items():
+            if label.email:
+                self.labels[external_id] = label.email
+        for change in plan.changes:
+            if isinstance(change, (CreateUser, LinkUser, RelinkUser, UpdateUser)):
+                self.labels[change.external_id] = change.email
+        self.group_names = dict(plan.group_names)
 
     def _label(self, external_id: str) -> str:
         return self.labels.get(external_id, external_id)
 
-    def _change_event(self, change: Change) -> AuditEvent:
-        """The Import Log entry for one applied change."""
-        kind, message = self._describe(change)
-        return self.event(kind, message, subject=change.external_id, detail=change_to_dict(change))
-
-    def _describe(self, change: Change) -> tuple[AuditKind, str]:
-        who = self._label(change.external_id)
-        if isinstance(change, CreateUser):
-            return AuditKind.USER_CREATED, f"Created user {change.email} ({change.display_name})"
-        if isinstance(change, LinkUser):
-            return AuditKind.USER_LINKED, f"Linked invited user {change.email} to Azure"
-        if isinstance(change, UpdateUser):
-            return AuditKind.USER_UPDATED, f"Updated user {change.email}: {', '.join(change.changed)}"
-        if isinstance(change, DeactivateUser):
-            return AuditKind.USER_DEACTIVATED, f"Deactivated user {who}: no access left"
-        if isinstance(change, Unassign):
-            return (
-                AuditKind.ASSIGNMENT_REMOVED,
-                f"Removed {who}'s {change.previous.value} on {change.module} at {change.site_id}",
-            )
-        where = f"{change.module} at {change.site_id}"
-        because = f" (groups: {', '.join(change.because)})" if change.because else ""
-        if change.previous is None:
-            return AuditKind.ASSIGNMENT_ADDED, f"Gave {who} {change.role.value} on {where}{because}"
-        return (
-            AuditKind.ASSIGNMENT_CHANGED,
-            f"Changed {who} on {where} from {change.previous.value} to {change.role.value}{because}",
-        )
+    def _group_label(self, group_id: str) -> str:
+        return self.group_names.get(group_id, group_id)
 
     def _counts(self, plan: Plan | None) -> dict[str, int]:
-        counts = {kind: self.applied.get(kind, 0) for kind in (plan.summary() if plan else Plan("").summary())}
+        kinds = [kind for kind in (plan.summary() if plan else Plan("").summary()) if kind != "conflict"]
+        counts = {kind: self.outcomes.get(kind, 0) for kind in kinds}
         skipped = plan.skipped if plan else ()
-        counts["skipped"] = sum(1 for skip in skipped if not skip.excluded)
+        counts["skipped"] = sum(1 for skip in skipped if not skip.excluded and not skip.conflict)
         counts["excluded"] = sum(1 for skip in skipped if skip.excluded)
-        counts["failed"] = self.applied.get("failed", 0)
+        counts["conflict"] = sum(1 for skip in skipped if skip.conflict)
+        counts["unchanged"] = self.outcomes.get("unchanged", 0)
+        counts["failed"] = self.outcomes.get("failed", 0)
         counts["held"] = len(plan.held_removals) if plan else 0
         return counts
 
 
-def _would_import(user: DirectoryUser, config: SyncConfig) -> bool:
-    return (
-        user.account_enabled
-        and user.email is not None
-        and (config.include_guests or not user.is_guest)
-        and config.exclusions.reason_excluded(user) is None
-    )
-
-
-def _batches(changes: Sequence[Change], size: int) -> Iterator[list[Change]]:
+def _batches(changes: Sequence[Any], size: int) -> Iterator[list[Any]]:
     """Batches of about ``size`` changes, never splitting one user's changes."""
-    batch: list[Change] = []
+    batch: list[Any] = []
     for change in changes:
         if len(batch) >= size and batch[-1].external_id != change.external_id:
             yield batch
@@ -559,9 +561,3 @@ def _batches(changes: Sequence[Change], size: int) -> Iterator[list[Change]]:
         batch.append(change)
     if batch:
         yield batch
-
-
-def _describe_counts(counts: dict[str, int]) -> str:
-    shown = [f"{count} {kind.replace('_', ' ')}" for kind, count in counts.items() if count]
-    return ", ".join(shown) if shown else "nothing to change"
-
