@@ -33,6 +33,10 @@ from typing import Any
 from benchmarks._common import BenchCredential, child_json, median, print_table
 from benchmarks._graph_server import GraphServerProcess
 
+from calm_azure_sync import Actor as _Actor
+
+SYSTEM = _Actor.system("tests")
+
 MODULE = "benchmarks.bench_end_to_end"
 
 
@@ -61,7 +65,7 @@ async def _import_once(args: argparse.Namespace) -> dict[str, Any]:
                 directory, store, audit, tenant.hierarchy, progress=progress, max_concurrent_reads=args.concurrency
             )
             cpu, started = time.process_time(), time.perf_counter()
-            report = await reconciler.run(tenant.config)
+            report = await reconciler.run(tenant.config, actor=SYSTEM)
             wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:
         store.close()

@@ -35,6 +35,10 @@ from typing import Any
 
 from benchmarks._common import BenchCredential, print_table
 
+from calm_azure_sync import Actor as _Actor
+
+SYSTEM = _Actor.system("tests")
+
 PAGE = 999
 SELECT_USER = "id,displayName,mail,userPrincipalName,givenName,surname,accountEnabled,userType"
 
@@ -93,7 +97,7 @@ async def _our_read(base_url: str, tenant: Any) -> None:
 
     async with GraphDirectory.from_credential(BenchCredential(), base_url=base_url) as directory:
         reconciler = Reconciler(directory, InMemoryUserStore(), InMemoryAuditSink(), tenant.hierarchy)
-        report = await reconciler.run(tenant.config)
+        report = await reconciler.run(tenant.config, actor=SYSTEM)
         if not report.ok:
             raise RuntimeError(f"the import failed: {report.errors[:3]}")
 

@@ -33,6 +33,10 @@ from typing import Any
 
 from benchmarks._common import child_json, median, peak_rss_mb, print_table
 
+from calm_azure_sync import Actor as _Actor
+
+SYSTEM = _Actor.system("tests")
+
 MODULE = "benchmarks.bench_store"
 BATCH_SIZE = 500
 
@@ -102,15 +106,15 @@ async def _measure(kind: str, size: int, batch_size: int) -> dict[str, Any]:
         with sqlite3.connect(path) as side:
             side.executescript(_WRITE_TRIGGERS)
         side.close()
-        changes_before = await store._db.run(lambda connection: connection.total_changes)
+        changes_before = await store._db.run(lambda connection: connection.total_changes, actor=SYSTEM)
     reconciler = Reconciler(directory, store, InMemoryAuditSink(), tenant.hierarchy, batch_size=batch_size)
     started = time.perf_counter()
-    report = await reconciler.run(tenant.config)
+    report = await reconciler.run(tenant.config, actor=SYSTEM)
     rerun_wall = time.perf_counter() - started
     assert report.plan is not None
     row_writes = connection_changes = -1
     if kind == "sqlite":
-        connection_changes = await store._db.run(lambda connection: connection.total_changes) - changes_before
+        connection_changes = await store._db.run(lambda connection: connection.total_changes, actor=SYSTEM) - changes_before
         with sqlite3.connect(path) as side:
             (row_writes,) = side.execute("SELECT n FROM bench_writes").fetchone()
         side.close()

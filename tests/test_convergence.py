@@ -36,6 +36,10 @@ from calm_azure_sync.model import email_key
 
 from .helpers import FlakyDirectory, expected_access, synced_access_of
 
+from calm_azure_sync import Actor as _Actor
+
+SYSTEM = _Actor.system("tests")
+
 USERS = [f"u{i}" for i in range(8)]
 GROUPS = ["g0", "g1", "g2", "g3"]
 HIERARCHY = TrustHierarchy([Site("oak"), Site("birch", parent_id="oak"), Site("ash", parent_id="oak")])
@@ -189,7 +193,7 @@ class SyncMachine(RuleBasedStateMachine):
         directory, config = self.directory(), self.config()
         before = self.run_async(self.store.load("oak"))
         kept = _kept(directory, config, before)
-        report = self.run_async(Reconciler(directory, self.store, self.audit, HIERARCHY).run(config))
+        report = self.run_async(Reconciler(directory, self.store, self.audit, HIERARCHY).run(config, actor=SYSTEM))
         assert report.ok, report.errors
         after = self.run_async(self.store.load("oak"))
         expected = expected_access(directory, config)
@@ -200,7 +204,7 @@ class SyncMachine(RuleBasedStateMachine):
             if previous.get(user_id):
                 expected[user_id] = previous[user_id]
         assert actual == expected
-        replan = self.run_async(Reconciler(directory, self.store, InMemoryAuditSink(), HIERARCHY).plan(config))
+        replan = self.run_async(Reconciler(directory, self.store, InMemoryAuditSink(), HIERARCHY).plan(config, actor=SYSTEM))
         assert replan.changes == (), replan.changes
         self.known_user_ids |= set(after.users)
 
@@ -209,7 +213,7 @@ class SyncMachine(RuleBasedStateMachine):
         directory, config = self.directory(), self.config()
         before = synced_access_of(self.run_async(self.store.load("oak")))
         flaky = FlakyDirectory(directory, {group: DirectoryError("Service unavailable", status=503)})
-        report = self.run_async(Reconciler(flaky, self.store, self.audit, HIERARCHY).run(config))
+        report = self.run_async(Reconciler(flaky, self.store, self.audit, HIERARCHY).run(config, actor=SYSTEM))
         assert not report.ok
         after = synced_access_of(self.run_async(self.store.load("oak")))
         for user_id, access in before.items():

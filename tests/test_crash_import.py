@@ -25,6 +25,10 @@ from calm_azure_sync.testing.synthetic import generate_tenant
 
 from .helpers import expected_access, synced_access_of
 
+from calm_azure_sync import Actor as _Actor
+
+SYSTEM = _Actor.system("tests")
+
 USERS = 1500
 KILLS = int(os.environ.get("CALM_CRASH_KILLS", "3"))
 
@@ -42,7 +46,7 @@ CHILD = textwrap.dedent(
         store = SqliteUserStore(path)
         reconciler = Reconciler(InMemoryDirectory.from_dict(tenant.fixture), store, InMemoryAuditSink(),
                                 tenant.hierarchy, progress=progress, batch_size=25)
-        report = await reconciler.run(tenant.config)
+        report = await reconciler.run(tenant.config, actor=SYSTEM)
         print("done", report.ok, flush=True)
 
     asyncio.run(main(sys.argv[1], int(sys.argv[2])))
@@ -103,10 +107,10 @@ def test_a_killed_import_leaves_no_half_written_user_and_the_rerun_converges(tmp
     import asyncio
 
     store = SqliteUserStore(path)
-    report = asyncio.run(Reconciler(directory, store, InMemoryAuditSink(), tenant.hierarchy).run(tenant.config))
+    report = asyncio.run(Reconciler(directory, store, InMemoryAuditSink(), tenant.hierarchy).run(tenant.config, actor=SYSTEM))
     assert report.ok, report.errors
     assert _check_whole(path, expected) == len(expected)
     assert synced_access_of(asyncio.run(store.load("trust"))) == expected
-    again = asyncio.run(Reconciler(directory, store, InMemoryAuditSink(), tenant.hierarchy).plan(tenant.config))
+    again = asyncio.run(Reconciler(directory, store, InMemoryAuditSink(), tenant.hierarchy).plan(tenant.config, actor=SYSTEM))
     assert again.changes == ()
     json.dumps(report.to_dict())

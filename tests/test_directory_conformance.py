@@ -30,6 +30,10 @@ from calm_azure_sync.testing.fake_graph import FakeGraphServer, Fault
 
 from .graph_helpers import directory_for
 
+from calm_azure_sync import Actor as _Actor
+
+SYSTEM = _Actor.system("tests")
+
 pytestmark = pytest.mark.wire
 
 PAGE = 50
@@ -125,7 +129,7 @@ async def test_the_reconciler_gets_the_same_result_from_graph_as_from_memory(fix
     memory_store = InMemoryUserStore()
     memory_report = await Reconciler(
         InMemoryDirectory.from_dict(fixture), memory_store, InMemoryAuditSink(), HIERARCHY
-    ).run(config())
+    ).run(config(), actor=SYSTEM)
     assert memory_report.ok, memory_report.errors
 
     with FakeGraphServer(fixture, page_cap=PAGE) as graph:
@@ -134,7 +138,7 @@ async def test_the_reconciler_gets_the_same_result_from_graph_as_from_memory(fix
         directory, sleep = directory_for(graph)
         graph_store = InMemoryUserStore()
         async with directory:
-            graph_report = await Reconciler(directory, graph_store, InMemoryAuditSink(), HIERARCHY).run(config())
+            graph_report = await Reconciler(directory, graph_store, InMemoryAuditSink(), HIERARCHY).run(config(), actor=SYSTEM)
         assert graph_report.ok, graph_report.errors
         assert 2.128 in sleep.calls
         member_pages = sum(

@@ -49,6 +49,10 @@ from calm_azure_sync.testing.synthetic import generate_tenant
 from .conftest import budget, scaled
 from .helpers import FailingSink, FlakyStore, expected_access, synced_access_of
 
+from calm_azure_sync import Actor as _Actor
+
+SYSTEM = _Actor.system("tests")
+
 TRUST = "trust"
 USERS = 150
 SINK_POINTS = budget("CALM_SINK_POINTS", 5, 40)
@@ -119,7 +123,7 @@ def lock_rows(path: Path) -> list[tuple[Any, ...]]:
 async def run_import(path: Path, fixture: dict[str, Any], audit: Any = None) -> Any:
     async with SqliteUserStore(path) as store:
         directory = InMemoryDirectory.from_dict(fixture)
-        return await Reconciler(directory, store, audit or InMemoryAuditSink(), HIERARCHY, batch_size=20).run(CONFIG)
+        return await Reconciler(directory, store, audit or InMemoryAuditSink(), HIERARCHY, batch_size=20).run(CONFIG, actor=SYSTEM)
 
 
 # -- SIGKILL at a random statement ---------------------------------------------------------
@@ -150,7 +154,7 @@ CHILD = textwrap.dedent(
         while go != "-" and not os.path.exists(go):
             await asyncio.sleep(0.001)
         try:
-            report = await reconciler.run(SyncConfig.from_dict(data["config"]))
+            report = await reconciler.run(SyncConfig.from_dict(data["config"]), actor=SYSTEM)
         except ImportAlreadyRunningError:
             print("busy", seen, flush=True)
             return
@@ -385,7 +389,7 @@ async def test_a_store_refusing_single_changes_applies_the_rest_and_the_rerun_co
     new = evolve(TENANT.fixture, seed)
     inner: Any = InMemoryUserStore() if store_kind == "memory" else SqliteUserStore(tmp_path / "calm.db")
     audit = InMemoryAuditSink()
-    assert (await Reconciler(InMemoryDirectory.from_dict(TENANT.fixture), inner, audit, HIERARCHY).run(CONFIG)).ok
+    assert (await Reconciler(InMemoryDirectory.from_dict(TENANT.fixture), inner, audit, HIERARCHY).run(CONFIG, actor=SYSTEM)).ok
     old_access = synced_access_of(await inner.load(TRUST))
     rng = random.Random(seed)
     refused: set[int] = set()
@@ -398,7 +402,7 @@ async def test_a_store_refusing_single_changes_applies_the_rest_and_the_rerun_co
     with figures.case("Store: exception on one change") as case:
         flaky = FlakyStore(inner, reject=reject)
         directory = InMemoryDirectory.from_dict(new)
-        report = await Reconciler(directory, flaky, audit, HIERARCHY, batch_size=17).run(CONFIG)
+        report = await Reconciler(directory, flaky, audit, HIERARCHY, batch_size=17).run(CONFIG, actor=SYSTEM)
         # Refused changes fail, and so do the later changes of a user whose creation was refused.
         assert not report.ok and report.counts["failed"] >= len(refused) > 0
         errors = [e for e in audit.events if e.run_id == report.run_id and e.kind is AuditKind.ERROR]
@@ -412,7 +416,7 @@ async def test_a_store_refusing_single_changes_applies_the_rest_and_the_rerun_co
             if truth.get(u, {}).get(key) is not None and after.get(u, {}).get(key) is None
         )
         assert case.wrongful_removals == 0
-        rerun = await Reconciler(directory, inner, audit, HIERARCHY).run(CONFIG)
+        rerun = await Reconciler(directory, inner, audit, HIERARCHY).run(CONFIG, actor=SYSTEM)
         assert rerun.ok, rerun.errors
         assert synced_access_of(await inner.load(TRUST)) == truth
     if store_kind == "sqlite":
@@ -439,7 +443,7 @@ async def test_an_io_error_inside_a_sqlite_batch_rolls_the_whole_batch_back(
         async with SqliteUserStore(path) as store:
             directory = InMemoryDirectory.from_dict(TENANT.fixture)
             audit = InMemoryAuditSink()
-            report = await Reconciler(directory, store, audit, HIERARCHY, batch_size=40).run(CONFIG)
+            report = await Reconciler(directory, store, audit, HIERARCHY, batch_size=40).run(CONFIG, actor=SYSTEM)
             assert not report.ok
             failed = report.counts["failed"]
             assert failed >= 40 and all("disk I/O error" in error for error in report.errors)
@@ -451,7 +455,7 @@ async def test_an_io_error_inside_a_sqlite_batch_rolls_the_whole_batch_back(
             assert torn == [] and half == []
             assert report.counts["create_user"] == len(created)
             monkeypatch.setattr(sqlite_module, "_write", real_write)
-            rerun = await Reconciler(directory, store, audit, HIERARCHY).run(CONFIG)
+            rerun = await Reconciler(directory, store, audit, HIERARCHY).run(CONFIG, actor=SYSTEM)
             assert rerun.ok and rerun.counts["create_user"] + len(created) == len(expected_access(directory, CONFIG))
             assert synced_access_of(await store.load(TRUST)) == expected_access(directory, CONFIG)
 
@@ -461,17 +465,17 @@ async def test_whole_batches_failing_leave_the_others_applied(tmp_path: Path, fi
     with figures.case("Store: exception on a whole batch") as case:
         async with SqliteUserStore(tmp_path / "calm.db") as inner:
             directory = InMemoryDirectory.from_dict(TENANT.fixture)
-            await Reconciler(directory, inner, InMemoryAuditSink(), HIERARCHY).run(CONFIG)
+            await Reconciler(directory, inner, InMemoryAuditSink(), HIERARCHY).run(CONFIG, actor=SYSTEM)
             old = synced_access_of(await inner.load(TRUST))
             new_directory = InMemoryDirectory.from_dict(evolve(TENANT.fixture, 3))
             store = NthBatchFails(inner, failing, OSError("database is locked"))
-            report = await Reconciler(new_directory, store, InMemoryAuditSink(), HIERARCHY, batch_size=30).run(CONFIG)
+            report = await Reconciler(new_directory, store, InMemoryAuditSink(), HIERARCHY, batch_size=30).run(CONFIG, actor=SYSTEM)
             assert not report.ok and report.counts["failed"] > 0
             truth = expected_access(new_directory, CONFIG)
             torn = _whole(await inner.load(TRUST), old, truth)
             case.data_lost = len(torn)
             assert torn == []
-            rerun = await Reconciler(new_directory, inner, InMemoryAuditSink(), HIERARCHY).run(CONFIG)
+            rerun = await Reconciler(new_directory, inner, InMemoryAuditSink(), HIERARCHY).run(CONFIG, actor=SYSTEM)
             assert rerun.ok
             assert synced_access_of(await inner.load(TRUST)) == truth
 
@@ -489,7 +493,7 @@ async def test_load_failing_writes_nothing_and_releases_the_lock(
     with figures.case("Store: exception on load") as case:
         async with SqliteUserStore(path) as store:
             directory = InMemoryDirectory.from_dict(TENANT.fixture)
-            await Reconciler(directory, store, InMemoryAuditSink(), HIERARCHY).run(CONFIG)
+            await Reconciler(directory, store, InMemoryAuditSink(), HIERARCHY).run(CONFIG, actor=SYSTEM)
             before = snapshot(path)
             real_load = sqlite_module._load_state
 
@@ -501,9 +505,9 @@ async def test_load_failing_writes_nothing_and_releases_the_lock(
             changed = InMemoryDirectory.from_dict(evolve(TENANT.fixture, 5))
             if isinstance(error, asyncio.CancelledError):
                 with pytest.raises(asyncio.CancelledError):
-                    await Reconciler(changed, store, audit, HIERARCHY).run(CONFIG)
+                    await Reconciler(changed, store, audit, HIERARCHY).run(CONFIG, actor=SYSTEM)
             else:
-                report = await Reconciler(changed, store, audit, HIERARCHY).run(CONFIG)
+                report = await Reconciler(changed, store, audit, HIERARCHY).run(CONFIG, actor=SYSTEM)
                 assert not report.ok
                 assert audit.events[-1].kind is AuditKind.IMPORT_FAILED
                 assert type(error).__name__ in audit.events[-1].message
@@ -511,7 +515,7 @@ async def test_load_failing_writes_nothing_and_releases_the_lock(
             assert snapshot(path) == before
             assert lock_rows(path) == []  # released, even on cancellation
             monkeypatch.setattr(sqlite_module, "_load_state", real_load)
-            assert (await Reconciler(changed, store, audit, HIERARCHY).run(CONFIG)).ok
+            assert (await Reconciler(changed, store, audit, HIERARCHY).run(CONFIG, actor=SYSTEM)).ok
             assert synced_access_of(await store.load(TRUST)) == expected_access(changed, CONFIG)
 
 
@@ -550,12 +554,12 @@ async def test_an_audit_sink_failing_anywhere_never_corrupts_the_store(
     with figures.case("Audit sink down during a run") as case:
         async with SqliteUserStore(tmp_path / "calm.db") as store:
             directory = InMemoryDirectory.from_dict(TENANT.fixture)
-            await Reconciler(directory, store, InMemoryAuditSink(), HIERARCHY).run(CONFIG)
+            await Reconciler(directory, store, InMemoryAuditSink(), HIERARCHY).run(CONFIG, actor=SYSTEM)
             old = synced_access_of(await store.load(TRUST))
             new_directory = InMemoryDirectory.from_dict(evolve(TENANT.fixture, 9))
             truth = expected_access(new_directory, CONFIG)
             sink = PickySink(failing)
-            report = await Reconciler(new_directory, store, sink, HIERARCHY, batch_size=25).run(CONFIG)
+            report = await Reconciler(new_directory, store, sink, HIERARCHY, batch_size=25).run(CONFIG, actor=SYSTEM)
             state = await store.load(TRUST)
             torn = _whole(state, old, truth)
             case.data_lost = len(torn)
@@ -576,7 +580,7 @@ async def test_an_audit_sink_failing_anywhere_never_corrupts_the_store(
                 # It stopped after the batch it could not log: at most one batch went unlogged.
                 assert len(unrecorded) <= 25 + 10
             good = InMemoryAuditSink()
-            rerun = await Reconciler(new_directory, store, good, HIERARCHY).run(CONFIG)
+            rerun = await Reconciler(new_directory, store, good, HIERARCHY).run(CONFIG, actor=SYSTEM)
             assert rerun.ok
             assert synced_access_of(await store.load(TRUST)) == truth
 
@@ -584,7 +588,7 @@ async def test_an_audit_sink_failing_anywhere_never_corrupts_the_store(
 async def test_an_audit_sink_down_for_the_whole_run_applies_at_most_nothing(figures: Any) -> None:
     with figures.case("Audit sink down during a run"):
         store = InMemoryUserStore()
-        report = await Reconciler(InMemoryDirectory.from_dict(TENANT.fixture), store, FailingSink(), HIERARCHY).run(CONFIG)
+        report = await Reconciler(InMemoryDirectory.from_dict(TENANT.fixture), store, FailingSink(), HIERARCHY).run(CONFIG, actor=SYSTEM)
         assert not report.ok
         # import_started could not be logged: nothing was read or applied.
         assert (await store.load(TRUST)).users == {}
@@ -610,9 +614,9 @@ async def test_two_trusts_importing_into_one_file_at_once_each_converge(tmp_path
         directory = InMemoryDirectory.from_dict(fixture)
         runs.append((trust, directory, config, SqliteUserStore(path)))
     reports = await asyncio.gather(
-        *(Reconciler(d, store, InMemoryAuditSink(), hierarchy, batch_size=50).run(c) for _, d, c, store in runs)
+        *(Reconciler(d, store, InMemoryAuditSink(), hierarchy, batch_size=50).run(c, actor=SYSTEM) for _, d, c, store in runs)
     )
     assert all(report.ok for report in reports), [report.errors for report in reports]
     for trust, directory, config, store in runs:
         assert synced_access_of(await store.load(trust)) == expected_access(directory, config)
-        assert (await Reconciler(directory, store, InMemoryAuditSink(), hierarchy).plan(config)).changes == ()
+        assert (await Reconciler(directory, store, InMemoryAuditSink(), hierarchy).plan(config, actor=SYSTEM)).changes == ()

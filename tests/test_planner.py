@@ -20,7 +20,8 @@ from calm_azure_sync import (
     Unassign,
     UpdateUser,
 )
-from calm_azure_sync.planner import DirectorySnapshot, build_plan
+from calm_azure_sync.planner import DirectorySnapshot, PlanContext, build_plan
+from calm_azure_sync.state import SyncState
 
 MAPPINGS = [
     GroupMapping("g-staff", "birch", {"Risk": "Member", "Policies": "Member"}),
@@ -212,9 +213,13 @@ def test_partial_read_removes_and_downgrades_nothing_but_still_adds():
         Assign("carol", "birch", "Risk", Role.MEMBER, Role.ADMIN, ("g-staff",)),
         Unassign("dan", "birch", "Risk", Role.MEMBER),
     }
-    # Confirming removals never overrides a partial read.
-    confirmed = build_plan(config(), snapshot(unreadable={"g-it": "x"}, g_staff=[]),
-                           state([synced("dan")], {"dan": {("birch", "Risk"): Role.MEMBER}}), confirm_removals=True)
+    # Confirming a pending hold never overrides a partial read.
+    dan = state([synced("dan")], {"dan": {("birch", "Risk"): Role.MEMBER}})
+    cfg = config(removal=RemovalPolicy(min_removals_to_hold=1, max_removal_ratio=0))
+    pending = build_plan(cfg, snapshot(g_staff=[], g_slt=[], g_it=[]), dan).hold
+    assert pending is not None
+    confirmed = build_plan(cfg, snapshot(unreadable={"g-it": "x"}, g_staff=[], g_slt=[]), dan,
+                           PlanContext(SyncState(hold=pending), confirm_hold=pending.id))
     assert confirmed.changes == () and confirmed.held_removals
 
 
@@ -226,8 +231,11 @@ def test_mass_removal_is_held_unless_confirmed():
     held = build_plan(cfg, snapshot(g_staff=members), state(users, access))
     assert held.hold_reason == "mass_removal"
     assert len(held.held_removals) == 15 and held.changes == ()
-    confirmed = build_plan(cfg, snapshot(g_staff=members), state(users, access), confirm_removals=True)
+    assert held.hold is not None and held.hold_id == held.hold.id
+    confirmed = build_plan(cfg, snapshot(g_staff=members), state(users, access),
+                           PlanContext(SyncState(hold=held.hold), confirm_hold=held.hold.id))
     assert confirmed.hold_reason is None and len(confirmed.changes) == 15
+    assert confirmed.hold is None and confirmed.hold_cleared == held.hold.id
 
 
 def test_a_few_removals_are_not_held():

@@ -51,6 +51,10 @@ from .graph_helpers import (
     user,
 )
 
+from calm_azure_sync import Actor as _Actor
+
+SYSTEM = _Actor.system("tests")
+
 SITES = [
     Site("oak", "Oak Trust"), Site("birch", "Birch", "oak"), Site("ash", "Ash", "birch"),
     Site("elm", "Elm Trust"), Site("pine", "Pine", "elm"), Site("solo", "Standalone"),
@@ -94,15 +98,15 @@ async def test_a_mapping_outside_the_trust_is_refused_before_anything_is_read_or
         reconciler = Reconciler(spy, store, audit, HIERARCHY)
         if outside:
             with pytest.raises(ConfigError) as caught:
-                await reconciler.run(config)
+                await reconciler.run(config, actor=SYSTEM)
             assert all(any(repr(site) in p and "not part of trust" in p for p in caught.value.problems) for site in outside)
             with pytest.raises(ConfigError):
-                await reconciler.plan(config)
+                await reconciler.plan(config, actor=SYSTEM)
             assert spy.reads == 0 and audit.events == [] and (await store.load(trust)).users == {}
             with pytest.raises(ConfigError):  # the stored form is checked the same way once read back
                 SyncConfig.from_dict(config.to_dict()).validate(HIERARCHY)
         else:
-            report = await reconciler.run(config)
+            report = await reconciler.run(config, actor=SYSTEM)
             assert report.ok
             for access in (await store.load(trust)).synced_access.values():
                 assert {site for site, _module in access} <= HIERARCHY.sites_under(trust)
@@ -139,7 +143,7 @@ async def test_only_an_admin_of_the_trust_may_configure_discover_or_import(figur
                 await reconciler.run(SyncConfig(child, [GroupMapping("g1", child, {"Risk": "Admin"})]), actor)
         assert spy.reads == 0 and audit.events == [] and (await store.load("oak")).users == {}
         # The trust's admin may.
-        assert (await reconciler.run(config, Actor("oak-admin", {"oak"}))).ok
+        assert (await reconciler.run(config, actor=Actor("oak-admin", {"oak"}))).ok
 
 
 # -- the consented tenant ---------------------------------------------------------------------------
@@ -164,13 +168,13 @@ async def test_a_run_uses_the_directory_only_when_its_tenant_is_the_consented_on
             store, audit = InMemoryUserStore(), InMemoryAuditSink()
             reconciler = Reconciler(directory, store, audit, HIERARCHY)
             if allowed:
-                assert (await reconciler.run(config)).ok
+                assert (await reconciler.run(config, actor=SYSTEM)).ok
                 return
             with pytest.raises(ConfigError) as caught:
-                await reconciler.run(config)
+                await reconciler.run(config, actor=SYSTEM)
             assert OTHER_TENANT in str(caught.value) and TENANT_ID in str(caught.value)
             with pytest.raises(ConfigError):
-                await reconciler.plan(config)
+                await reconciler.plan(config, actor=SYSTEM)
             assert server.requests == [] and audit.events == [] and (await store.load("oak")).users == {}
 
 
@@ -241,15 +245,15 @@ async def test_no_secret_or_token_appears_anywhere_a_whole_import_leaves_a_trace
             for sink in sinks:
                 reconciler = Reconciler(directory, store, sink, HIERARCHY)
                 seen += [repr(reconciler), repr(directory), str(directory), repr(config), repr(store), repr(sink)]
-                reports = [await reconciler.run(config)]
+                reports = [await reconciler.run(config, actor=SYSTEM)]
                 # Every error path that formats a message: throttling, a revoked token, a denied
                 # permission, garbage, a reset, an unknown group.
                 for fault in (Fault.throttle("0"), Fault.unauthorized(), Fault.forbidden(), Fault.not_json(), Fault.reset()):
                     server.inject(fault, path="/groups/g2/*", times=10)
-                    reports.append(await reconciler.run(config))
+                    reports.append(await reconciler.run(config, actor=SYSTEM))
                     server.clear_faults()
-                reports.append(await reconciler.run(SyncConfig("oak", [GroupMapping("missing", "birch", {"Risk": "Member"})])))
-                plan = await reconciler.plan(config)
+                reports.append(await reconciler.run(SyncConfig("oak", [GroupMapping("missing", "birch", {"Risk": "Member"})]), actor=SYSTEM))
+                plan = await reconciler.plan(config, actor=SYSTEM)
                 seen += [repr(plan), plan._repr_html_(), json.dumps(plan.to_dict())]
                 for report in reports:
                     seen += [str(report), repr(report), report._repr_html_(), json.dumps(report.to_dict(), default=str)]

@@ -114,6 +114,8 @@ class PlanContext:
     lookups: Mapping[str, DirectoryUser | None] = attrs.field(factory=dict)
     run_id: str = "plan"
     now: dt.datetime = attrs.field(factory=lambda: dt.datetime.now(dt.UTC))
+    mirror_groups: bool = False
+    """Whether the store mirrors groups (it says so with ``mirrors_groups = True``)."""
 
 
 def skip_reason(user: DirectoryUser, config: SyncConfig) -> Skip | None:
@@ -164,7 +166,7 @@ class _Planner:
         skipped.extend(identities.conflicts)
         self._grant_in_scope(in_scope, identities, wanted_by_user)
         self._remove_leavers(skipped, by_external)
-        group_changes = self._mirror_groups(identities, skipped)
+        group_changes = self._mirror_groups(identities, skipped) if self.context.mirror_groups else []
         ordered = self._order(identities.rounds, group_changes)
         return self._judge(ordered, skipped, users, identities)
 
@@ -480,9 +482,8 @@ def _resolve_identities(
     needed: set[str] = set()
     for user, email, key, stored, holder in waiting:
         previous = holder.external_id
-        assert previous is not None  # hand-invited holders were linked above
-        if previous in in_scope_ids or previous not in known:
-            if previous not in in_scope_ids:
+        if previous is None or previous in in_scope_ids or previous not in known:
+            if previous is not None and previous not in in_scope_ids:
                 needed.add(previous)
             found.conflicts.append(_conflict(user, email, holder))
             continue

@@ -129,6 +129,10 @@ class Reconciler:
             self.state = self.store
 
     @property
+    def _mirrors_groups(self) -> bool:
+        return getattr(self.store, "mirrors_groups", False) is True
+
+    @property
     def _state_store(self) -> SyncStateStore:
         assert self.state is not None
         return self.state
@@ -184,7 +188,9 @@ class Reconciler:
         )
         sync_state = await self._state_store.load_state(config.trust_site_id)
         state = await self.store.load(config.trust_site_id)
-        context = PlanContext(sync_state, confirm_hold, run_id="preview", now=self.clock())
+        context = PlanContext(
+            sync_state, confirm_hold, run_id="preview", now=self.clock(), mirror_groups=self._mirrors_groups
+        )
         return await self._build_plan(config, snapshot, state, context)
 
     async def run(self, config: SyncConfig, *, actor: Actor, confirm_hold: str | None = None) -> ImportReport:
@@ -434,7 +440,13 @@ class _Run:
         self.errors.extend(f"group {group_id}: {reason}" for group_id, reason in sorted(snapshot.unreadable.items()))
         state = await reconciler.store.load(self.config.trust_site_id)
         self.existing_groups = frozenset(state.groups)
-        context = PlanContext(self.sync_state, self.confirm_hold, run_id=self.run_id, now=reconciler.clock())
+        context = PlanContext(
+            self.sync_state,
+            self.confirm_hold,
+            run_id=self.run_id,
+            now=reconciler.clock(),
+            mirror_groups=reconciler._mirrors_groups,
+        )
         plan = await reconciler._build_plan(self.config, snapshot, state, context)
         self._learn_labels(plan)
         events = self.journal.read_events(snapshot.members, snapshot.unreadable, sorted(self.config.mappings.group_ids))
