@@ -32,7 +32,6 @@ from typing import Any
 
 from benchmarks._common import BenchCredential, child_json, median, print_table
 from benchmarks._graph_server import GraphServerProcess
-
 from calm_azure_sync import Actor as _Actor
 
 SYSTEM = _Actor.system("tests")

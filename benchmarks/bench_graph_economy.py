@@ -34,7 +34,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from benchmarks._common import BenchCredential, print_table
-
 from calm_azure_sync import Actor as _Actor
 
 SYSTEM = _Actor.system("tests")

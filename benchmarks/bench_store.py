@@ -32,7 +32,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from benchmarks._common import child_json, median, peak_rss_mb, print_table
-
 from calm_azure_sync import Actor as _Actor
 
 SYSTEM = _Actor.system("tests")
@@ -106,7 +105,7 @@ async def _measure(kind: str, size: int, batch_size: int) -> dict[str, Any]:
         with sqlite3.connect(path) as side:
             side.executescript(_WRITE_TRIGGERS)
         side.close()
-        changes_before = await store._db.run(lambda connection: connection.total_changes, actor=SYSTEM)
+        changes_before = await store._db.run(lambda connection: connection.total_changes)
     reconciler = Reconciler(directory, store, InMemoryAuditSink(), tenant.hierarchy, batch_size=batch_size)
     started = time.perf_counter()
     report = await reconciler.run(tenant.config, actor=SYSTEM)
@@ -114,7 +113,7 @@ async def _measure(kind: str, size: int, batch_size: int) -> dict[str, Any]:
     assert report.plan is not None
     row_writes = connection_changes = -1
     if kind == "sqlite":
-        connection_changes = await store._db.run(lambda connection: connection.total_changes, actor=SYSTEM) - changes_before
+        connection_changes = await store._db.run(lambda connection: connection.total_changes) - changes_before
         with sqlite3.connect(path) as side:
             (row_writes,) = side.execute("SELECT n FROM bench_writes").fetchone()
         side.close()

@@ -125,3 +125,10 @@ def expected_access(
 
 def synced_access_of(state) -> dict[str, dict[tuple[str, str], Role]]:
     return {external_id: dict(access) for external_id, access in state.synced_access.items() if access}
+
+
+def refused_only(events) -> bool:
+    """The Import Log of a refused run: ``import_refused`` entries and nothing else."""
+    from calm_azure_sync import AuditKind
+
+    return bool(events) and all(event.kind is AuditKind.IMPORT_REFUSED for event in events)

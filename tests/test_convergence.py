@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from calm_azure_sync import Actor as _Actor
 from calm_azure_sync import (
     DirectoryError,
     DirectoryUser,
@@ -35,8 +36,6 @@ from calm_azure_sync.directory.in_memory import InMemoryDirectory as _Directory
 from calm_azure_sync.model import email_key
 
 from .helpers import FlakyDirectory, expected_access, synced_access_of
-
-from calm_azure_sync import Actor as _Actor
 
 SYSTEM = _Actor.system("tests")
 
@@ -190,10 +189,24 @@ class SyncMachine(RuleBasedStateMachine):
 
     @rule()
     def clean_run(self):
+        self._run_and_check(confirm=False)
+
+    @rule()
+    def confirm_the_pending_hold(self):
+        self._run_and_check(confirm=True)
+
+    def _run_and_check(self, *, confirm):
         directory, config = self.directory(), self.config()
         before = self.run_async(self.store.load("oak"))
         kept = _kept(directory, config, before)
-        report = self.run_async(Reconciler(directory, self.store, self.audit, HIERARCHY).run(config, actor=SYSTEM))
+        reconciler = Reconciler(directory, self.store, self.audit, HIERARCHY)  # a new one each run: a restart
+        pending = self.run_async(reconciler.pending_hold("oak", actor=SYSTEM))
+        confirm_hold = pending.id if confirm and pending is not None else None
+        held_anyway = set()
+        if confirm_hold is not None:
+            preview = self.run_async(reconciler.plan(config, actor=SYSTEM))  # what an unconfirmed run would hold
+            held_anyway = {_slot(c) for c in preview.held_removals}
+        report = self.run_async(reconciler.run(config, actor=SYSTEM, confirm_hold=confirm_hold))
         assert report.ok, report.errors
         after = self.run_async(self.store.load("oak"))
         expected = expected_access(directory, config)
@@ -203,9 +216,30 @@ class SyncMachine(RuleBasedStateMachine):
             expected.pop(user_id, None)
             if previous.get(user_id):
                 expected[user_id] = previous[user_id]
+        # Held removals keep what the user had: nothing held and unconfirmed is ever applied.
+        for change in report.held_removals:
+            key = (getattr(change, "site_id", None), getattr(change, "module", None))
+            if key in previous.get(change.external_id, {}):
+                expected.setdefault(change.external_id, {})[key] = previous[change.external_id][key]
         assert actual == expected
-        replan = self.run_async(Reconciler(directory, self.store, InMemoryAuditSink(), HIERARCHY).plan(config, actor=SYSTEM))
-        assert replan.changes == (), replan.changes
+        if pending is not None and confirm_hold is None:
+            # Every pending slot still planned stays as it was.
+            for change in pending.changes:
+                key = (getattr(change, "site_id", None), getattr(change, "module", None))
+                if key in previous.get(change.external_id, {}) and key in expected.get(change.external_id, {}):
+                    assert actual.get(change.external_id, {}).get(key) is not None
+        if confirm_hold is not None:
+            # A confirmation applies nothing outside the confirmed hold: what went was in it.
+            reviewed = {(c.external_id, getattr(c, "site_id", None), getattr(c, "module", None)) for c in pending.changes}
+            for user_id, access in previous.items():
+                for key, role in access.items():
+                    now = actual.get(user_id, {}).get(key)
+                    if (now is None or now < role) and ("grant", user_id, *key) in held_anyway:
+                        assert (user_id, *key) in reviewed, f"{user_id} lost {key} outside the confirmed hold"
+        replan = self.run_async(
+            Reconciler(directory, self.store, InMemoryAuditSink(), HIERARCHY).plan(config, actor=SYSTEM)
+        )
+        assert not [c for c in replan.changes if not _is_removal(c)], replan.changes
         self.known_user_ids |= set(after.users)
 
     @rule(group=st.sampled_from(GROUPS))
@@ -216,8 +250,11 @@ class SyncMachine(RuleBasedStateMachine):
         report = self.run_async(Reconciler(flaky, self.store, self.audit, HIERARCHY).run(config, actor=SYSTEM))
         assert not report.ok
         after = synced_access_of(self.run_async(self.store.load("oak")))
+        pairs = {(m.site_id, module) for m in config.mappings.mappings if m.group_id == group for module in m.roles}
         for user_id, access in before.items():
             for key, role in access.items():
+                if key not in pairs:
+                    continue  # the read groups decide those
                 assert key in after.get(user_id, {}), f"{user_id} lost {key} after a partial read"
                 assert after[user_id][key] >= role, f"{user_id} downgraded on {key} after a partial read"
         self.known_user_ids |= set(self.run_async(self.store.load("oak")).users)
@@ -231,6 +268,18 @@ class SyncMachine(RuleBasedStateMachine):
         for user_id, grants in self.manual.items():
             now = {(g.site_id, g.module, g.role) for g in self.run_async(self.store.grants(user_id)) if g.source == "manual"}
             assert now == grants
+
+
+def _is_removal(change):
+    from calm_azure_sync.plan import is_removal
+
+    return is_removal(change)
+
+
+def _slot(change):
+    from calm_azure_sync.plan import removal_slot
+
+    return removal_slot(change)
 
 
 SyncMachine.TestCase.settings = settings(

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from calm_azure_sync import Actor as _Actor
 from calm_azure_sync import InMemoryAuditSink, InMemoryDirectory, Reconciler, SqliteUserStore
 from calm_azure_sync.testing.synthetic import generate_tenant
 
 from .helpers import expected_access, synced_access_of
-
-from calm_azure_sync import Actor as _Actor
 
 SYSTEM = _Actor.system("tests")
 
@@ -35,8 +34,10 @@ KILLS = int(os.environ.get("CALM_CRASH_KILLS", "3"))
 CHILD = textwrap.dedent(
     """
     import asyncio, sys
-    from calm_azure_sync import InMemoryAuditSink, InMemoryDirectory, Reconciler, SqliteUserStore
+    from calm_azure_sync import Actor, InMemoryAuditSink, InMemoryDirectory, Reconciler, SqliteUserStore
     from calm_azure_sync.testing.synthetic import generate_tenant
+
+    SYSTEM = Actor.system("tests")
 
     def progress(stage, done, total):
         print(stage, done, total, flush=True)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from calm_azure_sync import Actor as _Actor
 from calm_azure_sync import (
     GroupMapping,
     InMemoryAuditSink,
@@ -29,8 +30,6 @@ from calm_azure_sync.testing.directory_conformance import (
 from calm_azure_sync.testing.fake_graph import FakeGraphServer, Fault
 
 from .graph_helpers import directory_for
-
-from calm_azure_sync import Actor as _Actor
 
 SYSTEM = _Actor.system("tests")
 

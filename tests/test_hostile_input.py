@@ -37,6 +37,7 @@ from calm_azure_sync import (
     TrustHierarchy,
     parse_consent_callback,
 )
+from calm_azure_sync import Actor as _Actor
 from calm_azure_sync.directory.graph import GraphDirectory
 from calm_azure_sync.model import email_key
 from calm_azure_sync.testing.fake_graph import FakeGraphServer, Fault
@@ -44,8 +45,6 @@ from calm_azure_sync.testing.fake_graph import FakeGraphServer, Fault
 from .conftest import budget, scaled
 from .graph_helpers import FAST_RETRY, FakeCredential, RecordingSleep, user
 from .helpers import expected_access, synced_access_of
-
-from calm_azure_sync import Actor as _Actor
 
 SYSTEM = _Actor.system("tests")
 

@@ -37,6 +37,7 @@ from calm_azure_sync import (
     authorize,
     parse_consent_callback,
 )
+from calm_azure_sync import Actor as _Actor
 from calm_azure_sync.directory.graph import GraphDirectory
 from calm_azure_sync.testing.fake_graph import FakeGraphServer, Fault
 
@@ -50,8 +51,7 @@ from .graph_helpers import (
     RecordingSleep,
     user,
 )
-
-from calm_azure_sync import Actor as _Actor
+from .helpers import refused_only
 
 SYSTEM = _Actor.system("tests")
 
@@ -102,7 +102,7 @@ async def test_a_mapping_outside_the_trust_is_refused_before_anything_is_read_or
             assert all(any(repr(site) in p and "not part of trust" in p for p in caught.value.problems) for site in outside)
             with pytest.raises(ConfigError):
                 await reconciler.plan(config, actor=SYSTEM)
-            assert spy.reads == 0 and audit.events == [] and (await store.load(trust)).users == {}
+            assert spy.reads == 0 and refused_only(audit.events) and (await store.load(trust)).users == {}
             with pytest.raises(ConfigError):  # the stored form is checked the same way once read back
                 SyncConfig.from_dict(config.to_dict()).validate(HIERARCHY)
         else:
@@ -132,16 +132,16 @@ async def test_only_an_admin_of_the_trust_may_configure_discover_or_import(figur
         with pytest.raises(error):
             authorize(actor, "oak", HIERARCHY)
         with pytest.raises(error):
-            await reconciler.run(config, actor)
+            await reconciler.run(config, actor=actor)
         with pytest.raises(error):
-            await reconciler.discover("oak", actor)
+            await reconciler.discover("oak", actor=actor)
         for child in ("birch", "ash"):  # a child site sends everyone to the trust
             with pytest.raises(ChildSiteConfigurationError) as caught:
                 authorize(actor, child, HIERARCHY)
             assert caught.value.trust_site_id == "oak"
             with pytest.raises(ChildSiteConfigurationError):
-                await reconciler.run(SyncConfig(child, [GroupMapping("g1", child, {"Risk": "Admin"})]), actor)
-        assert spy.reads == 0 and audit.events == [] and (await store.load("oak")).users == {}
+                await reconciler.run(SyncConfig(child, [GroupMapping("g1", child, {"Risk": "Admin"})]), actor=actor)
+        assert spy.reads == 0 and refused_only(audit.events) and (await store.load("oak")).users == {}
         # The trust's admin may.
         assert (await reconciler.run(config, actor=Actor("oak-admin", {"oak"}))).ok
 
@@ -175,7 +175,7 @@ async def test_a_run_uses_the_directory_only_when_its_tenant_is_the_consented_on
             assert OTHER_TENANT in str(caught.value) and TENANT_ID in str(caught.value)
             with pytest.raises(ConfigError):
                 await reconciler.plan(config, actor=SYSTEM)
-            assert server.requests == [] and audit.events == [] and (await store.load("oak")).users == {}
+            assert server.requests == [] and refused_only(audit.events) and (await store.load("oak")).users == {}
 
 
 # -- secrets never leak -------------------------------------------------------------------------------

@@ -146,8 +146,13 @@ class Journal:
         group_ids: Sequence[str],
         *,
         errors: bool = True,
+        stale: frozenset[str] = frozenset(),
     ) -> list[AuditEvent]:
-        """A ``discovery`` entry per group read; an ``error`` per group that was not (when ``errors``)."""
+        """A ``discovery`` entry per group read; an ``error`` per group that was not (when ``errors``).
+
+        A stale mapping (``stale``) gets its error from :meth:`plan_events`,
+        which can say how many removals it keeps held.
+        """
         events = []
         for group_id in group_ids:
             if group_id in members:
@@ -160,7 +165,7 @@ class Journal:
                         detail={"group_id": group_id, "users": count},
                     )
                 )
-            elif errors and group_id in unreadable:
+            elif errors and group_id in unreadable and group_id not in stale:
                 events.append(
                     self.event(
                         AuditKind.ERROR,
@@ -273,5 +278,5 @@ class Journal:
         return self.event(
             AuditKind.IMPORT_FAILED,
             f"Import failed: {reason}",
-            detail={"counts": dict(counts), "errors": list(errors[:20])},
+            detail={"ok": False, "counts": dict(counts), "errors": list(errors[:20])},
         )

@@ -191,8 +191,9 @@ class _Planner:
                 current_key = identity.previous_external_id
                 self.processed.add(current_key)  # its access is the relinked user's, not a leaver's
             user_changes: list[Change] = [identity] if identity is not None else []
-            if identities.refreshes.get(user_id) is not None:
-                user_changes.insert(0, identities.refreshes[user_id])
+            refresh = identities.refreshes.get(user_id)
+            if refresh is not None:
+                user_changes.insert(0, refresh)
             user_changes.extend(
                 _grant_changes(user_id, wanted_by_user[user_id], synced_access.get(current_key) or {}, keep_mode)
             )

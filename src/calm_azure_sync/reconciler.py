@@ -22,6 +22,7 @@ import attrs
 
 from .audit.events import AuditEvent, utc_now
 from .audit.protocol import AuditSink
+from .autodetect import Suggestions
 from .config import SyncConfig
 from .directory.protocol import Directory
 from .errors import (
@@ -35,7 +36,6 @@ from .errors import (
     NotAuthorizedError,
 )
 from .exclusion import ExclusionPolicy
-from .autodetect import Suggestions
 from .guards import next_sync_state
 from .hierarchy import Actor, TrustHierarchy, authorize
 from .journal import Journal, RefusalReason
@@ -449,7 +449,9 @@ class _Run:
         )
         plan = await reconciler._build_plan(self.config, snapshot, state, context)
         self._learn_labels(plan)
-        events = self.journal.read_events(snapshot.members, snapshot.unreadable, sorted(self.config.mappings.group_ids))
+        events = self.journal.read_events(
+            snapshot.members, snapshot.unreadable, sorted(self.config.mappings.group_ids), stale=snapshot.stale
+        )
         events.extend(self.journal.plan_events(plan, confirmed=self.confirm_hold))
         await self.record(events)
         return plan, snapshot

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
@@ -39,6 +39,14 @@ def _aware(value: dt.datetime) -> dt.datetime:
     return value.astimezone(dt.UTC)
 
 
+def _changes(value: Iterable[Change]) -> tuple[Change, ...]:
+    return tuple(value)
+
+
+def _group_ids(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted(set(value)))
+
+
 def _removals(instance: Hold, attribute: attrs.Attribute[Any], value: tuple[Change, ...]) -> None:
     for index, change in enumerate(value):
         if not is_removal(change):
@@ -60,10 +68,10 @@ class Hold:
     id: str
     trust_site_id: str
     reason: HoldKind
-    changes: tuple[Change, ...] = attrs.field(converter=tuple, validator=_removals)
+    changes: tuple[Change, ...] = attrs.field(converter=_changes, validator=_removals)
     created_at: dt.datetime = attrs.field(converter=_aware)
     run_id: str
-    group_ids: tuple[str, ...] = attrs.field(default=(), converter=lambda ids: tuple(sorted(set(ids))))
+    group_ids: tuple[str, ...] = attrs.field(default=(), converter=_group_ids)
 
     @property
     def slots(self) -> frozenset[tuple[str, ...]]:
