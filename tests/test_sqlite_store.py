@@ -28,6 +28,7 @@ from calm_azure_sync import (
     ImportAlreadyRunningError,
     InMemoryUserStore,
     LinkUser,
+    RelinkUser,
     Role,
     SqliteUserStore,
     StoreState,
@@ -400,41 +401,66 @@ async def test_a_closed_store_says_so(tmp_path: Path) -> None:
 
 # -- the same answers as the in-memory store -------------------------------------------------
 
-EXTERNAL_IDS = ("e0", "e1", "e2")
+EXTERNAL_IDS = ("e0", "e1", "e2", "e\ud800")
 MANUAL_IDS = ("m0", "m1")
-EMAILS = ("ann@oak.example", "ANN@oak.example", "bob@oak.example", "cat@oak.example", "Cat@Oak.Example")
+EMAILS = (
+    "ann@oak.example",
+    "ANN@oak.example",
+    "bob@oak.example",
+    "cat@oak.example",
+    "Cat@Oak.Example",
+    "zo\ud83d@oak.example",  # a lone surrogate: UTF-8 cannot encode it
+    "ZO\ud83d@oak.example",
+)
+NAMES = ("Ann", "Zo\ud83d", "\udc00x", "Émile")
+SITES = ("s1", "s2", "s\ud800")
 
 _change_specs = st.one_of(
-    st.tuples(st.just("create"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(EMAILS)),
+    st.tuples(st.just("create"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(EMAILS), st.sampled_from(NAMES)),
     st.tuples(
         st.just("link"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(MANUAL_IDS), st.sampled_from(EMAILS)
     ),
-    st.tuples(st.just("update"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(EMAILS), st.booleans()),
+    st.tuples(
+        st.just("update"),
+        st.sampled_from(EXTERNAL_IDS),
+        st.sampled_from(EMAILS),
+        st.booleans(),
+        st.sampled_from(NAMES),
+    ),
+    st.tuples(
+        st.just("relink"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(EXTERNAL_IDS), st.sampled_from(EMAILS)
+    ),
     st.tuples(
         st.just("assign"),
         st.sampled_from(EXTERNAL_IDS),
-        st.sampled_from(("s1", "s2")),
+        st.sampled_from(SITES),
         st.sampled_from(Role),
     ),
-    st.tuples(st.just("unassign"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(("s1", "s2"))),
+    st.tuples(st.just("unassign"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(SITES)),
     st.tuples(st.just("deactivate"), st.sampled_from(EXTERNAL_IDS)),
 )
+
+
+def _holder(state: StoreState, external_id: str) -> str:
+    return next(
+        (user.user_id for user in state.users.values() if user.external_id == external_id), "no-such-user"
+    )
 
 
 def _resolve(spec: tuple[object, ...], state: StoreState) -> Change:
     """Turn a spec into a change, naming store users the way a planner would (by external id)."""
     kind, external_id = spec[0], str(spec[1])
-    user_id = next(
-        (user.user_id for user in state.users.values() if user.external_id == external_id), "no-such-user"
-    )
+    user_id = _holder(state, external_id)
     if kind == "create":
-        return CreateUser(external_id, str(spec[2]), f"Name {external_id}")
+        return CreateUser(external_id, str(spec[2]), str(spec[3]), given_name=str(spec[3]))
     if kind == "link":
         return LinkUser(external_id, str(spec[2]), str(spec[3]), f"Linked {external_id}")
     if kind == "update":
         return UpdateUser(
-            external_id, user_id, str(spec[2]), f"Updated {external_id}", reactivate=bool(spec[3])
+            external_id, user_id, str(spec[2]), str(spec[4]), surname=str(spec[4]), reactivate=bool(spec[3])
         )
+    if kind == "relink":
+        return RelinkUser(str(spec[2]), user_id, external_id, str(spec[3]), f"Relinked {spec[2]}")
     if kind == "assign":
         role = spec[3]
         assert isinstance(role, Role)
@@ -451,10 +477,23 @@ def _comparable(state: StoreState) -> object:
         return user_id if user_id in MANUAL_IDS else f"azure:{state.users[user_id].external_id}"
 
     users = {
-        name(user.user_id): (user.email, user.display_name, user.external_id, user.active)
+        name(user.user_id): (
+            user.email,
+            user.display_name,
+            user.given_name,
+            user.surname,
+            user.external_id,
+            user.active,
+            user.deactivated_by_sync,
+        )
         for user in state.users.values()
     }
-    return users, state.synced_access, sorted(map(name, state.manual_access_user_ids))
+    return (
+        users,
+        state.synced_access,
+        sorted(map(name, state.manual_access_user_ids)),
+        sorted(map(name, state.other_access_user_ids)),
+    )
 
 
 async def _apply_to_both(batches: Sequence[Sequence[tuple[object, ...]]], directory: Path) -> None:
@@ -467,17 +506,20 @@ async def _apply_to_both(batches: Sequence[Sequence[tuple[object, ...]]], direct
         for batch in batches:
             expected_state = await reference.load(TRUST)
             changes = [_resolve(spec, expected_state) for spec in batch]
-            expected = [result.ok for result in await reference.apply(TRUST, changes)]
+            expected = [result.outcome for result in await reference.apply(TRUST, changes)]
             # Resolve against the SQLite store's own ids: the same users, other ids.
             sqlite_changes = [_resolve(spec, await sqlite_store.load(TRUST)) for spec in batch]
-            actual = [result.ok for result in await sqlite_store.apply(TRUST, sqlite_changes)]
+            actual = [result.outcome for result in await sqlite_store.apply(TRUST, sqlite_changes)]
             assert actual == expected
             assert _comparable(await sqlite_store.load(TRUST)) == _comparable(await reference.load(TRUST))
+        # Nothing either store holds is text UTF-8 cannot encode.
+        for user in (await sqlite_store.load(TRUST)).users.values():
+            "".join(filter(None, (user.email, user.display_name, user.given_name, user.surname))).encode()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batches=st.lists(st.lists(_change_specs, min_size=1, max_size=8), min_size=1, max_size=4))
-def test_sqlite_store_gives_the_same_answers_as_the_in_memory_store(
+def test_sqlite_store_gives_the_same_answers_and_outcomes_as_the_in_memory_store(
     batches: list[list[tuple[object, ...]]],
 ) -> None:
     with tempfile.TemporaryDirectory() as directory:
@@ -636,3 +678,34 @@ async def test_a_state_row_whose_version_column_disagrees_is_refused(tmp_path: P
         connection.close()
         with pytest.raises(ConfigError, match="version 2"):
             await store.load_state(TRUST)
+
+
+# -- text the database cannot encode ------------------------------------------------------
+
+
+async def test_one_lone_surrogate_in_a_name_costs_neither_the_batch_nor_the_rerun(store: SqliteUserStore) -> None:
+    changes: list[Change] = [CreateUser(f"e{n}", f"u{n}@oak.example", f"User {n}") for n in range(50)]
+    changes.insert(17, CreateUser("zoe", "zoe@oak.example", "Zo\ud83d", given_name="Zo\ud83d", surname="\udc00"))
+    results = await store.apply(TRUST, changes)
+    assert [result.outcome for result in results] == ["applied"] * 51
+    state = await store.load(TRUST)
+    zoe = next(user for user in state.users.values() if user.external_id == "zoe")
+    assert (zoe.display_name, zoe.given_name, zoe.surname) == ("Zo\ufffd", "Zo\ufffd", "\ufffd")
+    # The same text again is what is stored: nothing to change.
+    update = UpdateUser("zoe", zoe.user_id, "zoe@oak.example", "Zo\ud83d", "Zo\ud83d", "\udc00")
+    assert [result.outcome for result in await store.apply(TRUST, [update])] == ["unchanged"]
+
+
+async def test_an_identifier_utf8_cannot_encode_fails_alone(store: SqliteUserStore) -> None:
+    results = await store.apply(
+        TRUST,
+        [
+            CreateUser("e1", "a@oak.example", "A"),
+            Assign("e1", "site\ud800", "risk", Role.MEMBER),
+            CreateUser("e\udfff", "b@oak.example", "B"),
+            Assign("e1", "s1", "risk", Role.MEMBER),
+        ],
+    )
+    assert [result.outcome for result in results] == ["applied", "failed", "failed", "applied"]
+    assert "surrogate" in (results[1].error or "")
+    assert (await store.load(TRUST)).synced_access == {"e1": {("s1", "risk"): Role.MEMBER}}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import attrs
 
+from .._text import clean_text
 from .events import AuditEvent
 
 __all__ = ["JsonlAuditSink"]
@@ -25,6 +26,7 @@ class JsonlAuditSink:
     disk. Parent directories are created. A crash mid-write can leave a torn
     last line; the next :meth:`record` starts a fresh line after it, and
     :meth:`read` skips it, so one torn write never hides another event.
+    Text UTF-8 cannot encode (a lone surrogate) is written as U+FFFD.
     """
 
     path: Path = attrs.field(converter=Path)
@@ -34,7 +36,9 @@ class JsonlAuditSink:
         """Append ``events``, durably."""
         if not events:
             return
-        text = "".join(json.dumps(event.to_dict(), ensure_ascii=False) + "\n" for event in events)
+        # clean_text: a lone surrogate (from Graph JSON) becomes U+FFFD
+        # rather than failing the UTF-8 encoding of the whole batch.
+        text = "".join(clean_text(json.dumps(event.to_dict(), ensure_ascii=False)) + "\n" for event in events)
         await asyncio.to_thread(self._append, text.encode("utf-8"))
 
     def _append(self, data: bytes) -> None:

@@ -13,6 +13,7 @@ import attrs
 
 from .._html import html_table
 from .._sqlite import ThreadedConnection, write_transaction
+from .._text import clean_text
 from .events import AuditEvent, AuditKind
 
 __all__ = ["ImportLogCursor", "ImportLogPage", "SqliteAuditSink"]
@@ -37,6 +38,10 @@ _SCHEMA: Final = (
     "CREATE INDEX IF NOT EXISTS audit_events_by_trust_at ON audit_events (trust_site_id, at)",
     "CREATE INDEX IF NOT EXISTS audit_events_by_run ON audit_events (run_id) WHERE run_id IS NOT NULL",
 )
+
+
+def _clean_or_none(text: str | None) -> str | None:
+    return None if text is None else clean_text(text)
 
 
 def _stored_at(moment: dt.datetime) -> str:
@@ -128,7 +133,9 @@ class SqliteAuditSink:
 
     It may share a file with :class:`~calm_azure_sync.SqliteUserStore` (its
     table is ``audit_events``). Each :meth:`record` call is one transaction.
-    ``detail`` is stored as JSON text. Call :meth:`close` when done.
+    ``detail`` is stored as JSON text. Text UTF-8 cannot encode (a lone
+    surrogate) is stored with U+FFFD instead, so no event refuses its batch.
+    Call :meth:`close` when done.
 
     A host's Import Log screen pages like this::
 
@@ -157,16 +164,18 @@ class SqliteAuditSink:
         """Store ``events`` in one transaction."""
         if not events:
             return
+        # Text UTF-8 cannot encode (a lone surrogate from Graph JSON) is
+        # stored with U+FFFD: one odd name must never cost the batch.
         rows = [
             (
                 _stored_at(event.at),
-                event.trust_site_id,
+                clean_text(event.trust_site_id),
                 event.kind.value,
-                event.message,
-                event.run_id,
-                event.actor_id,
-                event.subject,
-                json.dumps(event.detail, ensure_ascii=False, sort_keys=True),
+                clean_text(event.message),
+                _clean_or_none(event.run_id),
+                _clean_or_none(event.actor_id),
+                _clean_or_none(event.subject),
+                clean_text(json.dumps(event.detail, ensure_ascii=False, sort_keys=True)),
             )
             for event in events
         ]

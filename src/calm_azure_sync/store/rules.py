@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Final, NamedTuple, TypeAlias
 import attrs
 
 from .._gc import collector_paused
+from .._text import clean_text, is_clean, show
 from ..errors import ConfigError
 from ..model import Role, email_key
 from ..plan import (
@@ -109,7 +110,7 @@ def batch_keys(changes: Iterable[Change]) -> BatchKeys:
         if kind in _NAMES_USER_ID:
             keys.user_ids.add(change.user_id)  # type: ignore[union-attr]
         if kind in _CARRIES_EMAIL:
-            keys.email_keys.add(email_key(change.email))  # type: ignore[union-attr]
+            keys.email_keys.add(email_key(clean_text(change.email)))  # type: ignore[union-attr]
     return keys
 
 
@@ -161,6 +162,35 @@ def new_user_id() -> str:
 
 def _names_equal(user: StoredUser, email: str, display_name: str, given: str | None, sur: str | None) -> bool:
     return (user.email, user.display_name, user.given_name, user.surname) == (email, display_name, given, sur)
+
+
+def _storable_values(
+    change: CreateUser | LinkUser | RelinkUser | UpdateUser,
+) -> tuple[str, str, str | None, str | None]:
+    """The change's email (stripped) and names as a store keeps them: lone surrogates become U+FFFD.
+
+    Every store writes UTF-8, which cannot encode a surrogate code point; one
+    odd name must cost one odd name, not the batch it is in.
+    """
+    given, sur = change.given_name, change.surname
+    return (
+        clean_text(change.email.strip()),
+        clean_text(change.display_name),
+        None if given is None else clean_text(given),
+        None if sur is None else clean_text(sur),
+    )
+
+
+def _not_text(*values: str) -> str | None:
+    """Why an identifier cannot be stored (it holds a surrogate), or ``None``.
+
+    Identifiers are never rewritten (a replaced object id would name another
+    object): a change carrying one fails alone.
+    """
+    for value in values:
+        if not is_clean(value):
+            return f"{show(value)} is not valid text (it holds a lone surrogate), so no store can keep it"
+    return None
 
 
 _Applier: TypeAlias = Callable[["UserTables", str, Any], ChangeResult]
@@ -244,19 +274,26 @@ class UserTables:
 
     def add_user(self, email: str, display_name: str, user_id: str | None = None) -> str:
         """Add a manually invited user; raise ``ValueError`` on a taken email or id."""
+        email = clean_text(email.strip())
         problem = self._email_problem(email, owner=None)
         if problem is not None:
             raise ValueError(problem)
         user_id = new_user_id() if user_id is None else user_id
+        bad_id = _not_text(user_id)
+        if bad_id is not None:
+            raise ValueError(f"user id {bad_id}")
         if user_id in self.users:
             raise ValueError(f"user id {user_id!r} is already taken")
-        self._insert_user(StoredUser(user_id=user_id, email=email.strip(), display_name=display_name))
+        self._insert_user(StoredUser(user_id=user_id, email=email, display_name=clean_text(display_name)))
         return user_id
 
     def grant(self, user_id: str, site_id: str, module: str, role: Role | str) -> None:
         """Give ``user_id`` a manual grant (replacing a manual one on the same site and module)."""
         if user_id not in self.users:
             raise KeyError(f"no user with id {user_id!r}")
+        problem = _not_text(site_id, module)
+        if problem is not None:
+            raise ValueError(problem)
         self._upsert_grant(user_id, (site_id, module, "manual"), (Role.parse(role), None))
 
     def grants_of(self, user_id: str) -> set[Grant]:
@@ -301,6 +338,9 @@ class UserTables:
         # A big batch allocates many objects and frees none: pausing the
         # cycle collector keeps it from rescanning the whole store each time.
         rules = self._RULES
+        problem = _not_text(trust_site_id)
+        if problem is not None:
+            return [ChangeResult(change, f"trust site id {problem}") for change in changes]
         with collector_paused():
             return [
                 rule(self, trust_site_id, change)
@@ -314,6 +354,9 @@ class UserTables:
         rule = self._RULES.get(type(change))
         if rule is None:
             return _unsupported(change)
+        problem = _not_text(trust_site_id)
+        if problem is not None:
+            return ChangeResult(change, f"trust site id {problem}")
         return rule(self, trust_site_id, change)
 
     def _email_problem(self, email: str, owner: str | None) -> str | None:
@@ -340,17 +383,18 @@ class UserTables:
             # overwrites a user; if Azure's values differ, the next plan has
             # an UpdateUser for them. "unchanged": the log says no creation.
             return ChangeResult(change, None, UNCHANGED)
-        problem = self._email_problem(change.email, owner=None)
+        email, display_name, given_name, surname = _storable_values(change)
+        problem = _not_text(change.external_id) or self._email_problem(email, owner=None)
         if problem is not None:
             return ChangeResult(change, problem)
         self._insert_user(
             StoredUser(
                 user_id=new_user_id(),
-                email=change.email.strip(),
-                display_name=change.display_name,
+                email=email,
+                display_name=display_name,
                 external_id=change.external_id,
-                given_name=change.given_name,
-                surname=change.surname,
+                given_name=given_name,
+                surname=surname,
             )
         )
         return ChangeResult(change, None, APPLIED)
@@ -439,17 +483,14 @@ class UserTables:
         active: bool | None = None,
     ) -> ChangeResult:
         """Give ``user`` the change's email and names, unless another user holds that email."""
-        problem = self._email_problem(change.email, owner=user.user_id)
+        email, display_name, given_name, surname = _storable_values(change)
+        problem = (None if external_id is None else _not_text(external_id)) or self._email_problem(
+            email, owner=user.user_id
+        )
         if problem is not None:
             return ChangeResult(change, problem)
         changed = self._refresh(
-            user,
-            change.email.strip(),
-            change.display_name,
-            change.given_name,
-            change.surname,
-            external_id=external_id,
-            active=active,
+            user, email, display_name, given_name, surname, external_id=external_id, active=active
         )
         return ChangeResult(change, None, APPLIED if changed else UNCHANGED)
 
@@ -463,6 +504,10 @@ class UserTables:
         held = self.grants.get(user_id)
         if held is not None and held.get(key) == value:
             return ChangeResult(change, None, UNCHANGED)
+        if not (change.site_id.isascii() and change.module.isascii()):
+            problem = _not_text(change.site_id, change.module)
+            if problem is not None:
+                return ChangeResult(change, problem)
         self._upsert_grant(user_id, key, value)
         return ChangeResult(change, None, APPLIED)
 

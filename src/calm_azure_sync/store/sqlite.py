@@ -43,12 +43,22 @@ import attrs
 
 from .._gc import collector_paused
 from .._sqlite import ThreadedConnection, write_transaction
+from .._text import clean_text, is_clean
 from ..errors import ConfigError, ImportAlreadyRunningError
 from ..model import Role, email_key
 from ..plan import Change
 from ..state import SyncState
 from .protocol import ChangeResult, Grant, StoredUser, StoreState
-from .rules import GrantWrite, Mutation, UserTables, UserWrite, batch_keys, state_from_json, state_to_json
+from .rules import (
+    GrantWrite,
+    Mutation,
+    UserTables,
+    UserWrite,
+    _not_text,
+    batch_keys,
+    state_from_json,
+    state_to_json,
+)
 
 __all__ = ["SqliteUserStore"]
 
@@ -243,7 +253,9 @@ def _apply_batch(
             results = tables.apply(trust_site_id, changes)
             assert tables.log is not None
             _write(connection, tables.log)
-        except sqlite3.IntegrityError:
+        except (sqlite3.IntegrityError, UnicodeEncodeError):
+            # UnicodeEncodeError: text the rules let through that UTF-8
+            # cannot encode (they replace or refuse all they know of).
             connection.execute("ROLLBACK TO calm_batch")
             connection.execute("RELEASE calm_batch")
             return _apply_one_by_one(connection, trust_site_id, changes)
@@ -270,9 +282,9 @@ def _apply_one_by_one(
                 result = tables.apply_one(trust_site_id, change)
                 assert tables.log is not None
                 _write(connection, tables.log)
-            except sqlite3.IntegrityError as exc:
+            except (sqlite3.IntegrityError, UnicodeEncodeError) as exc:
                 connection.execute("ROLLBACK TO calm_change")
-                result = ChangeResult(change, f"the database refused the change: {exc}")
+                result = ChangeResult(change, f"the database refused the change: {clean_text(str(exc))}")
             connection.execute("RELEASE calm_change")
             results.append(result)
         connection.execute("RELEASE calm_user")
@@ -362,8 +374,11 @@ def _save_sync_state(connection: sqlite3.Connection, trust_site_id: str, state: 
 def _add_user(connection: sqlite3.Connection, email: str, display_name: str, user_id: str | None) -> str:
     with write_transaction(connection):
         tables = UserTables(log=[])
+        # Cleaned for the lookup only: UserTables.add_user judges the values themselves.
+        lookup_id = user_id if user_id is None or is_clean(user_id) else None
         for row in connection.execute(
-            f"SELECT {_USER_COLUMNS} FROM users WHERE email_key = ? OR id = ?", (email_key(email), user_id)
+            f"SELECT {_USER_COLUMNS} FROM users WHERE email_key = ? OR id = ?",
+            (email_key(clean_text(email)), lookup_id),
         ):
             tables.put_user(_user_from_row(row))
         new_id = tables.add_user(email, display_name, user_id)
@@ -373,6 +388,9 @@ def _add_user(connection: sqlite3.Connection, email: str, display_name: str, use
 
 def _grant(connection: sqlite3.Connection, user_id: str, site_id: str, module: str, role: Role | str) -> None:
     parsed = Role.parse(role)
+    problem = _not_text(site_id, module)
+    if problem is not None:
+        raise ValueError(problem)
     with write_transaction(connection):
         if connection.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone() is None:
             raise KeyError(f"no user with id {user_id!r}")

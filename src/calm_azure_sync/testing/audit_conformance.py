@@ -17,7 +17,10 @@ The suite needs pytest and pytest-asyncio. What it pins: every event comes
 back with every field intact (timezone-aware UTC times, kinds, run and actor
 ids, subjects, JSON details with non-ASCII text), in the order recorded,
 across many ``record`` calls; an empty batch is a no-op; trusts are kept
-apart; and recording never changes the events it was given.
+apart; recording never changes the events it was given; and an event
+holding text UTF-8 cannot encode (a lone surrogate, which Graph JSON can
+carry) never costs its batch: it is kept as it is or with U+FFFD in place of
+each surrogate.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import pytest_asyncio
 
@@ -121,6 +125,28 @@ class AuditSinkConformance:
         await sink.record([oak, elm])
         assert list(await self.read_back(sink, TRUST)) == [oak]
         assert list(await self.read_back(sink, OTHER_TRUST)) == [elm]
+
+    @pytest.mark.asyncio
+    async def test_an_event_with_a_lone_surrogate_never_costs_its_batch(self, sink: AuditSink) -> None:
+        bad = _event(
+            1,
+            message="Created user Zo\ud83d",
+            subject="Zo\udc00",
+            detail={"display_name": "Zo\ud83d", "Zo\udfff": ["\ud800"]},
+        )
+        events = [_event(0), bad, _event(2)]
+        await sink.record(events)
+        await sink.record([_event(3)])  # the sink still takes more afterwards
+        back = list(await self.read_back(sink, TRUST))
+        assert len(back) == 4
+        assert [back[0], back[2], back[3]] == [events[0], events[2], _event(3)]
+        replaced = attrs.evolve(
+            bad,
+            message="Created user Zo\ufffd",
+            subject="Zo\ufffd",
+            detail={"display_name": "Zo\ufffd", "Zo\ufffd": ["\ufffd"]},
+        )
+        assert back[1] in (bad, replaced)
 
     @pytest.mark.asyncio
     async def test_recording_leaves_the_given_events_unchanged(self, sink: AuditSink) -> None:

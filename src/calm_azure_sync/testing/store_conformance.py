@@ -29,6 +29,8 @@ What the suite pins, beyond the protocol docstring:
   every outcome ``unchanged`` (a ``CreateUser`` for an external id the store
   holds leaves that user as it is; an ``Unassign`` of a grant already gone
   succeeds);
+- text UTF-8 cannot encode (a lone surrogate in a name) costs at most its
+  own change (the shipped stores keep it with U+FFFD);
 - outcomes tell what happened: ``applied`` only when something was written;
   a deactivation refused because any grant remains, an ``Assign`` already in
   place, an ``UpdateUser`` with nothing to change are ``unchanged``; two
@@ -594,6 +596,23 @@ class UserStoreConformance:
         first = await store.load(TRUST)
         await self._apply_ok(store, batch)
         assert await store.load(TRUST) == first
+
+    # -- text a database cannot encode -------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_a_lone_surrogate_in_a_name_costs_at_most_its_own_change(
+        self, store: ConformantUserStore
+    ) -> None:
+        # JSON allows "\ud83d" alone and json.loads keeps it; UTF-8 cannot encode it.
+        changes: list[Change] = [_create(f"e{n}") for n in range(50)]
+        changes.insert(17, CreateUser("zoe", "zoe@oak.example", "Zo\ud83d", "Zo\ud83d", "\udc00"))
+        results = await store.apply(TRUST, changes)
+        assert [result.outcome for index, result in enumerate(results) if index != 17] == ["applied"] * 50
+        state = await store.load(TRUST)
+        assert len(state.users) == 50 + (results[17].outcome == "applied")
+        if results[17].ok:
+            zoe = _by_external_id(state, "zoe")
+            assert zoe.display_name in ("Zo\ud83d", "Zo\ufffd")
 
     # -- relink -----------------------------------------------------------------------
 
