@@ -55,7 +55,6 @@ from .plan import (
     DeactivateUser,
     RemoveGroupMember,
     Unassign,
-    is_removal,
     removal_slot,
 )
 from .state import Hold, HoldKind, SyncState, new_hold_id
@@ -120,88 +119,123 @@ def _explained_by(change: Change, pairs: set[tuple[str, str]], groups: Iterable[
 
 
 def apply_guards(facts: GuardInput) -> GuardOutcome:
-    """Judge ``facts.removals``; see the module docstring for the rules."""
+    """Judge ``facts.removals``; see the module docstring for the rules (numbered as there)."""
     pending = facts.pending
     confirmed = pending is not None and facts.confirm_hold == pending.id
-    pending_by_slot = {removal_slot(change): change for change in pending.changes} if pending else {}
     pairs = _pairs_by_group(facts.config)
-
-    # 2. Partial read: what an unread group could explain (and every deactivation).
-    unread = set(facts.unreadable_groups)
-    unread_pairs = set().union(*(pairs.get(group, set()) for group in unread)) if unread else set()
-    partial: set[int] = set()
-    stale_held: dict[str, int] = dict.fromkeys(sorted(facts.stale_groups), 0)
-    if unread:
-        for index, change in enumerate(facts.removals):
-            if isinstance(change, DeactivateUser) or _explained_by(change, unread_pairs, unread):
-                partial.add(index)
-            for group in facts.stale_groups:
-                if _explained_by(change, pairs.get(group, set()), (group,)):
-                    stale_held[group] += 1
-
-    # 1. The pending hold: re-held, or released by a confirmation of exactly what was reviewed.
-    kept: dict[int, Change] = {}  # index -> removal that stays in (or grows) the pending hold
-    grown = False
-    released: set[int] = set()
-    new: list[int] = []
-    for index, change in enumerate(facts.removals):
-        held_change = pending_by_slot.get(removal_slot(change))
-        if held_change is None:
-            if index not in partial:
-                new.append(index)
-            continue
-        if confirmed and held_change == change and index not in partial:
-            released.add(index)
-        else:
-            kept[index] = change
-            grown = grown or held_change != change
-
-    # 3. Group shrank, against the baselines.
-    policy = facts.config.removal
-    shrunk = sorted(
-        group
-        for group, count in facts.member_counts.items()
-        if policy.group_shrank(facts.baselines.get(group), count)
-    )
-    shrunk_pairs = set().union(*(pairs.get(group, set()) for group in shrunk)) if shrunk else set()
-    newly_held: dict[int, str] = {}
-    for index in new:
-        if shrunk and _explained_by(facts.removals[index], shrunk_pairs, shrunk):
-            newly_held[index] = "group_shrank"
-
-    # 4. Mass removal: the new removals judged together with the pending ones.
-    losing = {facts.removals[index].external_id for index in (*new, *kept, *released)}
-    if new and policy.should_hold(len(losing), facts.synced_users):
-        for index in new:
-            newly_held.setdefault(index, "mass_removal")
-
-    # A deactivation follows from the user's other removals: held with them.
-    held_users = {
-        facts.removals[index].external_id for index in (*partial, *kept, *newly_held)
-    }
-    for index in new:
-        change = facts.removals[index]
-        if isinstance(change, DeactivateUser) and change.external_id in held_users and index not in newly_held:
-            newly_held[index] = "mass_removal" if pending is None else pending.reason
+    partial, stale_held = _partial_read(facts, pairs)
+    kept, released, new, grown = _against_pending(facts, partial, confirmed)
+    shrunk, newly_held = _group_shrank(facts, pairs, new)
+    _mass_removal(facts, new, [*kept, *released], newly_held)
+    _hold_deactivations_with_their_removals(facts, new, {*partial, *kept}, newly_held)
 
     hold = _next_hold(facts, pending, confirmed, kept, newly_held, grown, shrunk)
-    held_indexes = sorted({*partial, *kept, *newly_held})
-    held = tuple(facts.removals[index] for index in held_indexes)
+    held = tuple(facts.removals[index] for index in sorted({*partial, *kept, *newly_held}))
     reason: str | None = None
     if hold is not None and (kept or newly_held):
         reason = hold.reason
     elif partial:
         reason = "partial_read"
-    cleared = pending.id if pending is not None and hold is None else None
     return GuardOutcome(
         held=held,
         reason=reason,
         hold=hold,
-        hold_cleared=cleared,
+        hold_cleared=pending.id if pending is not None and hold is None else None,
         shrunk_groups=tuple(shrunk),
         stale_held=stale_held,
         partial_held=len(partial),
     )
+
+
+def _union_of_pairs(pairs: Mapping[str, set[tuple[str, str]]], groups: Iterable[str]) -> set[tuple[str, str]]:
+    found: set[tuple[str, str]] = set()
+    for group in groups:
+        found |= pairs.get(group, set())
+    return found
+
+
+def _partial_read(
+    facts: GuardInput, pairs: Mapping[str, set[tuple[str, str]]]
+) -> tuple[set[int], dict[str, int]]:
+    """2. What an unread group could explain (and every deactivation); per stale mapping, how many."""
+    unread = set(facts.unreadable_groups)
+    stale_held = dict.fromkeys(sorted(facts.stale_groups), 0)
+    partial: set[int] = set()
+    if not unread:
+        return partial, stale_held
+    unread_pairs = _union_of_pairs(pairs, unread)
+    for index, change in enumerate(facts.removals):
+        if isinstance(change, DeactivateUser) or _explained_by(change, unread_pairs, unread):
+            partial.add(index)
+        for group in facts.stale_groups:
+            if _explained_by(change, pairs.get(group, set()), (group,)):
+                stale_held[group] += 1
+    return partial, stale_held
+
+
+def _against_pending(
+    facts: GuardInput, partial: set[int], confirmed: bool
+) -> tuple[dict[int, Change], set[int], list[int], bool]:
+    """1. The pending hold: re-held, or released by a confirmation of exactly what was reviewed.
+
+    Returns the removals that stay in the hold, those released, the new ones
+    (not covered by the hold, not held by a partial read), and whether a held
+    slot now plans a different removal (the hold grows).
+    """
+    pending = facts.pending
+    pending_by_slot = {removal_slot(change): change for change in pending.changes} if pending else {}
+    kept: dict[int, Change] = {}
+    released: set[int] = set()
+    new: list[int] = []
+    grown = False
+    for index, change in enumerate(facts.removals):
+        held_change = pending_by_slot.get(removal_slot(change))
+        if held_change is None:
+            if index not in partial:
+                new.append(index)
+        elif confirmed and held_change == change and index not in partial:
+            released.add(index)
+        else:
+            kept[index] = change
+            grown = grown or held_change != change
+    return kept, released, new, grown
+
+
+def _group_shrank(
+    facts: GuardInput, pairs: Mapping[str, set[tuple[str, str]]], new: Sequence[int]
+) -> tuple[list[str], dict[int, str]]:
+    """3. The groups that shrank against their baselines, and the new removals they explain."""
+    policy = facts.config.removal
+    shrunk = sorted(
+        group for group, count in facts.member_counts.items() if policy.group_shrank(facts.baselines.get(group), count)
+    )
+    newly_held: dict[int, str] = {}
+    if shrunk:
+        shrunk_pairs = _union_of_pairs(pairs, shrunk)
+        for index in new:
+            if _explained_by(facts.removals[index], shrunk_pairs, shrunk):
+                newly_held[index] = "group_shrank"
+    return shrunk, newly_held
+
+
+def _mass_removal(facts: GuardInput, new: Sequence[int], pending: Sequence[int], newly_held: dict[int, str]) -> None:
+    """4. The new removals judged together with the pending ones; when they trip, all new ones are held."""
+    losing = {facts.removals[index].external_id for index in (*new, *pending)}
+    if new and facts.config.removal.should_hold(len(losing), facts.synced_users):
+        for index in new:
+            newly_held.setdefault(index, "mass_removal")
+
+
+def _hold_deactivations_with_their_removals(
+    facts: GuardInput, new: Sequence[int], held: set[int], newly_held: dict[int, str]
+) -> None:
+    """A deactivation follows from the user's other removals: held whenever one of them is."""
+    held_users = {facts.removals[index].external_id for index in (*held, *newly_held)}
+    reason = facts.pending.reason if facts.pending is not None else "mass_removal"
+    for index in new:
+        change = facts.removals[index]
+        if isinstance(change, DeactivateUser) and change.external_id in held_users:
+            newly_held.setdefault(index, reason)
 
 
 def _next_hold(
@@ -279,8 +313,3 @@ def next_sync_state(
     for external_id in deactivated:
         left_scope[external_id] = True
     return attrs.evolve(previous, hold=hold, baselines=baselines, left_scope=left_scope)
-
-
-def removals_of(changes: Iterable[Change]) -> list[Change]:
-    """The removals among ``changes``, in order."""
-    return [change for change in changes if is_removal(change)]

@@ -1,0 +1,157 @@
+"""The Import Log tells the truth: outcomes not intentions, every refusal, and an end to every run."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from calm_azure_sync import (
+    Actor,
+    AuditKind,
+    ChildSiteConfigurationError,
+    ConfigError,
+    GroupMapping,
+    GroupNotFoundError,
+    ImportAlreadyRunningError,
+    InMemoryAuditSink,
+    InMemoryDirectory,
+    InMemoryUserStore,
+    NotAuthorizedError,
+    Reconciler,
+    RemovalPolicy,
+    Site,
+    SyncConfig,
+    TrustHierarchy,
+)
+
+SYSTEM = Actor.system("tests")
+HIERARCHY = TrustHierarchy([
+    Site("oak", "Oak Trust"), Site("birch", "Birch", "oak"), Site("elm", "Elm Trust"), Site("yew", "Yew", "elm"),
+])
+
+
+def directory(staff=("u1", "u2", "u3"), tenant_id=None):
+    return InMemoryDirectory.from_dict({
+        "users": [{"id": i, "displayName": i.upper(), "mail": f"{i}@oak.sch.uk", "accountEnabled": True}
+                  for i in ("u1", "u2", "u3")],
+        "groups": [{"id": "g-staff", "displayName": "Staff"}, {"id": "g-other"}],
+        "members": {"g-staff": list(staff)},
+    }, tenant_id=tenant_id)
+
+
+def config(**overrides):
+    values = {"trust_site_id": "oak", "mappings": [GroupMapping("g-staff", "birch", {"Risk": "Member"})]}
+    values.update(overrides)
+    return SyncConfig(**values)
+
+
+def kinds(audit, run_id=None):
+    return [event.kind for event in audit.events if run_id is None or event.run_id == run_id]
+
+
+@pytest.mark.parametrize(
+    ("actor", "cfg", "error", "reason"),
+    [
+        (Actor("teacher", set()), config(), NotAuthorizedError, "not_authorized"),
+        (Actor("birch-admin", {"birch"}), config(trust_site_id="birch", mappings=[]), ChildSiteConfigurationError,
+         "child_site"),
+        (SYSTEM, config(mappings=[GroupMapping("g-staff", "yew", {"Risk": "Member"})]), ConfigError, "invalid_config"),
+        (SYSTEM, config(tenant_id="tenant-b"), ConfigError, "tenant_mismatch"),
+        (None, config(), NotAuthorizedError, "not_authorized"),
+    ],
+    ids=["not-admin", "child-site", "invalid-config", "tenant-mismatch", "no-actor"],
+)
+async def test_every_refusal_is_logged_with_its_reason_and_actor(actor, cfg, error, reason):
+    audit, store = InMemoryAuditSink(), InMemoryUserStore()
+    reconciler = Reconciler(directory(tenant_id="tenant-a"), store, audit, HIERARCHY)
+    with pytest.raises(error):
+        await reconciler.run(cfg, actor=actor)
+    [refused] = audit.events
+    assert refused.kind is AuditKind.IMPORT_REFUSED and refused.detail["reason"] == reason
+    assert refused.actor_id == (actor.user_id if actor is not None else None)
+    assert (await store.load("oak")).users == {}
+
+
+async def test_a_run_refused_because_another_holds_the_lock_is_logged():
+    audit, store = InMemoryAuditSink(), InMemoryUserStore()
+    reconciler = Reconciler(directory(), store, audit, HIERARCHY)
+    async with store.run_lock("oak"):
+        with pytest.raises(ImportAlreadyRunningError):
+            await reconciler.run(config(), actor=SYSTEM)
+    assert [(e.kind, e.detail["reason"]) for e in audit.events] == [(AuditKind.IMPORT_REFUSED, "already_running")]
+
+
+async def test_a_cancelled_run_ends_with_import_failed_and_releases_the_lock():
+    class Hanging(InMemoryDirectory):
+        async def group_members(self, group_id):
+            await asyncio.sleep(30)
+            return []
+
+    audit, store = InMemoryAuditSink(), InMemoryUserStore()
+    base = directory()
+    hanging = Hanging(base.users.values(), base.groups.values(), base.members)
+    with pytest.raises((asyncio.TimeoutError, asyncio.CancelledError)):
+        await asyncio.wait_for(Reconciler(hanging, store, audit, HIERARCHY).run(config(), actor=SYSTEM), 0.2)
+    assert kinds(audit) == [AuditKind.IMPORT_STARTED, AuditKind.IMPORT_FAILED]
+    assert "cancelled" in audit.events[-1].message
+    assert (await Reconciler(base, store, audit, HIERARCHY).run(config(), actor=SYSTEM)).ok  # the lock is free
+
+
+async def test_a_run_whose_every_mapped_group_failed_is_import_failed_not_nothing_to_change():
+    audit = InMemoryAuditSink()
+    report = await Reconciler(directory(), InMemoryUserStore(), audit, HIERARCHY).run(
+        config(mappings=[GroupMapping("g-gone", "birch", {"Risk": "Member"})]), actor=SYSTEM
+    )
+    assert not report.ok
+    assert kinds(audit, report.run_id)[-1] is AuditKind.IMPORT_FAILED
+    assert "no mapped group could be read" in audit.events[-1].message
+
+
+async def test_plan_records_only_discovery_even_when_a_mapped_group_is_missing():
+    audit = InMemoryAuditSink()
+    cfg = config(mappings=[GroupMapping("g-staff", "birch", {"Risk": "Member"}),
+                           GroupMapping("g-gone", "birch", {"Policies": "Member"})])
+    plan = await Reconciler(directory(), InMemoryUserStore(), audit, HIERARCHY).plan(cfg, actor=SYSTEM)
+    assert plan.unreadable_groups and set(kinds(audit)) == {AuditKind.DISCOVERY}
+
+
+async def test_a_user_who_keeps_other_access_is_not_reported_deactivated():
+    audit, store = InMemoryAuditSink(), InMemoryUserStore()
+    cfg = config(removal=RemovalPolicy("deactivate"))
+    other = SyncConfig("elm", [GroupMapping("g-staff", "yew", {"Risk": "Member"})])
+    await Reconciler(directory(), store, audit, HIERARCHY).run(cfg, actor=SYSTEM)
+    await Reconciler(directory(), store, audit, HIERARCHY).run(other, actor=SYSTEM)  # u1 also has Elm access
+    report = await Reconciler(directory(staff=("u2", "u3")), store, audit, HIERARCHY).run(cfg, actor=SYSTEM)
+    assert report.ok and report.counts["unassign"] == 1
+    assert AuditKind.USER_DEACTIVATED not in kinds(audit, report.run_id)
+    u1 = next(u for u in (await store.load("oak")).users.values() if u.external_id == "u1")
+    assert u1.active
+
+
+async def test_a_create_the_store_found_already_done_is_not_logged_as_a_creation():
+    audit, store = InMemoryAuditSink(), InMemoryUserStore()
+    reconciler = Reconciler(directory(), store, audit, HIERARCHY)
+    plan = await reconciler.plan(config(), actor=SYSTEM)
+    await store.apply("oak", [c for c in plan.changes if type(c).__name__ == "CreateUser"])  # another run got there
+    results = await store.apply("oak", [c for c in plan.changes if type(c).__name__ == "CreateUser"])
+    assert {r.outcome for r in results} == {"unchanged"}
+    report = await Reconciler(directory(), store, audit, HIERARCHY).run(config(), actor=SYSTEM)
+    assert report.counts["create_user"] == 0 and AuditKind.USER_CREATED not in kinds(audit, report.run_id)
+
+
+async def test_a_stale_mapping_is_reported_at_every_run_with_the_removals_it_keeps_held():
+    audit, store = InMemoryAuditSink(), InMemoryUserStore()
+    cfg = config(mappings=[GroupMapping("g-staff", "birch", {"Risk": "Member"}),
+                           GroupMapping("g-other", "birch", {"Risk": "Manager"})])
+    two = InMemoryDirectory.from_dict({**directory().to_dict(), "members": {"g-staff": ["u1", "u2"],
+                                                                             "g-other": ["u3"]}})
+    await Reconciler(two, store, audit, HIERARCHY).run(cfg, actor=SYSTEM)
+    gone = InMemoryDirectory.from_dict({**directory().to_dict(), "groups": [{"id": "g-staff"}],
+                                        "members": {"g-staff": ["u1", "u2"]}})
+    for _ in range(2):
+        report = await Reconciler(gone, store, audit, HIERARCHY).run(cfg, actor=SYSTEM)
+        stale = [e for e in audit.events if e.run_id == report.run_id and e.detail.get("stale")]
+        assert len(stale) == 1 and stale[0].subject == "g-other" and stale[0].detail["removals_held"] == 1
+    with pytest.raises(GroupNotFoundError):
+        await gone.group_members("g-other")
