@@ -212,7 +212,7 @@ async def test_a_crash_between_apply_and_saving_the_state_neither_forgets_a_hold
     store, audit = _CrashAfterApply(), InMemoryAuditSink()
     users = [f"u{i:02d}" for i in range(30)]
     await Reconciler(tenant(users), store, audit, HIERARCHY).run(CONFIG, actor=SYSTEM)
-    reconciler = Reconciler(tenant(users[:15] + ["newcomer"]), store, audit, HIERARCHY)
+    reconciler = Reconciler(tenant([*users[:15], "newcomer"]), store, audit, HIERARCHY)
     store.crash_next_final_save = True
     crashed = await reconciler.run(CONFIG, actor=SYSTEM)  # holds 15, creates the newcomer, then "dies"
     assert not crashed.ok
