@@ -75,6 +75,21 @@ def test_a_report_without_a_plan_still_lists_its_held_removals():
     assert "confirm_hold" not in text
     assert report.to_records() == []
     assert "oid-gus" in report._repr_html_()
+    with_id = attrs.evolve(report, hold_id="hold-43")
+    assert "confirm_hold='hold-43'" in str(with_id) and "confirm_hold=&#x27;hold-43&#x27;" in with_id._repr_html_()
+
+
+def test_the_reports_hold_id_is_the_one_to_confirm():
+    report = review_report(hold_id="hold-43")  # the plan said hold-42; the run's hold is what a person confirms
+    assert "confirm_hold='hold-43'" in str(report) and "hold-42" not in str(report)
+
+
+def test_a_cleared_hold_is_said_in_plan_and_report():
+    plan = review_plan(held_removals=(), hold_reason=None, hold_id=None, hold_cleared="hold-41")
+    line = "Hold 'hold-41' is cleared: none of its removals is held any more (confirmed, or no longer planned)"
+    assert line in str(plan).splitlines()
+    assert f"  {line}" in str(review_report(plan)).splitlines()
+    assert "Hold &#x27;hold-41&#x27; is cleared" in plan._repr_html_()
 
 
 def test_records_are_the_plans_with_the_run_id():

@@ -180,3 +180,10 @@ def test_a_long_plan_shows_its_first_rows_and_counts_the_rest():
     assert plan._repr_html_().endswith("<p>… and 300 more</p>")
     table = plan.access_table()
     assert str(table).splitlines()[-1] == "  … and 450 more" and table._repr_html_().endswith("<p>… and 300 more</p>")
+
+
+def test_a_long_html_table_scrolls_in_its_own_box():
+    short = html_table(["n"], ([index] for index in range(20)))
+    assert short.startswith("<table>")
+    long = html_table(["n"], ([index] for index in range(21)))
+    assert long.startswith('<div style="max-height: 32em; overflow-y: auto"><table>') and long.endswith("</table></div>")

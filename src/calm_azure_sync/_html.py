@@ -57,6 +57,8 @@ def _html_cell(value: object) -> str:
 
 #: Rows an HTML table shows before it says how many more there are.
 HTML_ROWS = 200
+#: Rows past which an HTML table scrolls in a box of its own.
+SCROLL_ROWS = 20
 
 
 def _first(
@@ -87,7 +89,11 @@ def html_table(
     shown, hidden = _first(rows, limit, total)
     body = "".join(f"<tr>{''.join(_html_cell(cell) for cell in row)}</tr>" for row in shown)
     more = f"<p>… and {hidden} more</p>" if hidden > 0 else ""
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    if len(shown) > SCROLL_ROWS:
+        # A long table scrolls in its own box, so what follows it in a notebook cell stays in view.
+        table = f'<div style="max-height: 32em; overflow-y: auto">{table}</div>'
+    return table + more
 
 
 def _cut(text: str, limit: int) -> str:

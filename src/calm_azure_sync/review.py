@@ -336,6 +336,10 @@ def _confirmation(plan: Plan) -> str:
     return "They wait for a run that reads every mapped group completely"
 
 
+def _cleared(hold_id: str) -> str:
+    return f"Hold {hold_id!r} is cleared: none of its removals is held any more (confirmed, or no longer planned)"
+
+
 def _stale_rows(plan: Plan, names: _Names) -> Iterator[list[object]]:
     for group_id, count in plan.stale_groups.items():
         yield [Cell(names.group(group_id), title=group_id), group_id, count]
@@ -365,6 +369,8 @@ def _review_sections(plan: Plan, names: _Names) -> list[str]:
     lines: list[str] = []
     if plan.held_removals:
         lines += _hold_lines(plan, plan.held_removals, names)
+    if plan.hold_cleared is not None:
+        lines.append(_cleared(plan.hold_cleared))
     if plan.stale_groups:
         lines += _indented(_STALE_TITLE, text_table(_STALE_HEADERS, _stale_rows(plan, names)))
     if plan.unreadable_groups:
@@ -441,6 +447,8 @@ def _review_html(plan: Plan, names: _Names) -> str:
     parts: list[str] = []
     if plan.held_removals:
         parts.append(_hold_html(plan, plan.held_removals, names))
+    if plan.hold_cleared is not None:
+        parts.append(f"<p>{_h(_cleared(plan.hold_cleared))}</p>")
     if plan.stale_groups:
         parts.append(f"<h5>{_h(_STALE_TITLE)}</h5>" + html_table(_STALE_HEADERS, _stale_rows(plan, names)))
     if plan.unreadable_groups:
@@ -525,9 +533,16 @@ def report_repr(report: ImportReport) -> str:
 
 def _report_plan(report: ImportReport) -> Plan:
     # A run refused or failed before it planned has no plan: review what the report itself says.
-    if report.plan is not None:
-        return report.plan
-    return Plan(report.trust_site_id, held_removals=report.held_removals, hold_reason=report.hold_reason)
+    if report.plan is None:
+        return Plan(
+            report.trust_site_id,
+            held_removals=report.held_removals,
+            hold_reason=report.hold_reason,
+            hold_id=report.hold_id,
+        )
+    if report.hold_id is not None and report.hold_id != report.plan.hold_id:
+        return attrs.evolve(report.plan, hold_id=report.hold_id)  # the report has the last word on the hold
+    return report.plan
 
 
 def report_text(report: ImportReport) -> str:
@@ -757,7 +772,9 @@ def access_table(plan: Plan, site_id: str | None = None, *, changed_only: bool =
                 # Most grants share a few sets of groups: name each set once.
                 found = group_names.get(change.because)
                 if found is None:
-                    found = group_names[change.because] = tuple(names.group(group) for group in change.because)
+                    found = group_names[change.because] = tuple(
+                        names.group(group) for group in change.because
+                    )
                 groups = found
             if held:
                 changed[slot] = ("held", new_role, ())
