@@ -20,6 +20,19 @@ class TestPostgresUserStore(UserStoreConformance):
 
         return PostgresUserStore(self.conninfo, schema=self.schema)
 
+    async def write_raw_state(self, store: ConformantUserStore, trust_site_id: str, text: str) -> None:
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as connection:
+            await connection.execute(
+                f'UPDATE "{self.schema}".sync_states SET state = %s WHERE trust_site_id = %s', (text, trust_site_id)
+            )
+
+    async def open_again(self, store: ConformantUserStore, tmp_path: Path) -> ConformantUserStore:
+        from calm_azure_sync.postgres import PostgresUserStore
+
+        return PostgresUserStore(self.conninfo, schema=self.schema)
+
 
 class TestPostgresAuditSink(AuditSinkConformance):
     @pytest.fixture(autouse=True)

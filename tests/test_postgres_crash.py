@@ -126,7 +126,7 @@ def test_a_killed_import_leaves_no_half_written_user_and_the_lock_free(
         async with PostgresUserStore(postgres_url, schema=postgres_schema) as store:
             reconciler = Reconciler(directory, store, InMemoryAuditSink(), tenant.hierarchy)
             report = await reconciler.run(tenant.config, actor=Actor.system("crash-test"))
-            again = await reconciler.plan(tenant.config)
+            again = await reconciler.plan(tenant.config, actor=Actor.system("crash-test"))
             return report, await store.load("trust"), again
 
     for kill in range(kills):

@@ -334,7 +334,7 @@ async def test_sync_state_round_trips_and_an_unreadable_one_is_refused(
     assert await store.load_state("trust-elm") == SyncState()
     _sql(
         postgres_url,
-        f"UPDATE \"{store.schema}\".sync_states SET state = jsonb_set(state, '{{version}}', '99')",
+        f"UPDATE \"{store.schema}\".sync_states SET state = jsonb_set(state::jsonb, '{{version}}', '99')::text",
     )
     with pytest.raises(ConfigError, match=r"trust-oak.*version 99"):
         await store.load_state(TRUST)

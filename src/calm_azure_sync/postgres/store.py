@@ -55,7 +55,6 @@ from typing import Any, Final, LiteralString
 import attrs
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from .._gc import collector_paused
@@ -64,7 +63,7 @@ from ..model import Role, email_key
 from ..plan import Change
 from ..state import SyncState
 from ..store.protocol import ChangeResult, Grant, StoredUser, StoreState
-from ..store.rules import GrantWrite, UserTables, UserWrite, batch_keys
+from ..store.rules import GrantWrite, UserTables, UserWrite, batch_keys, state_from_json, state_to_json
 from ._db import Database, Migrations, advisory_key
 
 __all__ = ["PostgresUserStore"]
@@ -100,9 +99,11 @@ MIGRATIONS: Final[Migrations] = {
         )""",
         "CREATE INDEX grants_synced_by_trust ON {schema}.grants (trust_site_id, user_id) WHERE source = 'azure'",
         "CREATE INDEX grants_manual_by_user ON {schema}.grants (user_id) WHERE source = 'manual'",
+        # text: exactly what state_to_json wrote; reading it back checks it (a
+        # corrupt or newer state is refused, never reset).
         """CREATE TABLE {schema}.sync_states (
             trust_site_id text PRIMARY KEY,
-            state jsonb NOT NULL,
+            state text NOT NULL,
             saved_at timestamptz NOT NULL DEFAULT now()
         )""",
     ),
@@ -507,10 +508,11 @@ class PostgresUserStore:
             row = await cursor.fetchone()
         if row is None:
             return SyncState()
-        return SyncState.from_dict(row[0], where=f"sync state of trust {trust_site_id!r}")
+        return state_from_json(row[0], where=self._state_label(trust_site_id))
 
     async def save_state(self, trust_site_id: str, state: SyncState) -> None:
-        """Replace the trust's state in one transaction."""
+        """Replace the trust's state in one transaction; ConfigError (old state kept) if it cannot be stored."""
+        text = state_to_json(state, where=self._state_label(trust_site_id))
         async with self._db.connection() as connection, connection.transaction():
             await self._check_lock(connection, trust_site_id)
             await connection.execute(
@@ -518,8 +520,11 @@ class PostgresUserStore:
                     "INSERT INTO {schema}.sync_states (trust_site_id, state, saved_at) VALUES (%s, %s, now()) "
                     "ON CONFLICT (trust_site_id) DO UPDATE SET state = excluded.state, saved_at = now()"
                 ),
-                (trust_site_id, Jsonb(state.to_dict())),
+                (trust_site_id, text),
             )
+
+    def _state_label(self, trust_site_id: str) -> str:
+        return f"the sync state of trust {trust_site_id!r} in postgres schema {self._db.schema!r}"
 
     # -- host helpers -------------------------------------------------------------------
 
