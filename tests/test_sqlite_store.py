@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import calm_azure_sync.store.sqlite as sqlite_module
 from calm_azure_sync import (
+    AddGroupMember,
     Assign,
     ConfigError,
     CreateUser,
@@ -29,12 +30,15 @@ from calm_azure_sync import (
     InMemoryUserStore,
     LinkUser,
     RelinkUser,
+    RemoveGroupMember,
+    RetireGroup,
     Role,
     SqliteUserStore,
     StoreState,
     SyncState,
     Unassign,
     UpdateUser,
+    UpsertGroup,
 )
 from calm_azure_sync._sqlite import open_sqlite
 from calm_azure_sync.plan import Change
@@ -414,6 +418,7 @@ EMAILS = (
 )
 NAMES = ("Ann", "Zo\ud83d", "\udc00x", "Émile")
 SITES = ("s1", "s2", "s\ud800")
+GROUPS = ("g1", "g2", "g\udc01")
 
 _change_specs = st.one_of(
     st.tuples(st.just("create"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(EMAILS), st.sampled_from(NAMES)),
@@ -438,6 +443,15 @@ _change_specs = st.one_of(
     ),
     st.tuples(st.just("unassign"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(SITES)),
     st.tuples(st.just("deactivate"), st.sampled_from(EXTERNAL_IDS)),
+    st.tuples(
+        st.just("upsert_group"),
+        st.sampled_from(GROUPS),
+        st.sampled_from(NAMES),
+        st.lists(st.sampled_from(SITES), max_size=2, unique=True),
+    ),
+    st.tuples(st.just("add_member"), st.sampled_from(GROUPS), st.sampled_from(EXTERNAL_IDS)),
+    st.tuples(st.just("remove_member"), st.sampled_from(GROUPS), st.sampled_from(EXTERNAL_IDS)),
+    st.tuples(st.just("retire_group"), st.sampled_from(GROUPS)),
 )
 
 
@@ -450,6 +464,16 @@ def _holder(state: StoreState, external_id: str) -> str:
 def _resolve(spec: tuple[object, ...], state: StoreState) -> Change:
     """Turn a spec into a change, naming store users the way a planner would (by external id)."""
     kind, external_id = spec[0], str(spec[1])
+    if kind == "upsert_group":
+        sites = spec[3]
+        assert isinstance(sites, list)
+        return UpsertGroup(external_id, str(spec[2]), tuple(sites))
+    if kind == "add_member":
+        return AddGroupMember(external_id, str(spec[2]))
+    if kind == "remove_member":
+        return RemoveGroupMember(external_id, str(spec[2]))
+    if kind == "retire_group":
+        return RetireGroup(external_id)
     user_id = _holder(state, external_id)
     if kind == "create":
         return CreateUser(external_id, str(spec[2]), str(spec[3]), given_name=str(spec[3]))
@@ -493,6 +517,8 @@ def _comparable(state: StoreState) -> object:
         state.synced_access,
         sorted(map(name, state.manual_access_user_ids)),
         sorted(map(name, state.other_access_user_ids)),
+        state.groups,
+        state.group_members,
     )
 
 
@@ -709,3 +735,58 @@ async def test_an_identifier_utf8_cannot_encode_fails_alone(store: SqliteUserSto
     assert [result.outcome for result in results] == ["applied", "failed", "failed", "applied"]
     assert "surrogate" in (results[1].error or "")
     assert (await store.load(TRUST)).synced_access == {"e1": {("s1", "risk"): Role.MEMBER}}
+
+
+# -- synced groups ----------------------------------------------------------------------
+
+
+async def test_a_reapplied_group_batch_writes_no_row(store: SqliteUserStore, tmp_path: Path) -> None:
+    batch: list[Change] = [
+        UpsertGroup("g1", "Oak Teachers", ("s1",)),
+        UpsertGroup("g2", "Oak Staff", ("s1", "s2")),
+        *[CreateUser(f"e{n}", f"u{n}@oak.example", f"User {n}") for n in range(5)],
+        *[AddGroupMember("g1", f"e{n}") for n in range(5)],
+        *[AddGroupMember("g2", f"e{n}") for n in (0, 2)],
+    ]
+    await store.apply(TRUST, batch)
+    connection = sqlite3.connect(tmp_path / "calm.db")
+    try:
+        connection.execute("CREATE TABLE row_writes (n INTEGER)")
+        for table in ("synced_groups", "group_members", "users", "grants"):
+            for event in ("INSERT", "UPDATE", "DELETE"):
+                connection.execute(
+                    f"CREATE TRIGGER count_{table}_{event.lower()} AFTER {event} ON {table} "
+                    "BEGIN INSERT INTO row_writes VALUES (1); END"
+                )
+        connection.commit()
+        assert {result.outcome for result in await store.apply(TRUST, batch)} == {"unchanged"}
+        assert connection.execute("SELECT count(*) FROM row_writes").fetchone() == (0,)
+        await store.apply(TRUST, [RetireGroup("g2")])  # two memberships deleted, one group row updated
+        assert connection.execute("SELECT count(*) FROM row_writes").fetchone() == (3,)
+    finally:
+        connection.close()
+
+
+async def test_memberships_reference_users_and_groups(store: SqliteUserStore, tmp_path: Path) -> None:
+    await store.apply(TRUST, [UpsertGroup("g1", "Oak"), CreateUser("e1", "a@oak.example", "A"), AddGroupMember("g1", "e1")])
+    connection = sqlite3.connect(tmp_path / "calm.db")
+    try:
+        connection.execute("PRAGMA foreign_keys = ON")
+        with pytest.raises(sqlite3.IntegrityError):
+            connection.execute("INSERT INTO group_members VALUES (?, 'g1', 'no-such-user')", (TRUST,))
+        with pytest.raises(sqlite3.IntegrityError):
+            connection.execute(
+                "INSERT INTO group_members SELECT ?, 'no-such-group', id FROM users", (TRUST,)
+            )
+        assert connection.execute("SELECT * FROM synced_groups").fetchall() == [(TRUST, "g1", "Oak", "[]", 0)]
+    finally:
+        connection.close()
+
+
+async def test_a_migrated_version_2_store_takes_groups(tmp_path: Path) -> None:
+    path = _v2_file(tmp_path / "v2.sqlite")
+    async with SqliteUserStore(path) as store:
+        results = await store.apply(TRUST, [UpsertGroup("g1", "Oak", ("s1",)), AddGroupMember("g1", "e1")])
+        assert [result.outcome for result in results] == ["applied", "applied"]
+        assert (await store.load(TRUST)).group_members == {"g1": frozenset({"e1"})}
+        assert await store.group_members("g1") == frozenset({"e1"})

@@ -15,7 +15,7 @@ from ..errors import ImportAlreadyRunningError
 from ..model import Role
 from ..plan import Change
 from ..state import SyncState
-from .protocol import ChangeResult, Grant, StoredUser, StoreState
+from .protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup
 from .rules import GrantWrite as GrantWrite  # moved to store.rules; still importable from here
 from .rules import UserTables as UserTables  # (its home is store.rules; see above)
 from .rules import UserWrite as UserWrite  # moved to store.rules; still importable from here
@@ -115,3 +115,17 @@ class InMemoryUserStore:
     async def users(self) -> list[StoredUser]:
         """Every user, in the order they were added."""
         return list(self._tables.users.values())
+
+    async def groups(self, trust_site_id: str) -> list[SyncedGroup]:
+        """The synced groups of ``trust_site_id`` (retired ones too), by display name."""
+        return self._tables.groups_of(trust_site_id)
+
+    async def group_members(self, group_external_id: str, trust_site_id: str | None = None) -> frozenset[str]:
+        """External ids of the synced group's members.
+
+        A group id names one Azure group, but each trust mirrors its mapped
+        groups on its own (their members are that trust's in-scope users):
+        give ``trust_site_id`` for one trust's view; ``None`` joins every
+        trust mirroring the group. Raises ``KeyError`` when none does.
+        """
+        return self._tables.members_of(group_external_id, trust_site_id)

@@ -28,28 +28,37 @@ from .._text import clean_text, is_clean, show
 from ..errors import ConfigError
 from ..model import Role, email_key
 from ..plan import (
+    AddGroupMember,
     Assign,
     Change,
     CreateUser,
     DeactivateUser,
     LinkUser,
     RelinkUser,
+    RemoveGroupMember,
+    RetireGroup,
     Unassign,
     UpdateUser,
+    UpsertGroup,
     change_kind,
 )
 from ..state import SyncState
-from .protocol import ChangeResult, Grant, GrantSource, StoredUser, StoreState
+from .protocol import ChangeResult, Grant, GrantSource, StoredUser, StoreState, SyncedGroup
 
 __all__ = [
     "BatchKeys",
     "GrantKey",
     "GrantValue",
     "GrantWrite",
+    "GroupKey",
+    "GroupWrite",
+    "MemberWrite",
     "Mutation",
     "UserTables",
     "UserWrite",
+    "batch_group_ids",
     "batch_keys",
+    "batch_reads_grants",
     "new_user_id",
     "state_from_json",
     "state_to_json",
@@ -79,7 +88,26 @@ class GrantWrite(NamedTuple):
     value: GrantValue | None
 
 
-Mutation: TypeAlias = UserWrite | GrantWrite
+GroupKey: TypeAlias = tuple[str, str]
+"""(trust_site_id, group external id): each trust mirrors its mapped groups on its own."""
+
+
+class GroupWrite(NamedTuple):
+    """A logged mutation: ``group`` was inserted (``new``) or its row replaced."""
+
+    group: SyncedGroup
+    new: bool
+
+
+class MemberWrite(NamedTuple):
+    """A logged mutation: store user ``user_id`` joined (``member``) or left the group ``key``."""
+
+    key: GroupKey
+    user_id: str
+    member: bool
+
+
+Mutation: TypeAlias = UserWrite | GrantWrite | GroupWrite | MemberWrite
 
 
 class BatchKeys(NamedTuple):
@@ -94,6 +122,11 @@ class BatchKeys(NamedTuple):
 # a batch reads besides the users named by external id.
 _NAMES_USER_ID: frozenset[type] = frozenset({LinkUser, RelinkUser, UpdateUser, DeactivateUser})
 _CARRIES_EMAIL: frozenset[type] = frozenset({CreateUser, LinkUser, RelinkUser, UpdateUser})
+# Group changes whose ``external_id`` is a group's, not a user's.
+_NAMES_GROUP_AS_ITSELF: frozenset[type] = frozenset({UpsertGroup, RetireGroup})
+_NAMES_MEMBERSHIP: frozenset[type] = frozenset({AddGroupMember, RemoveGroupMember})
+# The only rules that read a user's grants.
+_READS_GRANTS: frozenset[type] = frozenset({Assign, Unassign, DeactivateUser})
 
 
 def batch_keys(changes: Iterable[Change]) -> BatchKeys:
@@ -106,6 +139,8 @@ def batch_keys(changes: Iterable[Change]) -> BatchKeys:
     keys = BatchKeys(set(), set(), set())
     for change in changes:
         kind = type(change)
+        if kind in _NAMES_GROUP_AS_ITSELF:
+            continue
         keys.external_ids.add(change.external_id)
         if kind in _NAMES_USER_ID:
             keys.user_ids.add(change.user_id)  # type: ignore[union-attr]
@@ -141,6 +176,31 @@ def state_from_json(text: str, *, where: str = "sync state") -> SyncState:
     except (TypeError, ValueError, RecursionError) as error:
         raise ConfigError(f"{where}: not JSON ({error})") from None
     return SyncState.from_dict(data, where=where)
+
+
+def batch_group_ids(changes: Iterable[Change]) -> set[str]:
+    """The synced groups ``changes`` name (load them, in the batch's trust, with :meth:`UserTables.put_group`).
+
+    Load each one's memberships of the users :func:`batch_keys` names too;
+    for a group a ``RetireGroup`` names, load every membership (it clears them).
+    """
+    groups: set[str] = set()
+    for change in changes:
+        kind = type(change)
+        if kind in _NAMES_GROUP_AS_ITSELF:
+            groups.add(change.external_id)
+        elif kind in _NAMES_MEMBERSHIP:
+            groups.add(change.group_external_id)  # type: ignore[union-attr]
+    return groups
+
+
+def batch_reads_grants(changes: Iterable[Change]) -> bool:
+    """Whether any rule of ``changes`` reads grants; if not, a store may skip loading them.
+
+    Membership batches (a first import has one per member of every mapped
+    group) then read users only.
+    """
+    return any(type(change) in _READS_GRANTS for change in changes)
 
 
 _id_prefix: tuple[int, str] = (0, "")
@@ -205,9 +265,11 @@ class UserTables:
 
     ``users`` maps user id to :class:`StoredUser`; ``by_external_id`` and
     ``by_email_key`` index it; ``grants`` maps user id to
-    ``{(site_id, module, source): (role, trust_site_id)}``. When ``log`` is a
-    list, every mutation is appended to it too (a database-backed store writes
-    them back).
+    ``{(site_id, module, source): (role, trust_site_id)}``. ``groups`` maps
+    (trust_site_id, group external id) to :class:`SyncedGroup` and
+    ``members`` the same key to the member user ids. When ``log`` is a list,
+    every mutation is appended to it too (a database-backed store writes
+    them back: users, then grants, then groups, then memberships).
 
     Every ``apply_*`` rule checks before it mutates, so a change that fails
     leaves the tables exactly as they were.
@@ -217,6 +279,8 @@ class UserTables:
     by_external_id: dict[str, str] = attrs.field(factory=dict)
     by_email_key: dict[str, str] = attrs.field(factory=dict)
     grants: dict[str, dict[GrantKey, GrantValue]] = attrs.field(factory=dict)
+    groups: dict[GroupKey, SyncedGroup] = attrs.field(factory=dict)
+    members: dict[GroupKey, set[str]] = attrs.field(factory=dict)
     log: list[Mutation] | None = None
 
     # Change type -> its rule; filled in below the class.
@@ -235,7 +299,31 @@ class UserTables:
         """Add a grant row as it already is (loading, not a mutation)."""
         self.grants.setdefault(user_id, {})[key] = value
 
+    def put_group(self, group: SyncedGroup) -> None:
+        """Add a synced group row as it already is (loading, not a mutation)."""
+        key = (group.trust_site_id, group.external_id)
+        self.groups[key] = group
+        self.members.setdefault(key, set())
+
+    def put_member(self, key: GroupKey, user_id: str) -> None:
+        """Add a membership row as it already is (loading, not a mutation)."""
+        self.members.setdefault(key, set()).add(user_id)
+
     # -- mutations (logged) -------------------------------------------------
+
+    def _write_group(self, group: SyncedGroup, new: bool) -> None:
+        self.groups[(group.trust_site_id, group.external_id)] = group
+        if self.log is not None:
+            self.log.append(GroupWrite(group, new))
+
+    def _set_member(self, key: GroupKey, user_id: str, member: bool) -> None:
+        held = self.members.setdefault(key, set())
+        if member:
+            held.add(user_id)
+        else:
+            held.discard(user_id)
+        if self.log is not None:
+            self.log.append(MemberWrite(key, user_id, member))
 
     def _insert_user(self, user: StoredUser) -> None:
         self.put_user(user)
@@ -324,11 +412,50 @@ class UserTables:
                         synced.setdefault(external_id, {})[(site_id, module)] = role
                 else:
                     other_trusts.add(user_id)
+        groups = {key[1]: group for key, group in self.groups.items() if key[0] == trust_site_id}
+        users = self.users
+        group_members = {
+            group_id: frozenset(
+                external_id
+                for user_id in self.members.get((trust_site_id, group_id), ())
+                if (external_id := users[user_id].external_id) is not None
+            )
+            for group_id in groups
+        }
         return StoreState(
             users=dict(self.users),
             synced_access=synced,
             manual_access_user_ids=frozenset(manual),
             other_access_user_ids=frozenset(manual | other_trusts),
+            groups=groups,
+            group_members=group_members,
+        )
+
+    def groups_of(self, trust_site_id: str) -> list[SyncedGroup]:
+        """The trust's synced groups (retired ones too), by display name."""
+        return sorted(
+            (group for (trust, _id), group in self.groups.items() if trust == trust_site_id),
+            key=lambda group: (group.display_name, group.external_id),
+        )
+
+    def members_of(self, group_external_id: str, trust_site_id: str | None = None) -> frozenset[str]:
+        """Member external ids of the group in ``trust_site_id`` (``None``: every trust mirroring it).
+
+        Raises ``KeyError`` when no trust (or not that trust) mirrors the group.
+        """
+        keys = [
+            key
+            for key in self.groups
+            if key[1] == group_external_id and (trust_site_id is None or key[0] == trust_site_id)
+        ]
+        if not keys:
+            where = "any trust" if trust_site_id is None else f"trust {trust_site_id!r}"
+            raise KeyError(f"no synced group {group_external_id!r} in {where}")
+        return frozenset(
+            external_id
+            for key in keys
+            for user_id in self.members.get(key, ())
+            if (external_id := self.users[user_id].external_id) is not None
         )
 
     # -- applying changes -----------------------------------------------------
@@ -532,6 +659,75 @@ class UserTables:
         return ChangeResult(change, None, APPLIED)
 
 
+    # -- groups -------------------------------------------------------------------
+
+    def _apply_upsert_group(self, trust_site_id: str, change: UpsertGroup) -> ChangeResult:
+        problem = _not_text(change.external_id, *change.site_ids)
+        if problem is not None:
+            return ChangeResult(change, problem)
+        key = (trust_site_id, change.external_id)
+        old = self.groups.get(key)
+        group = SyncedGroup(
+            external_id=change.external_id,
+            trust_site_id=trust_site_id,
+            display_name=clean_text(change.display_name),
+            site_ids=tuple(change.site_ids),
+        )
+        if old == group:
+            return ChangeResult(change, None, UNCHANGED)
+        self._write_group(group, new=old is None)
+        return ChangeResult(change, None, APPLIED)
+
+    def _membership(
+        self, trust_site_id: str, change: AddGroupMember | RemoveGroupMember
+    ) -> tuple[GroupKey, str] | str:
+        """The group key and member user id of a membership change, or why there is none."""
+        user_id = self.by_external_id.get(change.external_id)
+        if user_id is None:
+            return f"no user has external id {change.external_id!r}"
+        key = (trust_site_id, change.group_external_id)
+        group = self.groups.get(key)
+        if group is None:
+            return f"trust {trust_site_id!r} has no synced group {change.group_external_id!r}"
+        return key, user_id
+
+    def _apply_add_member(self, trust_site_id: str, change: AddGroupMember) -> ChangeResult:
+        found = self._membership(trust_site_id, change)
+        if isinstance(found, str):
+            return ChangeResult(change, found)
+        key, user_id = found
+        if self.groups[key].retired:
+            return ChangeResult(change, f"synced group {change.group_external_id!r} is retired; upsert it first")
+        if user_id in self.members.get(key, ()):
+            return ChangeResult(change, None, UNCHANGED)
+        self._set_member(key, user_id, True)
+        return ChangeResult(change, None, APPLIED)
+
+    def _apply_remove_member(self, trust_site_id: str, change: RemoveGroupMember) -> ChangeResult:
+        found = self._membership(trust_site_id, change)
+        if isinstance(found, str):
+            return ChangeResult(change, found)
+        key, user_id = found
+        if user_id not in self.members.get(key, ()):
+            return ChangeResult(change, None, UNCHANGED)
+        self._set_member(key, user_id, False)
+        return ChangeResult(change, None, APPLIED)
+
+    def _apply_retire_group(self, trust_site_id: str, change: RetireGroup) -> ChangeResult:
+        key = (trust_site_id, change.external_id)
+        group = self.groups.get(key)
+        if group is None:
+            return ChangeResult(change, f"trust {trust_site_id!r} has no synced group {change.external_id!r}")
+        held = sorted(self.members.get(key, ()))
+        if group.retired and not held:
+            return ChangeResult(change, None, UNCHANGED)
+        for user_id in held:
+            self._set_member(key, user_id, False)
+        if not group.retired:
+            self._write_group(attrs.evolve(group, retired=True), new=False)
+        return ChangeResult(change, None, APPLIED)
+
+
 def _unsupported(change: Change) -> ChangeResult:
     return ChangeResult(change, f"this store does not apply {change_kind(change)} changes")
 
@@ -544,6 +740,10 @@ UserTables._RULES.update(
         CreateUser: UserTables._apply_create,
         LinkUser: UserTables._apply_link,
         RelinkUser: UserTables._apply_relink,
+        UpsertGroup: UserTables._apply_upsert_group,
+        AddGroupMember: UserTables._apply_add_member,
+        RemoveGroupMember: UserTables._apply_remove_member,
+        RetireGroup: UserTables._apply_retire_group,
         UpdateUser: UserTables._apply_update,
         DeactivateUser: UserTables._apply_deactivate,
     }

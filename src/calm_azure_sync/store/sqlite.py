@@ -8,11 +8,12 @@ How ``apply`` stays fast and safe
 ---------------------------------
 One ``apply`` call is one ``BEGIN IMMEDIATE`` transaction. Inside it the store
 loads just the rows the batch touches (the users named by external id, user
-id or email, and their grants) into a
+id or email, their grants when a rule reads them, and the synced groups it
+names with those users' memberships) into a
 :class:`~calm_azure_sync.store.rules.UserTables`, applies the batch there
 with the same rules as the in-memory store, and writes back the logged
-mutations with ``executemany``: user rows first, in order, then grant rows, in
-order. A change those rules reject writes nothing. If the database still
+mutations with ``executemany``: user rows first, in order, then grant rows,
+group rows and membership rows, each in order. A change those rules reject writes nothing. If the database still
 refuses a write (a host's trigger or constraint), the batch's writes are
 rolled back to a savepoint and the batch is replayed one change at a time,
 each user's changes under a savepoint and each change under a nested one, so
@@ -46,16 +47,20 @@ from .._sqlite import ThreadedConnection, write_transaction
 from .._text import clean_text, is_clean
 from ..errors import ConfigError, ImportAlreadyRunningError
 from ..model import Role, email_key
-from ..plan import Change
+from ..plan import Change, RetireGroup
 from ..state import SyncState
-from .protocol import ChangeResult, Grant, StoredUser, StoreState
+from .protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup
 from .rules import (
     GrantWrite,
+    GroupWrite,
+    MemberWrite,
     Mutation,
     UserTables,
     UserWrite,
     _not_text,
+    batch_group_ids,
     batch_keys,
+    batch_reads_grants,
     state_from_json,
     state_to_json,
 )
@@ -64,7 +69,7 @@ __all__ = ["SqliteUserStore"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 _SYNC_STATE_TABLE: Final = """CREATE TABLE IF NOT EXISTS sync_state (
     trust_site_id TEXT PRIMARY KEY,
@@ -73,6 +78,24 @@ _SYNC_STATE_TABLE: Final = """CREATE TABLE IF NOT EXISTS sync_state (
     saved_at TEXT NOT NULL
 )"""
 
+_GROUP_TABLES: Final = (
+    """CREATE TABLE IF NOT EXISTS synced_groups (
+    trust_site_id TEXT NOT NULL,
+    external_id TEXT NOT NULL,
+    display_name TEXT NOT NULL,
+    site_ids TEXT NOT NULL DEFAULT '[]',
+    retired INTEGER NOT NULL DEFAULT 0 CHECK (retired IN (0, 1)),
+    PRIMARY KEY (trust_site_id, external_id)
+) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS group_members (
+    trust_site_id TEXT NOT NULL,
+    group_external_id TEXT NOT NULL,
+    user_id TEXT NOT NULL REFERENCES users (id),
+    PRIMARY KEY (trust_site_id, group_external_id, user_id),
+    FOREIGN KEY (trust_site_id, group_external_id) REFERENCES synced_groups (trust_site_id, external_id)
+) WITHOUT ROWID""",
+)
+
 # Version -> the statements that bring a store of that version to the next.
 _MIGRATIONS: Final = {
     1: (
@@ -80,6 +103,7 @@ _MIGRATIONS: Final = {
         "CHECK (deactivated_by_sync IN (0, 1))",
     ),
     2: (_SYNC_STATE_TABLE,),
+    3: _GROUP_TABLES,
 }
 
 _SCHEMA: Final = f"""
@@ -109,6 +133,8 @@ CREATE TABLE IF NOT EXISTS grants (
 CREATE INDEX IF NOT EXISTS grants_synced_by_trust ON grants (trust_site_id) WHERE source = 'azure';
 CREATE INDEX IF NOT EXISTS grants_manual_by_user ON grants (user_id) WHERE source = 'manual';
 {_SYNC_STATE_TABLE};
+{_GROUP_TABLES[0]};
+{_GROUP_TABLES[1]};
 CREATE TABLE IF NOT EXISTS run_locks (
     trust_site_id TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
@@ -136,6 +162,17 @@ _UPSERT_GRANT: Final = (
     "DO UPDATE SET role = excluded.role, trust_site_id = excluded.trust_site_id"
 )
 _DELETE_GRANT: Final = "DELETE FROM grants WHERE user_id = ? AND site_id = ? AND module = ? AND source = ?"
+_INSERT_GROUP: Final = (
+    "INSERT INTO synced_groups (trust_site_id, external_id, display_name, site_ids, retired) VALUES (?, ?, ?, ?, ?)"
+)
+_UPDATE_GROUP: Final = (
+    "UPDATE synced_groups SET display_name = ?, site_ids = ?, retired = ? WHERE trust_site_id = ? AND external_id = ?"
+)
+_INSERT_MEMBER: Final = "INSERT INTO group_members (trust_site_id, group_external_id, user_id) VALUES (?, ?, ?)"
+_DELETE_MEMBER: Final = (
+    "DELETE FROM group_members WHERE trust_site_id = ? AND group_external_id = ? AND user_id = ?"
+)
+_GROUP_COLUMNS: Final = "external_id, display_name, site_ids, retired"
 
 
 def _setup_store(connection: sqlite3.Connection) -> None:
@@ -181,12 +218,25 @@ def _json_list(values: Iterable[str]) -> str:
     return json.dumps(sorted(set(values)))
 
 
-def _load_tables(connection: sqlite3.Connection, changes: Sequence[Change]) -> UserTables:
+def _group_from_row(trust_site_id: str, row: tuple[Any, ...]) -> SyncedGroup:
+    external_id, display_name, site_ids, retired = row
+    return SyncedGroup(
+        external_id=external_id,
+        trust_site_id=trust_site_id,
+        display_name=display_name,
+        site_ids=tuple(json.loads(site_ids)),
+        retired=bool(retired),
+    )
+
+
+def _load_tables(connection: sqlite3.Connection, trust_site_id: str, changes: Sequence[Change]) -> UserTables:
     """The rows ``changes`` can read or collide with, as UserTables that log mutations.
 
     Every user whose external id, id or email key a change names is loaded,
-    with all its grants, so email uniqueness and "no grant left" are decided
-    on complete facts.
+    with all its grants when a rule of the batch reads grants, so email
+    uniqueness and "no grant left" are decided on complete facts. The synced
+    groups the batch names are loaded with their memberships of those users
+    (all of them for a group the batch retires).
     """
     external_ids, user_ids, email_keys = batch_keys(changes)
     tables = UserTables(log=[])
@@ -197,7 +247,8 @@ def _load_tables(connection: sqlite3.Connection, changes: Sequence[Change]) -> U
     )
     for row in rows:
         tables.put_user(_user_from_row(row))
-    if tables.users:
+    # A membership-only batch (most of a first import's) reads no grants.
+    if tables.users and batch_reads_grants(changes):
         grant_rows = connection.execute(
             "SELECT user_id, site_id, module, source, role, trust_site_id FROM grants "
             "WHERE user_id IN (SELECT value FROM json_each(?))",
@@ -205,13 +256,49 @@ def _load_tables(connection: sqlite3.Connection, changes: Sequence[Change]) -> U
         )
         for user_id, site_id, module, source, role, trust in grant_rows:
             tables.put_grant(user_id, (site_id, module, source), (_ROLES[role], trust))
+    group_ids = batch_group_ids(changes)
+    if group_ids:
+        _load_groups(connection, trust_site_id, changes, group_ids, tables)
     return tables
 
 
-def _write(connection: sqlite3.Connection, mutations: Sequence[Mutation]) -> None:
-    """Write logged mutations: user rows first, then grant rows, each in order.
+def _load_groups(
+    connection: sqlite3.Connection,
+    trust_site_id: str,
+    changes: Sequence[Change],
+    group_ids: set[str],
+    tables: UserTables,
+) -> None:
+    for row in connection.execute(
+        f"SELECT {_GROUP_COLUMNS} FROM synced_groups "
+        "WHERE trust_site_id = ? AND external_id IN (SELECT value FROM json_each(?))",
+        (trust_site_id, _json_list(group_ids)),
+    ):
+        tables.put_group(_group_from_row(trust_site_id, row))
+    retiring = {change.external_id for change in changes if type(change) is RetireGroup}
+    # Every key column is matched (an IN list each), so these are primary-key lookups.
+    member_rows: list[tuple[str, str]] = []
+    if tables.users:
+        member_rows += connection.execute(
+            "SELECT group_external_id, user_id FROM group_members WHERE trust_site_id = ? "
+            "AND group_external_id IN (SELECT value FROM json_each(?)) "
+            "AND user_id IN (SELECT value FROM json_each(?))",
+            (trust_site_id, _json_list(group_ids - retiring), _json_list(tables.users)),
+        ).fetchall()
+    if retiring:
+        member_rows += connection.execute(
+            "SELECT group_external_id, user_id FROM group_members WHERE trust_site_id = ? "
+            "AND group_external_id IN (SELECT value FROM json_each(?))",
+            (trust_site_id, _json_list(retiring)),
+        ).fetchall()
+    for group_id, user_id in member_rows:
+        tables.put_member((trust_site_id, group_id), user_id)
 
-    User rows go first so every grant's user exists; within each kind the
+
+def _write(connection: sqlite3.Connection, mutations: Sequence[Mutation]) -> None:
+    """Write logged mutations: user rows, then grant rows, group rows and membership rows, each in order.
+
+    User rows go first so every grant's and membership's user exists; within each kind the
     order is kept, because an email freed by one update may be taken by the
     next row. Consecutive rows of one statement go through one executemany.
     """
@@ -239,6 +326,19 @@ def _write(connection: sqlite3.Connection, mutations: Sequence[Mutation]) -> Non
             else:
                 role, trust_site_id = mutation.value
                 add(_UPSERT_GRANT, (mutation.user_id, site_id, module, source, role.value, trust_site_id))
+    # Groups after users and grants, memberships last: each row's parents exist.
+    for mutation in mutations:
+        if isinstance(mutation, GroupWrite):
+            group = mutation.group
+            site_ids = json.dumps(list(group.site_ids))
+            if mutation.new:
+                add(_INSERT_GROUP, (group.trust_site_id, group.external_id, group.display_name, site_ids, int(group.retired)))
+            else:
+                add(_UPDATE_GROUP, (group.display_name, site_ids, int(group.retired), group.trust_site_id, group.external_id))
+    for mutation in mutations:
+        if isinstance(mutation, MemberWrite):
+            trust, group_id = mutation.key
+            add(_INSERT_MEMBER if mutation.member else _DELETE_MEMBER, (trust, group_id, mutation.user_id))
     for statement, rows in runs:
         connection.executemany(statement, rows)
 
@@ -249,7 +349,7 @@ def _apply_batch(
     with write_transaction(connection):
         connection.execute("SAVEPOINT calm_batch")
         try:
-            tables = _load_tables(connection, changes)
+            tables = _load_tables(connection, trust_site_id, changes)
             results = tables.apply(trust_site_id, changes)
             assert tables.log is not None
             _write(connection, tables.log)
@@ -278,7 +378,7 @@ def _apply_one_by_one(
         for change in group:
             connection.execute("SAVEPOINT calm_change")
             try:
-                tables = _load_tables(connection, [change])
+                tables = _load_tables(connection, trust_site_id, [change])
                 result = tables.apply_one(trust_site_id, change)
                 assert tables.log is not None
                 _write(connection, tables.log)
@@ -337,6 +437,24 @@ def _load_state(connection: sqlite3.Connection, trust_site_id: str) -> StoreStat
                     (trust_site_id,),
                 )
             }
+            groups = {
+                row[0]: _group_from_row(trust_site_id, row)
+                for row in connection.execute(
+                    f"SELECT {_GROUP_COLUMNS} FROM synced_groups WHERE trust_site_id = ?", (trust_site_id,)
+                )
+            }
+            members: dict[str, set[str]] = {group_id: set() for group_id in groups}
+            # The primary key's order: each group's rows arrive together.
+            current_group: str | None = None
+            held: set[str] = set()
+            for group_id, user_id in connection.execute(
+                "SELECT group_external_id, user_id FROM group_members WHERE trust_site_id = ?", (trust_site_id,)
+            ):
+                if group_id != current_group:
+                    current_group, held = group_id, members.setdefault(group_id, set())
+                external_id = users[user_id].external_id
+                if external_id is not None:
+                    held.add(external_id)
         finally:
             connection.execute("COMMIT")
     return StoreState(
@@ -344,6 +462,8 @@ def _load_state(connection: sqlite3.Connection, trust_site_id: str) -> StoreStat
         synced_access=synced,
         manual_access_user_ids=manual,
         other_access_user_ids=manual | other_trusts,
+        groups=groups,
+        group_members={group_id: frozenset(held) for group_id, held in members.items()},
     )
 
 
@@ -421,6 +541,43 @@ def _user(connection: sqlite3.Connection, user_id: str) -> StoredUser:
     if row is None:
         raise KeyError(f"no user with id {user_id!r}")
     return _user_from_row(row)
+
+
+def _groups(connection: sqlite3.Connection, trust_site_id: str) -> list[SyncedGroup]:
+    return [
+        _group_from_row(trust_site_id, row)
+        for row in connection.execute(
+            f"SELECT {_GROUP_COLUMNS} FROM synced_groups WHERE trust_site_id = ? ORDER BY display_name, external_id",
+            (trust_site_id,),
+        )
+    ]
+
+
+def _group_members(connection: sqlite3.Connection, group_external_id: str, trust_site_id: str | None) -> frozenset[str]:
+    connection.execute("BEGIN")
+    try:
+        trusts = [
+            row[0]
+            for row in connection.execute(
+                "SELECT trust_site_id FROM synced_groups WHERE external_id = ?", (group_external_id,)
+            )
+            if trust_site_id is None or row[0] == trust_site_id
+        ]
+        if not trusts:
+            where = "any trust" if trust_site_id is None else f"trust {trust_site_id!r}"
+            raise KeyError(f"no synced group {group_external_id!r} in {where}")
+        return frozenset(
+            row[0]
+            for trust in trusts
+            for row in connection.execute(
+                "SELECT users.external_id FROM group_members JOIN users ON users.id = group_members.user_id "
+                "WHERE group_members.trust_site_id = ? AND group_members.group_external_id = ? "
+                "AND users.external_id IS NOT NULL",
+                (trust, group_external_id),
+            )
+        )
+    finally:
+        connection.execute("COMMIT")
 
 
 def _users(connection: sqlite3.Connection) -> list[StoredUser]:
@@ -653,3 +810,17 @@ class SqliteUserStore:
     async def users(self) -> list[StoredUser]:
         """Every user, in the order they were added."""
         return await self._db.run(_users)
+
+    async def groups(self, trust_site_id: str) -> list[SyncedGroup]:
+        """The synced groups of ``trust_site_id`` (retired ones too), by display name."""
+        return await self._db.run(_groups, trust_site_id)
+
+    async def group_members(self, group_external_id: str, trust_site_id: str | None = None) -> frozenset[str]:
+        """External ids of the synced group's members.
+
+        A group id names one Azure group, but each trust mirrors its mapped
+        groups on its own (their members are that trust's in-scope users):
+        give ``trust_site_id`` for one trust's view; ``None`` joins every
+        trust mirroring the group. Raises ``KeyError`` when none does.
+        """
+        return await self._db.run(_group_members, group_external_id, trust_site_id)

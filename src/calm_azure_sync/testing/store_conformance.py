@@ -29,6 +29,10 @@ What the suite pins, beyond the protocol docstring:
   every outcome ``unchanged`` (a ``CreateUser`` for an external id the store
   holds leaves that user as it is; an ``Unassign`` of a grant already gone
   succeeds);
+- synced groups: ``UpsertGroup`` creates or refreshes (and un-retires) the
+  trust's group, memberships name users by external id, ``RetireGroup``
+  keeps the group and clears its members; each trust mirrors its own groups;
+  ``load`` returns them with member external ids; outcomes as above;
 - text UTF-8 cannot encode (a lone surrogate in a name) costs at most its
   own change (the shipped stores keep it with U+FFFD);
 - outcomes tell what happened: ``applied`` only when something was written;
@@ -54,21 +58,33 @@ import pytest_asyncio
 from ..errors import ConfigError, ImportAlreadyRunningError
 from ..model import Role
 from ..plan import (
+    AddGroupMember,
     Assign,
     Change,
     CreateUser,
     DeactivateUser,
     LinkUser,
     RelinkUser,
+    RemoveGroupMember,
+    RetireGroup,
     Unassign,
     UpdateUser,
+    UpsertGroup,
     change_to_dict,
 )
 from ..state import STATE_FORMAT_VERSION, Hold, SyncState, SyncStateStore
-from ..store.protocol import ChangeOutcome, ChangeResult, Grant, StoredUser, StoreState, UserStore
+from ..store.protocol import (
+    ChangeOutcome,
+    ChangeResult,
+    Grant,
+    StoredUser,
+    StoreState,
+    SyncedGroup,
+    UserStore,
+)
 from ._closing import close_if_closable
 
-__all__ = ["ConformantUserStore", "UserStoreConformance"]
+__all__ = ["ConformantUserStore", "GroupHelpers", "UserStoreConformance"]
 
 TRUST = "trust-oak"
 OTHER_TRUST = "trust-elm"
@@ -91,6 +107,19 @@ class ConformantUserStore(UserStore, Protocol):
 
     async def grants(self, user_id: str) -> set[Grant]:
         """Every grant of ``user_id``, with its source (``"manual"`` or ``"azure"``)."""
+        ...
+
+
+@runtime_checkable
+class GroupHelpers(Protocol):
+    """The host helpers for synced groups both shipped stores offer; the suite checks them when present."""
+
+    async def groups(self, trust_site_id: str) -> list[SyncedGroup]:
+        """The trust's synced groups, retired ones too, by display name."""
+        ...
+
+    async def group_members(self, group_external_id: str, trust_site_id: str | None = None) -> frozenset[str]:
+        """Member external ids (of every trust mirroring the group when ``trust_site_id`` is None)."""
         ...
 
 
@@ -596,6 +625,126 @@ class UserStoreConformance:
         first = await store.load(TRUST)
         await self._apply_ok(store, batch)
         assert await store.load(TRUST) == first
+
+    # -- synced groups ------------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_upsert_group_creates_then_refreshes_the_synced_group(self, store: ConformantUserStore) -> None:
+        create = UpsertGroup("g1", "Oak Teachers", (OTHER_SITE, SITE))
+        assert _outcomes(await store.apply(TRUST, [create, create])) == ["applied", "unchanged"]
+        state = await store.load(TRUST)
+        assert state.groups == {"g1": SyncedGroup("g1", TRUST, "Oak Teachers", (OTHER_SITE, SITE))}
+        assert state.group_members == {"g1": frozenset()}
+        renamed = UpsertGroup("g1", "Oak Teaching Staff", (SITE,))
+        assert _outcomes(await store.apply(TRUST, [renamed])) == ["applied"]
+        assert (await store.load(TRUST)).groups["g1"] == SyncedGroup("g1", TRUST, "Oak Teaching Staff", (SITE,))
+
+    @pytest.mark.asyncio
+    async def test_members_are_added_and_removed_by_external_id(self, store: ConformantUserStore) -> None:
+        batch: list[Change] = [
+            UpsertGroup("g1", "Oak Teachers", (SITE,)),
+            _create("e1"),
+            _create("e2"),
+            AddGroupMember("g1", "e1"),
+            AddGroupMember("g1", "e2"),
+        ]
+        assert _outcomes(await store.apply(TRUST, batch)) == ["applied"] * 5
+        assert (await store.load(TRUST)).group_members == {"g1": frozenset({"e1", "e2"})}
+        assert _outcomes(await store.apply(TRUST, batch)) == ["unchanged"] * 5
+        removals: list[Change] = [RemoveGroupMember("g1", "e1"), RemoveGroupMember("g1", "e1")]
+        assert _outcomes(await store.apply(TRUST, removals)) == ["applied", "unchanged"]
+        state = await store.load(TRUST)
+        assert state.group_members == {"g1": frozenset({"e2"})}
+        assert len(state.users) == 2  # leaving a group touches no user
+
+    @pytest.mark.asyncio
+    async def test_membership_changes_that_cannot_apply_fail_alone(self, store: ConformantUserStore) -> None:
+        await self._apply_ok(store, [UpsertGroup("g1", "Oak Teachers"), _create("e1"), UpsertGroup("g2", "Old")])
+        await self._apply_ok(store, [RetireGroup("g2")])
+        results = await store.apply(
+            TRUST,
+            [
+                AddGroupMember("g1", "nobody"),
+                AddGroupMember("no-such-group", "e1"),
+                AddGroupMember("g2", "e1"),
+                RemoveGroupMember("no-such-group", "e1"),
+                RetireGroup("no-such-group"),
+                AddGroupMember("g1", "e1"),
+            ],
+        )
+        assert _outcomes(results) == ["failed", "failed", "failed", "failed", "failed", "applied"]
+        assert (await store.load(TRUST)).group_members == {"g1": frozenset({"e1"}), "g2": frozenset()}
+
+    @pytest.mark.asyncio
+    async def test_retire_keeps_the_group_and_clears_its_members(self, store: ConformantUserStore) -> None:
+        await self._apply_ok(
+            store,
+            [UpsertGroup("g1", "Oak Teachers", (SITE,)), _create("e1"), _create("e2"), AddGroupMember("g1", "e1")],
+        )
+        await self._apply_ok(store, [AddGroupMember("g1", "e2")])
+        assert _outcomes(await store.apply(TRUST, [RetireGroup("g1"), RetireGroup("g1")])) == ["applied", "unchanged"]
+        state = await store.load(TRUST)
+        assert state.groups == {"g1": SyncedGroup("g1", TRUST, "Oak Teachers", (SITE,), retired=True)}
+        assert state.group_members == {"g1": frozenset()}
+        assert len(state.users) == 2
+        # Mapped again: the group comes back, with no members until they are added.
+        assert _outcomes(await store.apply(TRUST, [UpsertGroup("g1", "Oak Teachers", (SITE,))])) == ["applied"]
+        state = await store.load(TRUST)
+        assert not state.groups["g1"].retired
+        assert state.group_members == {"g1": frozenset()}
+
+    @pytest.mark.asyncio
+    async def test_each_trust_mirrors_its_own_groups(self, store: ConformantUserStore) -> None:
+        await self._apply_ok(store, [_create("e1"), _create("e2")])
+        await self._apply_ok(store, [UpsertGroup("g1", "All Staff", (SITE,)), AddGroupMember("g1", "e1")])
+        await self._apply_ok(
+            store, [UpsertGroup("g1", "All Staff", (ELM_SITE,)), AddGroupMember("g1", "e2")], trust=OTHER_TRUST
+        )
+        await self._apply_ok(store, [RetireGroup("g1")], trust=OTHER_TRUST)
+        oak, elm = await store.load(TRUST), await store.load(OTHER_TRUST)
+        assert oak.groups == {"g1": SyncedGroup("g1", TRUST, "All Staff", (SITE,))}
+        assert oak.group_members == {"g1": frozenset({"e1"})}
+        assert elm.groups == {"g1": SyncedGroup("g1", OTHER_TRUST, "All Staff", (ELM_SITE,), retired=True)}
+        assert elm.group_members == {"g1": frozenset()}
+        # A trust that never mirrored the group cannot touch it.
+        results = await store.apply("trust-ash", [AddGroupMember("g1", "e2")])
+        assert _outcomes(results) == ["failed"]
+
+    @pytest.mark.asyncio
+    async def test_memberships_follow_the_user_through_a_relink(self, store: ConformantUserStore) -> None:
+        await self._apply_ok(store, [UpsertGroup("g1", "Oak Teachers"), _create("old"), AddGroupMember("g1", "old")])
+        user = _by_external_id(await store.load(TRUST), "old")
+        await self._apply_ok(store, [RelinkUser("new", user.user_id, "old", user.email, user.display_name)])
+        assert (await store.load(TRUST)).group_members == {"g1": frozenset({"new"})}
+        assert _outcomes(await store.apply(TRUST, [AddGroupMember("g1", "new")])) == ["unchanged"]
+
+    @pytest.mark.asyncio
+    async def test_group_host_helpers(self, store: ConformantUserStore) -> None:
+        if not isinstance(store, GroupHelpers):
+            pytest.skip(f"{type(store).__name__} has no groups()/group_members() helpers")
+        await self._apply_ok(store, [_create("e1"), _create("e2")])
+        await self._apply_ok(
+            store,
+            [
+                UpsertGroup("g2", "Birch Teachers", (SITE,)),
+                UpsertGroup("g1", "Birch All Staff", (SITE, OTHER_SITE)),
+                AddGroupMember("g1", "e1"),
+                AddGroupMember("g1", "e2"),
+                AddGroupMember("g2", "e1"),
+            ],
+        )
+        await self._apply_ok(store, [UpsertGroup("g1", "All Staff"), AddGroupMember("g1", "e1")], trust=OTHER_TRUST)
+        assert [group.external_id for group in await store.groups(TRUST)] == ["g1", "g2"]  # by display name
+        assert await store.groups(OTHER_TRUST) == [SyncedGroup("g1", OTHER_TRUST, "All Staff")]
+        assert await store.groups("trust-ash") == []
+        assert await store.group_members("g1", TRUST) == frozenset({"e1", "e2"})
+        assert await store.group_members("g1", OTHER_TRUST) == frozenset({"e1"})
+        assert await store.group_members("g1") == frozenset({"e1", "e2"})
+        assert await store.group_members("g2") == frozenset({"e1"})
+        with pytest.raises(KeyError):
+            await store.group_members("g2", OTHER_TRUST)
+        with pytest.raises(KeyError):
+            await store.group_members("no-such-group")
 
     # -- text a database cannot encode -------------------------------------------------
 
