@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from ._lazy import lazy_attributes
 from .audit.events import AuditEvent, AuditKind
 from .audit.protocol import AuditSink
+from .check import ConfigProblem
 from .config import RemovalPolicy, SyncConfig
 from .directory.in_memory import InMemoryDirectory
 from .directory.protocol import Directory, GroupDiscovery, UserLookup
@@ -99,6 +100,7 @@ __all__ = [
     "ChangeResult",
     "ChildSiteConfigurationError",
     "ConfigError",
+    "ConfigProblem",
     "ConsentError",
     "ConsentResult",
     "CreateUser",

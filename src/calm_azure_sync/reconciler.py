@@ -23,6 +23,7 @@ import attrs
 from .audit.events import AuditEvent, utc_now
 from .audit.protocol import AuditSink
 from .autodetect import Suggestions
+from .check import ConfigProblem, config_problems
 from .config import SyncConfig
 from .directory.protocol import Directory
 from .errors import (
@@ -170,6 +171,40 @@ class Reconciler:
             for suggestion in ExclusionPolicy.suggest(users)
             if skip_reason(seen[suggestion.user_id], config) is None
         )
+
+    async def check(self, config: SyncConfig, *, actor: Actor) -> list[ConfigProblem]:
+        """The configuration checked against the live directory, for the Group Mapping screen.
+
+        Returns every problem (an empty list: all good), never raising for
+        them: mapped group ids that never existed (a typo, with the closest
+        group names) told apart from groups that were deleted (stale), mapped
+        groups without user members, and what :meth:`SyncConfig.validate`
+        finds (sites outside the trust, unknown modules, duplicates). Raises
+        only when ``actor`` may not configure the trust (or it is a child site).
+        Writes nothing and logs nothing.
+        """
+        if not isinstance(config, SyncConfig):
+            raise ConfigError(f"config: expected a SyncConfig, got {type(config).__name__}")
+        trust = self._authorize(config.trust_site_id, actor)
+        invalid: list[str] = []
+        try:
+            config.validate(self.hierarchy)
+            self._check_tenant(config)
+        except ConfigError as error:
+            invalid = list(error.problems)
+        groups = list(await self.directory.list_groups())
+        existing = {group.id for group in groups}
+        count = getattr(self.directory, "group_member_count", None)
+        member_counts: dict[str, int] = {}
+        for group_id in sorted(config.mappings.group_ids & existing):
+            if count is not None:
+                member_counts[group_id] = await count(group_id)
+            else:
+                member_counts[group_id] = len(await self.directory.group_members(group_id))
+        sync_state = await self._state_store.load_state(trust.id)
+        state = await self.store.load(trust.id)
+        seen = {*sync_state.baselines, *state.groups}
+        return config_problems(config, invalid=invalid, groups=groups, member_counts=member_counts, seen_before=seen)
 
     async def pending_hold(self, trust_site_id: str, *, actor: Actor) -> Hold | None:
         """The trust's pending hold, for the review screen (``None``: nothing is held)."""
