@@ -155,7 +155,10 @@ class _Planner:
     changes_by_user: dict[str, list[Change]] = attrs.field(factory=dict)
     processed: set[str] = attrs.field(factory=set)  # external ids whose access this plan decides
     leavers: list[str] = attrs.field(factory=list)
-    people: dict[str, UserLabel] = attrs.field(factory=dict)
+    # Set as changes are made: scanning 500k changes afterwards for removals costs
+    # more (the 100k-user planner benchmark's first import has no removal at all).
+    may_remove: bool = False
+    also_mentioned: set[str] = attrs.field(factory=set)
 
     def plan(self) -> Plan:
         users, wanted_by_user = _collect_users(self.snapshot.members, self.config.mappings)
@@ -194,9 +197,15 @@ class _Planner:
             refresh = identities.refreshes.get(user_id)
             if refresh is not None:
                 user_changes.insert(0, refresh)
-            user_changes.extend(
-                _grant_changes(user_id, wanted_by_user[user_id], synced_access.get(current_key) or {}, keep_mode)
-            )
+                self.also_mentioned.add(refresh.external_id)
+            current = synced_access.get(current_key)
+            if current:
+                grants = _grant_changes(user_id, wanted_by_user[user_id], current, keep_mode)
+                self.may_remove = self.may_remove or any(type(change) is not Assign or change.is_downgrade
+                                                         for change in grants)
+            else:  # nothing held yet: only grants to add
+                grants = _grant_changes(user_id, wanted_by_user[user_id], {}, keep_mode)
+            user_changes.extend(grants)
             if user_changes:
                 self.changes_by_user[user_id] = user_changes
 
@@ -219,6 +228,7 @@ class _Planner:
                 user_changes.append(DeactivateUser(external_id, stored.user_id))
             self.changes_by_user.setdefault(external_id, []).extend(user_changes)
             self.leavers.append(external_id)
+            self.may_remove = True
         if mode != "deactivate":
             return
         # Users who left earlier, with nothing left to unassign: deactivated once.
@@ -230,6 +240,7 @@ class _Planner:
             stored = by_external.get(external_id)
             if stored is not None and stored.active and stored.user_id not in other_access:
                 self.changes_by_user.setdefault(external_id, []).append(DeactivateUser(external_id, stored.user_id))
+                self.may_remove = True
 
     # -- what is mirrored -----------------------------------------------------------
 
@@ -247,7 +258,13 @@ class _Planner:
             if keeps:
                 now |= self.state.group_members.get(group_id, frozenset()) & keeps
             members_now[group_id] = now
-        return _group_changes(self.config, self.snapshot, self.state, members_now)
+        changes = _group_changes(self.config, self.snapshot, self.state, members_now)
+        for change in changes:
+            if isinstance(change, RemoveGroupMember):
+                self.may_remove = True
+            if isinstance(change, (AddGroupMember, RemoveGroupMember)):
+                self.also_mentioned.add(change.external_id)
+        return changes
 
     # -- order --------------------------------------------------------------------------
 
@@ -272,7 +289,7 @@ class _Planner:
         users: Mapping[str, DirectoryUser],
         identities: _Identities,
     ) -> Plan:
-        removals = [change for change in ordered if is_removal(change)]
+        removals = [change for change in ordered if is_removal(change)] if self.may_remove else []
         synced_users = sum(1 for access in self.state.synced_access.values() if access)
         context = self.context
         verdict = apply_guards(
@@ -294,7 +311,7 @@ class _Planner:
             held = set(map(id, verdict.held))
             ordered = [change for change in ordered if id(change) not in held]
         held_users = {change.external_id for change in verdict.held}
-        mentioned = {change.external_id for change in (*ordered, *verdict.held)} | {s.external_id for s in skipped}
+        mentioned = {*self.changes_by_user, *(s.external_id for s in skipped), *self.also_mentioned}
         return Plan(
             trust_site_id=self.config.trust_site_id,
             changes=tuple(ordered),
