@@ -11,6 +11,7 @@ Every exception the library raises on purpose derives from
     ├── DirectoryError                  Graph (or another directory) failed; ``.code``,
     │   │                               ``.status``, ``.request_id``
     │   ├── DirectoryAccessError        401/403: ``.missing_permissions``
+    │   ├── DeltaExpiredError           a delta cursor can no longer be used: read in full
     │   └── GroupNotFoundError          a mapped group does not exist; ``.group_id``
     ├── ConsentError                    the admin-consent callback was refused or forged;
     │                                   ``.error``, ``.error_description``
@@ -30,6 +31,7 @@ __all__ = [
     "ChildSiteConfigurationError",
     "ConfigError",
     "ConsentError",
+    "DeltaExpiredError",
     "DirectoryAccessError",
     "DirectoryError",
     "GroupNotFoundError",
@@ -155,6 +157,17 @@ class DirectoryAccessError(DirectoryError):
         if self.missing_permissions:
             message = f"{message} (grant {' or '.join(self.missing_permissions)} and re-consent)"
         super().__init__(message, code=code, status=status, request_id=request_id)
+
+
+class DeltaExpiredError(DirectoryError):
+    """A delta cursor can no longer be followed: the caller must read the directory in full.
+
+    Graph answers ``410 Gone`` (a "synchronization reset") or an error code
+    such as ``syncStateNotFound`` / ``resyncRequired`` when a delta token has
+    expired (directory tokens live 7 days); a cursor that is corrupt, of
+    another version or from another directory is refused the same way
+    (``code="invalid_cursor"``). No cursor is returned with it.
+    """
 
 
 class GroupNotFoundError(DirectoryError):

@@ -31,11 +31,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import json
 import logging
 import ssl
 import urllib.parse
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -45,6 +43,16 @@ import httpx
 from .._gc import collector_paused
 from ..errors import ConfigError, DirectoryAccessError, DirectoryError, GroupNotFoundError
 from ..model import DirectoryGroup, DirectoryUser
+from . import _graph_lookup
+from ._graph_common import (
+    GROUP_READ_PERMISSIONS,
+    graph_error,
+    json_object,
+    limited_information,
+    short,
+    status_error,
+    users_not_readable,
+)
 from ._retry import (
     ATTEMPTS_KEY,
     GraphRetryHandler,
@@ -55,37 +63,23 @@ from ._retry import (
     install_retry_handler,
     parse_retry_after,
 )
+from ._sdk import (
+    NATIVE,
+    AzureError,
+    AzureIdentityAuthenticationProvider,
+    ClientAuthenticationError,
+    GraphClientFactory,
+    GraphRequestAdapter,
+    GraphServiceClient,
+    GraphUserRequestBuilder,
+    GroupsRequestBuilder,
+    RequestConfiguration,
+    RequestInformation,
+    RequestOption,
+    ResponseHandlerOption,
+    _graph_adapter_options,
+)
 from .consent import GRAPH_DEFAULT_SCOPE
-
-# Some generated request-builder modules call warnings.warn(DeprecationWarning)
-# in their class bodies at import time; importing them here, once, keeps that
-# noise out of host applications that run with warnings as errors.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import kiota_abstractions.default_query_parameters  # noqa: F401
-    import msgraph.generated.groups.item.group_item_request_builder
-    import msgraph.generated.groups.item.transitive_members.graph_user.count.count_request_builder
-    import msgraph.generated.groups.item.transitive_members.transitive_members_request_builder
-    import msgraph.generated.users.users_request_builder  # noqa: F401
-    from azure.core.exceptions import AzureError, ClientAuthenticationError
-    from kiota_abstractions.base_request_configuration import RequestConfiguration
-    from kiota_abstractions.method import Method
-    from kiota_abstractions.native_response_handler import NativeResponseHandler
-    from kiota_abstractions.request_information import RequestInformation
-    from kiota_abstractions.request_option import RequestOption
-    from kiota_authentication_azure.azure_identity_authentication_provider import (
-        AzureIdentityAuthenticationProvider,
-    )
-    from kiota_http.middleware.options import ResponseHandlerOption
-    from msgraph.generated.groups.groups_request_builder import GroupsRequestBuilder
-    from msgraph.generated.groups.item.transitive_members.graph_user.graph_user_request_builder import (
-        GraphUserRequestBuilder,
-    )
-    from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
-    from msgraph.graph_request_adapter import GraphRequestAdapter
-    from msgraph.graph_request_adapter import options as _graph_adapter_options
-    from msgraph.graph_service_client import GraphServiceClient
-    from msgraph_core import GraphClientFactory
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -112,11 +106,6 @@ _NATIONAL_CLOUD_SCOPES = {
 }
 
 _PAGE_SIZE = 999  # Graph's maximum for users, groups and members
-_MESSAGE_LIMIT = 300
-_GROUP_READ_PERMISSIONS = ("GroupMember.Read.All", "Directory.Read.All")
-_USER_READ_PERMISSIONS = ("User.Read.All", "Directory.Read.All")
-_BATCH_LIMIT = 20  # requests per JSON $batch, Graph's maximum
-_NATIVE = NativeResponseHandler()
 
 
 def _origin(url: str) -> tuple[str, str, int]:
@@ -193,36 +182,6 @@ def _redact(text: str, secrets: Sequence[str]) -> str:
     return text
 
 
-def _short(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
-
-
-def _limited_information(item: Mapping[str, Any]) -> bool:
-    """Whether a user item is Graph's "limited information" shape, not a readable user.
-
-    Without a user permission Graph lists member users with their ``id`` and
-    ``@odata.type`` and every other property ``null`` (permissions-overview:
-    "Limited information returned for inaccessible member objects"), or, in
-    the older shape, without the other properties at all. We ``$select``
-    ``accountEnabled`` and ``userPrincipalName``; a readable user always
-    carries both keys and its ``accountEnabled`` is never ``null`` (Entra
-    requires it). So: ``accountEnabled`` null or absent, or
-    ``userPrincipalName`` absent, is unreadable. Reading such a user anyway
-    would make a disabled user look enabled and everyone look emailless.
-    """
-    return item.get("accountEnabled") is None or "userPrincipalName" not in item
-
-
-def _users_not_readable(operation: str) -> DirectoryAccessError:
-    return DirectoryAccessError(
-        f"{operation}: Graph returned users with only their id and type (every other property null "
-        "or missing), so the app may read memberships but not users",
-        missing_permissions=("User.Read.All", "Directory.Read.All"),
-        code="users_not_readable",
-    )
-
-
 def search_clause(search: str) -> str:
     r"""Graph's ``$search`` value for a group name search: ``"displayName:<words>"``.
 
@@ -234,49 +193,6 @@ def search_clause(search: str) -> str:
     """
     words = " ".join(search.split()).replace("\\", "\\\\").replace('"', '\\"')
     return f'"displayName:{words}"'
-
-
-def _lookup_ids(ids: Iterable[str]) -> list[str]:
-    """The ids to look up, each once, in the order given (blank ids are no object: left out)."""
-    if isinstance(ids, str):
-        raise ConfigError("lookup_users: ids must be a collection of object ids, not one string")
-    wanted: dict[str, None] = {}
-    for user_id in ids:
-        if not isinstance(user_id, str):
-            raise ConfigError(f"lookup_users: every id must be a string, got {type(user_id).__name__}")
-        wanted.setdefault(user_id, None)
-    return list(wanted)
-
-
-def _looked_up_user(body: Mapping[str, Any], user_id: str, operation: str) -> DirectoryUser:
-    if _limited_information(body):
-        raise _users_not_readable(operation)
-    user = DirectoryUser.from_graph(body)
-    if user.id.lower() != user_id.lower():
-        raise DirectoryError(f"{operation}: Graph answered with another user ({user.id!r})", code="invalid_response")
-    return user
-
-
-def _error_fields(body: object, request_id: str | None) -> tuple[str | None, str | None, str | None]:
-    """Graph's error ``code``, ``message`` and request id from a parsed error body."""
-    code = message = None
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict):
-        code = error.get("code") if isinstance(error.get("code"), str) else None
-        message = error.get("message") if isinstance(error.get("message"), str) else None
-        inner = error.get("innerError") or error.get("innererror")
-        if isinstance(inner, dict) and isinstance(inner.get("request-id"), str):
-            request_id = inner["request-id"]
-    return code or None, None if message is None else _short(message), request_id
-
-
-def _graph_error(response: httpx.Response) -> tuple[str | None, str | None, str | None]:
-    """Graph's error ``code``, ``message`` and request id, read defensively."""
-    try:
-        body = json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
-        body = None
-    return _error_fields(body, response.headers.get("request-id"))
 
 
 class GraphDirectory:
@@ -472,7 +388,7 @@ class GraphDirectory:
         operation = f"counting the members of group {group_id!r}"
         builder = self._client.groups.by_group_id(group_id).transitive_members.graph_user.count
         budget = RetryBudget(self.retry.total_budget_seconds)
-        options = [ResponseHandlerOption(_NATIVE), RetryBudgetOption(budget)]
+        options = [ResponseHandlerOption(NATIVE), RetryBudgetOption(budget)]
         request = builder.to_get_request_information(self._configuration(None, {"ConsistencyLevel": "eventual"}, options))
         response = await self._send(request, operation=operation)
         if not 200 <= response.status_code < 300:
@@ -517,8 +433,8 @@ class GraphDirectory:
                     kind = item.get("@odata.type")
                     if kind is not None and kind != "#microsoft.graph.user":
                         continue  # the cast returns users only; anything else is not ours to read
-                    if _limited_information(item):
-                        raise _users_not_readable(f"reading the members of group {group_id!r}")
+                    if limited_information(item):
+                        raise users_not_readable(f"reading the members of group {group_id!r}")
                     user = from_graph(item)
                     if user.id not in users:
                         users[user.id] = user
@@ -535,113 +451,7 @@ class GraphDirectory:
         and 403 are :class:`~calm_azure_sync.DirectoryAccessError`; a user in
         the limited-information shape is ``users_not_readable``.
         """
-        wanted = _lookup_ids(ids)
-        # A blank id is no object; sent, /users/ would list the tenant instead.
-        found: dict[str, DirectoryUser | None] = {user_id: None for user_id in wanted if not user_id.strip()}
-        asked = [user_id for user_id in wanted if user_id not in found]
-        budget = RetryBudget(self.retry.total_budget_seconds)
-        if len(asked) == 1:
-            found[asked[0]] = await self._lookup_one(asked[0], budget)
-        elif asked:
-            chunks = [asked[start : start + _BATCH_LIMIT] for start in range(0, len(asked), _BATCH_LIMIT)]
-            for answer in await asyncio.gather(*(self._lookup_batch(chunk, budget) for chunk in chunks)):
-                found.update(answer)
-        return {user_id: found[user_id] for user_id in wanted}
-
-    async def _lookup_one(self, user_id: str, budget: RetryBudget) -> DirectoryUser | None:
-        operation = f"looking up user {user_id!r}"
-        builder: UserItemRequestBuilder = self._client.users.by_user_id(user_id)
-        query = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(select=list(DirectoryUser.GRAPH_SELECT))
-        options = [ResponseHandlerOption(_NATIVE), RetryBudgetOption(budget)]
-        request = builder.to_get_request_information(self._configuration(query, {}, options))
-        response = await self._send(request, operation=operation)
-        if response.status_code == 404:
-            return None
-        if not 200 <= response.status_code < 300:
-            raise self._status_error(response, operation=operation, group_id=None, permissions=_USER_READ_PERMISSIONS)
-        body = _json_object(response.content, operation, status=response.status_code, response=response)
-        return _looked_up_user(body, user_id, operation)
-
-    async def _lookup_batch(self, chunk: Sequence[str], budget: RetryBudget) -> dict[str, DirectoryUser | None]:
-        """One chunk of at most 20 ids through ``POST /$batch``, retrying throttled sub-requests."""
-        operation = f"looking up {len(chunk)} users"
-        select = ",".join(DirectoryUser.GRAPH_SELECT)
-        found: dict[str, DirectoryUser | None] = {}
-        pending = list(chunk)
-        attempt = 0
-        while pending:
-            attempt += 1
-            body = {
-                "requests": [
-                    {"id": str(index), "method": "GET", "url": f"/users/{urllib.parse.quote(user_id, safe='')}?$select={select}"}
-                    for index, user_id in enumerate(pending)
-                ]
-            }
-            request = RequestInformation(Method.POST, "{+baseurl}/$batch")
-            request.set_stream_content(json.dumps(body).encode(), "application/json")
-            request.add_request_options([ResponseHandlerOption(_NATIVE), RetryBudgetOption(budget)])
-            page = await self._get_json(request, operation=operation, group_id=None, permissions=_USER_READ_PERMISSIONS)
-            retry, retry_after = self._batch_answers(page, pending, found, operation)
-            if not retry:
-                break
-            delay = self.retry.delay(attempt, retry_after=retry_after, jitter_draw=self._retry_handler._random_draw())
-            if attempt >= self.retry.max_attempts or not budget.allows(delay):
-                status, code = retry[0][1], retry[0][2]
-                raise DirectoryError(
-                    f"{operation}: Microsoft Graph answered HTTP {status} for {len(retry)} of them "
-                    f"after {attempt} attempts",
-                    code=code,
-                    status=status,
-                )
-            budget.spend(delay)
-            await self._retry_handler._sleep(delay)
-            pending = [user_id for user_id, _, _ in retry]
-        return found
-
-    def _batch_answers(
-        self, page: Mapping[str, Any], pending: Sequence[str], found: dict[str, DirectoryUser | None], operation: str
-    ) -> tuple[list[tuple[str, int, str | None]], str | None]:
-        """Record each sub-response; return the ones to retry and the longest Retry-After among them."""
-        responses = page.get("responses")
-        if not isinstance(responses, list):
-            raise DirectoryError(f"{operation}: Graph's batch answer has no 'responses' list", code="invalid_response")
-        by_id: dict[str, Mapping[str, Any]] = {}
-        for item in responses:
-            if isinstance(item, dict) and isinstance(item.get("id"), str):
-                by_id[item["id"].lower()] = item
-        retry: list[tuple[str, int, str | None]] = []
-        longest: float | None = None
-        for index, user_id in enumerate(pending):
-            item = by_id.get(str(index))
-            status = item.get("status") if item is not None else None
-            if item is None or type(status) is not int:
-                raise DirectoryError(f"{operation}: Graph's batch answer lacks request {index}", code="invalid_response")
-            headers = {str(k).lower(): str(v) for k, v in (item.get("headers") or {}).items()}
-            body = item.get("body")
-            if status == 404:
-                found[user_id] = None
-            elif 200 <= status < 300:
-                if not isinstance(body, dict):
-                    raise DirectoryError(f"{operation}: user {user_id!r} came back without a body", code="invalid_response")
-                found[user_id] = _looked_up_user(body, user_id, f"looking up user {user_id!r}")
-            else:
-                code, message, request_id = _error_fields(body, headers.get("request-id"))
-                if status in self.retry.retry_statuses:
-                    retry.append((user_id, status, code))
-                    seconds = parse_retry_after(headers.get("retry-after"))
-                    if seconds is not None and (longest is None or seconds > longest):
-                        longest = seconds
-                    continue
-                raise _status_error(
-                    status,
-                    code,
-                    message,
-                    request_id,
-                    operation=f"looking up user {user_id!r}",
-                    group_id=None,
-                    permissions=_USER_READ_PERMISSIONS,
-                )
-        return retry, None if longest is None else repr(longest)
+        return await _graph_lookup.lookup_users(self, ids)
 
     # -- paging, sending, errors --------------------------------------------------
 
@@ -656,7 +466,7 @@ class GraphDirectory:
     ) -> Any:
         """Yield every page's items (a list of dicts), following next links within the Graph origin."""
         budget = RetryBudget(self.retry.total_budget_seconds)
-        options = [ResponseHandlerOption(_NATIVE), RetryBudgetOption(budget)]
+        options = [ResponseHandlerOption(NATIVE), RetryBudgetOption(budget)]
         request = builder.to_get_request_information(
             self._configuration(query, headers, options)
         )
@@ -739,7 +549,7 @@ class GraphDirectory:
         # Azure's own text (AADSTS codes) helps the admin; anything else may
         # be a host credential's message, so only its type is shown.
         if isinstance(error, ClientAuthenticationError):
-            detail = _redact(_short(str(error.message or error)), self._secrets)
+            detail = _redact(short(str(error.message or error)), self._secrets)
         else:
             detail = type(error).__name__
         return DirectoryAccessError(
@@ -755,13 +565,13 @@ class GraphDirectory:
         *,
         operation: str,
         group_id: str | None,
-        permissions: tuple[str, ...] = _GROUP_READ_PERMISSIONS,
+        permissions: tuple[str, ...] = GROUP_READ_PERMISSIONS,
     ) -> dict[str, Any]:
         response = await self._send(request, operation=operation)
         status = response.status_code
         if not 200 <= status < 300:
             raise self._status_error(response, operation=operation, group_id=group_id, permissions=permissions)
-        return _json_object(response.content, operation, status=status, response=response)
+        return json_object(response.content, operation, status=status, response=response)
 
     def _status_error(
         self,
@@ -769,10 +579,10 @@ class GraphDirectory:
         *,
         operation: str,
         group_id: str | None,
-        permissions: tuple[str, ...] = _GROUP_READ_PERMISSIONS,
+        permissions: tuple[str, ...] = GROUP_READ_PERMISSIONS,
     ) -> DirectoryError:
-        code, message, request_id = _graph_error(response)
-        return _status_error(
+        code, message, request_id = graph_error(response)
+        return status_error(
             response.status_code,
             code,
             message,
@@ -784,67 +594,3 @@ class GraphDirectory:
         )
 
 
-def _status_error(
-    status: int,
-    code: str | None,
-    message: str | None,
-    request_id: str | None,
-    *,
-    operation: str,
-    group_id: str | None,
-    permissions: tuple[str, ...],
-    attempts: object = None,
-) -> DirectoryError:
-    """The DirectoryError for a Graph error answer (also a $batch sub-response's)."""
-    said = f"HTTP {status}" + (f": {message}" if message else "")
-    if status == 401:
-        return DirectoryAccessError(
-            f"{operation}: Microsoft Graph did not accept the app's token ({said}); check the tenant, "
-            "the client secret or certificate, and that an administrator granted consent. "
-            "The app needs User.Read.All and GroupMember.Read.All",
-            missing_permissions=permissions,
-            code=code,
-            status=status,
-            request_id=request_id,
-        )
-    if status == 403:
-        return DirectoryAccessError(
-            f"{operation}: Microsoft Graph denied the request ({said}); the app needs the application "
-            "permissions User.Read.All and GroupMember.Read.All, or Directory.Read.All",
-            missing_permissions=permissions,
-            code=code,
-            status=status,
-            request_id=request_id,
-        )
-    if status == 404 and group_id is not None:
-        return GroupNotFoundError(group_id, code=code, status=status, request_id=request_id)
-    tried = f" after {attempts} attempts" if isinstance(attempts, int) and attempts > 1 else ""
-    return DirectoryError(
-        f"{operation}: Microsoft Graph answered {said}{tried}",
-        code=code,
-        status=status,
-        request_id=request_id,
-    )
-
-
-def _json_object(content: bytes, operation: str, *, status: int, response: httpx.Response | None) -> dict[str, Any]:
-    """A JSON object from Graph, or a DirectoryError saying what came instead."""
-    request_id = None if response is None else response.headers.get("request-id")
-    try:
-        page = json.loads(content)
-    except (ValueError, UnicodeDecodeError):
-        kind = "no content type" if response is None else response.headers.get("Content-Type", "no content type")
-        raise DirectoryError(
-            f"{operation}: Graph's answer is not valid JSON (HTTP {status}, {len(content)} bytes, {kind})",
-            code="invalid_response",
-            status=status,
-            request_id=request_id,
-        ) from None
-    if not isinstance(page, dict):
-        raise DirectoryError(
-            f"{operation}: Graph's answer is not a JSON object",
-            code="invalid_response",
-            status=status,
-            request_id=request_id,
-        )
-    return page

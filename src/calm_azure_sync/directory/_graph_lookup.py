@@ -1,0 +1,168 @@
+"""``GraphDirectory.lookup_users``: users by id, one GET or JSON ``$batch`` requests of 20."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.parse
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError, DirectoryError
+from ..model import DirectoryUser
+from ._graph_common import (
+    USER_READ_PERMISSIONS,
+    error_fields,
+    json_object,
+    limited_information,
+    status_error,
+    users_not_readable,
+)
+from ._retry import RetryBudget, RetryBudgetOption, parse_retry_after
+from ._sdk import NATIVE, Method, RequestInformation, ResponseHandlerOption, UserItemRequestBuilder
+
+if TYPE_CHECKING:
+    from .graph import GraphDirectory
+
+BATCH_LIMIT = 20  # requests per JSON $batch, Graph's maximum
+
+
+async def lookup_users(self: GraphDirectory, ids: Iterable[str]) -> Mapping[str, DirectoryUser | None]:
+    """Each user by object id, ``None`` for an id that is no user (gone, or never was).
+
+    ``GET /users/{id}?$select=<the member fields>`` (User.Read.All); a
+    single id is one request, more are sent as JSON ``$batch`` requests of
+    20 (Graph's maximum), several batches at once within
+    ``max_concurrency``. A throttled or unavailable sub-request is retried
+    in a later batch after its own ``Retry-After``; 404 is ``None``; 401
+    and 403 are :class:`~calm_azure_sync.DirectoryAccessError`; a user in
+    the limited-information shape is ``users_not_readable``.
+    """
+    wanted = _lookup_ids(ids)
+    # A blank id is no object; sent, /users/ would list the tenant instead.
+    found: dict[str, DirectoryUser | None] = {user_id: None for user_id in wanted if not user_id.strip()}
+    asked = [user_id for user_id in wanted if user_id not in found]
+    budget = RetryBudget(self.retry.total_budget_seconds)
+    if len(asked) == 1:
+        found[asked[0]] = await _lookup_one(self, asked[0], budget)
+    elif asked:
+        chunks = [asked[start : start + BATCH_LIMIT] for start in range(0, len(asked), BATCH_LIMIT)]
+        for answer in await asyncio.gather(*(_lookup_batch(self, chunk, budget) for chunk in chunks)):
+            found.update(answer)
+    return {user_id: found[user_id] for user_id in wanted}
+
+async def _lookup_one(self: GraphDirectory, user_id: str, budget: RetryBudget) -> DirectoryUser | None:
+    operation = f"looking up user {user_id!r}"
+    builder: UserItemRequestBuilder = self._client.users.by_user_id(user_id)
+    query = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(select=list(DirectoryUser.GRAPH_SELECT))
+    options = [ResponseHandlerOption(NATIVE), RetryBudgetOption(budget)]
+    request = builder.to_get_request_information(self._configuration(query, {}, options))
+    response = await self._send(request, operation=operation)
+    if response.status_code == 404:
+        return None
+    if not 200 <= response.status_code < 300:
+        raise self._status_error(response, operation=operation, group_id=None, permissions=USER_READ_PERMISSIONS)
+    body = json_object(response.content, operation, status=response.status_code, response=response)
+    return _looked_up_user(body, user_id, operation)
+
+async def _lookup_batch(self: GraphDirectory, chunk: Sequence[str], budget: RetryBudget) -> dict[str, DirectoryUser | None]:
+    """One chunk of at most 20 ids through ``POST /$batch``, retrying throttled sub-requests."""
+    operation = f"looking up {len(chunk)} users"
+    select = ",".join(DirectoryUser.GRAPH_SELECT)
+    found: dict[str, DirectoryUser | None] = {}
+    pending = list(chunk)
+    attempt = 0
+    while pending:
+        attempt += 1
+        body = {
+            "requests": [
+                {"id": str(index), "method": "GET", "url": f"/users/{urllib.parse.quote(user_id, safe='')}?$select={select}"}
+                for index, user_id in enumerate(pending)
+            ]
+        }
+        request = RequestInformation(Method.POST, "{+baseurl}/$batch")
+        request.set_stream_content(json.dumps(body).encode(), "application/json")
+        request.add_request_options([ResponseHandlerOption(NATIVE), RetryBudgetOption(budget)])
+        page = await self._get_json(request, operation=operation, group_id=None, permissions=USER_READ_PERMISSIONS)
+        retry, retry_after = _batch_answers(self, page, pending, found, operation)
+        if not retry:
+            break
+        delay = self.retry.delay(attempt, retry_after=retry_after, jitter_draw=self._retry_handler._random_draw())
+        if attempt >= self.retry.max_attempts or not budget.allows(delay):
+            status, code = retry[0][1], retry[0][2]
+            raise DirectoryError(
+                f"{operation}: Microsoft Graph answered HTTP {status} for {len(retry)} of them "
+                f"after {attempt} attempts",
+                code=code,
+                status=status,
+            )
+        budget.spend(delay)
+        await self._retry_handler._sleep(delay)
+        pending = [user_id for user_id, _, _ in retry]
+    return found
+
+def _batch_answers(
+    self: GraphDirectory, page: Mapping[str, Any], pending: Sequence[str], found: dict[str, DirectoryUser | None], operation: str
+) -> tuple[list[tuple[str, int, str | None]], str | None]:
+    """Record each sub-response; return the ones to retry and the longest Retry-After among them."""
+    responses = page.get("responses")
+    if not isinstance(responses, list):
+        raise DirectoryError(f"{operation}: Graph's batch answer has no 'responses' list", code="invalid_response")
+    by_id: dict[str, Mapping[str, Any]] = {}
+    for item in responses:
+        if isinstance(item, dict) and isinstance(item.get("id"), str):
+            by_id[item["id"].lower()] = item
+    retry: list[tuple[str, int, str | None]] = []
+    longest: float | None = None
+    for index, user_id in enumerate(pending):
+        item = by_id.get(str(index))
+        status = item.get("status") if item is not None else None
+        if item is None or type(status) is not int:
+            raise DirectoryError(f"{operation}: Graph's batch answer lacks request {index}", code="invalid_response")
+        headers = {str(k).lower(): str(v) for k, v in (item.get("headers") or {}).items()}
+        body = item.get("body")
+        if status == 404:
+            found[user_id] = None
+        elif 200 <= status < 300:
+            if not isinstance(body, dict):
+                raise DirectoryError(f"{operation}: user {user_id!r} came back without a body", code="invalid_response")
+            found[user_id] = _looked_up_user(body, user_id, f"looking up user {user_id!r}")
+        else:
+            code, message, request_id = error_fields(body, headers.get("request-id"))
+            if status in self.retry.retry_statuses:
+                retry.append((user_id, status, code))
+                seconds = parse_retry_after(headers.get("retry-after"))
+                if seconds is not None and (longest is None or seconds > longest):
+                    longest = seconds
+                continue
+            raise status_error(
+                status,
+                code,
+                message,
+                request_id,
+                operation=f"looking up user {user_id!r}",
+                group_id=None,
+                permissions=USER_READ_PERMISSIONS,
+            )
+    return retry, None if longest is None else repr(longest)
+
+
+def _lookup_ids(ids: Iterable[str]) -> list[str]:
+    """The ids to look up, each once, in the order given (blank ids are no object: left out)."""
+    if isinstance(ids, str):
+        raise ConfigError("lookup_users: ids must be a collection of object ids, not one string")
+    wanted: dict[str, None] = {}
+    for user_id in ids:
+        if not isinstance(user_id, str):
+            raise ConfigError(f"lookup_users: every id must be a string, got {type(user_id).__name__}")
+        wanted.setdefault(user_id, None)
+    return list(wanted)
+
+
+def _looked_up_user(body: Mapping[str, Any], user_id: str, operation: str) -> DirectoryUser:
+    if limited_information(body):
+        raise users_not_readable(operation)
+    user = DirectoryUser.from_graph(body)
+    if user.id.lower() != user_id.lower():
+        raise DirectoryError(f"{operation}: Graph answered with another user ({user.id!r})", code="invalid_response")
+    return user
