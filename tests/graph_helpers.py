@@ -114,3 +114,22 @@ def examples_dir() -> Path:
 def example(name: str) -> Any:
     """One documented Graph example (JSON), as saved from the docs."""
     return json.loads((examples_dir() / name).read_text(encoding="utf-8"))
+
+
+def sdk_directory(transport: Any, **kwargs: Any) -> GraphDirectory:
+    """A GraphDirectory on the real msgraph-sdk whose httpx client answers from ``transport`` (no sockets)."""
+    import httpx
+    from kiota_authentication_azure.azure_identity_authentication_provider import (
+        AzureIdentityAuthenticationProvider,
+    )
+    from msgraph.graph_request_adapter import GraphRequestAdapter
+    from msgraph.graph_service_client import GraphServiceClient
+    from msgraph_core import GraphClientFactory
+
+    http = GraphClientFactory.create_with_default_middleware(client=httpx.AsyncClient(transport=transport))
+    auth = AzureIdentityAuthenticationProvider(FakeCredential(), allowed_hosts=["graph.microsoft.com"])
+    adapter = GraphRequestAdapter(auth, client=http)
+    adapter.base_url = "https://graph.microsoft.com/v1.0"
+    kwargs.setdefault("retry", FAST_RETRY)
+    kwargs.setdefault("sleep", RecordingSleep())
+    return GraphDirectory(GraphServiceClient(request_adapter=adapter), **kwargs)

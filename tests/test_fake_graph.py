@@ -15,7 +15,7 @@ from calm_azure_sync import DirectoryError
 from calm_azure_sync.model import DirectoryGroup, DirectoryUser
 from calm_azure_sync.testing.fake_graph import FakeGraph, FakeGraphServer, Fault, resource_units
 
-from .graph_helpers import FAKE_TOKEN, examples_dir, user
+from .graph_helpers import FAKE_TOKEN, examples_dir, sdk_directory, user
 
 pytestmark = pytest.mark.wire
 
@@ -316,25 +316,7 @@ def test_unknown_segments_and_versions_are_bad_requests(graph, http):
 # -- the model without sockets: the whole SDK over FakeGraph.transport() ----------------
 
 
-def sdk_over(transport: httpx.AsyncBaseTransport, **kwargs: Any) -> Any:
-    """A GraphDirectory on the real msgraph-sdk whose httpx client answers from ``transport``."""
-    from kiota_authentication_azure.azure_identity_authentication_provider import (
-        AzureIdentityAuthenticationProvider,
-    )
-    from msgraph.graph_request_adapter import GraphRequestAdapter
-    from msgraph.graph_service_client import GraphServiceClient
-    from msgraph_core import GraphClientFactory
-
-    from calm_azure_sync import GraphDirectory
-
-    from .graph_helpers import FAST_RETRY, FakeCredential, RecordingSleep
-
-    http = GraphClientFactory.create_with_default_middleware(client=httpx.AsyncClient(transport=transport))
-    auth = AzureIdentityAuthenticationProvider(FakeCredential(), allowed_hosts=["graph.microsoft.com"])
-    adapter = GraphRequestAdapter(auth, client=http)
-    adapter.base_url = "https://graph.microsoft.com/v1.0"
-    kwargs.setdefault("retry", FAST_RETRY)
-    return GraphDirectory(GraphServiceClient(request_adapter=adapter), sleep=RecordingSleep(), **kwargs)
+sdk_over = sdk_directory
 
 
 def test_the_model_answers_without_a_server():

@@ -14,6 +14,7 @@ from .audit.events import AuditEvent, AuditKind
 from .audit.protocol import AuditSink
 from .check import ConfigProblem
 from .config import RemovalPolicy, SyncConfig
+from .directory.delta import DeltaDirectory, DirectoryDelta, GroupDelta, RemovedUser
 from .directory.in_memory import InMemoryDirectory
 from .directory.protocol import Directory, GroupDiscovery, UserLookup
 from .errors import (
@@ -21,6 +22,7 @@ from .errors import (
     ChildSiteConfigurationError,
     ConfigError,
     ConsentError,
+    DeltaExpiredError,
     DirectoryAccessError,
     DirectoryError,
     GroupNotFoundError,
@@ -105,8 +107,11 @@ __all__ = [
     "ConsentResult",
     "CreateUser",
     "DeactivateUser",
+    "DeltaDirectory",
+    "DeltaExpiredError",
     "Directory",
     "DirectoryAccessError",
+    "DirectoryDelta",
     "DirectoryError",
     "DirectoryGroup",
     "DirectoryUser",
@@ -114,6 +119,7 @@ __all__ = [
     "ExclusionSuggestion",
     "Grant",
     "GraphDirectory",
+    "GroupDelta",
     "GroupDiscovery",
     "GroupMapping",
     "GroupNotFoundError",
@@ -133,6 +139,7 @@ __all__ = [
     "RelinkUser",
     "RemovalPolicy",
     "RemoveGroupMember",
+    "RemovedUser",
     "RetireGroup",
     "Role",
     "Site",

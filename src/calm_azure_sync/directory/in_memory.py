@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..errors import ConfigError, DirectoryError, GroupNotFoundError
+from ..errors import ConfigError, DeltaExpiredError, DirectoryError, GroupNotFoundError
 from ..model import DirectoryGroup, DirectoryUser
 from ._search import name_matches
+from .delta import DeltaCursor, DeltaStart, DirectoryDelta, GroupDelta, RemovedUser, build_delta
 
 __all__ = ["InMemoryDirectory"]
 
@@ -54,6 +56,11 @@ class InMemoryDirectory:
                 code="invalid_data",
             )
         self.tenant_id = tenant_id
+        # The change log behind changes() (delta): (seq, kind, id, detail, op).
+        self._log: list[tuple[int, str, str, str, str]] = []
+        self._seq = 0
+        self._generation = 0
+        self._epoch = uuid.uuid4().hex
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, tenant_id: str | None = None) -> InMemoryDirectory:
@@ -114,6 +121,205 @@ class InMemoryDirectory:
                 raise ConfigError(f"lookup_users: every id must be a string, got {type(user_id).__name__}")
             found[user_id] = self.users.get(user_id)
         return found
+
+    # -- changes that the delta log records --------------------------------------------
+
+    def put_user(self, user: DirectoryUser) -> None:
+        """Add, change or restore a user (recorded for :meth:`changes`)."""
+        self._record("user", user.id, "", "update" if user.id in self.users else "create")
+        self.users[user.id] = user
+
+    def delete_user(self, user_id: str, *, soft: bool = False) -> None:
+        """Delete a user and its memberships; ``soft`` is Entra's restorable deletion (reason ``"changed"``)."""
+        if self.users.pop(user_id, None) is None:
+            return
+        self._record("user", user_id, "changed" if soft else "deleted", "delete")
+        for group_id, ids in list(self.members.items()):
+            if user_id in ids:
+                self._set_members(group_id, tuple(i for i in ids if i != user_id), kinds={user_id: "user"})
+
+    def add_member(self, group_id: str, member_id: str) -> None:
+        """Make ``member_id`` (a user or a group) a direct member of ``group_id``."""
+        if group_id not in self.groups:
+            raise GroupNotFoundError(group_id, code="Request_ResourceNotFound")
+        ids = self.members.get(group_id, ())
+        if member_id not in ids:
+            self._set_members(group_id, (*ids, member_id))
+
+    def remove_member(self, group_id: str, member_id: str) -> None:
+        """End a direct membership."""
+        ids = self.members.get(group_id, ())
+        if member_id in ids:
+            self._set_members(group_id, tuple(i for i in ids if i != member_id))
+
+    def put_group(self, group: DirectoryGroup, members: Iterable[str] | None = None) -> None:
+        """Add or change a group, and with ``members`` set its direct members."""
+        if group.id not in self.groups:
+            self._record("group", group.id, "", "create")
+        self.groups[group.id] = group
+        if members is not None:
+            self._set_members(group.id, tuple(dict.fromkeys(members)))
+
+    def delete_group(self, group_id: str) -> None:
+        """Delete a group (a 404 from then on) and its memberships in other groups."""
+        if self.groups.pop(group_id, None) is None:
+            return
+        self._record("group", group_id, "", "delete")
+        self.members.pop(group_id, None)
+        for other, ids in list(self.members.items()):
+            if group_id in ids:
+                self._set_members(other, tuple(i for i in ids if i != group_id), kinds={group_id: "group"})
+
+    def expire_delta_tokens(self) -> None:
+        """Make every cursor given out so far raise :class:`~calm_azure_sync.DeltaExpiredError`."""
+        self._generation += 1
+
+    def _kind(self, member_id: str) -> str:
+        return "user" if member_id in self.users else "group" if member_id in self.groups else "other"
+
+    def _set_members(self, group_id: str, ids: tuple[str, ...], *, kinds: Mapping[str, str] | None = None) -> None:
+        before = set(self.members.get(group_id, ()))
+        after = set(ids)
+        for member_id in sorted(before ^ after):
+            kind = (kinds or {}).get(member_id) or self._kind(member_id)
+            self._record("member", group_id, f"{kind}:{member_id}", "add" if member_id in after else "remove")
+        self.members[group_id] = ids
+
+    def _record(self, kind: str, object_id: str, detail: str, op: str) -> None:
+        self._seq += 1
+        self._log.append((self._seq, kind, object_id, detail, op))
+
+    # -- the DeltaDirectory protocol -----------------------------------------------------
+
+    async def changes(
+        self,
+        cursor: Mapping[str, Any] | None,
+        group_ids: Iterable[str],
+        *,
+        start: DeltaStart = "initial",
+    ) -> tuple[DirectoryDelta, DeltaCursor]:
+        """What changed since ``cursor``, from this directory's change log (see ``DeltaDirectory``).
+
+        Only changes made through :meth:`put_user`, :meth:`delete_user`,
+        :meth:`add_member`, :meth:`remove_member`, :meth:`put_group` and
+        :meth:`delete_group` are seen; assigning to ``users``, ``groups`` or
+        ``members`` directly bypasses the log.
+        """
+        if start not in ("initial", "latest"):
+            raise ConfigError(f"changes: start must be 'initial' or 'latest', got {start!r}")
+        if isinstance(group_ids, str):
+            raise ConfigError("changes: group_ids must be a collection of group ids, not one string")
+        wanted = list(dict.fromkeys(group_ids))
+        if not all(isinstance(g, str) and g.strip() for g in wanted):
+            raise ConfigError("changes: every group id must be a non-empty string")
+        seq, tracked, users_tracked = self._read_cursor(cursor)
+        events = [event for event in self._log if event[0] > seq] if cursor is not None else []
+        users = self._user_changes(events) if users_tracked else {}
+        if not users_tracked and start == "initial":
+            users = dict(self.users)
+        groups: dict[str, GroupDelta] = {}
+        removed: set[str] = set()
+        member_events = self._member_events(events)
+        for group_id in wanted:
+            if group_id in tracked:
+                self._group_changes(group_id, member_events, events, groups, removed)
+            elif start == "initial":
+                if group_id in self.groups:
+                    ids = [m for m in self.members.get(group_id, ()) if m in self.users or m in self.groups]
+                    groups[group_id] = GroupDelta(
+                        group_id,
+                        added_users=frozenset(m for m in ids if m in self.users),
+                        added_groups=frozenset(m for m in ids if m in self.groups),
+                        complete=True,
+                    )
+                else:
+                    removed.add(group_id)
+        delta = build_delta(users, groups, removed, users_complete=not users_tracked and start == "initial")
+        next_cursor: DeltaCursor = {
+            "version": 1,
+            "kind": "memory",
+            "epoch": self._epoch,
+            "generation": self._generation,
+            "seq": self._seq,
+            "groups": wanted,
+            "users": True,
+        }
+        return delta, next_cursor
+
+    def _read_cursor(self, cursor: Mapping[str, Any] | None) -> tuple[int, set[str], bool]:
+        if cursor is None:
+            return self._seq, set(), False
+        seq = cursor.get("seq") if isinstance(cursor, Mapping) else None
+        if (
+            not isinstance(cursor, Mapping)
+            or cursor.get("version") != 1
+            or cursor.get("kind") != "memory"
+            or cursor.get("epoch") != self._epoch
+            or not isinstance(seq, int)
+            or not isinstance(cursor.get("groups"), list)
+        ):
+            raise DeltaExpiredError("the delta cursor was not made by this directory; read in full", code="invalid_cursor")
+        if cursor.get("generation") != self._generation:
+            raise DeltaExpiredError("the delta cursor has expired; read in full", code="syncStateNotFound", status=410)
+        return seq, set(cursor["groups"]), bool(cursor.get("users"))
+
+    def _user_changes(self, events: list[tuple[int, str, str, str, str]]) -> dict[str, DirectoryUser | RemovedUser]:
+        first: dict[str, str] = {}
+        reason: dict[str, str] = {}
+        for _, kind, user_id, detail, op in events:
+            if kind == "user":
+                first.setdefault(user_id, op)
+                if op == "delete":
+                    reason[user_id] = detail
+        found: dict[str, DirectoryUser | RemovedUser] = {}
+        for user_id, op in first.items():
+            existed = op != "create"
+            if user_id in self.users:
+                found[user_id] = self.users[user_id]
+            elif existed:
+                found[user_id] = RemovedUser(user_id, reason.get(user_id, "deleted"))
+        return found
+
+    @staticmethod
+    def _member_events(events: list[tuple[int, str, str, str, str]]) -> dict[str, dict[str, tuple[str, str]]]:
+        """Per group, per member: (kind, first op) in the window."""
+        found: dict[str, dict[str, tuple[str, str]]] = {}
+        for _, kind, group_id, detail, op in events:
+            if kind == "member":
+                member_kind, _, member_id = detail.partition(":")
+                found.setdefault(group_id, {}).setdefault(member_id, (member_kind, op))
+        return found
+
+    def _group_changes(
+        self,
+        group_id: str,
+        member_events: Mapping[str, Mapping[str, tuple[str, str]]],
+        events: list[tuple[int, str, str, str, str]],
+        groups: dict[str, GroupDelta],
+        removed: set[str],
+    ) -> None:
+        ops = [op for _, kind, object_id, _, op in events if kind == "group" and object_id == group_id]
+        if group_id not in self.groups:
+            if ops and ops[0] != "create":
+                removed.add(group_id)  # it existed at the cursor and is gone now
+            return
+        current = set(self.members.get(group_id, ()))
+        added: dict[str, set[str]] = {"user": set(), "group": set()}
+        gone: dict[str, set[str]] = {"user": set(), "group": set()}
+        for member_id, (kind, first_op) in member_events.get(group_id, {}).items():
+            kind = self._kind(member_id) if member_id in current else kind
+            if kind not in added:
+                continue
+            was_member = first_op == "remove"
+            if member_id in current and not was_member:
+                added[kind].add(member_id)
+            elif member_id not in current and was_member:
+                gone[kind].add(member_id)
+        delta = GroupDelta(
+            group_id, frozenset(added["user"]), frozenset(gone["user"]), frozenset(added["group"]), frozenset(gone["group"])
+        )
+        if delta.changed:
+            groups[group_id] = delta
 
     def transitive_members(self, group_id: str) -> list[DirectoryUser]:
         """The users under ``group_id``, breadth first, each once (synchronous)."""

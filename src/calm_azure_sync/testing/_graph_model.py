@@ -29,6 +29,7 @@ from typing import Any, Literal
 import httpx
 
 from ..directory._search import name_matches
+from ._graph_delta import DeltaToken, answer_delta
 from ._graph_shapes import (
     GROUP_PERMISSIONS,
     MAX_BATCH,
@@ -91,6 +92,10 @@ class FakeGraph:
         granted_permissions: Iterable[str] | None = None,
         tokens: Iterable[str] | None = None,
         limited_information: Literal["null", "absent"] = "null",
+        delta_page_size: int | None = None,
+        delta_member_slice: int | None = None,
+        delta_replays: bool = False,
+        delta_seed: int | None = None,
     ) -> None:
         if limited_information not in ("null", "absent"):
             raise ValueError("limited_information must be 'null' or 'absent'")
@@ -108,6 +113,13 @@ class FakeGraph:
         self._log: list[RecordedRequest] = []
         self._in_flight = 0
         self._peak_in_flight = 0
+        # Delta (see _graph_delta): page size, members per item, replays, shuffling.
+        self.delta_page_size = delta_page_size
+        self.delta_member_slice = delta_member_slice
+        self.delta_replays = delta_replays
+        self.delta_seed = delta_seed
+        self._delta_tokens: collections.OrderedDict[str, DeltaToken] = collections.OrderedDict()
+        self._soft_deleted: set[str] = set()
         self.load(fixture or {})
 
     def __repr__(self) -> str:
@@ -136,16 +148,22 @@ class FakeGraph:
             )
 
     def add_user(self, user: Mapping[str, Any], *, groups: Iterable[str] = ()) -> None:
-        """Add (or replace) a user, optionally as a direct member of ``groups``."""
+        """Add (or replace, or restore) a user, optionally as a direct member of ``groups``."""
         with self._lock:
             self._users[str(user["id"])] = dict(user)
+            self._soft_deleted.discard(str(user["id"]))
             for group_id in groups:
                 self.add_member(group_id, str(user["id"]))
 
-    def remove_user(self, user_id: str) -> None:
-        """Delete a user and its memberships."""
+    def remove_user(self, user_id: str, *, soft: bool = False) -> None:
+        """Delete a user and its memberships.
+
+        ``soft=True`` is a deletion Entra can undo for 30 days: ``users/delta``
+        reports it with ``"@removed": {"reason": "changed"}`` (else ``"deleted"``).
+        """
         with self._lock:
-            self._users.pop(user_id, None)
+            if self._users.pop(user_id, None) is not None and soft:
+                self._soft_deleted.add(user_id)
             for ids in self._members.values():
                 while user_id in ids:
                     ids.remove(user_id)
@@ -178,6 +196,12 @@ class FakeGraph:
             ids = self._members.get(group_id, [])
             while member_id in ids:
                 ids.remove(member_id)
+
+    def expire_delta_tokens(self) -> None:
+        """Make every delta and page token issued so far answer ``410 Gone`` (a synchronization reset)."""
+        with self._lock:
+            for token in self._delta_tokens.values():
+                token.expired = True
 
     # -- faults and the log --------------------------------------------------
 
@@ -282,7 +306,10 @@ class FakeGraph:
             "client-request-id": request.client_request_id or request_id,
         }
         body = {"error": {"code": error.code, "message": error.message, "innerError": inner}}
-        return Reply(error.status, body, {"request-id": request_id})
+        headers = {"request-id": request_id}
+        if error.location is not None:
+            headers["Location"] = error.location
+        return Reply(error.status, body, headers)
 
     def _dispatch(self, request: GraphRequest, *, batched: bool = False) -> Reply:
         """Answer one API request; status faults apply here (also inside $batch)."""
@@ -321,8 +348,12 @@ class FakeGraph:
         with self._lock:
             if segments[0] == "users":
                 self._require(USER_PERMISSIONS)
+                if segments[1:] in (["delta"], ["microsoft.graph.delta"]):
+                    return answer_delta(self, request, "users")
                 return self._answer_users(request, segments)
             self._require(GROUP_PERMISSIONS)
+            if segments[1:] in (["delta"], ["microsoft.graph.delta"]):
+                return answer_delta(self, request, "groups")
             if len(segments) == 1:
                 return self._page(request, "groups", self._searched_groups(request), self._page_size(request.query), "groups")
             return self._answer_group(request, segments)

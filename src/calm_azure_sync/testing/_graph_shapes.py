@@ -31,6 +31,7 @@ STATUS_ERRORS: dict[int, tuple[str, str]] = {
     500: ("generalException", "An unspecified error has occurred."),
     503: ("serviceNotAvailable", "The service is temporarily unavailable. Please retry after a delay."),
     504: ("gatewayTimeout", "The gateway did not receive a timely response."),
+    410: ("resyncRequired", "The delta token is no longer valid, and the app must reset the sync state."),
 }
 
 # Properties /users returns when no $select is given (user-list.md).
@@ -277,6 +278,7 @@ class GraphError(Exception):
         self.status = status
         self.code = code or default_code
         self.message = message or default_message
+        self.location: str | None = None  # a 410's Location header (delta: where to start again)
         super().__init__(f"{self.status} {self.code}: {self.message}")
 
 

@@ -1,0 +1,352 @@
+"""``GraphDirectory.changes``: Graph's ``groups/delta`` and ``users/delta`` as a :class:`DeltaDirectory`.
+
+One round reads, concurrently:
+
+- one ``groups/delta`` chain per chunk of at most 50 tracked groups
+  (``$select=members&$filter=id eq '…' or …``: Graph's limit of 50 filtered
+  objects), and
+- one ``users/delta`` chain (``$select`` = the member fields), tenant-wide.
+
+Query parameters go on a chain's first request only; every later request
+is the opaque ``@odata.nextLink`` / ``@odata.deltaLink`` as Graph gave it
+(checked to stay on the configured Graph origin, like any next link). The
+pages of one group are merged by group id in page order, whatever order
+they come in and however often an entity is replayed; the last word on an
+id wins. ``410 Gone``, ``syncStateNotFound`` and ``resyncRequired`` are
+:class:`~calm_azure_sync.DeltaExpiredError`. A failure anywhere cancels the
+round: no cursor comes back.
+
+No change in a round costs ⌈tracked groups / 50⌉ + 1 requests (one page per
+chain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .._gc import collector_paused
+from ..errors import ConfigError, DeltaExpiredError, DirectoryError
+from ..model import DirectoryUser
+from ._graph_common import (
+    GROUP_READ_PERMISSIONS,
+    USER_READ_PERMISSIONS,
+    graph_error,
+    json_object,
+    status_error,
+    users_not_readable,
+)
+from ._retry import RetryBudget, RetryBudgetOption
+from ._sdk import NATIVE, Method, RequestInformation, ResponseHandlerOption
+from .delta import DeltaCursor, DeltaStart, DirectoryDelta, GroupDelta, RemovedUser, build_delta
+
+if TYPE_CHECKING:
+    from .graph import GraphDirectory
+
+__all__ = ["FILTER_LIMIT", "changes", "merge_group_items", "merge_user_items"]
+
+FILTER_LIMIT = 50  # ids per $filter on groups/delta, Graph's documented limit
+CURSOR_VERSION = 1
+_EXPIRED_CODES = frozenset({"syncstatenotfound", "resyncrequired", "syncstateinvalid"})
+_USER_TYPE = "#microsoft.graph.user"
+_GROUP_TYPE = "#microsoft.graph.group"
+
+T = TypeVar("T")
+
+
+class MemberChanges:
+    """One group's direct-member changes in a round, merged in page order (the last word wins)."""
+
+    __slots__ = ("added_groups", "added_users", "removed_groups", "removed_users")
+
+    def __init__(self) -> None:
+        self.added_users: set[str] = set()
+        self.removed_users: set[str] = set()
+        self.added_groups: set[str] = set()
+        self.removed_groups: set[str] = set()
+
+    def record(self, member_id: str, kind: str, *, removed: bool) -> None:
+        added, gone = (
+            (self.added_users, self.removed_users) if kind == _USER_TYPE else (self.added_groups, self.removed_groups)
+        )
+        (gone if removed else added).add(member_id)
+        (added if removed else gone).discard(member_id)
+
+    def frozen(self, group_id: str, *, complete: bool) -> GroupDelta:
+        return GroupDelta(
+            group_id,
+            frozenset(self.added_users),
+            frozenset() if complete else frozenset(self.removed_users),
+            frozenset(self.added_groups),
+            frozenset() if complete else frozenset(self.removed_groups),
+            complete,
+        )
+
+
+def _invalid(operation: str, what: str) -> DirectoryError:
+    return DirectoryError(f"{operation}: {what}", code="invalid_response")
+
+
+def merge_group_items(
+    values: Iterable[Any], members: dict[str, MemberChanges], removed: set[str], operation: str
+) -> None:
+    """Merge one ``groups/delta`` page into ``members`` (by group id) and ``removed`` (deleted groups).
+
+    A group may come back on several pages, each with a slice of its
+    ``members@delta``, in any order. Members that are neither users nor
+    groups (devices, contacts, service principals) are dropped.
+    """
+    for item in values:
+        if type(item) is not dict:
+            raise _invalid(operation, "Graph returned a non-object item")
+        group_id = item.get("id")
+        if type(group_id) is not str or not group_id.strip():
+            raise _invalid(operation, "a group in Graph's delta answer has no id")
+        if "@removed" in item:
+            removed.add(group_id)
+            members.pop(group_id, None)
+            continue
+        removed.discard(group_id)  # deleted, then restored within the round
+        changes = members.setdefault(group_id, MemberChanges())
+        refs = item.get("members@delta")
+        if refs is None:
+            continue
+        if type(refs) is not list:
+            raise _invalid(operation, f"group {group_id!r}: members@delta is not a list")
+        for ref in refs:
+            member_id = ref.get("id") if type(ref) is dict else None
+            if type(member_id) is not str or not member_id.strip():
+                raise _invalid(operation, f"group {group_id!r}: a member in members@delta has no id")
+            kind = ref.get("@odata.type")
+            if kind in (_USER_TYPE, _GROUP_TYPE):
+                changes.record(member_id, kind, removed="@removed" in ref)
+
+
+def merge_user_items(
+    values: Iterable[Any],
+    users: dict[str, DirectoryUser | RemovedUser],
+    operation: str,
+    *,
+    require_account_enabled: bool = True,
+) -> None:
+    """Merge one ``users/delta`` page into ``users`` (by id; the last word on an id wins).
+
+    A user with ``@removed`` is a :class:`RemovedUser` with Graph's reason.
+    Delta omits properties that were never set, but never ``accountEnabled``
+    (every user has it): a changed user without it is Graph's
+    limited-information shape, so the round is ``users_not_readable``.
+    ``require_account_enabled=False`` parses pages that did not select it
+    (Graph's own documented examples).
+    """
+    with collector_paused():
+        for item in values:
+            if type(item) is not dict:
+                raise _invalid(operation, "Graph returned a non-object item")
+            user_id = item.get("id")
+            if type(user_id) is not str or not user_id.strip():
+                raise _invalid(operation, "a user in Graph's delta answer has no id")
+            gone = item.get("@removed")
+            if gone is not None:
+                reason = gone.get("reason") if type(gone) is dict else None
+                users[user_id] = RemovedUser(user_id, reason if type(reason) is str and reason else "deleted")
+                continue
+            if require_account_enabled and item.get("accountEnabled") is None:
+                raise users_not_readable(operation)
+            users[user_id] = DirectoryUser.from_graph(item)
+
+
+# -- the cursor --------------------------------------------------------------------------
+
+
+def _expired(message: str) -> DeltaExpiredError:
+    return DeltaExpiredError(message, code="invalid_cursor")
+
+
+def read_cursor(self: GraphDirectory, cursor: Mapping[str, Any] | None) -> tuple[str | None, list[tuple[list[str], str]]]:
+    """The users link and the group chunks (ids, link) of a cursor this directory made."""
+    if cursor is None:
+        return None, []
+    if not isinstance(cursor, Mapping) or cursor.get("version") != CURSOR_VERSION or cursor.get("kind") != "graph":
+        raise _expired("the delta cursor is not one this version of GraphDirectory made; read in full")
+    if cursor.get("base") != self.base_url:
+        raise _expired(f"the delta cursor was made for another Graph root, not {self.base_url}; read in full")
+    users = cursor.get("users")
+    chunks = cursor.get("groups")
+    if not (users is None or isinstance(users, str)) or not isinstance(chunks, list):
+        raise _expired("the delta cursor is damaged; read in full")
+    groups: list[tuple[list[str], str]] = []
+    for chunk in chunks:
+        ids = chunk.get("ids") if isinstance(chunk, Mapping) else None
+        link = chunk.get("link") if isinstance(chunk, Mapping) else None
+        if (
+            not isinstance(ids, list)
+            or not 0 < len(ids) <= FILTER_LIMIT
+            or not all(isinstance(i, str) for i in ids)
+            or not isinstance(link, str)
+        ):
+            raise _expired("the delta cursor is damaged; read in full")
+        groups.append((list(ids), link))
+    try:
+        for link in [users, *(link for _, link in groups)]:
+            if link is not None:
+                self._check_next_link(link, "reading the delta cursor")
+    except DirectoryError as error:
+        raise _expired(f"the delta cursor holds a link outside {self.base_url}; read in full") from error
+    return users, groups
+
+
+def _group_ids(group_ids: Iterable[str]) -> list[str]:
+    if isinstance(group_ids, str):
+        raise ConfigError("changes: group_ids must be a collection of group ids, not one string")
+    wanted: dict[str, None] = {}
+    for group_id in group_ids:
+        if not isinstance(group_id, str) or not group_id.strip():
+            raise ConfigError(f"changes: every group id must be a non-empty string, got {group_id!r}")
+        wanted.setdefault(group_id, None)
+    return list(wanted)
+
+
+# -- a round ------------------------------------------------------------------------------
+
+
+def _id_filter(ids: Iterable[str]) -> str:
+    # OData string literals double a single quote.
+    return " or ".join("id eq '{}'".format(group_id.replace("'", "''")) for group_id in ids)
+
+
+def _first_url(self: GraphDirectory, resource: str, query: dict[str, str], start: DeltaStart) -> str:
+    if start == "latest":
+        query = {**query, "$deltatoken": "latest"}
+    encoded = "&".join(f"{name}={urllib.parse.quote(value, safe=',')}" for name, value in query.items())
+    return f"{self.base_url}/{resource}/delta?{encoded}"
+
+
+async def _page(
+    self: GraphDirectory, link: str, operation: str, budget: RetryBudget, permissions: tuple[str, ...]
+) -> dict[str, Any]:
+    request = RequestInformation(Method.GET)
+    request.url = link
+    request.add_request_options([ResponseHandlerOption(NATIVE), RetryBudgetOption(budget)])
+    response = await self._send(request, operation=operation)
+    status = response.status_code
+    if 200 <= status < 300:
+        return json_object(response.content, operation, status=status, response=response)
+    code, message, request_id = graph_error(response)
+    if status == 410 or (code or "").lower() in _EXPIRED_CODES:
+        raise DeltaExpiredError(
+            f"{operation}: Graph says the delta token can no longer be used (HTTP {status}"
+            + (f": {message}" if message else "")
+            + "); read in full",
+            code=code,
+            status=status,
+            request_id=request_id,
+        )
+    raise status_error(
+        status, code, message, request_id, operation=operation, group_id=None, permissions=permissions
+    )
+
+
+async def _chain(
+    self: GraphDirectory,
+    link: str,
+    operation: str,
+    budget: RetryBudget,
+    permissions: tuple[str, ...],
+    consume: Callable[[list[Any]], None],
+) -> str:
+    """Follow one delta chain to its deltaLink, handing each page's items to ``consume``."""
+    followed: set[str] = set()
+    while True:
+        page = await _page(self, link, operation, budget, permissions)
+        values = page.get("value")
+        if not isinstance(values, list):
+            raise _invalid(operation, "Graph's answer has no 'value' list")
+        consume(values)
+        next_link = page.get("@odata.nextLink")
+        if next_link is not None:
+            link = self._check_next_link(next_link, operation)
+            if link in followed:
+                raise _invalid(operation, "Graph returned the same next link twice")
+            followed.add(link)
+            continue
+        delta_link = page.get("@odata.deltaLink")
+        if delta_link is None:
+            raise _invalid(operation, "Graph's delta page has neither a next link nor a delta link")
+        return self._check_next_link(delta_link, operation)
+
+
+async def _all(awaitables: list[Awaitable[T]]) -> list[T]:
+    """Await every one concurrently; on the first failure cancel the rest and raise it."""
+    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def changes(
+    self: GraphDirectory,
+    cursor: Mapping[str, Any] | None,
+    group_ids: Iterable[str],
+    *,
+    start: DeltaStart = "initial",
+) -> tuple[DirectoryDelta, DeltaCursor]:
+    """One delta round (see :meth:`GraphDirectory.changes`)."""
+    if start not in ("initial", "latest"):
+        raise ConfigError(f"changes: start must be 'initial' or 'latest', got {start!r}")
+    wanted = _group_ids(group_ids)
+    users_link, chunks = read_cursor(self, cursor)
+    wanted_set = set(wanted)
+    kept = [(ids, link) for ids, link in chunks if wanted_set.intersection(ids)]
+    tracked = {group_id for ids, _ in kept for group_id in ids}
+    fresh = [group_id for group_id in wanted if group_id not in tracked]
+    budget = RetryBudget(self.retry.total_budget_seconds)
+    users: dict[str, DirectoryUser | RemovedUser] = {}
+    members: dict[str, MemberChanges] = {}
+    removed: set[str] = set()
+
+    def users_page(values: list[Any]) -> None:
+        merge_user_items(values, users, "reading users/delta")
+
+    def groups_page(values: list[Any]) -> None:
+        merge_group_items(values, members, removed, "reading groups/delta")
+
+    select = ",".join(DirectoryUser.GRAPH_SELECT)
+    first_users = users_link or _first_url(self, "users", {"$select": select}, start)
+    rounds: list[Awaitable[str]] = [
+        _chain(self, first_users, "reading users/delta", budget, USER_READ_PERMISSIONS, users_page)
+    ]
+    links: list[tuple[list[str], bool]] = []
+    for ids, link in kept:
+        rounds.append(_chain(self, link, "reading groups/delta", budget, GROUP_READ_PERMISSIONS, groups_page))
+        links.append((ids, False))
+    for index in range(0, len(fresh), FILTER_LIMIT):
+        ids = fresh[index : index + FILTER_LIMIT]
+        url = _first_url(self, "groups", {"$select": "members", "$filter": _id_filter(ids)}, start)
+        rounds.append(_chain(self, url, "reading groups/delta", budget, GROUP_READ_PERMISSIONS, groups_page))
+        links.append((ids, True))
+    answered = await _all(rounds)
+    complete_ids = {group_id for ids, new in links if new for group_id in ids} if start == "initial" else set()
+    # A group its chain's first full round never listed does not exist (Graph filters silently).
+    removed |= {group_id for group_id in complete_ids if group_id not in members}
+    groups = {
+        group_id: merged.frozen(group_id, complete=group_id in complete_ids)
+        for group_id, merged in members.items()
+        if group_id in wanted_set
+    }
+    delta = build_delta(
+        users, groups, removed & wanted_set, users_complete=users_link is None and start == "initial"
+    )
+    next_cursor: DeltaCursor = {
+        "version": CURSOR_VERSION,
+        "kind": "graph",
+        "base": self.base_url,
+        "users": answered[0],
+        "groups": [{"ids": ids, "link": link} for (ids, _), link in zip(links, answered[1:], strict=True)],
+    }
+    return delta, next_cursor
