@@ -61,6 +61,18 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def notebook(session: nox.Session) -> None:
+    """Execute examples/first_sync.ipynb, render it in headless Chromium and check the page.
+
+    Needs Chromium (Debian: ``apt-get install chromium``; or ``$CHROMIUM``).
+    ``-- --screenshot docs/img/first-sync-notebook.png`` refreshes the picture in
+    docs/getting-started.md; ``-- --out DIR`` keeps the page and screenshot there.
+    """
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "tests.notebook_render", *session.posargs)
+
+
+@nox.session
 def docs(session: nox.Session) -> None:
     """Build the documentation site with warnings as errors."""
     session.install(".", "mkdocs>=1.6,<2", "mkdocstrings[python]>=1.0", "ruff")
