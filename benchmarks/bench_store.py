@@ -4,7 +4,8 @@ Run: ``python -m benchmarks.bench_store [--size 100000] [--repeats 3]``.
 
 The changes are the planner's own: ``build_plan`` over the synthetic tenant
 (``generate_tenant(size, max(20, size // 50) groups)``) against an empty
-store. They go to the store in batches of 500 changes (the reconciler's default
+store that mirrors groups (users, grants, the synced groups and their
+memberships). They go to the store in batches of 500 changes (the reconciler's default
 ``batch_size``), never splitting a user, and in batches of 5,000 side by
 side, timed around the ``apply`` calls only: each ``apply`` is one durable
 transaction, so the batch count is the fsync count.
@@ -13,8 +14,8 @@ without SQL) as a floor. Each measurement runs in a fresh process.
 
 The re-run is a whole ``Reconciler.run`` (in-memory directory and audit
 sink) over the imported database. That it writes nothing is counted two
-ways: triggers on ``users`` and ``grants`` (installed after the first
-import) count every row written by any connection, and the store
+ways: triggers on ``users``, ``grants``, ``synced_groups`` and
+``group_members`` (installed after the first import) count every row written by any connection, and the store
 connection's ``total_changes`` counts every row it changed, run lock
 included.
 """
@@ -45,7 +46,7 @@ INSERT INTO bench_writes (n) VALUES (0);
 """ + "".join(
     f"CREATE TRIGGER bench_{table}_{event.lower()} AFTER {event} ON {table} "
     f"BEGIN UPDATE bench_writes SET n = n + 1; END;\n"
-    for table in ("users", "grants")
+    for table in ("users", "grants", "synced_groups", "group_members")
     for event in ("INSERT", "UPDATE", "DELETE")
 )
 
@@ -69,17 +70,24 @@ async def _measure(kind: str, size: int, batch_size: int) -> dict[str, Any]:
         Reconciler,
         StoreState,
     )
-    from calm_azure_sync.plan import CreateUser
-    from calm_azure_sync.planner import DirectorySnapshot, build_plan
+    from calm_azure_sync.plan import AddGroupMember, Assign, CreateUser
+    from calm_azure_sync.planner import DirectorySnapshot, PlanContext, build_plan
     from calm_azure_sync.store.sqlite import SqliteUserStore
     from calm_azure_sync.testing.synthetic import generate_tenant
 
     tenant = generate_tenant(users=size, groups=max(20, size // 50))
     directory = InMemoryDirectory.from_dict(tenant.fixture)
     members = {g: await directory.group_members(g) for g in sorted(tenant.config.mappings.group_ids)}
-    changes = build_plan(tenant.config, DirectorySnapshot(members=members), StoreState()).changes
+    # The changes a first run plans for a store that mirrors groups (both shipped ones do).
+    context = PlanContext(mirror_groups=getattr(SqliteUserStore, "mirrors_groups", False))
+    lookup = getattr(directory, "lookup_groups", None)  # the names a run reads, so the re-run renames nothing
+    found = await lookup(sorted(members)) if lookup is not None else {}
+    names = {gid: group.display_name for gid, group in found.items() if group is not None and group.display_name}
+    snapshot = DirectorySnapshot(members=members, group_names=names)
+    changes = build_plan(tenant.config, snapshot, StoreState(), context).changes
     users = sum(1 for change in changes if isinstance(change, CreateUser))
-    grants = len(changes) - users
+    grants = sum(1 for change in changes if isinstance(change, Assign))
+    memberships = sum(1 for change in changes if isinstance(change, AddGroupMember))
 
     folder = tempfile.mkdtemp()
     path = os.path.join(folder, "calm.db")
@@ -98,7 +106,11 @@ async def _measure(kind: str, size: int, batch_size: int) -> dict[str, Any]:
     started = time.perf_counter()
     state = await store.load(trust)
     load_wall = time.perf_counter() - started
-    if len(state.users) != users or sum(len(a) for a in state.synced_access.values()) != grants:
+    if (
+        len(state.users) != users
+        or sum(len(a) for a in state.synced_access.values()) != grants
+        or sum(len(m) for m in state.group_members.values()) != memberships
+    ):
         raise RuntimeError("the store does not hold what was imported")
 
     if kind == "sqlite":
@@ -124,6 +136,7 @@ async def _measure(kind: str, size: int, batch_size: int) -> dict[str, Any]:
         "batches": batches,
         "users": users,
         "grants": grants,
+        "memberships": memberships,
         "first_wall": first_wall,
         "first_cpu": first_cpu,
         "load_wall": load_wall,
@@ -156,6 +169,7 @@ def run(size: int, repeats: int, batch_sizes: list[int]) -> None:
             f"{med['batches']:,.0f}",
             f"{med['users']:,.0f}",
             f"{med['grants']:,.0f}",
+            f"{med['memberships']:,.0f}",
             f"{med['first_wall']:.2f}",
             f"{med['first_cpu']:.2f}",
             f"{med['load_wall']:.2f}",
@@ -171,8 +185,8 @@ def run(size: int, repeats: int, batch_sizes: list[int]) -> None:
         f"SQLite store: first import and no-change re-run; median of {repeats} "
         f"(SQLite / in-memory first import, batches of {batch_sizes[0]}: {sqlite_first / memory_first:.2f}x; "
         "target: SQLite first import of 100k users <= 10 s, re-run 0 writes)",
-        ["store", "batch size (changes)", "batches", "users", "grants", "first import s", "first import CPU s", "load() s", "no-change re-run s",
-         "re-run changes", "users+grants rows written", "connection total_changes", "peak RSS MB"],
+        ["store", "batch size (changes)", "batches", "users", "grants", "memberships", "first import s", "first import CPU s", "load() s", "no-change re-run s",
+         "re-run changes", "rows written (users, grants, groups)", "connection total_changes", "peak RSS MB"],
         rows,
         command=f"python -m benchmarks.bench_store --size {size} --repeats {repeats} "
         f"--batch-size {' '.join(map(str, batch_sizes))}",

@@ -404,7 +404,7 @@ async def test_report_repr_is_short(parts):
     report = await reconciler.run(make_config(), actor=SYSTEM)
     assert repr(report) == (
         f"<ImportReport run={report.run_id} trust='oak' ok=True "
-        "(create_user=12, assign=26, skipped=2, excluded=1), errors=0, held=0>"
+        "(create_user=12, assign=26, upsert_group=3, add_group_member=26, skipped=2, excluded=1), errors=0, held=0>"
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from typing import ClassVar
 
 import attrs
 
@@ -39,6 +40,9 @@ class InMemoryUserStore:
     :class:`~calm_azure_sync.SyncStateStore`: each trust's state is kept on
     the store object, as the JSON text a database would hold.
     """
+
+    mirrors_groups: ClassVar[bool] = True
+    """It persists synced groups and memberships, so the reconciler plans group changes for it."""
 
     _tables: UserTables = attrs.field(factory=UserTables, init=False)
     _locked_trusts: set[str] = attrs.field(factory=set, init=False)

@@ -704,6 +704,11 @@ class UserTables:
         return ChangeResult(change, None, APPLIED)
 
     def _apply_remove_member(self, trust_site_id: str, change: RemoveGroupMember) -> ChangeResult:
+        if change.external_id not in self.by_external_id and (trust_site_id, change.group_external_id) in self.groups:
+            # Memberships belong to users: when no user carries the object id
+            # (say, it was relinked to a re-created account earlier in this
+            # batch), it is no member, which is what the removal asks.
+            return ChangeResult(change, None, UNCHANGED)
         found = self._membership(trust_site_id, change)
         if isinstance(found, str):
             return ChangeResult(change, found)

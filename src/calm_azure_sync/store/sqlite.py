@@ -38,7 +38,7 @@ import sqlite3
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import attrs
 
@@ -685,6 +685,9 @@ class SqliteUserStore:
     in the same file).
     Call :meth:`close` (or use ``async with``) when done.
     """
+
+    mirrors_groups: ClassVar[bool] = True
+    """It persists synced groups and memberships, so the reconciler plans group changes for it."""
 
     path: str | os.PathLike[str]
     busy_timeout_ms: int = 30_000
