@@ -1,0 +1,141 @@
+"""docs/layout.md names every module, and the modules it calls *no IO* import no IO.
+
+The check is static (the modules' import statements, read with ``ast``):
+a module marked *no IO* imports none of the IO libraries below, calls no
+built-in ``open``, and imports (at run time, ``TYPE_CHECKING`` blocks aside)
+only modules of the package that are marked *no IO* too, so the pure core
+cannot reach a database, a socket or a file by a side door.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "src" / "calm_azure_sync"
+PAGE = ROOT / "docs" / "layout.md"
+
+# The libraries (or their IO parts) that reach outside the process: a name or a dotted prefix.
+IO_LIBRARIES = frozenset(
+    {
+        "sqlite3", "socket", "socketserver", "ssl", "http.client", "http.server", "urllib.request", "httpx",
+        "requests", "subprocess", "shutil", "tempfile", "pathlib", "io", "psycopg", "psycopg_pool", "msgraph",
+        "msgraph_core", "kiota_abstractions", "kiota_http", "kiota_authentication_azure", "azure", "tqdm",
+    }
+)  # fmt: skip
+# A no-IO module may use an IO library's values without doing IO; each exception says why.
+ALLOWED = {
+    # httpx.Request / httpx.Response / httpx.MockTransport: the fake answers values, opens no socket.
+    "testing/_graph_model.py": {"httpx"},
+    "testing/_graph_delta.py": {"httpx"},
+    "testing/_graph_shapes.py": {"httpx"},
+    # Path only annotates the tmp_path pytest hands to the host's make_store / make_sink.
+    "testing/store_conformance.py": {"pathlib"},
+    "testing/audit_conformance.py": {"pathlib"},
+}
+
+
+def _io_library(name: str) -> str | None:
+    """The entry of IO_LIBRARIES that the imported ``name`` is or is inside, if any."""
+    for library in IO_LIBRARIES:
+        if name == library or name.startswith(library + "."):
+            return library
+    return None
+
+_ROW = re.compile(r"^\|\s*`(?P<module>[^`]+\.py)`\s*\|\s*(?P<io>IO|no IO)\s*\|\s*(?P<owns>[^|]*\S)\s*\|\s*$")
+
+
+def _rows() -> dict[str, str]:
+    rows: dict[str, str] = {}
+    for line in PAGE.read_text("utf-8").splitlines():
+        match = _ROW.match(line)
+        if match:
+            assert match["module"] not in rows, f"docs/layout.md lists {match['module']} twice"
+            rows[match["module"]] = match["io"]
+    return rows
+
+
+def _modules() -> list[str]:
+    return sorted(path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py"))
+
+
+def test_every_module_has_its_row_in_docs_layout() -> None:
+    rows = _rows()
+    missing = [module for module in _modules() if module not in rows]
+    gone = [module for module in rows if module not in _modules()]
+    assert not missing, f"add a row for each new module to the table in docs/layout.md: {missing}"
+    assert not gone, f"docs/layout.md lists modules that no longer exist: {gone}"
+
+
+def _runtime_imports(tree: ast.Module, module: str) -> list[tuple[str, int]]:
+    """(dotted name, line) of every import outside ``if TYPE_CHECKING:``, relative ones resolved."""
+    package = ["calm_azure_sync", *module.removesuffix(".py").split("/")[:-1]]
+    if module.endswith("__init__.py"):
+        package = ["calm_azure_sync", *module.split("/")[:-1]]
+    found: list[tuple[str, int]] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.extend((alias.name, node.lineno) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            target = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            found.append((target, node.lineno))
+            # "from . import review" imports the module review.
+            found.extend((f"{target}.{alias.name}", node.lineno) for alias in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def _module_of(dotted: str) -> str | None:
+    """The package file a dotted ``calm_azure_sync...`` name is, or None (not a module of the package)."""
+    parts = dotted.split(".")[1:]
+    if parts and PACKAGE.joinpath(*parts).with_suffix(".py").is_file():
+        return "/".join(parts) + ".py"
+    if PACKAGE.joinpath(*parts, "__init__.py").is_file():
+        return "/".join([*parts, "__init__.py"])
+    return None
+
+
+@pytest.mark.parametrize("module", sorted(m for m, io in _rows().items() if io == "no IO"))
+def test_a_no_io_module_reaches_no_io(module: str) -> None:
+    rows = _rows()
+    tree = ast.parse((PACKAGE / module).read_text("utf-8"))
+    problems = []
+    for name, line in _runtime_imports(tree, module):
+        top = name.split(".")[0]
+        library = _io_library(name)
+        if library is not None and library not in ALLOWED.get(module, set()):
+            problems.append(f"line {line}: imports {name}")
+        if top == "calm_azure_sync":
+            target = _module_of(name)
+            if target is not None and rows.get(target) == "IO":
+                problems.append(f"line {line}: imports {target}, which docs/layout.md marks IO")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "open":
+            problems.append(f"line {node.lineno}: calls open()")
+    assert not problems, f"{module} is marked 'no IO' in docs/layout.md, but: {problems}"
+
+
+def test_the_check_catches_an_io_import() -> None:
+    tree = ast.parse("import sqlite3\nfrom ..store import sqlite as s\nfrom typing import TYPE_CHECKING\n"
+                     "if TYPE_CHECKING:\n    from pathlib import Path\n")  # fmt: skip
+    names = [name for name, _ in _runtime_imports(tree, "audit/events.py")]
+    assert "sqlite3" in names and "calm_azure_sync.store.sqlite" in names
+    assert not any(name.startswith("pathlib") for name in names)
+    assert _module_of("calm_azure_sync.store.sqlite") == "store/sqlite.py"
+    assert _module_of("calm_azure_sync.store") == "store/__init__.py"
+    assert _module_of("calm_azure_sync.store.sqlite.SqliteUserStore") is None
+    assert _io_library("urllib.request") == "urllib.request" and _io_library("urllib.parse") is None
+    assert _io_library("psycopg.rows") == "psycopg" and _io_library("psycopgx") is None
