@@ -20,6 +20,7 @@ BENCHMARKS = {
     "planner": "benchmarks.bench_planner",
     "graph_economy": "benchmarks.bench_graph_economy",
     "graph_read": "benchmarks.bench_graph_read",
+    "graph_delta": "benchmarks.bench_graph_delta",
     "end_to_end": "benchmarks.bench_end_to_end",
     "store": "benchmarks.bench_store",
     "import": "benchmarks.bench_import",
