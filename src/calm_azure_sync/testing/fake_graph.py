@@ -20,7 +20,10 @@ What it models (each from the Graph documentation):
 - ``GET /groups``, ``/groups/{id}``, ``/groups/{id}/members``,
   ``/groups/{id}/transitiveMembers`` and their user casts
   (``.../microsoft.graph.user``, or ``.../graph.user`` as the SDK spells it),
-  ``/users`` and ``/users/{id}``; ``POST /$batch`` (at most 20 requests).
+  ``/users`` and ``/users/{id}``; ``POST /$batch`` (at most 20 requests);
+  ``/groups/delta`` and ``/users/delta`` (see
+  :mod:`~calm_azure_sync.testing._graph_delta`: ``members@delta``,
+  ``@removed``, split groups, replays, ``$deltatoken=latest``, 410).
 - ``@odata.context``; ``@odata.type`` on the items of uncast member lists;
   ``@odata.count`` on the first page only, when asked for properly.
 - paging: ``$top`` (default 100, at most 999, more is a 400), a server page
@@ -52,6 +55,9 @@ What it models (each from the Graph documentation):
   cost Graph documents for identity calls: ``users`` 2, ``members`` 3,
   ``transitiveMembers`` 5, any other GET 1; one less with ``$select``, one
   less with ``$top`` under 20, one more with ``$expand``; at least 1.
+
+The model (:class:`FakeGraph`, no IO) also runs without a socket:
+``FakeGraph.transport()`` is an ``httpx.MockTransport`` over it.
 
 The fixture is mutable between (and during) runs: :meth:`FakeGraphServer.load`
 replaces it, :meth:`FakeGraphServer.add_user` and friends change it in place.
