@@ -447,10 +447,9 @@ async def test_an_io_error_inside_a_sqlite_batch_rolls_the_whole_batch_back(
             report = await Reconciler(directory, store, audit, HIERARCHY, batch_size=40).run(CONFIG, actor=SYSTEM)
             assert not report.ok
             failed = report.counts["failed"]
-            # The rolled-back batch's users (and groups: upserts come first) do not
-            # exist, so memberships naming them (planned after every user) fail
-            # too, and nothing else does.
-            follow_on = ("no user has external id", "has no synced group")
+            # The rolled-back batch's users (and groups: upserts come first) do not exist, so
+            # memberships naming them are not sent (or, sent, fail), and nothing else fails.
+            follow_on = ("no user has external id", "has no synced group", "failed earlier in this run")
             assert failed >= 40 and all(
                 "disk I/O error" in error or any(reason in error for reason in follow_on) for error in report.errors
             )
@@ -574,7 +573,8 @@ async def test_an_audit_sink_failing_anywhere_never_corrupts_the_store(
             torn = _whole(state, old, truth)
             case.data_lost = len(torn)
             assert torn == []
-            applied = sum(v for k, v in report.counts.items() if k not in {"skipped", "excluded", "failed", "held"})
+            not_applied = {"skipped", "excluded", "conflict", "unchanged", "failed", "held"}
+            applied = sum(v for k, v in report.counts.items() if k not in not_applied)
             logged = [e for e in sink.events if e.run_id == report.run_id and e.kind in _CHANGE_KINDS]
             unrecorded = [e for e in report.unrecorded_events if e.kind in _CHANGE_KINDS]
             # Every applied change is either in the log or handed back to the host.

@@ -252,13 +252,19 @@ class _Planner:
         """
         in_scope = identities.changes
         keeps = {skip.external_id for skip in skipped if skip.keeps_access}
+        # A relinked store user keeps its memberships: they are the new object's now.
+        relinked = {
+            change.previous_external_id: change.external_id
+            for change in in_scope.values()
+            if isinstance(change, RelinkUser)
+        }
         members_now = {}
         for group_id, users in self.snapshot.members.items():
             now = frozenset(user.id for user in users if user.id in in_scope)
             if keeps:
                 now |= self.state.group_members.get(group_id, frozenset()) & keeps
             members_now[group_id] = now
-        changes = _group_changes(self.config, self.snapshot, self.state, members_now)
+        changes = _group_changes(self.config, self.snapshot, self.state, members_now, relinked)
         for change in changes:
             if isinstance(change, RemoveGroupMember):
                 self.may_remove = True
@@ -574,6 +580,7 @@ def _group_changes(
     snapshot: DirectorySnapshot,
     state: StoreState,
     members_now: Mapping[str, frozenset[str]],
+    relinked: Mapping[str, str],
 ) -> list[GroupChange]:
     """Mirror every mapped group: upsert it, diff its in-scope members, retire unmapped ones.
 
@@ -596,6 +603,8 @@ def _group_changes(
         if group_id not in sites:
             continue
         had = state.group_members.get(group_id, frozenset())
+        if relinked:
+            had = frozenset(relinked.get(member, member) for member in had)
         now = members_now[group_id]
         if had == now:
             continue

@@ -41,7 +41,17 @@ from .guards import next_sync_state
 from .hierarchy import Actor, TrustHierarchy, authorize
 from .journal import Journal, RefusalReason
 from .model import DirectoryGroup, DirectoryUser, Site
-from .plan import CreateUser, LinkUser, Plan, RelinkUser, UpdateUser, change_kind
+from .plan import (
+    AddGroupMember,
+    CreateUser,
+    LinkUser,
+    Plan,
+    RelinkUser,
+    RemoveGroupMember,
+    UpdateUser,
+    UpsertGroup,
+    change_kind,
+)
 from .planner import DirectorySnapshot, PlanContext, build_plan, skip_reason
 from .report import ImportReport
 from .state import Hold, SyncState, SyncStateStore
@@ -521,24 +531,25 @@ class _Run:
         total = len(plan.changes)
         done = 0
         reconciler._progress("apply", 0, total)
+        failed: set[tuple[str, str]] = set()  # ("user" | "group", id) whose identity change failed
         for batch in _batches(plan.changes, reconciler.batch_size):
+            dependent = [change for change in batch if _depends_on(change, failed)]
+            to_apply = [change for change in batch if not dependent or change not in dependent]
             try:
-                results: Sequence[ChangeResult] = await reconciler.store.apply(self.config.trust_site_id, batch)
-                if len(results) != len(batch):
-                    raise RuntimeError(f"store returned {len(results)} results for {len(batch)} changes")
+                applied: Sequence[ChangeResult] = (
+                    await reconciler.store.apply(self.config.trust_site_id, to_apply) if to_apply else []
+                )
+                if len(applied) != len(to_apply):
+                    raise RuntimeError(f"store returned {len(applied)} results for {len(to_apply)} changes")
             except Exception as error:
-                logger.warning("store.apply failed for a batch of %d changes", len(batch), exc_info=True)
-                results = [ChangeResult(change, f"{type(error).__name__}: {error}") for change in batch]
+                logger.warning("store.apply failed for a batch of %d changes", len(to_apply), exc_info=True)
+                applied = [ChangeResult(change, f"{type(error).__name__}: {error}") for change in to_apply]
+            # A membership of a user or group whose creation failed is not sent: it would only fail again.
+            skipped = [ChangeResult(change, "not applied: its user or group failed earlier in this run")
+                       for change in dependent]
             events = []
-            for result in results:
-                self.results.append(result)
-                if result.outcome == "applied":
-                    self.outcomes[change_kind(result.change)] += 1
-                else:
-                    self.outcomes[result.outcome] += 1
-                if result.outcome == "failed":
-                    self.errors.append(f"{change_kind(result.change)} for {self._label(result.change.external_id)} "
-                                       f"failed: {result.error}")
+            for result in (*applied, *skipped):
+                self._count(result, failed)
                 entry = self.journal.change_entry(
                     result, self._label, self._group_label, existing_groups=self.existing_groups
                 )
@@ -547,6 +558,20 @@ class _Run:
             await self.record(events)
             done += len(batch)
             reconciler._progress("apply", done, total)
+
+    def _count(self, result: ChangeResult, failed: set[tuple[str, str]]) -> None:
+        self.results.append(result)
+        change = result.change
+        if result.outcome == "applied":
+            self.outcomes[change_kind(change)] += 1
+            return
+        self.outcomes[result.outcome] += 1
+        if result.outcome == "failed":
+            self.errors.append(f"{change_kind(change)} for {self._label(change.external_id)} failed: {result.error}")
+            if isinstance(change, (CreateUser, LinkUser, RelinkUser)):
+                failed.add(("user", change.external_id))
+            elif isinstance(change, UpsertGroup):
+                failed.add(("group", change.external_id))
 
     async def _finish(self, started_at: dt.datetime, plan: Plan | None, *, completed: bool, why: str | None) -> ImportReport:
         counts = self._counts(plan)
@@ -598,6 +623,13 @@ class _Run:
         counts["failed"] = self.outcomes.get("failed", 0)
         counts["held"] = len(plan.held_removals) if plan else 0
         return counts
+
+
+def _depends_on(change: Any, failed: set[tuple[str, str]]) -> bool:
+    """Whether a group membership change needs a user or group whose creation failed in this run."""
+    if not failed or not isinstance(change, (AddGroupMember, RemoveGroupMember)):
+        return False
+    return ("group", change.group_external_id) in failed or ("user", change.external_id) in failed
 
 
 def _batches(changes: Sequence[Any], size: int) -> Iterator[list[Any]]:
