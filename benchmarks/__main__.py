@@ -24,6 +24,8 @@ BENCHMARKS = {
     "end_to_end": "benchmarks.bench_end_to_end",
     "store": "benchmarks.bench_store",
     "import": "benchmarks.bench_import",
+    "postgres": "benchmarks.bench_postgres",
+    "celery": "benchmarks.bench_celery",
 }
 
 

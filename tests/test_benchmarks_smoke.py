@@ -27,7 +27,7 @@ def _python(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
 @pytest.mark.wire
 def test_every_benchmark_runs_at_smoke_size() -> None:
     names = _python("-m", "benchmarks", "--list", timeout=60).stdout.split()
-    assert len(names) == 7
+    assert len(names) == 9
     completed = _python("-m", "benchmarks", "--smoke", timeout=240)
     assert completed.returncode == 0, completed.stderr[-4000:]
     for name in names:
