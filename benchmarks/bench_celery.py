@@ -62,9 +62,9 @@ def _round(servers: dict[str, str], workers: int, trusts: int, size: int, latenc
     import asyncio
 
     from celery import Celery
+    from tests.test_celery_scale_out import Workers, _migrate, _trusts
 
     from calm_azure_sync.testing import FakeGraphServer
-    from tests.test_celery_scale_out import Workers, _migrate, _trusts
 
     fixture, catalog = _trusts(trusts + workers * 2, users=size)
     names = list(catalog)
