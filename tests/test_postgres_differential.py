@@ -105,7 +105,7 @@ async def _compare(batches: Sequence[tuple[str, Sequence[tuple[object, ...]]]], 
     with psycopg.connect(conninfo, autocommit=True) as connection:
         # Emptying the tables is much faster than a new schema per example.
         if connection.execute("SELECT to_regclass(%s)", (f'"{schema}".users',)).fetchone() != (None,):
-            connection.execute(f'TRUNCATE "{schema}".users, "{schema}".grants, "{schema}".sync_states')
+            connection.execute(f'TRUNCATE "{schema}".users, "{schema}".grants, "{schema}".sync_states CASCADE')
     with tempfile.TemporaryDirectory() as folder:
         async with SqliteUserStore(Path(folder) / "calm.db") as sqlite_store, PostgresUserStore(
             conninfo, schema=schema, pool_size=1

@@ -103,8 +103,8 @@ async def test_migrate_creates_the_tables_in_the_chosen_schema_once(
         PostgresUserStore(postgres_url, schema=postgres_schema) as two,
     ):
         # Two processes starting at once: both migrate, one creates.
-        assert await asyncio.gather(one.migrate(), two.migrate()) == [1, 1]
-        assert await one.migrate() == 1
+        assert await asyncio.gather(one.migrate(), two.migrate()) == [2, 2]
+        assert await one.migrate() == 2
     tables = {
         row[0]
         for row in _sql(
@@ -113,9 +113,9 @@ async def test_migrate_creates_the_tables_in_the_chosen_schema_once(
             postgres_schema,
         )
     }
-    assert {"users", "grants", "sync_states", "calm_schema_versions"} <= tables
+    assert {"users", "grants", "sync_states", "synced_groups", "group_members", "calm_schema_versions"} <= tables
     assert _sql(postgres_url, f'SELECT component, version FROM "{postgres_schema}".calm_schema_versions') == [
-        ("user_store", 1)
+        ("user_store", 2)
     ]
 
 

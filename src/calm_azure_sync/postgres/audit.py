@@ -9,6 +9,7 @@ from typing import Any, Final
 
 from psycopg_pool import AsyncConnectionPool
 
+from .._text import clean_text
 from ..audit.events import AuditEvent, AuditKind
 from ..audit.sqlite import ImportLogCursor, ImportLogPage
 from ._db import Database, Migrations
@@ -42,8 +43,9 @@ _COPY_EVENTS: Final = "COPY {schema}.audit_events (at, trust_site_id, kind, mess
 
 
 def _text(value: str | None) -> str | None:
-    # PostgreSQL text cannot hold NUL; an event must still be recorded.
-    return None if value is None else value.replace("\x00", "\ufffd")
+    # PostgreSQL text cannot hold NUL, nor UTF-8 a lone surrogate (from Graph
+    # JSON): both become U+FFFD, so no event ever costs its batch.
+    return None if value is None else clean_text(value).replace("\x00", "\ufffd")
 
 
 def _aware(moment: dt.datetime) -> dt.datetime:
@@ -122,7 +124,7 @@ class PostgresAuditSink:
                             _text(event.run_id),
                             _text(event.actor_id),
                             _text(event.subject),
-                            json.dumps(event.detail, ensure_ascii=False, sort_keys=True).replace(
+                            clean_text(json.dumps(event.detail, ensure_ascii=False, sort_keys=True)).replace(
                                 "\x00", "\\u0000"
                             ),
                         )

@@ -60,17 +60,27 @@ from psycopg_pool import AsyncConnectionPool
 from .._gc import collector_paused
 from ..errors import ImportAlreadyRunningError
 from ..model import Role, email_key
-from ..plan import Change
+from ..plan import Change, RetireGroup
 from ..state import SyncState
-from ..store.protocol import ChangeResult, Grant, StoredUser, StoreState
-from ..store.rules import GrantWrite, UserTables, UserWrite, batch_keys, state_from_json, state_to_json
+from ..store.protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup
+from ..store.rules import (
+    GrantWrite,
+    GroupWrite,
+    MemberWrite,
+    UserTables,
+    UserWrite,
+    batch_group_ids,
+    batch_keys,
+    state_from_json,
+    state_to_json,
+)
 from ._db import Database, Migrations, advisory_key
 
 __all__ = ["PostgresUserStore"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 MIGRATIONS: Final[Migrations] = {
     1: (
@@ -106,6 +116,24 @@ MIGRATIONS: Final[Migrations] = {
             state text NOT NULL,
             saved_at timestamptz NOT NULL DEFAULT now()
         )""",
+    ),
+    2: (
+        """CREATE TABLE {schema}.synced_groups (
+            trust_site_id text NOT NULL,
+            external_id text NOT NULL,
+            display_name text NOT NULL,
+            site_ids text[] NOT NULL DEFAULT '{{}}',
+            retired boolean NOT NULL DEFAULT false,
+            PRIMARY KEY (trust_site_id, external_id)
+        )""",
+        """CREATE TABLE {schema}.group_members (
+            trust_site_id text NOT NULL,
+            group_external_id text NOT NULL,
+            user_id text NOT NULL REFERENCES {schema}.users (id),
+            PRIMARY KEY (trust_site_id, group_external_id, user_id),
+            FOREIGN KEY (trust_site_id, group_external_id) REFERENCES {schema}.synced_groups (trust_site_id, external_id)
+        )""",
+        "CREATE INDEX group_members_by_user ON {schema}.group_members (user_id)",
     ),
 }
 
@@ -162,6 +190,17 @@ def _user_from_row(row: Sequence[Any]) -> StoredUser:
         surname=surname,
         active=active,
         deactivated_by_sync=deactivated_by_sync,
+    )
+
+
+def _group_from_row(trust_site_id: str, row: Sequence[Any]) -> SyncedGroup:
+    external_id, display_name, site_ids, retired = row
+    return SyncedGroup(
+        external_id=external_id,
+        trust_site_id=trust_site_id,
+        display_name=display_name,
+        site_ids=tuple(site_ids),
+        retired=retired,
     )
 
 
@@ -273,6 +312,19 @@ class PostgresUserStore:
                 (trust_site_id,),
             )
             other_rows = await other_cursor.fetchall()
+            group_cursor = await connection.execute(
+                self._q(
+                    "SELECT external_id, display_name, site_ids, retired FROM {schema}.synced_groups "
+                    "WHERE trust_site_id = %s"
+                ),
+                (trust_site_id,),
+            )
+            group_rows = await group_cursor.fetchall()
+            member_cursor = await connection.execute(
+                self._q("SELECT group_external_id, user_id FROM {schema}.group_members WHERE trust_site_id = %s"),
+                (trust_site_id,),
+            )
+            member_rows = await member_cursor.fetchall()
         with collector_paused():
             users = {row[0]: _user_from_row(row) for row in user_rows}
             synced: dict[str, dict[tuple[str, str], Role]] = {}
@@ -285,11 +337,19 @@ class PostgresUserStore:
                     external_id = users[user_id].external_id
                     access = {} if external_id is None else synced.setdefault(external_id, {})
                 access[(site_id, module)] = roles[role]
+            groups = {row[0]: _group_from_row(trust_site_id, row) for row in group_rows}
+            members: dict[str, set[str]] = {group_id: set() for group_id in groups}
+            for group_id, user_id in member_rows:
+                member_external_id = users[user_id].external_id
+                if member_external_id is not None:
+                    members.setdefault(group_id, set()).add(member_external_id)
         return StoreState(
             users=users,
             synced_access=synced,
             manual_access_user_ids=frozenset(row[0] for row in manual_rows),
             other_access_user_ids=frozenset(row[0] for row in other_rows),
+            groups=groups,
+            group_members={group_id: frozenset(held) for group_id, held in members.items()},
         )
 
     # -- applying ----------------------------------------------------------------
@@ -318,7 +378,7 @@ class PostgresUserStore:
     ) -> list[ChangeResult]:
         async with connection.transaction():
             await self._check_lock(connection, trust_site_id)
-            tables = await self._load_tables(connection, changes)
+            tables = await self._load_tables(connection, trust_site_id, changes)
             results = tables.apply(trust_site_id, changes)
             await self._write(connection, tables)
         return results
@@ -333,7 +393,7 @@ class PostgresUserStore:
             for change in changes:
                 try:
                     async with connection.transaction():
-                        tables = await self._load_tables(connection, [change])
+                        tables = await self._load_tables(connection, trust_site_id, [change])
                         (result,) = tables.apply(trust_site_id, [change])
                         await self._write(connection, tables)
                 except (psycopg.IntegrityError, psycopg.DataError) as error:
@@ -361,7 +421,7 @@ class PostgresUserStore:
             raise ImportAlreadyRunningError(trust_site_id)
 
     async def _load_tables(
-        self, connection: psycopg.AsyncConnection[Any], changes: Iterable[Change]
+        self, connection: psycopg.AsyncConnection[Any], trust_site_id: str, changes: Sequence[Change]
     ) -> UserTables:
         """The rows ``changes`` can read or collide with, locked, as UserTables that log mutations."""
         external_ids, user_ids, email_keys = batch_keys(changes)
@@ -375,7 +435,50 @@ class PostgresUserStore:
             cursor = await connection.execute(self._q(_SELECT_GRANTS_OF), (list(tables.users),))
             for user_id, site_id, module, source, role, trust in await cursor.fetchall():
                 tables.put_grant(user_id, (site_id, module, source), (_ROLES[role], trust))
+        group_ids = batch_group_ids(changes)
+        if group_ids:
+            await self._load_groups(connection, trust_site_id, changes, group_ids, tables)
         return tables
+
+    async def _load_groups(
+        self,
+        connection: psycopg.AsyncConnection[Any],
+        trust_site_id: str,
+        changes: Iterable[Change],
+        group_ids: set[str],
+        tables: UserTables,
+    ) -> None:
+        cursor = await connection.execute(
+            self._q(
+                "SELECT external_id, display_name, site_ids, retired FROM {schema}.synced_groups "
+                "WHERE trust_site_id = %s AND external_id = ANY(%s) ORDER BY external_id FOR UPDATE"
+            ),
+            (trust_site_id, sorted(group_ids)),
+        )
+        for row in await cursor.fetchall():
+            tables.put_group(_group_from_row(trust_site_id, row))
+        retiring = sorted({change.external_id for change in changes if type(change) is RetireGroup})
+        rows: list[tuple[str, str]] = []
+        if tables.users:
+            cursor = await connection.execute(
+                self._q(
+                    "SELECT group_external_id, user_id FROM {schema}.group_members WHERE trust_site_id = %s "
+                    "AND group_external_id = ANY(%s) AND user_id = ANY(%s)"
+                ),
+                (trust_site_id, sorted(group_ids - set(retiring)), list(tables.users)),
+            )
+            rows += await cursor.fetchall()
+        if retiring:
+            cursor = await connection.execute(
+                self._q(
+                    "SELECT group_external_id, user_id FROM {schema}.group_members WHERE trust_site_id = %s "
+                    "AND group_external_id = ANY(%s)"
+                ),
+                (trust_site_id, retiring),
+            )
+            rows += await cursor.fetchall()
+        for group_id, user_id in rows:
+            tables.put_member((trust_site_id, group_id), user_id)
 
     async def _write(self, connection: psycopg.AsyncConnection[Any], tables: UserTables) -> None:
         """Write the logged mutations (see the module docstring for the order and the statements)."""
@@ -385,6 +488,8 @@ class PostgresUserStore:
         new_users: dict[str, None] = {}
         updates: list[StoredUser] = []
         final_grants: dict[tuple[str, tuple[str, str, str]], tuple[Role, str | None] | None] = {}
+        group_rows: list[GroupWrite] = []
+        final_members: dict[tuple[tuple[str, str], str], bool] = {}
         for mutation in log:
             if isinstance(mutation, UserWrite):
                 if mutation.new:
@@ -393,6 +498,10 @@ class PostgresUserStore:
                     updates.append(mutation.user)
             elif isinstance(mutation, GrantWrite):
                 final_grants[(mutation.user_id, mutation.key)] = mutation.value
+            elif isinstance(mutation, GroupWrite):
+                group_rows.append(mutation)
+            elif isinstance(mutation, MemberWrite):
+                final_members[(mutation.key, mutation.user_id)] = mutation.member
         async with connection.cursor() as cursor:
             if updates:
                 await cursor.executemany(
@@ -448,6 +557,43 @@ class PostgresUserStore:
                 async with cursor.copy(self._q(_COPY_GRANTS)) as copy:
                     for grant_row in inserts:
                         await copy.write_row(grant_row)
+            # Groups after users (memberships reference both), each group's rows in log order.
+            for write in group_rows:
+                group = write.group
+                if write.new:
+                    await cursor.execute(
+                        self._q(
+                            "INSERT INTO {schema}.synced_groups (trust_site_id, external_id, display_name, site_ids, "
+                            "retired) VALUES (%s, %s, %s, %s, %s)"
+                        ),
+                        (group.trust_site_id, group.external_id, group.display_name, list(group.site_ids), group.retired),
+                    )
+                else:
+                    await cursor.execute(
+                        self._q(
+                            "UPDATE {schema}.synced_groups SET display_name = %s, site_ids = %s, retired = %s "
+                            "WHERE trust_site_id = %s AND external_id = %s"
+                        ),
+                        (group.display_name, list(group.site_ids), group.retired, group.trust_site_id, group.external_id),
+                    )
+            joins = [(key[0], key[1], user_id) for (key, user_id), member in final_members.items() if member]
+            leaves = [(key[0], key[1], user_id) for (key, user_id), member in final_members.items() if not member]
+            if leaves:
+                await cursor.executemany(
+                    self._q(
+                        "DELETE FROM {schema}.group_members WHERE trust_site_id = %s AND group_external_id = %s "
+                        "AND user_id = %s"
+                    ),
+                    leaves,
+                )
+            if joins:
+                await cursor.executemany(
+                    self._q(
+                        "INSERT INTO {schema}.group_members (trust_site_id, group_external_id, user_id) "
+                        "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
+                    ),
+                    joins,
+                )
 
     # -- the run lock --------------------------------------------------------------
 
@@ -615,6 +761,41 @@ class PostgresUserStore:
         if row is None:
             raise KeyError(f"no user with id {user_id!r}")
         return _user_from_row(row)
+
+    async def groups(self, trust_site_id: str) -> list[SyncedGroup]:
+        """The synced groups of ``trust_site_id`` (retired ones too), by display name."""
+        async with self._db.connection() as connection:
+            cursor = await connection.execute(
+                self._q(
+                    "SELECT external_id, display_name, site_ids, retired FROM {schema}.synced_groups "
+                    "WHERE trust_site_id = %s ORDER BY display_name, external_id"
+                ),
+                (trust_site_id,),
+            )
+            return [_group_from_row(trust_site_id, row) for row in await cursor.fetchall()]
+
+    async def group_members(self, group_external_id: str, trust_site_id: str | None = None) -> frozenset[str]:
+        """External ids of the synced group's members (in every trust mirroring it, or in ``trust_site_id``).
+
+        Raises ``KeyError`` when no trust (or not that trust) mirrors the group.
+        """
+        async with self._db.connection() as connection, connection.transaction():
+            cursor = await connection.execute(
+                self._q("SELECT trust_site_id FROM {schema}.synced_groups WHERE external_id = %s"),
+                (group_external_id,),
+            )
+            trusts = [row[0] for row in await cursor.fetchall() if trust_site_id in (None, row[0])]
+            if not trusts:
+                where = "any trust" if trust_site_id is None else f"trust {trust_site_id!r}"
+                raise KeyError(f"no synced group {group_external_id!r} in {where}")
+            cursor = await connection.execute(
+                self._q(
+                    "SELECT u.external_id FROM {schema}.group_members m JOIN {schema}.users u ON u.id = m.user_id "
+                    "WHERE m.trust_site_id = ANY(%s) AND m.group_external_id = %s AND u.external_id IS NOT NULL"
+                ),
+                (trusts, group_external_id),
+            )
+            return frozenset(row[0] for row in await cursor.fetchall())
 
     async def users(self) -> list[StoredUser]:
         """Every user, in the order they were added."""
