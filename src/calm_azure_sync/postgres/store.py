@@ -50,7 +50,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any, Final, LiteralString
+from typing import Any, ClassVar, Final, LiteralString
 
 import attrs
 import psycopg
@@ -241,6 +241,9 @@ class PostgresUserStore:
         async with PostgresUserStore(conninfo, schema="calm") as store:
             ann = await store.add_user("ann@example.org", "Ann Example")
     """
+
+    mirrors_groups: ClassVar[bool] = True
+    """The planner mirrors mapped groups and their members into this store."""
 
     def __init__(
         self,
