@@ -149,7 +149,8 @@ class UserStore(Protocol):
     create/link/update first, then its grants, then its deactivation) and
     applies each:
 
-    - ``CreateUser``: a new active user carrying ``external_id``;
+    - ``CreateUser``: a new active user carrying ``external_id`` (when a user
+      already carries it: nothing is written, outcome ``unchanged``);
     - ``LinkUser``: set ``external_id`` on user ``user_id``, refresh names/email;
     - ``UpdateUser``: set email and names (and, when ``reactivate``, ``active``
       and clear ``deactivated_by_sync``);
@@ -164,8 +165,9 @@ class UserStore(Protocol):
       ``unchanged``). Never delete a user;
     - ``UpsertGroup``: create the trust's synced group or refresh its name and
       sites (and un-retire it); ``AddGroupMember``/``RemoveGroupMember``: add
-      or remove the membership of the synced user with that external id;
-      ``RetireGroup``: mark the group retired and clear its members. Groups
+      or remove the membership of the synced user with that external id (a
+      removal naming an id no user carries is ``unchanged``); each trust
+      mirrors its own groups; ``RetireGroup``: mark the group retired and clear its members. Groups
       are never deleted.
 
     Each :class:`ChangeResult` carries the ``outcome``: ``applied``,

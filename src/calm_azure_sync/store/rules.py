@@ -59,6 +59,7 @@ __all__ = [
     "batch_group_ids",
     "batch_keys",
     "batch_reads_grants",
+    "batch_reads_user_rows",
     "new_user_id",
     "state_from_json",
     "state_to_json",
@@ -125,6 +126,7 @@ _CARRIES_EMAIL: frozenset[type] = frozenset({CreateUser, LinkUser, RelinkUser, U
 # Group changes whose ``external_id`` is a group's, not a user's.
 _NAMES_GROUP_AS_ITSELF: frozenset[type] = frozenset({UpsertGroup, RetireGroup})
 _NAMES_MEMBERSHIP: frozenset[type] = frozenset({AddGroupMember, RemoveGroupMember})
+_GROUP_RULES: frozenset[type] = _NAMES_GROUP_AS_ITSELF | _NAMES_MEMBERSHIP
 # The only rules that read a user's grants.
 _READS_GRANTS: frozenset[type] = frozenset({Assign, Unassign, DeactivateUser})
 
@@ -192,6 +194,16 @@ def batch_group_ids(changes: Iterable[Change]) -> set[str]:
         elif kind in _NAMES_MEMBERSHIP:
             groups.add(change.group_external_id)  # type: ignore[union-attr]
     return groups
+
+
+def batch_reads_user_rows(changes: Iterable[Change]) -> bool:
+    """Whether any rule of ``changes`` reads a user's row; if not, the user ids suffice.
+
+    Group and membership rules need only which store user carries an
+    external id (:meth:`UserTables.put_external_id`), so a store may load just
+    that for a batch of them.
+    """
+    return any(type(change) not in _GROUP_RULES for change in changes)
 
 
 def batch_reads_grants(changes: Iterable[Change]) -> bool:
@@ -298,6 +310,14 @@ class UserTables:
     def put_grant(self, user_id: str, key: GrantKey, value: GrantValue) -> None:
         """Add a grant row as it already is (loading, not a mutation)."""
         self.grants.setdefault(user_id, {})[key] = value
+
+    def put_external_id(self, external_id: str, user_id: str) -> None:
+        """Index a user by external id alone, without its row (loading, not a mutation).
+
+        Enough for group and membership rules (see :func:`batch_reads_user_rows`);
+        a user rule needs the row, added with :meth:`put_user`.
+        """
+        self.by_external_id[external_id] = user_id
 
     def put_group(self, group: SyncedGroup) -> None:
         """Add a synced group row as it already is (loading, not a mutation)."""

@@ -61,6 +61,7 @@ from .rules import (
     batch_group_ids,
     batch_keys,
     batch_reads_grants,
+    batch_reads_user_rows,
     state_from_json,
     state_to_json,
 )
@@ -240,13 +241,22 @@ def _load_tables(connection: sqlite3.Connection, trust_site_id: str, changes: Se
     """
     external_ids, user_ids, email_keys = batch_keys(changes)
     tables = UserTables(log=[])
-    rows = connection.execute(
-        f"SELECT {_USER_COLUMNS} FROM users WHERE external_id IN (SELECT value FROM json_each(?1)) "
-        "OR id IN (SELECT value FROM json_each(?2)) OR email_key IN (SELECT value FROM json_each(?3))",
-        (_json_list(external_ids), _json_list(user_ids), _json_list(email_keys)),
-    )
-    for row in rows:
-        tables.put_user(_user_from_row(row))
+    if batch_reads_user_rows(changes):
+        rows = connection.execute(
+            f"SELECT {_USER_COLUMNS} FROM users WHERE external_id IN (SELECT value FROM json_each(?1)) "
+            "OR id IN (SELECT value FROM json_each(?2)) OR email_key IN (SELECT value FROM json_each(?3))",
+            (_json_list(external_ids), _json_list(user_ids), _json_list(email_keys)),
+        )
+        for row in rows:
+            tables.put_user(_user_from_row(row))
+    else:
+        # Only groups and memberships (most of a first import's batches):
+        # which user carries each external id is all the rules read.
+        for user_id, external_id in connection.execute(
+            "SELECT id, external_id FROM users WHERE external_id IN (SELECT value FROM json_each(?))",
+            (_json_list(external_ids),),
+        ):
+            tables.put_external_id(external_id, user_id)
     # A membership-only batch (most of a first import's) reads no grants.
     if tables.users and batch_reads_grants(changes):
         grant_rows = connection.execute(
@@ -278,12 +288,13 @@ def _load_groups(
     retiring = {change.external_id for change in changes if type(change) is RetireGroup}
     # Every key column is matched (an IN list each), so these are primary-key lookups.
     member_rows: list[tuple[str, str]] = []
-    if tables.users:
+    user_ids = tables.by_external_id.values()
+    if user_ids:
         member_rows += connection.execute(
             "SELECT group_external_id, user_id FROM group_members WHERE trust_site_id = ? "
             "AND group_external_id IN (SELECT value FROM json_each(?)) "
             "AND user_id IN (SELECT value FROM json_each(?))",
-            (trust_site_id, _json_list(group_ids - retiring), _json_list(tables.users)),
+            (trust_site_id, _json_list(group_ids - retiring), _json_list(user_ids)),
         ).fetchall()
     if retiring:
         member_rows += connection.execute(
