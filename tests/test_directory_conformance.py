@@ -137,7 +137,7 @@ async def test_the_reconciler_gets_the_same_result_from_graph_as_from_memory(fix
         directory, sleep = directory_for(graph)
         graph_store = InMemoryUserStore()
         async with directory:
-            graph_report = await Reconciler(directory, graph_store, InMemoryAuditSink(), HIERARCHY).run(config(), actor=SYSTEM)
+            graph_report = await Reconciler(directory, graph_store, InMemoryAuditSink(), HIERARCHY).run(config(), actor=SYSTEM, mode="full")
         assert graph_report.ok, graph_report.errors
         assert 2.128 in sleep.calls
         member_pages = sum(

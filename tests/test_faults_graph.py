@@ -188,7 +188,7 @@ async def test_a_graph_fault_never_removes_access_and_the_next_clean_run_converg
     parts = Parts(server, timeout=0.5 if slow else 30.0)
     async with parts.directory:
         with figures.case(f"Graph: {fault_class}") as case:
-            first = await parts.reconciler.run(CONFIG, actor=SYSTEM)
+            first = await parts.reconciler.run(CONFIG, actor=SYSTEM, mode="full")
             assert first.ok, first.errors
             assert await parts.access() == truth(server)
             users_before = set((await parts.store.load("oak")).users)
@@ -196,7 +196,7 @@ async def test_a_graph_fault_never_removes_access_and_the_next_clean_run_converg
             change_the_directory(server)
             before = await parts.access()
             inject(server)
-            report = await parts.reconciler.run(CONFIG, actor=SYSTEM)
+            report = await parts.reconciler.run(CONFIG, actor=SYSTEM, mode="full")
             after = await parts.access()
             state = await parts.store.load("oak")
             case.data_lost = len(users_before - set(state.users))
@@ -235,7 +235,7 @@ async def test_a_graph_fault_never_removes_access_and_the_next_clean_run_converg
             assert parts.sleep.calls == [] or max(parts.sleep.calls) <= POLICY.total_budget_seconds
 
             server.clear_faults()
-            clean = await parts.reconciler.run(CONFIG, actor=SYSTEM)
+            clean = await parts.reconciler.run(CONFIG, actor=SYSTEM, mode="full")
             assert clean.ok, clean.errors
             assert await parts.access() == truth(server)
             assert (await parts.reconciler.plan(CONFIG, actor=SYSTEM)).changes == ()
@@ -248,14 +248,14 @@ async def test_a_mapped_group_deleted_between_discovery_and_read_is_a_stale_mapp
     parts = Parts(server, timeout=30.0)
     async with parts.directory:
         with figures.case("Graph: mapped group deleted (404) between discovery and read") as case:
-            assert (await parts.reconciler.run(CONFIG, actor=SYSTEM)).ok
+            assert (await parts.reconciler.run(CONFIG, actor=SYSTEM, mode="full")).ok
             discovered = {group.id for group in await parts.reconciler.discover("oak", actor=SYSTEM)}
             assert "g-leaders" in discovered
             before = await parts.access()
             saved = copy.deepcopy(server.fixture())
             server.remove_group("g-leaders")  # deleted in Azure after the admin mapped it
             server.remove_member("g-staff", "u13")  # and a leaver, whose removal must wait
-            report = await parts.reconciler.run(CONFIG, actor=SYSTEM)
+            report = await parts.reconciler.run(CONFIG, actor=SYSTEM, mode="full")
             after = await parts.access()
             case.wrongful_removals = partial_read_losses(before, after, server, ["g-leaders"])
             assert case.wrongful_removals == 0
@@ -277,7 +277,7 @@ async def test_a_mapped_group_deleted_between_discovery_and_read_is_a_stale_mapp
                     [m for m in CONFIG.mappings.mappings if m.group_id != "g-leaders"],
                     removal=CONFIG.removal,
                 )
-            clean = await parts.reconciler.run(config, actor=SYSTEM)
+            clean = await parts.reconciler.run(config, actor=SYSTEM, mode="full")
             assert clean.ok, clean.errors
             assert await parts.access() == expected_access(InMemoryDirectory.from_dict(server.fixture()), config)
             assert (await parts.reconciler.plan(config, actor=SYSTEM)).changes == ()
@@ -289,12 +289,12 @@ async def test_a_token_revoked_between_two_groups_holds_everything(server: FakeG
     parts.reconciler.max_concurrent_reads = 1  # groups read one by one, in sorted order
     async with parts.directory:
         with figures.case("Graph: 401/403 mid-run (token revoked)") as case:
-            assert (await parts.reconciler.run(CONFIG, actor=SYSTEM)).ok
+            assert (await parts.reconciler.run(CONFIG, actor=SYSTEM, mode="full")).ok
             change_the_directory(server)
             before = await parts.access()
             # g-leaders is read first, g-staff second: revoke after g-leaders.
             server.inject(Fault.unauthorized(), path=STAFF, times=40)
-            report = await parts.reconciler.run(CONFIG, actor=SYSTEM)
+            report = await parts.reconciler.run(CONFIG, actor=SYSTEM, mode="full")
             after = await parts.access()
             case.wrongful_removals = partial_read_losses(before, after, server, report.plan.unreadable_groups)
             assert case.wrongful_removals == 0
@@ -302,7 +302,7 @@ async def test_a_token_revoked_between_two_groups_holds_everything(server: FakeG
             assert any("did not accept the app's token" in error for error in report.errors)
             assert any("GroupMember.Read.All" in error for error in report.errors)
             server.clear_faults()
-            assert (await parts.reconciler.run(CONFIG, actor=SYSTEM)).ok
+            assert (await parts.reconciler.run(CONFIG, actor=SYSTEM, mode="full")).ok
             assert await parts.access() == truth(server)
 
 
@@ -314,10 +314,10 @@ async def test_consent_without_user_read_all_removes_nothing(server: FakeGraphSe
     """
     parts = Parts(server, timeout=30.0)
     async with parts.directory:
-        assert (await parts.reconciler.run(CONFIG, actor=SYSTEM)).ok
+        assert (await parts.reconciler.run(CONFIG, actor=SYSTEM, mode="full")).ok
         before = await parts.access()
         server.granted_permissions = frozenset({"GroupMember.Read.All"})
-        report = await parts.reconciler.run(CONFIG, actor=SYSTEM)
+        report = await parts.reconciler.run(CONFIG, actor=SYSTEM, mode="full")
         assert not report.ok
         assert any("User.Read.All" in error for error in report.errors)
         assert await parts.access() == before

@@ -137,10 +137,10 @@ async def _hostile_run(server: FakeGraphServer, hostile: list[dict[str, Any]], f
         store, audit = InMemoryUserStore(), InMemoryAuditSink()
         async with directory_over(server) as directory:
             reconciler = Reconciler(directory, store, audit, HIERARCHY)
-            assert (await reconciler.run(CONFIG, actor=SYSTEM)).ok
+            assert (await reconciler.run(CONFIG, actor=SYSTEM, mode="full")).ok
             before = synced_access_of(await store.load("oak"))
             server.load(fixture(hostile))
-            report = await reconciler.run(CONFIG, actor=SYSTEM)  # never raises
+            report = await reconciler.run(CONFIG, actor=SYSTEM, mode="full")  # never raises
             state = await store.load("oak")
             after = synced_access_of(state)
             case.wrongful_removals = sum(
@@ -191,7 +191,7 @@ async def test_a_huge_group_is_read_whole_through_every_page(figures: Any, size:
     with FakeGraphServer(fixture(users)) as server, figures.case("Input: 100k-member groups") as case:
         async with directory_over(server) as directory:
             store = InMemoryUserStore()
-            report = await Reconciler(directory, store, InMemoryAuditSink(), HIERARCHY).run(CONFIG, actor=SYSTEM)
+            report = await Reconciler(directory, store, InMemoryAuditSink(), HIERARCHY).run(CONFIG, actor=SYSTEM, mode="full")
             assert report.ok, report.errors
             state = await store.load("oak")
             expected = expected_access(InMemoryDirectory.from_dict(fixture(users)), CONFIG)
@@ -210,7 +210,7 @@ async def test_membership_cycles_terminate_and_give_each_user_once(figures: Any)
     with FakeGraphServer(data, page_cap=2) as server, figures.case("Input: membership cycles") as case:
         async with directory_over(server) as directory:
             store = InMemoryUserStore()
-            report = await Reconciler(directory, store, InMemoryAuditSink(), HIERARCHY).run(CONFIG, actor=SYSTEM)
+            report = await Reconciler(directory, store, InMemoryAuditSink(), HIERARCHY).run(CONFIG, actor=SYSTEM, mode="full")
             assert report.ok and report.counts["create_user"] == 3
             expected = expected_access(InMemoryDirectory.from_dict(data), CONFIG)
             access = synced_access_of(await store.load("oak"))
@@ -233,7 +233,7 @@ async def test_duplicate_ids_across_pages_are_one_user(figures: Any) -> None:
         server.inject(Fault.rewrite(repeat_earlier), path="/groups/g-hostile/*", times=5, skip=1)
         async with directory_over(server) as directory:
             store = InMemoryUserStore()
-            report = await Reconciler(directory, store, InMemoryAuditSink(), HIERARCHY).run(CONFIG, actor=SYSTEM)
+            report = await Reconciler(directory, store, InMemoryAuditSink(), HIERARCHY).run(CONFIG, actor=SYSTEM, mode="full")
             assert report.ok, report.errors
             state = await store.load("oak")
             external = [u.external_id for u in state.users.values()]
@@ -264,11 +264,11 @@ async def test_a_next_link_to_another_host_is_refused_and_gets_no_token(figures:
             async with directory_over(server) as directory:
                 store, audit = InMemoryUserStore(), InMemoryAuditSink()
                 reconciler = Reconciler(directory, store, audit, HIERARCHY)
-                assert (await reconciler.run(CONFIG, actor=SYSTEM)).ok
+                assert (await reconciler.run(CONFIG, actor=SYSTEM, mode="full")).ok
                 before = synced_access_of(await store.load("oak"))
                 server.remove_member("g-hostile", "n6")
                 server.inject(Fault.rewrite(redirect), path="/groups/g-hostile/*", times=10)
-                report = await reconciler.run(CONFIG, actor=SYSTEM)
+                report = await reconciler.run(CONFIG, actor=SYSTEM, mode="full")
                 after = synced_access_of(await store.load("oak"))
                 case.wrongful_removals = sum(len(a) for u, a in before.items() if after.get(u) != a)
                 assert case.wrongful_removals == 0
@@ -285,7 +285,7 @@ async def _import(users: list[dict[str, Any]], invited: tuple[str, ...] = ()) ->
     for email in invited:
         await store.add_user(email, "Invited")
     directory = InMemoryDirectory.from_dict(fixture(users))
-    report = await Reconciler(directory, store, InMemoryAuditSink(), HIERARCHY).run(CONFIG, actor=SYSTEM)
+    report = await Reconciler(directory, store, InMemoryAuditSink(), HIERARCHY).run(CONFIG, actor=SYSTEM, mode="full")
     return report, store
 
 

@@ -130,10 +130,14 @@ class Journal:
             detail={"reason": reason, "actor_id": self.actor_id, "error": type(error).__name__},
         )
 
-    def started(self, mapped_groups: int, mode: str = "full") -> AuditEvent:
+    def started(self, mapped_groups: int) -> AuditEvent:
         by = f" by {self.actor_id}" if self.actor_id else ""
+        return self.event(AuditKind.IMPORT_STARTED, f"Import started{by}", detail={"mapped_groups": mapped_groups})
+
+    def read_mode(self, mode: str, why: str) -> AuditEvent:
         return self.event(
-            AuditKind.IMPORT_STARTED, f"Import started{by}", detail={"mapped_groups": mapped_groups, "mode": mode}
+            AuditKind.DISCOVERY, f"Read the directory {'incrementally' if mode == 'incremental' else 'in full'}: {why}",
+            detail={"mode": mode, "why": why},
         )
 
     def discovered(self, groups: int) -> AuditEvent:

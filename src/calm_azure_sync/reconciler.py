@@ -25,10 +25,12 @@ from .audit.protocol import AuditSink
 from .autodetect import Suggestions
 from .check import ConfigProblem, config_problems
 from .config import SyncConfig
+from .directory.delta import DeltaDirectory
 from .directory.protocol import Directory
 from .errors import (
     ChildSiteConfigurationError,
     ConfigError,
+    DeltaExpiredError,
     DirectoryAccessError,
     DirectoryError,
     GroupNotFoundError,
@@ -39,6 +41,7 @@ from .errors import (
 from .exclusion import ExclusionPolicy
 from .guards import next_sync_state
 from .hierarchy import Actor, TrustHierarchy, authorize
+from .incremental import DeltaCache, ReadMode, apply_delta, choose_mode, snapshot_members
 from .journal import Journal, RefusalReason
 from .model import DirectoryGroup, DirectoryUser, Site
 from .plan import (
@@ -129,6 +132,8 @@ class Reconciler:
     batch_size: int = attrs.field(default=5000, kw_only=True, validator=_positive)
     max_concurrent_reads: int = attrs.field(default=16, kw_only=True, validator=_positive)
     clock: Callable[[], dt.datetime] = attrs.field(default=utc_now, kw_only=True, repr=False)
+    # Entra's own provisioning reads in full about once a day and incrementally between.
+    full_resync_interval: dt.timedelta = attrs.field(default=dt.timedelta(hours=24), kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if self.state is None:
@@ -238,7 +243,9 @@ class Reconciler:
         )
         return await self._build_plan(config, snapshot, state, context)
 
-    async def run(self, config: SyncConfig, *, actor: Actor, confirm_hold: str | None = None) -> ImportReport:
+    async def run(
+        self, config: SyncConfig, *, actor: Actor, confirm_hold: str | None = None, mode: ReadMode = "auto"
+    ) -> ImportReport:
         """Start Import.
 
         Refuses before anything starts (each refusal is an ``import_refused``
@@ -249,12 +256,21 @@ class Reconciler:
         Anything that fails after that is in the report (``ok=False``) and the
         Import Log. A cancelled run logs ``import_failed``, releases the lock
         and re-raises.
+
+        ``mode``: ``"full"`` reads every mapped group in full and never touches
+        the delta state; ``"incremental"`` reads only what changed since the
+        last run (falling back to a full read, and saying why, when it cannot);
+        ``"auto"`` reads incrementally when the delta state is usable and the
+        last full read is younger than ``full_resync_interval``. Whatever the
+        mode, the outcome is a full run's (see :mod:`calm_azure_sync.incremental`).
         """
         journal = Journal(
             config.trust_site_id if isinstance(config, SyncConfig) else "?", self.clock, uuid.uuid4().hex,
             actor.user_id if isinstance(actor, Actor) else None,
         )
         try:
+            if mode not in ("full", "incremental", "auto"):
+                raise ConfigError(f"mode: {mode!r:.40} is not one of full, incremental, auto")
             self._admit(config, actor)
             lock = self.store.run_lock(config.trust_site_id)
             await lock.__aenter__()
@@ -264,7 +280,7 @@ class Reconciler:
         report: ImportReport | None = None
         try:
             sync_state = await self._load_state_or_refuse(config, confirm_hold, journal)
-            report = await _Run(self, config, journal, sync_state, confirm_hold).execute()
+            report = await _Run(self, config, journal, sync_state, confirm_hold, mode).execute()
         finally:
             try:
                 await lock.__aexit__(None, None, None)
@@ -365,6 +381,76 @@ class Reconciler:
         names = await self._group_names(group_ids)
         return DirectorySnapshot(members=members, unreadable=unreadable, stale=frozenset(stale), group_names=names)
 
+    async def _read_for_run(self, config: SyncConfig, sync_state: SyncState, requested: ReadMode) -> _Read:
+        """The snapshot a run plans from, read in full or from the delta state, and the delta state after."""
+        mapped = frozenset(config.mappings.group_ids)
+        supports = isinstance(self.directory, DeltaDirectory)
+        cache = DeltaCache.from_dict(sync_state.delta) if requested != "full" else None
+        mode, why = choose_mode(
+            requested, cache=cache, mapped=mapped, supports_delta=supports, now=self.clock(),
+            full_resync_interval=self.full_resync_interval,
+        )
+        if mode == "incremental" and cache is not None:
+            try:
+                snapshot, after = await self._read_changes(config, cache)
+                return _Read(snapshot, after.to_dict(), "incremental", why)
+            except DeltaExpiredError as error:
+                why = f"the delta token can no longer be used ({error.code}); reading in full"
+            except Exception as error:  # a round that failed partway: nothing advances, nothing is removed
+                logger.warning("reading the changes of trust %s failed", config.trust_site_id, exc_info=True)
+                reason = f"could not read changes: {error}"
+                snapshot = DirectorySnapshot(members={}, unreadable=dict.fromkeys(sorted(mapped), reason))
+                return _Read(snapshot, None, "incremental", why)
+        elif requested == "incremental":
+            why = f"incremental read not possible: {why}"
+        snapshot = await self._read(config)
+        seeded: dict[str, Any] | None = None
+        if requested != "full" and supports and not snapshot.unreadable:
+            try:
+                seeded = (await self._seed_changes(config)).to_dict()
+            except Exception:  # no delta state this time: the next run reads in full again
+                logger.warning("starting delta reads for trust %s failed", config.trust_site_id, exc_info=True)
+                seeded = {}
+        return _Read(snapshot, seeded, "full", why)
+
+    async def _follow(
+        self, config: SyncConfig, cursor: Mapping[str, Any] | None,
+        groups: Mapping[str, frozenset[str]], users: Mapping[str, DirectoryUser],
+    ) -> DeltaCache:
+        """Rounds of changes until every nested group is tracked, then the users no round described."""
+        directory: Any = self.directory
+        mapped = sorted(config.mappings.group_ids)
+        tracked = sorted({*mapped, *groups})
+        delta, next_cursor = await directory.changes(cursor, tracked)
+        applied = apply_delta(groups, users, delta, mapped)
+        for _ in range(32):  # nesting depth; each round starts the chains of newly found groups
+            if not applied.new_groups:
+                break
+            delta, next_cursor = await directory.changes(next_cursor, sorted({*mapped, *applied.groups}))
+            applied = apply_delta(applied.groups, applied.users, delta, mapped)
+        kept_users = dict(applied.users)
+        kept_groups = dict(applied.groups)
+        if applied.missing_users:
+            found = await directory.lookup_users(sorted(applied.missing_users))
+            gone = {user_id for user_id, user in found.items() if user is None}
+            kept_users.update({user_id: user for user_id, user in found.items() if user is not None})
+            if gone:
+                kept_groups = {group: members - gone for group, members in kept_groups.items()}
+        return DeltaCache(next_cursor, kept_groups, kept_users, frozenset(mapped), self.clock())
+
+    async def _seed_changes(self, config: SyncConfig) -> DeltaCache:
+        return await self._follow(config, None, {}, {})
+
+    async def _read_changes(self, config: SyncConfig, cache: DeltaCache) -> tuple[DirectorySnapshot, DeltaCache]:
+        after = await self._follow(config, cache.cursor, cache.groups, cache.users)
+        after = attrs.evolve(after, full_read_at=cache.full_read_at)
+        mapped = sorted(config.mappings.group_ids)
+        members = snapshot_members(after.groups, after.users, mapped)
+        stale = frozenset(group for group in mapped if group not in after.groups)
+        unreadable = dict.fromkeys(sorted(stale), "stale mapping: the group no longer exists in Azure")
+        names = await self._group_names(mapped)
+        return DirectorySnapshot(members, unreadable, stale, names), after
+
     async def _group_names(self, group_ids: Sequence[str]) -> dict[str, str]:
         """Display names of the mapped groups, when the directory can look groups up."""
         lookup = getattr(self.directory, "lookup_groups", None)
@@ -417,6 +503,16 @@ class Reconciler:
         return None
 
 
+@attrs.frozen
+class _Read:
+    """One run's directory read: the snapshot, the delta state to keep (``None``: leave it), the mode and why."""
+
+    snapshot: DirectorySnapshot
+    delta_state: dict[str, Any] | None
+    mode: str
+    why: str
+
+
 class _AuditSinkDown(Exception):
     """The audit sink refused events: stop applying so the log stays complete."""
 
@@ -430,6 +526,8 @@ class _Run:
     journal: Journal
     sync_state: SyncState
     confirm_hold: str | None
+    mode: ReadMode = "auto"
+    read: _Read | None = None
     errors: list[str] = attrs.field(factory=list)
     outcomes: Counter[str] = attrs.field(factory=Counter)
     results: list[ChangeResult] = attrs.field(factory=list)
@@ -481,7 +579,8 @@ class _Run:
 
     async def _read_and_plan(self) -> tuple[Plan, DirectorySnapshot]:
         reconciler = self.reconciler
-        snapshot = await reconciler._read(self.config)
+        self.read = await reconciler._read_for_run(self.config, self.sync_state, self.mode)
+        snapshot = self.read.snapshot
         self.errors.extend(f"group {group_id}: {reason}" for group_id, reason in sorted(snapshot.unreadable.items()))
         state = await reconciler.store.load(self.config.trust_site_id)
         self.existing_groups = frozenset(state.groups)
@@ -494,7 +593,8 @@ class _Run:
         )
         plan = await reconciler._build_plan(self.config, snapshot, state, context)
         self._learn_labels(plan)
-        events = self.journal.read_events(
+        events = [self.journal.read_mode(self.read.mode, self.read.why)]
+        events += self.journal.read_events(
             snapshot.members, snapshot.unreadable, sorted(self.config.mappings.group_ids), stale=snapshot.stale
         )
         events.extend(self.journal.plan_events(plan, confirmed=self.confirm_hold))
@@ -522,6 +622,8 @@ class _Run:
             results=self.results,
             left_now=plan.left_scope,
         )
+        if self.read is not None and self.read.delta_state is not None:
+            after = attrs.evolve(after, delta=self.read.delta_state)
         if after != self.sync_state:
             await self.reconciler._state_store.save_state(self.config.trust_site_id, after)
             self.sync_state = after
@@ -594,6 +696,8 @@ class _Run:
             plan=plan,
             unrecorded_events=tuple(self.unrecorded),
             hold_id=plan.hold_id if plan else None,
+            mode=self.read.mode if self.read else "full",
+            mode_reason=self.read.why if self.read else None,
         )
 
     def _learn_labels(self, plan: Plan) -> None:

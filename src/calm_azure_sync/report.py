@@ -25,7 +25,8 @@ class ImportReport:
     take those three skip counts from the plan, so they read like the plan's.
     ``errors`` says what went wrong, one line each; ``held_removals`` are the
     removals held back (``hold_reason`` says why; ``hold_id`` is the pending hold an admin
-    confirms with ``run(..., confirm_hold=hold_id)``). ``ok`` is false when anything failed: a
+    confirms with ``run(..., confirm_hold=hold_id)``). ``mode`` is the read
+    the run made (``"full"`` or ``"incremental"``) and ``mode_reason`` why. ``ok`` is false when anything failed: a
     group that could not be read, a change the store refused, an audit sink
     that was down. A run whose only news is a hold is ``ok``.
     ``unrecorded_events`` are Import Log events the audit sink did not take
@@ -44,6 +45,8 @@ class ImportReport:
     plan: Plan | None = attrs.field(default=None, repr=False)
     unrecorded_events: tuple[AuditEvent, ...] = attrs.field(default=(), repr=False)
     hold_id: str | None = None
+    mode: str = "full"
+    mode_reason: str | None = None
 
     @property
     def duration_seconds(self) -> float:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from ..errors import ConfigError, DeltaExpiredError, DirectoryError, GroupNotFoundError
 from ..model import DirectoryGroup, DirectoryUser
@@ -12,6 +13,20 @@ from ._search import name_matches
 from .delta import DeltaCursor, DeltaStart, DirectoryDelta, GroupDelta, RemovedUser, build_delta
 
 __all__ = ["InMemoryDirectory"]
+
+_Method = TypeVar("_Method", bound=Callable[..., None])
+
+
+def _logged(method: _Method) -> _Method:
+    """A change made through the log: catch up on direct edits first, and remember what was seen after."""
+
+    @functools.wraps(method)
+    def logged(self: InMemoryDirectory, *args: Any, **kwargs: Any) -> None:
+        self._catch_up()
+        method(self, *args, **kwargs)
+        self._take_shadow()
+
+    return logged  # type: ignore[return-value]
 
 
 class InMemoryDirectory:
@@ -61,6 +76,42 @@ class InMemoryDirectory:
         self._seq = 0
         self._generation = 0
         self._epoch = uuid.uuid4().hex
+        self._take_shadow()
+
+    # What the log last saw. Tests, notebooks and the demo also change ``users``,
+    # ``groups`` and ``members`` directly; ``_catch_up`` logs those changes too,
+    # so an incremental run never misses an edit the full read would see.
+    def _take_shadow(self) -> None:
+        self._shadow_users = dict(self.users)
+        self._shadow_groups = set(self.groups)
+        self._shadow_members = dict(self.members)
+
+    def _catch_up(self) -> None:
+        """Log every change made to ``users``, ``groups`` or ``members`` behind the log's back."""
+        for user_id in self._shadow_users.keys() - self.users.keys():
+            self._record("user", user_id, "deleted", "delete")
+        for user_id, user in self.users.items():
+            before = self._shadow_users.get(user_id)
+            if before is None:
+                self._record("user", user_id, "", "create")
+            elif before is not user and before != user:
+                self._record("user", user_id, "", "update")
+        for group_id in self._shadow_groups - self.groups.keys():
+            self._record("group", group_id, "", "delete")
+        for group_id in self.groups.keys() - self._shadow_groups:
+            self._record("group", group_id, "", "create")
+        for group_id in self._shadow_members.keys() | self.members.keys():
+            before_ids = self._shadow_members.get(group_id, ())
+            after_ids = self.members.get(group_id, ())
+            if before_ids is after_ids or before_ids == after_ids:
+                continue
+            before_set, after_set = set(before_ids), set(after_ids)
+            for member_id in sorted(before_set ^ after_set):
+                kind = self._kind(member_id)
+                if kind == "other":
+                    kind = "user" if member_id in self._shadow_users else "group"
+                self._record("member", group_id, f"{kind}:{member_id}", "add" if member_id in after_set else "remove")
+        self._take_shadow()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, tenant_id: str | None = None) -> InMemoryDirectory:
@@ -124,11 +175,13 @@ class InMemoryDirectory:
 
     # -- changes that the delta log records --------------------------------------------
 
+    @_logged
     def put_user(self, user: DirectoryUser) -> None:
         """Add, change or restore a user (recorded for :meth:`changes`)."""
         self._record("user", user.id, "", "update" if user.id in self.users else "create")
         self.users[user.id] = user
 
+    @_logged
     def delete_user(self, user_id: str, *, soft: bool = False) -> None:
         """Delete a user and its memberships; ``soft`` is Entra's restorable deletion (reason ``"changed"``)."""
         if self.users.pop(user_id, None) is None:
@@ -138,6 +191,7 @@ class InMemoryDirectory:
             if user_id in ids:
                 self._set_members(group_id, tuple(i for i in ids if i != user_id), kinds={user_id: "user"})
 
+    @_logged
     def add_member(self, group_id: str, member_id: str) -> None:
         """Make ``member_id`` (a user or a group) a direct member of ``group_id``."""
         if group_id not in self.groups:
@@ -146,12 +200,14 @@ class InMemoryDirectory:
         if member_id not in ids:
             self._set_members(group_id, (*ids, member_id))
 
+    @_logged
     def remove_member(self, group_id: str, member_id: str) -> None:
         """End a direct membership."""
         ids = self.members.get(group_id, ())
         if member_id in ids:
             self._set_members(group_id, tuple(i for i in ids if i != member_id))
 
+    @_logged
     def put_group(self, group: DirectoryGroup, members: Iterable[str] | None = None) -> None:
         """Add or change a group, and with ``members`` set its direct members."""
         if group.id not in self.groups:
@@ -160,6 +216,7 @@ class InMemoryDirectory:
         if members is not None:
             self._set_members(group.id, tuple(dict.fromkeys(members)))
 
+    @_logged
     def delete_group(self, group_id: str) -> None:
         """Delete a group (a 404 from then on) and its memberships in other groups."""
         if self.groups.pop(group_id, None) is None:
@@ -189,6 +246,7 @@ class InMemoryDirectory:
         self._seq += 1
         self._log.append((self._seq, kind, object_id, detail, op))
 
+
     # -- the DeltaDirectory protocol -----------------------------------------------------
 
     async def changes(
@@ -200,11 +258,14 @@ class InMemoryDirectory:
     ) -> tuple[DirectoryDelta, DeltaCursor]:
         """What changed since ``cursor``, from this directory's change log (see ``DeltaDirectory``).
 
-        Only changes made through :meth:`put_user`, :meth:`delete_user`,
+        Changes made through :meth:`put_user`, :meth:`delete_user`,
         :meth:`add_member`, :meth:`remove_member`, :meth:`put_group` and
-        :meth:`delete_group` are seen; assigning to ``users``, ``groups`` or
-        ``members`` directly bypasses the log.
+        :meth:`delete_group` are logged as they happen; changes made by
+        assigning to ``users``, ``groups`` or ``members`` directly are found
+        by comparing with what the log last saw (a deletion found that way has
+        the reason ``"deleted"``).
         """
+        self._catch_up()
         if start not in ("initial", "latest"):
             raise ConfigError(f"changes: start must be 'initial' or 'latest', got {start!r}")
         if isinstance(group_ids, str):
