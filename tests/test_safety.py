@@ -224,3 +224,22 @@ async def test_a_crash_between_apply_and_saving_the_state_neither_forgets_a_hold
     after = await reconciler.run(CONFIG, actor=SYSTEM)  # the hold is still on record, its removals are done
     assert after.ok and after.counts["unassign"] == 0 and after.counts["deactivate_user"] == 0
     assert await reconciler.pending_hold("oak", actor=SYSTEM) is None
+
+
+async def test_mapped_groups_are_mirrored_with_their_azure_names_through_graph():
+    fixture = {
+        "users": [{"id": "u1", "displayName": "Ann", "mail": "ann@oak.sch.uk", "userPrincipalName": "ann@oak.sch.uk",
+                   "accountEnabled": True}],
+        "groups": [{"id": "g-staff", "displayName": "Birch Staff"}, {"id": "g-it", "displayName": "Ash IT"}],
+        "members": {"g-staff": ["u1"], "g-it": []},
+    }
+    with FakeGraphServer(fixture) as server:
+        store = InMemoryUserStore()
+        async with GraphDirectory.from_credential(FakeCredential(), base_url=server.base_url) as directory:
+            report = await Reconciler(directory, store, InMemoryAuditSink(), HIERARCHY).run(CONFIG, actor=SYSTEM)
+            found = await directory.lookup_groups(["g-staff", "gone"])
+    assert report.ok and report.plan is not None
+    assert report.plan.group_names == {"g-it": "Ash IT", "g-staff": "Birch Staff"}
+    assert {g.external_id: g.display_name for g in await store.groups("oak")} == report.plan.group_names
+    assert await store.group_members("g-staff") == frozenset({"u1"})
+    assert found["gone"] is None and found["g-staff"] is not None and found["g-staff"].display_name == "Birch Staff"

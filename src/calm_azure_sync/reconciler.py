@@ -448,8 +448,9 @@ class Reconciler:
         members = snapshot_members(after.groups, after.users, mapped)
         stale = frozenset(group for group in mapped if group not in after.groups)
         unreadable = dict.fromkeys(sorted(stale), "stale mapping: the group no longer exists in Azure")
-        names = await self._group_names(mapped)
-        return DirectorySnapshot(members, unreadable, stale, names), after
+        # Group names are read with full reads only (a rename shows up at the next one, within
+        # full_resync_interval): looking them up here would cost requests a no-change run must not make.
+        return DirectorySnapshot(members, unreadable, stale), after
 
     async def _group_names(self, group_ids: Sequence[str]) -> dict[str, str]:
         """Display names of the mapped groups, when the directory can look groups up."""

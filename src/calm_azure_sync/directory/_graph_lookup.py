@@ -1,16 +1,19 @@
-"""``GraphDirectory.lookup_users``: users by id, one GET or JSON ``$batch`` requests of 20."""
+"""``GraphDirectory.lookup_users`` and ``lookup_groups``: objects by id, one GET or JSON ``$batch`` requests of 20."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import attrs
 
 from ..errors import ConfigError, DirectoryError
-from ..model import DirectoryUser
+from ..model import DirectoryGroup, DirectoryUser
 from ._graph_common import (
+    GROUP_READ_PERMISSIONS,
     USER_READ_PERMISSIONS,
     error_fields,
     json_object,
@@ -19,12 +22,32 @@ from ._graph_common import (
     users_not_readable,
 )
 from ._retry import RetryBudget, RetryBudgetOption, parse_retry_after
-from ._sdk import NATIVE, Method, RequestInformation, ResponseHandlerOption, UserItemRequestBuilder
+from ._sdk import (
+    NATIVE,
+    GroupItemRequestBuilder,
+    Method,
+    RequestInformation,
+    ResponseHandlerOption,
+    UserItemRequestBuilder,
+)
 
 if TYPE_CHECKING:
     from .graph import GraphDirectory
 
 BATCH_LIMIT = 20  # requests per JSON $batch, Graph's maximum
+
+_Found = TypeVar("_Found", DirectoryUser, DirectoryGroup)
+
+
+@attrs.frozen
+class _Kind(Generic[_Found]):
+    """What is looked up: the collection, the fields asked for, how an answer is read, who may read it."""
+
+    collection: str
+    noun: str
+    select: tuple[str, ...]
+    parse: Callable[[Mapping[str, Any], str, str], _Found]
+    permissions: tuple[str, ...]
 
 
 async def lookup_users(self: GraphDirectory, ids: Iterable[str]) -> Mapping[str, DirectoryUser | None]:
@@ -38,53 +61,74 @@ async def lookup_users(self: GraphDirectory, ids: Iterable[str]) -> Mapping[str,
     and 403 are :class:`~calm_azure_sync.DirectoryAccessError`; a user in
     the limited-information shape is ``users_not_readable``.
     """
-    wanted = _lookup_ids(ids)
+    return await _lookup(self, USERS, ids)
+
+
+async def lookup_groups(self: GraphDirectory, ids: Iterable[str]) -> Mapping[str, DirectoryGroup | None]:
+    """Each group by object id (``GET /groups/{id}?$select=…``, batched like users), ``None`` when gone."""
+    return await _lookup(self, GROUPS, ids)
+
+
+async def _lookup(self: GraphDirectory, kind: _Kind[_Found], ids: Iterable[str]) -> Mapping[str, _Found | None]:
+    wanted = _lookup_ids(ids, kind.noun)
     # A blank id is no object; sent, /users/ would list the tenant instead.
-    found: dict[str, DirectoryUser | None] = {user_id: None for user_id in wanted if not user_id.strip()}
-    asked = [user_id for user_id in wanted if user_id not in found]
+    found: dict[str, _Found | None] = {object_id: None for object_id in wanted if not object_id.strip()}
+    asked = [object_id for object_id in wanted if object_id not in found]
     budget = RetryBudget(self.retry.total_budget_seconds)
     if len(asked) == 1:
-        found[asked[0]] = await _lookup_one(self, asked[0], budget)
+        found[asked[0]] = await _lookup_one(self, kind, asked[0], budget)
     elif asked:
         chunks = [asked[start : start + BATCH_LIMIT] for start in range(0, len(asked), BATCH_LIMIT)]
-        for answer in await asyncio.gather(*(_lookup_batch(self, chunk, budget) for chunk in chunks)):
+        for answer in await asyncio.gather(*(_lookup_batch(self, kind, chunk, budget) for chunk in chunks)):
             found.update(answer)
-    return {user_id: found[user_id] for user_id in wanted}
+    return {object_id: found[object_id] for object_id in wanted}
 
-async def _lookup_one(self: GraphDirectory, user_id: str, budget: RetryBudget) -> DirectoryUser | None:
-    operation = f"looking up user {user_id!r}"
-    builder: UserItemRequestBuilder = self._client.users.by_user_id(user_id)
-    query = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(select=list(DirectoryUser.GRAPH_SELECT))
+
+def _object_url(kind: _Kind[Any], object_id: str) -> str:
+    return f"/{kind.collection}/{urllib.parse.quote(object_id, safe='')}?$select={','.join(kind.select)}"
+
+
+async def _lookup_one(self: GraphDirectory, kind: _Kind[_Found], object_id: str, budget: RetryBudget) -> _Found | None:
+    operation = f"looking up {kind.noun} {object_id!r}"
     options = [ResponseHandlerOption(NATIVE), RetryBudgetOption(budget)]
-    request = builder.to_get_request_information(self._configuration(query, {}, options))
+    if kind.collection == "users":
+        users = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(select=list(kind.select))
+        user_builder: UserItemRequestBuilder = self._client.users.by_user_id(object_id)
+        request = user_builder.to_get_request_information(self._configuration(users, {}, options))
+    else:
+        groups = GroupItemRequestBuilder.GroupItemRequestBuilderGetQueryParameters(select=list(kind.select))
+        group_builder: GroupItemRequestBuilder = self._client.groups.by_group_id(object_id)
+        request = group_builder.to_get_request_information(self._configuration(groups, {}, options))
     response = await self._send(request, operation=operation)
     if response.status_code == 404:
         return None
     if not 200 <= response.status_code < 300:
-        raise self._status_error(response, operation=operation, group_id=None, permissions=USER_READ_PERMISSIONS)
+        raise self._status_error(response, operation=operation, group_id=None, permissions=kind.permissions)
     body = json_object(response.content, operation, status=response.status_code, response=response)
-    return _looked_up_user(body, user_id, operation)
+    return kind.parse(body, object_id, operation)
 
-async def _lookup_batch(self: GraphDirectory, chunk: Sequence[str], budget: RetryBudget) -> dict[str, DirectoryUser | None]:
+
+async def _lookup_batch(
+    self: GraphDirectory, kind: _Kind[_Found], chunk: Sequence[str], budget: RetryBudget
+) -> dict[str, _Found | None]:
     """One chunk of at most 20 ids through ``POST /$batch``, retrying throttled sub-requests."""
-    operation = f"looking up {len(chunk)} users"
-    select = ",".join(DirectoryUser.GRAPH_SELECT)
-    found: dict[str, DirectoryUser | None] = {}
+    operation = f"looking up {len(chunk)} {kind.collection}"
+    found: dict[str, _Found | None] = {}
     pending = list(chunk)
     attempt = 0
     while pending:
         attempt += 1
         body = {
             "requests": [
-                {"id": str(index), "method": "GET", "url": f"/users/{urllib.parse.quote(user_id, safe='')}?$select={select}"}
-                for index, user_id in enumerate(pending)
+                {"id": str(index), "method": "GET", "url": _object_url(kind, object_id)}
+                for index, object_id in enumerate(pending)
             ]
         }
         request = RequestInformation(Method.POST, "{+baseurl}/$batch")
         request.set_stream_content(json.dumps(body).encode(), "application/json")
         request.add_request_options([ResponseHandlerOption(NATIVE), RetryBudgetOption(budget)])
-        page = await self._get_json(request, operation=operation, group_id=None, permissions=USER_READ_PERMISSIONS)
-        retry, retry_after = _batch_answers(self, page, pending, found, operation)
+        page = await self._get_json(request, operation=operation, group_id=None, permissions=kind.permissions)
+        retry, retry_after = _batch_answers(self, kind, page, pending, found, operation)
         if not retry:
             break
         delay = self.retry.delay(attempt, retry_after=retry_after, jitter_draw=self._retry_handler._random_draw())
@@ -98,11 +142,17 @@ async def _lookup_batch(self: GraphDirectory, chunk: Sequence[str], budget: Retr
             )
         budget.spend(delay)
         await self._retry_handler._sleep(delay)
-        pending = [user_id for user_id, _, _ in retry]
+        pending = [object_id for object_id, _, _ in retry]
     return found
 
+
 def _batch_answers(
-    self: GraphDirectory, page: Mapping[str, Any], pending: Sequence[str], found: dict[str, DirectoryUser | None], operation: str
+    self: GraphDirectory,
+    kind: _Kind[_Found],
+    page: Mapping[str, Any],
+    pending: Sequence[str],
+    found: dict[str, _Found | None],
+    operation: str,
 ) -> tuple[list[tuple[str, int, str | None]], str | None]:
     """Record each sub-response; return the ones to retry and the longest Retry-After among them."""
     responses = page.get("responses")
@@ -125,8 +175,10 @@ def _batch_answers(
             found[user_id] = None
         elif 200 <= status < 300:
             if not isinstance(body, dict):
-                raise DirectoryError(f"{operation}: user {user_id!r} came back without a body", code="invalid_response")
-            found[user_id] = _looked_up_user(body, user_id, f"looking up user {user_id!r}")
+                raise DirectoryError(
+                    f"{operation}: {kind.noun} {user_id!r} came back without a body", code="invalid_response"
+                )
+            found[user_id] = kind.parse(body, user_id, f"looking up {kind.noun} {user_id!r}")
         else:
             code, message, request_id = error_fields(body, headers.get("request-id"))
             if status in self.retry.retry_statuses:
@@ -140,21 +192,21 @@ def _batch_answers(
                 code,
                 message,
                 request_id,
-                operation=f"looking up user {user_id!r}",
+                operation=f"looking up {kind.noun} {user_id!r}",
                 group_id=None,
-                permissions=USER_READ_PERMISSIONS,
+                permissions=kind.permissions,
             )
     return retry, None if longest is None else repr(longest)
 
 
-def _lookup_ids(ids: Iterable[str]) -> list[str]:
+def _lookup_ids(ids: Iterable[str], noun: str = "user") -> list[str]:
     """The ids to look up, each once, in the order given (blank ids are no object: left out)."""
     if isinstance(ids, str):
-        raise ConfigError("lookup_users: ids must be a collection of object ids, not one string")
+        raise ConfigError(f"lookup_{noun}s: ids must be a collection of object ids, not one string")
     wanted: dict[str, None] = {}
     for user_id in ids:
         if not isinstance(user_id, str):
-            raise ConfigError(f"lookup_users: every id must be a string, got {type(user_id).__name__}")
+            raise ConfigError(f"lookup_{noun}s: every id must be a string, got {type(user_id).__name__}")
         wanted.setdefault(user_id, None)
     return list(wanted)
 
@@ -166,3 +218,16 @@ def _looked_up_user(body: Mapping[str, Any], user_id: str, operation: str) -> Di
     if user.id.lower() != user_id.lower():
         raise DirectoryError(f"{operation}: Graph answered with another user ({user.id!r})", code="invalid_response")
     return user
+
+
+def _looked_up_group(body: Mapping[str, Any], group_id: str, operation: str) -> DirectoryGroup:
+    group = DirectoryGroup.from_graph(body)
+    if group.id.lower() != group_id.lower():
+        raise DirectoryError(f"{operation}: Graph answered with another group ({group.id!r})", code="invalid_response")
+    return group
+
+
+USERS: _Kind[DirectoryUser] = _Kind("users", "user", DirectoryUser.GRAPH_SELECT, _looked_up_user, USER_READ_PERMISSIONS)
+GROUPS: _Kind[DirectoryGroup] = _Kind(
+    "groups", "group", DirectoryGroup.GRAPH_SELECT, _looked_up_group, GROUP_READ_PERMISSIONS
+)

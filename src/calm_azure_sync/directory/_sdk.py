@@ -30,6 +30,7 @@ with warnings.catch_warnings():
     )
     from kiota_http.middleware.options import ResponseHandlerOption
     from msgraph.generated.groups.groups_request_builder import GroupsRequestBuilder
+    from msgraph.generated.groups.item.group_item_request_builder import GroupItemRequestBuilder
     from msgraph.generated.groups.item.transitive_members.graph_user.graph_user_request_builder import (
         GraphUserRequestBuilder,
     )
@@ -50,6 +51,7 @@ __all__ = [
     "GraphRequestAdapter",
     "GraphServiceClient",
     "GraphUserRequestBuilder",
+    "GroupItemRequestBuilder",
     "GroupsRequestBuilder",
     "Method",
     "NATIVE",

@@ -454,6 +454,14 @@ class GraphDirectory:
         """
         return await _graph_lookup.lookup_users(self, ids)
 
+    async def lookup_groups(self, ids: Iterable[str]) -> Mapping[str, DirectoryGroup | None]:
+        """Each group by object id, ``None`` when it is gone: the mapped groups' names for reviews.
+
+        ``GET /groups/{id}?$select=<the group fields>``, batched like
+        :meth:`lookup_users` (GroupMember.Read.All).
+        """
+        return await _graph_lookup.lookup_groups(self, ids)
+
     async def changes(
         self,
         cursor: Mapping[str, Any] | None,

@@ -173,6 +173,12 @@ class InMemoryDirectory:
             found[user_id] = self.users.get(user_id)
         return found
 
+    async def lookup_groups(self, ids: Iterable[str]) -> Mapping[str, DirectoryGroup | None]:
+        """Each id to its group, ``None`` when no group has it."""
+        if isinstance(ids, str):
+            raise ConfigError("lookup_groups: ids must be a collection of object ids, not one string")
+        return {group_id: self.groups.get(group_id) for group_id in ids}
+
     # -- changes that the delta log records --------------------------------------------
 
     @_logged
