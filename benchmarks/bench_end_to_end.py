@@ -64,7 +64,7 @@ async def _import_once(args: argparse.Namespace) -> dict[str, Any]:
                 directory, store, audit, tenant.hierarchy, progress=progress, max_concurrent_reads=args.concurrency
             )
             cpu, started = time.process_time(), time.perf_counter()
-            report = await reconciler.run(tenant.config, actor=SYSTEM)
+            report = await reconciler.run(tenant.config, actor=SYSTEM, mode=args.mode)
             wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:
         store.close()
@@ -77,6 +77,7 @@ async def _import_once(args: argparse.Namespace) -> dict[str, Any]:
         "plan": _span(stages, "plan"),
         "apply": _span(stages, "apply"),
         "changes": len(plan.changes) if plan else -1,
+        "mode": report.mode,
         "ok": report.ok,
         "errors": list(report.errors[:3]),
     }
@@ -90,7 +91,9 @@ def _span(stages: dict[str, list[float]], stage: str) -> float:
 # -- the driver ---------------------------------------------------------------------------
 
 
-def _run(server: GraphServerProcess, args: argparse.Namespace, concurrency: int, db: str) -> dict[str, Any]:
+def _run(
+    server: GraphServerProcess, args: argparse.Namespace, concurrency: int, db: str, mode: str = "full"
+) -> dict[str, Any]:
     server.call("clear")
     if args.throttle_every:
         server.call(
@@ -98,7 +101,7 @@ def _run(server: GraphServerProcess, args: argparse.Namespace, concurrency: int,
         )
     result: dict[str, Any] = child_json(
         MODULE, "--child", "--base-url", server.base_url, "--db", db, "--concurrency", str(concurrency),
-        "--size", str(args.size), "--groups", str(args.groups), "--seed", str(args.seed),
+        "--size", str(args.size), "--groups", str(args.groups), "--seed", str(args.seed), "--mode", mode,
     )  # fmt: skip
     stats = server.call("stats")
     result["requests"] = stats["requests"]
@@ -164,7 +167,6 @@ def run(args: argparse.Namespace) -> None:
             for _ in range(args.repeats):
                 for concurrency in top:
                     b_runs.setdefault(concurrency, []).append(_run(server, args, concurrency, db))
-        args.throttle_every = throttle_every
         for concurrency, runs in b_runs.items():
             b_rows.append([
                 concurrency,
@@ -184,6 +186,42 @@ def run(args: argparse.Namespace) -> None:
             command=command,
         )
 
+        # Scenario C: the same no-change re-run, a full read against an incremental one, side by side.
+        c_runs: dict[str, list[dict[str, Any]]] = {"full": [], "incremental": []}
+        concurrency = sorted(args.concurrency)[-1]
+        with tempfile.TemporaryDirectory() as folder:
+            db = os.path.join(folder, "calm.db")
+            _run(server, args, concurrency, db, mode="auto")  # the first import seeds the delta state
+            for _ in range(args.repeats):
+                c_runs["full"].append(_run(server, args, concurrency, db, mode="full"))
+                incremental = _run(server, args, concurrency, db, mode="auto")
+                if incremental["mode"] != "incremental":
+                    raise RuntimeError(f"the auto re-run read in {incremental['mode']} mode")
+                c_runs["incremental"].append(incremental)
+        args.throttle_every = throttle_every
+        c_rows = [
+            [
+                mode,
+                f"{median([r['wall'] for r in runs]):.2f}",
+                f"{median([r['read'] for r in runs]):.2f}",
+                f"{median([r['cpu'] for r in runs]):.2f}",
+                f"{median([r['requests'] for r in runs]):.0f}",
+                f"{median([r['changes'] for r in runs]):.0f}",
+            ]
+            for mode, runs in c_runs.items()
+        ]
+        full_wall = median([r["wall"] for r in c_runs["full"]])
+        incremental_wall = median([r["wall"] for r in c_runs["incremental"]])
+        print_table(
+            f"End to end C: no-change re-run, full read vs incremental (delta), {args.size:,} users, "
+            f"{args.groups} mapped groups, {args.target_latency * 1000:.0f} ms per request, concurrency "
+            f"{concurrency}; median of {args.repeats}, alternated (incremental / full wall: "
+            f"{incremental_wall / full_wall:.2f})",
+            ["read", "re-run wall s", "read s", "client CPU s", "requests", "changes"],
+            c_rows,
+            command=command,
+        )
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -200,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="full", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.smoke:
         args.size, args.repeats, args.concurrency = min(args.size, 300), 1, [4]
