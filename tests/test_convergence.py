@@ -197,6 +197,7 @@ class SyncMachine(RuleBasedStateMachine):
 
     def _run_and_check(self, *, confirm):
         directory, config = self.directory(), self.config()
+        self.restart()
         before = self.run_async(self.store.load("oak"))
         kept = _kept(directory, config, before)
         reconciler = Reconciler(directory, self.store, self.audit, HIERARCHY)  # a new one each run: a restart
@@ -259,6 +260,9 @@ class SyncMachine(RuleBasedStateMachine):
                 assert after[user_id][key] >= role, f"{user_id} downgraded on {key} after a partial read"
         self.known_user_ids |= set(self.run_async(self.store.load("oak")).users)
 
+    def restart(self) -> None:
+        """Between runs the host process may restart: the in-memory store lives on, only the Reconciler is new."""
+
     # ---------------------------------------------------------------- always
 
     @invariant()
@@ -289,3 +293,37 @@ SyncMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestSyncConvergence = SyncMachine.TestCase
+
+
+class SqliteRestartMachine(SyncMachine):
+    """The same rules against a SqliteUserStore re-opened from its file before every run (a process restart):
+    a pending hold, the baselines and who left scope must all survive it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import tempfile
+
+        from calm_azure_sync import SqliteUserStore
+
+        self._folder = tempfile.TemporaryDirectory()
+        self._path = os.path.join(self._folder.name, "calm.sqlite")
+        self._open = SqliteUserStore
+        self.store = SqliteUserStore(self._path)
+
+    def restart(self) -> None:
+        self.store.close()
+        self.store = self._open(self._path)
+
+    def teardown(self) -> None:
+        self.store.close()
+        self._folder.cleanup()
+        super().teardown()
+
+
+SqliteRestartMachine.TestCase.settings = settings(
+    max_examples=max(10, EXAMPLES // 5),
+    stateful_step_count=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestSyncConvergenceAcrossRestarts = SqliteRestartMachine.TestCase
