@@ -21,10 +21,13 @@ from typing import Any
 from benchmarks._common import child_json, peak_rss_mb, print_table
 
 
-def _measure(kind: str, size: int, repeats: int) -> dict[str, Any]:
-    from calm_azure_sync import InMemoryDirectory, Role, StoredUser, StoreState
-    from calm_azure_sync.planner import DirectorySnapshot, build_plan
+def _measure(kind: str, size: int, repeats: int, mirror_groups: bool = False) -> dict[str, Any]:
+    from calm_azure_sync import InMemoryDirectory, Role, StoredUser, StoreState, SyncedGroup
+    from calm_azure_sync.plan import AddGroupMember, UpsertGroup
+    from calm_azure_sync.planner import DirectorySnapshot, PlanContext, build_plan
     from calm_azure_sync.testing.synthetic import generate_tenant
+
+    context = PlanContext(mirror_groups=True) if mirror_groups else None
 
     tenant = generate_tenant(users=size, groups=max(20, size // 50))
     directory = InMemoryDirectory.from_dict(tenant.fixture)
@@ -34,16 +37,29 @@ def _measure(kind: str, size: int, repeats: int) -> dict[str, Any]:
     memberships = sum(len(m) for m in members.values())
     state = StoreState()
     if kind == "rerun":
-        first = build_plan(config, snapshot, state)
+        first = build_plan(config, snapshot, state, context)
         users: dict[str, StoredUser] = {}
         access: dict[str, dict[tuple[str, str], Role]] = {}
+        groups: dict[str, SyncedGroup] = {}
+        group_members: dict[str, set[str]] = {}
         for change in first.changes:
-            if hasattr(change, "role"):
+            if isinstance(change, UpsertGroup):
+                groups[change.external_id] = SyncedGroup(
+                    change.external_id, config.trust_site_id, change.display_name, change.site_ids
+                )
+            elif isinstance(change, AddGroupMember):
+                group_members.setdefault(change.group_external_id, set()).add(change.external_id)
+            elif hasattr(change, "role"):
                 access.setdefault(change.external_id, {})[(change.site_id, change.module)] = change.role
             else:
                 users[f"s{len(users)}"] = StoredUser(f"s{len(users)}", change.email, change.display_name,
                                                       change.external_id, change.given_name, change.surname)
-        state = StoreState(users=users, synced_access=access)
+        state = StoreState(
+            users=users,
+            synced_access=access,
+            groups=groups,
+            group_members={group: frozenset(ids) for group, ids in group_members.items()},
+        )
         del first
     grants = [(m.group_id, m.site_id, module, role) for m in config.mappings.mappings for module, role in m.roles.items()]
     by_group: dict[str, list[tuple[str, str, Role]]] = {}
@@ -69,7 +85,7 @@ def _measure(kind: str, size: int, repeats: int) -> dict[str, Any]:
             gc.collect()
             started = time.perf_counter()
             if name == "plan":
-                changes = len(build_plan(config, snapshot, state).changes)
+                changes = len(build_plan(config, snapshot, state, context).changes)
             else:
                 # build_plan pauses the cyclic collector while it runs; give the floor the same.
                 gc.disable()
@@ -88,13 +104,19 @@ def _measure(kind: str, size: int, repeats: int) -> dict[str, Any]:
     }
 
 
-def run(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
+def run(sizes: list[int], repeats: int, mirror_groups: bool = True) -> list[dict[str, Any]]:
+    """Each size's first plan and no-change re-plan; with ``mirror_groups`` (what the shipped stores
+    do) also without, side by side, so the cost of the group diff reads off one run."""
     rows = []
     for size in sizes:
         for kind in ("first", "rerun"):
-            rows.append(
-                child_json("benchmarks.bench_planner", "--child", kind, "--size", str(size), "--repeats", str(repeats))
-            )
+            for mirror in ((False, True) if mirror_groups else (False,)):
+                extra = ["--mirror-groups"] if mirror else []
+                row = child_json(
+                    "benchmarks.bench_planner", "--child", kind, "--size", str(size), "--repeats", str(repeats), *extra
+                )
+                row["kind"] = f"{kind}{' + groups' if mirror else ''}"
+                rows.append(row)
     return rows
 
 
@@ -120,13 +142,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--smoke", action="store_true", help="a tiny, fast run that only checks it works")
     parser.add_argument("--child", choices=["first", "rerun"], help=argparse.SUPPRESS)
+    parser.add_argument("--mirror-groups", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-groups", action="store_true", help="only plans without the group mirror")
     args = parser.parse_args(argv)
     if args.smoke:
         args.size, args.repeats = [500], 1
     if args.child:
-        print(json.dumps(_measure(args.child, args.size[0], args.repeats)))
+        print(json.dumps(_measure(args.child, args.size[0], args.repeats, args.mirror_groups)))
         return
-    print_rows(run(args.size or [1_000, 10_000, 100_000], args.repeats), args.repeats)
+    print_rows(run(args.size or [1_000, 10_000, 100_000], args.repeats, not args.no_groups), args.repeats)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import attrs
 
 from .directory.delta import DirectoryDelta
 from .errors import DirectoryError
-from .model import DirectoryUser
+from .model import DirectoryUser, transitive_users
 
 __all__ = ["CACHE_VERSION", "DeltaCache", "ReadMode", "apply_delta", "choose_mode", "resolve_members"]
 
@@ -109,25 +109,8 @@ def choose_mode(
 def resolve_members(
     groups: Mapping[str, frozenset[str]], users: Mapping[str, DirectoryUser], group_id: str
 ) -> list[DirectoryUser]:
-    """The users under ``group_id``, nested groups resolved breadth first, each once (as a full read)."""
-    found: list[DirectoryUser] = []
-    seen_users: set[str] = set()
-    seen_groups = {group_id}
-    pending = [group_id]
-    while pending:
-        next_level: list[str] = []
-        for current in pending:
-            for member_id in sorted(groups.get(current, ())):
-                user = users.get(member_id)
-                if user is not None:
-                    if member_id not in seen_users:
-                        seen_users.add(member_id)
-                        found.append(user)
-                elif member_id in groups and member_id not in seen_groups:
-                    seen_groups.add(member_id)
-                    next_level.append(member_id)
-        pending = next_level
-    return found
+    """The users under ``group_id``, resolved from the kept direct memberships exactly as a full read would."""
+    return transitive_users(group_id, groups, users, groups)
 
 
 def _reachable(groups: Mapping[str, frozenset[str]], roots: Iterable[str]) -> tuple[set[str], set[str]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Container, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -19,7 +19,7 @@ import attrs
 from ._text import clean_text, is_clean, show
 from .errors import ConfigError, DirectoryError
 
-__all__ = ["DirectoryGroup", "DirectoryUser", "Role", "Site", "email_key"]
+__all__ = ["DirectoryGroup", "DirectoryUser", "Role", "Site", "email_key", "transitive_users"]
 
 
 class Role(enum.Enum):
@@ -422,3 +422,37 @@ class _GraphReader:
         if value is None or isinstance(value, list):
             return value
         raise self._bad(key, "a list or null", value)
+
+
+def transitive_users(
+    group_id: str,
+    direct_members: Mapping[str, Iterable[str]],
+    users: Mapping[str, DirectoryUser],
+    groups: Container[str],
+) -> list[DirectoryUser]:
+    """The users under ``group_id`` through nested groups, breadth first, each once; cycles are fine.
+
+    ``direct_members`` maps a group id to its direct member ids (users,
+    groups, or anything else, which is ignored); ``groups`` says which ids
+    are groups. The one place nesting is resolved: ``InMemoryDirectory``
+    answers ``group_members`` with it, and incremental sync resolves its kept
+    direct memberships with it, so both see what Graph's transitive read sees.
+    """
+    found: list[DirectoryUser] = []
+    seen_users: set[str] = set()
+    seen_groups = {group_id}
+    pending = [group_id]
+    while pending:
+        next_level: list[str] = []
+        for current in pending:
+            for member_id in direct_members.get(current, ()):
+                user = users.get(member_id)
+                if user is not None:
+                    if member_id not in seen_users:
+                        seen_users.add(member_id)
+                        found.append(user)
+                elif member_id in groups and member_id not in seen_groups:
+                    seen_groups.add(member_id)
+                    next_level.append(member_id)
+        pending = next_level
+    return found

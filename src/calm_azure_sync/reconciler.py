@@ -392,7 +392,9 @@ class Reconciler:
         )
         if mode == "incremental" and cache is not None:
             try:
+                self._progress("read", 0, 1)
                 snapshot, after = await self._read_changes(config, cache)
+                self._progress("read", 1, 1)
                 return _Read(snapshot, after.to_dict(), "incremental", why)
             except DeltaExpiredError as error:
                 why = f"the delta token can no longer be used ({error.code}); reading in full"

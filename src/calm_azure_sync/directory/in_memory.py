@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ..errors import ConfigError, DeltaExpiredError, DirectoryError, GroupNotFoundError
-from ..model import DirectoryGroup, DirectoryUser
+from ..model import DirectoryGroup, DirectoryUser, transitive_users
 from ._search import name_matches
 from .delta import DeltaCursor, DeltaStart, DirectoryDelta, GroupDelta, RemovedUser, build_delta
 
@@ -390,24 +390,7 @@ class InMemoryDirectory:
 
     def transitive_members(self, group_id: str) -> list[DirectoryUser]:
         """The users under ``group_id``, breadth first, each once (synchronous)."""
-        found: list[DirectoryUser] = []
-        seen_users: set[str] = set()
-        seen_groups = {group_id}
-        pending = [group_id]
-        while pending:
-            next_level: list[str] = []
-            for current in pending:
-                for member_id in self.members.get(current, ()):
-                    user = self.users.get(member_id)
-                    if user is not None:
-                        if member_id not in seen_users:
-                            seen_users.add(member_id)
-                            found.append(user)
-                    elif member_id in self.groups and member_id not in seen_groups:
-                        seen_groups.add(member_id)
-                        next_level.append(member_id)
-            pending = next_level
-        return found
+        return transitive_users(group_id, self.members, self.users, self.groups)
 
 
 def _list(data: Mapping[str, Any], key: str) -> list[Any]:
