@@ -52,7 +52,7 @@ plan.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import attrs
 
@@ -181,33 +181,39 @@ class _Planner:
         identities: _Identities,
         wanted_by_user: Mapping[str, Wanted],
     ) -> None:
+        # The hottest loop of a re-run (one pass per in-scope user): names bound locally.
         synced_access = self.state.synced_access
         keep_mode = self.config.removal.mode == "keep"
+        identity_of = identities.changes
+        refreshes = identities.refreshes
+        processed = self.processed
+        changes_by_user = self.changes_by_user
+        may_remove = False
         for user, _, _ in in_scope:
             user_id = user.id
-            if user_id not in identities.changes:
+            if user_id not in identity_of:
                 continue  # a conflict: left exactly as it is
-            identity = identities.changes[user_id]
-            self.processed.add(user_id)
+            identity = identity_of[user_id]
+            processed.add(user_id)
             current_key = user_id
-            if isinstance(identity, RelinkUser):
+            if identity is not None and type(identity) is RelinkUser:
                 current_key = identity.previous_external_id
-                self.processed.add(current_key)  # its access is the relinked user's, not a leaver's
+                processed.add(current_key)  # its access is the relinked user's, not a leaver's
             user_changes: list[Change] = [identity] if identity is not None else []
-            refresh = identities.refreshes.get(user_id)
-            if refresh is not None:
-                user_changes.insert(0, refresh)
-                self.also_mentioned.add(refresh.external_id)
+            if refreshes:
+                refresh = refreshes.get(user_id)
+                if refresh is not None:
+                    user_changes.insert(0, refresh)
+                    self.also_mentioned.add(refresh.external_id)
             current = synced_access.get(current_key)
-            if current:
-                grants = _grant_changes(user_id, wanted_by_user[user_id], current, keep_mode)
-                self.may_remove = self.may_remove or any(type(change) is not Assign or change.is_downgrade
-                                                         for change in grants)
-            else:  # nothing held yet: only grants to add
-                grants = _grant_changes(user_id, wanted_by_user[user_id], {}, keep_mode)
-            user_changes.extend(grants)
+            grants = _grant_changes(user_id, wanted_by_user[user_id], current or {}, keep_mode)
+            if current and grants and not may_remove:
+                may_remove = any(type(change) is not Assign or change.is_downgrade for change in grants)
+            if grants:
+                user_changes.extend(grants)
             if user_changes:
-                self.changes_by_user[user_id] = user_changes
+                changes_by_user[user_id] = user_changes
+        self.may_remove = self.may_remove or may_remove
 
     # -- who left scope -----------------------------------------------------------
 
@@ -330,7 +336,7 @@ class _Planner:
             hold_id=verdict.hold.id if verdict.hold is not None else None,
             held_groups=verdict.shrunk_groups,
             stale_groups=verdict.stale_held,
-            people=_labels(mentioned, users, self.state, self.context.lookups),
+            people=_Labels(frozenset(mentioned), users, self.state, self.context.lookups),
             group_names={group: self.snapshot.group_names.get(group, group) for group in sorted(self.config.mappings.group_ids)},
             access_before=self.state.synced_access,
             hold=verdict.hold,
@@ -616,23 +622,56 @@ def _group_changes(
     return changes
 
 
-def _labels(
-    external_ids: set[str],
-    users: Mapping[str, DirectoryUser],
-    state: StoreState,
-    lookups: Mapping[str, DirectoryUser | None],
-) -> dict[str, UserLabel]:
-    """Names for the users a plan mentions: Azure's when it has them, else the store's."""
-    labels: dict[str, UserLabel] = {}
-    missing = set()
-    for external_id in external_ids:
-        user = users.get(external_id) or lookups.get(external_id)
+class _Labels(Mapping[str, UserLabel]):
+    """Names for the users a plan mentions, worked out when a review asks (a first import of 100k
+    users would otherwise build 100k labels nobody reads): Azure's when it has them, else the store's."""
+
+    def __init__(
+        self,
+        external_ids: frozenset[str],
+        users: Mapping[str, DirectoryUser],
+        state: StoreState,
+        lookups: Mapping[str, DirectoryUser | None],
+    ) -> None:
+        self._ids = external_ids
+        self._users = users
+        self._state = state
+        self._lookups = lookups
+        self._stored: dict[str, StoredUser] | None = None
+
+    def __getitem__(self, external_id: str) -> UserLabel:
+        if external_id not in self._ids:
+            raise KeyError(external_id)
+        user = self._users.get(external_id) or self._lookups.get(external_id)
         if user is not None:
-            labels[external_id] = UserLabel(user.display_name, user.email)
-        else:
-            missing.add(external_id)
-    if missing:
-        for stored in state.users.values():
-            if stored.external_id in missing:
-                labels[stored.external_id] = UserLabel(stored.display_name, stored.email)
-    return labels
+            return UserLabel(user.display_name, user.email)
+        if self._stored is None:
+            self._stored = {s.external_id: s for s in self._state.users.values() if s.external_id is not None}
+        stored = self._stored.get(external_id)
+        if stored is None:
+            raise KeyError(external_id)
+        return UserLabel(stored.display_name, stored.email)
+
+    def __iter__(self) -> Iterator[str]:
+        return (external_id for external_id in sorted(self._ids) if external_id in self)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, external_id: object) -> bool:
+        if external_id not in self._ids:
+            return False
+        assert isinstance(external_id, str)
+        if external_id in self._users or self._lookups.get(external_id) is not None:
+            return True
+        if self._stored is None:
+            self._stored = {s.external_id: s for s in self._state.users.values() if s.external_id is not None}
+        return external_id in self._stored
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self.items()) == dict(other.items())
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<labels for {len(self._ids)} users>"
