@@ -243,3 +243,80 @@ async def test_mapped_groups_are_mirrored_with_their_azure_names_through_graph()
     assert {g.external_id: g.display_name for g in await store.groups("oak")} == report.plan.group_names
     assert await store.group_members("g-staff") == frozenset({"u1"})
     assert found["gone"] is None and found["g-staff"] is not None and found["g-staff"].display_name == "Birch Staff"
+
+
+_KILLED_BETWEEN_APPLY_AND_SAVE = """
+import asyncio, os, signal, sys
+from calm_azure_sync import (Actor, GroupMapping, InMemoryAuditSink, InMemoryDirectory, Reconciler, RemovalPolicy,
+                             Site, SqliteUserStore, SyncConfig, TrustHierarchy)
+
+class DiesAfterApplying(SqliteUserStore):
+    applied = False
+
+    async def apply(self, trust_site_id, changes):
+        results = await super().apply(trust_site_id, changes)
+        self.applied = True
+        return results
+
+    async def save_state(self, trust_site_id, state):
+        if self.applied:  # the store has applied; the state is not saved yet
+            os.kill(os.getpid(), signal.SIGKILL)
+        await super().save_state(trust_site_id, state)
+
+path, staff, confirm = sys.argv[1], sys.argv[2].split(","), sys.argv[3]
+users = sorted(set(staff) | {f"u{i:02d}" for i in range(30)})
+directory = InMemoryDirectory.from_dict({
+    "users": [{"id": u, "displayName": u, "mail": f"{u}@oak.sch.uk", "accountEnabled": True} for u in users],
+    "groups": [{"id": "g-staff"}, {"id": "g-it"}], "members": {"g-staff": staff, "g-it": []}})
+hierarchy = TrustHierarchy([Site("oak", "Oak"), Site("birch", "Birch", "oak"), Site("ash", "Ash", "oak")])
+config = SyncConfig("oak", [GroupMapping("g-staff", "birch", {"Risk": "Member"}),
+                            GroupMapping("g-it", "ash", {"IT": "Admin"})], removal=RemovalPolicy("deactivate"))
+store = DiesAfterApplying(path)
+report = asyncio.run(Reconciler(directory, store, InMemoryAuditSink(), hierarchy).run(
+    config, actor=Actor.system("job"), confirm_hold=confirm if confirm != "-" else None))
+print("survived", report.ok)
+"""
+
+
+def _run_and_die(tmp_path, staff, confirm="-"):
+    import subprocess
+    import sys
+
+    script = tmp_path / "die.py"
+    script.write_text(_KILLED_BETWEEN_APPLY_AND_SAVE)
+    return subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "calm.sqlite"), ",".join(staff), confirm],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+async def test_a_sigkill_between_apply_and_save_neither_forgets_a_hold_nor_applies_a_confirmed_one_twice(tmp_path):
+    everyone = [f"u{i:02d}" for i in range(30)]
+    store = SqliteUserStore(tmp_path / "calm.sqlite")
+    try:
+        audit = InMemoryAuditSink()
+        assert (await Reconciler(tenant(everyone), store, audit, HIERARCHY).run(CONFIG, actor=SYSTEM)).ok
+    finally:
+        store.close()
+    # Half leave: the run holds 15 removals (saving the hold first), applies the rest, and is killed.
+    killed = _run_and_die(tmp_path, everyone[:15])
+    assert killed.returncode == -9, killed.stderr
+    store = SqliteUserStore(tmp_path / "calm.sqlite")
+    try:
+        reconciler = Reconciler(tenant(everyone[:15]), store, InMemoryAuditSink(), HIERARCHY)
+        pending = await reconciler.pending_hold("oak", actor=SYSTEM)
+        assert pending is not None and pending.users == set(everyone[15:])
+        assert set(synced_access_of(await store.load("oak"))) == set(everyone)  # nothing held was applied
+    finally:
+        store.close()
+    # The admin confirms; the confirming run applies the removals and is killed before it saves.
+    killed = _run_and_die(tmp_path, everyone[:15], pending.id)
+    assert killed.returncode == -9, killed.stderr
+    store = SqliteUserStore(tmp_path / "calm.sqlite")
+    try:
+        assert set(synced_access_of(await store.load("oak"))) == set(everyone[:15])
+        after = await Reconciler(tenant(everyone[:15]), store, InMemoryAuditSink(), HIERARCHY).run(CONFIG, actor=SYSTEM)
+        assert after.ok and after.counts["unassign"] == 0 and after.counts["deactivate_user"] == 0
+        assert after.plan is not None and after.plan.hold_cleared == pending.id  # its removals are all done
+    finally:
+        store.close()
