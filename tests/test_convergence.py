@@ -223,6 +223,7 @@ class SyncMachine(RuleBasedStateMachine):
             if key in previous.get(change.external_id, {}):
                 expected.setdefault(change.external_id, {})[key] = previous[change.external_id][key]
         assert actual == expected
+        self._check_groups(directory, config, before, after, kept, report)
         if pending is not None and confirm_hold is None:
             # Every pending slot still planned stays as it was.
             for change in pending.changes:
@@ -259,6 +260,20 @@ class SyncMachine(RuleBasedStateMachine):
                 assert key in after.get(user_id, {}), f"{user_id} lost {key} after a partial read"
                 assert after[user_id][key] >= role, f"{user_id} downgraded on {key} after a partial read"
         self.known_user_ids |= set(self.run_async(self.store.load("oak")).users)
+
+    @staticmethod
+    def _check_groups(directory, config, before, after, kept, report) -> None:
+        """Mirrored groups hold exactly their in-scope members (conflicts and held removals keep theirs)."""
+        from calm_azure_sync import RemoveGroupMember
+
+        in_scope = set(expected_access(directory, config)) - set(kept)
+        held = {(c.group_external_id, c.external_id) for c in report.held_removals if isinstance(c, RemoveGroupMember)}
+        for group_id in config.mappings.group_ids:
+            want = {u.id for u in directory.transitive_members(group_id) if u.id in in_scope}
+            had = before.group_members.get(group_id, frozenset())
+            want |= {member for member in had if member in kept or (group_id, member) in held}
+            assert set(after.group_members.get(group_id, frozenset())) == want, group_id
+        assert {g.external_id for g in after.groups.values() if not g.retired} == set(config.mappings.group_ids)
 
     def restart(self) -> None:
         """Between runs the host process may restart: the in-memory store lives on, only the Reconciler is new."""

@@ -215,6 +215,13 @@ class _Planner:
                 changes_by_user[user_id] = user_changes
         self.may_remove = self.may_remove or may_remove
 
+    def _group_name(self, group_id: str) -> str:
+        """Azure's name from this read, else the name the store mirrored, else the id."""
+        name = self.snapshot.group_names.get(group_id)
+        if name is None and group_id in self.state.groups:
+            name = self.state.groups[group_id].display_name
+        return name or group_id
+
     # -- who left scope -----------------------------------------------------------
 
     def _remove_leavers(self, skipped: Sequence[Skip], by_external: Mapping[str, StoredUser]) -> None:
@@ -337,7 +344,7 @@ class _Planner:
             held_groups=verdict.shrunk_groups,
             stale_groups=verdict.stale_held,
             people=_Labels(frozenset(mentioned), users, self.state, self.context.lookups),
-            group_names={group: self.snapshot.group_names.get(group, group) for group in sorted(self.config.mappings.group_ids)},
+            group_names={group: self._group_name(group) for group in sorted(self.config.mappings.group_ids)},
             access_before=self.state.synced_access,
             hold=verdict.hold,
             hold_cleared=verdict.hold_cleared,
