@@ -71,6 +71,7 @@ from ..store.rules import (
     UserWrite,
     batch_group_ids,
     batch_keys,
+    batch_reads_grants,
     state_from_json,
     state_to_json,
 )
@@ -145,10 +146,10 @@ _USER_COLUMNS: Final = (
 
 _SELECT_TOUCHED_USERS: Final = (
     "SELECT id, email, display_name, external_id, given_name, surname, active, deactivated_by_sync "
-    "FROM {schema}.users WHERE external_id = ANY(%s) OR id = ANY(%s) OR email_key = ANY(%s) "
+    "FROM {schema}.users WHERE external_id = ANY(%b) OR id = ANY(%b) OR email_key = ANY(%b) "
     "ORDER BY id FOR UPDATE"
 )
-_SELECT_GRANTS_OF: Final = "SELECT user_id, site_id, module, source, role, trust_site_id FROM {schema}.grants WHERE user_id = ANY(%s)"
+_SELECT_GRANTS_OF: Final = "SELECT user_id, site_id, module, source, role, trust_site_id FROM {schema}.grants WHERE user_id = ANY(%b)"
 _UPDATE_USER: Final = (
     "UPDATE {schema}.users SET email = %s, email_key = %s, display_name = %s, given_name = %s, surname = %s, "
     "external_id = %s, active = %s, deactivated_by_sync = %s WHERE id = %s"
@@ -160,10 +161,33 @@ _COPY_USERS: Final = (
 _COPY_GRANTS: Final = (
     "COPY {schema}.grants (user_id, site_id, module, source, role, trust_site_id) FROM STDIN"
 )
+_COPY_MEMBERS: Final = "COPY {schema}.group_members (trust_site_id, group_external_id, user_id) FROM STDIN"
 _UPSERT_GRANT: Final = (
     "INSERT INTO {schema}.grants (user_id, site_id, module, source, role, trust_site_id) "
     "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (user_id, site_id, module, source) "
     "DO UPDATE SET role = excluded.role, trust_site_id = excluded.trust_site_id"
+)
+# Bulk forms: one statement for a whole batch's rows, the columns sent as arrays.
+# Rows are collapsed to one per key first, so no statement touches a row twice.
+_UPSERT_GRANTS: Final = (
+    "INSERT INTO {schema}.grants (user_id, site_id, module, source, role, trust_site_id) "
+    "SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[]) "
+    "ON CONFLICT (user_id, site_id, module, source) "
+    "DO UPDATE SET role = excluded.role, trust_site_id = excluded.trust_site_id"
+)
+_DELETE_GRANTS: Final = (
+    "DELETE FROM {schema}.grants g USING unnest(%b::text[], %b::text[], %b::text[], %b::text[]) "
+    "AS d (user_id, site_id, module, source) WHERE g.user_id = d.user_id AND g.site_id = d.site_id "
+    "AND g.module = d.module AND g.source = d.source"
+)
+_JOIN_GROUPS: Final = (
+    "INSERT INTO {schema}.group_members (trust_site_id, group_external_id, user_id) "
+    "SELECT * FROM unnest(%b::text[], %b::text[], %b::text[]) ON CONFLICT DO NOTHING"
+)
+_LEAVE_GROUPS: Final = (
+    "DELETE FROM {schema}.group_members m USING unnest(%b::text[], %b::text[], %b::text[]) "
+    "AS d (trust_site_id, group_external_id, user_id) WHERE m.trust_site_id = d.trust_site_id "
+    "AND m.group_external_id = d.group_external_id AND m.user_id = d.user_id"
 )
 _DELETE_GRANT: Final = (
     "DELETE FROM {schema}.grants WHERE user_id = %s AND site_id = %s AND module = %s AND source = %s"
@@ -191,6 +215,11 @@ def _user_from_row(row: Sequence[Any]) -> StoredUser:
         active=active,
         deactivated_by_sync=deactivated_by_sync,
     )
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows as ``width`` column lists, for ``unnest(%b::text[], ...)``."""
+    return [[row[index] for row in rows] for index in range(width)] if rows else [[] for _ in range(width)]
 
 
 def _group_from_row(trust_site_id: str, row: Sequence[Any]) -> SyncedGroup:
@@ -434,7 +463,8 @@ class PostgresUserStore:
         )
         for row in await cursor.fetchall():
             tables.put_user(_user_from_row(row))
-        if tables.users:
+        # A membership-only batch (most of a first import's) reads no grants.
+        if tables.users and batch_reads_grants(changes):
             cursor = await connection.execute(self._q(_SELECT_GRANTS_OF), (list(tables.users),))
             for user_id, site_id, module, source, role, trust in await cursor.fetchall():
                 tables.put_grant(user_id, (site_id, module, source), (_ROLES[role], trust))
@@ -553,9 +583,9 @@ class PostgresUserStore:
                 row = (user_id, site_id, module, source, value[0].value, value[1])
                 (inserts if user_id in new_users else upserts).append(row)
             if deletes:
-                await cursor.executemany(self._q(_DELETE_GRANT), deletes)
+                await cursor.execute(self._q(_DELETE_GRANTS), _columns(deletes, 4))
             if upserts:
-                await cursor.executemany(self._q(_UPSERT_GRANT), upserts)
+                await cursor.execute(self._q(_UPSERT_GRANTS), _columns(upserts, 6))
             if inserts:
                 async with cursor.copy(self._q(_COPY_GRANTS)) as copy:
                     for grant_row in inserts:
@@ -579,24 +609,21 @@ class PostgresUserStore:
                         ),
                         (group.display_name, list(group.site_ids), group.retired, group.trust_site_id, group.external_id),
                     )
-            joins = [(key[0], key[1], user_id) for (key, user_id), member in final_members.items() if member]
+            joins: list[tuple[str, str, str]] = []
+            new_joins: list[tuple[str, str, str]] = []
+            for (key, user_id), member in final_members.items():
+                if member:
+                    # A user created in this batch cannot be a member yet: COPY.
+                    (new_joins if user_id in new_users else joins).append((key[0], key[1], user_id))
             leaves = [(key[0], key[1], user_id) for (key, user_id), member in final_members.items() if not member]
             if leaves:
-                await cursor.executemany(
-                    self._q(
-                        "DELETE FROM {schema}.group_members WHERE trust_site_id = %s AND group_external_id = %s "
-                        "AND user_id = %s"
-                    ),
-                    leaves,
-                )
+                await cursor.execute(self._q(_LEAVE_GROUPS), _columns(leaves, 3))
             if joins:
-                await cursor.executemany(
-                    self._q(
-                        "INSERT INTO {schema}.group_members (trust_site_id, group_external_id, user_id) "
-                        "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
-                    ),
-                    joins,
-                )
+                await cursor.execute(self._q(_JOIN_GROUPS), _columns(joins, 3))
+            if new_joins:
+                async with cursor.copy(self._q(_COPY_MEMBERS)) as copy:
+                    for member_row in new_joins:
+                        await copy.write_row(member_row)
 
     # -- the run lock --------------------------------------------------------------
 
