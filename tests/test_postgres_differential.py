@@ -4,8 +4,9 @@ Both stores decide changes with the same shared rules; what could differ is
 everything around them: which rows a batch loads, how writes are ordered and
 collapsed (COPY, executemany), email-key and boolean round trips, the slow
 path. Hypothesis drives batches over a small pool of ids and emails (so
-collisions, case clashes, relinks of taken emails, re-creates and
-deactivations with grants left are common) and compares every result's
+collisions, case clashes, relinks of taken emails, re-creates,
+deactivations with grants left, and memberships of groups that do not exist
+yet or were retired are common) and compares every result's
 outcome and error presence, and the loaded state, after every batch.
 """
 
@@ -21,15 +22,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from calm_azure_sync import (
+    AddGroupMember,
     Assign,
     CreateUser,
     DeactivateUser,
     LinkUser,
+    RemoveGroupMember,
+    RetireGroup,
     Role,
     SqliteUserStore,
     StoreState,
     Unassign,
     UpdateUser,
+    UpsertGroup,
 )
 from calm_azure_sync.plan import Change
 
@@ -42,6 +47,7 @@ from calm_azure_sync.postgres import PostgresUserStore  # noqa: E402
 TRUSTS = ("trust-oak", "trust-elm")
 EXTERNAL_IDS = ("e0", "e1", "e2", "e3")
 MANUAL_IDS = ("m0", "m1")
+GROUP_IDS = ("g1", "g2")
 EMAILS = ("ann@oak.example", "ANN@oak.example", "bob@oak.example", "cat@oak.example", "Cat@Oak.Example", "dan@oak.example")
 
 _change_specs = st.one_of(
@@ -51,6 +57,10 @@ _change_specs = st.one_of(
     st.tuples(st.just("assign"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(("s1", "s2")), st.sampled_from(Role)),
     st.tuples(st.just("unassign"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(("s1", "s2"))),
     st.tuples(st.just("deactivate"), st.sampled_from(EXTERNAL_IDS)),
+    st.tuples(st.just("upsert_group"), st.sampled_from(GROUP_IDS), st.sampled_from(("Staff", "SLT")), st.sampled_from((("s1",), ("s1", "s2")))),
+    st.tuples(st.just("add_member"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(GROUP_IDS)),
+    st.tuples(st.just("remove_member"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(GROUP_IDS)),
+    st.tuples(st.just("retire_group"), st.sampled_from(GROUP_IDS)),
 )  # fmt: skip
 _batches = st.lists(
     st.tuples(st.sampled_from(TRUSTS), st.lists(_change_specs, min_size=1, max_size=10)), min_size=1, max_size=5
@@ -60,6 +70,14 @@ _batches = st.lists(
 def _resolve(spec: tuple[object, ...], state: StoreState) -> Change:
     """A change from a spec, naming store users by their external id, as a planner would."""
     kind, external_id = spec[0], str(spec[1])
+    if kind == "upsert_group":
+        return UpsertGroup(external_id, str(spec[2]), tuple(spec[3]))  # type: ignore[arg-type]
+    if kind == "add_member":
+        return AddGroupMember(str(spec[2]), external_id)
+    if kind == "remove_member":
+        return RemoveGroupMember(str(spec[2]), external_id)
+    if kind == "retire_group":
+        return RetireGroup(external_id)
     user_id = next((u.user_id for u in state.users.values() if u.external_id == external_id), "no-such-user")
     if kind == "create":
         return CreateUser(external_id, str(spec[2]), f"Name {external_id}", "Given", None)
@@ -98,6 +116,8 @@ def _comparable(state: StoreState) -> object:
         users,
         {key: dict(value) for key, value in state.synced_access.items() if value},
         sorted(map(name, state.manual_access_user_ids)),
+        dict(state.groups),
+        dict(state.group_members),
     )
 
 
@@ -105,7 +125,7 @@ async def _compare(batches: Sequence[tuple[str, Sequence[tuple[object, ...]]]], 
     with psycopg.connect(conninfo, autocommit=True) as connection:
         # Emptying the tables is much faster than a new schema per example.
         if connection.execute("SELECT to_regclass(%s)", (f'"{schema}".users',)).fetchone() != (None,):
-            connection.execute(f'TRUNCATE "{schema}".users, "{schema}".grants, "{schema}".sync_states CASCADE')
+            connection.execute(f'TRUNCATE "{schema}".users, "{schema}".grants, "{schema}".sync_states, "{schema}".synced_groups CASCADE')
     with tempfile.TemporaryDirectory() as folder:
         async with SqliteUserStore(Path(folder) / "calm.db") as sqlite_store, PostgresUserStore(
             conninfo, schema=schema, pool_size=1
