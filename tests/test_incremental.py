@@ -6,7 +6,7 @@ import datetime as dt
 
 import attrs
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -271,3 +271,61 @@ DeltaAgainstFull.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestDeltaAgainstFull = DeltaAgainstFull.TestCase
+
+
+# -- the same differential through GraphDirectory, the SDK and the fake Graph (no sockets) ----------
+
+
+_GRAPH_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("join"), st.sampled_from(["g0", "g1", "g2", "nested"]), st.sampled_from([*USERS, "nested"])),
+        st.tuples(st.just("leave"), st.sampled_from(["g0", "g1", "g2", "nested"]), st.sampled_from([*USERS, "nested"])),
+        st.tuples(st.just("delete"), st.sampled_from(USERS), st.booleans()),
+        st.tuples(st.just("expire"), st.none(), st.none()),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=budget("CALM_GRAPH_DELTA_EXAMPLES", 8, 60), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(rounds=st.lists(_GRAPH_OPS, min_size=1, max_size=4))
+def test_incremental_runs_over_graph_end_where_full_runs_end(rounds):
+    import asyncio
+
+    from calm_azure_sync.testing.fake_graph import FakeGraph
+
+    from .graph_helpers import sdk_directory
+
+    async def scenario():
+        graph = FakeGraph(fixture())
+        directory = sdk_directory(graph.transport())
+        incremental, full = InMemoryUserStore(), InMemoryUserStore()
+        clock = Clock()
+        assert (await reconciler(directory, incremental, clock=clock).run(CONFIG, actor=SYSTEM)).ok
+        start = InMemoryDirectory.from_dict(graph.fixture())  # the same history for both stores
+        assert (await reconciler(start, full, clock=clock).run(CONFIG, actor=SYSTEM, mode="full")).ok
+        for ops in rounds:
+            for op, target, arg in ops:
+                data = graph.fixture()
+                if op == "join" and target != arg and arg in {u["id"] for u in data["users"]} | {"nested"}:
+                    if arg not in data["members"].get(target, []):
+                        graph.add_member(target, arg)
+                elif op == "leave" and arg in data["members"].get(target, []):
+                    graph.remove_member(target, arg)
+                elif op == "delete" and target in {u["id"] for u in data["users"]}:
+                    graph.remove_user(target, soft=arg)
+                elif op == "expire":
+                    graph.expire_delta_tokens()
+            clock.now += dt.timedelta(minutes=40)
+            report = await reconciler(directory, incremental, clock=clock).run(CONFIG, actor=SYSTEM)
+            truth = InMemoryDirectory.from_dict(graph.fixture())
+            expected = await reconciler(truth, full, clock=clock).run(CONFIG, actor=SYSTEM, mode="full")
+            assert report.ok == expected.ok, (report.errors, expected.errors)
+            a, b = await incremental.load("oak"), await full.load("oak")
+            assert synced_access_of(a) == synced_access_of(b)
+            assert a.group_members == b.group_members
+            assert report.mode == "incremental" or "can no longer be used" in (report.mode_reason or "")
+
+    asyncio.run(scenario())
