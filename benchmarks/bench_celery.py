@@ -8,7 +8,9 @@ Each round starts the given number of ``celery worker`` processes (prefork,
 concurrency 2 each), enqueues every trust once into a fresh schema, and times
 from the first enqueue to the last ``import_completed`` in the Import Log.
 The fake Graph server (in this process) answers with ``--latency`` seconds of
-round-trip time per request. Workers are started and warmed (one trust each)
+round-trip time per request. The workers run in ``full`` mode: all trusts share
+the one fake tenant, so ``auto`` mode's first-run delta seeding (``users/delta``
+over the whole tenant) would read every trust's users in every import. Workers are started and warmed (one trust each)
 before the clock starts. CPU is the workers' user+system time during the
 timed window (worker processes and their pool children, from /proc), so "CPU / (wall x cores)" says how close the round came
 to saturating the machine (the fake Graph server and PostgreSQL use CPU too,
@@ -83,6 +85,10 @@ def _round(servers: dict[str, str], workers: int, trusts: int, size: int, latenc
             "CALM_SCHEMA": schema,
             "CALM_TRUSTS_FILE": str(folder / "trusts.json"),
             "CALM_GRAPH_BASE_URL": graph.base_url,
+            # Every trust here lives in one fake tenant; in "auto" mode each
+            # first run would seed users/delta by reading all of them (every
+            # trust's users), where a real trust has a tenant of its own.
+            "CALM_SYNC_MODE": "full",
         }
         asyncio.run(_migrate(servers["postgres"], schema))
         pool = Workers(workers, concurrency=2, env=env, log_dir=folder)

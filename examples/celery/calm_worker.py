@@ -75,6 +75,8 @@ RESTORE_INTERVAL = int(os.environ.get("CALM_RESTORE_INTERVAL", "10"))
 LOCK_RETRIES = int(os.environ.get("CALM_LOCK_RETRIES", "50"))
 OUTAGE_RETRIES = int(os.environ.get("CALM_OUTAGE_RETRIES", "8"))
 BATCH_SIZE = int(os.environ.get("CALM_BATCH_SIZE", "5000"))
+# "auto" (incremental when the trust's delta links are fresh), "full" or "incremental".
+SYNC_MODE = os.environ.get("CALM_SYNC_MODE", "auto")
 
 app = Celery("calm_worker", broker=BROKER_URL)
 app.conf.update(
@@ -155,7 +157,7 @@ async def run_import(trust_site_id: str) -> dict[str, Any]:
     ) as sink:
         try:
             reconciler = Reconciler(directory, store, sink, hierarchy, batch_size=BATCH_SIZE)
-            report = await reconciler.run(config, actor=Actor.system("celery"))
+            report = await reconciler.run(config, actor=Actor.system("celery"), mode=SYNC_MODE)  # type: ignore[arg-type]
         finally:
             await directory.aclose()
     return {
