@@ -255,15 +255,7 @@ class DirectoryUser:
             or not (on_premises is None or type(on_premises) is bool)
             or not (licenses is None or type(licenses) is list)
         ):
-            # Slow path, only for bad data: find the first bad field and name it.
-            reader = _GraphReader(data, "user")
-            reader.id()
-            for key in ("displayName", "mail", "userPrincipalName", "givenName", "surname", "userType",
-                        "creationType"):
-                reader.optional_str(key)
-            reader.optional_bool("accountEnabled", default=True)
-            reader.optional_bool("onPremisesSyncEnabled", default=None)
-            reader.optional_list("assignedLicenses")
+            _check_user_fields(data)  # slow path, only for bad data
         if not (
             user_id.isascii()
             and (display_name is None or display_name.isascii())
@@ -275,11 +267,8 @@ class DirectoryUser:
             and (creation_type is None or creation_type.isascii())
         ):
             # Rare path (non-ASCII text): make every string storable, see _text.
-            if not is_clean(user_id):
-                raise _GraphReader(data, "user")._bad("id", "text without surrogates", user_id)
-            display_name, mail, upn, given_name, surname, user_type, creation_type = (
-                None if text is None else clean_text(text)
-                for text in (display_name, mail, upn, given_name, surname, user_type, creation_type)
+            display_name, mail, upn, given_name, surname, user_type, creation_type = _storable_user_text(
+                data, user_id, (display_name, mail, upn, given_name, surname, user_type, creation_type)
             )
         return cls(
             user_id,
@@ -422,6 +411,29 @@ class _GraphReader:
         if value is None or isinstance(value, list):
             return value
         raise self._bad(key, "a list or null", value)
+
+
+def _check_user_fields(data: Mapping[str, Any]) -> None:
+    """Raise the error naming the first bad field of a Graph user (the slow path of ``from_graph``)."""
+    reader = _GraphReader(data, "user")
+    reader.id()
+    for key in ("displayName", "mail", "userPrincipalName", "givenName", "surname", "userType", "creationType"):
+        reader.optional_str(key)
+    reader.optional_bool("accountEnabled", default=True)
+    reader.optional_bool("onPremisesSyncEnabled", default=None)
+    reader.optional_list("assignedLicenses")
+
+
+def _storable_user_text(
+    data: Mapping[str, Any], user_id: str, texts: tuple[str | None, ...]
+) -> tuple[Any, ...]:
+    """A Graph user's text fields made storable; an id that cannot be stored as is is refused.
+
+    The rare path of ``from_graph``, taken only when some text is not ASCII.
+    """
+    if not is_clean(user_id):
+        raise _GraphReader(data, "user")._bad("id", "text without surrogates", user_id)
+    return tuple(None if text is None else clean_text(text) for text in texts)
 
 
 def transitive_users(

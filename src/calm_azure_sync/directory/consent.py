@@ -125,6 +125,50 @@ def new_state() -> str:
     return secrets.token_urlsafe(32)
 
 
+def _argument_problems(client_id: str, redirect_uri: str, state: str, tenant: str) -> list[str]:
+    """What is wrong with the consent URL's client, redirect, state and tenant arguments."""
+    problems: list[str] = []
+    for name, value in (("client_id", client_id), ("redirect_uri", redirect_uri), ("state", state)):
+        if not isinstance(value, str) or not value.strip():
+            problems.append(f"{name}: must be a non-empty string")
+    if isinstance(state, str) and len(state) > _MAX_STATE:
+        problems.append(f"state: must be at most {_MAX_STATE} characters")
+    if not isinstance(tenant, str) or not tenant.strip():
+        problems.append("tenant: must be a non-empty string")
+    elif tenant.strip().lower() in ("common", "consumers"):
+        problems.append(f"tenant: {tenant!r} cannot grant admin consent; use 'organizations' or the tenant id")
+    elif not _TENANT.match(tenant.strip()):
+        problems.append(f"tenant: {tenant!r} is not a tenant id, domain name or 'organizations'")
+    if isinstance(redirect_uri, str) and redirect_uri.strip():
+        parts = urllib.parse.urlsplit(redirect_uri)
+        local = parts.hostname in ("localhost", "127.0.0.1", "::1")
+        if parts.scheme != "https" and not (parts.scheme == "http" and local):
+            problems.append("redirect_uri: must be an https URL (http only for localhost)")
+        elif not parts.hostname:
+            problems.append("redirect_uri: must be an absolute URL")
+    return problems
+
+
+def _scope_for(scope: str | None, cloud: _Cloud | None) -> tuple[str | None, str | None]:
+    """The scope to ask for (the cloud's Graph by default), or the problem with the one given."""
+    if scope is None:
+        return (cloud.default_scope if cloud else GRAPH_DEFAULT_SCOPE), None
+    if not isinstance(scope, str) or not scope.strip():
+        return scope, "scope: must be a non-empty string"
+    if cloud is not None:
+        try:
+            scope_host = (urllib.parse.urlsplit(scope.strip()).hostname or "").lower()
+        except ValueError:
+            scope_host = ""
+        other = _GRAPH_HOSTS.get(scope_host)
+        if other is not None and other is not cloud:
+            return scope, (
+                f"scope: {show(scope)} is the {other.name} cloud's Graph, but the authority is the "
+                f"{cloud.name} cloud's (use {cloud.default_scope})"
+            )
+    return scope, None
+
+
 def admin_consent_url(
     client_id: str,
     redirect_uri: str,
@@ -157,44 +201,13 @@ def admin_consent_url(
     >>> admin_consent_url("c1d2", "https://app.example/azure/callback", "s123")  # doctest: +ELLIPSIS
     'https://login.microsoftonline.com/organizations/v2.0/adminconsent?client_id=c1d2&scope=https%3A%2F%2Fgraph...'
     """
-    problems: list[str] = []
-    for name, value in (("client_id", client_id), ("redirect_uri", redirect_uri), ("state", state)):
-        if not isinstance(value, str) or not value.strip():
-            problems.append(f"{name}: must be a non-empty string")
-    if isinstance(state, str) and len(state) > _MAX_STATE:
-        problems.append(f"state: must be at most {_MAX_STATE} characters")
-    if not isinstance(tenant, str) or not tenant.strip():
-        problems.append("tenant: must be a non-empty string")
-    elif tenant.strip().lower() in ("common", "consumers"):
-        problems.append(f"tenant: {tenant!r} cannot grant admin consent; use 'organizations' or the tenant id")
-    elif not _TENANT.match(tenant.strip()):
-        problems.append(f"tenant: {tenant!r} is not a tenant id, domain name or 'organizations'")
-    if isinstance(redirect_uri, str) and redirect_uri.strip():
-        parts = urllib.parse.urlsplit(redirect_uri)
-        local = parts.hostname in ("localhost", "127.0.0.1", "::1")
-        if parts.scheme != "https" and not (parts.scheme == "http" and local):
-            problems.append("redirect_uri: must be an https URL (http only for localhost)")
-        elif not parts.hostname:
-            problems.append("redirect_uri: must be an absolute URL")
+    problems = _argument_problems(client_id, redirect_uri, state, tenant)
     host, problem = _authority_host(authority)
     if problem:
         problems.append(problem)
-    cloud = _CLOUDS.get(host or "")
-    if scope is None:
-        scope = cloud.default_scope if cloud else GRAPH_DEFAULT_SCOPE
-    elif not isinstance(scope, str) or not scope.strip():
-        problems.append("scope: must be a non-empty string")
-    elif cloud is not None:
-        try:
-            scope_host = (urllib.parse.urlsplit(scope.strip()).hostname or "").lower()
-        except ValueError:
-            scope_host = ""
-        other = _GRAPH_HOSTS.get(scope_host)
-        if other is not None and other is not cloud:
-            problems.append(
-                f"scope: {show(scope)} is the {other.name} cloud's Graph, but the authority is the "
-                f"{cloud.name} cloud's (use {cloud.default_scope})"
-            )
+    scope, problem = _scope_for(scope, _CLOUDS.get(host or ""))
+    if problem:
+        problems.append(problem)
     if problems:
         raise ConfigError(problems)
     query = urllib.parse.urlencode(
