@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import sqlite3
 import threading
@@ -21,9 +22,14 @@ from typing import Any, TypeVar
 
 import attrs
 
-__all__ = ["ThreadedConnection", "open_sqlite", "write_transaction"]
+__all__ = ["ThreadedConnection", "iso_utc", "open_sqlite", "write_transaction"]
 
 _T = TypeVar("_T")
+
+
+def iso_utc(moment: dt.datetime) -> str:
+    """``moment`` as the store's timestamp text: UTC, ISO 8601, to the microsecond."""
+    return moment.astimezone(dt.UTC).isoformat(timespec="microseconds")
 
 
 def open_sqlite(path: str | os.PathLike[str], *, busy_timeout_ms: int) -> sqlite3.Connection:
