@@ -31,14 +31,14 @@ does IO. The rules, written once:
 from __future__ import annotations
 
 import html
-import itertools
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import attrs
 
+from ._access_table import AccessChange, AccessRow, AccessTable, access_table
 from ._html import Cell, html_table, text_table, visible
+from ._plan_names import PlanNames as _Names
 from .model import Role
 from .plan import (
     AddGroupMember,
@@ -55,7 +55,6 @@ from .plan import (
     Unassign,
     UpdateUser,
     UpsertGroup,
-    UserLabel,
     change_kind,
 )
 
@@ -120,51 +119,6 @@ def skip_counts(skipped: Iterable[Skip]) -> dict[str, int]:
     for skip in skipped:
         counts[skip_category(skip)] += 1
     return counts
-
-
-# --- names ----------------------------------------------------------------------------------------
-
-
-class _Names:
-    """The names of the users and groups one plan mentions."""
-
-    def __init__(self, plan: Plan | None) -> None:
-        self.people: dict[str, UserLabel] = {}
-        self.groups: dict[str, str] = {}
-        if plan is None:
-            return
-        # What the changes and skips carry is the fallback; the planner's names win.
-        for change in (*plan.changes, *plan.held_removals):
-            if isinstance(change, (CreateUser, LinkUser, RelinkUser, UpdateUser)):
-                self.people.setdefault(change.external_id, UserLabel(change.display_name, change.email))
-            elif isinstance(change, UpsertGroup):
-                self.groups.setdefault(change.external_id, change.display_name)
-        for skip in plan.skipped:
-            self.people.setdefault(skip.external_id, UserLabel(None, skip.email))
-        self.people.update(plan.people)
-        self.groups.update(plan.group_names)
-
-    def user(self, external_id: str) -> tuple[str, str | None]:
-        """A user's name (the object id only when nothing better is known) and email."""
-        label = self.people.get(external_id)
-        if label is None:
-            return external_id, None
-        return label.display_name or label.email or external_id, label.email
-
-    def user_cells(self, external_id: str | None) -> list[object]:
-        """The user and email columns of a table: the email is left out when it is the name shown."""
-        if external_id is None:
-            return [None, None]
-        name, email = self.user(external_id)
-        return [Cell(name, title=external_id), email if email != name else None]
-
-    def group(self, group_id: str) -> str:
-        return self.groups.get(group_id) or group_id
-
-    def groups_cell(self, group_ids: Sequence[str]) -> Cell | None:
-        if not group_ids:
-            return None
-        return Cell(", ".join(self.group(group_id) for group_id in group_ids), title=", ".join(group_ids))
 
 
 # --- one change, described once --------------------------------------------------------------------
@@ -600,208 +554,3 @@ def report_records(report: ImportReport) -> list[dict[str, object]]:
     if report.plan is None:
         return []
     return [{"run_id": report.run_id, **record} for record in plan_records(report.plan)]
-
-
-# --- the access table -----------------------------------------------------------------------------------
-
-AccessChange = Literal["unchanged", "added", "changed", "removed", "held"]
-
-
-@attrs.frozen
-class AccessRow:
-    """One user's synced role on one module at one site, after the run.
-
-    ``role`` is the role after the run (``None``: no synced access left),
-    ``before`` the role before it, ``change`` what the run does to it. A
-    ``held`` row keeps ``role == before``; ``planned`` is what the held
-    removal would leave (``None``: nothing). ``groups`` names the groups that
-    give a new role.
-    """
-
-    external_id: str
-    name: str
-    email: str | None
-    site_id: str
-    module: str
-    role: Role | None
-    before: Role | None
-    change: AccessChange
-    planned: Role | None = None
-    groups: tuple[str, ...] = ()
-
-    @property
-    def status(self) -> str:
-        """What changed, in words: ``added``, ``changed from Admin``, ``removed (was Member)``, ``held: …``."""
-        if self.change == "added":
-            return "added"
-        if self.change == "changed":
-            return f"changed from {_role(self.before)}"
-        if self.change == "removed":
-            return f"removed (was {_role(self.before)})"
-        if self.change == "held":
-            return (
-                "held: would be removed"
-                if self.planned is None
-                else f"held: would change to {self.planned.value}"
-            )
-        return ""
-
-    def cell(self) -> str:
-        """The pivot table's cell: the role after the run and, when it changed, how."""
-        if self.change == "unchanged":
-            return _role(self.role)
-        if self.change == "removed":
-            return self.status
-        return f"{_role(self.role)} ({self.status})"
-
-    def to_record(self) -> dict[str, object]:
-        """A plain dict: ids, names, roles as strings (``None``: no access)."""
-        return {
-            "external_id": self.external_id,
-            "name": self.name,
-            "email": self.email,
-            "site_id": self.site_id,
-            "module": self.module,
-            "role": self.role.value if self.role is not None else None,
-            "before": self.before.value if self.before is not None else None,
-            "change": self.change,
-            "status": self.status,
-            "groups": ", ".join(self.groups) or None,
-        }
-
-
-def _role(role: Role | None) -> str:
-    return role.value if role is not None else "none"
-
-
-@attrs.frozen
-class AccessTable:
-    """Users by (site, module) with the role after the run and what changed (``Plan.access_table()``).
-
-    Shows as a pivot table in a notebook (one row a user, one column a site
-    and module) and in ``str()``; :meth:`to_records` gives one plain dict per
-    user and slot, for ``pandas.DataFrame``. Iterating gives the
-    :class:`AccessRow` s, sorted by user name, site and module.
-    """
-
-    trust_site_id: str
-    site_id: str | None
-    rows: tuple[AccessRow, ...]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __iter__(self) -> Iterator[AccessRow]:
-        return iter(self.rows)
-
-    def counts(self) -> dict[str, int]:
-        """Rows by change: ``unchanged``, ``added``, ``changed``, ``removed``, ``held`` (all present)."""
-        counted = Counter(row.change for row in self.rows)
-        return {
-            change: counted.get(change, 0) for change in ("unchanged", "added", "changed", "removed", "held")
-        }
-
-    def to_records(self) -> list[dict[str, object]]:
-        """One plain dict per row (:meth:`AccessRow.to_record`), all with the same keys."""
-        return [row.to_record() for row in self.rows]
-
-    def _pivot(self) -> tuple[list[str], Iterator[list[object]]]:
-        """The column headers and a lazy row per user (rows are sorted, so one user's slots are adjacent)."""
-        slots = sorted({(row.site_id, row.module) for row in self.rows})
-        column = {slot: index for index, slot in enumerate(slots)}
-        headers = ["user", "email"] + [
-            module if self.site_id else f"{site} / {module}" for site, module in slots
-        ]
-
-        def users() -> Iterator[list[object]]:
-            for _, slots_of_user in itertools.groupby(self.rows, key=lambda row: row.external_id):
-                first = next(slots_of_user)
-                cells: list[object] = [Cell(first.name, title=first.external_id)]
-                cells += [first.email if first.email != first.name else None] + [None] * len(slots)
-                for row in (first, *slots_of_user):
-                    cells[2 + column[(row.site_id, row.module)]] = row.cell()
-                yield cells
-
-        return headers, users()
-
-    def _users(self) -> int:
-        return len({row.external_id for row in self.rows})
-
-    def _headline(self) -> str:
-        where = f"trust {self.trust_site_id}" + (f", site {self.site_id}" if self.site_id else "")
-        counts = ", ".join(f"{count} {change}" for change, count in self.counts().items() if count)
-        return f"Access after the run ({where}): {self._users()} users" + (f"; {counts}" if counts else "")
-
-    def __str__(self) -> str:
-        headers, rows = self._pivot()
-        table = text_table(headers, rows, total=self._users())
-        return "\n".join(_indented(visible(self._headline()), table))
-
-    def _repr_html_(self) -> str:
-        headers, rows = self._pivot()
-        return f"<h5>{_h(self._headline())}</h5>" + html_table(headers, rows, total=self._users())
-
-
-def access_table(plan: Plan, site_id: str | None = None, *, changed_only: bool = False) -> AccessTable:
-    """Users by (site, module): ``plan.access_before`` with the plan's changes applied.
-
-    Held removals keep the role they would take away, marked ``held``.
-    ``site_id`` keeps one site's columns; ``changed_only`` leaves out what the
-    run does not change. When ``access_before`` lacks a slot a change
-    touches, the change's ``previous`` role stands in for it.
-    """
-    before: dict[tuple[str, str, str], Role] = {
-        (external_id, site, module): role
-        for external_id, access in plan.access_before.items()
-        for (site, module), role in access.items()
-    }
-    changed: dict[tuple[str, str, str], tuple[AccessChange, Role | None, tuple[str, ...]]] = {}
-    names = _Names(plan)
-    group_names: dict[tuple[str, ...], tuple[str, ...]] = {}
-    for held, changes in ((False, plan.changes), (True, plan.held_removals)):
-        for change in changes:
-            if not isinstance(change, (Assign, Unassign)):
-                continue
-            slot = (change.external_id, change.site_id, change.module)
-            if change.previous is not None:
-                before.setdefault(slot, change.previous)
-            new_role: Role | None = None
-            groups: tuple[str, ...] = ()
-            if isinstance(change, Assign):
-                new_role = change.role
-                # Most grants share a few sets of groups: name each set once.
-                found = group_names.get(change.because)
-                if found is None:
-                    found = group_names[change.because] = tuple(
-                        names.group(group) for group in change.because
-                    )
-                groups = found
-            if held:
-                changed[slot] = ("held", new_role, ())
-            elif new_role is None:
-                changed[slot] = ("removed", None, ())
-            elif before.get(slot) is None:
-                changed[slot] = ("added", new_role, groups)
-            elif before[slot] != new_role:
-                changed[slot] = ("changed", new_role, groups)
-    rows: list[AccessRow] = []
-    user_order: dict[str, tuple[str, str, str]] = {}
-    for slot in set(before) | set(changed):
-        external_id, site, module = slot
-        if site_id is not None and site != site_id:
-            continue
-        what, planned, groups = changed.get(slot, ("unchanged", None, ()))
-        if changed_only and what == "unchanged":
-            continue
-        role_before = before.get(slot)
-        # Added and changed slots take the planned role, removed ones none; held and unchanged keep theirs.
-        role_after = planned if what in ("added", "changed") else None if what == "removed" else role_before
-        name, email = names.user(external_id)
-        if external_id not in user_order:
-            user_order[external_id] = (name.casefold(), email or "", external_id)
-        held_as = planned if what == "held" else None
-        rows.append(
-            AccessRow(external_id, name, email, site, module, role_after, role_before, what, held_as, groups)
-        )
-    rows.sort(key=lambda row: (user_order[row.external_id], row.site_id, row.module))
-    return AccessTable(plan.trust_site_id, site_id, tuple(rows))
