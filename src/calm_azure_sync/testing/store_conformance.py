@@ -47,144 +47,37 @@ What the suite pins, beyond the protocol docstring:
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
 
-import attrs
 import pytest
 import pytest_asyncio
 
-from ..errors import ConfigError, ImportAlreadyRunningError
+from ..errors import ImportAlreadyRunningError
 from ..model import Role
-from ..plan import (
-    AddGroupMember,
-    Assign,
-    Change,
-    CreateUser,
-    DeactivateUser,
-    LinkUser,
-    RelinkUser,
-    RemoveGroupMember,
-    RetireGroup,
-    Unassign,
-    UpdateUser,
-    UpsertGroup,
-    change_to_dict,
-)
-from ..state import STATE_FORMAT_VERSION, Hold, SyncState, SyncStateStore
-from ..store.protocol import (
-    ChangeOutcome,
-    ChangeResult,
-    Grant,
-    StoredUser,
-    StoreState,
-    SyncedGroup,
-    UserStore,
-)
+from ..plan import Assign, Change, CreateUser, DeactivateUser, LinkUser, RelinkUser, Unassign, UpdateUser
+from ..store.protocol import Grant, StoreState
 from ._closing import close_if_closable
+from ._store_conformance_base import (
+    ELM_SITE,
+    OTHER_SITE,
+    OTHER_TRUST,
+    SITE,
+    TRUST,
+    ConformantUserStore,
+    GroupHelpers,
+    _assert_all_ok,
+    _by_external_id,
+    _create,
+    _evolve,
+    _outcomes,
+)
+from ._store_conformance_groups import GroupChecks
+from ._store_conformance_state import SyncStateChecks
 
 __all__ = ["ConformantUserStore", "GroupHelpers", "UserStoreConformance"]
 
-TRUST = "trust-oak"
-OTHER_TRUST = "trust-elm"
-SITE = "oak-primary"
-OTHER_SITE = "oak-high"
-ELM_SITE = "elm-academy"
-
-
-@runtime_checkable
-class ConformantUserStore(UserStore, Protocol):
-    """A :class:`~calm_azure_sync.UserStore` with the host helpers the suite uses to set up."""
-
-    async def add_user(self, email: str, display_name: str, *, user_id: str | None = None) -> str:
-        """Add a manually invited user (no external id) and return its id; a taken email raises."""
-        ...
-
-    async def grant(self, user_id: str, site_id: str, module: str, role: Role | str) -> None:
-        """Give ``user_id`` a manual grant."""
-        ...
-
-    async def grants(self, user_id: str) -> set[Grant]:
-        """Every grant of ``user_id``, with its source (``"manual"`` or ``"azure"``)."""
-        ...
-
-
-@runtime_checkable
-class GroupHelpers(Protocol):
-    """The host helpers for synced groups both shipped stores offer; the suite checks them when present."""
-
-    async def groups(self, trust_site_id: str) -> list[SyncedGroup]:
-        """The trust's synced groups, retired ones too, by display name."""
-        ...
-
-    async def group_members(self, group_external_id: str, trust_site_id: str | None = None) -> frozenset[str]:
-        """Member external ids (of every trust mirroring the group when ``trust_site_id`` is None)."""
-        ...
-
-
-def _create(external_id: str, email: str | None = None, name: str | None = None) -> CreateUser:
-    return CreateUser(
-        external_id=external_id,
-        email=email or f"{external_id}@oak.example",
-        display_name=name or f"User {external_id}",
-        given_name="User",
-        surname=external_id,
-    )
-
-
-def _by_external_id(state: StoreState, external_id: str) -> StoredUser:
-    found = [user for user in state.users.values() if user.external_id == external_id]
-    assert len(found) == 1, f"expected one user with external id {external_id!r}, found {found}"
-    return found[0]
-
-
-def _require_groups(store: ConformantUserStore) -> None:
-    # The reconciler sends group changes only to a store that says it keeps them.
-    if getattr(store, "mirrors_groups", False) is not True:
-        pytest.skip(f"{type(store).__name__} does not say mirrors_groups = True")
-
-
-def _sample_state() -> SyncState:
-    # Built from its JSON form, as a store reads it back.
-    hold = Hold.from_dict(
-        {
-            "id": "hold-1",
-            "trust_site_id": TRUST,
-            "reason": "group_shrank",
-            "changes": [
-                change_to_dict(Unassign("e1", SITE, "risk", previous=Role.MANAGER)),
-                change_to_dict(Assign("e2", SITE, "risk", Role.MEMBER, previous=Role.ADMIN, because=("g1",))),
-                change_to_dict(DeactivateUser("e3", "user-3")),
-            ],
-            "created_at": "2026-11-30T07:00:00+00:00",
-            "run_id": "run-1",
-            "group_ids": ["g1"],
-        }
-    )
-    return SyncState(
-        hold=hold,
-        baselines={"g1": 40, "g2": 0},
-        left_scope={"e3": False, "e4": True},
-        delta={"links": {"g1": "https://graph.example/delta?token=\u00e9"}},
-    )
-
-
-def _evolve(change: UpdateUser, **values: Any) -> UpdateUser:
-    return attrs.evolve(change, **values)
-
-
-def _outcomes(results: Sequence[ChangeResult]) -> list[ChangeOutcome]:
-    return [result.outcome for result in results]
-
-
-def _assert_all_ok(results: Sequence[ChangeResult]) -> None:
-    failed = [(result.change, result.error) for result in results if not result.ok]
-    assert not failed, f"changes failed: {failed}"
-
-
-class UserStoreConformance:
+class UserStoreConformance(GroupChecks, SyncStateChecks):
     """The behavioural checks every :class:`~calm_azure_sync.UserStore` must pass.
 
     Subclass it as ``TestSomething`` and implement :meth:`make_store`.
@@ -633,143 +526,6 @@ class UserStoreConformance:
         await self._apply_ok(store, batch)
         assert await store.load(TRUST) == first
 
-    # -- synced groups (stores that say mirrors_groups = True) ----------------------------
-
-    @pytest.mark.asyncio
-    async def test_upsert_group_creates_then_refreshes_the_synced_group(self, store: ConformantUserStore) -> None:
-        _require_groups(store)
-        create = UpsertGroup("g1", "Oak Teachers", (OTHER_SITE, SITE))
-        assert _outcomes(await store.apply(TRUST, [create, create])) == ["applied", "unchanged"]
-        state = await store.load(TRUST)
-        assert state.groups == {"g1": SyncedGroup("g1", TRUST, "Oak Teachers", (OTHER_SITE, SITE))}
-        assert state.group_members == {"g1": frozenset()}
-        renamed = UpsertGroup("g1", "Oak Teaching Staff", (SITE,))
-        assert _outcomes(await store.apply(TRUST, [renamed])) == ["applied"]
-        assert (await store.load(TRUST)).groups["g1"] == SyncedGroup("g1", TRUST, "Oak Teaching Staff", (SITE,))
-
-    @pytest.mark.asyncio
-    async def test_members_are_added_and_removed_by_external_id(self, store: ConformantUserStore) -> None:
-        _require_groups(store)
-        batch: list[Change] = [
-            UpsertGroup("g1", "Oak Teachers", (SITE,)),
-            _create("e1"),
-            _create("e2"),
-            AddGroupMember("g1", "e1"),
-            AddGroupMember("g1", "e2"),
-        ]
-        assert _outcomes(await store.apply(TRUST, batch)) == ["applied"] * 5
-        assert (await store.load(TRUST)).group_members == {"g1": frozenset({"e1", "e2"})}
-        assert _outcomes(await store.apply(TRUST, batch)) == ["unchanged"] * 5
-        removals: list[Change] = [RemoveGroupMember("g1", "e1"), RemoveGroupMember("g1", "e1")]
-        assert _outcomes(await store.apply(TRUST, removals)) == ["applied", "unchanged"]
-        state = await store.load(TRUST)
-        assert state.group_members == {"g1": frozenset({"e2"})}
-        assert len(state.users) == 2  # leaving a group touches no user
-
-    @pytest.mark.asyncio
-    async def test_membership_changes_that_cannot_apply_fail_alone(self, store: ConformantUserStore) -> None:
-        _require_groups(store)
-        await self._apply_ok(store, [UpsertGroup("g1", "Oak Teachers"), _create("e1"), UpsertGroup("g2", "Old")])
-        await self._apply_ok(store, [RetireGroup("g2")])
-        results = await store.apply(
-            TRUST,
-            [
-                AddGroupMember("g1", "nobody"),
-                AddGroupMember("no-such-group", "e1"),
-                AddGroupMember("g2", "e1"),
-                RemoveGroupMember("no-such-group", "e1"),
-                RetireGroup("no-such-group"),
-                AddGroupMember("g1", "e1"),
-                # No user carries the id, so it is no member: what the removal asks.
-                RemoveGroupMember("g1", "nobody"),
-            ],
-        )
-        assert _outcomes(results) == ["failed", "failed", "failed", "failed", "failed", "applied", "unchanged"]
-        assert (await store.load(TRUST)).group_members == {"g1": frozenset({"e1"}), "g2": frozenset()}
-
-    @pytest.mark.asyncio
-    async def test_retire_keeps_the_group_and_clears_its_members(self, store: ConformantUserStore) -> None:
-        _require_groups(store)
-        await self._apply_ok(
-            store,
-            [UpsertGroup("g1", "Oak Teachers", (SITE,)), _create("e1"), _create("e2"), AddGroupMember("g1", "e1")],
-        )
-        await self._apply_ok(store, [AddGroupMember("g1", "e2")])
-        assert _outcomes(await store.apply(TRUST, [RetireGroup("g1"), RetireGroup("g1")])) == ["applied", "unchanged"]
-        state = await store.load(TRUST)
-        assert state.groups == {"g1": SyncedGroup("g1", TRUST, "Oak Teachers", (SITE,), retired=True)}
-        assert state.group_members == {"g1": frozenset()}
-        assert len(state.users) == 2
-        # Mapped again: the group comes back, with no members until they are added.
-        assert _outcomes(await store.apply(TRUST, [UpsertGroup("g1", "Oak Teachers", (SITE,))])) == ["applied"]
-        state = await store.load(TRUST)
-        assert not state.groups["g1"].retired
-        assert state.group_members == {"g1": frozenset()}
-
-    @pytest.mark.asyncio
-    async def test_each_trust_mirrors_its_own_groups(self, store: ConformantUserStore) -> None:
-        _require_groups(store)
-        await self._apply_ok(store, [_create("e1"), _create("e2")])
-        await self._apply_ok(store, [UpsertGroup("g1", "All Staff", (SITE,)), AddGroupMember("g1", "e1")])
-        await self._apply_ok(
-            store, [UpsertGroup("g1", "All Staff", (ELM_SITE,)), AddGroupMember("g1", "e2")], trust=OTHER_TRUST
-        )
-        await self._apply_ok(store, [RetireGroup("g1")], trust=OTHER_TRUST)
-        oak, elm = await store.load(TRUST), await store.load(OTHER_TRUST)
-        assert oak.groups == {"g1": SyncedGroup("g1", TRUST, "All Staff", (SITE,))}
-        assert oak.group_members == {"g1": frozenset({"e1"})}
-        assert elm.groups == {"g1": SyncedGroup("g1", OTHER_TRUST, "All Staff", (ELM_SITE,), retired=True)}
-        assert elm.group_members == {"g1": frozenset()}
-        # A trust that never mirrored the group cannot touch it.
-        results = await store.apply("trust-ash", [AddGroupMember("g1", "e2")])
-        assert _outcomes(results) == ["failed"]
-
-    @pytest.mark.asyncio
-    async def test_memberships_follow_the_user_through_a_relink(self, store: ConformantUserStore) -> None:
-        _require_groups(store)
-        await self._apply_ok(store, [UpsertGroup("g1", "Oak Teachers"), _create("old"), AddGroupMember("g1", "old")])
-        user = _by_external_id(await store.load(TRUST), "old")
-        # A plan made before the relink adds the new id and removes the old one: both already so.
-        results = await store.apply(
-            TRUST,
-            [
-                RelinkUser("new", user.user_id, "old", user.email, user.display_name),
-                AddGroupMember("g1", "new"),
-                RemoveGroupMember("g1", "old"),
-            ],
-        )
-        assert _outcomes(results) == ["applied", "unchanged", "unchanged"]
-        assert (await store.load(TRUST)).group_members == {"g1": frozenset({"new"})}
-
-    @pytest.mark.asyncio
-    async def test_group_host_helpers(self, store: ConformantUserStore) -> None:
-        _require_groups(store)
-        if not isinstance(store, GroupHelpers):
-            pytest.skip(f"{type(store).__name__} has no groups()/group_members() helpers")
-        await self._apply_ok(store, [_create("e1"), _create("e2")])
-        await self._apply_ok(
-            store,
-            [
-                UpsertGroup("g2", "Birch Teachers", (SITE,)),
-                UpsertGroup("g1", "Birch All Staff", (SITE, OTHER_SITE)),
-                AddGroupMember("g1", "e1"),
-                AddGroupMember("g1", "e2"),
-                AddGroupMember("g2", "e1"),
-            ],
-        )
-        await self._apply_ok(store, [UpsertGroup("g1", "All Staff"), AddGroupMember("g1", "e1")], trust=OTHER_TRUST)
-        assert [group.external_id for group in await store.groups(TRUST)] == ["g1", "g2"]  # by display name
-        assert await store.groups(OTHER_TRUST) == [SyncedGroup("g1", OTHER_TRUST, "All Staff")]
-        assert await store.groups("trust-ash") == []
-        assert await store.group_members("g1", TRUST) == frozenset({"e1", "e2"})
-        assert await store.group_members("g1", OTHER_TRUST) == frozenset({"e1"})
-        assert await store.group_members("g1") == frozenset({"e1", "e2"})
-        assert await store.group_members("g2") == frozenset({"e1"})
-        with pytest.raises(KeyError):
-            await store.group_members("g2", OTHER_TRUST)
-        with pytest.raises(KeyError):
-            await store.group_members("no-such-group")
-
     # -- text a database cannot encode -------------------------------------------------
 
     @pytest.mark.asyncio
@@ -958,96 +714,6 @@ class UserStoreConformance:
         finally:
             if other is not store:
                 await self.close_store(other)
-
-    # -- sync state (stores that are also SyncStateStores) --------------------------
-
-    def _state_store(self, store: ConformantUserStore) -> SyncStateStore:
-        if not isinstance(store, SyncStateStore):
-            pytest.skip(f"{type(store).__name__} is not a SyncStateStore")
-        return store
-
-    @pytest.mark.asyncio
-    async def test_sync_state_of_a_trust_never_saved_is_empty(self, store: ConformantUserStore) -> None:
-        assert await self._state_store(store).load_state(TRUST) == SyncState()
-
-    @pytest.mark.asyncio
-    async def test_sync_state_round_trips(self, store: ConformantUserStore) -> None:
-        states = self._state_store(store)
-        state = _sample_state()
-        await states.save_state(TRUST, state)
-        assert await states.load_state(TRUST) == state
-
-    @pytest.mark.asyncio
-    async def test_save_state_replaces_the_whole_state(self, store: ConformantUserStore) -> None:
-        states = self._state_store(store)
-        await states.save_state(TRUST, _sample_state())
-        second = SyncState(baselines={"g-other": 3})
-        await states.save_state(TRUST, second)
-        assert await states.load_state(TRUST) == second
-
-    @pytest.mark.asyncio
-    async def test_a_saved_state_is_a_copy(self, store: ConformantUserStore) -> None:
-        states = self._state_store(store)
-        delta: dict[str, object] = {"links": {"g1": "https://graph.example/delta?token=1"}}
-        await states.save_state(TRUST, SyncState(delta=delta))
-        delta["links"] = {}
-        assert (await states.load_state(TRUST)).delta == {"links": {"g1": "https://graph.example/delta?token=1"}}
-
-    @pytest.mark.asyncio
-    async def test_a_state_that_cannot_be_stored_is_refused_and_the_old_one_kept(
-        self, store: ConformantUserStore
-    ) -> None:
-        states = self._state_store(store)
-        first = _sample_state()
-        await states.save_state(TRUST, first)
-        with pytest.raises(ConfigError):
-            await states.save_state(TRUST, SyncState(delta={"cursor": object()}))
-        with pytest.raises(ConfigError, match="version"):
-            await states.save_state(TRUST, SyncState(version=STATE_FORMAT_VERSION + 1))
-        assert await states.load_state(TRUST) == first
-
-    @pytest.mark.asyncio
-    async def test_sync_state_is_kept_per_trust(self, store: ConformantUserStore) -> None:
-        states = self._state_store(store)
-        await states.save_state(TRUST, _sample_state())
-        assert await states.load_state(OTHER_TRUST) == SyncState()
-        await states.save_state(OTHER_TRUST, SyncState(left_scope={"e9": False}))
-        assert await states.load_state(TRUST) == _sample_state()
-        assert (await states.load_state(OTHER_TRUST)).left_scope == {"e9": False}
-
-    @pytest.mark.asyncio
-    async def test_sync_state_is_seen_by_another_handle(self, store: ConformantUserStore, tmp_path: Path) -> None:
-        await self._state_store(store).save_state(TRUST, _sample_state())
-        other = await self.open_again(store, tmp_path)
-        try:
-            assert await self._state_store(other).load_state(TRUST) == _sample_state()
-        finally:
-            if other is not store:
-                await self.close_store(other)
-
-    @pytest.mark.asyncio
-    @pytest.mark.parametrize(
-        ("text", "says"),
-        [
-            ("{not json", "JSON"),
-            (json.dumps({**SyncState().to_dict(), "version": STATE_FORMAT_VERSION + 1}), "version"),
-            ('{"version": 1, "baselines": {"g1": -4}}', "baselines"),
-            ('{"version": 1, "hold": {"id": "h1"}}', "hold|trust_site_id|reason"),
-            ("[]", "object"),
-        ],
-        ids=["not-json", "future-version", "bad-baseline", "bad-hold", "not-an-object"],
-    )
-    async def test_a_stored_state_that_cannot_be_read_is_refused_not_reset(
-        self, store: ConformantUserStore, text: str, says: str
-    ) -> None:
-        states = self._state_store(store)
-        await states.save_state(TRUST, _sample_state())
-        await self.write_raw_state(store, TRUST, text)
-        with pytest.raises(ConfigError, match=says):
-            await states.load_state(TRUST)
-        with pytest.raises(ConfigError):  # every time, not just once
-            await states.load_state(TRUST)
-        assert await states.load_state(OTHER_TRUST) == SyncState()
 
     # -- helpers ----------------------------------------------------------------------
 
