@@ -64,79 +64,20 @@ from ..plan import AddGroupMember, Change, RemoveGroupMember, RetireGroup
 from ..state import SyncState
 from ..store.protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup
 from ..store.rules import (
-    GrantWrite,
-    GroupWrite,
-    MemberWrite,
     UserTables,
-    UserWrite,
     batch_group_ids,
     batch_keys,
     batch_reads_grants,
     state_from_json,
     state_to_json,
 )
-from ._db import Database, Migrations, advisory_key
+from ._db import Database, advisory_key
+from ._schema import MIGRATIONS
+from ._write import Loaded, write_mutations
 
 __all__ = ["PostgresUserStore"]
 
 logger = logging.getLogger(__name__)
-
-SCHEMA_VERSION: Final = 2
-
-MIGRATIONS: Final[Migrations] = {
-    1: (
-        """CREATE TABLE {schema}.users (
-            id text PRIMARY KEY,
-            seq bigint GENERATED ALWAYS AS IDENTITY,
-            email text NOT NULL,
-            email_key text NOT NULL,
-            display_name text NOT NULL,
-            given_name text,
-            surname text,
-            external_id text,
-            active boolean NOT NULL DEFAULT true,
-            deactivated_by_sync boolean NOT NULL DEFAULT false,
-            CONSTRAINT users_email_key_unique UNIQUE (email_key),
-            CONSTRAINT users_external_id_unique UNIQUE (external_id)
-        )""",
-        """CREATE TABLE {schema}.grants (
-            user_id text NOT NULL REFERENCES {schema}.users (id),
-            site_id text NOT NULL,
-            module text NOT NULL,
-            source text NOT NULL CHECK (source IN ('manual', 'azure')),
-            role text NOT NULL CHECK (role IN ('Member', 'Manager', 'Admin')),
-            trust_site_id text,
-            PRIMARY KEY (user_id, site_id, module, source)
-        )""",
-        "CREATE INDEX grants_synced_by_trust ON {schema}.grants (trust_site_id, user_id) WHERE source = 'azure'",
-        "CREATE INDEX grants_manual_by_user ON {schema}.grants (user_id) WHERE source = 'manual'",
-        # text: exactly what state_to_json wrote; reading it back checks it (a
-        # corrupt or newer state is refused, never reset).
-        """CREATE TABLE {schema}.sync_states (
-            trust_site_id text PRIMARY KEY,
-            state text NOT NULL,
-            saved_at timestamptz NOT NULL DEFAULT now()
-        )""",
-    ),
-    2: (
-        """CREATE TABLE {schema}.synced_groups (
-            trust_site_id text NOT NULL,
-            external_id text NOT NULL,
-            display_name text NOT NULL,
-            site_ids text[] NOT NULL DEFAULT '{{}}',
-            retired boolean NOT NULL DEFAULT false,
-            PRIMARY KEY (trust_site_id, external_id)
-        )""",
-        """CREATE TABLE {schema}.group_members (
-            trust_site_id text NOT NULL,
-            group_external_id text NOT NULL,
-            user_id text NOT NULL REFERENCES {schema}.users (id),
-            PRIMARY KEY (trust_site_id, group_external_id, user_id),
-            FOREIGN KEY (trust_site_id, group_external_id) REFERENCES {schema}.synced_groups (trust_site_id, external_id)
-        )""",
-        "CREATE INDEX group_members_by_user ON {schema}.group_members (user_id)",
-    ),
-}
 
 _ROLES: Final = {role.value: role for role in Role}
 
@@ -150,44 +91,10 @@ _SELECT_TOUCHED_USERS: Final = (
     "ORDER BY id FOR UPDATE"
 )
 _SELECT_GRANTS_OF: Final = "SELECT user_id, site_id, module, source, role, trust_site_id FROM {schema}.grants WHERE user_id = ANY(%b)"
-_UPDATE_USER: Final = (
-    "UPDATE {schema}.users SET email = %s, email_key = %s, display_name = %s, given_name = %s, surname = %s, "
-    "external_id = %s, active = %s, deactivated_by_sync = %s WHERE id = %s"
-)
-_COPY_USERS: Final = (
-    "COPY {schema}.users (id, email, email_key, display_name, given_name, surname, external_id, active, "
-    "deactivated_by_sync) FROM STDIN"
-)
-_COPY_GRANTS: Final = (
-    "COPY {schema}.grants (user_id, site_id, module, source, role, trust_site_id) FROM STDIN"
-)
-_COPY_MEMBERS: Final = "COPY {schema}.group_members (trust_site_id, group_external_id, user_id) FROM STDIN"
 _UPSERT_GRANT: Final = (
     "INSERT INTO {schema}.grants (user_id, site_id, module, source, role, trust_site_id) "
     "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (user_id, site_id, module, source) "
     "DO UPDATE SET role = excluded.role, trust_site_id = excluded.trust_site_id"
-)
-# Bulk forms: one statement for a whole batch's rows, the columns sent as arrays.
-# Rows are collapsed to one per key first, so no statement touches a row twice.
-_UPSERT_GRANTS: Final = (
-    "INSERT INTO {schema}.grants (user_id, site_id, module, source, role, trust_site_id) "
-    "SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[]) "
-    "ON CONFLICT (user_id, site_id, module, source) "
-    "DO UPDATE SET role = excluded.role, trust_site_id = excluded.trust_site_id"
-)
-_DELETE_GRANTS: Final = (
-    "DELETE FROM {schema}.grants g USING unnest(%b::text[], %b::text[], %b::text[], %b::text[]) "
-    "AS d (user_id, site_id, module, source) WHERE g.user_id = d.user_id AND g.site_id = d.site_id "
-    "AND g.module = d.module AND g.source = d.source"
-)
-_JOIN_GROUPS: Final = (
-    "INSERT INTO {schema}.group_members (trust_site_id, group_external_id, user_id) "
-    "SELECT * FROM unnest(%b::text[], %b::text[], %b::text[]) ON CONFLICT DO NOTHING"
-)
-_LEAVE_GROUPS: Final = (
-    "DELETE FROM {schema}.group_members m USING unnest(%b::text[], %b::text[], %b::text[]) "
-    "AS d (trust_site_id, group_external_id, user_id) WHERE m.trust_site_id = d.trust_site_id "
-    "AND m.group_external_id = d.group_external_id AND m.user_id = d.user_id"
 )
 _DELETE_GRANT: Final = (
     "DELETE FROM {schema}.grants WHERE user_id = %s AND site_id = %s AND module = %s AND source = %s"
@@ -217,11 +124,6 @@ def _user_from_row(row: Sequence[Any]) -> StoredUser:
     )
 
 
-def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
-    """Rows as ``width`` column lists, for ``unnest(%b::text[], ...)``."""
-    return [[row[index] for row in rows] for index in range(width)] if rows else [[] for _ in range(width)]
-
-
 def _group_from_row(trust_site_id: str, row: Sequence[Any]) -> SyncedGroup:
     external_id, display_name, site_ids, retired = row
     return SyncedGroup(
@@ -236,23 +138,6 @@ def _group_from_row(trust_site_id: str, row: Sequence[Any]) -> SyncedGroup:
 def _refusal(error: psycopg.Error) -> str:
     message = error.diag.message_primary if error.diag.message_primary else str(error)
     return f"the database refused the change: {message}"
-
-
-@attrs.frozen
-class _Loaded:
-    """Which grant and membership rows a batch found when it loaded (before applying)."""
-
-    grants: frozenset[tuple[str, tuple[str, str, str]]] | None
-    members: frozenset[tuple[tuple[str, str], str]]
-
-    @classmethod
-    def of(cls, tables: UserTables, *, grants_read: bool) -> _Loaded:
-        return cls(
-            grants=frozenset((user_id, key) for user_id, held in tables.grants.items() for key in held)
-            if grants_read
-            else None,
-            members=frozenset((key, user_id) for key, user_ids in tables.members.items() for user_id in user_ids),
-        )
 
 
 @attrs.frozen
@@ -428,7 +313,7 @@ class PostgresUserStore:
         async with connection.transaction():
             await self._check_lock(connection, trust_site_id)
             tables = await self._load_tables(connection, trust_site_id, changes)
-            loaded = _Loaded.of(tables, grants_read=batch_reads_grants(changes))
+            loaded = Loaded.of(tables, grants_read=batch_reads_grants(changes))
             results = tables.apply(trust_site_id, changes)
             await self._write(connection, tables, loaded)
         return results
@@ -554,128 +439,10 @@ class PostgresUserStore:
             tables.put_member((trust_site_id, group_id), user_id)
 
     async def _write(
-        self, connection: psycopg.AsyncConnection[Any], tables: UserTables, loaded: _Loaded | None = None
+        self, connection: psycopg.AsyncConnection[Any], tables: UserTables, loaded: Loaded | None = None
     ) -> None:
         """Write the logged mutations (see the module docstring for the order and the statements)."""
-        log = tables.log or []
-        if not log:
-            return
-        new_users: dict[str, None] = {}
-        updates: list[StoredUser] = []
-        final_grants: dict[tuple[str, tuple[str, str, str]], tuple[Role, str | None] | None] = {}
-        group_rows: list[GroupWrite] = []
-        final_members: dict[tuple[tuple[str, str], str], bool] = {}
-        for mutation in log:
-            if isinstance(mutation, UserWrite):
-                if mutation.new:
-                    new_users[mutation.user.user_id] = None
-                elif mutation.user.user_id not in new_users:
-                    updates.append(mutation.user)
-            elif isinstance(mutation, GrantWrite):
-                final_grants[(mutation.user_id, mutation.key)] = mutation.value
-            elif isinstance(mutation, GroupWrite):
-                group_rows.append(mutation)
-            elif isinstance(mutation, MemberWrite):
-                final_members[(mutation.key, mutation.user_id)] = mutation.member
-        async with connection.cursor() as cursor:
-            if updates:
-                await cursor.executemany(
-                    self._q(_UPDATE_USER),
-                    [
-                        (
-                            user.email,
-                            email_key(user.email),
-                            user.display_name,
-                            user.given_name,
-                            user.surname,
-                            user.external_id,
-                            user.active,
-                            user.deactivated_by_sync,
-                            user.user_id,
-                        )
-                        for user in updates
-                    ],
-                )
-            if new_users:
-                # A user created in this batch is written once, as it ended.
-                async with cursor.copy(self._q(_COPY_USERS)) as copy:
-                    for user_id in new_users:
-                        user = tables.users[user_id]
-                        await copy.write_row(
-                            (
-                                user.user_id,
-                                user.email,
-                                email_key(user.email),
-                                user.display_name,
-                                user.given_name,
-                                user.surname,
-                                user.external_id,
-                                user.active,
-                                user.deactivated_by_sync,
-                            )
-                        )
-            deletes: list[tuple[str, str, str, str]] = []
-            upserts: list[tuple[str, str, str, str, str, str | None]] = []
-            inserts: list[tuple[str, str, str, str, str, str | None]] = []
-            for (user_id, (site_id, module, source)), value in final_grants.items():
-                if value is None:
-                    if user_id not in new_users:
-                        deletes.append((user_id, site_id, module, source))
-                    continue
-                row = (user_id, site_id, module, source, value[0].value, value[1])
-                # Absent when the batch loaded this user's grants: a plain insert (COPY).
-                absent = user_id in new_users or (
-                    loaded is not None
-                    and loaded.grants is not None
-                    and (user_id, (site_id, module, source)) not in loaded.grants
-                )
-                (inserts if absent else upserts).append(row)
-            if deletes:
-                await cursor.execute(self._q(_DELETE_GRANTS), _columns(deletes, 4))
-            if upserts:
-                await cursor.execute(self._q(_UPSERT_GRANTS), _columns(upserts, 6))
-            if inserts:
-                async with cursor.copy(self._q(_COPY_GRANTS)) as copy:
-                    for grant_row in inserts:
-                        await copy.write_row(grant_row)
-            # Groups after users (memberships reference both), each group's rows in log order.
-            for write in group_rows:
-                group = write.group
-                if write.new:
-                    await cursor.execute(
-                        self._q(
-                            "INSERT INTO {schema}.synced_groups (trust_site_id, external_id, display_name, site_ids, "
-                            "retired) VALUES (%s, %s, %s, %s, %s)"
-                        ),
-                        (group.trust_site_id, group.external_id, group.display_name, list(group.site_ids), group.retired),
-                    )
-                else:
-                    await cursor.execute(
-                        self._q(
-                            "UPDATE {schema}.synced_groups SET display_name = %s, site_ids = %s, retired = %s "
-                            "WHERE trust_site_id = %s AND external_id = %s"
-                        ),
-                        (group.display_name, list(group.site_ids), group.retired, group.trust_site_id, group.external_id),
-                    )
-            # The batch loaded every membership of its users in the groups it
-            # names (under their row locks), so a join absent then is a plain
-            # insert: COPY. Without that snapshot (the slow path), ON CONFLICT.
-            joins: list[tuple[str, str, str]] = []
-            leaves: list[tuple[str, str, str]] = []
-            for (key, user_id), member in final_members.items():
-                was = None if loaded is None else (key, user_id) in loaded.members
-                if member and was is not True:
-                    joins.append((key[0], key[1], user_id))
-                elif not member and was is not False:
-                    leaves.append((key[0], key[1], user_id))
-            if leaves:
-                await cursor.execute(self._q(_LEAVE_GROUPS), _columns(leaves, 3))
-            if joins and loaded is None:
-                await cursor.execute(self._q(_JOIN_GROUPS), _columns(joins, 3))
-            elif joins:
-                async with cursor.copy(self._q(_COPY_MEMBERS)) as copy:
-                    for member_row in joins:
-                        await copy.write_row(member_row)
+        await write_mutations(connection, self._q, tables, loaded)
 
     # -- the run lock --------------------------------------------------------------
 

@@ -1,0 +1,223 @@
+"""How a PostgreSQL batch writes the mutations the apply rules logged.
+
+The rules (:class:`~calm_azure_sync.store.rules.UserTables`) log every
+mutation of a batch; here they are folded to their final state per row and
+written in bulk: users (updates, then new users by ``COPY``), grants (deletes,
+upserts, and by ``COPY`` the inserts of rows the batch saw absent), groups in
+log order, then memberships (leaves, and joins by ``COPY`` when the batch
+loaded the memberships it touches, ``ON CONFLICT`` otherwise). Users go first
+because grants and memberships reference them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Final, LiteralString
+
+import attrs
+import psycopg
+
+from ..model import Role, email_key
+from ..store.protocol import StoredUser
+from ..store.rules import GrantWrite, GroupWrite, MemberWrite, UserTables, UserWrite
+
+__all__ = ["Loaded", "columns", "write_mutations"]
+
+Query = Callable[[LiteralString], Any]
+"""Turns a statement template with ``{schema}`` into the store's composed query."""
+
+_UPDATE_USER: Final = (
+    "UPDATE {schema}.users SET email = %s, email_key = %s, display_name = %s, given_name = %s, surname = %s, "
+    "external_id = %s, active = %s, deactivated_by_sync = %s WHERE id = %s"
+)
+_COPY_USERS: Final = (
+    "COPY {schema}.users (id, email, email_key, display_name, given_name, surname, external_id, active, "
+    "deactivated_by_sync) FROM STDIN"
+)
+_COPY_GRANTS: Final = (
+    "COPY {schema}.grants (user_id, site_id, module, source, role, trust_site_id) FROM STDIN"
+)
+_COPY_MEMBERS: Final = "COPY {schema}.group_members (trust_site_id, group_external_id, user_id) FROM STDIN"
+# Bulk forms: one statement for a whole batch's rows, the columns sent as arrays.
+# Rows are collapsed to one per key first, so no statement touches a row twice.
+_UPSERT_GRANTS: Final = (
+    "INSERT INTO {schema}.grants (user_id, site_id, module, source, role, trust_site_id) "
+    "SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[]) "
+    "ON CONFLICT (user_id, site_id, module, source) "
+    "DO UPDATE SET role = excluded.role, trust_site_id = excluded.trust_site_id"
+)
+_DELETE_GRANTS: Final = (
+    "DELETE FROM {schema}.grants g USING unnest(%b::text[], %b::text[], %b::text[], %b::text[]) "
+    "AS d (user_id, site_id, module, source) WHERE g.user_id = d.user_id AND g.site_id = d.site_id "
+    "AND g.module = d.module AND g.source = d.source"
+)
+_JOIN_GROUPS: Final = (
+    "INSERT INTO {schema}.group_members (trust_site_id, group_external_id, user_id) "
+    "SELECT * FROM unnest(%b::text[], %b::text[], %b::text[]) ON CONFLICT DO NOTHING"
+)
+_LEAVE_GROUPS: Final = (
+    "DELETE FROM {schema}.group_members m USING unnest(%b::text[], %b::text[], %b::text[]) "
+    "AS d (trust_site_id, group_external_id, user_id) WHERE m.trust_site_id = d.trust_site_id "
+    "AND m.group_external_id = d.group_external_id AND m.user_id = d.user_id"
+)
+
+
+def columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows as ``width`` column lists, for ``unnest(%b::text[], ...)``."""
+    return [[row[index] for row in rows] for index in range(width)] if rows else [[] for _ in range(width)]
+
+
+@attrs.frozen
+class Loaded:
+    """Which grant and membership rows a batch found when it loaded (before applying)."""
+
+    grants: frozenset[tuple[str, tuple[str, str, str]]] | None
+    members: frozenset[tuple[tuple[str, str], str]]
+
+    @classmethod
+    def of(cls, tables: UserTables, *, grants_read: bool) -> Loaded:
+        return cls(
+            grants=frozenset((user_id, key) for user_id, held in tables.grants.items() for key in held)
+            if grants_read
+            else None,
+            members=frozenset((key, user_id) for key, user_ids in tables.members.items() for user_id in user_ids),
+        )
+
+
+@attrs.define
+class _Folded:
+    """A batch's mutations, one final state per row."""
+
+    new_users: dict[str, None] = attrs.field(factory=dict)
+    updates: list[StoredUser] = attrs.field(factory=list)
+    grants: dict[tuple[str, tuple[str, str, str]], tuple[Role, str | None] | None] = attrs.field(factory=dict)
+    groups: list[GroupWrite] = attrs.field(factory=list)
+    members: dict[tuple[tuple[str, str], str], bool] = attrs.field(factory=dict)
+
+    @classmethod
+    def of(cls, log: Sequence[Any]) -> _Folded:
+        folded = cls()
+        for mutation in log:
+            if isinstance(mutation, UserWrite):
+                if mutation.new:
+                    folded.new_users[mutation.user.user_id] = None
+                elif mutation.user.user_id not in folded.new_users:
+                    folded.updates.append(mutation.user)
+            elif isinstance(mutation, GrantWrite):
+                folded.grants[(mutation.user_id, mutation.key)] = mutation.value
+            elif isinstance(mutation, GroupWrite):
+                folded.groups.append(mutation)
+            elif isinstance(mutation, MemberWrite):
+                folded.members[(mutation.key, mutation.user_id)] = mutation.member
+        return folded
+
+
+def _user_row(user: StoredUser) -> tuple[Any, ...]:
+    return (
+        user.user_id,
+        user.email,
+        email_key(user.email),
+        user.display_name,
+        user.given_name,
+        user.surname,
+        user.external_id,
+        user.active,
+        user.deactivated_by_sync,
+    )
+
+
+async def write_mutations(
+    connection: psycopg.AsyncConnection[Any], q: Query, tables: UserTables, loaded: Loaded | None
+) -> None:
+    """Write ``tables.log`` in one go, inside the caller's transaction."""
+    if not tables.log:
+        return
+    folded = _Folded.of(tables.log)
+    async with connection.cursor() as cursor:
+        await _write_users(cursor, q, tables, folded)
+        await _write_grants(cursor, q, folded, loaded)
+        await _write_groups(cursor, q, folded)
+        await _write_members(cursor, q, folded, loaded)
+
+
+async def _write_users(cursor: Any, q: Query, tables: UserTables, folded: _Folded) -> None:
+    if folded.updates:
+        rows = []
+        for user in folded.updates:
+            _id, *values = _user_row(user)
+            rows.append((*values, user.user_id))
+        await cursor.executemany(q(_UPDATE_USER), rows)
+    if folded.new_users:
+        # A user created in this batch is written once, as it ended.
+        async with cursor.copy(q(_COPY_USERS)) as copy:
+            for user_id in folded.new_users:
+                await copy.write_row(_user_row(tables.users[user_id]))
+
+
+async def _write_grants(cursor: Any, q: Query, folded: _Folded, loaded: Loaded | None) -> None:
+    deletes: list[tuple[str, str, str, str]] = []
+    upserts: list[tuple[str, str, str, str, str, str | None]] = []
+    inserts: list[tuple[str, str, str, str, str, str | None]] = []
+    for (user_id, (site_id, module, source)), value in folded.grants.items():
+        if value is None:
+            if user_id not in folded.new_users:
+                deletes.append((user_id, site_id, module, source))
+            continue
+        row = (user_id, site_id, module, source, value[0].value, value[1])
+        # Absent when the batch loaded this user's grants: a plain insert (COPY).
+        absent = user_id in folded.new_users or (
+            loaded is not None and loaded.grants is not None and (user_id, (site_id, module, source)) not in loaded.grants
+        )
+        (inserts if absent else upserts).append(row)
+    if deletes:
+        await cursor.execute(q(_DELETE_GRANTS), columns(deletes, 4))
+    if upserts:
+        await cursor.execute(q(_UPSERT_GRANTS), columns(upserts, 6))
+    if inserts:
+        async with cursor.copy(q(_COPY_GRANTS)) as copy:
+            for grant_row in inserts:
+                await copy.write_row(grant_row)
+
+
+async def _write_groups(cursor: Any, q: Query, folded: _Folded) -> None:
+    """Groups after users (memberships reference both), each group's rows in log order."""
+    for write in folded.groups:
+        group = write.group
+        if write.new:
+            await cursor.execute(
+                q(
+                    "INSERT INTO {schema}.synced_groups (trust_site_id, external_id, display_name, site_ids, "
+                    "retired) VALUES (%s, %s, %s, %s, %s)"
+                ),
+                (group.trust_site_id, group.external_id, group.display_name, list(group.site_ids), group.retired),
+            )
+        else:
+            await cursor.execute(
+                q(
+                    "UPDATE {schema}.synced_groups SET display_name = %s, site_ids = %s, retired = %s "
+                    "WHERE trust_site_id = %s AND external_id = %s"
+                ),
+                (group.display_name, list(group.site_ids), group.retired, group.trust_site_id, group.external_id),
+            )
+
+
+async def _write_members(cursor: Any, q: Query, folded: _Folded, loaded: Loaded | None) -> None:
+    """The batch loaded every membership of its users in the groups it names (under their row
+    locks), so a join absent then is a plain insert: COPY. Without that snapshot (the slow path),
+    ON CONFLICT."""
+    joins: list[tuple[str, str, str]] = []
+    leaves: list[tuple[str, str, str]] = []
+    for (key, user_id), member in folded.members.items():
+        was = None if loaded is None else (key, user_id) in loaded.members
+        if member and was is not True:
+            joins.append((key[0], key[1], user_id))
+        elif not member and was is not False:
+            leaves.append((key[0], key[1], user_id))
+    if leaves:
+        await cursor.execute(q(_LEAVE_GROUPS), columns(leaves, 3))
+    if joins and loaded is None:
+        await cursor.execute(q(_JOIN_GROUPS), columns(joins, 3))
+    elif joins:
+        async with cursor.copy(q(_COPY_MEMBERS)) as copy:
+            for member_row in joins:
+                await copy.write_row(member_row)
