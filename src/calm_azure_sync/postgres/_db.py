@@ -21,7 +21,7 @@ import hashlib
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Final, LiteralString
+from typing import Any, Final, LiteralString, Self
 
 import psycopg
 from psycopg import sql
@@ -29,7 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..errors import ConfigError
 
-__all__ = ["Database", "advisory_key", "validate_schema"]
+__all__ = ["Database", "OnDatabase", "advisory_key", "validate_schema"]
 
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -214,3 +214,32 @@ class Database:
         pool, self._pool = self._pool, None
         if pool is not None and self._owns_pool:
             await pool.close()
+
+
+class OnDatabase:
+    """What the Postgres store and Import Log share around their :class:`Database`: the schema,
+    ``async with``, ``close()`` and ``migrate()``. Subclasses set ``_db`` in ``__init__``."""
+
+    _db: Database
+
+    @property
+    def schema(self) -> str:
+        """The Postgres schema holding this component's tables."""
+        return self._db.schema
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the component's own pool (a host's pool is left open)."""
+        await self._db.close()
+
+    async def migrate(self) -> int:
+        """Create or upgrade this component's tables now; returns the schema version.
+
+        Otherwise this happens on first use. Safe to run from many processes at once.
+        """
+        return await self._db.migrate()

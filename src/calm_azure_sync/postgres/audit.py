@@ -12,7 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 from .._text import clean_text
 from ..audit.events import AuditEvent, AuditKind
 from ..audit.sqlite import ImportLogCursor, ImportLogPage
-from ._db import Database, Migrations
+from ._db import Database, Migrations, OnDatabase
 
 __all__ = ["PostgresAuditSink"]
 
@@ -60,7 +60,7 @@ def _kind_values(kinds: Collection[AuditKind | str]) -> list[str]:
     return [AuditKind(kind).value for kind in kinds]
 
 
-class PostgresAuditSink:
+class PostgresAuditSink(OnDatabase):
     """An :class:`~calm_azure_sync.AuditSink` in PostgreSQL, with :meth:`query` for the Import Log.
 
     Takes a conninfo string or a host's :class:`psycopg_pool.AsyncConnectionPool`
@@ -87,25 +87,6 @@ class PostgresAuditSink:
 
     def __repr__(self) -> str:
         return f"PostgresAuditSink(schema={self._db.schema!r})"
-
-    @property
-    def schema(self) -> str:
-        """The Postgres schema holding the Import Log table."""
-        return self._db.schema
-
-    async def __aenter__(self) -> PostgresAuditSink:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Close the sink's own pool (a host's pool is left open)."""
-        await self._db.close()
-
-    async def migrate(self) -> int:
-        """Create or upgrade the Import Log table now; returns the schema version."""
-        return await self._db.migrate()
 
     async def record(self, events: Sequence[AuditEvent]) -> None:
         """Store ``events`` in one transaction, in order."""

@@ -71,7 +71,7 @@ from ..store.rules import (
     state_from_json,
     state_to_json,
 )
-from ._db import Database, advisory_key
+from ._db import Database, OnDatabase, advisory_key
 from ._schema import MIGRATIONS
 from ._write import Loaded, write_mutations
 
@@ -152,7 +152,7 @@ class _HeldLock:
         return unsigned >> 32, unsigned & 0xFFFF_FFFF
 
 
-class PostgresUserStore:
+class PostgresUserStore(OnDatabase):
     """A :class:`~calm_azure_sync.UserStore` and :class:`~calm_azure_sync.SyncStateStore` in PostgreSQL.
 
     ``PostgresUserStore("postgresql://app@db/calm")`` opens a small pool of
@@ -191,28 +191,6 @@ class PostgresUserStore:
     def __repr__(self) -> str:
         # Never the conninfo: it may carry a password.
         return f"PostgresUserStore(schema={self._db.schema!r})"
-
-    @property
-    def schema(self) -> str:
-        """The Postgres schema holding this store's tables."""
-        return self._db.schema
-
-    async def __aenter__(self) -> PostgresUserStore:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Close the store's own pool (a host's pool is left open)."""
-        await self._db.close()
-
-    async def migrate(self) -> int:
-        """Create or upgrade the store's tables now; returns the schema version.
-
-        Otherwise this happens on first use. Safe to run from many processes at once.
-        """
-        return await self._db.migrate()
 
     def _q(self, template: LiteralString) -> Any:
         return self._db.q(template)
