@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import os
 import sqlite3
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, Final
 
 import attrs
@@ -16,7 +16,7 @@ from .._sqlite import ThreadedConnection, write_transaction
 from .._text import clean_text
 from .events import AuditEvent, AuditKind
 
-__all__ = ["ImportLogCursor", "ImportLogPage", "SqliteAuditSink"]
+__all__ = ["ImportLogCursor", "ImportLogPage", "SqliteAuditSink", "check_page_limit", "kind_values", "page_of"]
 
 SCHEMA_VERSION: Final = 1
 
@@ -121,10 +121,47 @@ def _select(connection: sqlite3.Connection, sql: str, parameters: list[Any]) -> 
     return connection.execute(sql, parameters).fetchall()
 
 
-def _kind_values(kinds: Collection[AuditKind | str]) -> list[str]:
+def kind_values(kinds: Collection[AuditKind | str]) -> list[str]:
+    """The ``kinds`` filter of an Import Log query as stored values (an unknown kind raises ``ValueError``)."""
     if isinstance(kinds, str):  # one kind given bare (AuditKind is a str too), not its letters
         kinds = [kinds]
     return [AuditKind(kind).value for kind in kinds]
+
+
+def check_page_limit(limit: int | None) -> None:
+    """Refuse a page size below 1 (``None``: no cap)."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1 or None, got {limit!r}")
+
+
+def page_of(
+    rows: Sequence[Sequence[Any]],
+    limit: int | None,
+    event_of: Callable[[Sequence[Any]], AuditEvent],
+    cursor_of: Callable[[Sequence[Any]], ImportLogCursor],
+) -> ImportLogPage:
+    """An Import Log page from rows read with ``LIMIT limit + 1``: the extra row says a next page exists."""
+    has_more = limit is not None and len(rows) > limit
+    shown = rows[:limit] if limit is not None else rows
+    return ImportLogPage([event_of(row) for row in shown], cursor_of(shown[-1]) if has_more else None)
+
+
+def _event_from_row(row: Sequence[Any]) -> AuditEvent:
+    _seq, at, trust, kind, message, run, actor, subject, detail = row
+    return AuditEvent(
+        at=dt.datetime.fromisoformat(at),
+        trust_site_id=trust,
+        kind=kind,
+        message=message,
+        run_id=run,
+        actor_id=actor,
+        subject=subject,
+        detail=json.loads(detail),
+    )
+
+
+def _cursor_from_row(row: Sequence[Any]) -> ImportLogCursor:
+    return ImportLogCursor(at=dt.datetime.fromisoformat(row[1]), seq=row[0])
 
 
 @attrs.define
@@ -198,15 +235,14 @@ class SqliteAuditSink:
         (its :attr:`ImportLogPage.next_before`); ``limit`` caps the page
         (``None``: no cap).
         """
-        if limit is not None and limit < 1:
-            raise ValueError(f"limit must be at least 1 or None, got {limit!r}")
+        check_page_limit(limit)
         where = ["trust_site_id = ?"]
         parameters: list[Any] = [trust_site_id]
         if run_id is not None:
             where.append("run_id = ?")
             parameters.append(run_id)
         if kinds is not None:
-            values = _kind_values(kinds)
+            values = kind_values(kinds)
             where.append(f"kind IN ({', '.join('?' for _ in values)})" if values else "0")
             parameters.extend(values)
         if isinstance(before, ImportLogCursor):
@@ -224,23 +260,4 @@ class SqliteAuditSink:
             sql += " LIMIT ?"
             parameters.append(limit + 1)
         rows = await self._db.run(_select, sql, parameters)
-        has_more = limit is not None and len(rows) > limit
-        rows = rows[:limit] if limit is not None else rows
-        events = [
-            AuditEvent(
-                at=dt.datetime.fromisoformat(at),
-                trust_site_id=trust,
-                kind=kind,
-                message=message,
-                run_id=run,
-                actor_id=actor,
-                subject=subject,
-                detail=json.loads(detail),
-            )
-            for _seq, at, trust, kind, message, run, actor, subject, detail in rows
-        ]
-        next_before = None
-        if has_more:
-            last_seq, last_at = rows[-1][0], rows[-1][1]
-            next_before = ImportLogCursor(at=dt.datetime.fromisoformat(last_at), seq=last_seq)
-        return ImportLogPage(events, next_before)
+        return page_of(rows, limit, _event_from_row, _cursor_from_row)

@@ -11,7 +11,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from .._text import clean_text
 from ..audit.events import AuditEvent, AuditKind
-from ..audit.sqlite import ImportLogCursor, ImportLogPage
+from ..audit.sqlite import ImportLogCursor, ImportLogPage, check_page_limit, kind_values, page_of
 from ._db import Database, Migrations, OnDatabase
 
 __all__ = ["PostgresAuditSink"]
@@ -54,10 +54,22 @@ def _aware(moment: dt.datetime) -> dt.datetime:
     return moment
 
 
-def _kind_values(kinds: Collection[AuditKind | str]) -> list[str]:
-    if isinstance(kinds, str):  # one kind given bare (AuditKind is a str too), not its letters
-        kinds = [kinds]
-    return [AuditKind(kind).value for kind in kinds]
+def _event_from_row(row: Sequence[Any]) -> AuditEvent:
+    _seq, at, trust, kind, message, run, actor, subject, detail = row
+    return AuditEvent(
+        at=at,
+        trust_site_id=trust,
+        kind=kind,
+        message=message,
+        run_id=run,
+        actor_id=actor,
+        subject=subject,
+        detail=detail,
+    )
+
+
+def _cursor_from_row(row: Sequence[Any]) -> ImportLogCursor:
+    return ImportLogCursor(at=row[1], seq=row[0])
 
 
 class PostgresAuditSink(OnDatabase):
@@ -128,8 +140,7 @@ class PostgresAuditSink(OnDatabase):
         page's :attr:`~calm_azure_sync.audit.sqlite.ImportLogPage.next_before`;
         ``limit`` caps the page (``None``: no cap).
         """
-        if limit is not None and limit < 1:
-            raise ValueError(f"limit must be at least 1 or None, got {limit!r}")
+        check_page_limit(limit)
         where = ["trust_site_id = %s"]
         parameters: list[Any] = [trust_site_id]
         if run_id is not None:
@@ -137,7 +148,7 @@ class PostgresAuditSink(OnDatabase):
             parameters.append(run_id)
         if kinds is not None:
             where.append("kind = ANY(%s)")
-            parameters.append(_kind_values(kinds))
+            parameters.append(kind_values(kinds))
         if isinstance(before, ImportLogCursor):
             where.append("(at, seq) < (%s, %s)")
             parameters.extend([_aware(before.at), before.seq])
@@ -155,22 +166,4 @@ class PostgresAuditSink(OnDatabase):
         async with self._db.connection() as connection:
             cursor = await connection.execute(self._db.q(statement), parameters)
             rows = await cursor.fetchall()
-        has_more = limit is not None and len(rows) > limit
-        rows = rows[:limit] if limit is not None else rows
-        events = [
-            AuditEvent(
-                at=at,
-                trust_site_id=trust,
-                kind=kind,
-                message=message,
-                run_id=run,
-                actor_id=actor,
-                subject=subject,
-                detail=detail,
-            )
-            for _seq, at, trust, kind, message, run, actor, subject, detail in rows
-        ]
-        next_before = None
-        if has_more:
-            next_before = ImportLogCursor(at=rows[-1][1], seq=rows[-1][0])
-        return ImportLogPage(events, next_before)
+        return page_of(rows, limit, _event_from_row, _cursor_from_row)
