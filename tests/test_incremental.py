@@ -143,11 +143,55 @@ async def test_modes_a_full_resync_interval_and_a_changed_mapping():
     assert (await recon.run(CONFIG, actor=SYSTEM, mode="incremental")).mode == "incremental"
     wider = SyncConfig("oak", [*MAPPINGS, GroupMapping("nested", "ash", {"Policies": "Member"})])
     changed = await recon.run(wider, actor=SYSTEM)
-    assert changed.mode == "full" and "mapped groups changed" in changed.mode_reason
+    assert changed.mode == "incremental" and "1 mapped group(s) added: read in full" in changed.mode_reason
     audit = InMemoryAuditSink()
     with pytest.raises(ConfigError, match="mode"):
         await reconciler(directory, store, audit).run(CONFIG, actor=SYSTEM, mode="sometimes")
     assert [e.kind for e in audit.events] == [AuditKind.IMPORT_REFUSED]
+
+
+async def test_a_mapping_added_is_read_in_full_and_one_removed_only_prunes_the_cache():
+    data = fixture({"g0": ["u0", "u1", "nested"], "g1": ["u3"], "g2": ["u4", "u5"], "nested": ["u6", "u7"]})
+    data["groups"].append({"id": "late", "displayName": "LATE"})
+    data["members"]["late"] = ["u2", "nested", "u5"]
+    directory = InMemoryDirectory.from_dict(data)
+    store = InMemoryUserStore()
+    recon = reconciler(directory, store)
+    await recon.run(CONFIG, actor=SYSTEM)
+    reads = []
+    group_members = directory.group_members
+
+    async def counting(group_id):
+        reads.append(group_id)
+        return await group_members(group_id)
+
+    directory.group_members = counting
+    wider = SyncConfig("oak", [*MAPPINGS, GroupMapping("late", "ash", {"Policies": "Manager"})],
+                       removal=RemovalPolicy("deactivate"))
+    directory.add_member("nested", "u2")  # a change elsewhere, seen by the same round
+    added = await recon.run(wider, actor=SYSTEM)
+    assert added.ok and added.mode == "incremental", added.mode_reason
+    assert reads == ["late"]  # only the new mapping is read in full
+    assert synced_access_of(await store.load("oak")) == await _full_run_access(directory, wider)
+    cache = await store.load_delta("oak")
+    assert cache is not None and "late" in cache.groups and cache.mapped == frozenset(wider.mappings.group_ids)
+
+    reads.clear()
+    narrower = SyncConfig("oak", MAPPINGS[:2], removal=RemovalPolicy("deactivate"))
+    removed = await recon.run(narrower, actor=SYSTEM)
+    assert removed.mode == "incremental" and "2 mapping(s) removed" in removed.mode_reason, removed.mode_reason
+    assert removed.ok and reads == []
+    assert synced_access_of(await store.load("oak")) == await _full_run_access(directory, narrower)
+    cache = await store.load_delta("oak")
+    assert cache is not None and not {"g2", "late"} & set(cache.groups)  # bounded: untracked groups are pruned
+    assert "u4" not in cache.users  # u4 was only in g2
+
+
+async def _full_run_access(directory, config):
+    fresh = InMemoryUserStore()
+    report = await reconciler(InMemoryDirectory.from_dict(directory.to_dict()), fresh).run(config, actor=SYSTEM, mode="full")
+    assert report.ok, report.errors
+    return synced_access_of(await fresh.load("oak"))
 
 
 async def test_a_no_change_incremental_run_over_graph_costs_one_request_per_50_groups_plus_one():

@@ -50,6 +50,7 @@ from .plan import (
     UpsertGroup,
 )
 from .review import AccessRow, AccessTable
+from .incremental import DeltaCache, DeltaCacheStore, DeltaCacheWrite
 from .state import Hold, SyncState, SyncStateStore
 from .store.protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup, UserStore
 
@@ -107,6 +108,9 @@ __all__ = [
     "ConsentResult",
     "CreateUser",
     "DeactivateUser",
+    "DeltaCache",
+    "DeltaCacheStore",
+    "DeltaCacheWrite",
     "DeltaDirectory",
     "DeltaExpiredError",
     "Directory",

@@ -12,17 +12,25 @@ it the same way.
 
 When a run reads in full (:func:`choose_mode`): ``mode="full"``; no usable
 cache (none yet, unreadable, of another version, another directory kind); the
-mapped groups changed since the cache was made; the last full read is older
-than ``full_resync_interval`` (a periodic full read heals drift, as Entra's own
-provisioning does); or the directory cannot do deltas. The reason is in the
-report and the Import Log.
+last full read is older than ``full_resync_interval`` (a periodic full read
+heals drift, as Entra's own provisioning does); or the directory cannot do
+deltas. A mapping added since the cache was made is not a reason to read
+everything: the run reads the added groups in full and the rest from changes
+(:func:`added_groups`); a mapping removed only prunes the cache. The reason is
+in the report and the Import Log.
+
+Where the cache lives: a store that is a :class:`DeltaCacheStore` keeps it in
+tables of its own (rows of memberships and users, written as the difference
+from the last run: :func:`cache_write`); any other
+:class:`~calm_azure_sync.SyncStateStore` keeps it as JSON in
+``SyncState.delta`` (:meth:`DeltaCache.to_dict`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
@@ -30,7 +38,19 @@ from .directory.delta import DirectoryDelta
 from .errors import DirectoryError
 from .model import DirectoryUser, transitive_users
 
-__all__ = ["CACHE_VERSION", "DeltaCache", "ReadMode", "apply_delta", "choose_mode", "resolve_members"]
+__all__ = [
+    "CACHE_VERSION",
+    "DeltaCache",
+    "DeltaCacheStore",
+    "DeltaCacheWrite",
+    "ReadMode",
+    "added_groups",
+    "apply_delta",
+    "cache_write",
+    "choose_mode",
+    "resolve_members",
+    "tracked_groups",
+]
 
 CACHE_VERSION = 1
 
@@ -99,11 +119,21 @@ def choose_mode(
         return "full", "the directory cannot read changes (no delta support)"
     if cache is None:
         return "full", "no usable delta state yet"
-    if cache.mapped != mapped:
-        return "full", "the mapped groups changed since the last read"
     if requested == "auto" and now - cache.full_read_at >= full_resync_interval:
         return "full", f"the last full read is older than {full_resync_interval}"
+    added, removed = added_groups(cache, mapped), cache.mapped - mapped
+    if added or removed:
+        parts = [f"{len(added)} mapped group(s) added: read in full"] if added else []
+        parts += [f"{len(removed)} mapping(s) removed: dropped from the cache"] if removed else []
+        return "incremental", "the mapped groups changed since the last read; " + "; ".join(parts) + (
+            "; the rest read from changes"
+        )
     return "incremental", "reading only what changed since the last run"
+
+
+def added_groups(cache: DeltaCache, mapped: Iterable[str]) -> frozenset[str]:
+    """Mapped groups the cache was not made for: an incremental run reads these in full."""
+    return frozenset(mapped) - cache.mapped
 
 
 def resolve_members(
@@ -177,3 +207,131 @@ def snapshot_members(
 ) -> dict[str, list[DirectoryUser]]:
     """Each mapped group's users, resolved from the kept memberships."""
     return {group_id: resolve_members(groups, users, group_id) for group_id in mapped if group_id in groups}
+
+
+def tracked_groups(groups: Mapping[str, frozenset[str]], mapped: Iterable[str]) -> set[str]:
+    """The kept groups a mapped group reaches (a mapping removed leaves its groups untracked)."""
+    return _reachable(groups, mapped)[0]
+
+
+@attrs.frozen
+class DeltaCacheWrite:
+    """The rows that move a stored cache from the last run's to this run's: what a table store writes.
+
+    ``replace``: drop whatever the trust has stored first (the first cache, or
+    a rebuild); then every group, membership and user of the cache is in the
+    ``added`` parts. Otherwise only what changed is: group ids started or no
+    longer tracked, ``(group id, member id)`` rows added and removed, users
+    added or changed (whole) and user ids gone. ``cursor``, ``mapped`` and
+    ``full_read_at`` are always the new cache's.
+    """
+
+    cursor: Mapping[str, Any]
+    mapped: frozenset[str]
+    full_read_at: dt.datetime
+    replace: bool
+    added_groups: frozenset[str] = frozenset()
+    removed_groups: frozenset[str] = frozenset()
+    added_members: frozenset[tuple[str, str]] = frozenset()
+    removed_members: frozenset[tuple[str, str]] = frozenset()
+    users: tuple[DirectoryUser, ...] = ()
+    removed_users: frozenset[str] = frozenset()
+
+    @property
+    def rows(self) -> int:
+        """How many rows the write touches (for logs and benchmarks)."""
+        return (
+            len(self.added_groups) + len(self.removed_groups) + len(self.added_members)
+            + len(self.removed_members) + len(self.users) + len(self.removed_users)
+        )
+
+    def applied_to(self, stored: DeltaCache | None) -> DeltaCache:
+        """The cache after this write, from the one stored before it (what a store must load next)."""
+        groups: dict[str, set[str]] = {}
+        users: dict[str, DirectoryUser] = {}
+        if stored is not None and not self.replace:
+            groups = {group: set(members) for group, members in stored.groups.items()}
+            users = dict(stored.users)
+        for group in self.removed_groups:
+            groups.pop(group, None)
+        for group in self.added_groups:
+            groups.setdefault(group, set())
+        for group, member in self.removed_members:
+            groups.get(group, set()).discard(member)
+        for group, member in self.added_members:
+            groups.setdefault(group, set()).add(member)
+        for user_id in self.removed_users:
+            users.pop(user_id, None)
+        users.update((user.id, user) for user in self.users)
+        return DeltaCache(
+            dict(self.cursor),
+            {group: frozenset(members) for group, members in groups.items()},
+            users,
+            self.mapped,
+            self.full_read_at,
+        )
+
+
+def cache_write(previous: DeltaCache | None, cache: DeltaCache) -> DeltaCacheWrite:
+    """The write that turns the stored ``previous`` into ``cache`` (all of it when ``previous`` is ``None``)."""
+    cursor, mapped, at = dict(cache.cursor), cache.mapped, cache.full_read_at
+    if previous is None:
+        return DeltaCacheWrite(
+            cursor, mapped, at,
+            replace=True,
+            added_groups=frozenset(cache.groups),
+            added_members=frozenset((g, m) for g, members in cache.groups.items() for m in members),
+            users=tuple(cache.users[user_id] for user_id in sorted(cache.users)),
+        )
+    before, after = previous.groups, cache.groups
+    added_members: set[tuple[str, str]] = set()
+    removed_members: set[tuple[str, str]] = set()
+    for group, members in after.items():
+        was = before.get(group, frozenset())
+        if members is not was and members != was:
+            added_members.update((group, m) for m in members - was)
+            removed_members.update((group, m) for m in was - members)
+    for group, was in before.items():
+        if group not in after:
+            removed_members.update((group, m) for m in was)
+    old_users = previous.users
+    changed = tuple(
+        user for user_id, user in sorted(cache.users.items())
+        if (old := old_users.get(user_id)) is not user and old != user
+    )
+    return DeltaCacheWrite(
+        cursor, mapped, at,
+        replace=False,
+        added_groups=frozenset(after.keys() - before.keys()),
+        removed_groups=frozenset(before.keys() - after.keys()),
+        added_members=frozenset(added_members),
+        removed_members=frozenset(removed_members),
+        users=changed,
+        removed_users=frozenset(old_users.keys() - cache.users.keys()),
+    )
+
+
+@runtime_checkable
+class DeltaCacheStore(Protocol):
+    """Keeps each trust's :class:`DeltaCache` in tables of its own. Implemented by both shipped user stores.
+
+    The reconciler calls these only while it holds the trust's run lock.
+    ``load_delta`` returns ``None`` when the trust has no cache, or when what
+    is stored cannot be read or is of another :data:`CACHE_VERSION` (the run
+    then reads in full and replaces it: a cache is never a reason to fail).
+    ``save_delta`` applies a :class:`DeltaCacheWrite` atomically, all or
+    nothing; afterwards ``load_delta`` returns ``write.applied_to(before)``.
+    ``clear_delta`` drops the trust's cache.
+    """
+
+    async def load_delta(self, trust_site_id: str) -> DeltaCache | None:
+        """The trust's cache, or ``None`` (none, unreadable, another version)."""
+        ...
+
+    async def save_delta(self, trust_site_id: str, write: DeltaCacheWrite) -> None:
+        """Apply ``write`` to the trust's stored cache, atomically."""
+        ...
+
+    async def clear_delta(self, trust_site_id: str) -> None:
+        """Drop the trust's cache (the next incremental-capable run reads in full)."""
+        ...

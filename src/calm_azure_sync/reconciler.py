@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -25,7 +25,7 @@ from .audit.protocol import AuditSink
 from .autodetect import Suggestions
 from .check import ConfigProblem, config_problems
 from .config import SyncConfig
-from .directory.delta import DeltaDirectory
+from .directory.delta import DeltaDirectory, DirectoryDelta
 from .directory.protocol import Directory
 from .errors import (
     ChildSiteConfigurationError,
@@ -41,7 +41,18 @@ from .errors import (
 from .exclusion import ExclusionPolicy
 from .guards import next_sync_state
 from .hierarchy import Actor, TrustHierarchy, authorize
-from .incremental import DeltaCache, ReadMode, apply_delta, choose_mode, snapshot_members
+from .incremental import (
+    Applied,
+    DeltaCache,
+    DeltaCacheStore,
+    ReadMode,
+    added_groups,
+    apply_delta,
+    cache_write,
+    choose_mode,
+    snapshot_members,
+    tracked_groups,
+)
 from .journal import Journal, RefusalReason
 from .model import DirectoryGroup, DirectoryUser, Site
 from .plan import (
@@ -345,13 +356,13 @@ class Reconciler:
             raise
         return sync_state
 
-    async def _read(self, config: SyncConfig) -> DirectorySnapshot:
-        """Read every mapped group, at most ``max_concurrent_reads`` at once.
+    async def _read(self, config: SyncConfig, only: Iterable[str] | None = None) -> DirectorySnapshot:
+        """Read every mapped group (or the ``only`` ones), at most ``max_concurrent_reads`` at once.
 
         A group that fails is recorded as unreadable (never raised): the
         guards then hold what it could explain.
         """
-        group_ids = sorted(config.mappings.group_ids)
+        group_ids = sorted(config.mappings.group_ids if only is None else only)
         members: dict[str, Sequence[DirectoryUser]] = {}
         unreadable: dict[str, str] = {}
         stale: set[str] = set()
@@ -381,11 +392,26 @@ class Reconciler:
         names = await self._group_names(group_ids)
         return DirectorySnapshot(members=members, unreadable=unreadable, stale=frozenset(stale), group_names=names)
 
+    @property
+    def _cache_tables(self) -> DeltaCacheStore | None:
+        """Where the delta cache has tables of its own; ``None``: it is JSON in ``SyncState.delta``."""
+        return self.state if isinstance(self.state, DeltaCacheStore) else None
+
+    async def _load_cache(self, trust_site_id: str, sync_state: SyncState) -> DeltaCache | None:
+        tables = self._cache_tables
+        if tables is None:
+            return DeltaCache.from_dict(sync_state.delta)
+        try:
+            return await tables.load_delta(trust_site_id)
+        except Exception:  # a cache is never a reason to fail: read in full and rebuild it
+            logger.warning("loading the delta cache of trust %s failed; reading in full", trust_site_id, exc_info=True)
+            return None
+
     async def _read_for_run(self, config: SyncConfig, sync_state: SyncState, requested: ReadMode) -> _Read:
-        """The snapshot a run plans from, read in full or from the delta state, and the delta state after."""
+        """The snapshot a run plans from, read in full or from the delta cache, and what to keep of the cache."""
         mapped = frozenset(config.mappings.group_ids)
         supports = isinstance(self.directory, DeltaDirectory)
-        cache = DeltaCache.from_dict(sync_state.delta) if requested != "full" else None
+        cache = await self._load_cache(config.trust_site_id, sync_state) if requested != "full" and supports else None
         mode, why = choose_mode(
             requested, cache=cache, mapped=mapped, supports_delta=supports, now=self.clock(),
             full_resync_interval=self.full_resync_interval,
@@ -395,41 +421,58 @@ class Reconciler:
                 self._progress("read", 0, 1)
                 snapshot, after = await self._read_changes(config, cache)
                 self._progress("read", 1, 1)
-                return _Read(snapshot, after.to_dict(), "incremental", why)
+                return _Read(snapshot, "incremental", why, after, cache)
             except DeltaExpiredError as error:
                 why = f"the delta token can no longer be used ({error.code}); reading in full"
             except Exception as error:  # a round that failed partway: nothing advances, nothing is removed
                 logger.warning("reading the changes of trust %s failed", config.trust_site_id, exc_info=True)
                 reason = f"could not read changes: {error}"
                 snapshot = DirectorySnapshot(members={}, unreadable=dict.fromkeys(sorted(mapped), reason))
-                return _Read(snapshot, None, "incremental", why)
+                return _Read(snapshot, "incremental", why, None, cache, keep=True)
         elif requested == "incremental":
             why = f"incremental read not possible: {why}"
         snapshot = await self._read(config)
-        seeded: dict[str, Any] | None = None
-        if requested != "full" and supports and not snapshot.unreadable:
-            try:
-                seeded = (await self._seed_changes(config)).to_dict()
-            except Exception:  # no delta state this time: the next run reads in full again
-                logger.warning("starting delta reads for trust %s failed", config.trust_site_id, exc_info=True)
-                seeded = {}
-        return _Read(snapshot, seeded, "full", why)
+        if requested == "full" or not supports or snapshot.unreadable:
+            return _Read(snapshot, "full", why, None, None, keep=True)  # the cache, if any, stays as it was
+        try:
+            seeded = await self._follow(config, None, {}, {}, known_users=snapshot.members)
+        except Exception:  # no delta cache this time: the next run reads in full again
+            logger.warning("starting delta reads for trust %s failed", config.trust_site_id, exc_info=True)
+            return _Read(snapshot, "full", why, None, None)
+        return _Read(snapshot, "full", why, seeded, None)
 
     async def _follow(
         self, config: SyncConfig, cursor: Mapping[str, Any] | None,
         groups: Mapping[str, frozenset[str]], users: Mapping[str, DirectoryUser],
+        *, known_users: Mapping[str, Sequence[DirectoryUser]] | None = None,
     ) -> DeltaCache:
-        """Rounds of changes until every nested group is tracked, then the users no round described."""
+        """Rounds of changes until every nested group is tracked, then the users no round described.
+
+        ``known_users``: users just read in full (per group), so the rounds need
+        not look them up again when a chain lists them.
+        """
         directory: Any = self.directory
         mapped = sorted(config.mappings.group_ids)
-        tracked = sorted({*mapped, *groups})
+        known = dict(users)
+        for members in (known_users or {}).values():
+            known.update((user.id, user) for user in members if user.id not in known)
+        tracked = sorted({*mapped, *tracked_groups(groups, mapped)})
+        kept_groups: Mapping[str, frozenset[str]] = {group: groups[group] for group in tracked if group in groups}
+
+        def fold(delta: DirectoryDelta) -> Applied:
+            known.update((user.id, user) for user in delta.users)
+            for removed in delta.removed_users:
+                known.pop(removed.id, None)
+            return apply_delta(kept_groups, known, delta, mapped)
+
         delta, next_cursor = await directory.changes(cursor, tracked)
-        applied = apply_delta(groups, users, delta, mapped)
+        applied = fold(delta)
         for _ in range(32):  # nesting depth; each round starts the chains of newly found groups
             if not applied.new_groups:
                 break
+            kept_groups = applied.groups
             delta, next_cursor = await directory.changes(next_cursor, sorted({*mapped, *applied.groups}))
-            applied = apply_delta(applied.groups, applied.users, delta, mapped)
+            applied = fold(delta)
         kept_users = dict(applied.users)
         kept_groups = dict(applied.groups)
         if applied.missing_users:
@@ -440,19 +483,35 @@ class Reconciler:
                 kept_groups = {group: members - gone for group, members in kept_groups.items()}
         return DeltaCache(next_cursor, kept_groups, kept_users, frozenset(mapped), self.clock())
 
-    async def _seed_changes(self, config: SyncConfig) -> DeltaCache:
-        return await self._follow(config, None, {}, {})
-
     async def _read_changes(self, config: SyncConfig, cache: DeltaCache) -> tuple[DirectorySnapshot, DeltaCache]:
-        after = await self._follow(config, cache.cursor, cache.groups, cache.users)
+        """This run's snapshot from the cache and a delta round; mappings added since are read in full first."""
+        added = sorted(added_groups(cache, config.mappings.group_ids))
+        fresh = await self._read(config, only=added) if added else DirectorySnapshot(members={})
+        after = await self._follow(config, cache.cursor, cache.groups, cache.users, known_users=fresh.members)
         after = attrs.evolve(after, full_read_at=cache.full_read_at)
         mapped = sorted(config.mappings.group_ids)
         members = snapshot_members(after.groups, after.users, mapped)
         stale = frozenset(group for group in mapped if group not in after.groups)
         unreadable = dict.fromkeys(sorted(stale), "stale mapping: the group no longer exists in Azure")
+        unreadable.update((group, reason) for group, reason in fresh.unreadable.items() if group not in stale)
+        for group in unreadable:
+            members.pop(group, None)
         # Group names are read with full reads only (a rename shows up at the next one, within
         # full_resync_interval): looking them up here would cost requests a no-change run must not make.
-        return DirectorySnapshot(members, unreadable, stale), after
+        return DirectorySnapshot(members, unreadable, stale, group_names=dict(fresh.group_names)), after
+
+    async def _keep_cache(self, trust_site_id: str, read: _Read, state: SyncState) -> SyncState:
+        """Write what ``read`` leaves of the delta cache; the sync state to save with it."""
+        tables = self._cache_tables
+        if tables is None:
+            if read.cache is not None:
+                return attrs.evolve(state, delta=read.cache.to_dict())
+            return state if read.keep else attrs.evolve(state, delta={})
+        if read.cache is not None:
+            await tables.save_delta(trust_site_id, cache_write(read.previous, read.cache))
+        elif not read.keep:
+            await tables.clear_delta(trust_site_id)
+        return attrs.evolve(state, delta={}) if state.delta else state  # the cache has tables: no JSON copy
 
     async def _group_names(self, group_ids: Sequence[str]) -> dict[str, str]:
         """Display names of the mapped groups, when the directory can look groups up."""
@@ -508,12 +567,19 @@ class Reconciler:
 
 @attrs.frozen
 class _Read:
-    """One run's directory read: the snapshot, the delta state to keep (``None``: leave it), the mode and why."""
+    """One run's directory read: the snapshot, the mode and why, and the delta cache after it.
+
+    ``cache``: the cache to keep (written as the difference from ``previous``,
+    the one loaded, or whole when that is ``None``); ``cache=None`` with
+    ``keep``: leave the stored cache as it is, without: drop it.
+    """
 
     snapshot: DirectorySnapshot
-    delta_state: dict[str, Any] | None
     mode: str
     why: str
+    cache: DeltaCache | None
+    previous: DeltaCache | None
+    keep: bool = False
 
 
 class _AuditSinkDown(Exception):
@@ -625,8 +691,8 @@ class _Run:
             results=self.results,
             left_now=plan.left_scope,
         )
-        if self.read is not None and self.read.delta_state is not None:
-            after = attrs.evolve(after, delta=self.read.delta_state)
+        if self.read is not None:
+            after = await self.reconciler._keep_cache(self.config.trust_site_id, self.read, after)
         if after != self.sync_state:
             await self.reconciler._state_store.save_state(self.config.trust_site_id, after)
             self.sync_state = after

@@ -13,6 +13,7 @@ from typing import ClassVar
 import attrs
 
 from ..errors import ImportAlreadyRunningError
+from ..incremental import DeltaCache, DeltaCacheWrite
 from ..model import Role
 from ..plan import Change
 from ..state import SyncState
@@ -38,7 +39,9 @@ class InMemoryUserStore:
 
     Emails are unique regardless of case. Nothing is persisted. It is also a
     :class:`~calm_azure_sync.SyncStateStore`: each trust's state is kept on
-    the store object, as the JSON text a database would hold.
+    the store object, as the JSON text a database would hold; and a
+    :class:`~calm_azure_sync.DeltaCacheStore` (each trust's delta cache kept
+    as the rows a write leaves).
     """
 
     mirrors_groups: ClassVar[bool] = True
@@ -48,6 +51,7 @@ class InMemoryUserStore:
     _locked_trusts: set[str] = attrs.field(factory=set, init=False)
     # trust -> state_to_json text: a saved state is a copy, and reads back as a database's would.
     _states: dict[str, str] = attrs.field(factory=dict, init=False)
+    _deltas: dict[str, DeltaCache] = attrs.field(factory=dict, init=False)
 
     async def load(self, trust_site_id: str) -> StoreState:
         """Every user, the synced grants of ``trust_site_id``, and who holds manual grants."""
@@ -70,6 +74,18 @@ class InMemoryUserStore:
     async def save_state(self, trust_site_id: str, state: SyncState) -> None:
         """Replace the trust's state with a copy of ``state``; a state that cannot be stored raises ConfigError."""
         self._states[trust_site_id] = state_to_json(state, where=f"the sync state of trust {trust_site_id!r}")
+
+    async def load_delta(self, trust_site_id: str) -> DeltaCache | None:
+        """The trust's delta cache, or ``None`` when none was saved."""
+        return self._deltas.get(trust_site_id)
+
+    async def save_delta(self, trust_site_id: str, write: DeltaCacheWrite) -> None:
+        """Apply ``write`` to the trust's delta cache."""
+        self._deltas[trust_site_id] = write.applied_to(self._deltas.get(trust_site_id))
+
+    async def clear_delta(self, trust_site_id: str) -> None:
+        """Drop the trust's delta cache."""
+        self._deltas.pop(trust_site_id, None)
 
     @contextlib.asynccontextmanager
     async def run_lock(self, trust_site_id: str) -> AsyncIterator[None]:

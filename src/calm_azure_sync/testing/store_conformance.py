@@ -72,12 +72,13 @@ from ._store_conformance_base import (
     _evolve,
     _outcomes,
 )
+from ._store_conformance_delta import DeltaCacheChecks
 from ._store_conformance_groups import GroupChecks
 from ._store_conformance_state import SyncStateChecks
 
 __all__ = ["ConformantUserStore", "GroupHelpers", "UserStoreConformance"]
 
-class UserStoreConformance(GroupChecks, SyncStateChecks):
+class UserStoreConformance(GroupChecks, SyncStateChecks, DeltaCacheChecks):
     """The behavioural checks every :class:`~calm_azure_sync.UserStore` must pass.
 
     Subclass it as ``TestSomething`` and implement :meth:`make_store`.
