@@ -373,3 +373,32 @@ def test_incremental_runs_over_graph_end_where_full_runs_end(rounds):
             assert report.mode == "incremental" or "can no longer be used" in (report.mode_reason or "")
 
     asyncio.run(scenario())
+
+
+async def test_over_sqlite_the_cache_lives_in_tables_and_an_unreadable_one_is_rebuilt_by_a_full_read(tmp_path):
+    import sqlite3
+
+    from calm_azure_sync import SqliteUserStore, SyncState
+
+    path = tmp_path / "calm.db"
+    directory = InMemoryDirectory.from_dict(fixture())
+    async with SqliteUserStore(path) as store:
+        # A state saved by an earlier build, with the cache as JSON: the tables take over.
+        await store.save_state("oak", SyncState(delta={"version": 1, "cursor": {}}))
+        first = await reconciler(directory, store).run(CONFIG, actor=SYSTEM)
+        assert first.mode == "full", first.mode_reason
+        assert (await store.load_state("oak")).delta == {}
+        cache = await store.load_delta("oak")
+        assert cache is not None and set(cache.groups) == {"g0", "g1", "g2", "nested"}
+        directory.remove_member("nested", "u6")
+        second = await reconciler(directory, store).run(CONFIG, actor=SYSTEM)
+        assert second.mode == "incremental", second.mode_reason
+        assert (await store.load_delta("oak")).groups["nested"] == frozenset()
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE delta_meta SET version = 7")
+    async with SqliteUserStore(path) as store:
+        directory.add_member("g2", "u7")
+        third = await reconciler(directory, store).run(CONFIG, actor=SYSTEM)
+        assert third.ok and third.mode == "full" and third.mode_reason == "no usable delta state yet"
+        assert "u7" in synced_access_of(await store.load("oak"))
+        assert (await reconciler(directory, store).run(CONFIG, actor=SYSTEM)).mode == "incremental"

@@ -32,6 +32,7 @@ from .errors import (
 )
 from .exclusion import ExclusionPolicy, ExclusionSuggestion
 from .hierarchy import Actor, TrustHierarchy, authorize
+from .incremental import DeltaCache, DeltaCacheStore, DeltaCacheWrite
 from .mapping import GroupMapping, MappingPolicy
 from .model import DirectoryGroup, DirectoryUser, Role, Site
 from .plan import (
@@ -50,7 +51,6 @@ from .plan import (
     UpsertGroup,
 )
 from .review import AccessRow, AccessTable
-from .incremental import DeltaCache, DeltaCacheStore, DeltaCacheWrite
 from .state import Hold, SyncState, SyncStateStore
 from .store.protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup, UserStore
 

@@ -41,12 +41,14 @@ from typing import Any, ClassVar, Final
 import attrs
 
 from .._gc import collector_paused
-from .._sqlite import ThreadedConnection, iso_utc, write_transaction
+from .._sqlite import ThreadedConnection, write_transaction
 from .._text import clean_text, is_clean
-from ..errors import ConfigError
+from ..incremental import DeltaCache, DeltaCacheWrite
 from ..model import Role, email_key
 from ..plan import Change, RetireGroup
 from ..state import SyncState
+from . import _sqlite_delta
+from ._sqlite_delta import DELTA_TABLES
 
 # The run lock lives in its own module; its names stay importable from here,
 # where this module's callers and fault-injecting tests look them up.
@@ -55,6 +57,9 @@ from ._sqlite_lock import pid_alive as pid_alive
 from ._sqlite_lock import process_host as _process_host  # noqa: F401 - the old private name
 from ._sqlite_lock import release_lock as _release_lock
 from ._sqlite_lock import renew_lock as _renew_lock
+from ._sqlite_state import SYNC_STATE_TABLE as _SYNC_STATE_TABLE
+from ._sqlite_state import load_sync_state as _load_sync_state
+from ._sqlite_state import save_sync_state as _save_sync_state
 from .protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup
 from .rules import (
     GrantWrite,
@@ -68,22 +73,13 @@ from .rules import (
     batch_keys,
     batch_reads_grants,
     batch_reads_user_rows,
-    state_from_json,
-    state_to_json,
 )
 
 __all__ = ["SqliteUserStore"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 4
-
-_SYNC_STATE_TABLE: Final = """CREATE TABLE IF NOT EXISTS sync_state (
-    trust_site_id TEXT PRIMARY KEY,
-    version INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    saved_at TEXT NOT NULL
-)"""
+SCHEMA_VERSION: Final = 5
 
 _GROUP_TABLES: Final = (
     """CREATE TABLE IF NOT EXISTS synced_groups (
@@ -111,6 +107,7 @@ _MIGRATIONS: Final = {
     ),
     2: (_SYNC_STATE_TABLE,),
     3: _GROUP_TABLES,
+    4: DELTA_TABLES,
 }
 
 _SCHEMA: Final = f"""
@@ -142,6 +139,10 @@ CREATE INDEX IF NOT EXISTS grants_manual_by_user ON grants (user_id) WHERE sourc
 {_SYNC_STATE_TABLE};
 {_GROUP_TABLES[0]};
 {_GROUP_TABLES[1]};
+{DELTA_TABLES[0]};
+{DELTA_TABLES[1]};
+{DELTA_TABLES[2]};
+{DELTA_TABLES[3]};
 CREATE TABLE IF NOT EXISTS run_locks (
     trust_site_id TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
@@ -508,30 +509,6 @@ def _load_members(
     return members
 
 
-def _load_sync_state(connection: sqlite3.Connection, trust_site_id: str, where: str) -> SyncState:
-    row = connection.execute(
-        "SELECT version, state FROM sync_state WHERE trust_site_id = ?", (trust_site_id,)
-    ).fetchone()
-    if row is None:
-        return SyncState()
-    version, text = row
-    state = state_from_json(text, where=where)
-    if version != state.version:
-        raise ConfigError(f"{where}: the row says version {version!r} but holds a version {state.version} state")
-    return state
-
-
-def _save_sync_state(connection: sqlite3.Connection, trust_site_id: str, state: SyncState, where: str) -> None:
-    text = state_to_json(state, where=where)
-    with write_transaction(connection):
-        connection.execute(
-            "INSERT INTO sync_state (trust_site_id, version, state, saved_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (trust_site_id) DO UPDATE SET "
-            "version = excluded.version, state = excluded.state, saved_at = excluded.saved_at",
-            (trust_site_id, state.version, text, iso_utc(dt.datetime.now(dt.UTC))),
-        )
-
-
 def _add_user(connection: sqlite3.Connection, email: str, display_name: str, user_id: str | None) -> str:
     with write_transaction(connection):
         tables = UserTables(log=[])
@@ -640,7 +617,8 @@ class SqliteUserStore:
 
     Offers the same host helpers as :class:`~calm_azure_sync.InMemoryUserStore`,
     and is a :class:`~calm_azure_sync.SyncStateStore` (table ``sync_state``
-    in the same file).
+    in the same file) and a :class:`~calm_azure_sync.DeltaCacheStore`
+    (tables ``delta_meta``, ``delta_groups``, ``delta_members``, ``delta_users``).
     Call :meth:`close` (or use ``async with``) when done.
     """
 
@@ -686,6 +664,19 @@ class SqliteUserStore:
     async def save_state(self, trust_site_id: str, state: SyncState) -> None:
         """Replace the trust's state in one transaction (row ``sync_state``); ConfigError if it cannot be stored."""
         await self._db.run(_save_sync_state, trust_site_id, state, self._state_label(trust_site_id))
+
+    async def load_delta(self, trust_site_id: str) -> DeltaCache | None:
+        """The trust's delta cache, or ``None`` (none saved; rows unreadable or of another version: logged)."""
+        where = f"the delta cache of trust {trust_site_id!r} in {os.fspath(self.path)}"
+        return await self._db.run(_sqlite_delta.load_delta, trust_site_id, where)
+
+    async def save_delta(self, trust_site_id: str, write: DeltaCacheWrite) -> None:
+        """Apply ``write`` to the trust's delta cache rows in one transaction."""
+        await self._db.run(_sqlite_delta.save_delta, trust_site_id, write)
+
+    async def clear_delta(self, trust_site_id: str) -> None:
+        """Drop the trust's delta cache rows."""
+        await self._db.run(_sqlite_delta.clear_delta, trust_site_id)
 
     def _state_label(self, trust_site_id: str) -> str:
         return f"the sync state of trust {trust_site_id!r} in {os.fspath(self.path)}"

@@ -1,0 +1,149 @@
+"""The SQLite store's delta cache tables: one trust's cache read and written as rows (schema version 5).
+
+``delta_meta`` (one row per trust: format version, cursor, mapped group ids,
+last full read), ``delta_groups`` (tracked group ids), ``delta_members``
+(direct memberships) and ``delta_users`` (a column per cached user field).
+A write touches only the rows a :class:`~calm_azure_sync.DeltaCacheWrite`
+names, in one transaction; a no-change run rewrites the meta row alone.
+Rows that cannot be read back make the cache count as missing (the run reads
+in full and replaces them), logged without the cursor: delta links carry
+tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import Final
+
+from .._delta_rows import USER_COLUMNS, UnreadableCache, cache_from_rows, meta_row, user_row
+from .._gc import collector_paused
+from .._sqlite import write_transaction
+from ..incremental import DeltaCache, DeltaCacheWrite
+
+__all__ = ["DELTA_TABLES", "clear_delta", "load_delta", "save_delta"]
+
+logger = logging.getLogger(__name__)
+
+DELTA_TABLES: Final = (
+    """CREATE TABLE IF NOT EXISTS delta_meta (
+    trust_site_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    cursor TEXT NOT NULL,
+    mapped TEXT NOT NULL,
+    full_read_at TEXT NOT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS delta_groups (
+    trust_site_id TEXT NOT NULL,
+    group_id TEXT NOT NULL,
+    PRIMARY KEY (trust_site_id, group_id)
+) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS delta_members (
+    trust_site_id TEXT NOT NULL,
+    group_id TEXT NOT NULL,
+    member_id TEXT NOT NULL,
+    PRIMARY KEY (trust_site_id, group_id, member_id)
+) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS delta_users (
+    trust_site_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    display_name TEXT,
+    mail TEXT,
+    user_principal_name TEXT,
+    given_name TEXT,
+    surname TEXT,
+    account_enabled INTEGER NOT NULL,
+    user_type TEXT NOT NULL,
+    assigned_license_count INTEGER,
+    on_premises_sync_enabled INTEGER,
+    creation_type TEXT,
+    PRIMARY KEY (trust_site_id, user_id)
+) WITHOUT ROWID""",
+)
+
+_TABLES: Final = ("delta_meta", "delta_groups", "delta_members", "delta_users")
+_USER_LIST: Final = ", ".join(USER_COLUMNS)
+_UPSERT_USER: Final = (
+    f"INSERT INTO delta_users (trust_site_id, {_USER_LIST}) VALUES (?{', ?' * len(USER_COLUMNS)}) "
+    "ON CONFLICT (trust_site_id, user_id) DO UPDATE SET "
+    + ", ".join(f"{column} = excluded.{column}" for column in USER_COLUMNS[1:])
+)
+
+
+def load_delta(connection: sqlite3.Connection, trust_site_id: str, where: str) -> DeltaCache | None:
+    """The trust's cache, or ``None`` when it has none or its rows cannot be read."""
+    connection.execute("BEGIN")  # one snapshot of the four tables
+    try:
+        meta = connection.execute(
+            "SELECT version, cursor, mapped, full_read_at FROM delta_meta WHERE trust_site_id = ?", (trust_site_id,)
+        ).fetchone()
+        if meta is None:
+            return None
+        with collector_paused():
+            try:
+                return cache_from_rows(
+                    meta,
+                    connection.execute("SELECT group_id FROM delta_groups WHERE trust_site_id = ?", (trust_site_id,)),
+                    connection.execute(
+                        "SELECT group_id, member_id FROM delta_members WHERE trust_site_id = ?", (trust_site_id,)
+                    ),
+                    connection.execute(
+                        f"SELECT {_USER_LIST} FROM delta_users WHERE trust_site_id = ?", (trust_site_id,)
+                    ),
+                )
+            except UnreadableCache as error:
+                logger.warning("%s cannot be read (%s); the next run reads in full and rebuilds it", where, error)
+                return None
+    finally:
+        connection.execute("COMMIT")
+
+
+def save_delta(connection: sqlite3.Connection, trust_site_id: str, write: DeltaCacheWrite) -> None:
+    """Apply ``write`` to the trust's rows in one transaction."""
+    trust = trust_site_id
+    with write_transaction(connection):
+        if write.replace:
+            _delete_all(connection, trust)
+        else:
+            connection.executemany(
+                "DELETE FROM delta_members WHERE trust_site_id = ? AND group_id = ? AND member_id = ?",
+                [(trust, group, member) for group, member in write.removed_members],
+            )
+            connection.executemany(
+                "DELETE FROM delta_members WHERE trust_site_id = ? AND group_id = ?",
+                [(trust, group) for group in write.removed_groups],
+            )
+            connection.executemany(
+                "DELETE FROM delta_groups WHERE trust_site_id = ? AND group_id = ?",
+                [(trust, group) for group in write.removed_groups],
+            )
+            connection.executemany(
+                "DELETE FROM delta_users WHERE trust_site_id = ? AND user_id = ?",
+                [(trust, user_id) for user_id in write.removed_users],
+            )
+        connection.executemany(
+            "INSERT OR IGNORE INTO delta_groups (trust_site_id, group_id) VALUES (?, ?)",
+            [(trust, group) for group in write.added_groups],
+        )
+        connection.executemany(
+            "INSERT OR IGNORE INTO delta_members (trust_site_id, group_id, member_id) VALUES (?, ?, ?)",
+            [(trust, group, member) for group, member in write.added_members],
+        )
+        connection.executemany(_UPSERT_USER, [(trust, *user_row(user)) for user in write.users])
+        connection.execute(
+            "INSERT INTO delta_meta (trust_site_id, version, cursor, mapped, full_read_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (trust_site_id) DO UPDATE SET version = excluded.version, cursor = excluded.cursor, "
+            "mapped = excluded.mapped, full_read_at = excluded.full_read_at",
+            (trust, *meta_row(write.cursor, write.mapped, write.full_read_at)),
+        )
+
+
+def clear_delta(connection: sqlite3.Connection, trust_site_id: str) -> None:
+    """Drop the trust's cache rows."""
+    with write_transaction(connection):
+        _delete_all(connection, trust_site_id)
+
+
+def _delete_all(connection: sqlite3.Connection, trust_site_id: str) -> None:
+    for table in _TABLES:
+        connection.execute(f"DELETE FROM {table} WHERE trust_site_id = ?", (trust_site_id,))
