@@ -30,7 +30,9 @@ from calm_azure_sync import (
     SyncState,
     UpdateUser,
 )
+from calm_azure_sync.incremental import cache_write
 from calm_azure_sync.plan import Change
+from calm_azure_sync.testing._store_conformance_delta import sample_cache
 
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
 
@@ -103,8 +105,8 @@ async def test_migrate_creates_the_tables_in_the_chosen_schema_once(
         PostgresUserStore(postgres_url, schema=postgres_schema) as two,
     ):
         # Two processes starting at once: both migrate, one creates.
-        assert await asyncio.gather(one.migrate(), two.migrate()) == [2, 2]
-        assert await one.migrate() == 2
+        assert await asyncio.gather(one.migrate(), two.migrate()) == [3, 3]
+        assert await one.migrate() == 3
     tables = {
         row[0]
         for row in _sql(
@@ -113,9 +115,12 @@ async def test_migrate_creates_the_tables_in_the_chosen_schema_once(
             postgres_schema,
         )
     }
-    assert {"users", "grants", "sync_states", "synced_groups", "group_members", "calm_schema_versions"} <= tables
+    assert {
+        "users", "grants", "sync_states", "synced_groups", "group_members", "calm_schema_versions",
+        "delta_meta", "delta_groups", "delta_members", "delta_users",
+    } <= tables
     assert _sql(postgres_url, f'SELECT component, version FROM "{postgres_schema}".calm_schema_versions') == [
-        ("user_store", 2)
+        ("user_store", 3)
     ]
 
 
@@ -315,9 +320,14 @@ async def test_losing_the_lock_connection_frees_the_lock_and_stops_the_old_run_w
                 await store.apply(TRUST, _batch(2, 1))
             with pytest.raises(ImportAlreadyRunningError):
                 await store.save_state(TRUST, SyncState(baselines={"g": 1}))
+            with pytest.raises(ImportAlreadyRunningError):
+                await store.save_delta(TRUST, cache_write(None, sample_cache(1)))
+            with pytest.raises(ImportAlreadyRunningError):
+                await store.clear_delta(TRUST)
             assert all(result.ok for result in await other.apply(TRUST, _batch(2, 1)))
     assert len(await store.users()) == 3
     assert await store.load_state(TRUST) == SyncState()
+    assert await store.load_delta(TRUST) is None
     # And the lock is free again for everyone.
     async with store.run_lock(TRUST):
         pass

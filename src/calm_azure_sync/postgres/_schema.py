@@ -9,7 +9,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 MIGRATIONS: Final[Migrations] = {
     1: (
@@ -63,5 +63,46 @@ MIGRATIONS: Final[Migrations] = {
             FOREIGN KEY (trust_site_id, group_external_id) REFERENCES {schema}.synced_groups (trust_site_id, external_id)
         )""",
         "CREATE INDEX group_members_by_user ON {schema}.group_members (user_id)",
+    ),
+    # The incremental sync's delta cache (postgres/_delta.py), as rows the
+    # shared codec (_delta_rows) writes and checks. No foreign keys and no
+    # CHECKs: a row that breaks the cache's rules is caught when read back
+    # (the cache then counts as missing and is rebuilt), never a failed write.
+    3: (
+        # cursor and mapped: text, exactly the JSON meta_row wrote (jsonb
+        # would reorder and re-render it).
+        """CREATE TABLE {schema}.delta_meta (
+            trust_site_id text PRIMARY KEY,
+            version integer NOT NULL,
+            cursor text NOT NULL,
+            mapped text NOT NULL,
+            full_read_at timestamptz NOT NULL
+        )""",
+        """CREATE TABLE {schema}.delta_groups (
+            trust_site_id text NOT NULL,
+            group_id text NOT NULL,
+            PRIMARY KEY (trust_site_id, group_id)
+        )""",
+        """CREATE TABLE {schema}.delta_members (
+            trust_site_id text NOT NULL,
+            group_id text NOT NULL,
+            member_id text NOT NULL,
+            PRIMARY KEY (trust_site_id, group_id, member_id)
+        )""",
+        """CREATE TABLE {schema}.delta_users (
+            trust_site_id text NOT NULL,
+            user_id text NOT NULL,
+            display_name text,
+            mail text,
+            user_principal_name text,
+            given_name text,
+            surname text,
+            account_enabled boolean NOT NULL,
+            user_type text NOT NULL,
+            assigned_license_count integer,
+            on_premises_sync_enabled boolean,
+            creation_type text,
+            PRIMARY KEY (trust_site_id, user_id)
+        )""",
     ),
 }

@@ -38,10 +38,15 @@ The run lock
 64-bit hash of (schema, trust id) on a connection of its own, held for the
 run: it holds across every process and machine using the database, never
 waits, and the server releases it when that connection dies (a killed worker
-never leaves a trust locked). While a run holds it, every ``apply`` and
-``save_state`` of that trust first checks, inside its transaction, that the
+never leaves a trust locked). While a run holds it, every ``apply``,
+``save_state``, ``save_delta`` and ``clear_delta`` of that trust first checks, inside its transaction, that the
 lock's connection still holds it, so a run whose lock connection was lost
 (and whose trust another worker may have taken) writes nothing more.
+
+The delta cache
+---------------
+Incremental sync's cache is rows in four tables of its own, read in one
+snapshot and written as the difference from the last run (``postgres/_delta.py``).
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from .._gc import collector_paused
 from ..errors import ImportAlreadyRunningError
+from ..incremental import DeltaCache, DeltaCacheWrite
 from ..model import Role, email_key
 from ..plan import AddGroupMember, Change, RemoveGroupMember, RetireGroup
 from ..state import SyncState
@@ -71,6 +77,7 @@ from ..store.rules import (
     state_from_json,
     state_to_json,
 )
+from . import _delta
 from ._db import Database, OnDatabase, advisory_key
 from ._schema import MIGRATIONS
 from ._write import Loaded, write_mutations
@@ -166,7 +173,9 @@ class PostgresUserStore(OnDatabase):
     is refused with :class:`~calm_azure_sync.ConfigError`.
 
     Offers the host helpers of the other shipped stores (``add_user``,
-    ``grant``, ``grants``, ``set_active``, ``user``, ``users``). Call
+    ``grant``, ``grants``, ``set_active``, ``user``, ``users``), and is a
+    :class:`~calm_azure_sync.DeltaCacheStore` (tables ``delta_meta``,
+    ``delta_groups``, ``delta_members``, ``delta_users``). Call
     :meth:`close` (or use ``async with``) when done::
 
         async with PostgresUserStore(conninfo, schema="calm") as store:
@@ -498,6 +507,47 @@ class PostgresUserStore(OnDatabase):
 
     def _state_label(self, trust_site_id: str) -> str:
         return f"the sync state of trust {trust_site_id!r} in postgres schema {self._db.schema!r}"
+
+    # -- delta cache -------------------------------------------------------------------
+
+    async def load_delta(self, trust_site_id: str) -> DeltaCache | None:
+        """The trust's delta cache, or ``None`` (none saved; rows unreadable or of another version: logged)."""
+        async with self._db.connection() as connection:
+            return await _delta.load_delta(connection, self._q, trust_site_id, self._delta_label(trust_site_id))
+
+    async def save_delta(self, trust_site_id: str, write: DeltaCacheWrite) -> None:
+        """Apply ``write`` to the trust's delta cache rows in one transaction.
+
+        Rows the database refuses (text PostgreSQL cannot store, such as a NUL
+        character in a user's name) leave no cache at all rather than a wrong
+        one: the write is rolled back, the trust's cache dropped and a warning
+        logged, and the next run reads in full.
+        """
+        async with self._db.connection() as connection:
+            try:
+                async with connection.transaction():
+                    await self._check_lock(connection, trust_site_id)
+                    await _delta.save_delta(connection, self._q, trust_site_id, write)
+                return
+            except psycopg.DataError as error:
+                # A cache is never a reason to fail a run; its error names no cursor (parameters are not echoed).
+                logger.warning(
+                    "%s could not be stored (%s); dropped, so the next run reads in full",
+                    self._delta_label(trust_site_id),
+                    _refusal(error),
+                )
+            async with connection.transaction():
+                await self._check_lock(connection, trust_site_id)
+                await _delta.clear_delta(connection, self._q, trust_site_id)
+
+    async def clear_delta(self, trust_site_id: str) -> None:
+        """Drop the trust's delta cache rows (the next incremental-capable run reads in full)."""
+        async with self._db.connection() as connection, connection.transaction():
+            await self._check_lock(connection, trust_site_id)
+            await _delta.clear_delta(connection, self._q, trust_site_id)
+
+    def _delta_label(self, trust_site_id: str) -> str:
+        return f"the delta cache of trust {trust_site_id!r} in postgres schema {self._db.schema!r}"
 
     # -- host helpers -------------------------------------------------------------------
 
