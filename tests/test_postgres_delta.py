@@ -18,10 +18,24 @@ from typing import Any
 import attrs
 import pytest
 
-from calm_azure_sync import DeltaCacheStore, DirectoryUser
+from calm_azure_sync import (
+    Actor,
+    DeltaCacheStore,
+    DirectoryUser,
+    GroupMapping,
+    InMemoryAuditSink,
+    InMemoryDirectory,
+    InMemoryUserStore,
+    Reconciler,
+    Site,
+    SyncConfig,
+    TrustHierarchy,
+)
 from calm_azure_sync._delta_rows import USER_COLUMNS
 from calm_azure_sync.incremental import DeltaCache, cache_write
 from calm_azure_sync.testing._store_conformance_delta import sample_cache
+
+from .helpers import synced_access_of
 
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
 
@@ -221,6 +235,8 @@ async def test_text_postgres_cannot_store_leaves_no_cache_not_a_wrong_one(
         await store.save_delta(TRUST, cache_write(before, after))
     assert await store.load_delta(TRUST) is None
     assert "could not be stored" in caplog.text and SECRET not in caplog.text
+    await store.save_delta(TRUST, cache_write(None, after))  # a whole write (COPY) too
+    assert await store.load_delta(TRUST) is None
     # The next run reads in full and writes the cache whole; without the NUL it is kept again.
     await store.save_delta(TRUST, cache_write(None, before))
     assert await store.load_delta(TRUST) == before
@@ -335,3 +351,50 @@ async def test_any_write_loads_back_as_applied_to_says_even_overlapping_ones(sto
     assert "group-new" in expected.groups and expected.groups["group-1"] == frozenset()
     await store.save_delta(TRUST, write)
     assert await store.load_delta(TRUST) == expected
+
+
+# -- through the reconciler ------------------------------------------------------------
+
+HIERARCHY = TrustHierarchy([Site("oak", "Oak"), Site("birch", "Birch", "oak")])
+CONFIG = SyncConfig("oak", [GroupMapping("g0", "birch", {"Risk": "Member"}), GroupMapping("g1", "birch", {"Risk": "Manager"})])
+
+
+def _directory() -> InMemoryDirectory:
+    users = [f"u{i}" for i in range(8)]
+    return InMemoryDirectory.from_dict({
+        "users": [{"id": u, "displayName": u.upper(), "mail": f"{u}@oak.sch.uk", "userPrincipalName": f"{u}@oak.sch.uk",
+                   "accountEnabled": True} for u in users],
+        "groups": [{"id": g, "displayName": g.upper()} for g in ("g0", "g1", "nested")],
+        "members": {"g0": ["u0", "u1", "nested"], "g1": ["u2", "u3"], "nested": ["u4"]},
+    })
+
+
+def _reconciler(directory: InMemoryDirectory, store: Any) -> Reconciler:
+    return Reconciler(directory, store, InMemoryAuditSink(), HIERARCHY, clock=lambda: AT)
+
+
+async def test_runs_over_postgres_keep_the_cache_in_tables_and_end_where_a_full_run_ends(
+    store: PostgresUserStore, postgres_url: str
+) -> None:
+    system = Actor.system("tests")
+    directory = _directory()
+    first = await _reconciler(directory, store).run(CONFIG, actor=system)
+    assert first.ok and first.mode == "full", first.mode_reason
+    assert (await store.load_state("oak")).delta == {}  # no JSON copy: the tables hold it
+    members = _sql(postgres_url, f'SELECT group_id, member_id FROM "{store.schema}".delta_members ORDER BY 1, 2')
+    assert members == [("g0", "nested"), ("g0", "u0"), ("g0", "u1"), ("g1", "u2"), ("g1", "u3"), ("nested", "u4")]
+    directory.add_member("nested", "u5")
+    directory.remove_member("g1", "u3")
+    directory.put_user(attrs.evolve(directory.users["u0"], display_name="Renamed"))
+    second = await _reconciler(directory, store).run(CONFIG, actor=system)
+    assert second.ok and second.mode == "incremental", second.mode_reason
+    fresh = InMemoryUserStore()
+    assert (await _reconciler(directory, fresh).run(CONFIG, actor=system)).mode == "full"
+    assert synced_access_of(await store.load("oak")) == synced_access_of(await fresh.load("oak"))
+    # Unreadable rows: the next run reads in full and rebuilds them; the one after is incremental again.
+    _sql(postgres_url, f'UPDATE "{store.schema}".delta_meta SET version = 7')
+    directory.add_member("g1", "u6")
+    third = await _reconciler(directory, store).run(CONFIG, actor=system)
+    assert third.ok and third.mode == "full" and third.mode_reason == "no usable delta state yet"
+    assert "u6" in synced_access_of(await store.load("oak"))
+    assert (await _reconciler(directory, store).run(CONFIG, actor=system)).mode == "incremental"
