@@ -222,8 +222,46 @@ async def test_a_no_change_incremental_run_over_graph_costs_one_request_per_50_g
 # -- differential: incremental runs end where full runs end ------------------------------
 
 
+class JsonCacheStore:
+    """A store that keeps the sync state but has no delta tables: the cache goes in ``SyncState.delta``."""
+
+    mirrors_groups = True
+
+    def __init__(self):
+        self.inner = InMemoryUserStore()
+
+    async def load(self, trust_site_id):
+        return await self.inner.load(trust_site_id)
+
+    async def apply(self, trust_site_id, changes):
+        return await self.inner.apply(trust_site_id, changes)
+
+    async def load_state(self, trust_site_id):
+        return await self.inner.load_state(trust_site_id)
+
+    async def save_state(self, trust_site_id, state):
+        await self.inner.save_state(trust_site_id, state)
+
+    def run_lock(self, trust_site_id):
+        return self.inner.run_lock(trust_site_id)
+
+
+# The mapping changes the differential makes: a group added (read in full) and groups dropped (pruned).
+CONFIGS = {
+    "as set up": CONFIG,
+    "nested mapped too": SyncConfig(
+        "oak", [*MAPPINGS, GroupMapping("nested", "ash", {"Policies": "Manager"})], removal=RemovalPolicy("deactivate")
+    ),
+    "g2 dropped": SyncConfig("oak", MAPPINGS[:2], removal=RemovalPolicy("deactivate")),
+}
+
+
 class DeltaAgainstFull(RuleBasedStateMachine):
-    """Random directory changes between runs; after every run the incremental store equals the full one."""
+    """Random directory and mapping changes between runs; after every run each incremental store equals the full one.
+
+    Two incremental stores: one with delta tables (``DeltaCacheStore``), one
+    keeping the cache as JSON in its sync state.
+    """
 
     def __init__(self):
         super().__init__()
@@ -232,6 +270,8 @@ class DeltaAgainstFull(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.directory = InMemoryDirectory.from_dict(fixture())
         self.incremental, self.full = InMemoryUserStore(), InMemoryUserStore()
+        self.json_cache = JsonCacheStore()
+        self.config = CONFIG
         self.clock = Clock()
         self.renames = 0
 
@@ -281,24 +321,31 @@ class DeltaAgainstFull(RuleBasedStateMachine):
     def expire_tokens(self):
         self.directory.expire_delta_tokens()
 
+    @rule(name=st.sampled_from(sorted(CONFIGS)))
+    def remap(self, name):
+        self.config = CONFIGS[name]
+
     @rule()
     def runs(self):
         self.clock.now += dt.timedelta(minutes=40)
-        incremental = self.run(reconciler(self.directory, self.incremental, clock=self.clock).run(CONFIG, actor=SYSTEM))
-        full = self.run(reconciler(self.directory, self.full, clock=self.clock).run(CONFIG, actor=SYSTEM, mode="full"))
-        assert incremental.ok == full.ok, (incremental.errors, full.errors)
-        assert incremental.plan is not None and full.plan is not None
-        assert _comparable(incremental.plan.changes) == _comparable(full.plan.changes)
-        assert _comparable(incremental.held_removals) == _comparable(full.held_removals)
+        full = self.run(reconciler(self.directory, self.full, clock=self.clock).run(self.config, actor=SYSTEM, mode="full"))
+        for store in (self.incremental, self.json_cache):
+            incremental = self.run(reconciler(self.directory, store, clock=self.clock).run(self.config, actor=SYSTEM))
+            assert incremental.ok == full.ok, (incremental.errors, full.errors)
+            assert incremental.plan is not None and full.plan is not None
+            assert _comparable(incremental.plan.changes) == _comparable(full.plan.changes)
+            assert _comparable(incremental.held_removals) == _comparable(full.held_removals)
 
     @invariant()
     def the_stores_agree(self):
-        a, b = self.run(self.incremental.load("oak")), self.run(self.full.load("oak"))
-        assert synced_access_of(a) == synced_access_of(b)
-        assert a.group_members == b.group_members
-        assert {(u.external_id, u.email, u.display_name, u.active) for u in a.users.values()} == {
-            (u.external_id, u.email, u.display_name, u.active) for u in b.users.values()
-        }
+        b = self.run(self.full.load("oak"))
+        for store in (self.incremental, self.json_cache):
+            a = self.run(store.load("oak"))
+            assert synced_access_of(a) == synced_access_of(b)
+            assert a.group_members == b.group_members
+            assert {(u.external_id, u.email, u.display_name, u.active) for u in a.users.values()} == {
+                (u.external_id, u.email, u.display_name, u.active) for u in b.users.values()
+            }
 
 
 def _comparable(changes):
