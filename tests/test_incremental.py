@@ -325,6 +325,19 @@ class DeltaAgainstFull(RuleBasedStateMachine):
     def remap(self, name):
         self.config = CONFIGS[name]
 
+    @rule(data=st.data())
+    def take_a_synced_grant_away(self, data):
+        # Behind the sync's back (another process, a person with a tool): every store loses the same grant.
+        from calm_azure_sync.plan import Unassign
+
+        state = self.run(self.full.load("oak"))
+        grants = sorted((e, key, role) for e, access in state.synced_access.items() for key, role in access.items())
+        if not grants:
+            return
+        external_id, (site, module), role = data.draw(st.sampled_from(grants))
+        for store in (self.full, self.incremental, self.json_cache):
+            self.run(store.apply("oak", [Unassign(external_id, site, module, previous=role)]))
+
     @rule()
     def runs(self):
         self.clock.now += dt.timedelta(minutes=40)

@@ -16,10 +16,10 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .incremental import CACHE_VERSION, DeltaCache
+from .incremental import CACHE_VERSION, DeltaCache, DeltaHead
 from .model import DirectoryUser
 
-__all__ = ["USER_COLUMNS", "UnreadableCache", "cache_from_rows", "meta_row", "user_row"]
+__all__ = ["USER_COLUMNS", "UnreadableCache", "cache_from_rows", "head_from_rows", "meta_row", "user_row"]
 
 USER_COLUMNS = (
     "user_id",
@@ -109,17 +109,7 @@ def _user(row: Sequence[Any]) -> DirectoryUser:
     )
 
 
-def cache_from_rows(
-    meta: Sequence[Any],
-    groups: Iterable[Sequence[Any]],
-    members: Iterable[Sequence[Any]],
-    users: Iterable[Sequence[Any]],
-) -> DeltaCache:
-    """The cache from its rows (meta as :func:`meta_row`; ``(group_id,)``; ``(group_id, member_id)``; users).
-
-    Raises :class:`UnreadableCache` on a version other than
-    :data:`~calm_azure_sync.incremental.CACHE_VERSION` or any value it cannot read.
-    """
+def _meta(meta: Sequence[Any]) -> tuple[dict[str, Any], frozenset[str], dt.datetime]:
     if len(meta) != 4:
         raise UnreadableCache(f"delta cache meta row: expected 4 columns, got {len(meta)}")
     version, cursor_text, mapped_text, at_value = meta
@@ -135,6 +125,28 @@ def cache_from_rows(
         raise UnreadableCache("delta cache meta row: the cursor must be an object and mapped a list of ids")
     if at.tzinfo is None:
         raise UnreadableCache("delta cache meta row: full_read_at has no time zone")
+    return cursor, frozenset(mapped), at
+
+
+def head_from_rows(meta: Sequence[Any], groups: Iterable[Sequence[Any]]) -> DeltaHead:
+    """The cache head from the meta row and the ``(group_id,)`` rows; :class:`UnreadableCache` as below."""
+    cursor, mapped, at = _meta(meta)
+    tracked = frozenset(_text(group_id, "group_id", optional=False) for (group_id,) in groups)
+    return DeltaHead(cursor, mapped, at, tracked)  # type: ignore[arg-type]
+
+
+def cache_from_rows(
+    meta: Sequence[Any],
+    groups: Iterable[Sequence[Any]],
+    members: Iterable[Sequence[Any]],
+    users: Iterable[Sequence[Any]],
+) -> DeltaCache:
+    """The cache from its rows (meta as :func:`meta_row`; ``(group_id,)``; ``(group_id, member_id)``; users).
+
+    Raises :class:`UnreadableCache` on a version other than
+    :data:`~calm_azure_sync.incremental.CACHE_VERSION` or any value it cannot read.
+    """
+    cursor, mapped, at = _meta(meta)
     kept: dict[str, set[str]] = {}
     for (group_id,) in groups:
         kept[_text(group_id, "group_id", optional=False)] = set()  # type: ignore[index]
@@ -147,6 +159,6 @@ def cache_from_rows(
         cursor,
         {group_id: frozenset(ids) for group_id, ids in kept.items()},
         cached,
-        frozenset(mapped),
+        mapped,
         at,
     )

@@ -43,6 +43,8 @@ __all__ = [
     "DeltaCache",
     "DeltaCacheStore",
     "DeltaCacheWrite",
+    "DeltaHead",
+    "DeltaHeadStore",
     "ReadMode",
     "added_groups",
     "apply_delta",
@@ -72,6 +74,11 @@ class DeltaCache:
     users: Mapping[str, DirectoryUser]
     mapped: frozenset[str]
     full_read_at: dt.datetime
+
+    @property
+    def head(self) -> DeltaHead:
+        """The cache without its memberships and users: what a round needs to start."""
+        return DeltaHead(self.cursor, self.mapped, self.full_read_at, frozenset(self.groups))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -103,10 +110,24 @@ class DeltaCache:
             return None
 
 
+@attrs.frozen
+class DeltaHead:
+    """The cheap part of a cache: the cursor, the mapped and tracked group ids, the last full read.
+
+    Enough to choose the mode and ask for changes; the memberships and users
+    are loaded only when the round brings any (or a mapping changed).
+    """
+
+    cursor: Mapping[str, Any]
+    mapped: frozenset[str]
+    full_read_at: dt.datetime
+    tracked: frozenset[str]
+
+
 def choose_mode(
     requested: ReadMode,
     *,
-    cache: DeltaCache | None,
+    cache: DeltaCache | DeltaHead | None,
     mapped: frozenset[str],
     supports_delta: bool,
     now: dt.datetime,
@@ -131,7 +152,7 @@ def choose_mode(
     return "incremental", "reading only what changed since the last run"
 
 
-def added_groups(cache: DeltaCache, mapped: Iterable[str]) -> frozenset[str]:
+def added_groups(cache: DeltaCache | DeltaHead, mapped: Iterable[str]) -> frozenset[str]:
     """Mapped groups the cache was not made for: an incremental run reads these in full."""
     return frozenset(mapped) - cache.mapped
 
@@ -334,4 +355,19 @@ class DeltaCacheStore(Protocol):
 
     async def clear_delta(self, trust_site_id: str) -> None:
         """Drop the trust's cache (the next incremental-capable run reads in full)."""
+        ...
+
+
+@runtime_checkable
+class DeltaHeadStore(Protocol):
+    """A :class:`DeltaCacheStore` that can load a cache's :class:`DeltaHead` alone (a few rows).
+
+    Optional: without it the reconciler loads the whole cache and takes its
+    ``head``. ``load_delta_head`` answers ``None`` exactly when
+    ``load_delta`` would for the meta row (none, another version); rows it
+    does not read are checked when the whole cache is loaded.
+    """
+
+    async def load_delta_head(self, trust_site_id: str) -> DeltaHead | None:
+        """The trust's cache head, or ``None``."""
         ...

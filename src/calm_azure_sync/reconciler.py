@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -25,15 +25,10 @@ from .audit.protocol import AuditSink
 from .autodetect import Suggestions
 from .check import ConfigProblem, config_problems
 from .config import SyncConfig
-from .directory.delta import DeltaDirectory, DirectoryDelta
 from .directory.protocol import Directory
 from .errors import (
     ChildSiteConfigurationError,
     ConfigError,
-    DeltaExpiredError,
-    DirectoryAccessError,
-    DirectoryError,
-    GroupNotFoundError,
     HoldMismatchError,
     ImportAlreadyRunningError,
     NotAuthorizedError,
@@ -41,18 +36,7 @@ from .errors import (
 from .exclusion import ExclusionPolicy
 from .guards import next_sync_state
 from .hierarchy import Actor, TrustHierarchy, authorize
-from .incremental import (
-    Applied,
-    DeltaCache,
-    DeltaCacheStore,
-    ReadMode,
-    added_groups,
-    apply_delta,
-    cache_write,
-    choose_mode,
-    snapshot_members,
-    tracked_groups,
-)
+from .incremental import ReadMode
 from .journal import Journal, RefusalReason
 from .model import DirectoryGroup, DirectoryUser, Site
 from .plan import (
@@ -67,9 +51,11 @@ from .plan import (
     change_kind,
 )
 from .planner import DirectorySnapshot, PlanContext, build_plan, skip_reason
+from .reading import DirectoryReader, RunRead
 from .report import ImportReport
+from .settled import Settled, settled_key
 from .state import Hold, SyncState, SyncStateStore
-from .store.protocol import ChangeResult, StoreState, UserStore
+from .store.protocol import ChangeResult, StoreState, UserStore, VersionedStore
 
 __all__ = ["ImportReport", "ProgressCallback", "Reconciler"]
 
@@ -356,174 +342,16 @@ class Reconciler:
             raise
         return sync_state
 
-    async def _read(self, config: SyncConfig, only: Iterable[str] | None = None) -> DirectorySnapshot:
-        """Read every mapped group (or the ``only`` ones), at most ``max_concurrent_reads`` at once.
-
-        A group that fails is recorded as unreadable (never raised): the
-        guards then hold what it could explain.
-        """
-        group_ids = sorted(config.mappings.group_ids if only is None else only)
-        members: dict[str, Sequence[DirectoryUser]] = {}
-        unreadable: dict[str, str] = {}
-        stale: set[str] = set()
-        limit = asyncio.Semaphore(self.max_concurrent_reads)
-        done = 0
-        self._progress("read", 0, len(group_ids))
-
-        async def read_one(group_id: str) -> None:
-            nonlocal done
-            async with limit:
-                try:
-                    members[group_id] = await self.directory.group_members(group_id)
-                except GroupNotFoundError:
-                    stale.add(group_id)
-                    unreadable[group_id] = "stale mapping: the group no longer exists in Azure"
-                except DirectoryAccessError as error:
-                    unreadable[group_id] = f"access denied: {error}"
-                except DirectoryError as error:
-                    unreadable[group_id] = f"could not be read: {error}"
-                except Exception as error:  # a failed read must never become a wrongful removal
-                    logger.warning("reading group %s failed", group_id, exc_info=True)
-                    unreadable[group_id] = f"could not be read: {type(error).__name__}: {error}"
-            done += 1
-            self._progress("read", done, len(group_ids))
-
-        await asyncio.gather(*(read_one(group_id) for group_id in group_ids))
-        names = await self._group_names(group_ids)
-        return DirectorySnapshot(members=members, unreadable=unreadable, stale=frozenset(stale), group_names=names)
-
     @property
-    def _cache_tables(self) -> DeltaCacheStore | None:
-        """Where the delta cache has tables of its own; ``None``: it is JSON in ``SyncState.delta``."""
-        return self.state if isinstance(self.state, DeltaCacheStore) else None
-
-    async def _load_cache(self, trust_site_id: str, sync_state: SyncState) -> DeltaCache | None:
-        tables = self._cache_tables
-        if tables is None:
-            return DeltaCache.from_dict(sync_state.delta)
-        try:
-            return await tables.load_delta(trust_site_id)
-        except Exception:  # a cache is never a reason to fail: read in full and rebuild it
-            logger.warning("loading the delta cache of trust %s failed; reading in full", trust_site_id, exc_info=True)
-            return None
-
-    async def _read_for_run(self, config: SyncConfig, sync_state: SyncState, requested: ReadMode) -> _Read:
-        """The snapshot a run plans from, read in full or from the delta cache, and what to keep of the cache."""
-        mapped = frozenset(config.mappings.group_ids)
-        supports = isinstance(self.directory, DeltaDirectory)
-        cache = await self._load_cache(config.trust_site_id, sync_state) if requested != "full" and supports else None
-        mode, why = choose_mode(
-            requested, cache=cache, mapped=mapped, supports_delta=supports, now=self.clock(),
-            full_resync_interval=self.full_resync_interval,
+    def _reader(self) -> DirectoryReader:
+        return DirectoryReader(
+            self.directory, self._state_store, self.max_concurrent_reads, self.clock, self.full_resync_interval,
+            self._progress,
         )
-        if mode == "incremental" and cache is not None:
-            try:
-                self._progress("read", 0, 1)
-                snapshot, after = await self._read_changes(config, cache)
-                self._progress("read", 1, 1)
-                return _Read(snapshot, "incremental", why, after, cache)
-            except DeltaExpiredError as error:
-                why = f"the delta token can no longer be used ({error.code}); reading in full"
-            except Exception as error:  # a round that failed partway: nothing advances, nothing is removed
-                logger.warning("reading the changes of trust %s failed", config.trust_site_id, exc_info=True)
-                reason = f"could not read changes: {error}"
-                snapshot = DirectorySnapshot(members={}, unreadable=dict.fromkeys(sorted(mapped), reason))
-                return _Read(snapshot, "incremental", why, None, cache, keep=True)
-        elif requested == "incremental":
-            why = f"incremental read not possible: {why}"
-        snapshot = await self._read(config)
-        if requested == "full" or not supports or snapshot.unreadable:
-            return _Read(snapshot, "full", why, None, None, keep=True)  # the cache, if any, stays as it was
-        try:
-            seeded = await self._follow(config, None, {}, {}, known_users=snapshot.members)
-        except Exception:  # no delta cache this time: the next run reads in full again
-            logger.warning("starting delta reads for trust %s failed", config.trust_site_id, exc_info=True)
-            return _Read(snapshot, "full", why, None, None)
-        return _Read(snapshot, "full", why, seeded, None)
 
-    async def _follow(
-        self, config: SyncConfig, cursor: Mapping[str, Any] | None,
-        groups: Mapping[str, frozenset[str]], users: Mapping[str, DirectoryUser],
-        *, known_users: Mapping[str, Sequence[DirectoryUser]] | None = None,
-    ) -> DeltaCache:
-        """Rounds of changes until every nested group is tracked, then the users no round described.
-
-        ``known_users``: users just read in full (per group), so the rounds need
-        not look them up again when a chain lists them.
-        """
-        directory: Any = self.directory
-        mapped = sorted(config.mappings.group_ids)
-        known = dict(users)
-        for members in (known_users or {}).values():
-            known.update((user.id, user) for user in members if user.id not in known)
-        tracked = sorted({*mapped, *tracked_groups(groups, mapped)})
-        kept_groups: Mapping[str, frozenset[str]] = {group: groups[group] for group in tracked if group in groups}
-
-        def fold(delta: DirectoryDelta) -> Applied:
-            known.update((user.id, user) for user in delta.users)
-            for removed in delta.removed_users:
-                known.pop(removed.id, None)
-            return apply_delta(kept_groups, known, delta, mapped)
-
-        delta, next_cursor = await directory.changes(cursor, tracked)
-        applied = fold(delta)
-        for _ in range(32):  # nesting depth; each round starts the chains of newly found groups
-            if not applied.new_groups:
-                break
-            kept_groups = applied.groups
-            delta, next_cursor = await directory.changes(next_cursor, sorted({*mapped, *applied.groups}))
-            applied = fold(delta)
-        kept_users = dict(applied.users)
-        kept_groups = dict(applied.groups)
-        if applied.missing_users:
-            found = await directory.lookup_users(sorted(applied.missing_users))
-            gone = {user_id for user_id, user in found.items() if user is None}
-            kept_users.update({user_id: user for user_id, user in found.items() if user is not None})
-            if gone:
-                kept_groups = {group: members - gone for group, members in kept_groups.items()}
-        return DeltaCache(next_cursor, kept_groups, kept_users, frozenset(mapped), self.clock())
-
-    async def _read_changes(self, config: SyncConfig, cache: DeltaCache) -> tuple[DirectorySnapshot, DeltaCache]:
-        """This run's snapshot from the cache and a delta round; mappings added since are read in full first."""
-        added = sorted(added_groups(cache, config.mappings.group_ids))
-        fresh = await self._read(config, only=added) if added else DirectorySnapshot(members={})
-        after = await self._follow(config, cache.cursor, cache.groups, cache.users, known_users=fresh.members)
-        after = attrs.evolve(after, full_read_at=cache.full_read_at)
-        mapped = sorted(config.mappings.group_ids)
-        members = snapshot_members(after.groups, after.users, mapped)
-        stale = frozenset(group for group in mapped if group not in after.groups)
-        unreadable = dict.fromkeys(sorted(stale), "stale mapping: the group no longer exists in Azure")
-        unreadable.update((group, reason) for group, reason in fresh.unreadable.items() if group not in stale)
-        for group in unreadable:
-            members.pop(group, None)
-        # Group names are read with full reads only (a rename shows up at the next one, within
-        # full_resync_interval): looking them up here would cost requests a no-change run must not make.
-        return DirectorySnapshot(members, unreadable, stale, group_names=dict(fresh.group_names)), after
-
-    async def _keep_cache(self, trust_site_id: str, read: _Read, state: SyncState) -> SyncState:
-        """Write what ``read`` leaves of the delta cache; the sync state to save with it."""
-        tables = self._cache_tables
-        if tables is None:
-            if read.cache is not None:
-                return attrs.evolve(state, delta=read.cache.to_dict())
-            return state if read.keep else attrs.evolve(state, delta={})
-        if read.cache is not None:
-            await tables.save_delta(trust_site_id, cache_write(read.previous, read.cache))
-        elif not read.keep:
-            await tables.clear_delta(trust_site_id)
-        return attrs.evolve(state, delta={}) if state.delta else state  # the cache has tables: no JSON copy
-
-    async def _group_names(self, group_ids: Sequence[str]) -> dict[str, str]:
-        """Display names of the mapped groups, when the directory can look groups up."""
-        lookup = getattr(self.directory, "lookup_groups", None)
-        if lookup is None or not group_ids:
-            return {}
-        try:
-            found: Mapping[str, DirectoryGroup | None] = await lookup(list(group_ids))
-        except Exception:  # names are for people; a failure only costs the names
-            logger.warning("looking up the mapped groups' names failed", exc_info=True)
-            return {}
-        return {gid: group.display_name for gid, group in found.items() if group is not None and group.display_name}
+    async def _read(self, config: SyncConfig) -> DirectorySnapshot:
+        """Read every mapped group in full (see :meth:`DirectoryReader.read_all`)."""
+        return await self._reader.read_all(config)
 
     async def _build_plan(
         self, config: SyncConfig, snapshot: DirectorySnapshot, state: StoreState, context: PlanContext
@@ -541,6 +369,16 @@ class Reconciler:
                 plan = build_plan(config, snapshot, state, attrs.evolve(context, lookups=found))
         self._progress("plan", 1, 1)
         return plan
+
+    async def _data_version(self) -> int | None:
+        """The store's data version, when it keeps one (see :class:`~calm_azure_sync.VersionedStore`)."""
+        if not isinstance(self.store, VersionedStore):
+            return None
+        try:
+            return int(await self.store.data_version())
+        except Exception:  # the run just cannot be settled
+            logger.warning("reading the store's data version failed", exc_info=True)
+            return None
 
     def _progress(self, stage: str, done: int, total: int | None) -> None:
         if self.progress is None:
@@ -565,23 +403,6 @@ class Reconciler:
         return None
 
 
-@attrs.frozen
-class _Read:
-    """One run's directory read: the snapshot, the mode and why, and the delta cache after it.
-
-    ``cache``: the cache to keep (written as the difference from ``previous``,
-    the one loaded, or whole when that is ``None``); ``cache=None`` with
-    ``keep``: leave the stored cache as it is, without: drop it.
-    """
-
-    snapshot: DirectorySnapshot
-    mode: str
-    why: str
-    cache: DeltaCache | None
-    previous: DeltaCache | None
-    keep: bool = False
-
-
 class _AuditSinkDown(Exception):
     """The audit sink refused events: stop applying so the log stays complete."""
 
@@ -596,7 +417,7 @@ class _Run:
     sync_state: SyncState
     confirm_hold: str | None
     mode: ReadMode = "auto"
-    read: _Read | None = None
+    read: RunRead | None = None
     errors: list[str] = attrs.field(factory=list)
     outcomes: Counter[str] = attrs.field(factory=Counter)
     results: list[ChangeResult] = attrs.field(factory=list)
@@ -604,6 +425,7 @@ class _Run:
     labels: dict[str, str] = attrs.field(factory=dict)
     existing_groups: frozenset[str] = frozenset()
     group_names: dict[str, str] = attrs.field(factory=dict)
+    data_version: int | None = None
 
     @property
     def run_id(self) -> str:
@@ -648,17 +470,32 @@ class _Run:
 
     async def _read_and_plan(self) -> tuple[Plan, DirectorySnapshot]:
         reconciler = self.reconciler
-        # The store loads while the directory is read: a no-change incremental run is
-        # one round of requests and one store load, so overlapping them halves its wait.
-        loading = asyncio.ensure_future(reconciler.store.load(self.config.trust_site_id))
+        trust = self.config.trust_site_id
+        self.data_version = await reconciler._data_version()  # before the store loads: see settled.py
+        loading: asyncio.Future[StoreState] | None = None
+
+        def begin_load() -> None:
+            # The store loads while the directory is read: a no-change incremental run is
+            # one round of requests and one store load, so overlapping them halves its wait.
+            nonlocal loading
+            if loading is None:
+                loading = asyncio.ensure_future(reconciler.store.load(trust))
+
         try:
-            self.read = await reconciler._read_for_run(self.config, self.sync_state, self.mode)
+            self.read = await reconciler._reader.read_for_run(
+                self.config, self.sync_state, self.mode, settled_key=self._settled_key, begin_load=begin_load
+            )
         except BaseException:
-            loading.cancel()
-            await asyncio.gather(loading, return_exceptions=True)
+            if loading is not None:
+                loading.cancel()
+                await asyncio.gather(loading, return_exceptions=True)
             raise
+        if self.read.settled is not None:
+            return await self._settled_plan(self.read.settled)
         snapshot = self.read.snapshot
         self.errors.extend(f"group {group_id}: {reason}" for group_id, reason in sorted(snapshot.unreadable.items()))
+        begin_load()
+        assert loading is not None
         state = await loading
         self.existing_groups = frozenset(state.groups)
         context = PlanContext(
@@ -678,6 +515,48 @@ class _Run:
         await self.record(events)
         return plan, snapshot
 
+    async def _settled_plan(self, settled: Settled) -> tuple[Plan, DirectorySnapshot]:
+        """Nothing changed since a run that planned nothing: plan nothing, and log the read as that run's."""
+        assert self.read is not None
+        plan = Plan(self.config.trust_site_id, users_in_scope=settled.users_in_scope, synced_users=settled.synced_users)
+        events = [self.journal.read_mode(self.read.mode, self.read.why)]
+        counts = {group: range(users) for group, users in settled.group_users.items()}
+        events += self.journal.read_events(counts, {}, sorted(self.config.mappings.group_ids))
+        events.extend(self.journal.plan_events(plan, confirmed=None))
+        await self.record(events)
+        return plan, DirectorySnapshot(members={})
+
+    def _settled_key(self, cursor: Mapping[str, Any], state: SyncState | None = None) -> str | None:
+        """The key of this run's plan inputs with ``cursor`` (``None``: this run cannot be settled)."""
+        state = self.sync_state if state is None else state
+        if self.data_version is None or state.hold is not None or self.confirm_hold is not None:
+            return None
+        return settled_key(
+            self.config, self.reconciler.hierarchy.sites, mirror_groups=self.reconciler._mirrors_groups,
+            sync_state=state, data_version=self.data_version, cursor=cursor,
+        )
+
+    def _settles(self, plan: Plan, snapshot: DirectorySnapshot, after: SyncState) -> Settled | None:
+        """The record this run leaves when it planned nothing at all (see settled.py), else ``None``."""
+        read = self.read
+        cursor = read.next_cursor if read is not None else None
+        if read is None or cursor is None:
+            return None
+        if read.settled is not None:  # still settled: the same record, with the cursor moved on
+            key = self._settled_key(cursor, after)
+            return None if key is None else attrs.evolve(read.settled, key=key)
+        quiet = not (
+            plan.changes or plan.held_removals or plan.hold is not None or plan.unreadable_groups
+            or snapshot.unreadable or self.errors or any(skip.conflict for skip in plan.skipped)
+        )
+        key = self._settled_key(cursor, after) if quiet else None
+        if key is None:
+            return None
+        return Settled(
+            key, self.run_id, self._counts(plan), plan.users_in_scope, plan.synced_users,
+            {group: len(users) for group, users in snapshot.members.items()},
+        )
+
     async def _remember_hold(self, plan: Plan) -> None:
         """Save a new or changed hold before anything is applied: a crash must not forget it.
 
@@ -690,7 +569,8 @@ class _Run:
         await self.reconciler._state_store.save_state(self.config.trust_site_id, self.sync_state)
 
     async def _remember(self, plan: Plan, snapshot: DirectorySnapshot) -> None:
-        after = next_sync_state(
+        settled_run = self.read is not None and self.read.settled is not None
+        after = self.sync_state if settled_run else next_sync_state(
             self.sync_state,
             config=self.config,
             hold=plan.hold,
@@ -700,7 +580,8 @@ class _Run:
             left_now=plan.left_scope,
         )
         if self.read is not None:
-            after = await self.reconciler._keep_cache(self.config.trust_site_id, self.read, after)
+            settled = self._settles(plan, snapshot, after)
+            after = await self.reconciler._reader.keep_cache(self.config.trust_site_id, self.read, after, settled)
         if after != self.sync_state:
             await self.reconciler._state_store.save_state(self.config.trust_site_id, after)
             self.sync_state = after
@@ -803,6 +684,8 @@ class _Run:
         counts["unchanged"] = self.outcomes.get("unchanged", 0)
         counts["failed"] = self.outcomes.get("failed", 0)
         counts["held"] = len(plan.held_removals) if plan else 0
+        if self.read is not None and self.read.settled is not None:  # as the run that settled the trust said
+            counts.update((kind, n) for kind, n in self.read.settled.counts.items() if kind in counts)
         return counts
 
 

@@ -16,12 +16,12 @@ import logging
 import sqlite3
 from typing import Final
 
-from .._delta_rows import USER_COLUMNS, UnreadableCache, cache_from_rows, meta_row, user_row
+from .._delta_rows import USER_COLUMNS, UnreadableCache, cache_from_rows, head_from_rows, meta_row, user_row
 from .._gc import collector_paused
 from .._sqlite import write_transaction
-from ..incremental import DeltaCache, DeltaCacheWrite
+from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 
-__all__ = ["DELTA_TABLES", "clear_delta", "load_delta", "save_delta"]
+__all__ = ["DELTA_TABLES", "clear_delta", "load_delta", "load_delta_head", "save_delta"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,25 @@ def load_delta(connection: sqlite3.Connection, trust_site_id: str, where: str) -
             except UnreadableCache as error:
                 logger.warning("%s cannot be read (%s); the next run reads in full and rebuilds it", where, error)
                 return None
+    finally:
+        connection.execute("COMMIT")
+
+
+def load_delta_head(connection: sqlite3.Connection, trust_site_id: str, where: str) -> DeltaHead | None:
+    """The trust's cache head (the meta row and the tracked group ids), or ``None``."""
+    connection.execute("BEGIN")
+    try:
+        meta = connection.execute(
+            "SELECT version, cursor, mapped, full_read_at FROM delta_meta WHERE trust_site_id = ?", (trust_site_id,)
+        ).fetchone()
+        if meta is None:
+            return None
+        groups = connection.execute("SELECT group_id FROM delta_groups WHERE trust_site_id = ?", (trust_site_id,))
+        try:
+            return head_from_rows(meta, groups)
+        except UnreadableCache as error:
+            logger.warning("%s cannot be read (%s); the next run reads in full and rebuilds it", where, error)
+            return None
     finally:
         connection.execute("COMMIT")
 

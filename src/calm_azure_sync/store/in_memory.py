@@ -13,7 +13,7 @@ from typing import ClassVar
 import attrs
 
 from ..errors import ImportAlreadyRunningError
-from ..incremental import DeltaCache, DeltaCacheWrite
+from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 from ..model import Role
 from ..plan import Change
 from ..state import SyncState
@@ -52,6 +52,7 @@ class InMemoryUserStore:
     # trust -> state_to_json text: a saved state is a copy, and reads back as a database's would.
     _states: dict[str, str] = attrs.field(factory=dict, init=False)
     _deltas: dict[str, DeltaCache] = attrs.field(factory=dict, init=False)
+    _version: int = attrs.field(default=0, init=False)  # bumped by every write of user data
 
     async def load(self, trust_site_id: str) -> StoreState:
         """Every user, the synced grants of ``trust_site_id``, and who holds manual grants."""
@@ -59,7 +60,12 @@ class InMemoryUserStore:
 
     async def apply(self, trust_site_id: str, changes: Sequence[Change]) -> Sequence[ChangeResult]:
         """Apply ``changes`` in order; one :class:`ChangeResult` per change."""
+        self._version += bool(changes)
         return self._tables.apply(trust_site_id, changes)
+
+    async def data_version(self) -> int:
+        """A number every write of users, grants and groups changes (a :class:`~calm_azure_sync.VersionedStore`)."""
+        return self._version
 
     async def load_state(self, trust_site_id: str) -> SyncState:
         """The trust's saved :class:`~calm_azure_sync.SyncState` (``SyncState()`` when none was saved).
@@ -78,6 +84,11 @@ class InMemoryUserStore:
     async def load_delta(self, trust_site_id: str) -> DeltaCache | None:
         """The trust's delta cache, or ``None`` when none was saved."""
         return self._deltas.get(trust_site_id)
+
+    async def load_delta_head(self, trust_site_id: str) -> DeltaHead | None:
+        """The trust's delta cache head, or ``None`` when none was saved."""
+        cache = self._deltas.get(trust_site_id)
+        return None if cache is None else cache.head
 
     async def save_delta(self, trust_site_id: str, write: DeltaCacheWrite) -> None:
         """Apply ``write`` to the trust's delta cache."""
@@ -108,6 +119,7 @@ class InMemoryUserStore:
         Raises ``ValueError`` when another user has the email (in any case) or
         the id is taken.
         """
+        self._version += 1
         return self._tables.add_user(email, display_name, user_id)
 
     async def grant(self, user_id: str, site_id: str, module: str, role: Role | str) -> None:
@@ -115,6 +127,7 @@ class InMemoryUserStore:
 
         Raises ``KeyError`` for an unknown user and ``ConfigError`` for an unknown role.
         """
+        self._version += 1
         self._tables.grant(user_id, site_id, module, role)
 
     async def grants(self, user_id: str) -> set[Grant]:
@@ -126,6 +139,7 @@ class InMemoryUserStore:
 
         Raises ``KeyError`` for an unknown user.
         """
+        self._version += 1
         self._tables.set_active(user_id, active)
 
     async def user(self, user_id: str) -> StoredUser:

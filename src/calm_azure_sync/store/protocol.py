@@ -25,6 +25,7 @@ __all__ = [
     "StoredUser",
     "SyncedGroup",
     "UserStore",
+    "VersionedStore",
 ]
 
 GrantSource = Literal["manual", "azure"]
@@ -191,4 +192,24 @@ class UserStore(Protocol):
 
     def run_lock(self, trust_site_id: str) -> AbstractAsyncContextManager[None]:
         """Hold the trust's import lock; a second holder gets ImportAlreadyRunningError."""
+        ...
+
+
+@runtime_checkable
+class VersionedStore(Protocol):
+    """A store that can say whether anything changed since a moment: optional, for settled runs.
+
+    ``data_version()`` is a number that changes (never repeats) whenever
+    anything :meth:`UserStore.load` of any trust returns may have changed
+    through the store: an applied batch, a user added by hand, a grant, an
+    activation. Writes to the sync state and the delta cache do not count.
+    With it, an incremental run that finds nothing changed since a run that
+    planned nothing skips the store load and the planner
+    (:mod:`calm_azure_sync.settled`). A store that cannot promise it simply
+    does not implement it. Rows edited behind the store's back (raw SQL) are
+    not seen until the next full read (``full_resync_interval``).
+    """
+
+    async def data_version(self) -> int:
+        """The current data version."""
         ...

@@ -43,7 +43,7 @@ import attrs
 from .._gc import collector_paused
 from .._sqlite import ThreadedConnection, write_transaction
 from .._text import clean_text, is_clean
-from ..incremental import DeltaCache, DeltaCacheWrite
+from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 from ..model import Role, email_key
 from ..plan import Change, RetireGroup
 from ..state import SyncState
@@ -99,6 +99,9 @@ _GROUP_TABLES: Final = (
 ) WITHOUT ROWID""",
 )
 
+# One row: a number every write of users, grants and groups changes (data_version()).
+_DATA_VERSION_TABLE: Final = "CREATE TABLE IF NOT EXISTS data_version (version INTEGER NOT NULL)"
+
 # Version -> the statements that bring a store of that version to the next.
 _MIGRATIONS: Final = {
     1: (
@@ -107,7 +110,7 @@ _MIGRATIONS: Final = {
     ),
     2: (_SYNC_STATE_TABLE,),
     3: _GROUP_TABLES,
-    4: DELTA_TABLES,
+    4: (*DELTA_TABLES, _DATA_VERSION_TABLE),
 }
 
 _SCHEMA: Final = f"""
@@ -143,6 +146,8 @@ CREATE INDEX IF NOT EXISTS grants_manual_by_user ON grants (user_id) WHERE sourc
 {DELTA_TABLES[1]};
 {DELTA_TABLES[2]};
 {DELTA_TABLES[3]};
+{_DATA_VERSION_TABLE};
+INSERT INTO data_version (version) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM data_version);
 CREATE TABLE IF NOT EXISTS run_locks (
     trust_site_id TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
@@ -313,6 +318,11 @@ def _load_groups(
         tables.put_member((trust_site_id, group_id), user_id)
 
 
+def _bump_data_version(connection: sqlite3.Connection) -> None:
+    """Count a write of user data (in the writing transaction): see ``SqliteUserStore.data_version``."""
+    connection.execute("UPDATE data_version SET version = version + 1")
+
+
 def _write(connection: sqlite3.Connection, mutations: Sequence[Mutation]) -> None:
     """Write logged mutations: user rows, then grant rows, group rows and membership rows, each in order.
 
@@ -320,6 +330,8 @@ def _write(connection: sqlite3.Connection, mutations: Sequence[Mutation]) -> Non
     order is kept, because an email freed by one update may be taken by the
     next row. Consecutive rows of one statement go through one executemany.
     """
+    if mutations:
+        _bump_data_version(connection)
     runs: list[tuple[str, list[tuple[Any, ...]]]] = []
 
     def add(statement: str, parameters: tuple[Any, ...]) -> None:
@@ -533,6 +545,7 @@ def _grant(connection: sqlite3.Connection, user_id: str, site_id: str, module: s
         if connection.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone() is None:
             raise KeyError(f"no user with id {user_id!r}")
         connection.execute(_UPSERT_GRANT, (user_id, site_id, module, "manual", parsed.value, None))
+        _bump_data_version(connection)
 
 
 def _grants(connection: sqlite3.Connection, user_id: str) -> set[Grant]:
@@ -552,6 +565,12 @@ def _set_active(connection: sqlite3.Connection, user_id: str, active: bool) -> N
         )
         if cursor.rowcount == 0:
             raise KeyError(user_id)
+        _bump_data_version(connection)
+
+
+def _data_version(connection: sqlite3.Connection) -> int:
+    row = connection.execute("SELECT version FROM data_version").fetchone()
+    return int(row[0])
 
 
 def _user(connection: sqlite3.Connection, user_id: str) -> StoredUser:
@@ -653,6 +672,14 @@ class SqliteUserStore:
             return []
         return await self._db.run(_apply_batch, trust_site_id, changes)
 
+    async def data_version(self) -> int:
+        """A number every write of users, grants and groups through this store changes, in any process.
+
+        It makes the store a :class:`~calm_azure_sync.VersionedStore`; writes
+        to the sync state and the delta cache leave it as it is.
+        """
+        return await self._db.run(_data_version)
+
     async def load_state(self, trust_site_id: str) -> SyncState:
         """The trust's saved :class:`~calm_azure_sync.SyncState` (``SyncState()`` when none was saved).
 
@@ -669,6 +696,11 @@ class SqliteUserStore:
         """The trust's delta cache, or ``None`` (none saved; rows unreadable or of another version: logged)."""
         where = f"the delta cache of trust {trust_site_id!r} in {os.fspath(self.path)}"
         return await self._db.run(_sqlite_delta.load_delta, trust_site_id, where)
+
+    async def load_delta_head(self, trust_site_id: str) -> DeltaHead | None:
+        """The trust's delta cache head (meta row and tracked group ids): what a round needs to start."""
+        where = f"the delta cache of trust {trust_site_id!r} in {os.fspath(self.path)}"
+        return await self._db.run(_sqlite_delta.load_delta_head, trust_site_id, where)
 
     async def save_delta(self, trust_site_id: str, write: DeltaCacheWrite) -> None:
         """Apply ``write`` to the trust's delta cache rows in one transaction."""

@@ -1,0 +1,120 @@
+"""A settled trust: nothing to plan until something changes. Pure.
+
+An incremental run whose delta round reports no change has nothing new from
+the directory; whether it has anything to *plan* depends on the rest of the
+plan's inputs too. Those are: the configuration, the hierarchy, the trust's
+sync state, what the store holds, and the directory (the delta cache and
+its cursor). A run that planned **nothing** (no change, no hold, no skip
+that needs a person, every group read) records a :class:`Settled` whose
+``key`` digests all of them, with the store's
+:meth:`~calm_azure_sync.store.protocol.VersionedStore.data_version` read
+*before* the run loaded the store. The next run compares: when the key is
+the same and the delta is empty, planning again could only plan nothing
+(the planner is a function of those inputs, and idempotent), so the run
+skips the store load and the planner and says so in the report and the
+Import Log. Anything else, a store write by anyone included, changes the
+key and the run plans in full as usual.
+
+The record lives in ``SyncState.delta["settled"]``, so a state saved by a
+run that settled nothing drops it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from .config import SyncConfig
+from .model import Site
+from .state import SyncState
+
+__all__ = ["Settled", "settled_key"]
+
+KEY_VERSION = 1
+
+
+def settled_key(
+    config: SyncConfig,
+    sites: Sequence[Site],
+    *,
+    mirror_groups: bool,
+    sync_state: SyncState,
+    data_version: int,
+    cursor: Mapping[str, Any],
+) -> str:
+    """A digest of every input of a plan but the directory's content (the cursor stands for that)."""
+    state = sync_state.to_dict()
+    state.pop("delta", None)
+    material = [
+        KEY_VERSION,
+        config.to_dict(),
+        [[site.id, site.name, site.parent_id] for site in sites],
+        mirror_groups,
+        state,
+        data_version,
+        cursor,
+    ]
+    text = json.dumps(material, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@attrs.frozen
+class Settled:
+    """What the run that settled the trust planned: nothing, and the figures its report gave.
+
+    ``counts``: that report's counts (zero changes; excluded and skipped
+    users as they were); ``users_in_scope`` / ``synced_users``: the plan's
+    figures; ``group_users``: users per mapped group as read.
+    """
+
+    key: str
+    run_id: str
+    counts: Mapping[str, int]
+    users_in_scope: int
+    synced_users: int
+    group_users: Mapping[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "run_id": self.run_id,
+            "counts": dict(sorted(self.counts.items())),
+            "users_in_scope": self.users_in_scope,
+            "synced_users": self.synced_users,
+            "group_users": dict(sorted(self.group_users.items())),
+        }
+
+    @classmethod
+    def from_state(cls, state: SyncState) -> Settled | None:
+        """The record kept in ``state``, or ``None`` (none, or unreadable: the run then plans in full)."""
+        data = state.delta.get("settled")
+        if not isinstance(data, Mapping):
+            return None
+        try:
+            counts, groups = data["counts"], data["group_users"]
+            if not all(isinstance(v, int) for v in (*counts.values(), *groups.values())):
+                return None
+            settled = cls(
+                str(data["key"]), str(data["run_id"]), dict(counts), int(data["users_in_scope"]),
+                int(data["synced_users"]), dict(groups),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+        return settled
+
+    def kept_in(self, state: SyncState, delta: Mapping[str, Any] | None = None) -> SyncState:
+        """``state`` with this record (and ``delta``'s other keys, when given) as its delta data."""
+        rest = dict(state.delta if delta is None else delta)
+        rest["settled"] = self.to_dict()
+        return attrs.evolve(state, delta=rest)
+
+
+def without_settled(state: SyncState) -> SyncState:
+    """``state`` with no settled record (its other delta data kept)."""
+    if "settled" not in state.delta:
+        return state
+    return attrs.evolve(state, delta={k: v for k, v in state.delta.items() if k != "settled"})
