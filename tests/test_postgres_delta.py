@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -139,9 +138,10 @@ async def test_a_version_2_database_migrates_in_place(postgres_url: str, postgre
         cache = sample_cache(2)
         await store.save_delta(TRUST, cache_write(None, cache))
         assert await store.load_delta(TRUST) == cache
-        assert await store.migrate() == 3
+        assert await store.migrate() == 4
+        assert await store.data_version() == 0  # migration 4 starts the count
     assert _sql(postgres_url, f"SELECT version FROM {schema}.calm_schema_versions WHERE component = 'user_store'") == [
-        (3,)
+        (4,)
     ]
 
 
@@ -314,19 +314,15 @@ async def test_writes_cost_statements_per_kind_of_change_not_per_row(store: Post
     assert await store.load_delta(TRUST) == churned
 
 
-async def test_a_10k_user_replace_and_a_no_change_write_are_quick(store: PostgresUserStore) -> None:
-    # Generous bounds for a shared CI machine; the measured figures are in docs/stores.md.
+async def test_a_10k_user_replace_and_a_no_change_write_load_back_exactly(store: PostgresUserStore) -> None:
+    # What they cost is measured, not asserted: the statement counts are checked above, the
+    # timings are in docs/stores.md (no timed assertions in the suite).
     cache = _big_cache(10_000)
-    started = time.perf_counter()
     await store.save_delta(TRUST, cache_write(None, cache))
-    replace = time.perf_counter() - started
+    assert await store.load_delta(TRUST) == cache
     moved = attrs.evolve(cache, cursor={"version": 1, "next": "x"})
-    started = time.perf_counter()
     await store.save_delta(TRUST, cache_write(cache, moved))
-    quiet = time.perf_counter() - started
     assert await store.load_delta(TRUST) == moved
-    assert replace < 5.0, replace
-    assert quiet < 0.5, quiet
 
 
 async def test_any_write_loads_back_as_applied_to_says_even_overlapping_ones(store: PostgresUserStore) -> None:

@@ -105,8 +105,8 @@ async def test_migrate_creates_the_tables_in_the_chosen_schema_once(
         PostgresUserStore(postgres_url, schema=postgres_schema) as two,
     ):
         # Two processes starting at once: both migrate, one creates.
-        assert await asyncio.gather(one.migrate(), two.migrate()) == [3, 3]
-        assert await one.migrate() == 3
+        assert await asyncio.gather(one.migrate(), two.migrate()) == [4, 4]
+        assert await one.migrate() == 4
     tables = {
         row[0]
         for row in _sql(
@@ -117,11 +117,12 @@ async def test_migrate_creates_the_tables_in_the_chosen_schema_once(
     }
     assert {
         "users", "grants", "sync_states", "synced_groups", "group_members", "calm_schema_versions",
-        "delta_meta", "delta_groups", "delta_members", "delta_users",
+        "delta_meta", "delta_groups", "delta_members", "delta_users", "data_version",
     } <= tables
     assert _sql(postgres_url, f'SELECT component, version FROM "{postgres_schema}".calm_schema_versions') == [
-        ("user_store", 3)
+        ("user_store", 4)
     ]
+    assert _sql(postgres_url, f'SELECT version FROM "{postgres_schema}".data_version') == [(0,)]  # one row
 
 
 async def test_two_schemas_in_one_database_are_separate_stores(

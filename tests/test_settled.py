@@ -77,9 +77,21 @@ async def test_a_quiet_run_after_a_run_that_planned_nothing_skips_the_store_and_
     assert third.mode_reason == again.mode_reason and CountingStore.loads == 0
 
 
-async def _plans_again_after(change, *, store_kind="memory", tmp_path=None):
+async def _store(store_kind, tmp_path, request):
+    if store_kind == "sqlite":
+        return SqliteUserStore(tmp_path / "calm.db")
+    if store_kind == "postgres":
+        from calm_azure_sync.postgres import PostgresUserStore
+
+        store = PostgresUserStore(request.getfixturevalue("postgres_url"), schema=request.getfixturevalue("postgres_schema"))
+        await store.migrate()
+        return store
+    return InMemoryUserStore()
+
+
+async def _plans_again_after(change, *, store_kind="memory", tmp_path=None, request=None):
     directory = InMemoryDirectory.from_dict(fixture())
-    store = SqliteUserStore(tmp_path / "calm.db") if store_kind == "sqlite" else InMemoryUserStore()
+    store = await _store(store_kind, tmp_path, request)
     try:
         await settle(directory, store)
         config, hierarchy = await change(directory, store)
@@ -94,6 +106,8 @@ async def _plans_again_after(change, *, store_kind="memory", tmp_path=None):
     finally:
         if store_kind == "sqlite":
             store.close()
+        elif store_kind == "postgres":
+            await store.close()
 
 
 async def _synced_grant(store):
@@ -103,25 +117,36 @@ async def _synced_grant(store):
     return Unassign(external_id, site, module, previous=role)
 
 
-@pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
-async def test_a_store_write_by_anyone_unsettles_the_trust(store_kind, tmp_path):
+STORES = ["memory", "sqlite", "postgres"]  # postgres skips without a server, outside CI
+
+
+@pytest.mark.parametrize("store_kind", STORES)
+async def test_a_store_write_by_anyone_unsettles_the_trust(store_kind, tmp_path, request):
     async def take_a_grant_away(directory, store):
         # Another process (or a person with a tool) removes a synced grant: the next run gives it back.
         results = await store.apply("oak", [await _synced_grant(store)])
         assert results[0].outcome == "applied"
         return CONFIG, HIERARCHY
 
-    report = await _plans_again_after(take_a_grant_away, store_kind=store_kind, tmp_path=tmp_path)
+    report = await _plans_again_after(take_a_grant_away, store_kind=store_kind, tmp_path=tmp_path, request=request)
     assert report.counts["assign"] == 1
 
 
-@pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
-async def test_a_host_helper_write_unsettles_the_trust(store_kind, tmp_path):
-    async def invite_someone(directory, store):
-        await store.add_user("visitor@oak.sch.uk", "Visitor")
+@pytest.mark.parametrize("store_kind", STORES)
+@pytest.mark.parametrize("helper", ["add_user", "grant", "set_active"])
+async def test_a_host_helper_write_unsettles_the_trust(store_kind, helper, tmp_path, request):
+    async def by_hand(directory, store):
+        if helper == "add_user":
+            await store.add_user("visitor@oak.sch.uk", "Visitor")
+        else:
+            user = next(u for u in (await store.load("oak")).users.values() if u.external_id == "u3")
+            if helper == "grant":
+                await store.grant(user.user_id, "birch", "Risk", "Admin")
+            else:
+                await store.set_active(user.user_id, False)
         return CONFIG, HIERARCHY
 
-    await _plans_again_after(invite_someone, store_kind=store_kind, tmp_path=tmp_path)
+    await _plans_again_after(by_hand, store_kind=store_kind, tmp_path=tmp_path, request=request)
 
 
 async def test_a_settings_change_unsettles_the_trust():

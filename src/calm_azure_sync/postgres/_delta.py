@@ -23,13 +23,13 @@ from typing import Any, Final, LiteralString
 
 import psycopg
 
-from .._delta_rows import USER_COLUMNS, UnreadableCache, cache_from_rows, meta_row, user_row
+from .._delta_rows import USER_COLUMNS, UnreadableCache, cache_from_rows, head_from_rows, meta_row, user_row
 from .._gc import collector_paused
-from ..incremental import DeltaCache, DeltaCacheWrite
+from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 from ..model import DirectoryUser
 from ._write import columns
 
-__all__ = ["DELTA_TABLES", "clear_delta", "load_delta", "save_delta"]
+__all__ = ["DELTA_TABLES", "clear_delta", "load_delta", "load_delta_head", "save_delta"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +120,24 @@ async def load_delta(
             # The codec's messages name columns and ids, never the cursor's contents.
             logger.warning("%s cannot be read (%s); the next run reads in full and rebuilds it", where, error)
             return None
+
+
+async def load_delta_head(
+    connection: psycopg.AsyncConnection[Any], q: Query, trust_site_id: str, where: str
+) -> DeltaHead | None:
+    """The trust's cache head (the meta row and the tracked group ids), or ``None``."""
+    trust = (trust_site_id,)
+    async with connection.transaction():
+        await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        meta = await (await connection.execute(q(_SELECT_META), trust)).fetchone()
+        if meta is None:
+            return None
+        groups = await (await connection.execute(q(_SELECT_GROUPS), trust, prepare=False)).fetchall()
+    try:
+        return head_from_rows(meta, groups)
+    except UnreadableCache as error:
+        logger.warning("%s cannot be read (%s); the next run reads in full and rebuilds it", where, error)
+        return None
 
 
 async def save_delta(

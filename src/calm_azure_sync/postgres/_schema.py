@@ -9,7 +9,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 MIGRATIONS: Final[Migrations] = {
     1: (
@@ -104,5 +104,10 @@ MIGRATIONS: Final[Migrations] = {
             creation_type text,
             PRIMARY KEY (trust_site_id, user_id)
         )""",
+    ),
+    4: (
+        # One row: a number every write of users, grants and groups changes (data_version()).
+        "CREATE TABLE {schema}.data_version (version bigint NOT NULL)",
+        "INSERT INTO {schema}.data_version (version) VALUES (0)",
     ),
 }

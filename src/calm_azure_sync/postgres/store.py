@@ -64,7 +64,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from .._gc import collector_paused
 from ..errors import ImportAlreadyRunningError
-from ..incremental import DeltaCache, DeltaCacheWrite
+from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 from ..model import Role, email_key
 from ..plan import AddGroupMember, Change, RemoveGroupMember, RetireGroup
 from ..state import SyncState
@@ -430,6 +430,25 @@ class PostgresUserStore(OnDatabase):
     ) -> None:
         """Write the logged mutations (see the module docstring for the order and the statements)."""
         await write_mutations(connection, self._q, tables, loaded)
+        if tables.log:
+            await self._bump_data_version(connection)
+
+    async def _bump_data_version(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        # Last in the writing transaction: the row is locked from here to the commit only,
+        # so concurrent imports of other trusts wait for each other's commit, not their batch.
+        await connection.execute(self._q("UPDATE {schema}.data_version SET version = version + 1"))
+
+    async def data_version(self) -> int:
+        """A number every write of users, grants and groups through this store changes, on any machine.
+
+        It makes the store a :class:`~calm_azure_sync.VersionedStore`: it is
+        transactional, so a write is counted exactly when it is visible.
+        Writes to the sync state and the delta cache leave it as it is.
+        """
+        async with self._db.connection() as connection:
+            cursor = await connection.execute(self._q("SELECT version FROM {schema}.data_version"))
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
 
     # -- the run lock --------------------------------------------------------------
 
@@ -515,6 +534,11 @@ class PostgresUserStore(OnDatabase):
         async with self._db.connection() as connection:
             return await _delta.load_delta(connection, self._q, trust_site_id, self._delta_label(trust_site_id))
 
+    async def load_delta_head(self, trust_site_id: str) -> DeltaHead | None:
+        """The trust's delta cache head (meta row and tracked group ids): what a round needs to start."""
+        async with self._db.connection() as connection:
+            return await _delta.load_delta_head(connection, self._q, trust_site_id, self._delta_label(trust_site_id))
+
     async def save_delta(self, trust_site_id: str, write: DeltaCacheWrite) -> None:
         """Apply ``write`` to the trust's delta cache rows in one transaction.
 
@@ -597,6 +621,7 @@ class PostgresUserStore(OnDatabase):
             await connection.execute(
                 self._q(_UPSERT_GRANT), (user_id, site_id, module, "manual", parsed.value, None)
             )
+            await self._bump_data_version(connection)
 
     async def grants(self, user_id: str) -> set[Grant]:
         """Every grant of ``user_id``, manual and azure. Raises ``KeyError`` for an unknown user."""
@@ -617,13 +642,14 @@ class PostgresUserStore(OnDatabase):
 
         Raises ``KeyError`` for an unknown user.
         """
-        async with self._db.connection() as connection:
+        async with self._db.connection() as connection, connection.transaction():
             cursor = await connection.execute(
                 self._q("UPDATE {schema}.users SET active = %s, deactivated_by_sync = false WHERE id = %s"),
                 (active, user_id),
             )
             if cursor.rowcount == 0:
                 raise KeyError(user_id)
+            await self._bump_data_version(connection)
 
     async def user(self, user_id: str) -> StoredUser:
         """The user with ``user_id``. Raises ``KeyError`` when there is none."""

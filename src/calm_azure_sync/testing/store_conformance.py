@@ -75,10 +75,11 @@ from ._store_conformance_base import (
 from ._store_conformance_delta import DeltaCacheChecks
 from ._store_conformance_groups import GroupChecks
 from ._store_conformance_state import SyncStateChecks
+from ._store_conformance_version import DataVersionChecks
 
 __all__ = ["ConformantUserStore", "GroupHelpers", "UserStoreConformance"]
 
-class UserStoreConformance(GroupChecks, SyncStateChecks, DeltaCacheChecks):
+class UserStoreConformance(GroupChecks, SyncStateChecks, DeltaCacheChecks, DataVersionChecks):
     """The behavioural checks every :class:`~calm_azure_sync.UserStore` must pass.
 
     Subclass it as ``TestSomething`` and implement :meth:`make_store`.
