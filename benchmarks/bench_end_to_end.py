@@ -16,6 +16,11 @@ first import into an empty database, then a re-run with nothing changed.
 Scenario B (the target's): 100 ms per round trip, no 429s; the no-change
 re-run only, at the two highest concurrencies.
 
+Scenario C (incremental sync): at 100 ms, alternated in one database, a
+no-change re-run read in full (``mode="full"``) against one read from
+changes (``"auto"``, which plans); then, the trust being settled, quiet
+re-runs that skip planning.
+
 Wall time is split by the reconciler's progress callback into read, plan
 and apply (apply includes the audit writes).
 """
@@ -78,6 +83,7 @@ async def _import_once(args: argparse.Namespace) -> dict[str, Any]:
         "apply": _span(stages, "apply"),
         "changes": len(plan.changes) if plan else -1,
         "mode": report.mode,
+        "reason": report.mode_reason or "",
         "ok": report.ok,
         "errors": list(report.errors[:3]),
     }
@@ -187,7 +193,7 @@ def run(args: argparse.Namespace) -> None:
         )
 
         # Scenario C: the same no-change re-run, a full read against an incremental one, side by side.
-        c_runs: dict[str, list[dict[str, Any]]] = {"full": [], "incremental": []}
+        c_runs: dict[str, list[dict[str, Any]]] = {"full": [], "incremental": [], "incremental, settled": []}
         concurrency = sorted(args.concurrency)[-1]
         with tempfile.TemporaryDirectory() as folder:
             db = os.path.join(folder, "calm.db")
@@ -198,6 +204,13 @@ def run(args: argparse.Namespace) -> None:
                 if incremental["mode"] != "incremental":
                     raise RuntimeError(f"the auto re-run read in {incremental['mode']} mode")
                 c_runs["incremental"].append(incremental)
+            # The last incremental run planned nothing, so the trust is settled: the next quiet
+            # runs skip the store load and the planner (docs/reconciler.md, "Settled trusts").
+            for _ in range(args.repeats):
+                settled = _run(server, args, concurrency, db, mode="auto")
+                if not settled["reason"].startswith("nothing changed"):
+                    raise RuntimeError(f"the quiet re-run did not settle: {settled['reason']}")
+                c_runs["incremental, settled"].append(settled)
         args.throttle_every = throttle_every
         c_rows = [
             [

@@ -32,7 +32,7 @@ from .errors import (
 )
 from .exclusion import ExclusionPolicy, ExclusionSuggestion
 from .hierarchy import Actor, TrustHierarchy, authorize
-from .incremental import DeltaCache, DeltaCacheStore, DeltaCacheWrite
+from .incremental import DeltaCache, DeltaCacheStore, DeltaCacheWrite, DeltaHead, DeltaHeadStore
 from .mapping import GroupMapping, MappingPolicy
 from .model import DirectoryGroup, DirectoryUser, Role, Site
 from .plan import (
@@ -52,7 +52,7 @@ from .plan import (
 )
 from .review import AccessRow, AccessTable
 from .state import Hold, SyncState, SyncStateStore
-from .store.protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup, UserStore
+from .store.protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup, UserStore, VersionedStore
 
 if TYPE_CHECKING:
     from .audit.in_memory import InMemoryAuditSink
@@ -111,6 +111,8 @@ __all__ = [
     "DeltaCache",
     "DeltaCacheStore",
     "DeltaCacheWrite",
+    "DeltaHead",
+    "DeltaHeadStore",
     "DeltaDirectory",
     "DeltaExpiredError",
     "Directory",
@@ -162,6 +164,7 @@ __all__ = [
     "UpsertGroup",
     "UserLookup",
     "UserStore",
+    "VersionedStore",
     "admin_consent_url",
     "authorize",
     "parse_consent_callback",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any, Final, LiteralString
+from typing import Any, Final, LiteralString, TypeVar
 
 import psycopg
 
@@ -32,6 +32,8 @@ from ._write import columns
 __all__ = ["DELTA_TABLES", "clear_delta", "load_delta", "load_delta_head", "save_delta"]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 Query = Callable[[LiteralString], Any]
 """Turns a statement template with ``{schema}`` into the store's composed query."""
@@ -102,6 +104,29 @@ async def load_delta(
     connection: psycopg.AsyncConnection[Any], q: Query, trust_site_id: str, where: str
 ) -> DeltaCache | None:
     """The trust's cache, or ``None`` when it has none or its rows cannot be read (logged, without the cursor)."""
+    rows = await _rows(connection, q, trust_site_id, (_SELECT_GROUPS, _SELECT_MEMBERS, _SELECT_USERS))
+    if rows is None:
+        return None
+    meta, (groups, members, users) = rows
+    with collector_paused():
+        return _decoded(where, lambda: cache_from_rows(meta, groups, members, users))
+
+
+async def load_delta_head(
+    connection: psycopg.AsyncConnection[Any], q: Query, trust_site_id: str, where: str
+) -> DeltaHead | None:
+    """The trust's cache head (the meta row and the tracked group ids), or ``None``."""
+    rows = await _rows(connection, q, trust_site_id, (_SELECT_GROUPS,))
+    if rows is None:
+        return None
+    meta, (groups,) = rows
+    return _decoded(where, lambda: head_from_rows(meta, groups))
+
+
+async def _rows(
+    connection: psycopg.AsyncConnection[Any], q: Query, trust_site_id: str, selects: tuple[LiteralString, ...]
+) -> tuple[Any, list[list[Any]]] | None:
+    """The meta row and each select's rows, in one snapshot; ``None`` without a meta row."""
     trust = (trust_site_id,)
     async with connection.transaction():
         # One snapshot of the four tables: a write committing between two reads is never half seen.
@@ -110,32 +135,15 @@ async def load_delta(
         if meta is None:
             return None
         # Never prepared: the tables grow from nothing at a trust's first run (see _load_tables).
-        groups = await (await connection.execute(q(_SELECT_GROUPS), trust, prepare=False)).fetchall()
-        members = await (await connection.execute(q(_SELECT_MEMBERS), trust, prepare=False)).fetchall()
-        users = await (await connection.execute(q(_SELECT_USERS), trust, prepare=False)).fetchall()
-    with collector_paused():
-        try:
-            return cache_from_rows(meta, groups, members, users)
-        except UnreadableCache as error:
-            # The codec's messages name columns and ids, never the cursor's contents.
-            logger.warning("%s cannot be read (%s); the next run reads in full and rebuilds it", where, error)
-            return None
+        found = [await (await connection.execute(q(select), trust, prepare=False)).fetchall() for select in selects]
+    return meta, found
 
 
-async def load_delta_head(
-    connection: psycopg.AsyncConnection[Any], q: Query, trust_site_id: str, where: str
-) -> DeltaHead | None:
-    """The trust's cache head (the meta row and the tracked group ids), or ``None``."""
-    trust = (trust_site_id,)
-    async with connection.transaction():
-        await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        meta = await (await connection.execute(q(_SELECT_META), trust)).fetchone()
-        if meta is None:
-            return None
-        groups = await (await connection.execute(q(_SELECT_GROUPS), trust, prepare=False)).fetchall()
+def _decoded(where: str, decode: Callable[[], _T]) -> _T | None:
     try:
-        return head_from_rows(meta, groups)
+        return decode()
     except UnreadableCache as error:
+        # The codec's messages name columns and ids, never the cursor's contents.
         logger.warning("%s cannot be read (%s); the next run reads in full and rebuilds it", where, error)
         return None
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
 
 from .._delta_rows import USER_COLUMNS, UnreadableCache, cache_from_rows, head_from_rows, meta_row, user_row
 from .._gc import collector_paused
@@ -24,6 +25,8 @@ from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 __all__ = ["DELTA_TABLES", "clear_delta", "load_delta", "load_delta_head", "save_delta"]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 DELTA_TABLES: Final = (
     """CREATE TABLE IF NOT EXISTS delta_meta (
@@ -72,6 +75,35 @@ _UPSERT_USER: Final = (
 
 def load_delta(connection: sqlite3.Connection, trust_site_id: str, where: str) -> DeltaCache | None:
     """The trust's cache, or ``None`` when it has none or its rows cannot be read."""
+
+    def build(meta: tuple[Any, ...]) -> DeltaCache:
+        with collector_paused():
+            return cache_from_rows(
+                meta,
+                connection.execute("SELECT group_id FROM delta_groups WHERE trust_site_id = ?", (trust_site_id,)),
+                connection.execute(
+                    "SELECT group_id, member_id FROM delta_members WHERE trust_site_id = ?", (trust_site_id,)
+                ),
+                connection.execute(f"SELECT {_USER_LIST} FROM delta_users WHERE trust_site_id = ?", (trust_site_id,)),
+            )
+
+    return _read(connection, trust_site_id, where, build)
+
+
+def load_delta_head(connection: sqlite3.Connection, trust_site_id: str, where: str) -> DeltaHead | None:
+    """The trust's cache head (the meta row and the tracked group ids), or ``None``."""
+
+    def build(meta: tuple[Any, ...]) -> DeltaHead:
+        groups = connection.execute("SELECT group_id FROM delta_groups WHERE trust_site_id = ?", (trust_site_id,))
+        return head_from_rows(meta, groups)
+
+    return _read(connection, trust_site_id, where, build)
+
+
+def _read(
+    connection: sqlite3.Connection, trust_site_id: str, where: str, build: Callable[[tuple[Any, ...]], _T]
+) -> _T | None:
+    """``build(meta row)`` in one read transaction; ``None`` without a meta row or when the rows are unreadable."""
     connection.execute("BEGIN")  # one snapshot of the four tables
     try:
         meta = connection.execute(
@@ -79,37 +111,8 @@ def load_delta(connection: sqlite3.Connection, trust_site_id: str, where: str) -
         ).fetchone()
         if meta is None:
             return None
-        with collector_paused():
-            try:
-                return cache_from_rows(
-                    meta,
-                    connection.execute("SELECT group_id FROM delta_groups WHERE trust_site_id = ?", (trust_site_id,)),
-                    connection.execute(
-                        "SELECT group_id, member_id FROM delta_members WHERE trust_site_id = ?", (trust_site_id,)
-                    ),
-                    connection.execute(
-                        f"SELECT {_USER_LIST} FROM delta_users WHERE trust_site_id = ?", (trust_site_id,)
-                    ),
-                )
-            except UnreadableCache as error:
-                logger.warning("%s cannot be read (%s); the next run reads in full and rebuilds it", where, error)
-                return None
-    finally:
-        connection.execute("COMMIT")
-
-
-def load_delta_head(connection: sqlite3.Connection, trust_site_id: str, where: str) -> DeltaHead | None:
-    """The trust's cache head (the meta row and the tracked group ids), or ``None``."""
-    connection.execute("BEGIN")
-    try:
-        meta = connection.execute(
-            "SELECT version, cursor, mapped, full_read_at FROM delta_meta WHERE trust_site_id = ?", (trust_site_id,)
-        ).fetchone()
-        if meta is None:
-            return None
-        groups = connection.execute("SELECT group_id FROM delta_groups WHERE trust_site_id = ?", (trust_site_id,))
         try:
-            return head_from_rows(meta, groups)
+            return build(meta)
         except UnreadableCache as error:
             logger.warning("%s cannot be read (%s); the next run reads in full and rebuilds it", where, error)
             return None
