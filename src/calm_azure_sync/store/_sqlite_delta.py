@@ -123,35 +123,32 @@ def _read(
 def save_delta(connection: sqlite3.Connection, trust_site_id: str, write: DeltaCacheWrite) -> None:
     """Apply ``write`` to the trust's rows in one transaction."""
     trust = trust_site_id
+    # In DeltaCacheWrite.applied_to's order: removals first, then what was added.
+    removals: list[tuple[str, list[tuple[Any, ...]]]] = [
+        ("DELETE FROM delta_members WHERE trust_site_id = ? AND group_id = ? AND member_id = ?",
+         [(trust, group, member) for group, member in write.removed_members]),
+        ("DELETE FROM delta_members WHERE trust_site_id = ? AND group_id = ?",
+         [(trust, group) for group in write.removed_groups]),
+        ("DELETE FROM delta_groups WHERE trust_site_id = ? AND group_id = ?",
+         [(trust, group) for group in write.removed_groups]),
+        ("DELETE FROM delta_users WHERE trust_site_id = ? AND user_id = ?",
+         [(trust, user_id) for user_id in write.removed_users]),
+    ]
+    additions: list[tuple[str, list[tuple[Any, ...]]]] = [
+        ("INSERT OR IGNORE INTO delta_groups (trust_site_id, group_id) VALUES (?, ?)",
+         [(trust, group) for group in write.added_groups]),
+        ("INSERT OR IGNORE INTO delta_members (trust_site_id, group_id, member_id) VALUES (?, ?, ?)",
+         [(trust, group, member) for group, member in write.added_members]),
+        (_UPSERT_USER, [(trust, *user_row(user)) for user in write.users]),
+    ]
     with write_transaction(connection):
         if write.replace:
             _delete_all(connection, trust)
         else:
-            connection.executemany(
-                "DELETE FROM delta_members WHERE trust_site_id = ? AND group_id = ? AND member_id = ?",
-                [(trust, group, member) for group, member in write.removed_members],
-            )
-            connection.executemany(
-                "DELETE FROM delta_members WHERE trust_site_id = ? AND group_id = ?",
-                [(trust, group) for group in write.removed_groups],
-            )
-            connection.executemany(
-                "DELETE FROM delta_groups WHERE trust_site_id = ? AND group_id = ?",
-                [(trust, group) for group in write.removed_groups],
-            )
-            connection.executemany(
-                "DELETE FROM delta_users WHERE trust_site_id = ? AND user_id = ?",
-                [(trust, user_id) for user_id in write.removed_users],
-            )
-        connection.executemany(
-            "INSERT OR IGNORE INTO delta_groups (trust_site_id, group_id) VALUES (?, ?)",
-            [(trust, group) for group in write.added_groups],
-        )
-        connection.executemany(
-            "INSERT OR IGNORE INTO delta_members (trust_site_id, group_id, member_id) VALUES (?, ?, ?)",
-            [(trust, group, member) for group, member in write.added_members],
-        )
-        connection.executemany(_UPSERT_USER, [(trust, *user_row(user)) for user in write.users])
+            for statement, rows in removals:
+                connection.executemany(statement, rows)
+        for statement, rows in additions:
+            connection.executemany(statement, rows)
         connection.execute(
             "INSERT INTO delta_meta (trust_site_id, version, cursor, mapped, full_read_at) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (trust_site_id) DO UPDATE SET version = excluded.version, cursor = excluded.cursor, "
