@@ -225,3 +225,37 @@ async def test_a_clock_past_the_full_resync_interval_reads_in_full_even_when_set
     report = await Reconciler(directory, store, InMemoryAuditSink(), HIERARCHY, clock=clock).run(CONFIG, actor=SYSTEM)
     assert report.mode == "full"
     assert Role.MEMBER  # (the roles stay as they were: nothing changed)
+
+
+async def test_another_library_version_finds_no_trust_settled(monkeypatch):
+    import calm_azure_sync
+
+    directory = InMemoryDirectory.from_dict(fixture())
+    store = InMemoryUserStore()
+    await settle(directory, store)
+    monkeypatch.setattr(calm_azure_sync, "__version__", "99.0.0")
+    report = await reconciler(directory, store).run(CONFIG, actor=SYSTEM)
+    assert not report.mode_reason.startswith("nothing changed"), report.mode_reason
+
+
+def test_the_key_changes_with_every_input_and_a_bad_record_is_no_record():
+    from calm_azure_sync import SyncState
+    from calm_azure_sync.settled import Settled, settled_key
+
+    base = dict(mirror_groups=True, sync_state=SyncState(), data_version=3, cursor={"users": "a"})
+    key = settled_key(CONFIG, HIERARCHY.sites, **base)
+    assert key == settled_key(CONFIG, HIERARCHY.sites, **base)
+    variants = [
+        settled_key(attrs.evolve(CONFIG, include_guests=True), HIERARCHY.sites, **base),
+        settled_key(CONFIG, HIERARCHY.sites[:2], **base),
+        settled_key(CONFIG, HIERARCHY.sites, **{**base, "mirror_groups": False}),
+        settled_key(CONFIG, HIERARCHY.sites, **{**base, "sync_state": SyncState(baselines={"g0": 1})}),
+        settled_key(CONFIG, HIERARCHY.sites, **{**base, "data_version": 4}),
+        settled_key(CONFIG, HIERARCHY.sites, **{**base, "cursor": {"users": "b"}}),
+    ]
+    assert key not in variants and len(set(variants)) == len(variants)
+    # the state's delta data is not an input (it holds the record itself)
+    assert key == settled_key(CONFIG, HIERARCHY.sites, **{**base, "sync_state": SyncState(delta={"settled": {}})})
+    for bad in (None, [], {"key": "k"}, {"key": "k", "run_id": "r", "counts": {"x": "1"}, "users_in_scope": 1,
+                                         "synced_users": 1, "group_users": {}}):
+        assert Settled.from_state(SyncState(delta={"settled": bad})) is None
