@@ -119,7 +119,10 @@ def _run(
 
 
 def run(args: argparse.Namespace) -> None:
-    command = f"python -m benchmarks --only end_to_end --size {args.size} --repeats {args.repeats}"
+    command = (
+        f"python -m benchmarks.bench_end_to_end --size {args.size} --groups {args.groups} --repeats {args.repeats} "
+        f"--concurrency {' '.join(map(str, args.concurrency))}"
+    )
     low, high = args.latency
     with GraphServerProcess(users=args.size, groups=args.groups, seed=args.seed) as server:
         # Scenario A: jittered latency and occasional 429s; first import and no-change re-run.
