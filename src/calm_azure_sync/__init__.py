@@ -52,7 +52,15 @@ from .plan import (
 )
 from .review import AccessRow, AccessTable
 from .state import Hold, SyncState, SyncStateStore
-from .store.protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup, UserStore, VersionedStore
+from .store.protocol import (
+    ChangeResult,
+    Grant,
+    StoredUser,
+    StoreState,
+    SyncedGroup,
+    UserStore,
+    VersionedStore,
+)
 
 if TYPE_CHECKING:
     from .audit.in_memory import InMemoryAuditSink
