@@ -374,13 +374,21 @@ def _comparable(changes):
     return sorted(sorted((k, str(v)) for k, v in change_to_dict(c).items() if k != "user_id") for c in changes)
 
 
-DeltaAgainstFull.TestCase.settings = settings(
-    max_examples=budget("CALM_DELTA_EXAMPLES", 25, 300),
-    stateful_step_count=20,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+def _machine_settings(examples: int) -> settings:
+    return settings(
+        max_examples=examples, stateful_step_count=20, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
+
+
+DeltaAgainstFull.TestCase.settings = _machine_settings(budget("CALM_DELTA_EXAMPLES", 25, 300))
 TestDeltaAgainstFull = DeltaAgainstFull.TestCase
+
+
+@pytest.mark.slow
+class TestDeltaAgainstFullSoak(DeltaAgainstFull.TestCase):
+    """The soak budget (``nox -s soak``): 300 random histories."""
+
+    settings = _machine_settings(budget("CALM_DELTA_EXAMPLES", 300, 300))
 
 
 # -- the same differential through GraphDirectory, the SDK and the fake Graph (no sockets) ----------
@@ -392,16 +400,28 @@ _GRAPH_OPS = st.lists(
         st.tuples(st.just("leave"), st.sampled_from(["g0", "g1", "g2", "nested"]), st.sampled_from([*USERS, "nested"])),
         st.tuples(st.just("delete"), st.sampled_from(USERS), st.booleans()),
         st.tuples(st.just("expire"), st.none(), st.none()),
+        st.tuples(st.just("quiet"), st.none(), st.none()),  # nothing changes: the trust may settle
     ),
     min_size=1,
     max_size=6,
 )
+_GRAPH_SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]}
 
 
-@settings(max_examples=budget("CALM_GRAPH_DELTA_EXAMPLES", 8, 60), deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=budget("CALM_GRAPH_DELTA_EXAMPLES", 8, 60), **_GRAPH_SETTINGS)
 @given(rounds=st.lists(_GRAPH_OPS, min_size=1, max_size=4))
 def test_incremental_runs_over_graph_end_where_full_runs_end(rounds):
+    _graph_differential(rounds)
+
+
+@pytest.mark.slow
+@settings(max_examples=budget("CALM_GRAPH_DELTA_EXAMPLES", 60, 60), **_GRAPH_SETTINGS)
+@given(rounds=st.lists(_GRAPH_OPS, min_size=1, max_size=6))
+def test_incremental_runs_over_graph_end_where_full_runs_end_soak(rounds):
+    _graph_differential(rounds)
+
+
+def _graph_differential(rounds):
     import asyncio
 
     from calm_azure_sync.testing.fake_graph import FakeGraph
