@@ -488,3 +488,31 @@ async def test_over_sqlite_the_cache_lives_in_tables_and_an_unreadable_one_is_re
         assert third.ok and third.mode == "full" and third.mode_reason == "no usable delta state yet"
         assert "u7" in synced_access_of(await store.load("oak"))
         assert (await reconciler(directory, store).run(CONFIG, actor=SYSTEM)).mode == "incremental"
+
+
+async def test_a_delta_cache_write_that_fails_costs_the_run_nothing_and_the_next_run_reads_on():
+    class FlakyCache(InMemoryUserStore):
+        fail = False
+
+        async def save_delta(self, trust_site_id, write):
+            if self.fail:
+                raise OSError("disk full")
+            await super().save_delta(trust_site_id, write)
+
+    directory = InMemoryDirectory.from_dict(fixture())
+    store = FlakyCache()
+    await reconciler(directory, store).run(CONFIG, actor=SYSTEM)
+    before = await store.load_delta("oak")
+    directory.remove_member("g2", "u4")
+    store.fail = True
+    report = await reconciler(directory, store).run(CONFIG, actor=SYSTEM)
+    assert report.ok and report.mode == "incremental" and report.counts["unassign"] >= 1
+    assert await store.load_delta("oak") == before  # the last cache written, whole
+    assert (await store.load_state("oak")).baselines["g2"] == 1  # the run's own memory was saved
+    store.fail = False
+    directory.add_member("g2", "u6")
+    again = await reconciler(directory, store).run(CONFIG, actor=SYSTEM)
+    assert again.ok and again.mode == "incremental"
+    fresh = InMemoryUserStore()
+    await reconciler(InMemoryDirectory.from_dict(directory.to_dict()), fresh).run(CONFIG, actor=SYSTEM, mode="full")
+    assert synced_access_of(await store.load("oak")) == synced_access_of(await fresh.load("oak"))

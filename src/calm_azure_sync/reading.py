@@ -29,7 +29,13 @@ import attrs
 from .config import SyncConfig
 from .directory.delta import DeltaCursor, DeltaDirectory, DirectoryDelta
 from .directory.protocol import Directory
-from .errors import DeltaExpiredError, DirectoryAccessError, DirectoryError, GroupNotFoundError
+from .errors import (
+    DeltaExpiredError,
+    DirectoryAccessError,
+    DirectoryError,
+    GroupNotFoundError,
+    ImportAlreadyRunningError,
+)
 from .incremental import (
     Applied,
     DeltaCache,
@@ -346,17 +352,30 @@ class DirectoryReader:
                 state = attrs.evolve(state, delta={})
             state = without_settled(state)
         else:
-            if read.cache is not None:
-                await tables.save_delta(trust_site_id, cache_write(read.previous, read.cache))
-            elif read.settled is not None and read.head is not None and read.cursor is not None:
-                head = read.head  # only the cursor moves: one row
-                await tables.save_delta(
-                    trust_site_id, DeltaCacheWrite(read.cursor, head.mapped, head.full_read_at, replace=False)
-                )
-            elif not read.keep:
-                await tables.clear_delta(trust_site_id)
+            try:
+                await self._write_tables(tables, trust_site_id, read)
+            except ImportAlreadyRunningError:
+                raise  # the run lock is gone: write nothing more
+            except Exception:
+                # A cache is never a reason to fail a run whose changes are applied: the store kept
+                # the last cache written (a write is atomic), so the next run reads on from there.
+                logger.warning("writing the delta cache of trust %s failed", trust_site_id, exc_info=True)
+                settled = None  # its key names a cursor the store does not have
             state = attrs.evolve(state, delta={}) if state.delta else state  # the cache has tables: no JSON copy
         return state if settled is None else settled.kept_in(state)
+
+
+    @staticmethod
+    async def _write_tables(tables: DeltaCacheStore, trust_site_id: str, read: RunRead) -> None:
+        if read.cache is not None:
+            await tables.save_delta(trust_site_id, cache_write(read.previous, read.cache))
+        elif read.settled is not None and read.head is not None and read.cursor is not None:
+            head = read.head  # only the cursor moves: one row
+            await tables.save_delta(
+                trust_site_id, DeltaCacheWrite(read.cursor, head.mapped, head.full_read_at, replace=False)
+            )
+        elif not read.keep:
+            await tables.clear_delta(trust_site_id)
 
 
 class _CacheGone(Exception):
