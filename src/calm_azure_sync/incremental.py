@@ -1,7 +1,7 @@
 """Incremental sync: the delta cache, choosing the read mode, and a snapshot from kept memberships. Pure.
 
-Graph has no delta of transitive members, so an incremental run keeps, in the
-trust's sync state, the **direct** memberships of every tracked group (the
+Graph has no delta of transitive members, so an incremental run keeps, in a
+delta cache per trust, the **direct** memberships of every tracked group (the
 mapped groups and the groups nested in them) and the selected fields of the
 users in them. A round of :meth:`DeltaDirectory.changes
 <calm_azure_sync.directory.delta.DeltaDirectory.changes>` updates that cache;
