@@ -132,3 +132,43 @@ def refused_only(events) -> bool:
     from calm_azure_sync import AuditKind
 
     return bool(events) and all(event.kind is AuditKind.IMPORT_REFUSED for event in events)
+
+
+def kill_during_apply(script: str, args: Sequence[str], kill_after: int) -> bool:
+    """Run ``script`` (``python -c``) with ``args``; SIGKILL it once it has applied ``kill_after`` changes.
+
+    The script prints the reconciler's progress (``stage done total``) a line
+    at a time. True if the child was killed (False: it finished first).
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert child.stdout is not None
+    killed = False
+    for line in child.stdout:
+        stage, *rest = line.split()
+        if stage == "apply" and int(rest[0]) >= kill_after:
+            child.send_signal(signal.SIGKILL)
+            killed = True
+            break
+    child.wait(timeout=120)
+    child.stdout.close()
+    return killed
+
+
+def assert_whole(state, lower_emails: Sequence[str], expected: dict) -> int:
+    """Every synced user holds exactly its expected grants and no email is stored twice; the synced users found."""
+    assert len(lower_emails) == len(set(lower_emails)), "duplicate users"
+    synced = [user for user in state.users.values() if user.external_id]
+    access = synced_access_of(state)
+    for user in synced:
+        assert access.get(user.external_id) == expected[user.external_id], f"half-written user {user.external_id}"
+    return len(synced)

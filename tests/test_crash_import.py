@@ -11,10 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import sqlite3
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -24,7 +21,7 @@ from calm_azure_sync import Actor as _Actor
 from calm_azure_sync import InMemoryAuditSink, InMemoryDirectory, Reconciler, SqliteUserStore
 from calm_azure_sync.testing.synthetic import generate_tenant
 
-from .helpers import expected_access, synced_access_of
+from .helpers import assert_whole, expected_access, kill_during_apply, synced_access_of
 
 SYSTEM = _Actor.system("tests")
 
@@ -57,38 +54,16 @@ CHILD = textwrap.dedent(
 
 def _import_and_kill(path: Path, kill_after: int) -> bool:
     """Run the child; SIGKILL it once it has applied ``kill_after`` changes. True if killed."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(path), str(USERS)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert child.stdout is not None
-    killed = False
-    for line in child.stdout:
-        stage, *rest = line.split()
-        if stage == "apply" and int(rest[0]) >= kill_after:
-            child.send_signal(signal.SIGKILL)
-            killed = True
-            break
-    child.wait(timeout=120)
-    child.stdout.close()
-    return killed
+    return kill_during_apply(CHILD, [str(path), str(USERS)], kill_after)
 
 
 def _check_whole(path: Path, expected: dict) -> int:
     """Every synced user holds exactly its expected grants; no duplicates. Returns users found."""
     with sqlite3.connect(path) as connection:
         emails = [row[0] for row in connection.execute("SELECT lower(email) FROM users")]
-        assert len(emails) == len(set(emails)), "duplicate users"
     import asyncio
 
-    state = asyncio.run(SqliteUserStore(path).load("trust"))
-    synced = [u for u in state.users.values() if u.external_id]
-    access = synced_access_of(state)
-    for user in synced:
-        assert access.get(user.external_id) == expected[user.external_id], f"half-written user {user.external_id}"
-    return len(synced)
+    return assert_whole(asyncio.run(SqliteUserStore(path).load("trust")), emails, expected)
 
 
 @pytest.mark.parametrize("seed", range(KILLS))

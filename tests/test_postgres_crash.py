@@ -10,11 +10,7 @@ with the dead connection), and the next run converges.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
-import subprocess
-import sys
 import textwrap
 import time
 
@@ -24,7 +20,7 @@ from calm_azure_sync import Actor, InMemoryAuditSink, InMemoryDirectory, Reconci
 from calm_azure_sync.testing.synthetic import generate_tenant
 
 from .conftest import scaled
-from .helpers import expected_access, synced_access_of
+from .helpers import assert_whole, expected_access, kill_during_apply, synced_access_of
 
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
 
@@ -57,41 +53,19 @@ CHILD = textwrap.dedent(
 
 def _import_and_kill(conninfo: str, schema: str, kill_after: int) -> bool:
     """Run the child; SIGKILL it once it has applied ``kill_after`` changes. True if killed."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, conninfo, schema, str(USERS)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert child.stdout is not None
-    killed = False
-    for line in child.stdout:
-        stage, *rest = line.split()
-        if stage == "apply" and int(rest[0]) >= kill_after:
-            child.send_signal(signal.SIGKILL)
-            killed = True
-            break
-    child.wait(timeout=120)
-    child.stdout.close()
-    return killed
+    return kill_during_apply(CHILD, [conninfo, schema, str(USERS)], kill_after)
 
 
 def _check_whole(conninfo: str, schema: str, expected: dict) -> int:
     """Every synced user holds exactly its expected grants; no duplicates. Returns users found."""
     with psycopg.connect(conninfo) as connection:
         emails = [row[0] for row in connection.execute(f'SELECT lower(email) FROM "{schema}".users')]
-    assert len(emails) == len(set(emails)), "duplicate users"
 
     async def load():
         async with PostgresUserStore(conninfo, schema=schema) as store:
             return await store.load("trust")
 
-    state = asyncio.run(load())
-    synced = [user for user in state.users.values() if user.external_id]
-    access = synced_access_of(state)
-    for user in synced:
-        assert access.get(user.external_id) == expected[user.external_id], f"half-written user {user.external_id}"
-    return len(synced)
+    return assert_whole(asyncio.run(load()), emails, expected)
 
 
 def _lock_is_free(conninfo: str, schema: str) -> bool:
