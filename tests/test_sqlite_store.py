@@ -25,23 +25,20 @@ from calm_azure_sync import (
     Assign,
     ConfigError,
     CreateUser,
-    DeactivateUser,
     ImportAlreadyRunningError,
     InMemoryUserStore,
-    LinkUser,
-    RelinkUser,
-    RemoveGroupMember,
     RetireGroup,
     Role,
     SqliteUserStore,
     StoreState,
     SyncState,
-    Unassign,
     UpdateUser,
     UpsertGroup,
 )
 from calm_azure_sync._sqlite import open_sqlite
 from calm_azure_sync.plan import Change
+
+from .store_differential import change_specs, comparable, resolve
 
 TRUST = "trust-oak"
 MODULES = ("risk", "policies", "incidents")
@@ -79,7 +76,7 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteUserStore]:
 _KILL_MID_APPLY = """
     import asyncio, os, signal, sys
     sys.path.insert(0, sys.argv[4])
-    from test_sqlite_store import _batch
+    from tests.test_sqlite_store import _batch
     from calm_azure_sync import SqliteUserStore
 
     path, statement, after = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -118,7 +115,7 @@ async def test_a_crash_mid_apply_leaves_no_half_written_user_and_a_rerun_converg
     async with SqliteUserStore(path) as store:
         assert all(result.ok for result in await store.apply(TRUST, _batch(0, 50)))
 
-    child = _run_child(_KILL_MID_APPLY, str(path), statement, str(after), str(Path(__file__).parent))
+    child = _run_child(_KILL_MID_APPLY, str(path), statement, str(after), str(Path(__file__).parent.parent))
     assert child.returncode == -signal.SIGKILL, child.stdout + child.stderr
 
     async with SqliteUserStore(path) as store:
@@ -273,7 +270,7 @@ async def test_the_holder_renews_its_lease_while_it_runs(tmp_path: Path) -> None
 _WRITER = """
     import asyncio, sys
     sys.path.insert(0, sys.argv[3])
-    from test_sqlite_store import _batch
+    from tests.test_sqlite_store import _batch
     from calm_azure_sync import SqliteUserStore
 
     async def main():
@@ -298,7 +295,7 @@ def test_two_processes_apply_to_one_file_at_once(tmp_path: Path) -> None:
                 textwrap.dedent(_WRITER),
                 str(path),
                 str(first),
-                str(Path(__file__).parent),
+                str(Path(__file__).parent.parent),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -420,106 +417,13 @@ NAMES = ("Ann", "Zo\ud83d", "\udc00x", "Émile")
 SITES = ("s1", "s2", "s\ud800")
 GROUPS = ("g1", "g2", "g\udc01")
 
-_change_specs = st.one_of(
-    st.tuples(st.just("create"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(EMAILS), st.sampled_from(NAMES)),
-    st.tuples(
-        st.just("link"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(MANUAL_IDS), st.sampled_from(EMAILS)
-    ),
-    st.tuples(
-        st.just("update"),
-        st.sampled_from(EXTERNAL_IDS),
-        st.sampled_from(EMAILS),
-        st.booleans(),
-        st.sampled_from(NAMES),
-    ),
-    st.tuples(
-        st.just("relink"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(EXTERNAL_IDS), st.sampled_from(EMAILS)
-    ),
-    st.tuples(
-        st.just("assign"),
-        st.sampled_from(EXTERNAL_IDS),
-        st.sampled_from(SITES),
-        st.sampled_from(Role),
-    ),
-    st.tuples(st.just("unassign"), st.sampled_from(EXTERNAL_IDS), st.sampled_from(SITES)),
-    st.tuples(st.just("deactivate"), st.sampled_from(EXTERNAL_IDS)),
-    st.tuples(
-        st.just("upsert_group"),
-        st.sampled_from(GROUPS),
-        st.sampled_from(NAMES),
-        st.lists(st.sampled_from(SITES), max_size=2, unique=True),
-    ),
-    st.tuples(st.just("add_member"), st.sampled_from(GROUPS), st.sampled_from(EXTERNAL_IDS)),
-    st.tuples(st.just("remove_member"), st.sampled_from(GROUPS), st.sampled_from(EXTERNAL_IDS)),
-    st.tuples(st.just("retire_group"), st.sampled_from(GROUPS)),
+_change_specs = change_specs(
+    external_ids=EXTERNAL_IDS, manual_ids=MANUAL_IDS, emails=EMAILS, names=NAMES, sites=SITES, groups=GROUPS
 )
 
 
-def _holder(state: StoreState, external_id: str) -> str:
-    return next(
-        (user.user_id for user in state.users.values() if user.external_id == external_id), "no-such-user"
-    )
-
-
-def _resolve(spec: tuple[object, ...], state: StoreState) -> Change:
-    """Turn a spec into a change, naming store users the way a planner would (by external id)."""
-    kind, external_id = spec[0], str(spec[1])
-    if kind == "upsert_group":
-        sites = spec[3]
-        assert isinstance(sites, list)
-        return UpsertGroup(external_id, str(spec[2]), tuple(sites))
-    if kind == "add_member":
-        return AddGroupMember(external_id, str(spec[2]))
-    if kind == "remove_member":
-        return RemoveGroupMember(external_id, str(spec[2]))
-    if kind == "retire_group":
-        return RetireGroup(external_id)
-    user_id = _holder(state, external_id)
-    if kind == "create":
-        return CreateUser(external_id, str(spec[2]), str(spec[3]), given_name=str(spec[3]))
-    if kind == "link":
-        return LinkUser(external_id, str(spec[2]), str(spec[3]), f"Linked {external_id}")
-    if kind == "update":
-        return UpdateUser(
-            external_id, user_id, str(spec[2]), str(spec[4]), surname=str(spec[4]), reactivate=bool(spec[3])
-        )
-    if kind == "relink":
-        return RelinkUser(str(spec[2]), user_id, external_id, str(spec[3]), f"Relinked {spec[2]}")
-    if kind == "assign":
-        role = spec[3]
-        assert isinstance(role, Role)
-        return Assign(external_id, str(spec[2]), "risk", role)
-    if kind == "unassign":
-        return Unassign(external_id, str(spec[2]), "risk", previous=Role.MEMBER)
-    return DeactivateUser(external_id, user_id)
-
-
 def _comparable(state: StoreState) -> object:
-    """The state without generated user ids."""
-
-    def name(user_id: str) -> str:
-        return user_id if user_id in MANUAL_IDS else f"azure:{state.users[user_id].external_id}"
-
-    users = {
-        name(user.user_id): (
-            user.email,
-            user.display_name,
-            user.given_name,
-            user.surname,
-            user.external_id,
-            user.active,
-            user.deactivated_by_sync,
-        )
-        for user in state.users.values()
-    }
-    return (
-        users,
-        state.synced_access,
-        sorted(map(name, state.manual_access_user_ids)),
-        sorted(map(name, state.other_access_user_ids)),
-        state.groups,
-        state.group_members,
-    )
+    return comparable(state, MANUAL_IDS)
 
 
 async def _apply_to_both(batches: Sequence[Sequence[tuple[object, ...]]], directory: Path) -> None:
@@ -531,10 +435,10 @@ async def _apply_to_both(batches: Sequence[Sequence[tuple[object, ...]]], direct
             await store.grant("m1", "s1", "risk", "Member")
         for batch in batches:
             expected_state = await reference.load(TRUST)
-            changes = [_resolve(spec, expected_state) for spec in batch]
+            changes = [resolve(spec, expected_state) for spec in batch]
             expected = [result.outcome for result in await reference.apply(TRUST, changes)]
             # Resolve against the SQLite store's own ids: the same users, other ids.
-            sqlite_changes = [_resolve(spec, await sqlite_store.load(TRUST)) for spec in batch]
+            sqlite_changes = [resolve(spec, await sqlite_store.load(TRUST)) for spec in batch]
             actual = [result.outcome for result in await sqlite_store.apply(TRUST, sqlite_changes)]
             assert actual == expected
             assert _comparable(await sqlite_store.load(TRUST)) == _comparable(await reference.load(TRUST))
