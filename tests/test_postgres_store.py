@@ -410,62 +410,6 @@ def _event(minute: int, kind: AuditKind = AuditKind.USER_CREATED, **fields: Any)
     return AuditEvent(**values)
 
 
-async def test_query_is_newest_first_with_ties_last_recorded_first(sink: PostgresAuditSink) -> None:
-    tied = [_event(5, subject=f"tied-{index}") for index in range(3)]
-    await sink.record([_event(1), _event(9), *tied])
-    await sink.record([_event(3)])
-    page = await sink.query(TRUST)
-    assert [event.subject for event in page] == ["user-9", "tied-2", "tied-1", "tied-0", "user-3", "user-1"]
-
-
-async def test_query_filters_by_trust_run_and_kinds(sink: PostgresAuditSink) -> None:
-    await sink.record(
-        [
-            _event(0, AuditKind.IMPORT_STARTED),
-            _event(1, AuditKind.USER_CREATED),
-            _event(2, AuditKind.ERROR),
-            _event(3, AuditKind.USER_CREATED, run_id="run-2"),
-            _event(4, AuditKind.USER_CREATED, trust_site_id="trust-elm"),
-        ]
-    )
-    assert [e.at.minute for e in await sink.query(TRUST)] == [3, 2, 1, 0]
-    assert [e.at.minute for e in await sink.query(TRUST, run_id="run-1")] == [2, 1, 0]
-    assert [e.at.minute for e in await sink.query(TRUST, kinds=[AuditKind.USER_CREATED, "error"])] == [
-        3,
-        2,
-        1,
-    ]
-    assert [e.at.minute for e in await sink.query(TRUST, run_id="run-1", kinds={"user_created"})] == [1]
-    assert await sink.query(TRUST, kinds=[]) == []
-    assert [e.at.minute for e in await sink.query(TRUST, kinds="error")] == [2]
-    assert [e.trust_site_id for e in await sink.query("trust-elm")] == ["trust-elm"]
-    with pytest.raises(ValueError, match="no_such_kind"):
-        await sink.query(TRUST, kinds=["no_such_kind"])
-    with pytest.raises(ValueError, match="limit"):
-        await sink.query(TRUST, limit=0)
-    with pytest.raises(ValueError, match="timezone-aware"):
-        await sink.query(TRUST, before=dt.datetime(2025, 1, 1))  # naive: the point of the test
-
-
-async def test_pages_by_datetime_and_by_cursor_never_skip_or_repeat(sink: PostgresAuditSink) -> None:
-    await sink.record([_event(minute) for minute in range(10)])
-    first = await sink.query(TRUST, limit=4)
-    assert [e.at.minute for e in first] == [9, 8, 7, 6]
-    second = await sink.query(TRUST, limit=4, before=first[-1].at)
-    assert [e.at.minute for e in second] == [5, 4, 3, 2]
-    in_paris = (T0 + dt.timedelta(minutes=3)).astimezone(dt.timezone(dt.timedelta(hours=1)))
-    assert [e.at.minute for e in await sink.query(TRUST, before=in_paris)] == [2, 1, 0]
-    tied = [_event(30, subject=f"s{index:02d}") for index in range(25)]
-    await sink.record(tied)
-    seen: list[AuditEvent] = []
-    page = await sink.query(TRUST, limit=10)
-    seen.extend(page)
-    while page.next_before is not None:
-        page = await sink.query(TRUST, limit=10, before=page.next_before)
-        seen.extend(page)
-    assert seen[:25] == list(reversed(tied)) and len(seen) == 35
-
-
 async def test_no_write_is_lost_under_concurrent_records_and_nul_is_kept_visible(
     postgres_url: str, postgres_schema: str
 ) -> None:
