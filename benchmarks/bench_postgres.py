@@ -30,7 +30,7 @@ import uuid
 from typing import Any
 
 from benchmarks._common import child_json, median, peak_rss_mb, print_table
-from benchmarks.bench_store import _WRITE_TRIGGERS, _batches
+from benchmarks.bench_store import _WRITE_TRIGGERS, apply_in_batches
 
 MODULE = "benchmarks.bench_postgres"
 BATCH_SIZE = 5_000
@@ -79,13 +79,7 @@ async def _measure(kind: str, size: int, batch_size: int, conninfo: str) -> dict
         if kind == "postgres":
             await store.migrate()
         started = time.perf_counter()
-        batches = 0
-        for batch in _batches(changes, batch_size):
-            batches += 1
-            results = await store.apply(trust, batch)
-            failed = [result for result in results if not result.ok]
-            if failed:
-                raise RuntimeError(f"{len(failed)} changes failed, first: {failed[0]}")
+        batches = await apply_in_batches(store, trust, changes, batch_size)
         first_wall = time.perf_counter() - started
 
         started = time.perf_counter()

@@ -29,11 +29,12 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from benchmarks._common import child_json, median, peak_rss_mb, print_table
 from calm_azure_sync import Actor as _Actor
+from calm_azure_sync.reconciler import _batches  # the one batching rule, as the reconciler applies
 
 SYSTEM = _Actor.system("tests")
 
@@ -51,15 +52,19 @@ INSERT INTO bench_writes (n) VALUES (0);
 )
 
 
-def _batches(changes: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    """The reconciler's batching: about ``size`` changes, never splitting one user's."""
-    start = 0
-    while start < len(changes):
-        end = min(start + size, len(changes))
-        while end < len(changes) and changes[end].external_id == changes[end - 1].external_id:
-            end += 1
-        yield changes[start:end]
-        start = end
+async def apply_in_batches(store: Any, trust: str, changes: Sequence[Any], batch_size: int) -> int:
+    """Apply ``changes`` as the reconciler batches them (about ``batch_size``, never splitting a user's).
+
+    Returns the number of batches; raises when any change failed.
+    """
+    batches = 0
+    for batch in _batches(changes, batch_size):
+        batches += 1
+        results = await store.apply(trust, batch)
+        failed = [result for result in results if not result.ok]
+        if failed:
+            raise RuntimeError(f"{len(failed)} changes failed, first: {failed[0]}")
+    return batches
 
 
 async def _measure(kind: str, size: int, batch_size: int) -> dict[str, Any]:
@@ -94,13 +99,7 @@ async def _measure(kind: str, size: int, batch_size: int) -> dict[str, Any]:
     store: Any = SqliteUserStore(path) if kind == "sqlite" else InMemoryUserStore()
     trust = tenant.config.trust_site_id
     cpu, started = time.process_time(), time.perf_counter()
-    batches = 0
-    for batch in _batches(changes, batch_size):
-        batches += 1
-        results = await store.apply(trust, batch)
-        failed = [result for result in results if not result.ok]
-        if failed:
-            raise RuntimeError(f"{len(failed)} changes failed, first: {failed[0]}")
+    batches = await apply_in_batches(store, trust, changes, batch_size)
     first_wall, first_cpu = time.perf_counter() - started, time.process_time() - cpu
 
     started = time.perf_counter()
