@@ -426,3 +426,22 @@ def test_group_delta_applies_to_the_kept_membership():
                         removed_groups=frozenset({"g9"}))
     assert change.apply(kept) == {"u2", "u3"}
     assert GroupDelta("g", added_users=frozenset({"u7"}), complete=True).apply(kept) == {"u7"}
+
+
+async def test_a_group_dropped_from_a_shared_chunk_and_tracked_again_is_listed_whole():
+    # A chunk's filter names every id it was made for: a group left out must not ride along in it
+    # (its changes would be read and thrown away), so the chunk starts again for those still wanted.
+    fixture = tenant(groups=3)
+    with FakeGraphServer(fixture) as server:
+        directory, _ = directory_for(server)
+        async with directory:
+            _, cursor = await directory.changes(None, ["g000", "g001"])
+            assert [chunk["ids"] for chunk in cursor["groups"]] == [["g000", "g001"]]
+            delta, cursor = await directory.changes(cursor, ["g000"])
+            assert [chunk["ids"] for chunk in cursor["groups"]] == [["g000"]]
+            assert delta.group("g000").complete  # restarted: listed whole again
+            server.add_member("g001", "u002")  # while g001 is not tracked
+            delta, cursor = await directory.changes(cursor, ["g000", "g001"])
+    g001 = delta.group("g001")
+    assert g001 is not None and g001.complete
+    assert g001.added_users == frozenset([*fixture["members"]["g001"], "u002"])

@@ -516,3 +516,31 @@ async def test_a_delta_cache_write_that_fails_costs_the_run_nothing_and_the_next
     fresh = InMemoryUserStore()
     await reconciler(InMemoryDirectory.from_dict(directory.to_dict()), fresh).run(CONFIG, actor=SYSTEM, mode="full")
     assert synced_access_of(await store.load("oak")) == synced_access_of(await fresh.load("oak"))
+
+
+async def test_over_graph_a_group_untracked_then_nested_is_read_whole_again():
+    # "nested" is first mapped itself (so its chain shares a chunk with g0..g2), then unmapped
+    # (untracked), gains a member meanwhile, and comes back nested in g0: its whole membership
+    # counts again (a cursor must not keep an untracked group riding along unseen in a chunk).
+    from calm_azure_sync.testing.fake_graph import FakeGraph
+
+    from .graph_helpers import sdk_directory
+
+    graph = FakeGraph(fixture({"g0": ["u0", "u1"], "g1": ["u3"], "g2": ["u4", "u5"], "nested": ["u6"]}))
+    directory = sdk_directory(graph.transport())
+    store, clock = InMemoryUserStore(), Clock()
+    wider = CONFIGS["nested mapped too"]
+    assert (await reconciler(directory, store, clock=clock).run(wider, actor=SYSTEM)).ok
+    clock.now += dt.timedelta(minutes=40)
+    narrowed = await reconciler(directory, store, clock=clock).run(CONFIG, actor=SYSTEM)
+    assert narrowed.mode == "incremental", narrowed.mode_reason
+    graph.add_member("nested", "u7")
+    graph.add_member("g0", "nested")
+    clock.now += dt.timedelta(minutes=40)
+    back = await reconciler(directory, store, clock=clock).run(CONFIG, actor=SYSTEM)
+    assert back.ok and back.mode == "incremental", back.mode_reason
+    access = synced_access_of(await store.load("oak"))
+    assert {"u6", "u7"} <= set(access), sorted(access)
+    fresh = InMemoryUserStore()
+    await reconciler(InMemoryDirectory.from_dict(graph.fixture()), fresh, clock=clock).run(CONFIG, actor=SYSTEM, mode="full")
+    assert access == synced_access_of(await fresh.load("oak"))

@@ -17,7 +17,8 @@ id wins. ``410 Gone``, ``syncStateNotFound`` and ``resyncRequired`` are
 round: no cursor comes back.
 
 No change in a round costs ⌈tracked groups / 50⌉ + 1 requests (one page per
-chain).
+chain). A group no longer tracked ends its chunk's chain: the chunk's other
+groups start a new one (listed whole once), so nothing rides along unseen.
 """
 
 from __future__ import annotations
@@ -302,7 +303,10 @@ async def changes(
     wanted = _group_ids(group_ids)
     users_link, chunks = read_cursor(self, cursor)
     wanted_set = set(wanted)
-    kept = [(ids, link) for ids, link in chunks if wanted_set.intersection(ids)]
+    # A chunk's link filters by every id it was started with, so it goes on only while all of
+    # them are wanted: a group left out would ride along unseen (its changes read and dropped)
+    # and, wanted again later, never be listed whole. The rest of such a chunk starts afresh.
+    kept = [(ids, link) for ids, link in chunks if wanted_set.issuperset(ids)]
     tracked = {group_id for ids, _ in kept for group_id in ids}
     fresh = [group_id for group_id in wanted if group_id not in tracked]
     budget = RetryBudget(self.retry.total_budget_seconds)

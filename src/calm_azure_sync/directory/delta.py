@@ -137,7 +137,8 @@ class DeltaDirectory(Protocol):
         ``cursor=None`` starts every chain. A group in ``group_ids`` that the
         cursor does not track starts its own chain (``start``); a group the
         cursor tracks but ``group_ids`` leaves out is dropped from the new
-        cursor. Raises :class:`~calm_azure_sync.DeltaExpiredError` when the
+        cursor, so tracking it again later starts its chain afresh (its whole
+        membership is listed again). Raises :class:`~calm_azure_sync.DeltaExpiredError` when the
         cursor can no longer be used, and any other
         :class:`~calm_azure_sync.DirectoryError` when the round failed; in
         both cases there is no new cursor.
