@@ -250,3 +250,43 @@ def test_baselines_are_kept_for_a_disputed_group_and_refreshed_otherwise():
     after = next_sync_state(memory, config=config(), hold=plan.hold, member_counts={"g-staff": 12, "g-it": 0},
                             in_scope=(), results=[], left_now=())
     assert after.baselines == {"g-staff": 12, "g-it": 4}
+
+
+def test_a_group_that_shrinks_while_a_mass_removal_hold_is_pending_keeps_its_baseline():
+    # The pending hold keeps its reason (mass_removal) but names the shrunk group: the read is disputed.
+    staying = [f"u{i:02d}" for i in range(10, 40)]
+    joining = [f"n{i:02d}" for i in range(20)]
+    stored = store_with([f"u{i:02d}" for i in range(40)] + joining)
+    first = build_plan(config(), snap(g_staff=[person(i) for i in staying + joining], g_it=[]),
+                       store_with([f"u{i:02d}" for i in range(40)]))
+    assert first.hold is not None and first.hold.reason == "mass_removal"
+    memory = SyncState(hold=first.hold, baselines={"g-staff": 50})
+    shrunk = build_plan(config(), snap(g_staff=[person(i) for i in staying[:5]], g_it=[]), stored,
+                        PlanContext(memory))
+    assert shrunk.hold is not None and shrunk.hold.reason == "mass_removal" and "g-staff" in shrunk.hold.group_ids
+    after = next_sync_state(memory, config=config(), hold=shrunk.hold, member_counts={"g-staff": 5, "g-it": 0},
+                            in_scope=(), results=[], left_now=())
+    assert after.baselines["g-staff"] == 50
+
+
+def test_a_shrink_first_held_as_a_partial_read_is_judged_again_when_everything_reads():
+    # g-a shrank from 10 to 2 while g-b (same site and module) could not be read: the partial read
+    # holds the 8 removals and makes no hold. The baseline must not adopt the 2, or the next run,
+    # reading everything, would see no shrink and apply the 8 (below min_removals_to_hold).
+    mappings = [GroupMapping("g-a", "birch", {"Risk": "Member"}), GroupMapping("g-b", "birch", {"Risk": "Member"})]
+    cfg = config(mappings=mappings)
+    a_users, b_users = [f"a{i}" for i in range(10)], ["b0", "b1"]
+    stored = store_with(a_users + b_users)
+    memory = SyncState(baselines={"g-a": 10, "g-b": 2})
+    partial = build_plan(cfg, snap(g_a=[person(i) for i in a_users[:2]], unreadable={"g-b": "503"}), stored,
+                         PlanContext(memory))
+    # (g-b's own members are missing from the snapshot too: their removals wait as well)
+    assert partial.hold is None and partial.hold_reason == "partial_read" and len(partial.held_removals) == 10
+    after = next_sync_state(memory, config=cfg, hold=partial.hold, member_counts={"g-a": 2}, in_scope=(),
+                            results=[], left_now=(),
+                            disputed=partial.held_groups if partial.held_removals else ())
+    assert after.baselines["g-a"] == 10
+    whole = build_plan(cfg, snap(g_a=[person(i) for i in a_users[:2]], g_b=[person(i) for i in b_users]), stored,
+                       PlanContext(after))
+    assert whole.hold is not None and whole.hold_reason == "group_shrank" and len(whole.held_removals) == 8
+    assert not removals(whole)

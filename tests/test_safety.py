@@ -320,3 +320,40 @@ async def test_a_sigkill_between_apply_and_save_neither_forgets_a_hold_nor_appli
         assert after.plan is not None and after.plan.hold_cleared == pending.id  # its removals are all done
     finally:
         store.close()
+
+
+async def test_a_shrink_masked_by_a_partial_read_is_still_held_when_everything_reads_again():
+    # g-a and g-b map to the same site and module. g-a shrinks from 10 to 2 in the run where g-b
+    # cannot be read: that run holds the removals as a partial read (no hold). The next run reads
+    # everything: the shrink must still be judged against the old baseline, not adopted. (A store
+    # that mirrors groups would also hold g-a's member removals as group_shrank, naming g-a in a
+    # hold; a host store that does not mirror them has only the partial read to go on.)
+    from .helpers import FlakyDirectory, FlakyStore
+
+    class UnmirroredStore(FlakyStore):
+        mirrors_groups = False
+
+    config = SyncConfig(
+        "oak",
+        [GroupMapping("g-a", "birch", {"Risk": "Member"}), GroupMapping("g-b", "birch", {"Risk": "Member"})],
+    )
+    a_users, b_users = [f"a{i}" for i in range(10)], ["b0", "b1"]
+    data = {
+        "users": [{"id": i, "displayName": i, "mail": f"{i}@oak.sch.uk", "accountEnabled": True}
+                  for i in a_users + b_users],
+        "groups": [{"id": "g-a", "displayName": "A"}, {"id": "g-b", "displayName": "B"}],
+        "members": {"g-a": a_users, "g-b": b_users},
+    }
+    inner = InMemoryDirectory.from_dict(data)
+    store = UnmirroredStore(InMemoryUserStore())
+    assert (await Reconciler(inner, store, InMemoryAuditSink(), HIERARCHY).run(config, actor=SYSTEM)).ok
+    for user in a_users[2:]:
+        inner.remove_member("g-a", user)
+    from calm_azure_sync import DirectoryError
+
+    flaky = FlakyDirectory(inner, {"g-b": DirectoryError("Service unavailable", status=503)})
+    partial = await Reconciler(flaky, store, InMemoryAuditSink(), HIERARCHY).run(config, actor=SYSTEM, mode="full")
+    assert partial.hold_reason == "partial_read" and partial.hold_id is None
+    again = await Reconciler(inner, store, InMemoryAuditSink(), HIERARCHY).run(config, actor=SYSTEM, mode="full")
+    assert again.hold_reason == "group_shrank" and len(again.held_removals) == 8
+    assert set(synced_access_of(await store.load("oak"))) == {*a_users, *b_users}  # nobody lost access

@@ -35,8 +35,11 @@ changes whenever the held set grows (a confirmation names exactly what was
 reviewed) and stays when removals drop out.
 
 What the next run remembers (:func:`next_sync_state`): the hold; each mapped
-group's baseline, refreshed from a complete read unless that group's shrink is
-what the hold is about; and who left scope (so ``deactivate`` mode converges
+group's baseline, refreshed from a complete read unless a guard disputes that
+read (the group is in the pending hold's ``group_ids``, whatever the hold's
+reason, or it shrank in a run that held removals: a shrink first held as a
+partial read is judged again next run, not adopted as the new normal); and
+who left scope (so ``deactivate`` mode converges
 for users who left before it was switched on, and never re-deactivates a user
 a person re-activated).
 """
@@ -281,16 +284,19 @@ def next_sync_state(
     in_scope: Iterable[str],
     results: Sequence[ChangeResult],
     left_now: Iterable[str],
+    disputed: Iterable[str] = (),
 ) -> SyncState:
     """What the trust remembers after a run that applied ``results``.
 
     ``member_counts``: the groups read completely and their sizes;
     ``in_scope``: the external ids the plan decided access for (back in
     scope); ``left_now``: external ids whose every synced grant this plan
-    removed because they left scope.
+    removed because they left scope; ``disputed``: groups whose read this
+    run's guards disputed (they shrank and the run held removals), whose
+    baselines therefore stay.
     """
     mapped = config.mappings.group_ids
-    disputed = set(hold.group_ids) if hold is not None and hold.reason == "group_shrank" else set()
+    disputed = {*disputed, *(hold.group_ids if hold is not None else ())}
     baselines = {group: count for group, count in previous.baselines.items() if group in mapped}
     for group, count in member_counts.items():
         if group not in disputed:

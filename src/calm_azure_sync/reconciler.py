@@ -578,6 +578,7 @@ class _Run:
             in_scope=plan.in_scope_ids,
             results=self.results,
             left_now=plan.left_scope,
+            disputed=plan.held_groups if plan.held_removals else (),
         )
         if self.read is not None:
             settled = self._settles(plan, snapshot, after)
