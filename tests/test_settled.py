@@ -259,3 +259,32 @@ def test_the_key_changes_with_every_input_and_a_bad_record_is_no_record():
     for bad in (None, [], {"key": "k"}, {"key": "k", "run_id": "r", "counts": {"x": "1"}, "users_in_scope": 1,
                                          "synced_users": 1, "group_users": {}}):
         assert Settled.from_state(SyncState(delta={"settled": bad})) is None
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
+async def test_a_missing_data_version_row_is_an_error_and_no_run_is_settled(store_kind, tmp_path, request):
+    from calm_azure_sync import ConfigError
+
+    directory = InMemoryDirectory.from_dict(fixture())
+    store = await _store(store_kind, tmp_path, request)
+    try:
+        await settle(directory, store)
+        if store_kind == "sqlite":
+            import sqlite3
+
+            with sqlite3.connect(tmp_path / "calm.db") as connection:
+                connection.execute("DELETE FROM data_version")
+        else:
+            import psycopg
+
+            with psycopg.connect(request.getfixturevalue("postgres_url"), autocommit=True) as connection:
+                connection.execute(f'DELETE FROM "{request.getfixturevalue("postgres_schema")}".data_version')
+        with pytest.raises(ConfigError, match="data_version"):
+            await store.data_version()
+        report = await reconciler(directory, store).run(CONFIG, actor=SYSTEM)
+        assert report.ok and not report.mode_reason.startswith("nothing changed"), report.mode_reason
+    finally:
+        if store_kind == "sqlite":
+            store.close()
+        else:
+            await store.close()

@@ -65,6 +65,7 @@ from psycopg_pool import AsyncConnectionPool
 from .._gc import collector_paused
 from ..errors import ImportAlreadyRunningError
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
+from ..store.protocol import checked_data_version
 from ..model import Role, email_key
 from ..plan import AddGroupMember, Change, RemoveGroupMember, RetireGroup
 from ..state import SyncState
@@ -447,8 +448,8 @@ class PostgresUserStore(OnDatabase):
         """
         async with self._db.connection() as connection:
             cursor = await connection.execute(self._q("SELECT version FROM {schema}.data_version"))
-            row = await cursor.fetchone()
-        return int(row[0]) if row else 0
+            rows = await cursor.fetchall()
+        return checked_data_version(rows, f"postgres schema {self._db.schema!r}")
 
     # -- the run lock --------------------------------------------------------------
 

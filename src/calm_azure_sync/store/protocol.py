@@ -13,6 +13,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
+from ..errors import ConfigError
 from ..model import Role
 from ..plan import Change
 
@@ -26,6 +27,7 @@ __all__ = [
     "SyncedGroup",
     "UserStore",
     "VersionedStore",
+    "checked_data_version",
 ]
 
 GrantSource = Literal["manual", "azure"]
@@ -213,3 +215,15 @@ class VersionedStore(Protocol):
     async def data_version(self) -> int:
         """The current data version."""
         ...
+
+
+def checked_data_version(rows: Sequence[Sequence[Any]], where: str) -> int:
+    """The one data-version row's number; anything else is a :class:`~calm_azure_sync.ConfigError`.
+
+    A missing row must not read as a version (say 0): writes would then bump
+    nothing, the number would never change, and a settled run would skip
+    real changes.
+    """
+    if len(rows) != 1 or type(rows[0][0]) is not int:
+        raise ConfigError(f"{where}: the data_version table must hold exactly one row with a number")
+    return rows[0][0]

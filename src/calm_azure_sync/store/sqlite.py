@@ -60,7 +60,7 @@ from ._sqlite_lock import renew_lock as _renew_lock
 from ._sqlite_state import SYNC_STATE_TABLE as _SYNC_STATE_TABLE
 from ._sqlite_state import load_sync_state as _load_sync_state
 from ._sqlite_state import save_sync_state as _save_sync_state
-from .protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup
+from .protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup, checked_data_version
 from .rules import (
     GrantWrite,
     GroupWrite,
@@ -568,9 +568,8 @@ def _set_active(connection: sqlite3.Connection, user_id: str, active: bool) -> N
         _bump_data_version(connection)
 
 
-def _data_version(connection: sqlite3.Connection) -> int:
-    row = connection.execute("SELECT version FROM data_version").fetchone()
-    return int(row[0])
+def _data_version(connection: sqlite3.Connection, where: str) -> int:
+    return checked_data_version(connection.execute("SELECT version FROM data_version").fetchall(), where)
 
 
 def _user(connection: sqlite3.Connection, user_id: str) -> StoredUser:
@@ -678,7 +677,7 @@ class SqliteUserStore:
         It makes the store a :class:`~calm_azure_sync.VersionedStore`; writes
         to the sync state and the delta cache leave it as it is.
         """
-        return await self._db.run(_data_version)
+        return await self._db.run(_data_version, os.fspath(self.path))
 
     async def load_state(self, trust_site_id: str) -> SyncState:
         """The trust's saved :class:`~calm_azure_sync.SyncState` (``SyncState()`` when none was saved).
