@@ -65,11 +65,10 @@ from psycopg_pool import AsyncConnectionPool
 from .._gc import collector_paused
 from ..errors import ImportAlreadyRunningError
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
-from ..store.protocol import checked_data_version
 from ..model import Role, email_key
 from ..plan import AddGroupMember, Change, RemoveGroupMember, RetireGroup
 from ..state import SyncState
-from ..store.protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup
+from ..store.protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup, checked_data_version
 from ..store.rules import (
     UserTables,
     batch_group_ids,
