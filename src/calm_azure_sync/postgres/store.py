@@ -65,15 +65,17 @@ from psycopg_pool import AsyncConnectionPool
 from .._gc import collector_paused
 from ..errors import ImportAlreadyRunningError
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
-from ..model import Role, email_key
+from ..model import Role
 from ..plan import AddGroupMember, Change, RemoveGroupMember, RetireGroup
 from ..state import SyncState
 from ..store.protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup, checked_data_version
 from ..store.rules import (
     UserTables,
+    add_user_keys,
     batch_group_ids,
     batch_keys,
     batch_reads_grants,
+    checked_grant,
     state_from_json,
     state_to_json,
 )
@@ -591,7 +593,7 @@ class PostgresUserStore(OnDatabase):
                                 f"SELECT {_USER_COLUMNS} FROM {{schema}}.users WHERE email_key = %s OR id = %s "
                                 "ORDER BY id FOR UPDATE"
                             ),
-                            (email_key(email), user_id),
+                            add_user_keys(email, user_id),
                         )
                         for row in await cursor.fetchall():
                             tables.put_user(_user_from_row(row))
@@ -610,7 +612,7 @@ class PostgresUserStore(OnDatabase):
 
         Raises ``KeyError`` for an unknown user and ``ConfigError`` for an unknown role.
         """
-        parsed = Role.parse(role)
+        parsed = checked_grant(site_id, module, role)
         async with self._db.connection() as connection, connection.transaction():
             # The row lock makes a sync batch deciding about this user wait for us.
             cursor = await connection.execute(

@@ -143,12 +143,40 @@ def batch_keys(changes: Iterable[Change]) -> BatchKeys:
         kind = type(change)
         if kind in _NAMES_GROUP_AS_ITSELF:
             continue
-        keys.external_ids.add(change.external_id)
+        _add_storable(keys.external_ids, change.external_id)
         if kind in _NAMES_USER_ID:
-            keys.user_ids.add(change.user_id)  # type: ignore[union-attr]
+            _add_storable(keys.user_ids, change.user_id)  # type: ignore[union-attr]
         if kind in _CARRIES_EMAIL:
             keys.email_keys.add(email_key(clean_text(change.email)))  # type: ignore[union-attr]
     return keys
+
+
+def _add_storable(keys: set[str], value: str) -> None:
+    # An id that cannot be encoded names no stored row (the change carrying it fails alone in
+    # the rules): looking it up would only make the database's driver raise for the whole batch.
+    if is_clean(value):
+        keys.add(value)
+
+
+def add_user_keys(email: str, user_id: str | None) -> tuple[str, str | None]:
+    """The email key and user id a store looks up before :meth:`UserTables.add_user` judges them.
+
+    Both made storable: an id that cannot be encoded is looked up as ``None``
+    (no row carries it), so the rules, not the database driver, refuse it.
+    """
+    return email_key(clean_text(email)), user_id if user_id is None or is_clean(user_id) else None
+
+
+def checked_grant(site_id: str, module: str, role: Role | str) -> Role:
+    """The role of a manual grant, once ``site_id`` and ``module`` are known to be storable text.
+
+    Raises ``ValueError`` (text that cannot be stored) or
+    :class:`~calm_azure_sync.ConfigError` (an unknown role).
+    """
+    problem = _not_text(site_id, module)
+    if problem is not None:
+        raise ValueError(problem)
+    return Role.parse(role)
 
 
 def state_to_json(state: SyncState, *, where: str = "sync state") -> str:
@@ -190,9 +218,9 @@ def batch_group_ids(changes: Iterable[Change]) -> set[str]:
     for change in changes:
         kind = type(change)
         if kind in _NAMES_GROUP_AS_ITSELF:
-            groups.add(change.external_id)
+            _add_storable(groups, change.external_id)
         elif kind in _NAMES_MEMBERSHIP:
-            groups.add(change.group_external_id)  # type: ignore[union-attr]
+            _add_storable(groups, change.group_external_id)  # type: ignore[union-attr]
     return groups
 
 
@@ -399,10 +427,7 @@ class UserTables:
         """Give ``user_id`` a manual grant (replacing a manual one on the same site and module)."""
         if user_id not in self.users:
             raise KeyError(f"no user with id {user_id!r}")
-        problem = _not_text(site_id, module)
-        if problem is not None:
-            raise ValueError(problem)
-        self._upsert_grant(user_id, (site_id, module, "manual"), (Role.parse(role), None))
+        self._upsert_grant(user_id, (site_id, module, "manual"), (checked_grant(site_id, module, role), None))
 
     def grants_of(self, user_id: str) -> set[Grant]:
         """Every grant ``user_id`` holds, of both sources."""

@@ -42,7 +42,7 @@ import attrs
 
 from .._gc import collector_paused
 from .._sqlite import ThreadedConnection, write_transaction
-from .._text import clean_text, is_clean
+from .._text import clean_text
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 from ..model import Role, email_key
 from ..plan import Change, RetireGroup
@@ -68,11 +68,12 @@ from .rules import (
     Mutation,
     UserTables,
     UserWrite,
-    _not_text,
+    add_user_keys,
     batch_group_ids,
     batch_keys,
     batch_reads_grants,
     batch_reads_user_rows,
+    checked_grant,
 )
 
 __all__ = ["SqliteUserStore"]
@@ -524,11 +525,8 @@ def _load_members(
 def _add_user(connection: sqlite3.Connection, email: str, display_name: str, user_id: str | None) -> str:
     with write_transaction(connection):
         tables = UserTables(log=[])
-        # Cleaned for the lookup only: UserTables.add_user judges the values themselves.
-        lookup_id = user_id if user_id is None or is_clean(user_id) else None
         for row in connection.execute(
-            f"SELECT {_USER_COLUMNS} FROM users WHERE email_key = ? OR id = ?",
-            (email_key(clean_text(email)), lookup_id),
+            f"SELECT {_USER_COLUMNS} FROM users WHERE email_key = ? OR id = ?", add_user_keys(email, user_id)
         ):
             tables.put_user(_user_from_row(row))
         new_id = tables.add_user(email, display_name, user_id)
@@ -537,10 +535,7 @@ def _add_user(connection: sqlite3.Connection, email: str, display_name: str, use
 
 
 def _grant(connection: sqlite3.Connection, user_id: str, site_id: str, module: str, role: Role | str) -> None:
-    parsed = Role.parse(role)
-    problem = _not_text(site_id, module)
-    if problem is not None:
-        raise ValueError(problem)
+    parsed = checked_grant(site_id, module, role)
     with write_transaction(connection):
         if connection.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone() is None:
             raise KeyError(f"no user with id {user_id!r}")

@@ -545,6 +545,26 @@ class UserStoreConformance(GroupChecks, SyncStateChecks, DeltaCacheChecks, DataV
             zoe = _by_external_id(state, "zoe")
             assert zoe.display_name in ("Zo\ud83d", "Zo\ufffd")
 
+    @pytest.mark.asyncio
+    async def test_an_id_that_cannot_be_stored_fails_its_own_change_and_the_helpers_say_why(
+        self, store: ConformantUserStore
+    ) -> None:
+        # Ids are never rewritten (a replaced id names another object): the change fails alone,
+        # and a host helper given one raises ValueError, not the database driver's error.
+        changes: list[Change] = [_create(f"e{n}") for n in range(10)]
+        changes.insert(3, _create("zo\ud83d"))
+        changes.insert(7, Assign("e\udc00", SITE, "risk", Role.MEMBER))
+        results = await store.apply(TRUST, changes)
+        assert [result.outcome for index, result in enumerate(results) if index not in (3, 7)] == ["applied"] * 10
+        assert [results[3].outcome, results[7].outcome] == ["failed", "failed"]
+        assert len((await store.load(TRUST)).users) == 10
+        with pytest.raises(ValueError, match="lone surrogate"):
+            await store.add_user("visitor@oak.example", "Visitor", user_id="id\ud83d")
+        user_id = await store.add_user("visitor@oak.example", "Visitor")
+        with pytest.raises(ValueError, match="lone surrogate"):
+            await store.grant(user_id, "site\ud83d", "risk", Role.MEMBER)
+        assert await store.grants(user_id) == set()
+
     # -- relink -----------------------------------------------------------------------
 
     @pytest.mark.asyncio
