@@ -227,12 +227,14 @@ class PostgresUserStore(OnDatabase):
                 self._q("SELECT DISTINCT user_id FROM {schema}.grants WHERE source = 'manual'")
             )
             manual_rows = await manual_cursor.fetchall()
+            # Synced access from other trusts, by the partial index around this trust (as SQLite
+            # does), not a scan of every grant; manual access is added to it below.
             other_cursor = await connection.execute(
                 self._q(
-                    "SELECT DISTINCT user_id FROM {schema}.grants "
-                    "WHERE source = 'manual' OR trust_site_id IS DISTINCT FROM %s"
+                    "SELECT DISTINCT user_id FROM {schema}.grants WHERE source = 'azure' "
+                    "AND (trust_site_id < %s OR trust_site_id > %s OR trust_site_id IS NULL)"
                 ),
-                (trust_site_id,),
+                (trust_site_id, trust_site_id),
             )
             other_rows = await other_cursor.fetchall()
             group_cursor = await connection.execute(
@@ -250,6 +252,7 @@ class PostgresUserStore(OnDatabase):
             member_rows = await member_cursor.fetchall()
         with collector_paused():
             users = {row[0]: _user_from_row(row) for row in user_rows}
+            manual = frozenset(row[0] for row in manual_rows)
             synced: dict[str, dict[tuple[str, str], Role]] = {}
             roles = _ROLES
             current_user: str | None = None
@@ -269,8 +272,8 @@ class PostgresUserStore(OnDatabase):
         return StoreState(
             users=users,
             synced_access=synced,
-            manual_access_user_ids=frozenset(row[0] for row in manual_rows),
-            other_access_user_ids=frozenset(row[0] for row in other_rows),
+            manual_access_user_ids=manual,
+            other_access_user_ids=manual.union(row[0] for row in other_rows),
             groups=groups,
             group_members={group_id: frozenset(held) for group_id, held in members.items()},
         )
