@@ -16,10 +16,18 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .incremental import CACHE_VERSION, DeltaCache, DeltaHead
+from .incremental import CACHE_VERSION, DeltaCache, DeltaCacheWrite, DeltaHead
 from .model import DirectoryUser
 
-__all__ = ["USER_COLUMNS", "UnreadableCache", "cache_from_rows", "head_from_rows", "meta_row", "user_row"]
+__all__ = [
+    "USER_COLUMNS",
+    "UnreadableCache",
+    "cache_from_rows",
+    "groups_to_track",
+    "head_from_rows",
+    "meta_row",
+    "user_row",
+]
 
 USER_COLUMNS = (
     "user_id",
@@ -49,6 +57,15 @@ def meta_row(cursor: Any, mapped: Iterable[str], full_read_at: dt.datetime) -> t
         json.dumps(sorted(mapped), ensure_ascii=False),
         full_read_at.isoformat(),
     )
+
+
+def groups_to_track(write: DeltaCacheWrite) -> list[str]:
+    """The group rows a write adds: its new groups and every group a new membership names.
+
+    As :meth:`DeltaCacheWrite.applied_to` has it; without the second part a
+    membership row could name an untracked group, which a load refuses.
+    """
+    return sorted(write.added_groups | {group for group, _ in write.added_members})
 
 
 def user_row(user: DirectoryUser) -> tuple[Any, ...]:

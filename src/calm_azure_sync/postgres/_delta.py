@@ -23,7 +23,15 @@ from typing import Any, Final, LiteralString, TypeVar
 
 import psycopg
 
-from .._delta_rows import USER_COLUMNS, UnreadableCache, cache_from_rows, head_from_rows, meta_row, user_row
+from .._delta_rows import (
+    USER_COLUMNS,
+    UnreadableCache,
+    cache_from_rows,
+    groups_to_track,
+    head_from_rows,
+    meta_row,
+    user_row,
+)
 from .._gc import collector_paused
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 from ..model import DirectoryUser
@@ -153,8 +161,7 @@ async def save_delta(
 ) -> None:
     """Apply ``write`` to the trust's rows. Call inside the transaction that makes it atomic."""
     trust = trust_site_id
-    # A membership names its group: the group is tracked too (as DeltaCacheWrite.applied_to has it).
-    added_groups = sorted(write.added_groups | {group for group, _ in write.added_members})
+    added_groups = groups_to_track(write)
     added_members = sorted(write.added_members)
     users = _unique(write.users)
     async with connection.cursor() as cursor:

@@ -17,7 +17,15 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-from .._delta_rows import USER_COLUMNS, UnreadableCache, cache_from_rows, head_from_rows, meta_row, user_row
+from .._delta_rows import (
+    USER_COLUMNS,
+    UnreadableCache,
+    cache_from_rows,
+    groups_to_track,
+    head_from_rows,
+    meta_row,
+    user_row,
+)
 from .._gc import collector_paused
 from .._sqlite import write_transaction
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
@@ -136,7 +144,7 @@ def save_delta(connection: sqlite3.Connection, trust_site_id: str, write: DeltaC
     ]
     additions: list[tuple[str, list[tuple[Any, ...]]]] = [
         ("INSERT OR IGNORE INTO delta_groups (trust_site_id, group_id) VALUES (?, ?)",
-         [(trust, group) for group in write.added_groups]),
+         [(trust, group) for group in groups_to_track(write)]),
         ("INSERT OR IGNORE INTO delta_members (trust_site_id, group_id, member_id) VALUES (?, ?, ?)",
          [(trust, group, member) for group, member in write.added_members]),
         (_UPSERT_USER, [(trust, *user_row(user)) for user in write.users]),

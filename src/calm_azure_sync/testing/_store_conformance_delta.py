@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from ..incremental import DeltaCache, DeltaCacheStore, cache_write
+from ..incremental import DeltaCache, DeltaCacheStore, DeltaCacheWrite, cache_write
 from ..model import DirectoryUser
 from ._store_conformance_base import OTHER_TRUST, TRUST, ConformantUserStore, _Hooks
 
@@ -111,6 +111,21 @@ class DeltaCacheChecks(_Hooks):
         assert write.rows == 0
         await caches.save_delta(TRUST, write)
         assert await caches.load_delta(TRUST) == moved
+
+    @pytest.mark.asyncio
+    async def test_any_write_loads_back_as_applied_to_says(self, store: ConformantUserStore) -> None:
+        # DeltaCacheWrite.applied_to is the reference: a membership tracks its group even when the
+        # write does not list the group among its new ones (cache_write always does; a host may not).
+        caches = self._delta_store(store)
+        cursor = {"version": 1, "users": "link"}
+        first = DeltaCacheWrite(cursor, frozenset({"g-a"}), _AT, replace=True,
+                                added_members=frozenset({("g-a", "user-1")}), users=(_user(1),))
+        await caches.save_delta(TRUST, first)
+        assert await caches.load_delta(TRUST) == first.applied_to(None)
+        second = DeltaCacheWrite(cursor, frozenset({"g-a"}), _AT, replace=False,
+                                 added_members=frozenset({("g-b", "user-2")}), users=(_user(2),))
+        await caches.save_delta(TRUST, second)
+        assert await caches.load_delta(TRUST) == second.applied_to(first.applied_to(None))
 
     @pytest.mark.asyncio
     async def test_a_whole_write_replaces_what_was_stored(self, store: ConformantUserStore) -> None:
