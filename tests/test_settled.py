@@ -288,3 +288,14 @@ async def test_a_missing_data_version_row_is_an_error_and_no_run_is_settled(stor
             store.close()
         else:
             await store.close()
+
+
+async def test_a_settled_run_reads_out_the_settling_runs_skip_counts():
+    excluding = attrs.evolve(CONFIG, exclusions=ExclusionPolicy(["u0@*"]))
+    directory = InMemoryDirectory.from_dict(fixture())
+    store = InMemoryUserStore()
+    quiet = await settle(directory, store, config=excluding)
+    assert quiet.counts["excluded"] == 1
+    again = await reconciler(directory, store).run(excluding, actor=SYSTEM)
+    assert again.mode_reason.startswith("nothing changed")
+    assert again.counts["excluded"] == 1 and "excluded=1" in str(again), str(again)

@@ -53,6 +53,7 @@ from .plan import (
 from .planner import DirectorySnapshot, PlanContext, build_plan, skip_reason
 from .reading import DirectoryReader, RunRead
 from .report import ImportReport
+from .review import skip_counts
 from .settled import Settled, settled_key
 from .state import Hold, SyncState, SyncStateStore
 from .store.protocol import ChangeResult, StoreState, UserStore, VersionedStore
@@ -678,10 +679,7 @@ class _Run:
     def _counts(self, plan: Plan | None) -> dict[str, int]:
         kinds = [kind for kind in (plan.summary() if plan else Plan("").summary()) if kind != "conflict"]
         counts = {kind: self.outcomes.get(kind, 0) for kind in kinds}
-        skipped = plan.skipped if plan else ()
-        counts["skipped"] = sum(1 for skip in skipped if not skip.excluded and not skip.conflict)
-        counts["excluded"] = sum(1 for skip in skipped if skip.excluded)
-        counts["conflict"] = sum(1 for skip in skipped if skip.conflict)
+        counts.update(skip_counts(plan.skipped if plan else ()))
         counts["unchanged"] = self.outcomes.get("unchanged", 0)
         counts["failed"] = self.outcomes.get("failed", 0)
         counts["held"] = len(plan.held_removals) if plan else 0
