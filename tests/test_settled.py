@@ -299,3 +299,21 @@ async def test_a_settled_run_reads_out_the_settling_runs_skip_counts():
     again = await reconciler(directory, store).run(excluding, actor=SYSTEM)
     assert again.mode_reason.startswith("nothing changed")
     assert again.counts["excluded"] == 1 and "excluded=1" in str(again), str(again)
+
+
+async def test_a_store_keeping_the_cache_as_json_settles_too_and_moves_only_the_cursor():
+    from .test_incremental import JsonCacheStore
+
+    directory = InMemoryDirectory.from_dict(fixture())
+    store = JsonCacheStore()
+    await settle(directory, store)
+    before = (await store.load_state("oak")).delta
+    again = await reconciler(directory, store).run(CONFIG, actor=SYSTEM)
+    assert again.mode_reason.startswith("nothing changed")
+    after = (await store.load_state("oak")).delta
+    assert {k: v for k, v in after.items() if k not in ("cursor", "settled")} == {
+        k: v for k, v in before.items() if k not in ("cursor", "settled")
+    }
+    directory.remove_member("g2", "u4")
+    changed = await reconciler(directory, store).run(CONFIG, actor=SYSTEM)
+    assert changed.mode == "incremental" and changed.counts["unassign"] >= 1  # the moved cursor reads on

@@ -345,9 +345,8 @@ class DirectoryReader:
             if read.cache is not None:
                 state = attrs.evolve(state, delta=read.cache.to_dict())
             elif read.settled is not None and read.cursor is not None:
-                moved = DeltaCache.from_dict(state.delta)
-                if moved is not None:
-                    state = attrs.evolve(state, delta=attrs.evolve(moved, cursor=read.cursor).to_dict())
+                # Only the cursor moved: the cache's JSON stays as it was read (no parse, no rewrite).
+                state = attrs.evolve(state, delta={**state.delta, "cursor": dict(read.cursor)})
             elif not read.keep:
                 state = attrs.evolve(state, delta={})
             state = without_settled(state)
