@@ -155,3 +155,19 @@ async def test_the_reconciler_gets_the_same_result_from_graph_as_from_memory(fix
     assert {u.external_id: (u.email, u.display_name, u.active) for u in graph_state.users.values()} == {
         u.external_id: (u.email, u.display_name, u.active) for u in memory_state.users.values()
     }
+
+
+async def test_both_directories_refuse_lookup_and_round_arguments_alike():
+    # One check serves both (directory.protocol.lookup_ids, directory.delta.round_group_ids).
+    from calm_azure_sync import ConfigError, InMemoryDirectory
+
+    directory = InMemoryDirectory.from_dict({"users": [], "groups": [], "members": {}})
+    for call in (
+        lambda: directory.lookup_users("u1"),
+        lambda: directory.lookup_groups([7, "g1"]),
+        lambda: directory.changes(None, "g1"),
+        lambda: directory.changes(None, ["g1", ""]),
+        lambda: directory.changes(None, ["g1"], start="soon"),
+    ):
+        with pytest.raises(ConfigError):
+            await call()

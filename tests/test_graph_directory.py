@@ -831,3 +831,35 @@ async def test_a_search_that_is_not_a_string_is_a_config_error():
         async with directory:
             with pytest.raises(ConfigError):
                 await directory.list_groups(search=["golf"])  # type: ignore[arg-type]
+
+
+async def test_a_lookup_batch_that_fails_stops_the_others_retrying():
+    # 40 ids: two $batch requests at once. One is refused (403), the other throttled again and
+    # again: once the lookup has raised, nothing of it may still be sending requests.
+    import asyncio
+    import json as json_module
+
+    import httpx
+
+    from .graph_helpers import sdk_directory
+
+    posts: list[int] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        items = json_module.loads(request.content)["requests"]
+        posts.append(len(items))
+        refused = any("u0000" in item["url"] for item in items)
+        error = {"error": {"code": "Authorization_RequestDenied", "message": "Insufficient privileges"}}
+        return httpx.Response(200, json={"responses": [
+            {"id": item["id"], "status": 403, "body": error} if refused
+            else {"id": item["id"], "status": 429, "headers": {"Retry-After": "0.05"}, "body": {}}
+            for item in items
+        ]})
+
+    directory = sdk_directory(httpx.MockTransport(answer), sleep=asyncio.sleep)
+    async with directory:
+        with pytest.raises(DirectoryAccessError):
+            await directory.lookup_users([f"u{i:04d}" for i in range(40)])
+        sent = len(posts)
+        await asyncio.sleep(0.4)
+    assert len(posts) == sent

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Mapping
+from typing import Any, TypeVar
 
 import httpx
 
 from ..errors import DirectoryAccessError, DirectoryError, GroupNotFoundError
+
+_T = TypeVar("_T")
 
 MESSAGE_LIMIT = 300
 GROUP_READ_PERMISSIONS = ("GroupMember.Read.All", "Directory.Read.All")
@@ -40,7 +43,7 @@ def users_not_readable(operation: str) -> DirectoryAccessError:
     return DirectoryAccessError(
         f"{operation}: Graph returned users with only their id and type (every other property null "
         "or missing), so the app may read memberships but not users",
-        missing_permissions=("User.Read.All", "Directory.Read.All"),
+        missing_permissions=USER_READ_PERMISSIONS,
         code="users_not_readable",
     )
 
@@ -131,3 +134,15 @@ def json_object(content: bytes, operation: str, *, status: int, response: httpx.
             request_id=request_id,
         )
     return page
+
+
+async def all_or_nothing(awaitables: list[Awaitable[_T]]) -> list[_T]:
+    """Await every one concurrently; on the first failure cancel the rest (no retry left running) and raise it."""
+    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

@@ -23,17 +23,17 @@ groups start a new one (listed whole once), so nothing rides along unseen.
 
 from __future__ import annotations
 
-import asyncio
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._gc import collector_paused
-from ..errors import ConfigError, DeltaExpiredError, DirectoryError
+from ..errors import DeltaExpiredError, DirectoryError
 from ..model import DirectoryUser
 from ._graph_common import (
     GROUP_READ_PERMISSIONS,
     USER_READ_PERMISSIONS,
+    all_or_nothing,
     graph_error,
     json_object,
     status_error,
@@ -41,7 +41,15 @@ from ._graph_common import (
 )
 from ._retry import RetryBudget, RetryBudgetOption
 from ._sdk import NATIVE, Method, RequestInformation, ResponseHandlerOption
-from .delta import DeltaCursor, DeltaStart, DirectoryDelta, GroupDelta, RemovedUser, build_delta
+from .delta import (
+    DeltaCursor,
+    DeltaStart,
+    DirectoryDelta,
+    GroupDelta,
+    RemovedUser,
+    build_delta,
+    round_group_ids,
+)
 
 if TYPE_CHECKING:
     from .graph import GraphDirectory
@@ -198,17 +206,6 @@ def read_cursor(self: GraphDirectory, cursor: Mapping[str, Any] | None) -> tuple
     return users, groups
 
 
-def _group_ids(group_ids: Iterable[str]) -> list[str]:
-    if isinstance(group_ids, str):
-        raise ConfigError("changes: group_ids must be a collection of group ids, not one string")
-    wanted: dict[str, None] = {}
-    for group_id in group_ids:
-        if not isinstance(group_id, str) or not group_id.strip():
-            raise ConfigError(f"changes: every group id must be a non-empty string, got {group_id!r}")
-        wanted.setdefault(group_id, None)
-    return list(wanted)
-
-
 # -- a round ------------------------------------------------------------------------------
 
 
@@ -278,18 +275,6 @@ async def _chain(
         return self._check_next_link(delta_link, operation)
 
 
-async def _all(awaitables: list[Awaitable[T]]) -> list[T]:
-    """Await every one concurrently; on the first failure cancel the rest and raise it."""
-    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
 async def changes(
     self: GraphDirectory,
     cursor: Mapping[str, Any] | None,
@@ -298,9 +283,7 @@ async def changes(
     start: DeltaStart = "initial",
 ) -> tuple[DirectoryDelta, DeltaCursor]:
     """One delta round (see :meth:`GraphDirectory.changes`)."""
-    if start not in ("initial", "latest"):
-        raise ConfigError(f"changes: start must be 'initial' or 'latest', got {start!r}")
-    wanted = _group_ids(group_ids)
+    wanted = round_group_ids(group_ids, start)
     users_link, chunks = read_cursor(self, cursor)
     wanted_set = set(wanted)
     # A chunk's link filters by every id it was started with, so it goes on only while all of
@@ -334,7 +317,7 @@ async def changes(
         url = _first_url(self, "groups", {"$select": "members", "$filter": _id_filter(ids)}, start)
         rounds.append(_chain(self, url, "reading groups/delta", budget, GROUP_READ_PERMISSIONS, groups_page))
         links.append((ids, True))
-    answered = await _all(rounds)
+    answered = await all_or_nothing(rounds)
     complete_ids = {group_id for ids, new in links if new for group_id in ids} if start == "initial" else set()
     # A group its chain's first full round never listed does not exist (Graph filters silently).
     removed |= {group_id for group_id in complete_ids if group_id not in members}

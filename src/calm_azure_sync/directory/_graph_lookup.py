@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -10,11 +9,12 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 
-from ..errors import ConfigError, DirectoryError
+from ..errors import DirectoryError
 from ..model import DirectoryGroup, DirectoryUser
 from ._graph_common import (
     GROUP_READ_PERMISSIONS,
     USER_READ_PERMISSIONS,
+    all_or_nothing,
     error_fields,
     json_object,
     limited_information,
@@ -30,6 +30,7 @@ from ._sdk import (
     ResponseHandlerOption,
     UserItemRequestBuilder,
 )
+from .protocol import lookup_ids
 
 if TYPE_CHECKING:
     from .graph import GraphDirectory
@@ -51,16 +52,7 @@ class _Kind(Generic[_Found]):
 
 
 async def lookup_users(self: GraphDirectory, ids: Iterable[str]) -> Mapping[str, DirectoryUser | None]:
-    """Each user by object id, ``None`` for an id that is no user (gone, or never was).
-
-    ``GET /users/{id}?$select=<the member fields>`` (User.Read.All); a
-    single id is one request, more are sent as JSON ``$batch`` requests of
-    20 (Graph's maximum), several batches at once within
-    ``max_concurrency``. A throttled or unavailable sub-request is retried
-    in a later batch after its own ``Retry-After``; 404 is ``None``; 401
-    and 403 are :class:`~calm_azure_sync.DirectoryAccessError`; a user in
-    the limited-information shape is ``users_not_readable``.
-    """
+    """Each user by object id (see :meth:`GraphDirectory.lookup_users`)."""
     return await _lookup(self, USERS, ids)
 
 
@@ -70,7 +62,7 @@ async def lookup_groups(self: GraphDirectory, ids: Iterable[str]) -> Mapping[str
 
 
 async def _lookup(self: GraphDirectory, kind: _Kind[_Found], ids: Iterable[str]) -> Mapping[str, _Found | None]:
-    wanted = _lookup_ids(ids, kind.noun)
+    wanted = lookup_ids(ids, kind.noun)
     # A blank id is no object; sent, /users/ would list the tenant instead.
     found: dict[str, _Found | None] = {object_id: None for object_id in wanted if not object_id.strip()}
     asked = [object_id for object_id in wanted if object_id not in found]
@@ -79,7 +71,8 @@ async def _lookup(self: GraphDirectory, kind: _Kind[_Found], ids: Iterable[str])
         found[asked[0]] = await _lookup_one(self, kind, asked[0], budget)
     elif asked:
         chunks = [asked[start : start + BATCH_LIMIT] for start in range(0, len(asked), BATCH_LIMIT)]
-        for answer in await asyncio.gather(*(_lookup_batch(self, kind, chunk, budget) for chunk in chunks)):
+        # All or nothing: a batch that fails cancels the others (no retries left running behind it).
+        for answer in await all_or_nothing([_lookup_batch(self, kind, chunk, budget) for chunk in chunks]):
             found.update(answer)
     return {object_id: found[object_id] for object_id in wanted}
 
@@ -197,18 +190,6 @@ def _batch_answers(
                 permissions=kind.permissions,
             )
     return retry, None if longest is None else repr(longest)
-
-
-def _lookup_ids(ids: Iterable[str], noun: str = "user") -> list[str]:
-    """The ids to look up, each once, in the order given (blank ids are no object: left out)."""
-    if isinstance(ids, str):
-        raise ConfigError(f"lookup_{noun}s: ids must be a collection of object ids, not one string")
-    wanted: dict[str, None] = {}
-    for user_id in ids:
-        if not isinstance(user_id, str):
-            raise ConfigError(f"lookup_{noun}s: every id must be a string, got {type(user_id).__name__}")
-        wanted.setdefault(user_id, None)
-    return list(wanted)
 
 
 def _looked_up_user(body: Mapping[str, Any], user_id: str, operation: str) -> DirectoryUser:

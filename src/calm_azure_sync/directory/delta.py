@@ -42,9 +42,18 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
+from ..errors import ConfigError
 from ..model import DirectoryUser
 
-__all__ = ["DeltaCursor", "DeltaDirectory", "DeltaStart", "DirectoryDelta", "GroupDelta", "RemovedUser"]
+__all__ = [
+    "DeltaCursor",
+    "DeltaDirectory",
+    "DeltaStart",
+    "DirectoryDelta",
+    "GroupDelta",
+    "RemovedUser",
+    "round_group_ids",
+]
 
 DeltaCursor = dict[str, Any]
 """Opaque, JSON-safe state of a delta read: keep it, store it, pass it back unchanged."""
@@ -144,6 +153,25 @@ class DeltaDirectory(Protocol):
         both cases there is no new cursor.
         """
         ...
+
+
+def round_group_ids(group_ids: Iterable[str], start: str) -> list[str]:
+    """The group ids a round of :meth:`DeltaDirectory.changes` tracks, each once in order; bad arguments refused.
+
+    Raises :class:`~calm_azure_sync.ConfigError` for a ``start`` other than
+    ``"initial"`` / ``"latest"``, one string instead of a collection, or an
+    id that is not a non-empty string.
+    """
+    if start not in ("initial", "latest"):
+        raise ConfigError(f"changes: start must be 'initial' or 'latest', got {start!r}")
+    if isinstance(group_ids, str):
+        raise ConfigError("changes: group_ids must be a collection of group ids, not one string")
+    wanted: dict[str, None] = {}
+    for group_id in group_ids:
+        if not isinstance(group_id, str) or not group_id.strip():
+            raise ConfigError(f"changes: every group id must be a non-empty string, got {group_id!r}")
+        wanted.setdefault(group_id, None)
+    return list(wanted)
 
 
 def build_delta(

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import logging
 import ssl
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -94,7 +93,6 @@ __all__ = [
     "parse_retry_after",
 ]
 
-logger = logging.getLogger("calm_azure_sync.graph")
 
 DEFAULT_GRAPH_URL = "https://graph.microsoft.com/v1.0"
 """The global Microsoft Graph v1.0 root."""

@@ -10,7 +10,16 @@ from typing import Any, TypeVar
 from ..errors import ConfigError, DeltaExpiredError, DirectoryError, GroupNotFoundError
 from ..model import DirectoryGroup, DirectoryUser, transitive_users
 from ._search import name_matches
-from .delta import DeltaCursor, DeltaStart, DirectoryDelta, GroupDelta, RemovedUser, build_delta
+from .delta import (
+    DeltaCursor,
+    DeltaStart,
+    DirectoryDelta,
+    GroupDelta,
+    RemovedUser,
+    build_delta,
+    round_group_ids,
+)
+from .protocol import lookup_ids
 
 __all__ = ["InMemoryDirectory"]
 
@@ -164,20 +173,11 @@ class InMemoryDirectory:
 
     async def lookup_users(self, ids: Iterable[str]) -> Mapping[str, DirectoryUser | None]:
         """Each id to its user, ``None`` when no user has it (see :class:`~calm_azure_sync.UserLookup`)."""
-        if isinstance(ids, str):
-            raise ConfigError("lookup_users: ids must be a collection of object ids, not one string")
-        found: dict[str, DirectoryUser | None] = {}
-        for user_id in ids:
-            if not isinstance(user_id, str):
-                raise ConfigError(f"lookup_users: every id must be a string, got {type(user_id).__name__}")
-            found[user_id] = self.users.get(user_id)
-        return found
+        return {user_id: self.users.get(user_id) for user_id in lookup_ids(ids, "user")}
 
     async def lookup_groups(self, ids: Iterable[str]) -> Mapping[str, DirectoryGroup | None]:
         """Each id to its group, ``None`` when no group has it."""
-        if isinstance(ids, str):
-            raise ConfigError("lookup_groups: ids must be a collection of object ids, not one string")
-        return {group_id: self.groups.get(group_id) for group_id in ids}
+        return {group_id: self.groups.get(group_id) for group_id in lookup_ids(ids, "group")}
 
     # -- changes that the delta log records --------------------------------------------
 
@@ -272,13 +272,7 @@ class InMemoryDirectory:
         the reason ``"deleted"``).
         """
         self._catch_up()
-        if start not in ("initial", "latest"):
-            raise ConfigError(f"changes: start must be 'initial' or 'latest', got {start!r}")
-        if isinstance(group_ids, str):
-            raise ConfigError("changes: group_ids must be a collection of group ids, not one string")
-        wanted = list(dict.fromkeys(group_ids))
-        if not all(isinstance(g, str) and g.strip() for g in wanted):
-            raise ConfigError("changes: every group id must be a non-empty string")
+        wanted = round_group_ids(group_ids, start)
         seq, tracked, users_tracked = self._read_cursor(cursor)
         events = [event for event in self._log if event[0] > seq] if cursor is not None else []
         users = self._user_changes(events) if users_tracked else {}

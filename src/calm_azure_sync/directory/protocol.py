@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
+from ..errors import ConfigError
 from ..model import DirectoryGroup, DirectoryUser
 
-__all__ = ["Directory", "GroupDiscovery", "UserLookup"]
+__all__ = ["Directory", "GroupDiscovery", "UserLookup", "lookup_ids"]
 
 
 @runtime_checkable
@@ -83,3 +84,19 @@ class GroupDiscovery(Protocol):
         An unknown group raises :class:`~calm_azure_sync.GroupNotFoundError`.
         """
         ...
+
+
+def lookup_ids(ids: Iterable[str], noun: str = "user") -> list[str]:
+    """The ids a ``lookup_users`` / ``lookup_groups`` answers for: each once, in the order given.
+
+    Refuses one string (a common slip: it would be read as its characters)
+    and anything but strings, with a :class:`~calm_azure_sync.ConfigError`.
+    """
+    if isinstance(ids, str):
+        raise ConfigError(f"lookup_{noun}s: ids must be a collection of object ids, not one string")
+    wanted: dict[str, None] = {}
+    for object_id in ids:
+        if not isinstance(object_id, str):
+            raise ConfigError(f"lookup_{noun}s: every id must be a string, got {type(object_id).__name__}")
+        wanted.setdefault(object_id, None)
+    return list(wanted)
