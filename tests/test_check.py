@@ -57,3 +57,17 @@ async def test_a_good_configuration_has_no_problems_and_check_needs_an_admin():
     assert await reconciler.check(config, actor=Actor("head", {"oak"})) == []
     with pytest.raises(NotAuthorizedError):
         await reconciler.check(config, actor=Actor("teacher", set()))
+
+
+async def test_a_mistyped_group_stays_unknown_after_a_run_has_mirrored_it():
+    # A run mirrors every mapped group in the store, an unreadable mistyped one included: that is
+    # no sign the group ever existed, so check() still calls it unknown and suggests names.
+    store, audit = InMemoryUserStore(), InMemoryAuditSink()
+    typo = SyncConfig("oak", [GroupMapping("g-stafff", "birch", {"Risk": "Member"}),
+                              GroupMapping("g-staff", "birch", {"Policies": "Member"})])
+    reconciler = Reconciler(directory(), store, audit, HIERARCHY)
+    await reconciler.run(typo, actor=SYSTEM)
+    assert "g-stafff" in (await store.load("oak")).groups
+    problems = {p.kind: p for p in await reconciler.check(typo, actor=SYSTEM)}
+    assert "stale_group" not in problems
+    assert problems["unknown_group"].suggestions[0] == "Birch Staff (g-staff)"

@@ -214,9 +214,9 @@ class Reconciler:
                 member_counts[group_id] = await count(group_id)
             else:
                 member_counts[group_id] = len(await self.directory.group_members(group_id))
-        sync_state = await self._state_store.load_state(trust.id)
-        state = await self.store.load(trust.id)
-        seen = {*sync_state.baselines, *state.groups}
+        # Seen before = read completely by an earlier run (its baseline). Not the store's mirrored
+        # groups: a run mirrors every mapped group, a mistyped id that was never read included.
+        seen = (await self._state_store.load_state(trust.id)).baselines
         return config_problems(config, invalid=invalid, groups=groups, member_counts=member_counts, seen_before=seen)
 
     async def pending_hold(self, trust_site_id: str, *, actor: Actor) -> Hold | None:
