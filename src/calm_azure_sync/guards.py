@@ -102,7 +102,6 @@ class GuardOutcome:
     hold_cleared: str | None
     shrunk_groups: tuple[str, ...]
     stale_held: Mapping[str, int]
-    partial_held: int
 
 
 def _pairs_by_group(config: SyncConfig) -> dict[str, set[tuple[str, str]]]:
@@ -146,7 +145,6 @@ def apply_guards(facts: GuardInput) -> GuardOutcome:
         hold_cleared=pending.id if pending is not None and hold is None else None,
         shrunk_groups=tuple(shrunk),
         stale_held=stale_held,
-        partial_held=len(partial),
     )
 
 

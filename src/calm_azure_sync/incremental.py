@@ -183,13 +183,12 @@ def _reachable(groups: Mapping[str, frozenset[str]], roots: Iterable[str]) -> tu
 
 @attrs.frozen
 class Applied:
-    """A delta folded into the cache: what is still unknown, and which groups went away."""
+    """A delta folded into the cache, and what is still unknown."""
 
     groups: dict[str, frozenset[str]]
     users: dict[str, DirectoryUser]
     new_groups: frozenset[str]  # nested groups seen for the first time: read them from their start
     missing_users: frozenset[str]  # member ids with no cached fields: look them up
-    removed_groups: frozenset[str]
 
 
 def apply_delta(
@@ -220,7 +219,7 @@ def apply_delta(
     for user_id in removed_users:
         kept_users.pop(user_id, None)
     missing = frozenset(m for m in members if m not in kept_users and m not in kept_groups and m not in removed_users)
-    return Applied(kept_groups, kept_users, new_groups, missing, frozenset(delta.removed_groups))
+    return Applied(kept_groups, kept_users, new_groups, missing)
 
 
 def snapshot_members(

@@ -107,11 +107,7 @@ class Hold:
         )
 
 
-def _count_map(value: Mapping[str, int]) -> dict[str, int]:
-    return dict(sorted(value.items()))
-
-
-def _bool_map(value: Mapping[str, bool]) -> dict[str, bool]:
+def _sorted_map(value: Mapping[str, Any]) -> dict[str, Any]:
     return dict(sorted(value.items()))
 
 
@@ -134,8 +130,8 @@ class SyncState:
     """
 
     hold: Hold | None = None
-    baselines: Mapping[str, int] = attrs.field(factory=dict, converter=_count_map)
-    left_scope: Mapping[str, bool] = attrs.field(factory=dict, converter=_bool_map)
+    baselines: Mapping[str, int] = attrs.field(factory=dict, converter=_sorted_map)
+    left_scope: Mapping[str, bool] = attrs.field(factory=dict, converter=_sorted_map)
     delta: Mapping[str, Any] = attrs.field(factory=dict)
     version: int = STATE_FORMAT_VERSION
 

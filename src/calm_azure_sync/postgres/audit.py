@@ -117,9 +117,8 @@ class PostgresAuditSink(OnDatabase):
                             _text(event.run_id),
                             _text(event.actor_id),
                             _text(event.subject),
-                            clean_text(json.dumps(event.detail, ensure_ascii=False, sort_keys=True)).replace(
-                                "\x00", "\\u0000"
-                            ),
+                            # json.dumps escapes U+0000 itself: the detail column never holds a NUL.
+                            clean_text(json.dumps(event.detail, ensure_ascii=False, sort_keys=True)),
                         )
                     )
 

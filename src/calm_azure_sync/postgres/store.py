@@ -105,9 +105,6 @@ _UPSERT_GRANT: Final = (
     "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (user_id, site_id, module, source) "
     "DO UPDATE SET role = excluded.role, trust_site_id = excluded.trust_site_id"
 )
-_DELETE_GRANT: Final = (
-    "DELETE FROM {schema}.grants WHERE user_id = %s AND site_id = %s AND module = %s AND source = %s"
-)
 _LOCK_HELD: Final = (
     "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = %s "
     "AND objsubid = 1 AND classid = %s::bigint::oid AND objid = %s::bigint::oid)"
