@@ -294,11 +294,15 @@ async def test_a_settled_run_reads_out_the_settling_runs_skip_counts():
     excluding = attrs.evolve(CONFIG, exclusions=ExclusionPolicy(["u0@*"]))
     directory = InMemoryDirectory.from_dict(fixture())
     store = InMemoryUserStore()
-    quiet = await settle(directory, store, config=excluding)
+    audit = InMemoryAuditSink()
+    quiet = await settle(directory, store, audit, config=excluding)
     assert quiet.counts["excluded"] == 1
-    again = await reconciler(directory, store).run(excluding, actor=SYSTEM)
+    again = await reconciler(directory, store, audit).run(excluding, actor=SYSTEM)
+    excluded = [e for e in audit.events if e.run_id == again.run_id and e.kind.value == "user_excluded"]
+    assert [e.subject for e in excluded] == ["u0"]
     assert again.mode_reason.startswith("nothing changed")
     assert again.counts["excluded"] == 1 and "excluded=1" in str(again), str(again)
+    assert again.plan.skipped == quiet.plan.skipped  # the report and the Import Log name them as that run did
 
 
 async def test_a_store_keeping_the_cache_as_json_settles_too_and_moves_only_the_cursor():

@@ -517,9 +517,12 @@ class _Run:
         return plan, snapshot
 
     async def _settled_plan(self, settled: Settled) -> tuple[Plan, DirectorySnapshot]:
-        """Nothing changed since a run that planned nothing: plan nothing, and log the read as that run's."""
+        """Nothing changed since a run that planned nothing: plan nothing, and log the read and the skips as it did."""
         assert self.read is not None
-        plan = Plan(self.config.trust_site_id, users_in_scope=settled.users_in_scope, synced_users=settled.synced_users)
+        plan = Plan(
+            self.config.trust_site_id, skipped=settled.skipped, users_in_scope=settled.users_in_scope,
+            synced_users=settled.synced_users,
+        )
         events = [self.journal.read_mode(self.read.mode, self.read.why)]
         counts = {group: range(users) for group, users in settled.group_users.items()}
         events += self.journal.read_events(counts, {}, sorted(self.config.mappings.group_ids))
@@ -554,7 +557,7 @@ class _Run:
         if key is None:
             return None
         return Settled(
-            key, self.run_id, self._counts(plan), plan.users_in_scope, plan.synced_users,
+            key, self.run_id, plan.skipped, plan.users_in_scope, plan.synced_users,
             {group: len(users) for group, users in snapshot.members.items()},
         )
 
@@ -683,8 +686,6 @@ class _Run:
         counts["unchanged"] = self.outcomes.get("unchanged", 0)
         counts["failed"] = self.outcomes.get("failed", 0)
         counts["held"] = len(plan.held_removals) if plan else 0
-        if self.read is not None and self.read.settled is not None:  # as the run that settled the trust said
-            counts.update((kind, n) for kind, n in self.read.settled.counts.items() if kind in counts)
         return counts
 
 

@@ -457,14 +457,15 @@ def plan_html(plan: Plan) -> str:
 def report_counts(report: ImportReport) -> tuple[dict[str, int], dict[str, int]]:
     """The report's counts as two parts: applied changes by kind, then everything else.
 
-    The second part starts with ``skipped``, ``excluded`` and ``conflict``
-    (the reconciler counts them with :func:`skip_counts`, so the report and
-    the plan use one vocabulary; a settled run's are its settling run's),
-    then the report's other counts (``unchanged``, ``failed``, ``held``…) in
-    their order.
+    The second part starts with ``skipped``, ``excluded`` and ``conflict``,
+    counted from the run's plan by :func:`skip_category` when the report has
+    it (so the report and the plan use one vocabulary), then the report's
+    other counts (``unchanged``, ``failed``, ``held``…) in their order.
     """
     changes = {kind: count for kind, count in report.counts.items() if kind in _CHANGE_KINDS}
     others: dict[str, int] = {category: report.counts.get(category, 0) for category in SKIP_CATEGORIES}
+    if report.plan is not None:
+        others.update(skip_counts(report.plan.skipped))
     others.update(
         (kind, count)
         for kind, count in report.counts.items()

@@ -30,6 +30,7 @@ import attrs
 
 from .config import SyncConfig
 from .model import Site
+from .plan import Skip
 from .state import SyncState
 
 __all__ = ["Settled", "settled_key"]
@@ -71,16 +72,18 @@ def settled_key(
 
 @attrs.frozen
 class Settled:
-    """What the run that settled the trust planned: nothing, and the figures its report gave.
+    """What the run that settled the trust planned: no change, and who it left out.
 
-    ``counts``: that report's counts (zero changes; excluded and skipped
-    users as they were); ``users_in_scope`` / ``synced_users``: the plan's
-    figures; ``group_users``: users per mapped group as read.
+    ``skipped``: that plan's skips (excluded and skipped users, never a
+    conflict: a run with one does not settle), so a settled run's report and
+    Import Log say what that run's said; ``users_in_scope`` /
+    ``synced_users``: the plan's figures; ``group_users``: users per mapped
+    group as read.
     """
 
     key: str
     run_id: str
-    counts: Mapping[str, int]
+    skipped: tuple[Skip, ...]
     users_in_scope: int
     synced_users: int
     group_users: Mapping[str, int]
@@ -89,7 +92,7 @@ class Settled:
         return {
             "key": self.key,
             "run_id": self.run_id,
-            "counts": dict(sorted(self.counts.items())),
+            "skipped": [attrs.asdict(skip) for skip in self.skipped],
             "users_in_scope": self.users_in_scope,
             "synced_users": self.synced_users,
             "group_users": dict(sorted(self.group_users.items())),
@@ -102,11 +105,12 @@ class Settled:
         if not isinstance(data, Mapping):
             return None
         try:
-            counts, groups = data["counts"], data["group_users"]
-            if not all(isinstance(v, int) for v in (*counts.values(), *groups.values())):
+            groups = data["group_users"]
+            if not all(isinstance(v, int) for v in groups.values()):
                 return None
+            skipped = tuple(_skip(item) for item in data["skipped"])
             settled = cls(
-                str(data["key"]), str(data["run_id"]), dict(counts), int(data["users_in_scope"]),
+                str(data["key"]), str(data["run_id"]), skipped, int(data["users_in_scope"]),
                 int(data["synced_users"]), dict(groups),
             )
         except (KeyError, TypeError, ValueError, AttributeError):
@@ -118,6 +122,16 @@ class Settled:
         rest = dict(state.delta if delta is None else delta)
         rest["settled"] = self.to_dict()
         return attrs.evolve(state, delta=rest)
+
+
+def _skip(item: Mapping[str, Any]) -> Skip:
+    email = item["email"]
+    flags = [item[name] for name in ("excluded", "keeps_access", "conflict")]
+    if type(item["external_id"]) is not str or type(item["reason"]) is not str:
+        raise ValueError("a skip needs an external id and a reason")
+    if (email is not None and type(email) is not str) or not all(type(flag) is bool for flag in flags):
+        raise ValueError("a skip's email is text or null, its flags true or false")
+    return Skip(item["external_id"], email, item["reason"], *flags)
 
 
 def without_settled(state: SyncState) -> SyncState:
