@@ -48,6 +48,7 @@ from .plan import (
     RemoveGroupMember,
     UpdateUser,
     UpsertGroup,
+    UserLabel,
     change_kind,
 )
 from .planner import DirectorySnapshot, PlanContext, build_plan, skip_reason
@@ -424,6 +425,7 @@ class _Run:
     results: list[ChangeResult] = attrs.field(factory=list)
     unrecorded: list[AuditEvent] = attrs.field(factory=list)
     labels: dict[str, str] = attrs.field(factory=dict)
+    people: Mapping[str, UserLabel] = attrs.field(factory=dict)
     existing_groups: frozenset[str] = frozenset()
     group_names: dict[str, str] = attrs.field(factory=dict)
     data_version: int | None = None
@@ -664,17 +666,23 @@ class _Run:
         )
 
     def _learn_labels(self, plan: Plan) -> None:
-        """Emails by external id for the users this run mentions, so log messages name people."""
-        for external_id, label in plan.people.items():
-            if label.email:
-                self.labels[external_id] = label.email
+        """How log messages name people: a change's new email, else the plan's label, asked for when logged.
+
+        ``plan.people`` works labels out on demand; walking it here would build
+        one for every user of a first import, most of which no message needs.
+        """
+        self.people = plan.people
         for change in plan.changes:
             if isinstance(change, (CreateUser, LinkUser, RelinkUser, UpdateUser)):
                 self.labels[change.external_id] = change.email
         self.group_names = dict(plan.group_names)
 
     def _label(self, external_id: str) -> str:
-        return self.labels.get(external_id, external_id)
+        email = self.labels.get(external_id)
+        if email is None:
+            label = self.people.get(external_id)
+            email = label.email if label is not None and label.email else external_id
+        return email
 
     def _group_label(self, group_id: str) -> str:
         return self.group_names.get(group_id, group_id)
