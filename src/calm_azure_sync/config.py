@@ -121,6 +121,10 @@ def _to_exclusions(exclusions: ExclusionPolicy | Iterable[str] | Mapping[str, An
     return policy
 
 
+# The settings of a removal policy, as dicts name them: its fields, whatever fields it grows.
+_REMOVAL_KEYS = tuple(field.name for field in attrs.fields(RemovalPolicy))
+
+
 def _to_removal(removal: RemovalPolicy | Mapping[str, Any]) -> RemovalPolicy:
     if isinstance(removal, RemovalPolicy):
         return removal
@@ -129,8 +133,7 @@ def _to_removal(removal: RemovalPolicy | Mapping[str, Any]) -> RemovalPolicy:
             f"removal: expected a RemovalPolicy or a dict of its settings, got {_kind(removal)}"
         )
     reader = _Reader()
-    keys = tuple(field.name for field in attrs.fields(RemovalPolicy))
-    policy = reader.build(removal, "removal", RemovalPolicy, keys, required=False)
+    policy = reader.build(removal, "removal", RemovalPolicy, _REMOVAL_KEYS, required=False)
     if reader.problems:
         raise ConfigError(reader.problems)
     assert isinstance(policy, RemovalPolicy)
@@ -254,13 +257,7 @@ class SyncConfig:
             "modules": None if self.modules is None else sorted(self.modules),
             "mappings": [mapping.to_dict() for mapping in self.mappings.mappings],
             "exclusions": self.exclusions.to_dict(),
-            "removal": {
-                "mode": self.removal.mode,
-                "max_removal_ratio": self.removal.max_removal_ratio,
-                "min_removals_to_hold": self.removal.min_removals_to_hold,
-                "max_group_shrink_ratio": self.removal.max_group_shrink_ratio,
-                "min_group_baseline": self.removal.min_group_baseline,
-            },
+            "removal": {key: getattr(self.removal, key) for key in _REMOVAL_KEYS},
         }
 
     @classmethod
@@ -301,18 +298,14 @@ class SyncConfig:
             ]
         mappings = []
         for index, item in enumerate(reader.sequence(top.get("mappings"), "mappings") or []):
-            mapping = reader.build(item, f"mappings[{index}]", GroupMapping, ("group_id", "site_id", "roles"))
+            mapping = reader.build(item, f"mappings[{index}]", GroupMapping, GroupMapping._KEYS)
             if mapping is not None:
                 mappings.append(mapping)
         exclusions = reader.build(
             top.get("exclusions", {}), "exclusions", ExclusionPolicy, ("patterns", "user_ids"),
             required=False,
         )
-        removal = reader.build(
-            top.get("removal", {}), "removal", RemovalPolicy,
-            ("mode", "max_removal_ratio", "min_removals_to_hold", "max_group_shrink_ratio", "min_group_baseline"),
-            required=False,
-        )
+        removal = reader.build(top.get("removal", {}), "removal", RemovalPolicy, _REMOVAL_KEYS, required=False)
         if reader.problems or trust_site_id is None:
             raise ConfigError(reader.problems or ["trust_site_id: required"])
         try:
