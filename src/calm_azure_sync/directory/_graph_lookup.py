@@ -124,17 +124,15 @@ async def _lookup_batch(
         retry, retry_after = _batch_answers(self, kind, page, pending, found, operation)
         if not retry:
             break
-        delay = self.retry.delay(attempt, retry_after=retry_after, jitter_draw=self._retry_handler._random_draw())
-        if attempt >= self.retry.max_attempts or not budget.allows(delay):
-            status, code = retry[0][1], retry[0][2]
+        status, code = retry[0][1], retry[0][2]
+        failed = f"Graph $batch sub-requests ({len(retry)}) of {operation} failed with HTTP {status}"
+        if not await self._retry_handler.wait_before_retry(attempt, retry_after, budget, failed):
             raise DirectoryError(
                 f"{operation}: Microsoft Graph answered HTTP {status} for {len(retry)} of them "
                 f"after {attempt} attempts",
                 code=code,
                 status=status,
             )
-        budget.spend(delay)
-        await self._retry_handler._sleep(delay)
         pending = [object_id for object_id, _, _ in retry]
     return found
 

@@ -203,37 +203,51 @@ class GraphRetryHandler(BaseMiddleware):
                     response = None
             retry += 1
             retry_after = None if response is None else response.headers.get("Retry-After")
-            delay = policy.delay(retry, retry_after=retry_after, jitter_draw=self._random_draw())
             what = type(failure).__name__ if response is None else f"HTTP {response.status_code}"
-            if retry >= policy.max_attempts or not budget.allows(delay):
-                logger.warning(
-                    "Graph %s %s failed with %s after %d attempt(s); not retrying (next wait %.3f s, budget left %.3f s)",
-                    request.method,
-                    request.url.path,
-                    what,
-                    retry,
-                    delay,
-                    budget.remaining,
-                )
+            failed = f"Graph {request.method} {request.url.path} failed with {what}"
+            if not await self.wait_before_retry(retry, retry_after, budget, failed, before=response):
                 if response is None:
                     assert failure is not None
                     raise failure
                 await response.aread()
                 response.extensions[ATTEMPTS_KEY] = retry
                 return response
-            if response is not None:
-                await response.aclose()
-            logger.info(
-                "Graph %s %s failed with %s; retry %d in %.3f s",
-                request.method,
-                request.url.path,
-                what,
-                retry,
-                delay,
-            )
-            budget.spend(delay)
-            await self._sleep(delay)
             request.headers["Retry-Attempt"] = str(retry)
+
+    async def wait_before_retry(
+        self,
+        attempt: int,
+        retry_after: str | None,
+        budget: RetryBudget,
+        failed: str,
+        *,
+        before: httpx.Response | None = None,
+    ) -> bool:
+        """Wait before retrying after failed ``attempt`` (1 for the first), as the policy says; False: give up.
+
+        Gives up (without waiting) when the attempts are used up or the wait
+        would overrun ``budget``. ``failed`` says what failed, for the log;
+        ``before``, a response to release before waiting (when not giving up).
+        Used by :meth:`send` and by the ``$batch`` lookups, whose throttled
+        sub-requests are retried outside the pipeline.
+        """
+        policy = self.policy
+        delay = policy.delay(attempt, retry_after=retry_after, jitter_draw=self._random_draw())
+        if attempt >= policy.max_attempts or not budget.allows(delay):
+            logger.warning(
+                "%s after %d attempt(s); not retrying (next wait %.3f s, budget left %.3f s)",
+                failed,
+                attempt,
+                delay,
+                budget.remaining,
+            )
+            return False
+        if before is not None:
+            await before.aclose()
+        logger.info("%s; retry %d in %.3f s", failed, attempt, delay)
+        budget.spend(delay)
+        await self._sleep(delay)
+        return True
 
     def _budget(self, request: httpx.Request) -> RetryBudget:
         options = request.extensions.get(REQUEST_OPTIONS_KEY) or {}
