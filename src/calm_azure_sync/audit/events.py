@@ -38,6 +38,9 @@ class AuditKind(enum.StrEnum):
     GROUP_RETIRED = "group_retired"
     GROUP_MEMBER_ADDED = "group_member_added"
     GROUP_MEMBER_REMOVED = "group_member_removed"
+    REMOVALS_DEFERRED = "removals_deferred"  # held by a partial read this run, naming the unread groups
+    IMPORT_ABANDONED = "import_abandoned"  # a run that died without an end, closed by the next run
+    HOLD_CONFIRMED = "hold_confirmed"
 
     def __str__(self) -> str:
         return self.value
