@@ -12,8 +12,15 @@ The guards, in the order they are applied to one plan's removals:
 1. **Pending hold** (remembered). Every removal whose slot the trust's pending
    :class:`~calm_azure_sync.Hold` covers is held again, whatever today's
    ratios say, unless the run confirms that hold by its id: then the removals
-   that are exactly what the admin reviewed are applied. A held slot whose
-   removal Azure no longer implies drops out; a hold left empty is cleared.
+   that are exactly what the admin reviewed (and inside ``confirm_only``, when
+   the confirmation is partial) are applied, and the rest stays held under a
+   new id. Slots are keyed by *store user* (:func:`~calm_azure_sync.state.removal_key`),
+   so a relinked or re-created account keeps its removals held. A held removal
+   this run does not plan is carried in the hold unchanged, unless the plan
+   shows Azure implies that access again: its user was in scope and decided
+   (and, for a membership, its group was read completely). So a run in
+   ``keep`` mode, a mode switch, an email conflict or an unread group forgets
+   nothing; only a confirmation does. A hold left empty is cleared.
 2. **Partial read** (decided afresh every run, never persisted). A mapped
    group that could not be read completely (an outage, a 404 stale mapping)
    holds the removals it could explain: unassigns and downgrades on the
@@ -30,7 +37,9 @@ The guards, in the order they are applied to one plan's removals:
    every synced user of a trust of two or more, every new removal is held.
 
 A user's deactivation is held whenever any other removal of theirs is held:
-it only follows from them. Newly held removals join the pending hold; its id
+it only follows from them. Removals held only by a partial read are
+*deferred*: they are not part of the hold (nothing to confirm), the next
+complete read decides them again. Newly held removals join the pending hold; its id
 changes whenever the held set grows (a confirmation names exactly what was
 reviewed) and stays when removals drop out.
 
@@ -47,7 +56,7 @@ a person re-activated).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
 
@@ -56,21 +65,42 @@ from .plan import (
     Assign,
     Change,
     DeactivateUser,
+    HoldReason,
     RemoveGroupMember,
     Unassign,
-    removal_slot,
+    UserLabel,
 )
-from .state import Hold, HoldKind, SyncState, new_hold_id
+from .state import Hold, HoldKind, HoldScope, SyncState, new_hold_id, removal_key
 from .store.protocol import ChangeResult
 
 __all__ = ["GuardInput", "GuardOutcome", "apply_guards", "next_sync_state"]
 
-Slot = tuple[str, ...]
+Pair = tuple[str, str]
+
+
+def _no_owner(external_id: str) -> str | None:
+    return None
+
+
+def _no_label(external_id: str) -> UserLabel | None:
+    return None
+
+
+def _always(change: Change) -> bool:
+    return True
 
 
 @attrs.frozen
 class GuardInput:
-    """What the guards judge: one plan's removals and the facts around them."""
+    """What the guards judge: one plan's removals and the facts around them.
+
+    ``owner_of`` names the store user an external id belongs to in this plan
+    (a relinked account's new id included); ``decided`` are the external ids
+    whose access the plan decided (in scope, not a conflict); ``in_store``
+    whether the slot a removal takes away is still there in the store
+    (a removal already applied protects nothing any more). ``label_of``,
+    ``group_names`` and ``site_names`` are how a new hold names what it holds.
+    """
 
     config: SyncConfig
     removals: Sequence[Change]
@@ -83,35 +113,47 @@ class GuardInput:
     synced_users: int
     run_id: str
     now: dt.datetime
+    confirm_only: HoldScope | None = None
+    owner_of: Callable[[str], str | None] = _no_owner
+    decided: frozenset[str] = frozenset()
+    in_store: Callable[[Change], bool] = _always
+    label_of: Callable[[str], UserLabel | None] = _no_label
+    group_names: Mapping[str, str] = attrs.field(factory=dict)
+    site_names: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen
 class GuardOutcome:
     """The guards' verdict.
 
-    ``held`` are the removals not applied (in plan order); ``reason`` the main
-    reason; ``hold`` the pending hold after this run (``None``: nothing is
-    pending); ``hold_cleared`` the id of a hold this run cleared;
+    ``held`` are the planned removals not applied (in plan order); ``reason``
+    the main reason; ``hold`` the pending hold after this run (``None``:
+    nothing is pending); ``hold_cleared`` the id of a hold this run cleared;
+    ``confirmed`` the held removals a confirmation releases in this run;
+    ``deferred`` the removals held only by a partial read (not in the hold);
     ``shrunk_groups`` the groups that tripped the shrink guard;
     ``stale_held`` the removals each stale mapping keeps held.
     """
 
     held: tuple[Change, ...]
-    reason: str | None
+    reason: HoldReason | None
     hold: Hold | None
     hold_cleared: str | None
     shrunk_groups: tuple[str, ...]
     stale_held: Mapping[str, int]
+    confirmed: tuple[Change, ...] = ()
+    deferred: tuple[Change, ...] = ()
 
 
-def _pairs_by_group(config: SyncConfig) -> dict[str, set[tuple[str, str]]]:
-    pairs: dict[str, set[tuple[str, str]]] = {}
+def pairs_by_group(config: SyncConfig) -> dict[str, set[Pair]]:
+    """Each mapped group's (site, module) pairs."""
+    pairs: dict[str, set[Pair]] = {}
     for mapping in config.mappings.mappings:
         pairs.setdefault(mapping.group_id, set()).update((mapping.site_id, module) for module in mapping.roles)
     return pairs
 
 
-def _explained_by(change: Change, pairs: set[tuple[str, str]], groups: Iterable[str]) -> bool:
+def _explained_by(change: Change, pairs: set[Pair], groups: Iterable[str]) -> bool:
     """Whether an unread or shrunk group could explain this removal."""
     if isinstance(change, (Assign, Unassign)):
         return (change.site_id, change.module) in pairs
@@ -120,21 +162,54 @@ def _explained_by(change: Change, pairs: set[tuple[str, str]], groups: Iterable[
     return False
 
 
+@attrs.define
+class _Owners:
+    """Store-user keys of external ids, for this plan and the pending hold."""
+
+    owner_of: Callable[[str], str | None]
+    remembered: Mapping[str, str]
+    cache: dict[str, str | None] = attrs.field(factory=dict)
+
+    def owner(self, external_id: str) -> str | None:
+        if external_id not in self.cache:
+            found = self.owner_of(external_id)
+            self.cache[external_id] = found if found is not None else self.remembered.get(external_id)
+        return self.cache[external_id]
+
+    def key(self, change: Change) -> tuple[str, ...]:
+        owner = self.owner(change.external_id)
+        return removal_key(change, {change.external_id: owner} if owner is not None else {})
+
+    def same(self, held: Change, now: Change) -> bool:
+        """The same removal, whichever Entra object id the store user has now."""
+        if held == now:
+            return True
+        if type(held) is not type(now) or self.key(held) != self.key(now):
+            return False
+        return attrs.evolve(held, external_id=now.external_id) == now  # type: ignore[misc]
+
+
 def apply_guards(facts: GuardInput) -> GuardOutcome:
     """Judge ``facts.removals``; see the module docstring for the rules (numbered as there)."""
     pending = facts.pending
-    confirmed = pending is not None and facts.confirm_hold == pending.id
-    pairs = _pairs_by_group(facts.config)
+    # keep mode removes nothing: a confirmation applies nothing and forgets nothing then.
+    keep = facts.config.removal.mode == "keep"
+    confirmed = pending is not None and facts.confirm_hold == pending.id and not keep
+    owners = _Owners(facts.owner_of, pending.owners if pending is not None else {})
+    pairs = pairs_by_group(facts.config)
     partial, stale_held = _partial_read(facts, pairs)
-    kept, released, new, grown = _against_pending(facts, partial, confirmed)
-    shrunk, newly_held = _group_shrank(facts, pairs, new)
-    _mass_removal(facts, new, [*kept, *released], newly_held)
-    _hold_deactivations_with_their_removals(facts, new, {*partial, *kept}, newly_held)
+    judged = _against_pending(facts, partial, confirmed, owners, keep)
+    shrunk, newly_held = _group_shrank(facts, pairs, judged.new)
+    pending_now = [*judged.kept, *judged.released]
+    _mass_removal(facts, judged.new, pending_now, judged.carried, newly_held, owners)
+    _hold_deactivations_with_their_removals(facts, judged, {*partial, *judged.kept}, newly_held)
 
-    hold = _next_hold(facts, pending, confirmed, kept, newly_held, grown, shrunk)
-    held = tuple(facts.removals[index] for index in sorted({*partial, *kept, *newly_held}))
-    reason: str | None = None
-    if hold is not None and (kept or newly_held):
+    hold = _next_hold(facts, confirmed, judged, newly_held, shrunk, owners, pairs)
+    held_indexes = {*partial, *judged.kept, *newly_held}
+    held = tuple(facts.removals[index] for index in sorted(held_indexes))
+    in_hold = {*judged.kept, *newly_held}
+    reason: HoldReason | None = None
+    if hold is not None and (judged.kept or newly_held):
         reason = hold.reason
     elif partial:
         reason = "partial_read"
@@ -145,19 +220,19 @@ def apply_guards(facts: GuardInput) -> GuardOutcome:
         hold_cleared=pending.id if pending is not None and hold is None else None,
         shrunk_groups=tuple(shrunk),
         stale_held=stale_held,
+        confirmed=tuple(facts.removals[index] for index in sorted(judged.released)),
+        deferred=tuple(facts.removals[index] for index in sorted(partial - in_hold)),
     )
 
 
-def _union_of_pairs(pairs: Mapping[str, set[tuple[str, str]]], groups: Iterable[str]) -> set[tuple[str, str]]:
-    found: set[tuple[str, str]] = set()
+def _union_of_pairs(pairs: Mapping[str, set[Pair]], groups: Iterable[str]) -> set[Pair]:
+    found: set[Pair] = set()
     for group in groups:
         found |= pairs.get(group, set())
     return found
 
 
-def _partial_read(
-    facts: GuardInput, pairs: Mapping[str, set[tuple[str, str]]]
-) -> tuple[set[int], dict[str, int]]:
+def _partial_read(facts: GuardInput, pairs: Mapping[str, set[Pair]]) -> tuple[set[int], dict[str, int]]:
     """2. What an unread group could explain (and every deactivation); per stale mapping, how many."""
     unread = set(facts.unreadable_groups)
     stale_held = dict.fromkeys(sorted(facts.stale_groups), 0)
@@ -174,43 +249,87 @@ def _partial_read(
     return partial, stale_held
 
 
-def _against_pending(
-    facts: GuardInput, partial: set[int], confirmed: bool
-) -> tuple[dict[int, Change], set[int], list[int], bool]:
-    """1. The pending hold: re-held, or released by a confirmation of exactly what was reviewed.
+@attrs.define
+class _Judged:
+    """The planned removals against the pending hold (indexes into ``removals``)."""
 
-    Returns the removals that stay in the hold, those released, the new ones
-    (not covered by the hold, not held by a partial read), and whether a held
-    slot now plans a different removal (the hold grows).
-    """
+    kept: dict[int, Change] = attrs.field(factory=dict)  # stay in the hold
+    released: set[int] = attrs.field(factory=set)  # confirmed: applied now
+    new: list[int] = attrs.field(factory=list)  # not covered, not held by a partial read
+    carried: list[Change] = attrs.field(factory=list)  # held, not planned now, not shown to be over
+    grown: bool = False  # a held slot now plans a different removal
+    forgot: bool = False  # a confirmation let go of held removals this run does not plan
+
+
+def _against_pending(
+    facts: GuardInput, partial: set[int], confirmed: bool, owners: _Owners, keep: bool
+) -> _Judged:
+    """1. The pending hold: re-held, released by a confirmation of exactly what was reviewed, or carried."""
+    judged = _Judged()
     pending = facts.pending
-    pending_by_slot = {removal_slot(change): change for change in pending.changes} if pending else {}
-    kept: dict[int, Change] = {}
-    released: set[int] = set()
-    new: list[int] = []
-    grown = False
+    if pending is None:
+        judged.new = [index for index in range(len(facts.removals)) if index not in partial]
+        return judged
+    scope = facts.confirm_only
+
+    def confirms(change: Change) -> bool:
+        return confirmed and (scope is None or pending.in_scope(change, scope))
+
+    pending_by_key = {owners.key(change): change for change in pending.changes}
+    planned: set[tuple[str, ...]] = set()
     for index, change in enumerate(facts.removals):
-        held_change = pending_by_slot.get(removal_slot(change))
+        key = owners.key(change)
+        planned.add(key)
+        held_change = pending_by_key.get(key)
         if held_change is None:
             if index not in partial:
-                new.append(index)
-        elif confirmed and held_change == change and index not in partial:
-            released.add(index)
+                judged.new.append(index)
+        elif owners.same(held_change, change) and index not in partial and confirms(held_change):
+            judged.released.add(index)
         else:
-            kept[index] = change
-            grown = grown or held_change != change
-    return kept, released, new, grown
+            judged.kept[index] = change
+            judged.grown = judged.grown or not owners.same(held_change, change)
+    unplanned = [change for key, change in pending_by_key.items() if key not in planned]
+    if unplanned:
+        over = _shown_over(facts, owners, keep)
+        for change in unplanned:
+            if over(change):
+                continue  # Azure implies this access again: it drops out
+            if confirms(change):
+                judged.forgot = True  # confirmed, but nothing to apply now
+                continue
+            judged.carried.append(change)
+    return judged
+
+
+def _shown_over(facts: GuardInput, owners: _Owners, keep: bool) -> Callable[[Change], bool]:
+    """Whether this run shows that a held removal it does not plan is over: gone from the store,
+    or no longer implied by Azure (its user decided in scope; a membership's group read completely)."""
+    if keep:
+        return lambda change: not facts.in_store(change)
+    decided = {owners.owner(external_id) or f"azure:{external_id}" for external_id in facts.decided}
+
+    def over(change: Change) -> bool:
+        if not facts.in_store(change):
+            return True  # already gone from the store (applied, say, before a crash): nothing to protect
+        if (owners.owner(change.external_id) or f"azure:{change.external_id}") not in decided:
+            return False
+        if isinstance(change, RemoveGroupMember):
+            return change.group_external_id in facts.member_counts
+        return True
+
+    return over
 
 
 def _group_shrank(
-    facts: GuardInput, pairs: Mapping[str, set[tuple[str, str]]], new: Sequence[int]
-) -> tuple[list[str], dict[int, str]]:
+    facts: GuardInput, pairs: Mapping[str, set[Pair]], new: Sequence[int]
+) -> tuple[list[str], dict[int, HoldKind]]:
     """3. The groups that shrank against their baselines, and the new removals they explain."""
     policy = facts.config.removal
     shrunk = sorted(
         group for group, count in facts.member_counts.items() if policy.group_shrank(facts.baselines.get(group), count)
     )
-    newly_held: dict[int, str] = {}
+    newly_held: dict[int, HoldKind] = {}
     if shrunk:
         shrunk_pairs = _union_of_pairs(pairs, shrunk)
         for index in new:
@@ -219,21 +338,32 @@ def _group_shrank(
     return shrunk, newly_held
 
 
-def _mass_removal(facts: GuardInput, new: Sequence[int], pending: Sequence[int], newly_held: dict[int, str]) -> None:
+def _mass_removal(
+    facts: GuardInput,
+    new: Sequence[int],
+    pending: Sequence[int],
+    carried: Sequence[Change],
+    newly_held: dict[int, HoldKind],
+    owners: _Owners,
+) -> None:
     """4. The new removals judged together with the pending ones; when they trip, all new ones are held."""
-    losing = {facts.removals[index].external_id for index in (*new, *pending)}
-    if new and facts.config.removal.should_hold(len(losing), facts.synced_users):
+    if not new:
+        return
+    changes = [*(facts.removals[index] for index in (*new, *pending)), *carried]
+    losing = {owners.owner(change.external_id) or change.external_id for change in changes}
+    if facts.config.removal.should_hold(len(losing), facts.synced_users):
         for index in new:
             newly_held.setdefault(index, "mass_removal")
 
 
 def _hold_deactivations_with_their_removals(
-    facts: GuardInput, new: Sequence[int], held: set[int], newly_held: dict[int, str]
+    facts: GuardInput, judged: _Judged, held: set[int], newly_held: dict[int, HoldKind]
 ) -> None:
     """A deactivation follows from the user's other removals: held whenever one of them is."""
     held_users = {facts.removals[index].external_id for index in (*held, *newly_held)}
-    reason = facts.pending.reason if facts.pending is not None else "mass_removal"
-    for index in new:
+    held_users.update(change.external_id for change in judged.carried)
+    reason: HoldKind = facts.pending.reason if facts.pending is not None else "mass_removal"
+    for index in judged.new:
         change = facts.removals[index]
         if isinstance(change, DeactivateUser) and change.external_id in held_users:
             newly_held.setdefault(index, reason)
@@ -241,27 +371,29 @@ def _hold_deactivations_with_their_removals(
 
 def _next_hold(
     facts: GuardInput,
-    pending: Hold | None,
     confirmed: bool,
-    kept: Mapping[int, Change],
-    newly_held: Mapping[int, str],
-    grown: bool,
+    judged: _Judged,
+    newly_held: Mapping[int, HoldKind],
     shrunk: Sequence[str],
+    owners: _Owners,
+    pairs: Mapping[str, set[Pair]],
 ) -> Hold | None:
     """The hold this run leaves pending."""
-    indexes = sorted({*kept, *newly_held})
-    if not indexes:
+    pending = facts.pending
+    indexes = sorted({*judged.kept, *newly_held})
+    changes = (*(facts.removals[index] for index in indexes), *judged.carried)
+    if not changes:
         return None
-    changes = tuple(facts.removals[index] for index in indexes)
-    reasons = {newly_held[index] for index in newly_held}
-    if pending is not None and not confirmed:
+    from_pending = bool(judged.kept or judged.carried)
+    if pending is not None and from_pending:
         reason: HoldKind = pending.reason
     else:
-        reason = "group_shrank" if "group_shrank" in reasons else "mass_removal"
-    group_ids = (*(pending.group_ids if pending is not None and not confirmed else ()), *shrunk)
-    if pending is not None and not confirmed and not newly_held and not grown:
+        reason = "group_shrank" if "group_shrank" in newly_held.values() else "mass_removal"
+    group_ids = (*(pending.group_ids if pending is not None and from_pending else ()), *shrunk)
+    described = _described(facts, changes, pending, owners, pairs, group_ids)
+    if pending is not None and not confirmed and not newly_held and not judged.grown:
         # Only drop-outs (or nothing) since the admin last saw it: the same hold.
-        return attrs.evolve(pending, changes=changes)
+        return attrs.evolve(pending, changes=changes, **described)
     return Hold(
         id=new_hold_id(),
         trust_site_id=facts.config.trust_site_id,
@@ -270,7 +402,51 @@ def _next_hold(
         created_at=facts.now,
         run_id=facts.run_id,
         group_ids=group_ids,
+        **described,
     )
+
+
+def _described(
+    facts: GuardInput,
+    changes: Sequence[Change],
+    pending: Hold | None,
+    owners: _Owners,
+    pairs: Mapping[str, set[Pair]],
+    group_ids: Sequence[str],
+) -> dict[str, object]:
+    """What a hold keeps to key and name its removals: store owners, people, groups, sites, the mapping."""
+    known_people = pending.people if pending is not None else {}
+    owner_map: dict[str, str] = {}
+    people: dict[str, UserLabel] = {}
+    for change in changes:
+        external_id = change.external_id
+        owner = owners.owner(external_id)
+        if owner is not None:
+            owner_map[external_id] = owner
+        label = facts.label_of(external_id) or known_people.get(external_id)
+        if label is not None:
+            people[external_id] = label
+    grant_pairs = {(c.site_id, c.module) for c in changes if isinstance(c, (Assign, Unassign))}
+    member_groups = {c.group_external_id for c in changes if isinstance(c, RemoveGroupMember)}
+    mapped = {
+        group: tuple(sorted(group_pairs))
+        for group, group_pairs in pairs.items()
+        if group in member_groups or group_pairs & grant_pairs
+    }
+    for group, group_pairs in (pending.mapped.items() if pending is not None else ()):
+        mapped.setdefault(group, group_pairs)
+    involved = {*mapped, *group_ids}
+    known_groups = pending.group_names if pending is not None else {}
+    group_names = {
+        group: facts.group_names.get(group) or known_groups.get(group) or group for group in sorted(involved)
+    }
+    sites = {site for group_pairs in mapped.values() for site, _ in group_pairs} | {site for site, _ in grant_pairs}
+    known_sites = pending.site_names if pending is not None else {}
+    site_names = {
+        site: facts.site_names.get(site) or known_sites.get(site) or site for site in sorted(sites)
+    }
+    return {"owners": owner_map, "people": people, "group_names": group_names, "site_names": site_names,
+            "mapped": mapped}
 
 
 def next_sync_state(

@@ -34,6 +34,7 @@ from .plan import (
     change_kind,
     change_to_dict,
 )
+from .state import Hold, HoldScope
 from .store.protocol import ChangeResult
 
 __all__ = ["Journal", "RefusalReason", "describe_counts"]
@@ -94,9 +95,12 @@ def describe_counts(counts: Mapping[str, int]) -> str:
     return ", ".join(shown) if shown else "nothing to change"
 
 
-def _held_entry(change: Change) -> dict[str, Any]:
+def _held_entry(change: Change, hold: Hold | None) -> dict[str, Any]:
     entry = change_to_dict(change)
     entry["subject"] = change.external_id
+    if hold is not None:
+        entry["user_id"] = hold.owners.get(change.external_id)
+        entry["text"] = hold.describe_change(change)
     return entry
 
 
@@ -180,7 +184,9 @@ class Journal:
                 )
         return events
 
-    def plan_events(self, plan: Plan, *, confirmed: str | None = None) -> list[AuditEvent]:
+    def plan_events(
+        self, plan: Plan, *, confirmed: str | None = None, scope: HoldScope | None = None
+    ) -> list[AuditEvent]:
         """Who was left out, what is held and why, what stale mappings keep held, what was cleared."""
         events = []
         for skip in plan.skipped:
@@ -209,8 +215,12 @@ class Journal:
                     detail={"group_id": group_id, "stage": "read", "stale": True, "removals_held": held},
                 )
             )
-        if plan.held_removals:
-            events.append(self._held(plan))
+        if confirmed is not None and (plan.confirmed_removals or plan.hold_cleared == confirmed or scope):
+            events.append(self._confirmed(plan, confirmed, scope))
+        if plan.hold is not None:
+            events.append(self._held(plan.hold, plan.synced_users))
+        if plan.deferred_removals:
+            events.append(self._deferred(plan))
         if plan.hold_cleared is not None:
             events.append(
                 self.event(
@@ -223,25 +233,66 @@ class Journal:
             )
         return events
 
-    def _held(self, plan: Plan) -> AuditEvent:
-        users = len({change.external_id for change in plan.held_removals})
-        if plan.hold_reason == "partial_read":
-            why = "not every mapped group could be read completely"
-        elif plan.hold_reason == "group_shrank":
-            why = f"mapped groups lost most of their members at once ({', '.join(plan.held_groups)})"
-        else:
-            why = f"they would remove access from {users} of {plan.synced_users} synced users"
-        confirm = f"; review and confirm hold {plan.hold_id} to apply them" if plan.hold_id else ""
+    def _held(self, hold: Hold, synced_users: int) -> AuditEvent:
+        """The pending hold, exactly: its removals and users, nothing a partial read defers."""
+        users = len({hold.owners.get(change.external_id, change.external_id) for change in hold.changes})
+        groups = ", ".join(hold.group_names.get(group, group) for group in hold.group_ids)
+        why = {
+            "group_shrank": f"mapped groups lost most of their members at once ({groups})",
+            "mass_removal": f"they would remove access from {users} of {synced_users} synced users",
+        }[hold.reason]
         return self.event(
             AuditKind.REMOVALS_HELD,
-            f"Held {len(plan.held_removals)} removals for {users} users: {why}{confirm}",
+            f"Held {len(hold.changes)} removals for {users} users: {why}; "
+            f"review and confirm hold {hold.id} to apply them",
             detail={
-                "reason": plan.hold_reason,
-                "hold_id": plan.hold_id,
-                "group_ids": list(plan.held_groups),
-                "removals": len(plan.held_removals),
+                "reason": hold.reason,
+                "hold_id": hold.id,
+                "group_ids": list(hold.group_ids),
+                "removals": len(hold.changes),
                 "users": users,
-                "changes": [_held_entry(change) for change in plan.held_removals],
+                "changes": [_held_entry(change, hold) for change in hold.changes],
+            },
+        )
+
+    def _deferred(self, plan: Plan) -> AuditEvent:
+        """Removals a partial read holds this run: not in any hold, decided again by the next complete read."""
+        changes = plan.deferred_removals
+        users = len({change.external_id for change in changes})
+        unread = sorted(plan.unreadable_groups)
+        names = ", ".join(plan.group_names.get(group, group) for group in unread)
+        return self.event(
+            AuditKind.REMOVALS_DEFERRED,
+            f"Deferred {len(changes)} removals for {users} users: these groups could not be read completely "
+            f"({names}); the next complete read decides them",
+            detail={
+                "group_ids": unread,
+                "group_names": [plan.group_names.get(group, group) for group in unread],
+                "removals": len(changes),
+                "users": users,
+                "changes": [_held_entry(change, None) for change in changes],
+            },
+        )
+
+    def _confirmed(self, plan: Plan, hold_id: str, scope: HoldScope | None) -> AuditEvent:
+        """Who confirmed which held removals (all of a hold, or the part inside ``scope``)."""
+        by = f" by {self.actor_id}" if self.actor_id else ""
+        part = f" within {scope.describe()}" if scope is not None else ""
+        rest = (
+            f"; the other {len(plan.hold.changes)} stay held as hold {plan.hold.id}"
+            if scope is not None and plan.hold is not None and plan.hold.id != hold_id else ""
+        )
+        return self.event(
+            AuditKind.HOLD_CONFIRMED,
+            f"Hold {hold_id} confirmed{by}{part}: applying {len(plan.confirmed_removals)} removals{rest}",
+            detail={
+                "hold_id": hold_id,
+                "confirmed": len(plan.confirmed_removals),
+                "scope": None if scope is None else {
+                    "group_ids": scope.group_ids, "site_ids": scope.site_ids, "user_ids": scope.user_ids,
+                },
+                "new_hold_id": plan.hold.id if plan.hold is not None else None,
+                "changes": [_held_entry(change, plan.hold) for change in plan.confirmed_removals],
             },
         )
 

@@ -318,6 +318,10 @@ class Plan:
     lists the users this plan takes out of scope for good (none of their
     removals held); ``lookups_needed`` the Azure objects whose existence would
     settle an email conflict (the reconciler looks them up and plans again).
+    ``confirmed_removals`` are the held removals a confirmation applies in
+    this plan; ``deferred_removals`` the removals held only by a partial read
+    (not part of the hold); ``disputed_groups`` the shrunk groups whose read
+    the next run must not adopt as their baseline.
 
     For reviews: ``people`` names the users the plan mentions (external id ->
     :class:`UserLabel`), ``group_names`` the mapped groups, and
@@ -343,6 +347,9 @@ class Plan:
     left_scope: tuple[str, ...] = attrs.field(default=(), repr=False)
     in_scope_ids: frozenset[str] = attrs.field(default=frozenset(), repr=False)
     lookups_needed: frozenset[str] = attrs.field(default=frozenset(), repr=False)
+    confirmed_removals: tuple[Change, ...] = attrs.field(default=(), repr=False)
+    deferred_removals: tuple[Change, ...] = attrs.field(default=(), repr=False)
+    disputed_groups: tuple[str, ...] = attrs.field(default=(), repr=False)
 
     @property
     def complete(self) -> bool:

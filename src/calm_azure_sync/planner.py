@@ -52,7 +52,7 @@ plan.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import attrs
 
@@ -80,7 +80,7 @@ from .plan import (
     UserLabel,
     is_removal,
 )
-from .state import SyncState
+from .state import HoldScope, SyncState
 from .store.protocol import StoredUser, StoreState
 
 __all__ = ["DirectorySnapshot", "build_plan", "skip_reason"]
@@ -116,6 +116,10 @@ class PlanContext:
     now: dt.datetime = attrs.field(factory=lambda: dt.datetime.now(dt.UTC))
     mirror_groups: bool = False
     """Whether the store mirrors groups (it says so with ``mirrors_groups = True``)."""
+    confirm_only: HoldScope | None = None
+    """A partial confirmation: only the held removals inside this scope are applied."""
+    site_names: Mapping[str, str] = attrs.field(factory=dict)
+    """How people read the trust's sites (``Site.name``), for the hold this plan leaves."""
 
 
 def skip_reason(user: DirectoryUser, config: SyncConfig) -> Skip | None:
@@ -165,13 +169,23 @@ class _Planner:
         in_scope, skipped = _scope(users, self.config)
         by_external, by_email = _index_store(self.state)
         known = {**self.context.lookups, **users}
-        identities = _resolve_identities(in_scope, by_external, by_email, known)
+        identities = _resolve_identities(in_scope, by_external, by_email, known, self._synced_here)
         skipped.extend(identities.conflicts)
         self._grant_in_scope(in_scope, identities, wanted_by_user)
         self._remove_leavers(skipped, by_external)
         group_changes = self._mirror_groups(identities, skipped) if self.context.mirror_groups else []
         ordered = self._order(identities.rounds, group_changes)
-        return self._judge(ordered, skipped, users, identities)
+        return self._judge(ordered, skipped, users, identities, by_external)
+
+    def _synced_here(self, external_id: str) -> bool:
+        """Whether this trust synced that Azure account (it holds or held access or a membership here).
+
+        Only then can this trust's directory prove the account gone: another
+        trust's account (another tenant's, say) is not found here by design.
+        """
+        if external_id in self.state.synced_access or external_id in self.context.sync_state.left_scope:
+            return True
+        return any(external_id in members for members in self.state.group_members.values())
 
     # -- what each in-scope user should have ------------------------------------
 
@@ -278,6 +292,9 @@ class _Planner:
                 now |= self.state.group_members.get(group_id, frozenset()) & keeps
             members_now[group_id] = now
         changes = _group_changes(self.config, self.snapshot, self.state, members_now, relinked)
+        if self.config.removal.mode == "keep":
+            # keep removes nothing at all: no member leaves a synced group, no group is retired (emptied).
+            changes = [change for change in changes if not isinstance(change, (RemoveGroupMember, RetireGroup))]
         for change in changes:
             if isinstance(change, RemoveGroupMember):
                 self.may_remove = True
@@ -307,10 +324,39 @@ class _Planner:
         skipped: list[Skip],
         users: Mapping[str, DirectoryUser],
         identities: _Identities,
+        by_external: Mapping[str, StoredUser],
     ) -> Plan:
         removals = [change for change in ordered if is_removal(change)] if self.may_remove else []
         synced_users = sum(1 for access in self.state.synced_access.values() if access)
         context = self.context
+        # The one gate: every removal this plan makes, whatever path made it, is judged here.
+        relinked = {
+            change.external_id: change.user_id
+            for change in identities.changes.values()
+            if isinstance(change, (RelinkUser, LinkUser))
+        }
+
+        def owner_of(external_id: str) -> str | None:
+            stored = by_external.get(external_id)
+            return relinked.get(external_id) or (stored.user_id if stored is not None else None)
+
+        previous_of = {
+            change.external_id: change.previous_external_id
+            for change in identities.changes.values()
+            if isinstance(change, RelinkUser)
+        }
+
+        def in_store(change: Change) -> bool:
+            external_id = previous_of.get(change.external_id, change.external_id)
+            if isinstance(change, (Assign, Unassign)):
+                return (change.site_id, change.module) in self.state.synced_access.get(external_id, {})
+            if isinstance(change, RemoveGroupMember):
+                return external_id in self.state.group_members.get(change.group_external_id, frozenset())
+            stored = by_external.get(external_id)
+            return stored is not None and stored.active
+
+        labels = _Labels(frozenset(), users, self.state, context.lookups)
+        group_names = {group: self._group_name(group) for group in sorted(self.config.mappings.group_ids)}
         verdict = apply_guards(
             GuardInput(
                 config=self.config,
@@ -324,6 +370,13 @@ class _Planner:
                 synced_users=synced_users,
                 run_id=context.run_id,
                 now=context.now,
+                confirm_only=context.confirm_only,
+                owner_of=owner_of,
+                decided=frozenset(self.processed),
+                in_store=in_store,
+                label_of=labels.label,
+                group_names=group_names,
+                site_names=context.site_names,
             )
         )
         if verdict.held:
@@ -336,7 +389,7 @@ class _Planner:
             changes=tuple(ordered),
             skipped=tuple(sorted(skipped, key=lambda skip: skip.external_id)),
             held_removals=verdict.held,
-            hold_reason=verdict.reason,  # type: ignore[arg-type]
+            hold_reason=verdict.reason,
             unreadable_groups=dict(sorted(self.snapshot.unreadable.items())),
             users_in_scope=len(identities.changes),
             synced_users=synced_users,
@@ -344,10 +397,13 @@ class _Planner:
             held_groups=verdict.shrunk_groups,
             stale_groups=verdict.stale_held,
             people=_Labels(frozenset(mentioned), users, self.state, self.context.lookups),
-            group_names={group: self._group_name(group) for group in sorted(self.config.mappings.group_ids)},
+            group_names=group_names,
             access_before=self.state.synced_access,
             hold=verdict.hold,
             hold_cleared=verdict.hold_cleared,
+            confirmed_removals=verdict.confirmed,
+            deferred_removals=verdict.deferred,
+            disputed_groups=verdict.shrunk_groups if (verdict.held or self.config.removal.mode == "keep") else (),
             left_scope=tuple(sorted(external_id for external_id in self.leavers if external_id not in held_users)),
             lookups_needed=identities.lookups_needed,
             in_scope_ids=frozenset(self.processed),
@@ -460,7 +516,9 @@ def _grant_changes(user_id: str, wanted: Wanted, current: Mapping[tuple[str, str
 #   any      a synced user whose Azure account moves   later round: once that move is applied
 #            to another email in this plan
 #   none     a synced user whose object is gone        relink: the store user takes the new id
-#            (the directory answered None)
+#            (the directory answered None, and this
+#            trust synced that account: only the
+#            directory it came from can prove it gone)
 #   any      a synced user whose object now has        refresh the holder's email first, then
 #            another email (directory proves it)       the newcomer in a later round
 #   any      anything else                             conflict: reported, access left as is
@@ -483,6 +541,7 @@ def _resolve_identities(
     by_external: Mapping[str, StoredUser],
     by_email: Mapping[str, StoredUser],
     known: Mapping[str, DirectoryUser | None],
+    synced_here: Callable[[str], bool],
 ) -> _Identities:
     """How each in-scope Azure user maps onto the store: the table above."""
     found = _Identities()
@@ -525,7 +584,7 @@ def _resolve_identities(
             found.conflicts.append(_conflict(user, email, holder))
             continue
         now = known[previous]
-        if now is None and stored is None:
+        if now is None and stored is None and synced_here(previous):
             found.changes[user.id] = RelinkUser(
                 user.id, holder.user_id, previous, email, _display_name(user, email), user.given_name, user.surname
             )
@@ -646,9 +705,19 @@ class _Labels(Mapping[str, UserLabel]):
         self._lookups = lookups
         self._stored: dict[str, StoredUser] | None = None
 
+    def label(self, external_id: str) -> UserLabel | None:
+        """Any user's label, mentioned by the plan or not (``None``: unknown)."""
+        try:
+            return self._label(external_id)
+        except KeyError:
+            return None
+
     def __getitem__(self, external_id: str) -> UserLabel:
         if external_id not in self._ids:
             raise KeyError(external_id)
+        return self._label(external_id)
+
+    def _label(self, external_id: str) -> UserLabel:
         user = self._users.get(external_id) or self._lookups.get(external_id)
         if user is not None:
             return UserLabel(user.display_name, user.email)

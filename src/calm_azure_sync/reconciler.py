@@ -56,7 +56,7 @@ from .reading import DirectoryReader, RunRead
 from .report import ImportReport
 from .review import skip_counts
 from .settled import Settled, settled_key
-from .state import Hold, SyncState, SyncStateStore
+from .state import Hold, HoldScope, SyncState, SyncStateStore
 from .store.protocol import ChangeResult, StoreState, UserStore, VersionedStore
 
 __all__ = ["ImportReport", "ProgressCallback", "Reconciler"]
@@ -73,6 +73,15 @@ class ProgressCallback(Protocol):
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if value < 1:
         raise ConfigError(f"{attribute.name}: must be at least 1, got {value!r}")
+
+
+def _check_confirm_only(confirm_hold: str | None, confirm_only: object) -> None:
+    if confirm_only is None:
+        return
+    if not isinstance(confirm_only, HoldScope):
+        raise ConfigError(f"confirm_only: expected a HoldScope, got {type(confirm_only).__name__}")
+    if confirm_hold is None:
+        raise ConfigError("confirm_only: a partial confirmation needs confirm_hold, the id of the hold reviewed")
 
 
 def _refusal_reason(error: BaseException) -> RefusalReason:
@@ -146,6 +155,10 @@ class Reconciler:
     @property
     def _mirrors_groups(self) -> bool:
         return getattr(self.store, "mirrors_groups", False) is True
+
+    @property
+    def _site_names(self) -> dict[str, str]:
+        return {site.id: site.name or site.id for site in self.hierarchy.sites}
 
     @property
     def _state_store(self) -> SyncStateStore:
@@ -238,12 +251,19 @@ class Reconciler:
         sync_state = await self._state_store.load_state(config.trust_site_id)
         state = await self.store.load(config.trust_site_id)
         context = PlanContext(
-            sync_state, confirm_hold, run_id="preview", now=self.clock(), mirror_groups=self._mirrors_groups
+            sync_state, confirm_hold, run_id="preview", now=self.clock(), mirror_groups=self._mirrors_groups,
+            site_names=self._site_names,
         )
         return await self._build_plan(config, snapshot, state, context)
 
     async def run(
-        self, config: SyncConfig, *, actor: Actor, confirm_hold: str | None = None, mode: ReadMode = "auto"
+        self,
+        config: SyncConfig,
+        *,
+        actor: Actor,
+        confirm_hold: str | None = None,
+        mode: ReadMode = "auto",
+        confirm_only: HoldScope | None = None,
     ) -> ImportReport:
         """Start Import.
 
@@ -262,6 +282,10 @@ class Reconciler:
         ``"auto"`` reads incrementally when the delta state is usable and the
         last full read is younger than ``full_resync_interval``. Whatever the
         mode, the outcome is a full run's (see :mod:`calm_azure_sync.incremental`).
+
+        ``confirm_only`` (with ``confirm_hold``): a partial confirmation; only
+        the held removals inside that :class:`~calm_azure_sync.HoldScope` are
+        applied, the rest stays held under a new hold id.
         """
         journal = Journal(
             config.trust_site_id if isinstance(config, SyncConfig) else "?", self.clock, uuid.uuid4().hex,
@@ -270,6 +294,7 @@ class Reconciler:
         try:
             if mode not in ("full", "incremental", "auto"):
                 raise ConfigError(f"mode: {mode!r:.40} is not one of full, incremental, auto")
+            _check_confirm_only(confirm_hold, confirm_only)
             self._admit(config, actor)
             lock = self.store.run_lock(config.trust_site_id)
             await lock.__aenter__()
@@ -279,7 +304,7 @@ class Reconciler:
         report: ImportReport | None = None
         try:
             sync_state = await self._load_state_or_refuse(config, confirm_hold, journal)
-            report = await _Run(self, config, journal, sync_state, confirm_hold, mode).execute()
+            report = await _Run(self, config, journal, sync_state, confirm_hold, mode, confirm_only).execute()
         finally:
             try:
                 await lock.__aexit__(None, None, None)
@@ -419,6 +444,7 @@ class _Run:
     sync_state: SyncState
     confirm_hold: str | None
     mode: ReadMode = "auto"
+    confirm_only: HoldScope | None = None
     read: RunRead | None = None
     errors: list[str] = attrs.field(factory=list)
     outcomes: Counter[str] = attrs.field(factory=Counter)
@@ -507,6 +533,8 @@ class _Run:
             run_id=self.run_id,
             now=reconciler.clock(),
             mirror_groups=reconciler._mirrors_groups,
+            confirm_only=self.confirm_only,
+            site_names=reconciler._site_names,
         )
         plan = await reconciler._build_plan(self.config, snapshot, state, context)
         self._learn_labels(plan)
@@ -514,7 +542,7 @@ class _Run:
         events += self.journal.read_events(
             snapshot.members, snapshot.unreadable, sorted(self.config.mappings.group_ids), stale=snapshot.stale
         )
-        events.extend(self.journal.plan_events(plan, confirmed=self.confirm_hold))
+        events.extend(self.journal.plan_events(plan, confirmed=self.confirm_hold, scope=self.confirm_only))
         await self.record(events)
         return plan, snapshot
 
@@ -584,7 +612,7 @@ class _Run:
             in_scope=plan.in_scope_ids,
             results=self.results,
             left_now=plan.left_scope,
-            disputed=plan.held_groups if plan.held_removals else (),
+            disputed=plan.disputed_groups,
         )
         if self.read is not None:
             settled = self._settles(plan, snapshot, after)

@@ -13,15 +13,26 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
 from .errors import ConfigError
-from .plan import Change, change_from_dict, change_to_dict, is_removal, removal_slot
+from .plan import (
+    Assign,
+    Change,
+    DeactivateUser,
+    RemoveGroupMember,
+    Unassign,
+    UserLabel,
+    change_from_dict,
+    change_to_dict,
+    is_removal,
+    removal_slot,
+)
 
-__all__ = ["Hold", "HoldKind", "SyncState", "SyncStateStore", "new_hold_id"]
+__all__ = ["Hold", "HoldKind", "HoldScope", "SyncState", "SyncStateStore", "new_hold_id", "removal_key"]
 
 STATE_FORMAT_VERSION = 1
 
@@ -53,6 +64,69 @@ def _removals(instance: Hold, attribute: attrs.Attribute[Any], value: tuple[Chan
             raise ConfigError(f"changes[{index}]: a hold holds removals only, got {type(change).__name__}")
 
 
+def _sorted_map(value: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(sorted(value.items()))
+
+
+Pair = tuple[str, str]
+
+
+def removal_key(change: Change, owners: Mapping[str, str]) -> tuple[str, ...]:
+    """What a removal takes away *in the store*: its slot with the store user in place of the Azure id.
+
+    A hold is keyed by what it protects (API §11): the store user and the
+    slot, so a relinked or re-created account (a new Entra object id on the
+    same store user) keeps its pending removals held. ``owners`` maps an
+    external id to its store user id; an id the store does not know yet keys
+    by itself.
+    """
+    slot = removal_slot(change)
+    external_id = change.external_id
+    owner = owners.get(external_id)
+    who = f"user:{owner}" if owner is not None else f"azure:{external_id}"
+    if slot[0] == "member":
+        return ("member", slot[1], who)
+    return (slot[0], who, *slot[2:])
+
+
+def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted(set(value)))
+
+
+@attrs.frozen
+class HoldScope:
+    """Which held removals a partial confirmation applies (API §12).
+
+    Each field given narrows the scope (a removal must match every field
+    given); ``None`` means "any". ``group_ids``: removals a mapped group
+    explains (its member removals, and grant removals on the (site, module)
+    pairs it maps to); ``site_ids``: grant removals at those sites and member
+    removals of groups mapped to them; ``user_ids``: removals of those users,
+    by store user id or Entra object id. A user's deactivation is inside the
+    scope only when every other held removal of theirs is.
+    """
+
+    group_ids: tuple[str, ...] | None = attrs.field(default=None, converter=attrs.converters.optional(_str_tuple))
+    site_ids: tuple[str, ...] | None = attrs.field(default=None, converter=attrs.converters.optional(_str_tuple))
+    user_ids: tuple[str, ...] | None = attrs.field(default=None, converter=attrs.converters.optional(_str_tuple))
+
+    def __attrs_post_init__(self) -> None:
+        given = (self.group_ids, self.site_ids, self.user_ids)
+        if all(field is None for field in given):
+            raise ConfigError("confirm_only: a HoldScope names at least one of group_ids, site_ids, user_ids")
+        for name, field in zip(("group_ids", "site_ids", "user_ids"), given, strict=True):
+            if field is not None and not all(isinstance(item, str) and item for item in field):
+                raise ConfigError(f"confirm_only.{name}: expected non-empty strings")
+
+    def describe(self) -> str:
+        parts = [
+            f"{label} {', '.join(values)}"
+            for label, values in (("groups", self.group_ids), ("sites", self.site_ids), ("users", self.user_ids))
+            if values is not None
+        ]
+        return "; ".join(parts)
+
+
 @attrs.frozen
 class Hold:
     """Removals the sync will not apply until an admin confirms this hold by its ``id``.
@@ -63,6 +137,13 @@ class Hold:
     changes whenever the held set grows, so a confirmation covers exactly what
     the admin reviewed; it stays when removals drop out (Azure no longer
     implies them).
+
+    What the hold protects is keyed by store user (``owners``: external id ->
+    store user id, see :func:`removal_key`). For people to read, a hold also
+    keeps how to name them: ``people`` (external id -> name and email),
+    ``group_names`` and ``site_names``; and ``mapped``, each involved group's
+    (site, module) pairs when the hold was made, which :meth:`by_group`,
+    :meth:`by_site` and :class:`HoldScope` use.
     """
 
     id: str
@@ -72,16 +153,118 @@ class Hold:
     created_at: dt.datetime = attrs.field(converter=_aware)
     run_id: str
     group_ids: tuple[str, ...] = attrs.field(default=(), converter=_group_ids)
+    owners: Mapping[str, str] = attrs.field(factory=dict, converter=_sorted_map, repr=False)
+    people: Mapping[str, UserLabel] = attrs.field(factory=dict, converter=_sorted_map, repr=False)
+    group_names: Mapping[str, str] = attrs.field(factory=dict, converter=_sorted_map, repr=False)
+    site_names: Mapping[str, str] = attrs.field(factory=dict, converter=_sorted_map, repr=False)
+    mapped: Mapping[str, tuple[Pair, ...]] = attrs.field(factory=dict, converter=_sorted_map, repr=False)
 
     @property
     def slots(self) -> frozenset[tuple[str, ...]]:
-        """What the held removals take away (see :func:`~calm_azure_sync.plan.removal_slot`)."""
-        return frozenset(removal_slot(change) for change in self.changes)
+        """What the held removals take away in the store (see :func:`removal_key`)."""
+        return frozenset(removal_key(change, self.owners) for change in self.changes)
 
     @property
     def users(self) -> frozenset[str]:
         """External ids of the users who would lose something."""
         return frozenset(change.external_id for change in self.changes)
+
+    # -- review ------------------------------------------------------------------
+
+    def groups_of(self, change: Change) -> tuple[str, ...]:
+        """The mapped groups that explain a held removal (a deactivation: those of the user's others)."""
+        if isinstance(change, RemoveGroupMember):
+            return (change.group_external_id,)
+        if isinstance(change, (Assign, Unassign)):
+            pair = (change.site_id, change.module)
+            return tuple(group for group, pairs in self.mapped.items() if pair in pairs)
+        found: set[str] = set()
+        for other in self.changes:
+            if other.external_id == change.external_id and not isinstance(other, DeactivateUser):
+                found.update(self.groups_of(other))
+        return tuple(sorted(found))
+
+    def sites_of(self, change: Change) -> tuple[str, ...]:
+        """The sites where a held removal takes something away (a deactivation: all of the user's)."""
+        if isinstance(change, (Assign, Unassign)):
+            return (change.site_id,)
+        if isinstance(change, RemoveGroupMember):
+            return tuple(sorted({site for site, _ in self.mapped.get(change.group_external_id, ())}))
+        found: set[str] = set()
+        for other in self.changes:
+            if other.external_id == change.external_id and not isinstance(other, DeactivateUser):
+                found.update(self.sites_of(other))
+        return tuple(sorted(found))
+
+    def by_group(self) -> dict[str, tuple[Change, ...]]:
+        """The held removals by the mapped group that explains them (one may be under several)."""
+        return self._grouped(self.groups_of)
+
+    def by_site(self) -> dict[str, tuple[Change, ...]]:
+        """The held removals by the site where they take something away."""
+        return self._grouped(self.sites_of)
+
+    def _grouped(self, keys_of: Callable[[Change], tuple[str, ...]]) -> dict[str, tuple[Change, ...]]:
+        grouped: dict[str, list[Change]] = {}
+        for change in self.changes:
+            for key in keys_of(change) or ("",):
+                grouped.setdefault(key, []).append(change)
+        return {key: tuple(grouped[key]) for key in sorted(grouped)}
+
+    def in_scope(self, change: Change, scope: HoldScope) -> bool:
+        """Whether a partial confirmation with ``scope`` covers this held removal."""
+        if isinstance(change, DeactivateUser):
+            others = [o for o in self.changes if o.external_id == change.external_id and not isinstance(o, DeactivateUser)]
+            return self._matches_user(change, scope) and all(self.in_scope(other, scope) for other in others)
+        if scope.group_ids is not None and not set(self.groups_of(change)) & set(scope.group_ids):
+            return False
+        if scope.site_ids is not None and not set(self.sites_of(change)) & set(scope.site_ids):
+            return False
+        return self._matches_user(change, scope)
+
+    def _matches_user(self, change: Change, scope: HoldScope) -> bool:
+        if scope.user_ids is None:
+            return True
+        owner = self.owners.get(change.external_id)
+        return change.external_id in scope.user_ids or (owner is not None and owner in scope.user_ids)
+
+    def person(self, external_id: str) -> str:
+        """How a person reads a held user: name and email, else the id."""
+        label = self.people.get(external_id)
+        return str(label) if label is not None and (label.display_name or label.email) else external_id
+
+    def describe_change(self, change: Change) -> str:
+        """One held removal in words, with names (``Ann Smith <ann@…> loses Member on Risk at Birch High``)."""
+        who = self.person(change.external_id)
+        if isinstance(change, Unassign):
+            return f"{who} loses {change.previous.value} on {change.module} at {self._site(change.site_id)}"
+        if isinstance(change, Assign):
+            previous = change.previous.value if change.previous is not None else "?"
+            return (
+                f"{who} goes from {previous} to {change.role.value} on {change.module} "
+                f"at {self._site(change.site_id)}"
+            )
+        if isinstance(change, RemoveGroupMember):
+            return f"{who} leaves group {self.group_names.get(change.group_external_id, change.group_external_id)}"
+        return f"{who} is deactivated"
+
+    def _site(self, site_id: str) -> str:
+        return self.site_names.get(site_id, site_id)
+
+    def __str__(self) -> str:
+        users = len(self.users)
+        why = {
+            "mass_removal": "the run would remove access from many synced users at once",
+            "group_shrank": "mapped groups lost most of their members at once",
+        }[self.reason]
+        if self.group_ids:
+            why += " (" + ", ".join(self.group_names.get(group, group) for group in self.group_ids) + ")"
+        lines = [
+            f"Hold {self.id}: {len(self.changes)} removals for {users} users held since "
+            f"{self.created_at:%Y-%m-%d %H:%M} UTC: {why}."
+        ]
+        lines.extend(f"  - {self.describe_change(change)}" for change in self.changes)
+        return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,10 +275,16 @@ class Hold:
             "created_at": self.created_at.isoformat(),
             "run_id": self.run_id,
             "group_ids": list(self.group_ids),
+            "owners": dict(self.owners),
+            "people": {key: [label.display_name, label.email] for key, label in self.people.items()},
+            "group_names": dict(self.group_names),
+            "site_names": dict(self.site_names),
+            "mapped": {group: [list(pair) for pair in pairs] for group, pairs in self.mapped.items()},
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Hold:
+        """Read a stored hold; a v0.3 hold (no owners, names or mapping) reads with those empty."""
         return cls(
             id=_string(data, "id"),
             trust_site_id=_string(data, "trust_site_id"),
@@ -104,11 +293,12 @@ class Hold:
             created_at=dt.datetime.fromisoformat(_string(data, "created_at")),
             run_id=_string(data, "run_id"),
             group_ids=tuple(_string({"id": item}, "id") for item in _list(data, "group_ids")),
+            owners=_string_map(data, "owners"),
+            people={key: _label(key, value) for key, value in _object(data, "people").items()},
+            group_names=_string_map(data, "group_names"),
+            site_names=_string_map(data, "site_names"),
+            mapped={key: _pairs(key, value) for key, value in _object(data, "mapped").items()},
         )
-
-
-def _sorted_map(value: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(sorted(value.items()))
 
 
 @attrs.frozen
@@ -217,6 +407,34 @@ def _list(data: Mapping[str, Any], key: str) -> list[Any]:
     if not isinstance(value, list):
         raise ValueError(f"{key}: expected a list")
     return value
+
+
+def _object(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = data.get(key) or {}
+    if not isinstance(value, Mapping) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"{key}: expected an object")
+    return value
+
+
+def _string_map(data: Mapping[str, Any], key: str) -> dict[str, str]:
+    value = _object(data, key)
+    if not all(isinstance(item, str) for item in value.values()):
+        raise ValueError(f"{key}: expected an object of strings")
+    return dict(value)
+
+
+def _label(key: str, value: Any) -> UserLabel:
+    if not isinstance(value, list) or len(value) != 2 or not all(v is None or isinstance(v, str) for v in value):
+        raise ValueError(f"people.{key}: expected [name, email]")
+    return UserLabel(value[0], value[1])
+
+
+def _pairs(key: str, value: Any) -> tuple[Pair, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, str) for v in pair) for pair in value
+    ):
+        raise ValueError(f"mapped.{key}: expected a list of [site, module]")
+    return tuple((pair[0], pair[1]) for pair in value)
 
 
 def _choice(data: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
