@@ -265,7 +265,7 @@ async def test_a_mapped_group_deleted_between_discovery_and_read_is_a_stale_mapp
             assert [e.subject for e in errors] == ["g-leaders"]
             assert "no longer exists" in errors[0].message
             assert report.hold_reason == "partial_read"
-            assert AuditKind.REMOVALS_HELD in [e.kind for e in parts.events(report.run_id)]
+            assert AuditKind.REMOVALS_DEFERRED in [e.kind for e in parts.events(report.run_id)]
 
             if then == "group-restored":
                 saved["members"]["g-staff"].remove("u13")

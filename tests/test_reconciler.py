@@ -193,7 +193,7 @@ async def test_partial_read_removes_and_downgrades_nothing(parts, failure, reaso
     assert access["u11"]  # not removed
     error_events = [e for e in audit.events if e.run_id == report.run_id and e.kind is AuditKind.ERROR]
     assert error_events and error_events[0].subject == "g-slt"
-    assert AuditKind.REMOVALS_HELD in kinds(audit, report.run_id)
+    assert AuditKind.REMOVALS_DEFERRED in kinds(audit, report.run_id)
     # The next clean run converges.
     clean = InMemoryDirectory.from_dict(data)
     assert (await Reconciler(clean, store, audit, HIERARCHY).run(config, actor=SYSTEM)).ok
