@@ -51,7 +51,7 @@ from .plan import (
     UpsertGroup,
 )
 from .review import AccessRow, AccessTable
-from .state import Hold, SyncState, SyncStateStore
+from .state import Hold, HoldScope, SyncState, SyncStateStore
 from .store.protocol import (
     ChangeResult,
     Grant,
@@ -138,6 +138,7 @@ __all__ = [
     "GroupMapping",
     "GroupNotFoundError",
     "Hold",
+    "HoldScope",
     "HoldMismatchError",
     "ImportAlreadyRunningError",
     "ImportReport",
