@@ -85,7 +85,23 @@ def test_a_rename_updates_the_group_and_a_removed_mapping_retires_it():
                      {"g-staff": {"ann"}, "g-old": {"ann"}})
     config = SyncConfig("oak", MAPPINGS[:2])
     plan = build_plan(config, snap(g_staff=[person("ann")]), state, MIRROR)
-    assert group_changes(plan) == [UpsertGroup("g-staff", "All Staff", ("ash", "birch")), RetireGroup("g-old")]
+    assert group_changes(plan) == [
+        UpsertGroup("g-staff", "All Staff", ("ash", "birch")),
+        RemoveGroupMember("g-old", "ann"),  # retiring empties the group: each removal passes the gate
+        RetireGroup("g-old"),
+    ]
+
+
+def test_a_removed_mapping_whose_member_removals_are_held_is_not_retired_yet():
+    """A mapping change is a path like any other: retiring a big group at once is a mass removal."""
+    ids = [f"u{i}" for i in range(12)]
+    state = mirrored(ids, {"g-staff": ("Staff", ("ash", "birch")), "g-old": ("Old", ("birch",))},
+                     {"g-staff": {"u0", "u1"}, "g-old": set(ids)})
+    config = SyncConfig("oak", MAPPINGS[:2])
+    plan = build_plan(config, snap(g_staff=[person(i) for i in ids]), state, MIRROR)
+    assert not any(isinstance(change, RetireGroup) for change in plan.changes)
+    assert plan.hold is not None and plan.hold.reason == "mass_removal"
+    assert {c.external_id for c in plan.hold.changes if isinstance(c, RemoveGroupMember)} == set(ids)
 
 
 def test_a_member_who_leaves_the_group_is_removed_and_that_removal_is_guarded():

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import attrs
 
@@ -186,7 +187,7 @@ class _Owners:
             return True
         if type(held) is not type(now) or self.key(held) != self.key(now):
             return False
-        return attrs.evolve(held, external_id=now.external_id) == now  # type: ignore[misc]
+        return attrs.evolve(held, external_id=now.external_id) == now
 
 
 def apply_guards(facts: GuardInput) -> GuardOutcome:
@@ -413,7 +414,7 @@ def _described(
     owners: _Owners,
     pairs: Mapping[str, set[Pair]],
     group_ids: Sequence[str],
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """What a hold keeps to key and name its removals: store owners, people, groups, sites, the mapping."""
     known_people = pending.people if pending is not None else {}
     owner_map: dict[str, str] = {}

@@ -381,7 +381,12 @@ class _Planner:
         )
         if verdict.held:
             held = set(map(id, verdict.held))
-            ordered = [change for change in ordered if id(change) not in held]
+            # A group whose member removals are held is not retired yet: retiring would empty it.
+            keep_groups = {c.group_external_id for c in verdict.held if isinstance(c, RemoveGroupMember)}
+            ordered = [
+                change for change in ordered
+                if id(change) not in held and not (isinstance(change, RetireGroup) and change.external_id in keep_groups)
+            ]
         held_users = {change.external_id for change in verdict.held}
         mentioned = {*self.changes_by_user, *(s.external_id for s in skipped), *self.also_mentioned}
         return Plan(
@@ -684,6 +689,11 @@ def _group_changes(
         changes.extend(RemoveGroupMember(group_id, member) for member in sorted(had - now))
     for group_id in sorted(state.groups):
         if group_id not in sites and not state.groups[group_id].retired:
+            # Retiring empties the group: each member's removal passes the gate first, like any other.
+            had = state.group_members.get(group_id, frozenset())
+            if relinked:
+                had = frozenset(relinked.get(member, member) for member in had)
+            changes.extend(RemoveGroupMember(group_id, member) for member in sorted(had))
             changes.append(RetireGroup(group_id))
     return changes
 
