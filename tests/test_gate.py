@@ -405,3 +405,13 @@ GateMachine.TestCase.settings = settings(
     max_examples=40, stateful_step_count=14, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 test_no_held_removal_is_applied_without_its_confirmation = GateMachine.TestCase
+
+
+async def test_the_empty_read_hold_cannot_be_switched_off():
+    """Decided for v0.4 (docs/concepts.md): no setting disables it, not even max_group_shrink_ratio=1.0."""
+    tenant, store, audit = Tenant(STAFF[:4]), InMemoryUserStore(), InMemoryAuditSink()
+    lenient = config(max_group_shrink_ratio=1.0, min_group_baseline=1000, min_removals_to_hold=1000)
+    assert (await run(tenant, store, audit, lenient)).ok
+    tenant.staff = set()
+    report = await run(tenant, store, audit, lenient)
+    assert report.hold_reason == "group_shrank" and report.counts["unassign"] == 0

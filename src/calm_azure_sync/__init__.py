@@ -29,6 +29,7 @@ from .errors import (
     HoldMismatchError,
     ImportAlreadyRunningError,
     NotAuthorizedError,
+    TenantMismatchError,
 )
 from .exclusion import ExclusionPolicy, ExclusionSuggestion
 from .hierarchy import Actor, TrustHierarchy, authorize
@@ -149,6 +150,7 @@ __all__ = [
     "LinkUser",
     "MappingPolicy",
     "NotAuthorizedError",
+    "TenantMismatchError",
     "Plan",
     "Reconciler",
     "RelinkUser",

@@ -64,7 +64,10 @@ class RemovalPolicy:
     last undisputed complete read) is at least ``min_group_baseline`` reads
     with more than ``max_group_shrink_ratio`` of it gone, the removals on the
     sites and modules it maps to are held (reason ``group_shrank``). A group
-    that had members and reads empty is held whatever its baseline.
+    that had members and reads empty is held whatever its baseline, and no
+    setting switches that off (not even ``max_group_shrink_ratio=1.0``): an
+    empty read is Graph's most common transient failure, and a trust that
+    really emptied a group confirms the hold once (docs/concepts.md).
     """
 
     mode: RemovalMode = attrs.field(default="unassign", validator=_check_mode)

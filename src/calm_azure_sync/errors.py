@@ -30,6 +30,7 @@ __all__ = [
     "CalmAzureSyncError",
     "ChildSiteConfigurationError",
     "ConfigError",
+    "TenantMismatchError",
     "ConsentError",
     "DeltaExpiredError",
     "DirectoryAccessError",
@@ -80,6 +81,19 @@ class ChildSiteConfigurationError(ConfigError):
             f"site {site_id!r} is a child site: Microsoft Azure is configured "
             f"at its Trust site {trust_site_id!r}"
         )
+
+
+class TenantMismatchError(ConfigError):
+    """The directory reads another tenant than the one the trust is connected to (or cannot say which).
+
+    ``expected`` is the trust's tenant id, ``actual`` the directory's (``None``
+    when it does not say). Nothing is read or written.
+    """
+
+    def __init__(self, message: str, *, expected: str, actual: str | None) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"tenant_id: {message}")
 
 
 class HoldMismatchError(ConfigError):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
@@ -42,9 +42,11 @@ __all__ = ["Journal", "RefusalReason", "describe_counts"]
 Label = Callable[[str], str]
 """Names a user by external id (their email when known)."""
 
-RefusalReason = str
-"""``not_authorized``, ``child_site``, ``invalid_config``, ``already_running``,
-``tenant_mismatch``, ``hold_mismatch`` or ``unreadable_state``."""
+RefusalReason = Literal[
+    "not_authorized", "child_site", "invalid_config", "already_running", "tenant_mismatch", "hold_mismatch",
+    "unreadable_state",
+]
+"""Why an import was refused before it started (the ``reason`` of an ``import_refused`` entry)."""
 
 
 def _assign(change: Assign, who: Label, group: Label) -> tuple[AuditKind, str]:
@@ -56,6 +58,10 @@ def _assign(change: Assign, who: Label, group: Label) -> tuple[AuditKind, str]:
         AuditKind.ASSIGNMENT_CHANGED,
         f"Changed {who(change.external_id)} on {where} from {change.previous.value} to {change.role.value}{because}",
     )
+
+
+class _NewGroup:
+    """The row of :data:`_ENTRIES` for an ``UpsertGroup`` that created the group."""
 
 
 # The one table: change type -> (Import Log kind, message) for an applied change.
@@ -77,6 +83,10 @@ _ENTRIES: Mapping[type, Callable[[Any, Label, Label], tuple[AuditKind, str]]] = 
     ),
     UpsertGroup: lambda c, who, group: (
         AuditKind.GROUP_UPDATED, f"Synced group {c.display_name} (sites: {', '.join(c.site_ids) or 'none'})"
+    ),
+    # An upsert of a group the store did not have yet: looked up by _entry_of, not by type.
+    _NewGroup: lambda c, who, group: (
+        AuditKind.GROUP_CREATED, f"Created group {c.display_name} (sites: {', '.join(c.site_ids) or 'none'})"
     ),
     AddGroupMember: lambda c, who, group: (
         AuditKind.GROUP_MEMBER_ADDED, f"Added {who(c.external_id)} to group {group(c.group_external_id)}"
@@ -315,9 +325,10 @@ class Journal:
                 subject=change.external_id,
                 detail={"change": change_to_dict(change), "error": result.error},
             )
-        kind, message = _ENTRIES[type(change)](change, who, group)
-        if isinstance(change, UpsertGroup) and change.external_id not in existing_groups:
-            kind, message = AuditKind.GROUP_CREATED, message.replace("Synced group", "Created group", 1)
+        row: type = type(change)
+        if row is UpsertGroup and change.external_id not in existing_groups:
+            row = _NewGroup
+        kind, message = _ENTRIES[row](change, who, group)
         return self.event(kind, message, subject=change.external_id, detail=change_to_dict(change))
 
     def finished(

@@ -26,6 +26,7 @@ __all__ = [
     "CreateUser",
     "DeactivateUser",
     "GroupChange",
+    "HOLD_REASON_TEXT",
     "HoldReason",
     "LinkUser",
     "Plan",
@@ -186,6 +187,15 @@ GroupChange = UpsertGroup | AddGroupMember | RemoveGroupMember | RetireGroup
 Change = UserChange | GroupChange
 
 HoldReason = Literal["mass_removal", "partial_read", "group_shrank"]
+"""Why removals are held: the one vocabulary (a pending ``Hold`` is ``mass_removal`` or ``group_shrank``;
+``partial_read`` is decided afresh every run and never remembered)."""
+
+#: Each hold reason in words, for every text a person reads (reports, the Import Log, a ``Hold``).
+HOLD_REASON_TEXT: Mapping[HoldReason, str] = {
+    "mass_removal": "the run would remove access from many synced users at once",
+    "group_shrank": "a mapped group shrank sharply since its last complete read",
+    "partial_read": "a mapped group could not be read completely",
+}
 
 
 @attrs.frozen

@@ -32,6 +32,7 @@ from .errors import (
     HoldMismatchError,
     ImportAlreadyRunningError,
     NotAuthorizedError,
+    TenantMismatchError,
 )
 from .exclusion import ExclusionPolicy
 from .guards import next_sync_state
@@ -93,7 +94,7 @@ def _refusal_reason(error: BaseException) -> RefusalReason:
         return "already_running"
     if isinstance(error, HoldMismatchError):
         return "hold_mismatch"
-    if isinstance(error, ConfigError) and any(problem.startswith("tenant_id:") for problem in error.problems):
+    if isinstance(error, TenantMismatchError):
         return "tenant_mismatch"
     return "invalid_config"
 
@@ -347,14 +348,16 @@ class Reconciler:
             return
         directory_tenant = getattr(self.directory, "tenant_id", None)
         if not directory_tenant:
-            raise ConfigError(
-                f"tenant_id: trust {config.trust_site_id!r} is connected to tenant {config.tenant_id!r}, "
-                "but the directory does not say which tenant it reads; pass tenant_id to the directory"
+            raise TenantMismatchError(
+                f"trust {config.trust_site_id!r} is connected to tenant {config.tenant_id!r}, "
+                "but the directory does not say which tenant it reads; pass tenant_id to the directory",
+                expected=config.tenant_id, actual=None,
             )
         if config.tenant_id.lower() != str(directory_tenant).lower():
-            raise ConfigError(
-                f"tenant_id: trust {config.trust_site_id!r} is connected to tenant {config.tenant_id!r}, "
-                f"but the directory reads tenant {directory_tenant!r}; refusing to sync another organisation"
+            raise TenantMismatchError(
+                f"trust {config.trust_site_id!r} is connected to tenant {config.tenant_id!r}, "
+                f"but the directory reads tenant {directory_tenant!r}; refusing to sync another organisation",
+                expected=config.tenant_id, actual=str(directory_tenant),
             )
 
     async def _load_state_or_refuse(self, config: SyncConfig, confirm_hold: str | None, journal: Journal) -> SyncState:

@@ -41,6 +41,7 @@ from ._html import Cell, html_table, text_table, visible
 from ._plan_names import PlanNames as _Names
 from .model import Role
 from .plan import (
+    HOLD_REASON_TEXT,
     AddGroupMember,
     Assign,
     Change,
@@ -86,12 +87,8 @@ __all__ = [
 SkipCategory = Literal["skipped", "excluded", "conflict"]
 SKIP_CATEGORIES: tuple[SkipCategory, ...] = ("skipped", "excluded", "conflict")
 
-#: Why removals are held, in words, by ``Plan.hold_reason``.
-HOLD_REASONS: Mapping[str, str] = {
-    "mass_removal": "the run would remove access from many synced users at once",
-    "group_shrank": "a mapped group shrank sharply since its last complete read",
-    "partial_read": "a mapped group could not be read completely",
-}
+#: Why removals are held, in words, by ``Plan.hold_reason`` (kept beside the vocabulary, in plan.py).
+HOLD_REASONS: Mapping[str, str] = {str(reason): text for reason, text in HOLD_REASON_TEXT.items()}
 
 #: Every change kind, in the order they apply (``Plan.summary()`` without its skip counts).
 _CHANGE_KINDS = tuple(kind for kind in Plan("").summary() if kind not in SKIP_CATEGORIES)

@@ -20,6 +20,7 @@ import attrs
 
 from .errors import ConfigError
 from .plan import (
+    HOLD_REASON_TEXT,
     Assign,
     Change,
     DeactivateUser,
@@ -37,6 +38,7 @@ __all__ = ["Hold", "HoldKind", "HoldScope", "SyncState", "SyncStateStore", "new_
 STATE_FORMAT_VERSION = 1
 
 HoldKind = Literal["mass_removal", "group_shrank"]
+"""The reasons a pending hold can have: :data:`~calm_azure_sync.plan.HoldReason` less ``partial_read``."""
 
 
 def new_hold_id() -> str:
@@ -253,10 +255,7 @@ class Hold:
 
     def __str__(self) -> str:
         users = len(self.users)
-        why = {
-            "mass_removal": "the run would remove access from many synced users at once",
-            "group_shrank": "mapped groups lost most of their members at once",
-        }[self.reason]
+        why = HOLD_REASON_TEXT[self.reason]
         if self.group_ids:
             why += " (" + ", ".join(self.group_names.get(group, group) for group in self.group_ids) + ")"
         lines = [
