@@ -107,11 +107,10 @@ class DocumentedRound:
     def __init__(self) -> None:
         self.users = [example(n) for n in ("users-delta-initial.json", "users-delta-nextlink.json",
                                              "users-delta-final-deltalink.json", "users-delta-changes.json")]
-        for page in self.users:  # our $select includes accountEnabled and the UPN; the docs' round selected names only
+        for page in self.users:  # our $select includes accountEnabled; the docs' round selected names only
             for item in page["value"]:
                 if "@removed" not in item:
                     item["accountEnabled"] = True
-                    item["userPrincipalName"] = f"{item['id']}@contoso.com"
         self.groups = [example(n) for n in ("groups-delta-initial.json", "groups-delta-nextlink.json",
                                               "groups-delta-final-deltalink.json", "groups-delta.json")]
         self.seen: list[str] = []

@@ -141,13 +141,24 @@ def test_users_delta_items_are_read_as_a_full_read_reads_a_member():
         "u8": RemovedUser("u8", "deleted"),
         "u1": DirectoryUser.from_graph(base),
     }
-    # The limited-information shapes a full read refuses, users/delta refuses too.
-    for shape in ({**base, "accountEnabled": None}, {k: v for k, v in base.items() if k != "userPrincipalName"}):
+    # The limited-information shapes a full read refuses, users/delta refuses too: accountEnabled
+    # null or left out, and Graph's id-and-type-only shape.
+    for shape in (
+        {**base, "accountEnabled": None},
+        {k: v for k, v in base.items() if k != "accountEnabled"},
+        {"@odata.type": USER, "id": "u1"},
+    ):
         with pytest.raises(DirectoryAccessError) as caught:
             merge_user_items([shape], {}, "test")
         assert caught.value.code == "users_not_readable"
         with pytest.raises(DirectoryAccessError):
             user_item(shape, "test")
+    # users/delta leaves out what was never set where a full read sends null: a user without a
+    # userPrincipalName there is the user a full read gets with "userPrincipalName": null.
+    unset = {k: v for k, v in base.items() if k != "userPrincipalName"}
+    merged: dict[str, Any] = {}
+    merge_user_items([unset], merged, "test")
+    assert merged["u1"] == user_item({**base, "userPrincipalName": None}, "a full read")
 
 
 # -- each shape, through GraphDirectory over HTTP, full read against delta ----------------

@@ -148,9 +148,10 @@ def merge_user_items(
 
     Each item is read by :func:`~calm_azure_sync.directory._items.user_item`,
     as a full read's member is: a user with ``@removed`` is a
-    :class:`RemovedUser` with Graph's reason; a user in Graph's
-    limited-information shape (no ``accountEnabled``, which every user has,
-    or no ``userPrincipalName``) makes the round ``users_not_readable``.
+    :class:`RemovedUser` with Graph's reason; delta omits properties that
+    were never set (read as the ``null`` a full read gets), but never
+    ``accountEnabled`` (every user has it): a user without it is Graph's
+    limited-information shape, so the round is ``users_not_readable``.
     ``require_account_enabled=False`` parses pages that did not select those
     (Graph's own documented examples).
     """
@@ -158,7 +159,7 @@ def merge_user_items(
         for item in values:
             if type(item) is not dict:
                 raise _invalid(operation, "Graph returned a non-object item")
-            user = user_item(item, operation, readable=require_account_enabled)
+            user = user_item(item, operation, readable=require_account_enabled, unset_omitted=True)
             if user is not None:
                 users[user.id] = user
 

@@ -27,7 +27,10 @@ reads"):
 - **a user** (:func:`user_item`): a removed one is a :class:`RemovedUser`;
   otherwise it must be readable (:func:`limited_information` is Graph's
   "limited information" shape and fails the read as ``users_not_readable``)
-  and is built by :meth:`DirectoryUser.from_graph`.
+  and is built by :meth:`DirectoryUser.from_graph`. ``users/delta`` leaves
+  out what was never set where a full read sends ``null``, so there a
+  missing property reads as a null one (``accountEnabled``, which every
+  user has, must be there in both).
 """
 
 from __future__ import annotations
@@ -141,7 +144,9 @@ def users_not_readable(operation: str) -> DirectoryAccessError:
     )
 
 
-def user_item(item: object, where: str, *, readable: bool = True) -> DirectoryUser | RemovedUser | None:
+def user_item(
+    item: object, where: str, *, readable: bool = True, unset_omitted: bool = False
+) -> DirectoryUser | RemovedUser | None:
     """One user item (a full read's member, a ``users/delta`` item, a looked-up user), classified once.
 
     A removed user is a :class:`RemovedUser`; an item of another kind
@@ -149,6 +154,12 @@ def user_item(item: object, where: str, *, readable: bool = True) -> DirectoryUs
     limited-information shape fails as ``users_not_readable``
     (``readable=False`` skips that check: Graph's documented examples that
     selected other fields); any other user is :meth:`DirectoryUser.from_graph`.
+
+    ``unset_omitted``: the answer leaves out properties that were never set
+    (``users/delta`` does: user-delta.md) where other reads send them as
+    ``null``. There a missing ``userPrincipalName`` is a null one, read as a
+    full read reads ``null``; ``accountEnabled``, which every user has, must
+    still be there.
     """
     kind, user_id, reason = member_item(item, where)
     if reason is not None:
@@ -156,6 +167,6 @@ def user_item(item: object, where: str, *, readable: bool = True) -> DirectoryUs
     if kind != "user":
         return None
     data: Mapping[str, Any] = item  # type: ignore[assignment]
-    if readable and limited_information(data):
+    if readable and (data.get("accountEnabled") is None if unset_omitted else limited_information(data)):
         raise users_not_readable(where)
     return DirectoryUser.from_graph(data)
