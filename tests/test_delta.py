@@ -19,7 +19,7 @@ from calm_azure_sync import (
 )
 from calm_azure_sync.directory._graph_delta import MemberChanges, merge_group_items, merge_user_items
 from calm_azure_sync.directory.delta import DirectoryDelta, GroupDelta, RemovedUser
-from calm_azure_sync.model import DirectoryUser
+from calm_azure_sync.model import DirectoryGroup, DirectoryUser
 from calm_azure_sync.testing.fake_graph import FakeGraph, FakeGraphServer, Fault
 
 from .graph_helpers import directory_for, example, sdk_directory, user
@@ -343,7 +343,7 @@ def normalized(delta: DirectoryDelta) -> tuple[Any, ...]:
     return (
         {u.id: u for u in delta.users},
         set(delta.removed_users),
-        {g.group_id: g for g in delta.groups if g.changed or g.complete},
+        {g.group_id: g for g in delta.groups},  # every group listed, changed or not (a restored one may be empty)
         delta.removed_groups,
         delta.users_complete,
     )
@@ -352,9 +352,15 @@ def normalized(delta: DirectoryDelta) -> tuple[Any, ...]:
 def apply_random_changes(rng: random.Random, memory: InMemoryDirectory, server: FakeGraphServer, step: int) -> None:
     group_ids = sorted(memory.groups)
     for _ in range(rng.randint(1, 6)):
-        action = rng.choice(["join", "leave", "nest", "rename", "delete_user", "new_user", "delete_group"])
+        action = rng.choice(["join", "leave", "nest", "rename", "delete_user", "new_user", "delete_group", "restore_group"])
         user_ids = sorted(memory.users)
         gid = rng.choice(group_ids)
+        if action == "restore_group" and gid not in memory.groups:
+            # restored (or created again under its id) with some of the users, perhaps none
+            members = rng.sample(user_ids, k=min(len(user_ids), rng.randint(0, 3)))
+            memory.put_group(DirectoryGroup(gid, gid), members)
+            server.add_group({"id": gid, "displayName": gid}, members=members)
+            continue
         if gid not in memory.groups:
             continue  # deleted earlier in the script
         if action == "join" and user_ids:
@@ -384,10 +390,10 @@ def apply_random_changes(rng: random.Random, memory: InMemoryDirectory, server: 
             server.add_user(data)
         elif action == "delete_group" and rng.random() < 0.3:
             memory.delete_group(gid)
-            server.remove_group(gid)
+            server.remove_group(gid, soft=rng.random() < 0.5)
 
 
-@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("seed", range(16))
 async def test_in_memory_and_graph_deltas_agree_round_after_round(seed):
     rng = random.Random(seed)
     fixture = tenant(groups=5, users=20)

@@ -171,3 +171,55 @@ async def test_both_directories_refuse_lookup_and_round_arguments_alike():
     ):
         with pytest.raises(ConfigError):
             await call()
+
+
+# -- incremental reads: check_delta --------------------------------------------------------
+
+
+async def test_in_memory_and_graph_directories_pass_check_delta_with_the_same_change_log():
+    from calm_azure_sync.testing.directory_conformance import FakeGraphEditor, check_delta
+
+    fixture = conformance_fixture(big_group_size=30)
+    log = await check_delta(InMemoryDirectory.from_dict(fixture), fixture)
+    assert len(log) == 11 and log[0].complete and log[1].empty
+    with FakeGraphServer(fixture, page_cap=7, delta_page_size=3, delta_member_slice=4, delta_replays=True) as server:
+        directory, _ = directory_for(server)
+        async with directory:
+            assert await check_delta(directory, fixture, FakeGraphEditor(server)) == log
+
+
+class _DropsUntypedRemovals(InMemoryDirectory):
+    """The old members@delta bug, as a host's directory could have it: member removals never reported."""
+
+    async def changes(self, cursor, group_ids, *, start="initial"):
+        import attrs
+
+        delta, cursor = await super().changes(cursor, group_ids, start=start)
+        groups = tuple(attrs.evolve(g, removed_users=frozenset()) for g in delta.groups)
+        return attrs.evolve(delta, groups=groups), cursor
+
+
+class _ForgetsRestoredEmptyGroups(InMemoryDirectory):
+    """The old InMemoryDirectory bug: a group back with no members is not listed again."""
+
+    async def changes(self, cursor, group_ids, *, start="initial"):
+        import attrs
+
+        delta, cursor = await super().changes(cursor, group_ids, start=start)
+        groups = tuple(g for g in delta.groups if g.changed or g.complete)
+        return attrs.evolve(delta, groups=groups), cursor
+
+
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [
+        (_DropsUntypedRemovals, "differs from a full read"),
+        (_ForgetsRestoredEmptyGroups, "left it deleted"),
+    ],
+)
+async def test_check_delta_catches_a_directory_whose_deltas_disagree_with_its_full_reads(kind, says):
+    from calm_azure_sync.testing.directory_conformance import check_delta
+
+    fixture = conformance_fixture(big_group_size=10)
+    with pytest.raises(AssertionError, match=says):
+        await check_delta(kind.from_dict(fixture), fixture)

@@ -15,6 +15,7 @@ from calm_azure_sync import (
     AuditKind,
     ConfigError,
     DirectoryError,
+    DirectoryGroup,
     DirectoryUser,
     GraphDirectory,
     GroupMapping,
@@ -322,6 +323,21 @@ class DeltaAgainstFull(RuleBasedStateMachine):
     @rule()
     def delete_nested_group(self):
         self.directory.delete_group("nested")
+
+    @rule(group=st.sampled_from(["g0", "g1", "g2", "nested"]))
+    def delete_group(self, group):
+        self.directory.delete_group(group)
+
+    @rule(
+        group=st.sampled_from(["g0", "g1", "g2", "nested"]),
+        members=st.lists(st.sampled_from([*USERS, "nested", "g1"]), max_size=3, unique=True),
+    )
+    def restore_or_re_create_group(self, group, members):
+        # Restored (or created again under its id) with any members, perhaps none; a deleted group
+        # may come back in the same window it was deleted in, or rounds later.
+        known = {**self.directory.users, **self.directory.groups}
+        if group not in self.directory.groups:
+            self.directory.put_group(DirectoryGroup(group, group.upper()), [m for m in members if m in known and m != group])
 
     @rule()
     def expire_tokens(self):

@@ -4,48 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import httpx
 
 from ..errors import DirectoryAccessError, DirectoryError, GroupNotFoundError
+from ._items import USER_READ_PERMISSIONS, limited_information, users_not_readable
 
 _T = TypeVar("_T")
 
+__all__ = [
+    "GROUP_READ_PERMISSIONS",
+    "USER_READ_PERMISSIONS",
+    "all_or_nothing",
+    "error_fields",
+    "graph_error",
+    "json_object",
+    "limited_information",
+    "short",
+    "status_error",
+    "users_not_readable",
+]
+
 MESSAGE_LIMIT = 300
 GROUP_READ_PERMISSIONS = ("GroupMember.Read.All", "Directory.Read.All")
-USER_READ_PERMISSIONS = ("User.Read.All", "Directory.Read.All")
 
 
 def short(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
-
-
-def limited_information(item: Mapping[str, Any]) -> bool:
-    """Whether a user item is Graph's "limited information" shape, not a readable user.
-
-    Without a user permission Graph lists member users with their ``id`` and
-    ``@odata.type`` and every other property ``null`` (permissions-overview:
-    "Limited information returned for inaccessible member objects"), or, in
-    the older shape, without the other properties at all. We ``$select``
-    ``accountEnabled`` and ``userPrincipalName``; a readable user always
-    carries both keys and its ``accountEnabled`` is never ``null`` (Entra
-    requires it). So: ``accountEnabled`` null or absent, or
-    ``userPrincipalName`` absent, is unreadable. Reading such a user anyway
-    would make a disabled user look enabled and everyone look emailless.
-    """
-    return item.get("accountEnabled") is None or "userPrincipalName" not in item
-
-
-def users_not_readable(operation: str) -> DirectoryAccessError:
-    return DirectoryAccessError(
-        f"{operation}: Graph returned users with only their id and type (every other property null "
-        "or missing), so the app may read memberships but not users",
-        missing_permissions=USER_READ_PERMISSIONS,
-        code="users_not_readable",
-    )
 
 
 def error_fields(body: object, request_id: str | None) -> tuple[str | None, str | None, str | None]:

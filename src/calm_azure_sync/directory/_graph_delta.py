@@ -37,8 +37,8 @@ from ._graph_common import (
     graph_error,
     json_object,
     status_error,
-    users_not_readable,
 )
+from ._items import member_item, user_item
 from ._retry import RetryBudget, RetryBudgetOption
 from ._sdk import NATIVE, Method, RequestInformation, ResponseHandlerOption
 from .delta import (
@@ -59,8 +59,6 @@ __all__ = ["FILTER_LIMIT", "changes", "merge_group_items", "merge_user_items"]
 FILTER_LIMIT = 50  # ids per $filter on groups/delta, Graph's documented limit
 CURSOR_VERSION = 1
 _EXPIRED_CODES = frozenset({"syncstatenotfound", "resyncrequired", "syncstateinvalid"})
-_USER_TYPE = "#microsoft.graph.user"
-_GROUP_TYPE = "#microsoft.graph.group"
 
 T = TypeVar("T")
 
@@ -77,8 +75,9 @@ class MemberChanges:
         self.removed_groups: set[str] = set()
 
     def record(self, member_id: str, kind: str, *, removed: bool) -> None:
+        """Note one member reference; ``kind`` is ``"user"`` or ``"group"`` (see :func:`_items.member_item`)."""
         added, gone = (
-            (self.added_users, self.removed_users) if kind == _USER_TYPE else (self.added_groups, self.removed_groups)
+            (self.added_users, self.removed_users) if kind == "user" else (self.added_groups, self.removed_groups)
         )
         (gone if removed else added).add(member_id)
         (added if removed else gone).discard(member_id)
@@ -104,8 +103,14 @@ def merge_group_items(
     """Merge one ``groups/delta`` page into ``members`` (by group id) and ``removed`` (deleted groups).
 
     A group may come back on several pages, each with a slice of its
-    ``members@delta``, in any order. Members that are neither users nor
-    groups (devices, contacts, service principals) are dropped.
+    ``members@delta``, in any order. Each member reference is classified by
+    :func:`~calm_azure_sync.directory._items.member_item`, the rule a full
+    read uses too: no ``@odata.type`` is a user (so an untyped removal takes
+    the member away, as a full read would no longer list it); devices,
+    contacts, service principals and unknown types are neither users nor
+    groups and are dropped; a bad id, type or ``@removed`` fails the round.
+    A group item is read the same way: ``@removed`` (any reason) is a
+    deleted group, and one listed again later in the round is restored.
     """
     for item in values:
         if type(item) is not dict:
@@ -113,7 +118,8 @@ def merge_group_items(
         group_id = item.get("id")
         if type(group_id) is not str or not group_id.strip():
             raise _invalid(operation, "a group in Graph's delta answer has no id")
-        if "@removed" in item:
+        _, group_id, gone = member_item(item, operation)
+        if gone is not None:
             removed.add(group_id)
             members.pop(group_id, None)
             continue
@@ -124,13 +130,11 @@ def merge_group_items(
             continue
         if type(refs) is not list:
             raise _invalid(operation, f"group {group_id!r}: members@delta is not a list")
+        where = f"{operation}: group {group_id!r}: members@delta"
         for ref in refs:
-            member_id = ref.get("id") if type(ref) is dict else None
-            if type(member_id) is not str or not member_id.strip():
-                raise _invalid(operation, f"group {group_id!r}: a member in members@delta has no id")
-            kind = ref.get("@odata.type")
-            if kind in (_USER_TYPE, _GROUP_TYPE):
-                changes.record(member_id, kind, removed="@removed" in ref)
+            kind, member_id, reason = member_item(ref, where)
+            if kind != "other":
+                changes.record(member_id, kind, removed=reason is not None)
 
 
 def merge_user_items(
@@ -142,28 +146,22 @@ def merge_user_items(
 ) -> None:
     """Merge one ``users/delta`` page into ``users`` (by id; the last word on an id wins).
 
-    A user with ``@removed`` is a :class:`RemovedUser` with Graph's reason.
-    Delta omits properties that were never set, but never ``accountEnabled``
-    (every user has it): a changed user without it is Graph's
+    Each item is read by :func:`~calm_azure_sync.directory._items.user_item`,
+    as a full read's member is: a user with ``@removed`` is a
+    :class:`RemovedUser` with Graph's reason; delta omits properties that
+    were never set (read as the ``null`` a full read gets), but never
+    ``accountEnabled`` (every user has it): a user without it is Graph's
     limited-information shape, so the round is ``users_not_readable``.
-    ``require_account_enabled=False`` parses pages that did not select it
+    ``require_account_enabled=False`` parses pages that did not select those
     (Graph's own documented examples).
     """
     with collector_paused():
         for item in values:
             if type(item) is not dict:
                 raise _invalid(operation, "Graph returned a non-object item")
-            user_id = item.get("id")
-            if type(user_id) is not str or not user_id.strip():
-                raise _invalid(operation, "a user in Graph's delta answer has no id")
-            gone = item.get("@removed")
-            if gone is not None:
-                reason = gone.get("reason") if type(gone) is dict else None
-                users[user_id] = RemovedUser(user_id, reason if type(reason) is str and reason else "deleted")
-                continue
-            if require_account_enabled and item.get("accountEnabled") is None:
-                raise users_not_readable(operation)
-            users[user_id] = DirectoryUser.from_graph(item)
+            user = user_item(item, operation, readable=require_account_enabled, unset_omitted=True)
+            if user is not None:
+                users[user.id] = user
 
 
 # -- the cursor --------------------------------------------------------------------------

@@ -17,10 +17,9 @@ from ._graph_common import (
     all_or_nothing,
     error_fields,
     json_object,
-    limited_information,
     status_error,
-    users_not_readable,
 )
+from ._items import user_item
 from ._retry import RetryBudget, RetryBudgetOption, parse_retry_after
 from ._sdk import (
     NATIVE,
@@ -191,9 +190,9 @@ def _batch_answers(
 
 
 def _looked_up_user(body: Mapping[str, Any], user_id: str, operation: str) -> DirectoryUser:
-    if limited_information(body):
-        raise users_not_readable(operation)
-    user = DirectoryUser.from_graph(body)
+    user = user_item(body, operation)  # the rules every read of a user item shares
+    if not isinstance(user, DirectoryUser):
+        raise DirectoryError(f"{operation}: Graph answered with an object that is not a user", code="invalid_response")
     if user.id.lower() != user_id.lower():
         raise DirectoryError(f"{operation}: Graph answered with another user ({user.id!r})", code="invalid_response")
     return user

@@ -117,10 +117,13 @@ class DirectoryDelta:
 
     @property
     def empty(self) -> bool:
-        """Whether nothing changed."""
-        return not (self.users or self.removed_users or self.removed_groups) and not any(
-            group.changed for group in self.groups
-        )
+        """Whether nothing changed: no user, no removal, and no group listed at all.
+
+        A group listed without member changes still counts: it is one the
+        round says exists (created, or restored after a deletion, perhaps
+        with no members), which the caller may have dropped as deleted.
+        """
+        return not (self.users or self.removed_users or self.removed_groups or self.groups)
 
     def group(self, group_id: str) -> GroupDelta | None:
         """The changes of one group, or ``None`` when it has no entry."""

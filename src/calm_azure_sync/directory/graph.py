@@ -47,11 +47,10 @@ from ._graph_common import (
     GROUP_READ_PERMISSIONS,
     graph_error,
     json_object,
-    limited_information,
     short,
     status_error,
-    users_not_readable,
 )
+from ._items import user_item
 from ._retry import (
     ATTEMPTS_KEY,
     GraphRetryHandler,
@@ -426,16 +425,13 @@ class GraphDirectory:
             # A page is parsed without awaiting, so pausing the cyclic collector
             # is contained: 999 fresh objects that form no cycles would
             # otherwise trigger collections that walk every object read so far.
+            # Each item is classified by the same rules a delta read uses (_items.user_item):
+            # untyped is a user, another type is skipped, an unreadable user fails the read.
             with collector_paused():
-                from_graph = DirectoryUser.from_graph
+                where = f"reading the members of group {group_id!r}"
                 for item in page:
-                    kind = item.get("@odata.type")
-                    if kind is not None and kind != "#microsoft.graph.user":
-                        continue  # the cast returns users only; anything else is not ours to read
-                    if limited_information(item):
-                        raise users_not_readable(f"reading the members of group {group_id!r}")
-                    user = from_graph(item)
-                    if user.id not in users:
+                    user = user_item(item, where)
+                    if isinstance(user, DirectoryUser) and user.id not in users:
                         users[user.id] = user
         return list(users.values())
 

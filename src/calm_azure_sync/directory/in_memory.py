@@ -117,8 +117,12 @@ class InMemoryDirectory:
             before_set, after_set = set(before_ids), set(after_ids)
             for member_id in sorted(before_set ^ after_set):
                 kind = self._kind(member_id)
-                if kind == "other":
-                    kind = "user" if member_id in self._shadow_users else "group"
+                if kind == "other":  # deleted in the same edit: it was what the log last saw it as
+                    kind = (
+                        "user" if member_id in self._shadow_users
+                        else "group" if member_id in self._shadow_groups
+                        else "other"
+                    )
                 self._record("member", group_id, f"{kind}:{member_id}", "add" if member_id in after_set else "remove")
         self._take_shadow()
 
@@ -128,6 +132,11 @@ class InMemoryDirectory:
 
             {"users": [graph user JSON…], "groups": [graph group JSON…],
              "members": {group_id: [member ids…]}}
+
+        A member id that is neither a user nor a group (a device, a contact:
+        the fake Graph's optional ``"others"`` list, ignored here) is a member
+        of no kind we read: never a user, never a nested group, in full reads
+        and in deltas alike.
         """
         if not isinstance(data, Mapping):
             raise DirectoryError("a directory fixture must be a JSON object", code="invalid_data")
@@ -224,9 +233,17 @@ class InMemoryDirectory:
 
     @_logged
     def delete_group(self, group_id: str) -> None:
-        """Delete a group (a 404 from then on) and its memberships in other groups."""
-        if self.groups.pop(group_id, None) is None:
+        """Delete a group (a 404 from then on), its own direct memberships and its memberships in other groups.
+
+        As in Entra, the deleted group's members are its members no more: a
+        group restored or re-created with the same id (:meth:`put_group`)
+        has only the members it is given then, and a delta read says so
+        (each former member removed, each member it comes back with added).
+        """
+        if group_id not in self.groups:
             return
+        self._set_members(group_id, ())  # logged: the memberships end with the group
+        self.groups.pop(group_id)
         self._record("group", group_id, "", "delete")
         self.members.pop(group_id, None)
         for other, ids in list(self.members.items()):
@@ -360,13 +377,24 @@ class InMemoryDirectory:
         removed: set[str],
     ) -> None:
         ops = [op for _, kind, object_id, _, op in events if kind == "group" and object_id == group_id]
+        existed = not ops or ops[0] != "create"  # at the cursor
         if group_id not in self.groups:
-            if ops and ops[0] != "create":
+            if ops and existed:
                 removed.add(group_id)  # it existed at the cursor and is gone now
             return
         current = set(self.members.get(group_id, ()))
-        added: dict[str, set[str]] = {"user": set(), "group": set()}
-        gone: dict[str, set[str]] = {"user": set(), "group": set()}
+        if not existed:
+            # Created or restored since the cursor (after a round that said it was deleted, or
+            # when it did not exist yet): Graph lists it again, with its whole direct membership,
+            # even when that is empty, so the caller tracks it again.
+            groups[group_id] = GroupDelta(
+                group_id,
+                added_users=frozenset(m for m in current if m in self.users),
+                added_groups=frozenset(m for m in current if m in self.groups),
+            )
+            return
+        added: dict[str, set[str]] = {"user": set(), "group": set(), "other": set()}
+        gone: dict[str, set[str]] = {"user": set(), "group": set(), "other": set()}
         for member_id, (kind, first_op) in member_events.get(group_id, {}).items():
             kind = self._kind(member_id) if member_id in current else kind
             if kind not in added:
@@ -376,11 +404,12 @@ class InMemoryDirectory:
                 added[kind].add(member_id)
             elif member_id not in current and was_member:
                 gone[kind].add(member_id)
-        delta = GroupDelta(
-            group_id, frozenset(added["user"]), frozenset(gone["user"]), frozenset(added["group"]), frozenset(gone["group"])
-        )
-        if delta.changed:
-            groups[group_id] = delta
+        # Listed when its direct membership differs from the cursor's, as Graph lists a group whose
+        # members@delta has anything, even only devices or contacts (which are no users nor groups).
+        if any(added.values()) or any(gone.values()):
+            groups[group_id] = GroupDelta(
+                group_id, frozenset(added["user"]), frozenset(gone["user"]), frozenset(added["group"]), frozenset(gone["group"])
+            )
 
     def transitive_members(self, group_id: str) -> list[DirectoryUser]:
         """The users under ``group_id``, breadth first, each once (synchronous)."""

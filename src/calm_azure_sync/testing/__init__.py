@@ -3,7 +3,8 @@
 - :class:`FakeGraphServer` (``testing.fake_graph``): a Graph-shaped server on
   127.0.0.1 with fault injection and a request log;
 - :func:`check_directory` (``testing.directory_conformance``): does a
-  ``Directory`` answer the way Entra ID does;
+  ``Directory`` answer the way Entra ID does; :func:`check_delta`: do its
+  delta reads end where its full reads do;
 - :class:`UserStoreConformance` (``testing.store_conformance``, needs pytest
   and pytest-asyncio): subclass it to run the store suite on your ``UserStore``;
 - :class:`AuditSinkConformance` (``testing.audit_conformance``, likewise) for
@@ -21,13 +22,14 @@ from .._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from .audit_conformance import AuditSinkConformance
-    from .directory_conformance import check_directory, conformance_fixture
+    from .directory_conformance import check_delta, check_directory, conformance_fixture
     from .fake_graph import FakeGraphServer, Fault
     from .store_conformance import UserStoreConformance
     from .synthetic import SyntheticTenant, generate_tenant
 
 _LAZY = {
     "AuditSinkConformance": ".audit_conformance",
+    "check_delta": ".directory_conformance",
     "check_directory": ".directory_conformance",
     "conformance_fixture": ".directory_conformance",
     "FakeGraphServer": ".fake_graph",
@@ -43,6 +45,7 @@ __all__ = [
     "Fault",
     "SyntheticTenant",
     "UserStoreConformance",
+    "check_delta",
     "check_directory",
     "conformance_fixture",
     "generate_tenant",

@@ -14,10 +14,14 @@ Modelled (FACTS.md "user: delta", "group: delta"):
   omitted), ``$filter=id eq '…' or …`` (at most 50 ids, else 400), query
   parameters on the first request only (400 when a token request carries
   others), ``$deltatoken=latest`` (no data, a delta link "from now");
-- ``members@delta`` with ``@odata.type`` and ``"@removed": {"reason":
+- ``members@delta`` with ``@odata.type`` (users, groups, and other objects
+  such as devices with their own type) and ``"@removed": {"reason":
   "deleted"}`` for a removed member; a deleted group or user as
   ``{"id", "@removed": {"reason"}}`` (``"changed"`` when soft-deleted:
-  ``remove_user(..., soft=True)``);
+  ``remove_user(..., soft=True)``, ``remove_group(...)``; ``"deleted"`` for
+  good: ``remove_user(...)``, ``remove_group(..., soft=False)``); a group
+  created or restored (``add_group`` after ``remove_group``) listed again
+  with its whole membership, ``members@delta`` left out when it has none;
 - a group split over several items (``delta_member_slice``) and so over
   several pages, items in any order (``delta_seed``), the last item of a
   page replayed at the top of the next (``delta_replays``);
@@ -106,6 +110,8 @@ def snapshot(graph: FakeGraph, kind: str, filter_ids: tuple[str, ...] | None) ->
                 members[member_id] = _USER_TYPE
             elif member_id in graph._groups:
                 members[member_id] = _GROUP_TYPE
+            elif member_id in graph._others:
+                members[member_id] = str(graph._others[member_id].get("@odata.type"))
         found[group_id] = members
     return found
 
@@ -132,7 +138,8 @@ def _group_items(
     items: list[dict[str, Any]] = []
     for group_id in sorted(old.keys() | new.keys()):
         if group_id not in new:
-            items.append({"id": group_id, "@removed": {"reason": "changed"}})
+            reason = "changed" if group_id in graph._soft_deleted_groups else "deleted"
+            items.append({"id": group_id, "@removed": {"reason": reason}})
             continue
         before: dict[str, str] = old.get(group_id, {})
         after: dict[str, str] = new[group_id]

@@ -108,6 +108,7 @@ class FakeGraph:
         self._users: dict[str, dict[str, Any]] = {}
         self._groups: dict[str, dict[str, Any]] = {}
         self._members: dict[str, list[str]] = {}
+        self._others: dict[str, dict[str, Any]] = {}
         self._faults: list[tuple[Fault, str | None, int]] = []
         self._cursors: collections.OrderedDict[str, Cursor] = collections.OrderedDict()
         self._log: list[RecordedRequest] = []
@@ -120,6 +121,7 @@ class FakeGraph:
         self.delta_seed = delta_seed
         self._delta_tokens: collections.OrderedDict[str, DeltaToken] = collections.OrderedDict()
         self._soft_deleted: set[str] = set()
+        self._soft_deleted_groups: set[str] = set()
         self.load(fixture or {})
 
     def __repr__(self) -> str:
@@ -132,20 +134,22 @@ class FakeGraph:
         users = {str(user["id"]): dict(user) for user in fixture.get("users") or ()}
         groups = {str(group["id"]): dict(group) for group in fixture.get("groups") or ()}
         members = {str(group): [str(m) for m in ids] for group, ids in (fixture.get("members") or {}).items()}
+        others = {str(item["id"]): dict(item) for item in fixture.get("others") or ()}
         with self._lock:
-            self._users, self._groups, self._members = users, groups, members
+            self._users, self._groups, self._members, self._others = users, groups, members, others
             self._cursors.clear()
 
     def fixture(self) -> dict[str, Any]:
-        """A deep copy of the directory currently served."""
+        """A deep copy of the directory currently served (``others`` only when there are any)."""
         with self._lock:
-            return copy.deepcopy(
-                {
-                    "users": list(self._users.values()),
-                    "groups": list(self._groups.values()),
-                    "members": self._members,
-                }
-            )
+            data: dict[str, Any] = {
+                "users": list(self._users.values()),
+                "groups": list(self._groups.values()),
+                "members": self._members,
+            }
+            if self._others:
+                data["others"] = list(self._others.values())
+            return copy.deepcopy(data)
 
     def add_user(self, user: Mapping[str, Any], *, groups: Iterable[str] = ()) -> None:
         """Add (or replace, or restore) a user, optionally as a direct member of ``groups``."""
@@ -173,11 +177,28 @@ class FakeGraph:
         with self._lock:
             self._groups[str(group["id"])] = dict(group)
             self._members[str(group["id"])] = list(members)
+            self._soft_deleted_groups.discard(str(group["id"]))
 
-    def remove_group(self, group_id: str) -> None:
-        """Delete a group (it becomes a 404) and its memberships elsewhere."""
+    def add_other(self, item: Mapping[str, Any]) -> None:
+        """Add a directory object that is neither a user nor a group (``id`` and ``@odata.type``, e.g. a device).
+
+        It can be a member (:meth:`add_member`): ``members@delta`` and the
+        uncast member lists show it with its type; a cast to users leaves it out.
+        """
         with self._lock:
-            self._groups.pop(group_id, None)
+            self._others[str(item["id"])] = dict(item)
+
+    def remove_group(self, group_id: str, *, soft: bool = True) -> None:
+        """Delete a group (it becomes a 404), its own memberships and its memberships elsewhere.
+
+        ``groups/delta`` reports it as ``{"id", "@removed": {"reason": "changed"}}``
+        (soft-deleted: restorable, the default) or ``"deleted"`` with
+        ``soft=False``. Restoring it is :meth:`add_group` with its members:
+        the next round lists it again with its whole membership.
+        """
+        with self._lock:
+            if self._groups.pop(group_id, None) is not None:
+                (self._soft_deleted_groups.add if soft else self._soft_deleted_groups.discard)(group_id)
             self._members.pop(group_id, None)
             for ids in self._members.values():
                 while group_id in ids:
@@ -385,7 +406,7 @@ class FakeGraph:
         cast = segments[3] if len(segments) == 4 else None
         self._check_member_query(request, cast, counting=counting)
         if relation == "members":
-            ids = [m for m in self._members.get(group_id, []) if m in self._users or m in self._groups]
+            ids = [m for m in self._members.get(group_id, []) if self._known(m)]
         else:
             ids = self._transitive(group_id)
         if cast is not None:
@@ -465,7 +486,7 @@ class FakeGraph:
             following: list[str] = []
             for current in pending:
                 for member_id in self._members.get(current, ()):
-                    if member_id in seen or (member_id not in self._users and member_id not in self._groups):
+                    if member_id in seen or not self._known(member_id):
                         continue
                     seen.add(member_id)
                     found.append(member_id)
@@ -473,6 +494,9 @@ class FakeGraph:
                         following.append(member_id)
             pending = following
         return found
+
+    def _known(self, object_id: str) -> bool:
+        return object_id in self._users or object_id in self._groups or object_id in self._others
 
     def _page_size(self, query: Mapping[str, str]) -> int:
         raw = query.get("$top")
@@ -565,6 +589,9 @@ class FakeGraph:
                 value.append(self._render(self._users[object_id], "users", select, typed=typed))
             elif object_id in self._groups and cursor.kind != "users":
                 value.append(self._render(self._groups[object_id], "groups", select, typed=typed))
+            elif object_id in self._others and cursor.kind != "users":
+                other = self._others[object_id]
+                value.append({"@odata.type": other.get("@odata.type"), "id": object_id})
         body: dict[str, Any] = {"@odata.context": self._context(entity_set, select)}
         if token is None and request.query.get("$count", "").lower() == "true" and self._advanced(request):
             body["@odata.count"] = len(ids)
