@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -26,12 +26,17 @@ from calm_azure_sync import (
     InMemoryUserStore,
     Reconciler,
     RemovalPolicy,
+    Role,
     Site,
+    StoredUser,
+    StoreState,
     SyncConfig,
     TrustHierarchy,
 )
 from calm_azure_sync.errors import ConfigError
-from calm_azure_sync.plan import RemoveGroupMember, Unassign
+from calm_azure_sync.plan import RemoveGroupMember, Unassign, is_removal
+from calm_azure_sync.planner import DirectorySnapshot, PlanContext, build_plan
+from calm_azure_sync.state import SyncState
 
 from .helpers import FlakyDirectory, synced_access_of
 
@@ -415,3 +420,63 @@ async def test_the_empty_read_hold_cannot_be_switched_off():
     tenant.staff = set()
     report = await run(tenant, store, audit, lenient)
     assert report.hold_reason == "group_shrank" and report.counts["unassign"] == 0
+
+
+# -- partial confirmation, as a property over random holds and scopes -------------------------
+
+_SITES = ["birch", "ash", "elm"]
+_GROUPS = {"g-a": ("birch", "Risk"), "g-b": ("ash", "Risk"), "g-c": ("elm", "IT"), "g-d": ("birch", "IT")}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    leavers=st.dictionaries(
+        st.sampled_from([f"u{i}" for i in range(12)]),
+        st.sets(st.sampled_from(sorted(_GROUPS)), min_size=1),
+        min_size=1,
+    ),
+    scope_groups=st.none() | st.sets(st.sampled_from(sorted(_GROUPS)), min_size=1),
+    scope_sites=st.none() | st.sets(st.sampled_from(_SITES), min_size=1),
+    scope_users=st.none() | st.sets(st.sampled_from([f"u{i}" for i in range(12)] + [f"s-u{i}" for i in range(12)]),
+                                    min_size=1),
+    deactivate=st.booleans(),
+)
+def test_a_partial_confirmation_never_applies_a_removal_outside_its_scope(
+    leavers, scope_groups, scope_sites, scope_users, deactivate
+):
+    """Random leavers across four groups, all held; confirm a random scope: exactly the scope applies."""
+    if scope_groups is None and scope_sites is None and scope_users is None:
+        scope_users = {"u0"}
+    cfg = SyncConfig(
+        "oak",
+        [GroupMapping(group, site, {module: "Member"}) for group, (site, module) in _GROUPS.items()],
+        removal=RemovalPolicy("deactivate" if deactivate else "unassign", min_removals_to_hold=1, max_removal_ratio=0),
+    )
+    ids = sorted(leavers)
+    state = StoreState(
+        users={f"s-{i}": StoredUser(f"s-{i}", f"{i}@oak.sch.uk", i, external_id=i) for i in ids},
+        synced_access={i: {_GROUPS[g]: Role.MEMBER for g in groups} for i, groups in leavers.items()},
+    )
+    empty = DirectorySnapshot(members={group: [] for group in _GROUPS})
+    first = build_plan(cfg, empty, state, PlanContext(SyncState()))
+    hold = first.hold
+    assert hold is not None and not [c for c in first.changes if is_removal(c)]
+    scope = HoldScope(group_ids=scope_groups, site_ids=scope_sites, user_ids=scope_users)
+    second = build_plan(cfg, empty, state, PlanContext(SyncState(hold=hold), hold.id, confirm_only=scope))
+    applied = [c for c in second.changes if is_removal(c)]
+    inside = [c for c in hold.changes if hold.in_scope(c, scope)]
+    assert applied == [c for c in second.confirmed_removals]
+    assert sorted(map(repr, applied)) == sorted(map(repr, inside))
+    for change in applied:  # inside the scope, field by field
+        if scope_sites is not None:
+            assert set(hold.sites_of(change)) & scope_sites
+        if scope_groups is not None:
+            assert set(hold.groups_of(change)) & scope_groups
+        if scope_users is not None:
+            assert change.external_id in scope_users or f"s-{change.external_id}" in scope_users
+    rest = second.hold
+    outside = [c for c in hold.changes if not hold.in_scope(c, scope)]
+    if outside:
+        assert rest is not None and rest.id != hold.id and sorted(map(repr, rest.changes)) == sorted(map(repr, outside))
+    else:
+        assert rest is None
