@@ -28,6 +28,7 @@ from calm_azure_sync import (
     RemovalPolicy,
     Role,
     Site,
+    SqliteUserStore,
     StoredUser,
     StoreState,
     SyncConfig,
@@ -106,9 +107,20 @@ class NoMirrorStore(InMemoryUserStore):
     mirrors_groups = False
 
 
-@pytest.fixture(params=["mirrors groups", "no mirroring"])
-def make_store(request):
-    return InMemoryUserStore if request.param == "mirrors groups" else NoMirrorStore
+@pytest.fixture(params=["mirrors groups", "no mirroring", "sqlite"])
+def make_store(request, tmp_path):
+    if request.param == "sqlite":
+        opened = []
+
+        def sqlite_store():
+            opened.append(SqliteUserStore(tmp_path / "store.sqlite"))
+            return opened[-1]
+
+        yield sqlite_store
+        for store in opened:
+            store.close()
+        return
+    yield InMemoryUserStore if request.param == "mirrors groups" else NoMirrorStore
 
 
 async def test_a_relinked_account_keeps_its_held_removals_held(make_store):
