@@ -452,10 +452,15 @@ class UserTables:
         return user_id
 
     def grant(self, user_id: str, site_id: str, module: str, role: Role | str) -> None:
-        """Give ``user_id`` a manual grant (replacing a manual one on the same site and module)."""
+        """Give ``user_id`` a manual grant (replacing a manual one on the same site and module).
+
+        The arguments are checked first (``ValueError``, ``ConfigError``), then
+        the user (``KeyError``), in the order the database stores check them.
+        """
+        parsed = checked_grant(site_id, module, role)
         if user_id not in self.users:
             raise KeyError(f"no user with id {user_id!r}")
-        self._upsert_grant(user_id, (site_id, module, "manual"), (checked_grant(site_id, module, role), None))
+        self._upsert_grant(user_id, (site_id, module, "manual"), (parsed, None))
 
     def grants_of(self, user_id: str) -> set[Grant]:
         """Every grant ``user_id`` holds, of both sources."""
