@@ -72,7 +72,10 @@ MODULE = "risk"
 # -- the pools -------------------------------------------------------------------------
 
 TRUSTS = ("trust-oak", "trust\x00elm")
-EXTERNAL_IDS = ("e0", "e1", "e2", "e\x00", "e\uffff0", "e\ud800")  # the last one no store can keep
+EXTERNAL_IDS = ("e0", "e1", "e\x00", "e\uffff0", "e\ud800", "r1", "r\x00")  # e\ud800: no store can keep it
+# What a re-created account is relinked to (mostly ids no create has taken yet).
+RELINK_IDS = ("r1", "r\x00", "r1", "r\x00", "e1", "e\ud800")
+RELINK_EMAILS = ("ann.new@oak.example", "nul\x00@new.example", "zo\ud83d@new.example", "ANN@oak.example")
 MANUAL_IDS = ("m0", "m1", "m2", "m\x00")
 EMAILS = (
     "ann@oak.example",
@@ -341,7 +344,7 @@ class StoresAgree(RuleBasedStateMachine):
         for _name, store in self.stores:
             try:
                 answers.append(("returned", self.run(call(store))))
-            except Exception as error:  # noqa: BLE001 - compared, not swallowed
+            except Exception as error:
                 answers.append(("raised", type(error).__name__))
         return answers
 
@@ -362,21 +365,42 @@ class StoresAgree(RuleBasedStateMachine):
 
     @rule(
         trust=_pick(TRUSTS),
-        old=_pick(EXTERNAL_IDS),
-        new=_pick(EXTERNAL_IDS),
-        email=_pick(EMAILS),
-        after=st.lists(st.tuples(st.sampled_from(("add_member", "remove_member")), _pick(GROUPS)), max_size=3),
+        old=_pick(EXTERNAL_IDS[:4]),
+        new=_pick(RELINK_IDS),
+        email=_pick(RELINK_EMAILS),
+        group=_pick(GROUPS[:3]),
+        joined=st.booleans(),
+        after=st.lists(st.sampled_from(("add_member", "remove_member")), min_size=1, max_size=3),
+        elsewhere=st.lists(st.tuples(st.sampled_from(("add_member", "remove_member")), _pick(GROUPS)), max_size=2),
     )
     def relink_then_change_memberships(
-        self, trust: str, old: str, new: str, email: str, after: list[tuple[str, str]]
+        self,
+        trust: str,
+        old: str,
+        new: str,
+        email: str,
+        group: str,
+        joined: bool,
+        after: list[str],
+        elsewhere: list[tuple[str, str]],
     ) -> None:
-        """A re-created account: the user takes the new object id, then joins or leaves groups by it."""
-        self.steps.append(f"relink {old!r} -> {new!r} in {trust!r}, then {after!r}")
+        """A re-created account: the store user takes the new object id, then joins or leaves groups by it.
+
+        First (one batch) the user with the old id exists and is, or is not,
+        a member of ``group``, as earlier runs left it; then, in one batch,
+        the relink and membership changes naming the new id. Later batches
+        name the new id too (it stays in the pool).
+        """
+        self.steps.append(f"{old!r} in {group!r} ({joined}), relinked to {new!r} in {trust!r}, then {after!r}")
+        setup = [("upsert_group", group, "Staff", ["s1"]), ("create", old, email, "Ann")]
+        setup.append(("add_member" if joined else "remove_member", group, old))
+        self._apply(trust, lambda state: [resolve(spec, state) for spec in setup])
         self._apply(
             trust,
             lambda state: [
                 resolve(("relink", old, new, email), state),
-                *(resolve((kind, group, new), state) for kind, group in after),
+                *(resolve((kind, group, new), state) for kind in after),
+                *(resolve((kind, other, new), state) for kind, other in elsewhere),
             ],
         )
 
@@ -442,13 +466,12 @@ class StoresAgree(RuleBasedStateMachine):
             return
 
         async def everything(store: Any) -> dict[str, object]:
-            state = await store.load(TRUSTS[0])
-            names = _names(state, MANUAL_IDS)
+            states = {trust: await store.load(trust) for trust in TRUSTS}
+            names = _names(states[TRUSTS[0]], MANUAL_IDS)
             answer: dict[str, object] = {
                 "users": [names[user.user_id] for user in await store.users()],
             }
-            for trust in TRUSTS:
-                trust_state = await store.load(trust)
+            for trust, trust_state in states.items():
                 answer[f"state {trust!r}"] = comparable(trust_state)
                 answer[f"groups {trust!r}"] = await store.groups(trust)
                 answer[f"sync state {trust!r}"] = await _or_error(store.load_state(trust))
@@ -466,7 +489,7 @@ class StoresAgree(RuleBasedStateMachine):
 async def _or_error(awaitable: Awaitable[Any]) -> object:
     try:
         return await awaitable
-    except Exception as error:  # noqa: BLE001 - compared, not swallowed (messages name the store)
+    except Exception as error:
         return type(error).__name__
 
 
