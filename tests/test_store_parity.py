@@ -10,11 +10,14 @@ cases found by them, written out.
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from calm_azure_sync import (
     AddGroupMember,
@@ -51,6 +54,28 @@ ODD = (
     "\x01\x1f control",
     "x" * 5000,
 )
+
+
+@pytest.mark.skipif(importlib.util.find_spec("psycopg") is None, reason="the postgres extra is not installed")
+@settings(deadline=None)  # the first example imports psycopg
+@given(
+    st.text(
+        alphabet=st.characters(codec=None)
+        | st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF, categories=["Cs"])
+        | st.sampled_from("\x00\uffff0d8")
+    )
+)
+def test_the_postgres_text_codec_stores_any_text_and_reads_it_back(text: str) -> None:
+    from calm_azure_sync.postgres._codec import from_db, to_db
+
+    stored = to_db(text)
+    assert from_db(stored) == text
+    assert "\x00" not in stored
+    stored.encode("utf-8")  # no lone surrogate left
+    if not any(char in text for char in "\x00\uffff") and text.encode("utf-8", "surrogatepass").decode(
+        "utf-8", "replace"
+    ) == text:
+        assert stored == text  # ordinary text is stored as it is
 
 
 @pytest.fixture(params=STORES)
@@ -251,3 +276,47 @@ async def test_rows_written_before_the_postgres_text_codec_read_back_as_written(
             await store.add_user(f"ANN{odd}@oak.example", "Ann again")
         (event,) = await sink.query(trust, run_id=f"run {odd}")
         assert event.message == f"created {odd}"
+
+
+async def test_an_import_of_text_with_nul_is_whole_and_the_next_run_reads_incrementally(store: Any) -> None:
+    """The symptom on PostgreSQL: the group and its memberships failed, the user was never created,
+    and the delta cache was dropped every run (so every run read in full)."""
+    from calm_azure_sync import (
+        Actor,
+        GroupMapping,
+        InMemoryDirectory,
+        Reconciler,
+        Site,
+        SyncConfig,
+        TrustHierarchy,
+    )
+
+    directory = InMemoryDirectory.from_dict({
+        "users": [
+            {"id": "u\x001", "displayName": "Ann\x00Example", "mail": "ann@oak.example", "givenName": "Ann\x00",
+             "accountEnabled": True},
+            {"id": "u2", "displayName": "Bob", "mail": "bob@oak.example", "accountEnabled": True},
+        ],
+        "groups": [{"id": "g\x00staff", "displayName": "Staff\x00"}],
+        "members": {"g\x00staff": ["u\x001", "u2"]},
+    })
+    hierarchy = TrustHierarchy([Site("oak", "Oak"), Site("birch", "Birch", "oak")])
+    config = SyncConfig("oak", [GroupMapping("g\x00staff", "birch", {"Risk": "Member"})])
+    system = Actor.system("tests")
+
+    def reconciler() -> Reconciler:
+        return Reconciler(directory, store, InMemoryAuditSink(), hierarchy, clock=lambda: T0)
+
+    first = await reconciler().run(config, actor=system)
+    assert first.ok and first.mode == "full", (first.errors, first.mode_reason)
+    state = await store.load("oak")
+    assert {user.external_id: user.display_name for user in state.users.values()} == {
+        "u\x001": "Ann\x00Example", "u2": "Bob"
+    }
+    assert state.groups["g\x00staff"].display_name == "Staff\x00"
+    assert state.group_members == {"g\x00staff": frozenset({"u\x001", "u2"})}
+    assert set(state.synced_access) == {"u\x001", "u2"}
+    directory.remove_member("g\x00staff", "u2")
+    second = await reconciler().run(config, actor=system)
+    assert second.ok and second.mode == "incremental", (second.errors, second.mode_reason)
+    assert (await store.load("oak")).group_members == {"g\x00staff": frozenset({"u\x001"})}
