@@ -22,8 +22,11 @@ external id or email at once both see nothing, and the unique indexes let the
 second one fail. That batch is then replayed from the start, and its new load
 sees the other batch's committed row, so it refreshes that user instead of
 duplicating it. A write the database refuses for another reason (a host's
-trigger or constraint, text Postgres cannot store) is replayed one change at a
-time, each under a savepoint, so only the refused change fails.
+trigger or constraint) is replayed one change at a time, each under a
+savepoint, so only the refused change fails. Text is never the reason: every
+text value is written and read through ``postgres/_codec.py``, which stores
+any ``str`` (a NUL, a lone surrogate) reversibly, so this store keeps exactly
+what the SQLite and in-memory stores keep.
 
 Writes use the cheapest statement that keeps the order that matters: updates
 of existing users first, in log order (an email freed by one update may be
@@ -548,10 +551,10 @@ class PostgresUserStore(OnDatabase):
     async def save_delta(self, trust_site_id: str, write: DeltaCacheWrite) -> None:
         """Apply ``write`` to the trust's delta cache rows in one transaction.
 
-        Rows the database refuses (text PostgreSQL cannot store, such as a NUL
-        character in a user's name) leave no cache at all rather than a wrong
-        one: the write is rolled back, the trust's cache dropped and a warning
-        logged, and the next run reads in full.
+        Rows the database refuses (a host's constraint, a number out of range;
+        never text, which the codec stores) leave no cache at all rather than
+        a wrong one: the write is rolled back, the trust's cache dropped and a
+        warning logged, and the next run reads in full.
         """
         async with self._db.connection() as connection:
             try:
