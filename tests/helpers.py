@@ -134,8 +134,41 @@ def refused_only(events) -> bool:
     return bool(events) and all(event.kind is AuditKind.IMPORT_REFUSED for event in events)
 
 
+CRASH_CHILD = """
+import asyncio, contextlib, sys
+from calm_azure_sync import Actor, InMemoryAuditSink, InMemoryDirectory, Reconciler, SqliteUserStore
+from calm_azure_sync.testing.synthetic import generate_tenant
+
+def progress(stage, done, total):
+    print(stage, done, total, flush=True)
+
+def open_store(kind, where):
+    if kind == "sqlite":
+        return SqliteUserStore(where[0])
+    from calm_azure_sync.postgres import PostgresUserStore
+    return PostgresUserStore(where[0], schema=where[1])
+
+async def main(users, groups, kind, *where):
+    tenant = generate_tenant(users=users, groups=groups)
+    async with contextlib.AsyncExitStack() as exits:
+        store = await exits.enter_async_context(open_store(kind, where))
+        reconciler = Reconciler(InMemoryDirectory.from_dict(tenant.fixture), store, InMemoryAuditSink(),
+                                tenant.hierarchy, progress=progress, batch_size=25)
+        report = await reconciler.run(tenant.config, actor=Actor.system("crash-test"))
+        print("done", report.ok, flush=True)
+
+asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:]))
+"""
+"""The one crash child, for every store: ``users groups sqlite PATH`` or ``users groups postgres CONNINFO SCHEMA``.
+
+It imports a synthetic trust (``generate_tenant(users, groups)``) in batches
+of 25 and prints the reconciler's progress, for :func:`kill_during_apply`.
+"""
+
+
 def kill_during_apply(script: str, args: Sequence[str], kill_after: int) -> bool:
-    """Run ``script`` (``python -c``) with ``args``; SIGKILL it once it has applied ``kill_after`` changes.
+    """Run ``script`` (``python -c``; usually :data:`CRASH_CHILD`) with ``args``; SIGKILL it once it has
+    applied ``kill_after`` changes.
 
     The script prints the reconciler's progress (``stage done total``) a line
     at a time. True if the child was killed (False: it finished first).

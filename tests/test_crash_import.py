@@ -12,7 +12,6 @@ import json
 import os
 import random
 import sqlite3
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,40 +20,16 @@ from calm_azure_sync import Actor as _Actor
 from calm_azure_sync import InMemoryAuditSink, InMemoryDirectory, Reconciler, SqliteUserStore
 from calm_azure_sync.testing.synthetic import generate_tenant
 
-from .helpers import assert_whole, expected_access, kill_during_apply, synced_access_of
+from .helpers import CRASH_CHILD, assert_whole, expected_access, kill_during_apply, synced_access_of
 
 SYSTEM = _Actor.system("tests")
 
 USERS = 1500
 KILLS = int(os.environ.get("CALM_CRASH_KILLS", "3"))
 
-CHILD = textwrap.dedent(
-    """
-    import asyncio, sys
-    from calm_azure_sync import Actor, InMemoryAuditSink, InMemoryDirectory, Reconciler, SqliteUserStore
-    from calm_azure_sync.testing.synthetic import generate_tenant
-
-    SYSTEM = Actor.system("tests")
-
-    def progress(stage, done, total):
-        print(stage, done, total, flush=True)
-
-    async def main(path, users):
-        tenant = generate_tenant(users=users, groups=30)
-        store = SqliteUserStore(path)
-        reconciler = Reconciler(InMemoryDirectory.from_dict(tenant.fixture), store, InMemoryAuditSink(),
-                                tenant.hierarchy, progress=progress, batch_size=25)
-        report = await reconciler.run(tenant.config, actor=SYSTEM)
-        print("done", report.ok, flush=True)
-
-    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
-    """
-)
-
-
 def _import_and_kill(path: Path, kill_after: int) -> bool:
     """Run the child; SIGKILL it once it has applied ``kill_after`` changes. True if killed."""
-    return kill_during_apply(CHILD, [str(path), str(USERS)], kill_after)
+    return kill_during_apply(CRASH_CHILD, [str(USERS), "30", "sqlite", str(path)], kill_after)
 
 
 def _check_whole(path: Path, expected: dict) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import textwrap
 import time
 
 import pytest
@@ -20,7 +19,7 @@ from calm_azure_sync import Actor, InMemoryAuditSink, InMemoryDirectory, Reconci
 from calm_azure_sync.testing.synthetic import generate_tenant
 
 from .conftest import scaled
-from .helpers import assert_whole, expected_access, kill_during_apply, synced_access_of
+from .helpers import CRASH_CHILD, assert_whole, expected_access, kill_during_apply, synced_access_of
 
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
 
@@ -28,32 +27,9 @@ from calm_azure_sync.postgres import PostgresUserStore  # noqa: E402
 
 USERS = 600
 
-CHILD = textwrap.dedent(
-    """
-    import asyncio, sys
-    from calm_azure_sync import Actor, InMemoryAuditSink, InMemoryDirectory, Reconciler
-    from calm_azure_sync.postgres import PostgresUserStore
-    from calm_azure_sync.testing.synthetic import generate_tenant
-
-    def progress(stage, done, total):
-        print(stage, done, total, flush=True)
-
-    async def main(conninfo, schema, users):
-        tenant = generate_tenant(users=users, groups=20)
-        async with PostgresUserStore(conninfo, schema=schema) as store:
-            reconciler = Reconciler(InMemoryDirectory.from_dict(tenant.fixture), store, InMemoryAuditSink(),
-                                    tenant.hierarchy, progress=progress, batch_size=25)
-            report = await reconciler.run(tenant.config, actor=Actor.system("crash-test"))
-            print("done", report.ok, flush=True)
-
-    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
-    """
-)
-
-
 def _import_and_kill(conninfo: str, schema: str, kill_after: int) -> bool:
     """Run the child; SIGKILL it once it has applied ``kill_after`` changes. True if killed."""
-    return kill_during_apply(CHILD, [conninfo, schema, str(USERS)], kill_after)
+    return kill_during_apply(CRASH_CHILD, [str(USERS), "20", "postgres", conninfo, schema], kill_after)
 
 
 def _check_whole(conninfo: str, schema: str, expected: dict) -> int:

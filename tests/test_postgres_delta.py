@@ -40,7 +40,7 @@ psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not insta
 
 from calm_azure_sync.postgres import PostgresUserStore, _delta  # noqa: E402
 from calm_azure_sync.postgres._db import Database  # noqa: E402
-from calm_azure_sync.postgres._schema import MIGRATIONS  # noqa: E402
+from calm_azure_sync.postgres._schema import MIGRATIONS, SCHEMA_VERSION  # noqa: E402
 
 TRUST = "trust-oak"
 SECRET = "SeCrEtDeLtAtOkEn42"
@@ -138,10 +138,10 @@ async def test_a_version_2_database_migrates_in_place(postgres_url: str, postgre
         cache = sample_cache(2)
         await store.save_delta(TRUST, cache_write(None, cache))
         assert await store.load_delta(TRUST) == cache
-        assert await store.migrate() == 4
+        assert await store.migrate() == SCHEMA_VERSION
         assert await store.data_version() == 0  # migration 4 starts the count
     assert _sql(postgres_url, f"SELECT version FROM {schema}.calm_schema_versions WHERE component = 'user_store'") == [
-        (4,)
+        (SCHEMA_VERSION,)
     ]
 
 
@@ -223,21 +223,34 @@ async def test_rows_without_a_meta_row_are_no_cache_and_a_whole_write_drops_them
     assert await store.load_delta(TRUST) == smaller
 
 
-async def test_text_postgres_cannot_store_leaves_no_cache_not_a_wrong_one(
-    store: PostgresUserStore, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_a_nul_in_a_cached_name_is_kept_as_sqlite_keeps_it(store: PostgresUserStore) -> None:
     before = _secret_cache(6)
     await store.save_delta(TRUST, cache_write(None, before))
     user_id = sorted(before.users)[0]
     nul = attrs.evolve(before.users[user_id], display_name="Ann\x00Example")
     after = attrs.evolve(before, users={**before.users, user_id: nul})
+    await store.save_delta(TRUST, cache_write(before, after))  # a difference (unnest)
+    assert await store.load_delta(TRUST) == after
+    await store.save_delta(TRUST, cache_write(None, after))  # a whole write (COPY) too
+    assert await store.load_delta(TRUST) == after
+
+
+async def test_a_value_postgres_refuses_leaves_no_cache_not_a_wrong_one(
+    store: PostgresUserStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = _secret_cache(6)
+    await store.save_delta(TRUST, cache_write(None, before))
+    user_id = sorted(before.users)[0]
+    # More licences than the integer column holds: a value the database refuses (any text is stored).
+    huge = attrs.evolve(before.users[user_id], assigned_license_count=2**40)
+    after = attrs.evolve(before, users={**before.users, user_id: huge})
     with caplog.at_level(logging.WARNING, logger="calm_azure_sync"):
         await store.save_delta(TRUST, cache_write(before, after))
     assert await store.load_delta(TRUST) is None
     assert "could not be stored" in caplog.text and SECRET not in caplog.text
     await store.save_delta(TRUST, cache_write(None, after))  # a whole write (COPY) too
     assert await store.load_delta(TRUST) is None
-    # The next run reads in full and writes the cache whole; without the NUL it is kept again.
+    # The next run reads in full and writes the cache whole; without the value it is kept again.
     await store.save_delta(TRUST, cache_write(None, before))
     assert await store.load_delta(TRUST) == before
 

@@ -10,14 +10,11 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import textwrap
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 import calm_azure_sync.store.sqlite as sqlite_module
 from calm_azure_sync import (
@@ -26,7 +23,6 @@ from calm_azure_sync import (
     ConfigError,
     CreateUser,
     ImportAlreadyRunningError,
-    InMemoryUserStore,
     RetireGroup,
     Role,
     SqliteUserStore,
@@ -37,8 +33,6 @@ from calm_azure_sync import (
 )
 from calm_azure_sync._sqlite import open_sqlite
 from calm_azure_sync.plan import Change
-
-from .store_differential import change_specs, comparable, resolve
 
 TRUST = "trust-oak"
 MODULES = ("risk", "policies", "incidents")
@@ -401,59 +395,8 @@ async def test_a_closed_store_says_so(tmp_path: Path) -> None:
 
 
 # -- the same answers as the in-memory store -------------------------------------------------
-
-EXTERNAL_IDS = ("e0", "e1", "e2", "e\ud800")
-MANUAL_IDS = ("m0", "m1")
-EMAILS = (
-    "ann@oak.example",
-    "ANN@oak.example",
-    "bob@oak.example",
-    "cat@oak.example",
-    "Cat@Oak.Example",
-    "zo\ud83d@oak.example",  # a lone surrogate: UTF-8 cannot encode it
-    "ZO\ud83d@oak.example",
-)
-NAMES = ("Ann", "Zo\ud83d", "\udc00x", "Émile")
-SITES = ("s1", "s2", "s\ud800")
-GROUPS = ("g1", "g2", "g\udc01")
-
-_change_specs = change_specs(
-    external_ids=EXTERNAL_IDS, manual_ids=MANUAL_IDS, emails=EMAILS, names=NAMES, sites=SITES, groups=GROUPS
-)
-
-
-def _comparable(state: StoreState) -> object:
-    return comparable(state, MANUAL_IDS)
-
-
-async def _apply_to_both(batches: Sequence[Sequence[tuple[object, ...]]], directory: Path) -> None:
-    reference = InMemoryUserStore()
-    async with SqliteUserStore(directory / "calm.db") as sqlite_store:
-        for store in (reference, sqlite_store):
-            await store.add_user("ann@oak.example", "Ann", user_id="m0")
-            await store.add_user("dan@oak.example", "Dan", user_id="m1")
-            await store.grant("m1", "s1", "risk", "Member")
-        for batch in batches:
-            expected_state = await reference.load(TRUST)
-            changes = [resolve(spec, expected_state) for spec in batch]
-            expected = [result.outcome for result in await reference.apply(TRUST, changes)]
-            # Resolve against the SQLite store's own ids: the same users, other ids.
-            sqlite_changes = [resolve(spec, await sqlite_store.load(TRUST)) for spec in batch]
-            actual = [result.outcome for result in await sqlite_store.apply(TRUST, sqlite_changes)]
-            assert actual == expected
-            assert _comparable(await sqlite_store.load(TRUST)) == _comparable(await reference.load(TRUST))
-        # Nothing either store holds is text UTF-8 cannot encode.
-        for user in (await sqlite_store.load(TRUST)).users.values():
-            "".join(filter(None, (user.email, user.display_name, user.given_name, user.surname))).encode()
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(batches=st.lists(st.lists(_change_specs, min_size=1, max_size=8), min_size=1, max_size=4))
-def test_sqlite_store_gives_the_same_answers_and_outcomes_as_the_in_memory_store(
-    batches: list[list[tuple[object, ...]]],
-) -> None:
-    with tempfile.TemporaryDirectory() as directory:
-        asyncio.run(_apply_to_both(batches, Path(directory)))
+# tests/test_postgres_differential.py runs the one store differential (tests/store_differential.py)
+# on the in-memory and SQLite stores, and on PostgreSQL too when a server is there.
 
 
 async def test_a_version_1_store_is_migrated_and_keeps_its_users(tmp_path):

@@ -50,11 +50,16 @@ class UnreadableCache(ValueError):
 
 
 def meta_row(cursor: Any, mapped: Iterable[str], full_read_at: dt.datetime) -> tuple[int, str, str, str]:
-    """``(version, cursor JSON, mapped JSON, full_read_at ISO)`` for the meta row."""
+    """``(version, cursor JSON, mapped JSON, full_read_at ISO)`` for the meta row.
+
+    ASCII JSON: any text in the opaque cursor (a lone surrogate too) is an
+    escape, so every store keeps it and reads it back exactly. (Rows written
+    with raw non-ASCII text, before, read back the same.)
+    """
     return (
         CACHE_VERSION,
-        json.dumps(cursor, sort_keys=True, ensure_ascii=False, allow_nan=False),
-        json.dumps(sorted(mapped), ensure_ascii=False),
+        json.dumps(cursor, sort_keys=True, allow_nan=False),
+        json.dumps(sorted(mapped)),
         full_read_at.isoformat(),
     )
 

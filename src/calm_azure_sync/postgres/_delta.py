@@ -4,7 +4,9 @@
 last full read), ``delta_groups`` (tracked group ids), ``delta_members``
 (direct memberships) and ``delta_users`` (a column per cached user field),
 encoded and checked by the codec both table stores share
-(:mod:`calm_azure_sync._delta_rows`).
+(:mod:`calm_azure_sync._delta_rows`), every text value stored through the
+PostgreSQL text codec (:mod:`calm_azure_sync.postgres._codec`): a NUL in a
+user's name is kept, as SQLite keeps it.
 
 A load is one ``REPEATABLE READ`` snapshot of the four tables. A write is one
 transaction and costs what changed, not the trust's size: a whole write
@@ -35,6 +37,7 @@ from .._delta_rows import (
 from .._gc import collector_paused
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 from ..model import DirectoryUser
+from ._codec import from_db_row, to_db, to_db_list, to_db_optional
 from ._write import columns
 
 __all__ = ["DELTA_TABLES", "clear_delta", "load_delta", "load_delta_head", "save_delta"]
@@ -117,7 +120,12 @@ async def load_delta(
         return None
     meta, (groups, members, users) = rows
     with collector_paused():
-        return _decoded(where, lambda: cache_from_rows(meta, groups, members, users))
+        return _decoded(
+            where,
+            lambda: cache_from_rows(
+                from_db_row(meta), map(from_db_row, groups), map(from_db_row, members), map(from_db_row, users)
+            ),
+        )
 
 
 async def load_delta_head(
@@ -128,14 +136,14 @@ async def load_delta_head(
     if rows is None:
         return None
     meta, (groups,) = rows
-    return _decoded(where, lambda: head_from_rows(meta, groups))
+    return _decoded(where, lambda: head_from_rows(from_db_row(meta), map(from_db_row, groups)))
 
 
 async def _rows(
     connection: psycopg.AsyncConnection[Any], q: Query, trust_site_id: str, selects: tuple[LiteralString, ...]
 ) -> tuple[Any, list[list[Any]]] | None:
     """The meta row and each select's rows, in one snapshot; ``None`` without a meta row."""
-    trust = (trust_site_id,)
+    trust = (to_db(trust_site_id),)
     async with connection.transaction():
         # One snapshot of the four tables: a write committing between two reads is never half seen.
         await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -160,10 +168,10 @@ async def save_delta(
     connection: psycopg.AsyncConnection[Any], q: Query, trust_site_id: str, write: DeltaCacheWrite
 ) -> None:
     """Apply ``write`` to the trust's rows. Call inside the transaction that makes it atomic."""
-    trust = trust_site_id
-    added_groups = groups_to_track(write)
-    added_members = sorted(write.added_members)
-    users = _unique(write.users)
+    trust = to_db(trust_site_id)
+    added_groups = to_db_list(groups_to_track(write))
+    added_members = [(to_db(group), to_db(member)) for group, member in sorted(write.added_members)]
+    users = [_stored_user_row(user) for user in _unique(write.users)]
     async with connection.cursor() as cursor:
         if write.replace:
             # The trust has no rows left, so nothing can conflict: plain COPY.
@@ -171,32 +179,38 @@ async def save_delta(
                 await cursor.execute(q(statement), (trust,))
             await _copy(cursor, q(_COPY_GROUPS), ((trust, group) for group in added_groups))
             await _copy(cursor, q(_COPY_MEMBERS), ((trust, group, member) for group, member in added_members))
-            await _copy(cursor, q(_COPY_USERS), ((trust, *user_row(user)) for user in users))
+            await _copy(cursor, q(_COPY_USERS), ((trust, *row) for row in users))
         else:
             # In DeltaCacheWrite.applied_to's order: removals first, then what was added.
             if write.removed_groups:
-                removed = sorted(write.removed_groups)
+                removed = to_db_list(sorted(write.removed_groups))
                 await cursor.execute(q(_DELETE_GROUP_MEMBERS), (trust, removed))
                 await cursor.execute(q(_DELETE_GROUPS), (trust, removed))
             if write.removed_members:
-                await cursor.execute(q(_DELETE_MEMBERS), (*columns(sorted(write.removed_members), 2), trust))
+                gone = [(to_db(group), to_db(member)) for group, member in sorted(write.removed_members)]
+                await cursor.execute(q(_DELETE_MEMBERS), (*columns(gone, 2), trust))
             if write.removed_users:
-                await cursor.execute(q(_DELETE_USERS), (trust, sorted(write.removed_users)))
+                await cursor.execute(q(_DELETE_USERS), (trust, to_db_list(sorted(write.removed_users))))
             if added_groups:
                 await cursor.execute(q(_INSERT_GROUPS), (trust, added_groups))
             if added_members:
                 await cursor.execute(q(_INSERT_MEMBERS), (trust, *columns(added_members, 2)))
             if users:
-                rows = [user_row(user) for user in users]
-                await cursor.execute(q(_UPSERT_USERS), (trust, *columns(rows, len(USER_COLUMNS))))
-        await cursor.execute(q(_UPSERT_META), (trust, *meta_row(write.cursor, write.mapped, write.full_read_at)))
+                await cursor.execute(q(_UPSERT_USERS), (trust, *columns(users, len(USER_COLUMNS))))
+        version, cursor_json, mapped_json, at = meta_row(write.cursor, write.mapped, write.full_read_at)
+        await cursor.execute(q(_UPSERT_META), (trust, version, to_db(cursor_json), to_db(mapped_json), at))
 
 
 async def clear_delta(connection: psycopg.AsyncConnection[Any], q: Query, trust_site_id: str) -> None:
     """Delete the trust's rows in the four tables. Call inside a transaction."""
     async with connection.cursor() as cursor:
         for statement in _DELETE_ALL:
-            await cursor.execute(q(statement), (trust_site_id,))
+            await cursor.execute(q(statement), (to_db(trust_site_id),))
+
+
+def _stored_user_row(user: DirectoryUser) -> tuple[Any, ...]:
+    """:func:`user_row` with its text as stored."""
+    return tuple(to_db_optional(value) if value is None or type(value) is str else value for value in user_row(user))
 
 
 def _unique(users: Iterable[DirectoryUser]) -> list[DirectoryUser]:

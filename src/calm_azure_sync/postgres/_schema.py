@@ -9,7 +9,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 
 MIGRATIONS: Final[Migrations] = {
     1: (
@@ -109,5 +109,83 @@ MIGRATIONS: Final[Migrations] = {
         # One row: a number every write of users, grants and groups changes (data_version()).
         "CREATE TABLE {schema}.data_version (version bigint NOT NULL)",
         "INSERT INTO {schema}.data_version (version) VALUES (0)",
+    ),
+    # Every text value is written through postgres/_codec.py from now on, which escapes
+    # U+0000, lone surrogates and its escape character U+FFFF. Rows written before could
+    # hold neither of the first two, so escaping U+FFFF (doubling it) makes them read
+    # back as they were written. Only rows holding one are touched; the users, grants,
+    # groups and memberships that reference each other are changed in one statement, so
+    # the foreign keys are checked once, on the new values.
+    5: (
+        """WITH users AS (
+            UPDATE {schema}.users SET
+                id = replace(id, chr(65535), chr(65535) || chr(65535)),
+                email = replace(email, chr(65535), chr(65535) || chr(65535)),
+                email_key = replace(email_key, chr(65535), chr(65535) || chr(65535)),
+                display_name = replace(display_name, chr(65535), chr(65535) || chr(65535)),
+                given_name = replace(given_name, chr(65535), chr(65535) || chr(65535)),
+                surname = replace(surname, chr(65535), chr(65535) || chr(65535)),
+                external_id = replace(external_id, chr(65535), chr(65535) || chr(65535))
+            WHERE strpos(concat(id, email, email_key, display_name, given_name, surname, external_id),
+                         chr(65535)) > 0
+            RETURNING 1
+        ), grants AS (
+            UPDATE {schema}.grants SET
+                user_id = replace(user_id, chr(65535), chr(65535) || chr(65535)),
+                site_id = replace(site_id, chr(65535), chr(65535) || chr(65535)),
+                module = replace(module, chr(65535), chr(65535) || chr(65535)),
+                trust_site_id = replace(trust_site_id, chr(65535), chr(65535) || chr(65535))
+            WHERE strpos(concat(user_id, site_id, module, trust_site_id), chr(65535)) > 0
+            RETURNING 1
+        ), groups AS (
+            UPDATE {schema}.synced_groups SET
+                trust_site_id = replace(trust_site_id, chr(65535), chr(65535) || chr(65535)),
+                external_id = replace(external_id, chr(65535), chr(65535) || chr(65535)),
+                display_name = replace(display_name, chr(65535), chr(65535) || chr(65535)),
+                site_ids = ARRAY(SELECT replace(site, chr(65535), chr(65535) || chr(65535))
+                                 FROM unnest(site_ids) WITH ORDINALITY AS s (site, n) ORDER BY n)
+            WHERE strpos(concat(trust_site_id, external_id, display_name, array_to_string(site_ids, '')),
+                         chr(65535)) > 0
+            RETURNING 1
+        ), members AS (
+            UPDATE {schema}.group_members SET
+                trust_site_id = replace(trust_site_id, chr(65535), chr(65535) || chr(65535)),
+                group_external_id = replace(group_external_id, chr(65535), chr(65535) || chr(65535)),
+                user_id = replace(user_id, chr(65535), chr(65535) || chr(65535))
+            WHERE strpos(concat(trust_site_id, group_external_id, user_id), chr(65535)) > 0
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM grants), (SELECT count(*) FROM groups),
+               (SELECT count(*) FROM members)""",
+        # sync_states.state is ASCII JSON (state_to_json), so only its key can hold U+FFFF.
+        """UPDATE {schema}.sync_states SET
+            trust_site_id = replace(trust_site_id, chr(65535), chr(65535) || chr(65535))
+        WHERE strpos(trust_site_id, chr(65535)) > 0""",
+        """UPDATE {schema}.delta_meta SET
+            trust_site_id = replace(trust_site_id, chr(65535), chr(65535) || chr(65535)),
+            cursor = replace(cursor, chr(65535), chr(65535) || chr(65535)),
+            mapped = replace(mapped, chr(65535), chr(65535) || chr(65535))
+        WHERE strpos(concat(trust_site_id, cursor, mapped), chr(65535)) > 0""",
+        """UPDATE {schema}.delta_groups SET
+            trust_site_id = replace(trust_site_id, chr(65535), chr(65535) || chr(65535)),
+            group_id = replace(group_id, chr(65535), chr(65535) || chr(65535))
+        WHERE strpos(concat(trust_site_id, group_id), chr(65535)) > 0""",
+        """UPDATE {schema}.delta_members SET
+            trust_site_id = replace(trust_site_id, chr(65535), chr(65535) || chr(65535)),
+            group_id = replace(group_id, chr(65535), chr(65535) || chr(65535)),
+            member_id = replace(member_id, chr(65535), chr(65535) || chr(65535))
+        WHERE strpos(concat(trust_site_id, group_id, member_id), chr(65535)) > 0""",
+        """UPDATE {schema}.delta_users SET
+            trust_site_id = replace(trust_site_id, chr(65535), chr(65535) || chr(65535)),
+            user_id = replace(user_id, chr(65535), chr(65535) || chr(65535)),
+            display_name = replace(display_name, chr(65535), chr(65535) || chr(65535)),
+            mail = replace(mail, chr(65535), chr(65535) || chr(65535)),
+            user_principal_name = replace(user_principal_name, chr(65535), chr(65535) || chr(65535)),
+            given_name = replace(given_name, chr(65535), chr(65535) || chr(65535)),
+            surname = replace(surname, chr(65535), chr(65535) || chr(65535)),
+            user_type = replace(user_type, chr(65535), chr(65535) || chr(65535)),
+            creation_type = replace(creation_type, chr(65535), chr(65535) || chr(65535))
+        WHERE strpos(concat(trust_site_id, user_id, display_name, mail, user_principal_name, given_name,
+                            surname, user_type, creation_type), chr(65535)) > 0""",
     ),
 }

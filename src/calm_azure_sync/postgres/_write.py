@@ -7,6 +7,10 @@ upserts, and by ``COPY`` the inserts of rows the batch saw absent), groups in
 log order, then memberships (leaves, and joins by ``COPY`` when the batch
 loaded the memberships it touches, ``ON CONFLICT`` otherwise). Users go first
 because grants and memberships reference them.
+
+Every text value is written as :func:`~calm_azure_sync.postgres._codec.to_db`
+gives it (NUL and lone surrogates escaped), so what SQLite stores, this store
+stores too.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import psycopg
 from ..model import Role, email_key
 from ..store.protocol import StoredUser
 from ..store.rules import GrantWrite, GroupWrite, MemberWrite, UserTables, UserWrite
+from ._codec import to_db, to_db_list, to_db_optional
 
 __all__ = ["Loaded", "columns", "write_mutations"]
 
@@ -114,13 +119,13 @@ class _Folded:
 
 def _user_row(user: StoredUser) -> tuple[Any, ...]:
     return (
-        user.user_id,
-        user.email,
-        email_key(user.email),
-        user.display_name,
-        user.given_name,
-        user.surname,
-        user.external_id,
+        to_db(user.user_id),
+        to_db(user.email),
+        to_db(email_key(user.email)),
+        to_db(user.display_name),
+        to_db_optional(user.given_name),
+        to_db_optional(user.surname),
+        to_db_optional(user.external_id),
         user.active,
         user.deactivated_by_sync,
     )
@@ -144,8 +149,8 @@ async def _write_users(cursor: Any, q: Query, tables: UserTables, folded: _Folde
     if folded.updates:
         rows = []
         for user in folded.updates:
-            _id, *values = _user_row(user)
-            rows.append((*values, user.user_id))
+            stored_id, *values = _user_row(user)
+            rows.append((*values, stored_id))
         await cursor.executemany(q(_UPDATE_USER), rows)
     if folded.new_users:
         # A user created in this batch is written once, as it ended.
@@ -159,11 +164,12 @@ async def _write_grants(cursor: Any, q: Query, folded: _Folded, loaded: Loaded |
     upserts: list[tuple[str, str, str, str, str, str | None]] = []
     inserts: list[tuple[str, str, str, str, str, str | None]] = []
     for (user_id, (site_id, module, source)), value in folded.grants.items():
+        stored = (to_db(user_id), to_db(site_id), to_db(module), source)
         if value is None:
             if user_id not in folded.new_users:
-                deletes.append((user_id, site_id, module, source))
+                deletes.append(stored)
             continue
-        row = (user_id, site_id, module, source, value[0].value, value[1])
+        row = (*stored, value[0].value, to_db_optional(value[1]))
         # Absent when the batch loaded this user's grants: a plain insert (COPY).
         absent = user_id in folded.new_users or (
             loaded is not None and loaded.grants is not None and (user_id, (site_id, module, source)) not in loaded.grants
@@ -183,13 +189,19 @@ async def _write_groups(cursor: Any, q: Query, folded: _Folded) -> None:
     """Groups after users (memberships reference both), each group's rows in log order."""
     for write in folded.groups:
         group = write.group
+        trust, external_id, name, sites = (
+            to_db(group.trust_site_id),
+            to_db(group.external_id),
+            to_db(group.display_name),
+            to_db_list(group.site_ids),
+        )
         if write.new:
             await cursor.execute(
                 q(
                     "INSERT INTO {schema}.synced_groups (trust_site_id, external_id, display_name, site_ids, "
                     "retired) VALUES (%s, %s, %s, %s, %s)"
                 ),
-                (group.trust_site_id, group.external_id, group.display_name, list(group.site_ids), group.retired),
+                (trust, external_id, name, sites, group.retired),
             )
         else:
             await cursor.execute(
@@ -197,7 +209,7 @@ async def _write_groups(cursor: Any, q: Query, folded: _Folded) -> None:
                     "UPDATE {schema}.synced_groups SET display_name = %s, site_ids = %s, retired = %s "
                     "WHERE trust_site_id = %s AND external_id = %s"
                 ),
-                (group.display_name, list(group.site_ids), group.retired, group.trust_site_id, group.external_id),
+                (name, sites, group.retired, trust, external_id),
             )
 
 
@@ -210,9 +222,9 @@ async def _write_members(cursor: Any, q: Query, folded: _Folded, loaded: Loaded 
     for (key, user_id), member in folded.members.items():
         was = None if loaded is None else (key, user_id) in loaded.members
         if member and was is not True:
-            joins.append((key[0], key[1], user_id))
+            joins.append((to_db(key[0]), to_db(key[1]), to_db(user_id)))
         elif not member and was is not False:
-            leaves.append((key[0], key[1], user_id))
+            leaves.append((to_db(key[0]), to_db(key[1]), to_db(user_id)))
     if leaves:
         await cursor.execute(q(_LEAVE_GROUPS), columns(leaves, 3))
     if joins and loaded is None:

@@ -12,11 +12,12 @@ from psycopg_pool import AsyncConnectionPool
 from .._text import clean_text
 from ..audit.events import AuditEvent, AuditKind
 from ..audit.sqlite import ImportLogCursor, ImportLogPage, check_page_limit, kind_values, page_of
+from ._codec import from_db, from_db_optional, to_db
 from ._db import Database, Migrations, OnDatabase
 
 __all__ = ["PostgresAuditSink"]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 MIGRATIONS: Final[Migrations] = {
     1: (
@@ -37,15 +38,26 @@ MIGRATIONS: Final[Migrations] = {
         "CREATE INDEX audit_events_by_trust_at ON {schema}.audit_events (trust_site_id, at DESC, seq DESC)",
         "CREATE INDEX audit_events_by_run ON {schema}.audit_events (run_id) WHERE run_id IS NOT NULL",
     ),
+    # Text columns are written through postgres/_codec.py from version 2 on: escape its
+    # escape character U+FFFF in the rows written before, so they read back as written.
+    2: (
+        """UPDATE {schema}.audit_events SET
+            trust_site_id = replace(trust_site_id, chr(65535), chr(65535) || chr(65535)),
+            message = replace(message, chr(65535), chr(65535) || chr(65535)),
+            run_id = replace(run_id, chr(65535), chr(65535) || chr(65535)),
+            actor_id = replace(actor_id, chr(65535), chr(65535) || chr(65535)),
+            subject = replace(subject, chr(65535), chr(65535) || chr(65535))
+        WHERE strpos(concat(trust_site_id, message, run_id, actor_id, subject), chr(65535)) > 0""",
+    ),
 }
 
 _COPY_EVENTS: Final = "COPY {schema}.audit_events (at, trust_site_id, kind, message, run_id, actor_id, subject, detail) FROM STDIN"
 
 
 def _text(value: str | None) -> str | None:
-    # PostgreSQL text cannot hold NUL, nor UTF-8 a lone surrogate (from Graph
-    # JSON): both become U+FFFD, so no event ever costs its batch.
-    return None if value is None else clean_text(value).replace("\x00", "\ufffd")
+    # As the SQLite Import Log keeps it: a lone surrogate (from Graph JSON) becomes U+FFFD
+    # (clean_text, as in every log on disk), a NUL is kept, through the store's text codec.
+    return None if value is None else to_db(clean_text(value))
 
 
 def _aware(moment: dt.datetime) -> dt.datetime:
@@ -58,12 +70,12 @@ def _event_from_row(row: Sequence[Any]) -> AuditEvent:
     _seq, at, trust, kind, message, run, actor, subject, detail = row
     return AuditEvent(
         at=at,
-        trust_site_id=trust,
+        trust_site_id=from_db(trust),
         kind=kind,
-        message=message,
-        run_id=run,
-        actor_id=actor,
-        subject=subject,
+        message=from_db(message),
+        run_id=from_db_optional(run),
+        actor_id=from_db_optional(actor),
+        subject=from_db_optional(subject),
         detail=detail,
     )
 
@@ -77,8 +89,9 @@ class PostgresAuditSink(OnDatabase):
 
     Takes a conninfo string or a host's :class:`psycopg_pool.AsyncConnectionPool`
     and a ``schema`` (may be the user store's: its table is ``audit_events``).
-    Each :meth:`record` call is one transaction (a ``COPY``). Text that
-    PostgreSQL cannot store (the NUL character) is recorded as U+FFFD.
+    Each :meth:`record` call is one transaction (a ``COPY``). Text is kept as
+    :class:`~calm_azure_sync.SqliteAuditSink` keeps it (a NUL character too,
+    through the store's text codec; a lone surrogate becomes U+FFFD).
     Call :meth:`close` when done. Pages like
     :class:`~calm_azure_sync.SqliteAuditSink`::
 
@@ -141,10 +154,10 @@ class PostgresAuditSink(OnDatabase):
         """
         check_page_limit(limit)
         where = ["trust_site_id = %s"]
-        parameters: list[Any] = [trust_site_id]
+        parameters: list[Any] = [to_db(clean_text(trust_site_id))]
         if run_id is not None:
             where.append("run_id = %s")
-            parameters.append(run_id)
+            parameters.append(to_db(clean_text(run_id)))
         if kinds is not None:
             where.append("kind = ANY(%s)")
             parameters.append(kind_values(kinds))

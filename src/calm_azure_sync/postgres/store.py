@@ -22,8 +22,11 @@ external id or email at once both see nothing, and the unique indexes let the
 second one fail. That batch is then replayed from the start, and its new load
 sees the other batch's committed row, so it refreshes that user instead of
 duplicating it. A write the database refuses for another reason (a host's
-trigger or constraint, text Postgres cannot store) is replayed one change at a
-time, each under a savepoint, so only the refused change fails.
+trigger or constraint) is replayed one change at a time, each under a
+savepoint, so only the refused change fails. Text is never the reason: every
+text value is written and read through ``postgres/_codec.py``, which stores
+any ``str`` (a NUL, a lone surrogate) reversibly, so this store keeps exactly
+what the SQLite and in-memory stores keep.
 
 Writes use the cheapest statement that keeps the order that matters: updates
 of existing users first, in log order (an email freed by one update may be
@@ -66,7 +69,7 @@ from .._gc import collector_paused
 from ..errors import ImportAlreadyRunningError
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 from ..model import Role
-from ..plan import AddGroupMember, Change, RemoveGroupMember, RetireGroup
+from ..plan import Change, RetireGroup
 from ..state import SyncState
 from ..store.protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup, checked_data_version
 from ..store.rules import (
@@ -74,12 +77,14 @@ from ..store.rules import (
     add_user_keys,
     batch_group_ids,
     batch_keys,
+    batch_member_probes,
     batch_reads_grants,
     checked_grant,
     state_from_json,
     state_to_json,
 )
 from . import _delta
+from ._codec import from_db, from_db_list, from_db_optional, to_db, to_db_list, to_db_optional
 from ._db import Database, OnDatabase, advisory_key
 from ._schema import MIGRATIONS
 from ._write import Loaded, write_mutations
@@ -119,12 +124,12 @@ _BATCH_ATTEMPTS: Final = 4
 def _user_from_row(row: Sequence[Any]) -> StoredUser:
     user_id, email, display_name, external_id, given_name, surname, active, deactivated_by_sync = row
     return StoredUser(
-        user_id=user_id,
-        email=email,
-        display_name=display_name,
-        external_id=external_id,
-        given_name=given_name,
-        surname=surname,
+        user_id=from_db(user_id),
+        email=from_db(email),
+        display_name=from_db(display_name),
+        external_id=from_db_optional(external_id),
+        given_name=from_db_optional(given_name),
+        surname=from_db_optional(surname),
         active=active,
         deactivated_by_sync=deactivated_by_sync,
     )
@@ -133,10 +138,10 @@ def _user_from_row(row: Sequence[Any]) -> StoredUser:
 def _group_from_row(trust_site_id: str, row: Sequence[Any]) -> SyncedGroup:
     external_id, display_name, site_ids, retired = row
     return SyncedGroup(
-        external_id=external_id,
+        external_id=from_db(external_id),
         trust_site_id=trust_site_id,
-        display_name=display_name,
-        site_ids=tuple(site_ids),
+        display_name=from_db(display_name),
+        site_ids=tuple(from_db_list(site_ids)),
         retired=retired,
     )
 
@@ -207,6 +212,7 @@ class PostgresUserStore(OnDatabase):
 
     async def load(self, trust_site_id: str) -> StoreState:
         """Every user, the synced grants of ``trust_site_id``, and who holds other access."""
+        trust = to_db(trust_site_id)
         async with self._db.connection() as connection, connection.transaction():
             # One snapshot for users and grants, as SQLite's read transaction gives.
             await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -217,7 +223,7 @@ class PostgresUserStore(OnDatabase):
                     "SELECT user_id, site_id, module, role FROM {schema}.grants "
                     "WHERE source = 'azure' AND trust_site_id = %s ORDER BY user_id"
                 ),
-                (trust_site_id,),
+                (trust,),
             )
             grant_rows = await grant_cursor.fetchall()
             manual_cursor = await connection.execute(
@@ -231,7 +237,7 @@ class PostgresUserStore(OnDatabase):
                     "SELECT DISTINCT user_id FROM {schema}.grants WHERE source = 'azure' "
                     "AND (trust_site_id < %s OR trust_site_id > %s OR trust_site_id IS NULL)"
                 ),
-                (trust_site_id, trust_site_id),
+                (trust, trust),
             )
             other_rows = await other_cursor.fetchall()
             group_cursor = await connection.execute(
@@ -239,17 +245,18 @@ class PostgresUserStore(OnDatabase):
                     "SELECT external_id, display_name, site_ids, retired FROM {schema}.synced_groups "
                     "WHERE trust_site_id = %s"
                 ),
-                (trust_site_id,),
+                (trust,),
             )
             group_rows = await group_cursor.fetchall()
             member_cursor = await connection.execute(
                 self._q("SELECT group_external_id, user_id FROM {schema}.group_members WHERE trust_site_id = %s"),
-                (trust_site_id,),
+                (trust,),
             )
             member_rows = await member_cursor.fetchall()
         with collector_paused():
-            users = {row[0]: _user_from_row(row) for row in user_rows}
-            manual = frozenset(row[0] for row in manual_rows)
+            # Keyed by the stored id here, so grant and membership rows need no decoding to be matched.
+            stored_users = {row[0]: _user_from_row(row) for row in user_rows}
+            manual = frozenset(from_db(row[0]) for row in manual_rows)
             synced: dict[str, dict[tuple[str, str], Role]] = {}
             roles = _ROLES
             current_user: str | None = None
@@ -257,20 +264,21 @@ class PostgresUserStore(OnDatabase):
             for user_id, site_id, module, role in grant_rows:
                 if user_id != current_user:
                     current_user = user_id
-                    external_id = users[user_id].external_id
+                    external_id = stored_users[user_id].external_id
                     access = {} if external_id is None else synced.setdefault(external_id, {})
-                access[(site_id, module)] = roles[role]
-            groups = {row[0]: _group_from_row(trust_site_id, row) for row in group_rows}
+                access[(from_db(site_id), from_db(module))] = roles[role]
+            groups = {from_db(row[0]): _group_from_row(trust_site_id, row) for row in group_rows}
             members: dict[str, set[str]] = {group_id: set() for group_id in groups}
             for group_id, user_id in member_rows:
-                member_external_id = users[user_id].external_id
+                member_external_id = stored_users[user_id].external_id
                 if member_external_id is not None:
-                    members.setdefault(group_id, set()).add(member_external_id)
+                    members.setdefault(from_db(group_id), set()).add(member_external_id)
+            users = {user.user_id: user for user in stored_users.values()}
         return StoreState(
             users=users,
             synced_access=synced,
             manual_access_user_ids=manual,
-            other_access_user_ids=manual.union(row[0] for row in other_rows),
+            other_access_user_ids=manual.union(from_db(row[0]) for row in other_rows),
             groups=groups,
             group_members={group_id: frozenset(held) for group_id, held in members.items()},
         )
@@ -359,16 +367,18 @@ class PostgresUserStore(OnDatabase):
         tables = UserTables(log=[])
         cursor = await connection.execute(
             self._q(_SELECT_TOUCHED_USERS),
-            (sorted(external_ids), sorted(user_ids), sorted(email_keys)),
+            (to_db_list(sorted(external_ids)), to_db_list(sorted(user_ids)), to_db_list(sorted(email_keys))),
             prepare=False,
         )
         for row in await cursor.fetchall():
             tables.put_user(_user_from_row(row))
         # A membership-only batch (most of a first import's) reads no grants.
         if tables.users and batch_reads_grants(changes):
-            cursor = await connection.execute(self._q(_SELECT_GRANTS_OF), (list(tables.users),), prepare=False)
+            cursor = await connection.execute(self._q(_SELECT_GRANTS_OF), (to_db_list(tables.users),), prepare=False)
             for user_id, site_id, module, source, role, trust in await cursor.fetchall():
-                tables.put_grant(user_id, (site_id, module, source), (_ROLES[role], trust))
+                tables.put_grant(
+                    from_db(user_id), (from_db(site_id), from_db(module), source), (_ROLES[role], from_db_optional(trust))
+                )
         group_ids = batch_group_ids(changes)
         if group_ids:
             await self._load_groups(connection, trust_site_id, changes, group_ids, tables)
@@ -382,27 +392,24 @@ class PostgresUserStore(OnDatabase):
         group_ids: set[str],
         tables: UserTables,
     ) -> None:
+        trust = to_db(trust_site_id)
         cursor = await connection.execute(
             self._q(
                 "SELECT external_id, display_name, site_ids, retired FROM {schema}.synced_groups "
                 "WHERE trust_site_id = %s AND external_id = ANY(%s) ORDER BY external_id FOR UPDATE"
             ),
-            (trust_site_id, sorted(group_ids)),
+            (trust, to_db_list(sorted(group_ids))),
             prepare=False,
         )
         for row in await cursor.fetchall():
             tables.put_group(_group_from_row(trust_site_id, row))
-        retiring = sorted({change.external_id for change in changes if type(change) is RetireGroup})
+        retiring = to_db_list(sorted({change.external_id for change in changes if type(change) is RetireGroup}))
         rows: list[tuple[str, str]] = []
-        # Only the memberships the batch's membership changes name: (group, user)
-        # pairs, each one primary-key probe. (All memberships of the batch's
-        # users, "user_id = ANY(...)", cost 180-600 ms a batch at 100k users.)
-        pairs = [
-            (change.group_external_id, user_id)
-            for change in changes
-            if isinstance(change, (AddGroupMember, RemoveGroupMember))
-            and (user_id := tables.by_external_id.get(change.external_id)) is not None
-        ]
+        # Only the memberships the batch's membership changes can read: (group, user)
+        # pairs, each one primary-key probe, with the user a relink earlier in the batch
+        # hands the member's id to. (All memberships of the batch's users,
+        # "user_id = ANY(...)", cost 180-600 ms a batch at 100k users.)
+        pairs = sorted(batch_member_probes(changes, tables.by_external_id))
         if pairs:
             cursor = await connection.execute(
                 self._q(
@@ -410,7 +417,7 @@ class PostgresUserStore(OnDatabase):
                     "JOIN {schema}.group_members m ON m.trust_site_id = %s AND m.group_external_id = p.g "
                     "AND m.user_id = p.u"
                 ),
-                ([group for group, _ in pairs], [user for _, user in pairs], trust_site_id),
+                ([to_db(group) for group, _ in pairs], [to_db(user) for _, user in pairs], trust),
                 prepare=False,
             )
             rows += await cursor.fetchall()
@@ -420,12 +427,12 @@ class PostgresUserStore(OnDatabase):
                     "SELECT group_external_id, user_id FROM {schema}.group_members WHERE trust_site_id = %s "
                     "AND group_external_id = ANY(%s)"
                 ),
-                (trust_site_id, retiring),
+                (trust, retiring),
                 prepare=False,
             )
             rows += await cursor.fetchall()
         for group_id, user_id in rows:
-            tables.put_member((trust_site_id, group_id), user_id)
+            tables.put_member((trust_site_id, from_db(group_id)), from_db(user_id))
 
     async def _write(
         self, connection: psycopg.AsyncConnection[Any], tables: UserTables, loaded: Loaded | None = None
@@ -463,7 +470,7 @@ class PostgresUserStore(OnDatabase):
         :class:`~calm_azure_sync.ImportAlreadyRunningError` at once, and the
         server frees the lock when the holder's connection dies. Released on exit.
         """
-        key = advisory_key("run_lock", self._db.schema, trust_site_id)
+        key = advisory_key("run_lock", self._db.schema, to_db(trust_site_id))
         connection = await self._db.connect_dedicated()
         try:
             cursor = await connection.execute("SELECT pg_try_advisory_lock(%s)", (key,))
@@ -506,12 +513,12 @@ class PostgresUserStore(OnDatabase):
         """
         async with self._db.connection() as connection:
             cursor = await connection.execute(
-                self._q("SELECT state FROM {schema}.sync_states WHERE trust_site_id = %s"), (trust_site_id,)
+                self._q("SELECT state FROM {schema}.sync_states WHERE trust_site_id = %s"), (to_db(trust_site_id),)
             )
             row = await cursor.fetchone()
         if row is None:
             return SyncState()
-        return state_from_json(row[0], where=self._state_label(trust_site_id))
+        return state_from_json(from_db(row[0]), where=self._state_label(trust_site_id))
 
     async def save_state(self, trust_site_id: str, state: SyncState) -> None:
         """Replace the trust's state in one transaction; ConfigError (old state kept) if it cannot be stored."""
@@ -523,7 +530,7 @@ class PostgresUserStore(OnDatabase):
                     "INSERT INTO {schema}.sync_states (trust_site_id, state, saved_at) VALUES (%s, %s, now()) "
                     "ON CONFLICT (trust_site_id) DO UPDATE SET state = excluded.state, saved_at = now()"
                 ),
-                (trust_site_id, text),
+                (to_db(trust_site_id), to_db(text)),
             )
 
     def _state_label(self, trust_site_id: str) -> str:
@@ -544,10 +551,10 @@ class PostgresUserStore(OnDatabase):
     async def save_delta(self, trust_site_id: str, write: DeltaCacheWrite) -> None:
         """Apply ``write`` to the trust's delta cache rows in one transaction.
 
-        Rows the database refuses (text PostgreSQL cannot store, such as a NUL
-        character in a user's name) leave no cache at all rather than a wrong
-        one: the write is rolled back, the trust's cache dropped and a warning
-        logged, and the next run reads in full.
+        Rows the database refuses (a host's constraint, a number out of range;
+        never text, which the codec stores) leave no cache at all rather than
+        a wrong one: the write is rolled back, the trust's cache dropped and a
+        warning logged, and the next run reads in full.
         """
         async with self._db.connection() as connection:
             try:
@@ -593,7 +600,7 @@ class PostgresUserStore(OnDatabase):
                                 f"SELECT {_USER_COLUMNS} FROM {{schema}}.users WHERE email_key = %s OR id = %s "
                                 "ORDER BY id FOR UPDATE"
                             ),
-                            add_user_keys(email, user_id),
+                            tuple(map(to_db_optional, add_user_keys(email, user_id))),
                         )
                         for row in await cursor.fetchall():
                             tables.put_user(_user_from_row(row))
@@ -616,12 +623,12 @@ class PostgresUserStore(OnDatabase):
         async with self._db.connection() as connection, connection.transaction():
             # The row lock makes a sync batch deciding about this user wait for us.
             cursor = await connection.execute(
-                self._q("SELECT 1 FROM {schema}.users WHERE id = %s FOR UPDATE"), (user_id,)
+                self._q("SELECT 1 FROM {schema}.users WHERE id = %s FOR UPDATE"), (to_db(user_id),)
             )
             if await cursor.fetchone() is None:
                 raise KeyError(f"no user with id {user_id!r}")
             await connection.execute(
-                self._q(_UPSERT_GRANT), (user_id, site_id, module, "manual", parsed.value, None)
+                self._q(_UPSERT_GRANT), (to_db(user_id), to_db(site_id), to_db(module), "manual", parsed.value, None)
             )
             await self._bump_data_version(connection)
 
@@ -631,11 +638,11 @@ class PostgresUserStore(OnDatabase):
             await self._user(connection, user_id)
             cursor = await connection.execute(
                 self._q("SELECT site_id, module, role, source FROM {schema}.grants WHERE user_id = %s"),
-                (user_id,),
+                (to_db(user_id),),
             )
             rows = await cursor.fetchall()
         return {
-            Grant(site_id=site_id, module=module, role=_ROLES[role], source=source)
+            Grant(site_id=from_db(site_id), module=from_db(module), role=_ROLES[role], source=source)
             for site_id, module, role, source in rows
         }
 
@@ -647,7 +654,7 @@ class PostgresUserStore(OnDatabase):
         async with self._db.connection() as connection, connection.transaction():
             cursor = await connection.execute(
                 self._q("UPDATE {schema}.users SET active = %s, deactivated_by_sync = false WHERE id = %s"),
-                (active, user_id),
+                (active, to_db(user_id)),
             )
             if cursor.rowcount == 0:
                 raise KeyError(user_id)
@@ -660,7 +667,7 @@ class PostgresUserStore(OnDatabase):
 
     async def _user(self, connection: psycopg.AsyncConnection[Any], user_id: str) -> StoredUser:
         cursor = await connection.execute(
-            self._q(f"SELECT {_USER_COLUMNS} FROM {{schema}}.users WHERE id = %s"), (user_id,)
+            self._q(f"SELECT {_USER_COLUMNS} FROM {{schema}}.users WHERE id = %s"), (to_db(user_id),)
         )
         row = await cursor.fetchone()
         if row is None:
@@ -673,11 +680,13 @@ class PostgresUserStore(OnDatabase):
             cursor = await connection.execute(
                 self._q(
                     "SELECT external_id, display_name, site_ids, retired FROM {schema}.synced_groups "
-                    "WHERE trust_site_id = %s ORDER BY display_name, external_id"
+                    "WHERE trust_site_id = %s"
                 ),
-                (trust_site_id,),
+                (to_db(trust_site_id),),
             )
-            return [_group_from_row(trust_site_id, row) for row in await cursor.fetchall()]
+            groups = [_group_from_row(trust_site_id, row) for row in await cursor.fetchall()]
+        # Sorted here, by code point as the other stores do, not by the database's collation.
+        return sorted(groups, key=lambda group: (group.display_name, group.external_id))
 
     async def group_members(self, group_external_id: str, trust_site_id: str | None = None) -> frozenset[str]:
         """External ids of the synced group's members (in every trust mirroring it, or in ``trust_site_id``).
@@ -687,9 +696,10 @@ class PostgresUserStore(OnDatabase):
         async with self._db.connection() as connection, connection.transaction():
             cursor = await connection.execute(
                 self._q("SELECT trust_site_id FROM {schema}.synced_groups WHERE external_id = %s"),
-                (group_external_id,),
+                (to_db(group_external_id),),
             )
-            trusts = [row[0] for row in await cursor.fetchall() if trust_site_id in (None, row[0])]
+            stored = to_db_optional(trust_site_id)
+            trusts = [row[0] for row in await cursor.fetchall() if stored in (None, row[0])]
             if not trusts:
                 where = "any trust" if trust_site_id is None else f"trust {trust_site_id!r}"
                 raise KeyError(f"no synced group {group_external_id!r} in {where}")
@@ -698,9 +708,9 @@ class PostgresUserStore(OnDatabase):
                     "SELECT u.external_id FROM {schema}.group_members m JOIN {schema}.users u ON u.id = m.user_id "
                     "WHERE m.trust_site_id = ANY(%s) AND m.group_external_id = %s AND u.external_id IS NOT NULL"
                 ),
-                (trusts, group_external_id),
+                (trusts, to_db(group_external_id)),
             )
-            return frozenset(row[0] for row in await cursor.fetchall())
+            return frozenset(from_db(row[0]) for row in await cursor.fetchall())
 
     async def users(self) -> list[StoredUser]:
         """Every user, in the order they were added."""

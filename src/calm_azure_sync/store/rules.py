@@ -18,7 +18,7 @@ import itertools
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Final, NamedTuple, TypeAlias
 
 import attrs
@@ -58,6 +58,7 @@ __all__ = [
     "UserWrite",
     "batch_group_ids",
     "batch_keys",
+    "batch_member_probes",
     "batch_reads_grants",
     "batch_reads_user_rows",
     "new_user_id",
@@ -222,6 +223,33 @@ def batch_group_ids(changes: Iterable[Change]) -> set[str]:
         elif kind in _NAMES_MEMBERSHIP:
             _add_storable(groups, change.group_external_id)  # type: ignore[union-attr]
     return groups
+
+
+def batch_member_probes(changes: Iterable[Change], holders: Mapping[str, str]) -> set[tuple[str, str]]:
+    """The ``(group id, user id)`` memberships the membership rules of ``changes`` can read.
+
+    ``holders`` maps external id to the store user carrying it when the batch
+    loaded (:attr:`UserTables.by_external_id`). A membership change names its
+    member by external id, and within a batch that id can move: a
+    ``LinkUser`` or ``RelinkUser`` before it gives it to that change's user.
+    So each membership change probes the loaded holder and every user an
+    earlier link or relink of the batch hands the id to. A store that loads
+    only these memberships (not every membership of the batch's users) then
+    decides as one that loaded them all.
+    """
+    takers: dict[str, set[str]] = {}
+    probes: set[tuple[str, str]] = set()
+    for change in changes:
+        kind = type(change)
+        if kind is LinkUser or kind is RelinkUser:
+            takers.setdefault(change.external_id, set()).add(change.user_id)  # type: ignore[union-attr]
+        elif kind in _NAMES_MEMBERSHIP:
+            group_id: str = change.group_external_id  # type: ignore[union-attr]
+            holder = holders.get(change.external_id)
+            if holder is not None:
+                probes.add((group_id, holder))
+            probes.update((group_id, user_id) for user_id in takers.get(change.external_id, ()))
+    return probes
 
 
 def batch_reads_user_rows(changes: Iterable[Change]) -> bool:
@@ -424,10 +452,15 @@ class UserTables:
         return user_id
 
     def grant(self, user_id: str, site_id: str, module: str, role: Role | str) -> None:
-        """Give ``user_id`` a manual grant (replacing a manual one on the same site and module)."""
+        """Give ``user_id`` a manual grant (replacing a manual one on the same site and module).
+
+        The arguments are checked first (``ValueError``, ``ConfigError``), then
+        the user (``KeyError``), in the order the database stores check them.
+        """
+        parsed = checked_grant(site_id, module, role)
         if user_id not in self.users:
             raise KeyError(f"no user with id {user_id!r}")
-        self._upsert_grant(user_id, (site_id, module, "manual"), (checked_grant(site_id, module, role), None))
+        self._upsert_grant(user_id, (site_id, module, "manual"), (parsed, None))
 
     def grants_of(self, user_id: str) -> set[Grant]:
         """Every grant ``user_id`` holds, of both sources."""

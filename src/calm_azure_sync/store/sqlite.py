@@ -228,8 +228,23 @@ def _user_from_row(row: sqlite3.Row | tuple[Any, ...]) -> StoredUser:
     )
 
 
-def _json_list(values: Iterable[str]) -> str:
-    return json.dumps(sorted(set(values)))
+def _among(values: Iterable[str]) -> tuple[str, tuple[str, ...]]:
+    """``(SQL, parameters)`` of a subquery listing ``values``, for ``column IN <SQL>``.
+
+    One JSON parameter read by ``json_each``, except for text holding U+0000:
+    ``json_each`` cuts a string at its first NUL (SQLite 3.40), so such values
+    are bound one by one (they are rare; a batch names at most a few
+    thousand keys, far below SQLite's limit of parameters).
+    """
+    unique = sorted(set(values))
+    nul = [value for value in unique if "\x00" in value]
+    if not nul:
+        return "(SELECT value FROM json_each(?))", (json.dumps(unique),)
+    plain = [value for value in unique if "\x00" not in value]
+    return (
+        "(SELECT value FROM json_each(?) UNION ALL VALUES " + ", ".join("(?)" for _ in nul) + ")",
+        (json.dumps(plain), *nul),
+    )
 
 
 def _group_from_row(trust_site_id: str, row: tuple[Any, ...]) -> SyncedGroup:
@@ -254,11 +269,12 @@ def _load_tables(connection: sqlite3.Connection, trust_site_id: str, changes: Se
     """
     external_ids, user_ids, email_keys = batch_keys(changes)
     tables = UserTables(log=[])
+    by_external_id, by_id, by_email_key = _among(external_ids), _among(user_ids), _among(email_keys)
     if batch_reads_user_rows(changes):
         rows = connection.execute(
-            f"SELECT {_USER_COLUMNS} FROM users WHERE external_id IN (SELECT value FROM json_each(?1)) "
-            "OR id IN (SELECT value FROM json_each(?2)) OR email_key IN (SELECT value FROM json_each(?3))",
-            (_json_list(external_ids), _json_list(user_ids), _json_list(email_keys)),
+            f"SELECT {_USER_COLUMNS} FROM users WHERE external_id IN {by_external_id[0]} "
+            f"OR id IN {by_id[0]} OR email_key IN {by_email_key[0]}",
+            (*by_external_id[1], *by_id[1], *by_email_key[1]),
         )
         for row in rows:
             tables.put_user(_user_from_row(row))
@@ -266,16 +282,16 @@ def _load_tables(connection: sqlite3.Connection, trust_site_id: str, changes: Se
         # Only groups and memberships (most of a first import's batches):
         # which user carries each external id is all the rules read.
         for user_id, external_id in connection.execute(
-            "SELECT id, external_id FROM users WHERE external_id IN (SELECT value FROM json_each(?))",
-            (_json_list(external_ids),),
+            f"SELECT id, external_id FROM users WHERE external_id IN {by_external_id[0]}", by_external_id[1]
         ):
             tables.put_external_id(external_id, user_id)
     # A membership-only batch (most of a first import's) reads no grants.
     if tables.users and batch_reads_grants(changes):
+        loaded = _among(tables.users)
         grant_rows = connection.execute(
             "SELECT user_id, site_id, module, source, role, trust_site_id FROM grants "
-            "WHERE user_id IN (SELECT value FROM json_each(?))",
-            (_json_list(tables.users),),
+            f"WHERE user_id IN {loaded[0]}",
+            loaded[1],
         )
         for user_id, site_id, module, source, role, trust in grant_rows:
             tables.put_grant(user_id, (site_id, module, source), (_ROLES[role], trust))
@@ -292,10 +308,10 @@ def _load_groups(
     group_ids: set[str],
     tables: UserTables,
 ) -> None:
+    named = _among(group_ids)
     for row in connection.execute(
-        f"SELECT {_GROUP_COLUMNS} FROM synced_groups "
-        "WHERE trust_site_id = ? AND external_id IN (SELECT value FROM json_each(?))",
-        (trust_site_id, _json_list(group_ids)),
+        f"SELECT {_GROUP_COLUMNS} FROM synced_groups WHERE trust_site_id = ? AND external_id IN {named[0]}",
+        (trust_site_id, *named[1]),
     ):
         tables.put_group(_group_from_row(trust_site_id, row))
     retiring = {change.external_id for change in changes if type(change) is RetireGroup}
@@ -303,17 +319,18 @@ def _load_groups(
     member_rows: list[tuple[str, str]] = []
     user_ids = tables.by_external_id.values()
     if user_ids:
+        kept, members = _among(group_ids - retiring), _among(user_ids)
         member_rows += connection.execute(
             "SELECT group_external_id, user_id FROM group_members WHERE trust_site_id = ? "
-            "AND group_external_id IN (SELECT value FROM json_each(?)) "
-            "AND user_id IN (SELECT value FROM json_each(?))",
-            (trust_site_id, _json_list(group_ids - retiring), _json_list(user_ids)),
+            f"AND group_external_id IN {kept[0]} AND user_id IN {members[0]}",
+            (trust_site_id, *kept[1], *members[1]),
         ).fetchall()
     if retiring:
+        retired = _among(retiring)
         member_rows += connection.execute(
             "SELECT group_external_id, user_id FROM group_members WHERE trust_site_id = ? "
-            "AND group_external_id IN (SELECT value FROM json_each(?))",
-            (trust_site_id, _json_list(retiring)),
+            f"AND group_external_id IN {retired[0]}",
+            (trust_site_id, *retired[1]),
         ).fetchall()
     for group_id, user_id in member_rows:
         tables.put_member((trust_site_id, group_id), user_id)
