@@ -29,6 +29,8 @@ from .errors import (
     HoldMismatchError,
     ImportAlreadyRunningError,
     NotAuthorizedError,
+    RunLockLostError,
+    StoreError,
 )
 from .exclusion import ExclusionPolicy, ExclusionSuggestion
 from .hierarchy import Actor, TrustHierarchy, authorize
@@ -54,7 +56,9 @@ from .review import AccessRow, AccessTable
 from .state import Hold, SyncState, SyncStateStore
 from .store.protocol import (
     ChangeResult,
+    FencedStore,
     Grant,
+    StateWithChanges,
     StoredUser,
     StoreState,
     SyncedGroup,
@@ -131,6 +135,7 @@ __all__ = [
     "DirectoryUser",
     "ExclusionPolicy",
     "ExclusionSuggestion",
+    "FencedStore",
     "Grant",
     "GraphDirectory",
     "GroupDelta",
@@ -156,10 +161,13 @@ __all__ = [
     "RemovedUser",
     "RetireGroup",
     "Role",
+    "RunLockLostError",
     "Site",
     "Skip",
     "SqliteAuditSink",
     "SqliteUserStore",
+    "StateWithChanges",
+    "StoreError",
     "StoreState",
     "StoredUser",
     "SyncConfig",
