@@ -497,20 +497,35 @@ class _Run:
             completed = why is None
         except _AuditSinkDown:
             pass
-        except RunLockLostError as error:
-            # Another import may hold the lock now: stop, and log nothing but this run's end.
-            logger.error("import %s of trust %s stopped: %s", self.run_id, self._trust, error)
-            self.lock_lost = True
-            self.errors.append(str(error))
-            why = str(error)
         except asyncio.CancelledError:
             self.errors.append("import cancelled")
             await self._finish(started_at, plan, completed=False, why="the import was cancelled")
             raise
         except Exception as error:
-            logger.exception("import %s of trust %s failed", self.run_id, self._trust)
-            self.errors.append(f"import failed: {_describe(error)}")
+            lost = error if isinstance(error, RunLockLostError) else await self._lost_lock(error)
+            if lost is not None:
+                # Another import may hold the lock now: stop, and log nothing but this run's end.
+                logger.error("import %s of trust %s stopped: %s", self.run_id, self._trust, lost)
+                self.lock_lost = True
+                self.errors.append(str(lost))
+                why = str(lost)
+            else:
+                logger.exception("import %s of trust %s failed", self.run_id, self._trust)
+                self.errors.append(f"import failed: {_describe(error)}")
         return await self._finish(started_at, plan, completed=completed, why=why)
+
+    async def _lost_lock(self, error: Exception) -> RunLockLostError | None:
+        """After a database failure, whether it cost the run its lock (then that is what the run reports)."""
+        store = self.reconciler.store
+        if not isinstance(error, StoreError) or not isinstance(store, FencedStore):
+            return None
+        try:
+            await store.check_run_lock(self._trust)
+        except RunLockLostError as lost:
+            return lost
+        except Exception:  # the database is still failing: report the first failure
+            return None
+        return None
 
     async def _open(self) -> None:
         """Close a run that stopped without an end, mark this one running, then log its start.

@@ -54,7 +54,7 @@ def describe_error(error: BaseException) -> str:
 
 @contextlib.contextmanager
 def database_errors(what: str) -> Iterator[None]:
-    """Translate a psycopg error in the block into a :class:`~calm_azure_sync.StoreError` saying ``what`` failed.
+    """Translate a psycopg error in the block into a :class:`~calm_azure_sync.StoreError`: ``what`` failed, and why.
 
     The driver's error is chained as ``__cause__``. Library errors raised in
     the block (a lost run lock, a ConfigError) pass through as they are.
@@ -62,7 +62,7 @@ def database_errors(what: str) -> Iterator[None]:
     try:
         yield
     except psycopg.Error as error:
-        raise StoreError(f"{what} failed: {describe_error(error)}") from error
+        raise StoreError(f"{what}: {describe_error(error)}") from error
 
 Migrations = Mapping[int, Sequence[LiteralString]]
 """Version -> the statements that bring a component from the version before it to this one.

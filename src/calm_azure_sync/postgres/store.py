@@ -106,16 +106,11 @@ _UPSERT_GRANT: Final = (
     "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (user_id, site_id, module, source) "
     "DO UPDATE SET role = excluded.role, trust_site_id = excluded.trust_site_id"
 )
-# Whether the run lock is still held by the very session that took it: its pid *and* its start
-# time (after a server restart a new backend may get the old pid, and even hold the lock).
-_LOCK_HELD_BY: Final = (
-    "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-    "WHERE l.locktype = 'advisory' AND l.granted AND l.pid = %s AND a.backend_start = %s "
-    "AND l.objsubid = 1 AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid)"
-)
-# The same, first taking the trust's fence in shared mode for the writing transaction: a run that
-# takes the lock next waits for that fence (exclusively) before it starts, so no write checked
-# under the old holder can commit after the new holder's run has begun.
+# Whether the run lock is still held by the very session that took it (its pid *and* its start
+# time: after a server restart a new backend may get the old pid, and even hold the lock), first
+# taking the trust's fence in shared mode for the writing transaction: a run that takes the lock
+# next waits for that fence (exclusively) before it starts, so no write checked under the old
+# holder can commit after the new holder's run has begun.
 _FENCED_LOCK_HELD: Final = (
     "WITH fence AS (SELECT pg_advisory_xact_lock_shared(%s)) "
     "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
@@ -434,23 +429,21 @@ class PostgresUserStore(OnDatabase):
     async def check_run_lock(self, trust_site_id: str) -> None:
         """Raise :class:`~calm_azure_sync.RunLockLostError` if this object's run lock of the trust was lost.
 
-        One small query on a pool connection (a :class:`~calm_azure_sync.FencedStore`);
-        at once outside a ``run_lock`` block.
+        One ``SELECT 1`` on the lock's own connection (a :class:`~calm_azure_sync.FencedStore`):
+        a session-level advisory lock is held exactly as long as its session
+        lives, so a session that answers still holds it. At once outside a
+        ``run_lock`` block.
         """
         held = self._held.get(trust_site_id)
         if held is None:
             return
-        if held.connection.closed or held.connection.broken:
-            raise RunLockLostError(trust_site_id, "its PostgreSQL connection closed")
-        classid, objid = held.lock_ids
-        with database_errors(self._what(f"check the run lock of trust {trust_site_id!r}")):
-            async with self._db.connection() as connection:
-                cursor = await connection.execute(
-                    _LOCK_HELD_BY, (held.backend_pid, held.backend_start, classid, objid)
-                )
-                row = await cursor.fetchone()
-        if not (row and row[0]):
-            raise RunLockLostError(trust_site_id, "its PostgreSQL connection closed")
+        if not (held.connection.closed or held.connection.broken):
+            try:
+                await held.connection.execute("SELECT 1")
+                return
+            except psycopg.Error:
+                pass
+        raise RunLockLostError(trust_site_id, "its PostgreSQL connection closed")
 
     def _what(self, action: str) -> str:
         """How a StoreError names what failed (the schema, never the conninfo)."""
