@@ -39,8 +39,9 @@ HIERARCHY = TrustHierarchy([Site("oak", "Oak Trust"), Site("birch", "Birch High"
 STAFF = [f"u{i:02d}" for i in range(12)]
 
 # The child imports ``fixture`` with ``mode``; its progress callback prints each
-# step and, with "--stall-after-apply", blocks once every change is applied: the
-# parent's SIGKILL then lands after the changes and before the run remembers them.
+# step and, with ``stall`` "all" (or a number), blocks once every change (or that
+# many) is applied: the parent's SIGKILL then lands after those changes and
+# before the run can do anything more.
 CHILD = textwrap.dedent(
     """
     import asyncio, json, sys, time
@@ -50,7 +51,7 @@ CHILD = textwrap.dedent(
 
     def progress(stage, done, total):
         print(stage, done, total, flush=True)
-        if stall == "stall" and stage == "apply" and total and done >= total:
+        if stall != "-" and stage == "apply" and total and done >= (total if stall == "all" else int(stall)):
             time.sleep(60)
 
     async def main():
@@ -87,20 +88,20 @@ async def _run(tmp_path: Path, fixture: dict, mode: str):
         return await reconciler.run(_config(mode), actor=SYSTEM)
 
 
-def _stalled_child(tmp_path: Path, fixture: dict, mode: str) -> None:
-    """Run the child until every change is applied, then SIGKILL it before it can remember anything."""
+def _stalled_child(tmp_path: Path, fixture: dict, mode: str, stall: str = "all", batch: str = "5000") -> None:
+    """Run the child until every change (or ``stall`` many) is applied, then SIGKILL it before it can go on."""
     fixture_path = tmp_path / "fixture.json"
     fixture_path.write_text(json.dumps(fixture))
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(tmp_path / "calm.db"), str(tmp_path / "log.db"), str(fixture_path),
-         mode, "stall", "5000"],
+         mode, stall, batch],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert child.stdout is not None
     killed = False
     for line in child.stdout:
         stage, *rest = line.split()
-        if stage == "apply" and rest[1] != "None" and int(rest[0]) >= int(rest[1]):
+        if stage == "apply" and rest[1] != "None" and int(rest[0]) >= (int(rest[1]) if stall == "all" else int(stall)):
             child.send_signal(signal.SIGKILL)
             killed = True
             break
@@ -127,11 +128,19 @@ def test_a_leaver_unassigned_just_before_a_kill_is_deactivated_once_deactivate_m
     assert not user.active, "the leaver the killed run unassigned was forgotten"
 
 
-def test_a_deactivation_applied_just_before_a_kill_is_remembered(tmp_path):
+@pytest.mark.parametrize(
+    ("stall", "batch"),
+    [("all", "5000"), ("2", "2")],  # killed after the last batch; after the first of two (unassign + deactivate)
+    ids=["after-the-last-batch", "after-a-batch-with-the-deactivation"],
+)
+def test_a_deactivation_applied_just_before_a_kill_is_remembered(tmp_path, stall, batch):
     # Deactivated by the sync, then re-activated by a person: final, even if the run that
     # deactivated them was killed before it saved its state.
     assert asyncio.run(_run(tmp_path, _fixture(STAFF), "deactivate")).ok
-    _stalled_child(tmp_path, _fixture(STAFF[1:]), "deactivate")
+    # u00 leaves and x000 joins: with batches of 2, u00's unassign and deactivation are the
+    # first batch, x000's creation the second, the membership changes the last.
+    after = _fixture([*STAFF[1:], "x000"], extra=1)
+    _stalled_child(tmp_path, after, "deactivate", stall, batch)
 
     async def reactivate():
         async with SqliteUserStore(tmp_path / "calm.db") as store:
@@ -141,7 +150,7 @@ def test_a_deactivation_applied_just_before_a_kill_is_remembered(tmp_path):
             return user.user_id
 
     user_id = asyncio.run(reactivate())
-    assert asyncio.run(_run(tmp_path, _fixture(STAFF[1:]), "deactivate")).ok
+    assert asyncio.run(_run(tmp_path, after, "deactivate")).ok
 
     async def active():
         async with SqliteUserStore(tmp_path / "calm.db") as store:
@@ -191,7 +200,7 @@ def test_a_run_killed_mid_import_is_closed_by_the_next_run_with_import_abandoned
     assert len([e for e in asyncio.run(_log(tmp_path)) if e.kind is AuditKind.IMPORT_ABANDONED]) == 1
 
 
-@pytest.mark.parametrize("mode", ["unassign"])
+@pytest.mark.parametrize("mode", ["unassign", "deactivate"])
 def test_a_run_that_fails_closes_itself_and_leaves_nothing_to_abandon(tmp_path, mode):
     # A directory that fails hard: the run ends with import_failed, and the next run closes nothing.
     class Broken(InMemoryDirectory):

@@ -172,3 +172,58 @@ async def test_a_database_failure_is_a_store_error_with_the_driver_error_as_its_
         finally:
             # restart (not start): it starts the server again with the options it last ran with.
             await asyncio.to_thread(own_server.restart)
+
+
+# -- on the shared test server (nothing is restarted there) ---------------------------------
+
+
+async def test_the_next_holder_waits_for_a_write_checked_under_the_lost_lock(postgres_url, postgres_schema):
+    """The fence: a write that passed its lock check commits before the next run begins, or never."""
+    from calm_azure_sync import RunLockLostError, SyncState
+
+    async with PostgresUserStore(postgres_url, schema=postgres_schema) as old, PostgresUserStore(
+        postgres_url, schema=postgres_schema
+    ) as new:
+        async with old.run_lock("oak"):
+            held = old._held["oak"]
+            async with old._db.connection() as connection:
+                async with connection.transaction():
+                    await old._check_lock(connection, "oak")  # passes: the lock is still held
+                    with psycopg.connect(postgres_url, autocommit=True) as admin:
+                        admin.execute("SELECT pg_terminate_backend(%s)", (held.backend_pid,))
+                    next_run = new.run_lock("oak")
+                    taking = asyncio.ensure_future(next_run.__aenter__())
+                    await asyncio.sleep(0.5)
+                    assert not taking.done(), "the next holder did not wait for the checked write"
+                    await old._write_state_text(connection, "oak", '{"version": 1}')
+                await asyncio.wait_for(taking, 10)  # the write committed: now the next run begins
+            with pytest.raises(RunLockLostError):
+                await old.save_state("oak", SyncState(baselines={"g": 1}))
+            with pytest.raises(RunLockLostError):
+                await old.check_run_lock("oak")
+        await new.check_run_lock("oak")
+        await next_run.__aexit__(None, None, None)
+        assert await new.load_state("oak") == SyncState()
+
+
+@pytest.mark.parametrize("fails", [False, True])
+async def test_postgres_apply_with_state_commits_the_batch_and_the_state_together_or_neither(
+    postgres_url, postgres_schema, fails
+):
+    from calm_azure_sync import SyncState
+    from calm_azure_sync.plan import CreateUser
+
+    def state_after(results):
+        if fails:
+            raise RuntimeError("state_after failed")
+        return SyncState(left_scope={"u9": [r.outcome for r in results] == ["applied"]})
+
+    async with PostgresUserStore(postgres_url, schema=postgres_schema) as store, store.run_lock("oak"):
+        if fails:
+            with pytest.raises(RuntimeError):
+                await store.apply_with_state("oak", [CreateUser("u1", "u1@x.org", "U1")], state_after)
+            assert await store.users() == [] and await store.load_state("oak") == SyncState()
+        else:
+            await store.apply_with_state("oak", [CreateUser("u1", "u1@x.org", "U1")], state_after)
+            assert [user.external_id for user in await store.users()] == ["u1"]
+            assert await store.load_state("oak") == SyncState(left_scope={"u9": True})

@@ -39,9 +39,16 @@ The run lock
 run: it holds across every process and machine using the database, never
 waits, and the server releases it when that connection dies (a killed worker
 never leaves a trust locked). While a run holds it, every ``apply``,
-``save_state``, ``save_delta`` and ``clear_delta`` of that trust first checks, inside its transaction, that the
-lock's connection still holds it, so a run whose lock connection was lost
-(and whose trust another worker may have taken) writes nothing more.
+``apply_with_state``, ``save_state``, ``save_delta`` and ``clear_delta`` of
+that trust is fenced: its transaction first takes the trust's fence key in
+shared mode and checks that the lock's own session (pid and start time)
+still holds the lock; the next holder takes the fence exclusively before its
+run starts, so it waits for any write checked under the old holder. A run
+whose lock connection was lost (and whose trust another worker may have
+taken) writes nothing more (:class:`~calm_azure_sync.RunLockLostError`).
+Database failures are :class:`~calm_azure_sync.StoreError`, psycopg's error
+chained as the cause; the last batch of a run and its sync state commit in
+one transaction (``apply_with_state``).
 
 The delta cache
 ---------------
@@ -568,6 +575,8 @@ class PostgresUserStore(OnDatabase):
         second holder anywhere gets
         :class:`~calm_azure_sync.ImportAlreadyRunningError` at once, and the
         server frees the lock when the holder's connection dies. Released on exit.
+        Once that connection is gone, this object's writes of the trust raise
+        :class:`~calm_azure_sync.RunLockLostError` (see the module docstring).
         """
         key = advisory_key("run_lock", self._db.schema, trust_site_id)
         fence_key = advisory_key("run_fence", self._db.schema, trust_site_id)

@@ -19,6 +19,10 @@ rolled back to a savepoint and the batch is replayed one change at a time,
 each user's changes under a savepoint and each change under a nested one, so
 only the refused change fails. The transaction commits once: a crash anywhere
 in the batch leaves none of it, so no user is ever half-written.
+``apply_with_state`` saves the sync state in the same transaction, and while
+this object holds the trust's run lock every write checks the lease first,
+inside its transaction (see :meth:`SqliteUserStore.run_lock`). Database
+failures are :class:`~calm_azure_sync.StoreError`.
 
 The connection is used from worker threads (:func:`asyncio.to_thread`) under a
 lock, so the event loop never waits on disk.
@@ -783,7 +787,10 @@ class SqliteUserStore:
         :class:`~calm_azure_sync.ImportAlreadyRunningError` at once, unless
         the row's lease has ended or its pid is gone on this same host: then
         the lock is taken over (a crashed import never blocks the next one
-        for longer than the lease). Released on exit.
+        for longer than the lease). Released on exit. While held, this
+        object's writes of the trust check the row inside their transaction:
+        once another import took the lease over they raise
+        :class:`~calm_azure_sync.RunLockLostError` and write nothing.
         """
         holder = uuid.uuid4().hex
         await self._run(f"take the run lock of trust {trust_site_id!r}", _acquire_lock, trust_site_id, holder, self.lock_lease)
