@@ -216,3 +216,21 @@ def test_a_run_that_fails_closes_itself_and_leaves_nothing_to_abandon(tmp_path, 
     assert not asyncio.run(run_broken()).ok
     assert asyncio.run(_run(tmp_path, _fixture(STAFF), mode)).ok
     assert not [e for e in asyncio.run(_log(tmp_path)) if e.kind is AuditKind.IMPORT_ABANDONED]
+
+
+def test_the_running_mark_round_trips_and_is_absent_from_a_state_without_one():
+    import datetime as dt
+
+    from calm_azure_sync import ConfigError, SyncState
+    from calm_azure_sync.state import RunningImport
+    from calm_azure_sync.store.rules import state_from_json, state_to_json
+
+    assert "running" not in SyncState().to_dict()  # older states read the same, and are written the same
+    started = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    state = SyncState(left_scope={"u1": False}, running=RunningImport("run-1", started))
+    assert state_from_json(state_to_json(state)) == state
+    assert SyncState.from_dict({**SyncState().to_dict()}).running is None
+    for bad in ({"run_id": "r"}, {"run_id": "", "started_at": started.isoformat()}, "r",
+                {"run_id": "r", "started_at": "2026-01-02T03:04:05"}):
+        with pytest.raises(ConfigError, match="sync state"):
+            SyncState.from_dict({**SyncState().to_dict(), "running": bad})
