@@ -544,7 +544,11 @@ class _Run:
         finally:
             self.opened = self.sync_state
             # Even when the mark could not be saved, the start is logged with the end that follows.
-            await self.record([started])
+            try:
+                await self.record([started])
+            except _AuditSinkDown:
+                self.started_recorded = True  # handed over: in unrecorded_events
+                raise
             self.started_recorded = True
 
     async def _read_and_plan(self) -> tuple[Plan, DirectorySnapshot]:
@@ -775,9 +779,9 @@ class _Run:
                     applied = await reconciler.store.apply(self._trust, to_apply) if to_apply else []
                 if len(applied) != len(to_apply):
                     raise RuntimeError(f"store returned {len(applied)} results for {len(to_apply)} changes")
-            except StoreError:
-                raise  # the database failed (or the lock is lost): nothing of the batch landed; stop
-            except Exception as error:
+            except RunLockLostError:
+                raise  # another import may hold the lock now: nothing of the batch landed; stop
+            except Exception as error:  # a StoreError too: the batch rolled back, its changes failed
                 logger.warning("store.apply failed for a batch of %d changes", len(to_apply), exc_info=True)
                 applied = [ChangeResult(change, _describe(error)) for change in to_apply]
                 saved.clear()
@@ -817,10 +821,9 @@ class _Run:
         events = [final] if self.started_recorded else [self.journal.started(len(self.config.mappings.group_ids)), final]
         try:
             await self.record(events, final=True)
-        except _AuditSinkDown:  # kept in unrecorded_events and errors
+        except _AuditSinkDown:  # kept in unrecorded_events and errors, for the host to keep
             ok = False
-        else:
-            await self._close()
+        await self._close()
         return ImportReport(
             run_id=self.run_id,
             trust_site_id=self.config.trust_site_id,
@@ -839,7 +842,7 @@ class _Run:
         )
 
     async def _close(self) -> None:
-        """The run's end is in the Import Log: clear its running mark (best effort).
+        """The run's end is logged (or handed to the host in ``unrecorded_events``): clear its running mark.
 
         Not after a lost lock (the store refuses the write, and the next run
         may be closing this one already). If this fails, the next run closes
