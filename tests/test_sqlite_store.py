@@ -26,6 +26,7 @@ from calm_azure_sync import (
     RetireGroup,
     Role,
     SqliteUserStore,
+    StoreError,
     StoreState,
     SyncState,
     UpdateUser,
@@ -526,8 +527,9 @@ async def test_a_migration_that_fails_leaves_the_file_at_its_old_version(
     path = _v2_file(tmp_path / "v2.sqlite")
     monkeypatch.setitem(sqlite_module._MIGRATIONS, 2, ("CREATE TABLE sync_state (x)", "SELECT no_such_function()"))
     async with SqliteUserStore(path) as store:
-        with pytest.raises(sqlite3.OperationalError):
+        with pytest.raises(StoreError) as raised:  # v0.4: a StoreError, sqlite3's error as its cause
             await store.load(TRUST)
+        assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
     with sqlite3.connect(path) as connection:
         assert connection.execute("SELECT version FROM calm_store_schema").fetchall() == [(2,)]
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

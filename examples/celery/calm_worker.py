@@ -55,6 +55,7 @@ from calm_azure_sync import (
     ImportAlreadyRunningError,
     Reconciler,
     Site,
+    StoreError,
     SyncConfig,
     TrustHierarchy,
 )
@@ -189,7 +190,8 @@ def import_trust(self: Any, trust_site_id: str) -> dict[str, Any]:
         raise self.retry(
             exc=error, countdown=_backoff(self.request.retries, base=0.5, cap=30), max_retries=LOCK_RETRIES
         ) from None
-    except (psycopg.OperationalError, OSError, DirectoryError) as error:
+    except (StoreError, psycopg.OperationalError, OSError, DirectoryError) as error:
+        # StoreError: the user store's database failed (psycopg's error is its __cause__).
         logger.warning("import of %s failed before it started: %s", trust_site_id, error)
         raise self.retry(exc=error, countdown=_backoff(self.request.retries), max_retries=OUTAGE_RETRIES) from None
     if not result["ok"]:

@@ -30,6 +30,8 @@ from .errors import (
     ImportAlreadyRunningError,
     NotAuthorizedError,
     TenantMismatchError,
+    RunLockLostError,
+    StoreError,
 )
 from .exclusion import ExclusionPolicy, ExclusionSuggestion
 from .hierarchy import Actor, TrustHierarchy, authorize
@@ -55,7 +57,9 @@ from .review import AccessRow, AccessTable
 from .state import Hold, HoldScope, SyncState, SyncStateStore
 from .store.protocol import (
     ChangeResult,
+    FencedStore,
     Grant,
+    StateWithChanges,
     StoredUser,
     StoreState,
     SyncedGroup,
@@ -132,6 +136,7 @@ __all__ = [
     "DirectoryUser",
     "ExclusionPolicy",
     "ExclusionSuggestion",
+    "FencedStore",
     "Grant",
     "GraphDirectory",
     "GroupDelta",
@@ -159,10 +164,13 @@ __all__ = [
     "RemovedUser",
     "RetireGroup",
     "Role",
+    "RunLockLostError",
     "Site",
     "Skip",
     "SqliteAuditSink",
     "SqliteUserStore",
+    "StateWithChanges",
+    "StoreError",
     "StoreState",
     "StoredUser",
     "SyncConfig",

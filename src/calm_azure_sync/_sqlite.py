@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-__all__ = ["ThreadedConnection", "iso_utc", "open_sqlite", "write_transaction"]
+__all__ = ["Fence", "ThreadedConnection", "iso_utc", "open_sqlite", "write_transaction"]
 
 _T = TypeVar("_T")
 
@@ -123,11 +123,21 @@ class ThreadedConnection:
                 self._connection = None
 
 
+Fence = Callable[[sqlite3.Connection], None]
+"""Called first inside a write transaction; raises to refuse the write (the run lock's check)."""
+
+
 @contextlib.contextmanager
-def write_transaction(connection: sqlite3.Connection) -> Iterator[None]:
-    """``BEGIN IMMEDIATE`` … ``COMMIT``; roll back on any exception."""
+def write_transaction(connection: sqlite3.Connection, fence: Fence | None = None) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``; roll back on any exception.
+
+    ``fence``, when given, runs first inside the transaction (which holds the
+    file's write lock): whatever it raises refuses the whole write.
+    """
     connection.execute("BEGIN IMMEDIATE")
     try:
+        if fence is not None:
+            fence(connection)
         yield
     except BaseException:
         # SQLite rolls back by itself on some errors (a full disk, an I/O

@@ -15,7 +15,11 @@ Every exception the library raises on purpose derives from
     │   └── GroupNotFoundError          a mapped group does not exist; ``.group_id``
     ├── ConsentError                    the admin-consent callback was refused or forged;
     │                                   ``.error``, ``.error_description``
-    └── ImportAlreadyRunningError       another import of the same trust holds the lock
+    ├── ImportAlreadyRunningError       another import of the same trust holds the lock
+    └── StoreError                      the store's database failed (connection lost, server
+        │                               restarted, disk full); the driver's error is ``__cause__``
+        └── RunLockLostError            the run lost its lock mid-run: it writes nothing more
+                                        (also an ImportAlreadyRunningError, as in v0.3)
 
 Messages name what is wrong and where. None of them ever carries a secret
 (client secret, certificate or token): directory errors are built from Graph's
@@ -39,6 +43,8 @@ __all__ = [
     "HoldMismatchError",
     "ImportAlreadyRunningError",
     "NotAuthorizedError",
+    "RunLockLostError",
+    "StoreError",
 ]
 
 
@@ -225,3 +231,33 @@ class ImportAlreadyRunningError(CalmAzureSyncError):
     def __init__(self, trust_site_id: str) -> None:
         self.trust_site_id = trust_site_id
         super().__init__(f"an import of trust {trust_site_id!r} is already running")
+
+
+class StoreError(CalmAzureSyncError):
+    """A store's database failed: the connection was lost, the server restarted, the disk is full.
+
+    Raised by the shipped stores for database failures (a change the
+    database refuses is a failed :class:`~calm_azure_sync.ChangeResult`
+    instead). The message says what failed and where, never a password or
+    a conninfo; the driver's exception is chained as ``__cause__`` for the
+    host's logs. No driver exception type reaches a host uncaught.
+    """
+
+
+class RunLockLostError(StoreError, ImportAlreadyRunningError):
+    """The run lost its trust's run lock while it ran; the store refused the write.
+
+    PostgreSQL: the lock's connection closed (a server restart, a network
+    cut); SQLite: another import took the lease over. Another import may be
+    running now, so this run writes nothing more: the write that raised this
+    did not land. It is also an :class:`ImportAlreadyRunningError`, which
+    v0.3 raised in this case.
+    """
+
+    def __init__(self, trust_site_id: str, why: str = "") -> None:
+        self.trust_site_id = trust_site_id
+        CalmAzureSyncError.__init__(
+            self,
+            f"run lock lost: the import of trust {trust_site_id!r} no longer holds its lock"
+            + (f" ({why})" if why else ""),
+        )

@@ -44,7 +44,7 @@ Label = Callable[[str], str]
 
 RefusalReason = Literal[
     "not_authorized", "child_site", "invalid_config", "already_running", "tenant_mismatch", "hold_mismatch",
-    "unreadable_state",
+    "unreadable_state", "store_failed",
 ]
 """Why an import was refused before it started (the ``reason`` of an ``import_refused`` entry)."""
 
@@ -147,6 +147,18 @@ class Journal:
     def started(self, mapped_groups: int) -> AuditEvent:
         by = f" by {self.actor_id}" if self.actor_id else ""
         return self.event(AuditKind.IMPORT_STARTED, f"Import started{by}", detail={"mapped_groups": mapped_groups})
+
+    def abandoned(self, run_id: str, started_at: dt.datetime) -> AuditEvent:
+        """The end of run ``run_id``, which stopped without recording one; this run (``closed_by``) records it.
+
+        The entry carries the dead run's ``run_id``, so that run's entries end with it.
+        """
+        return attrs.evolve(self, run_id=run_id).event(
+            AuditKind.IMPORT_ABANDONED,
+            f"Import {run_id}, started {started_at.isoformat()}, did not finish: it stopped without recording "
+            f"its end (killed, or its lock or database was lost); closed by import {self.run_id}",
+            detail={"run_id": run_id, "started_at": started_at.isoformat(), "closed_by": self.run_id},
+        )
 
     def read_mode(self, mode: str, why: str) -> AuditEvent:
         return self.event(

@@ -16,7 +16,7 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import attrs
 
@@ -27,12 +27,15 @@ from .check import ConfigProblem, config_problems
 from .config import SyncConfig
 from .directory.protocol import Directory
 from .errors import (
+    CalmAzureSyncError,
     ChildSiteConfigurationError,
     ConfigError,
     HoldMismatchError,
     ImportAlreadyRunningError,
     NotAuthorizedError,
     TenantMismatchError,
+    RunLockLostError,
+    StoreError,
 )
 from .exclusion import ExclusionPolicy
 from .guards import next_sync_state
@@ -43,6 +46,7 @@ from .model import DirectoryGroup, DirectoryUser, Site
 from .plan import (
     AddGroupMember,
     CreateUser,
+    DeactivateUser,
     LinkUser,
     Plan,
     RelinkUser,
@@ -57,8 +61,16 @@ from .reading import DirectoryReader, RunRead
 from .report import ImportReport
 from .review import skip_counts
 from .settled import Settled, settled_key
-from .state import Hold, HoldScope, SyncState, SyncStateStore
-from .store.protocol import ChangeResult, StoreState, UserStore, VersionedStore
+from .state import Hold, HoldScope, RunningImport, SyncState, SyncStateStore
+from .store.protocol import (
+    ChangeResult,
+    FencedStore,
+    StateWithChanges,
+    StoreState,
+    UserStore,
+    VersionedStore,
+    saves_state_with_changes,
+)
 
 __all__ = ["ImportReport", "ProgressCallback", "Reconciler"]
 
@@ -94,6 +106,8 @@ def _refusal_reason(error: BaseException) -> RefusalReason:
         return "already_running"
     if isinstance(error, HoldMismatchError):
         return "hold_mismatch"
+    if isinstance(error, StoreError):
+        return "store_failed"
     if isinstance(error, TenantMismatchError):
         return "tenant_mismatch"
     return "invalid_config"
@@ -299,7 +313,7 @@ class Reconciler:
             self._admit(config, actor)
             lock = self.store.run_lock(config.trust_site_id)
             await lock.__aenter__()
-        except (NotAuthorizedError, ConfigError, ImportAlreadyRunningError) as error:
+        except (NotAuthorizedError, ConfigError, ImportAlreadyRunningError, StoreError) as error:
             await self._record_safely([journal.refused(_refusal_reason(error), error)])
             raise
         report: ImportReport | None = None
@@ -366,8 +380,9 @@ class Reconciler:
             pending = sync_state.hold
             if confirm_hold is not None and (pending is None or pending.id != confirm_hold):
                 raise HoldMismatchError(confirm_hold, pending.id if pending is not None else None)
-        except ConfigError as error:
-            reason = _refusal_reason(error) if isinstance(error, HoldMismatchError) else "unreadable_state"
+        except (ConfigError, StoreError) as error:
+            unreadable = isinstance(error, ConfigError) and not isinstance(error, HoldMismatchError)
+            reason = "unreadable_state" if unreadable else _refusal_reason(error)
             await self._record_safely([journal.refused(reason, error)])
             raise
         return sync_state
@@ -458,13 +473,32 @@ class _Run:
     existing_groups: frozenset[str] = frozenset()
     group_names: dict[str, str] = attrs.field(factory=dict)
     data_version: int | None = None
+    # The state as the run opened it (with its RunningImport), and that state with the delta
+    # cache this run leaves: the base of the memory saved with the last batch.
+    opened: SyncState | None = None
+    cache_kept: SyncState | None = None
+    remembered: bool = False  # the final memory is saved (with the last batch, or on its own)
+    lock_lost: bool = False
+    started_recorded: bool = False
 
     @property
     def run_id(self) -> str:
         assert self.journal.run_id is not None
         return self.journal.run_id
 
-    async def record(self, events: Sequence[AuditEvent]) -> None:
+    @property
+    def _trust(self) -> str:
+        return self.config.trust_site_id
+
+    async def record(self, events: Sequence[AuditEvent], *, final: bool = False) -> None:
+        """Record ``events``; unless they are the run's end, only while the run still holds its lock.
+
+        A run that lost its lock (another import may be running now) logs
+        nothing more but its own ``import_failed``: the check is one small
+        query on a :class:`~calm_azure_sync.FencedStore`.
+        """
+        if not final and isinstance(self.reconciler.store, FencedStore):
+            await self.reconciler.store.check_run_lock(self._trust)
         failure = await self.reconciler._record_safely(events)
         if failure is not None:
             # Retry once: a sink blip should not fail an import.
@@ -481,13 +515,14 @@ class _Run:
         completed = False
         why: str | None = None
         try:
-            await self.record([self.journal.started(len(self.config.mappings.group_ids))])
+            await self._open()
             plan, snapshot = await self._read_and_plan()
             if not snapshot.members and snapshot.unreadable:
                 why = "no mapped group could be read"
-            await self._remember_hold(plan)
-            await self._apply(plan)
-            await self._remember(plan, snapshot)
+            await self._remember_before_apply(plan)
+            await self._apply(plan, snapshot)
+            if not self.remembered:
+                await self._remember(plan, snapshot)
             completed = why is None
         except _AuditSinkDown:
             pass
@@ -496,9 +531,54 @@ class _Run:
             await self._finish(started_at, plan, completed=False, why="the import was cancelled")
             raise
         except Exception as error:
-            logger.exception("import %s of trust %s failed", self.run_id, self.config.trust_site_id)
-            self.errors.append(f"import failed: {type(error).__name__}: {error}")
+            lost = error if isinstance(error, RunLockLostError) else await self._lost_lock(error)
+            if lost is not None:
+                # Another import may hold the lock now: stop, and log nothing but this run's end.
+                logger.error("import %s of trust %s stopped: %s", self.run_id, self._trust, lost)
+                self.lock_lost = True
+                self.errors.append(str(lost))
+                why = str(lost)
+            else:
+                logger.exception("import %s of trust %s failed", self.run_id, self._trust)
+                self.errors.append(f"import failed: {_describe(error)}")
         return await self._finish(started_at, plan, completed=completed, why=why)
+
+    async def _lost_lock(self, error: Exception) -> RunLockLostError | None:
+        """After a database failure, whether it cost the run its lock (then that is what the run reports)."""
+        store = self.reconciler.store
+        if not isinstance(error, StoreError) or not isinstance(store, FencedStore):
+            return None
+        try:
+            await store.check_run_lock(self._trust)
+        except RunLockLostError as lost:
+            return lost
+        except Exception:  # the database is still failing: report the first failure
+            return None
+        return None
+
+    async def _open(self) -> None:
+        """Close a run that stopped without an end, mark this one running, then log its start.
+
+        The mark is saved before ``import_started`` is recorded, so any run
+        whose start is in the Import Log either records its end or leaves the
+        mark for the next run to close with ``import_abandoned``.
+        """
+        dead = self.sync_state.running
+        if dead is not None:
+            await self.record([self.journal.abandoned(dead.run_id, dead.started_at)])
+        started = self.journal.started(len(self.config.mappings.group_ids))
+        self.sync_state = attrs.evolve(self.sync_state, running=RunningImport(self.run_id, started.at))
+        try:
+            await self.reconciler._state_store.save_state(self._trust, self.sync_state)
+        finally:
+            self.opened = self.sync_state
+            # Even when the mark could not be saved, the start is logged with the end that follows.
+            try:
+                await self.record([started])
+            except _AuditSinkDown:
+                self.started_recorded = True  # handed over: in unrecorded_events
+                raise
+            self.started_recorded = True
 
     async def _read_and_plan(self) -> tuple[Plan, DirectorySnapshot]:
         reconciler = self.reconciler
@@ -568,6 +648,7 @@ class _Run:
         state = self.sync_state if state is None else state
         if self.data_version is None or state.hold is not None or self.confirm_hold is not None:
             return None
+        state = attrs.evolve(state, running=None)  # which run is open is no input of a plan
         return settled_key(
             self.config, self.reconciler.hierarchy.sites, mirror_groups=self.reconciler._mirrors_groups,
             sync_state=state, data_version=self.data_version, cursor=cursor,
@@ -594,57 +675,150 @@ class _Run:
             {group: len(users) for group, users in snapshot.members.items()},
         )
 
-    async def _remember_hold(self, plan: Plan) -> None:
-        """Save a new or changed hold before anything is applied: a crash must not forget it.
+    async def _remember_before_apply(self, plan: Plan) -> None:
+        """Save what must outlive a crash before anything is applied: a new hold, and the leavers.
 
         A hold being confirmed stays pending until its removals are applied,
         so a crash half-way leaves the rest to confirm again, never released.
+        The users this plan unassigns because they left scope are remembered
+        as leavers not yet deactivated (``left_scope`` ``False``) now: a
+        superset of what the run will remember, so a crash after their
+        unassigns landed cannot forget them (``deactivate`` mode would then
+        never deactivate them).
         """
-        if plan.hold is None or plan.hold == self.sync_state.hold:
+        leavers = {external_id: False for external_id in plan.left_scope if external_id not in self.sync_state.left_scope}
+        hold = plan.hold if plan.hold is not None else self.sync_state.hold
+        if hold == self.sync_state.hold and not leavers:
             return
-        self.sync_state = attrs.evolve(self.sync_state, hold=plan.hold)
-        await self.reconciler._state_store.save_state(self.config.trust_site_id, self.sync_state)
+        self.sync_state = attrs.evolve(self.sync_state, hold=hold, left_scope={**self.sync_state.left_scope, **leavers})
+        await self.reconciler._state_store.save_state(self._trust, self.sync_state)
 
-    async def _remember(self, plan: Plan, snapshot: DirectorySnapshot) -> None:
-        settled_run = self.read is not None and self.read.settled is not None
-        after = self.sync_state if settled_run else next_sync_state(
-            self.sync_state,
+    def _final_memory(self, plan: Plan, snapshot: DirectorySnapshot, results: Sequence[ChangeResult]) -> SyncState:
+        """What the trust remembers after this run applied ``results``: pure (a store may call it in its transaction)."""
+        assert self.cache_kept is not None
+        return next_sync_state(
+            self.cache_kept,
             config=self.config,
             hold=plan.hold,
             member_counts={group: len(users) for group, users in snapshot.members.items()},
             in_scope=plan.in_scope_ids,
-            results=self.results,
+            results=results,
             left_now=plan.left_scope,
             disputed=plan.disputed_groups,
         )
-        if self.read is not None:
-            settled = self._settles(plan, snapshot, after)
-            after = await self.reconciler._reader.keep_cache(self.config.trust_site_id, self.read, after, settled)
-        if after != self.sync_state:
-            await self.reconciler._state_store.save_state(self.config.trust_site_id, after)
-            self.sync_state = after
 
-    async def _apply(self, plan: Plan) -> None:
+    def _memory_so_far(self, results: Sequence[ChangeResult]) -> SyncState:
+        """The memory while batches remain: the saved state plus the deactivations ``results`` applied (pure)."""
+        return next_sync_state(
+            self.sync_state, config=self.config, hold=self.sync_state.hold, member_counts={}, in_scope=(),
+            results=results, left_now=(),
+        )
+
+    async def _keep_cache(self) -> None:
+        """Write the delta cache this run leaves (its tables, if the store has them), before the last batch.
+
+        The cache mirrors the directory, not the store: written before the
+        last batch, a crash leaves it ahead of the store, and the next run's
+        plan (a full comparison with the store) does what is missing.
+        """
+        assert self.opened is not None
+        if self.read is None:
+            self.cache_kept = self.opened
+            return
+        self.cache_kept = await self.reconciler._reader.keep_cache(self._trust, self.read, self.opened, None)
+
+    async def _remember(self, plan: Plan, snapshot: DirectorySnapshot) -> None:
+        """Save the final memory on its own: a run with no batch, or a store that cannot save it with one."""
+        read = self.read
+        if read is not None and read.settled is not None:  # nothing planned: only the cache's cursor moves
+            after = self.sync_state
+            after = await self.reconciler._reader.keep_cache(self._trust, read, after, self._settles(plan, snapshot, after))
+        elif self.cache_kept is not None:  # the cache was written before a last batch that could not save this
+            after = self._final_memory(plan, snapshot, self.results)
+        else:
+            self.cache_kept = self.opened if self.opened is not None else self.sync_state
+            after = self._final_memory(plan, snapshot, self.results)
+            if read is not None:
+                settled = self._settles(plan, snapshot, after)
+                after = await self.reconciler._reader.keep_cache(self._trust, read, after, settled)
+        if after != self.sync_state:
+            await self.reconciler._state_store.save_state(self._trust, after)
+            self.sync_state = after
+        self.remembered = True
+
+    @property
+    def _saves_state_with_changes(self) -> bool:
+        store = self.reconciler.store
+        return cast(object, self.reconciler._state_store) is store and saves_state_with_changes(store)
+
+    def _memory_after_batch(
+        self,
+        plan: Plan,
+        snapshot: DirectorySnapshot,
+        skipped: Sequence[ChangeResult],
+        *,
+        last: bool,
+        into: list[SyncState],
+    ) -> Callable[[Sequence[ChangeResult]], SyncState]:
+        """The pure function a store calls with a batch's results for the memory to commit with it.
+
+        Each memory it returns is appended to ``into`` (a store may call it
+        more than once, replaying a batch: the last call is what committed).
+        """
+
+        def memory_after(applied: Sequence[ChangeResult]) -> SyncState:
+            results = [*self.results, *applied, *skipped]
+            memory = self._final_memory(plan, snapshot, results) if last else self._memory_so_far(results)
+            into.append(memory)
+            return memory
+
+        return memory_after
+
+    async def _apply(self, plan: Plan, snapshot: DirectorySnapshot) -> None:
+        """Apply the plan in batches; the memory that accounts for a batch commits with it when the store can.
+
+        On a :class:`~calm_azure_sync.StateWithChanges` store that also keeps
+        the state, the last batch commits with the run's final memory, and a
+        batch with a deactivation with the memory of it (so a person's later
+        re-activation is never undone); other stores save it afterwards.
+        """
         reconciler = self.reconciler
         total = len(plan.changes)
         done = 0
         reconciler._progress("apply", 0, total)
         failed: set[tuple[str, str]] = set()  # ("user" | "group", id) whose identity change failed
-        for batch in _batches(plan.changes, reconciler.batch_size):
+        batches = list(_batches(plan.changes, reconciler.batch_size))
+        with_state = self._saves_state_with_changes
+        for index, batch in enumerate(batches):
+            last = index == len(batches) - 1
             dependent = [change for change in batch if _depends_on(change, failed)]
             to_apply = [change for change in batch if not dependent or change not in dependent]
-            try:
-                applied: Sequence[ChangeResult] = (
-                    await reconciler.store.apply(self.config.trust_site_id, to_apply) if to_apply else []
-                )
-                if len(applied) != len(to_apply):
-                    raise RuntimeError(f"store returned {len(applied)} results for {len(to_apply)} changes")
-            except Exception as error:
-                logger.warning("store.apply failed for a batch of %d changes", len(to_apply), exc_info=True)
-                applied = [ChangeResult(change, f"{type(error).__name__}: {error}") for change in to_apply]
             # A membership of a user or group whose creation failed is not sent: it would only fail again.
             skipped = [ChangeResult(change, "not applied: its user or group failed earlier in this run")
                        for change in dependent]
+            saved: list[SyncState] = []  # the memory committed with this batch, if any
+            remember = with_state and to_apply and (last or any(isinstance(c, DeactivateUser) for c in to_apply))
+            if remember and last:
+                await self._keep_cache()
+            try:
+                if remember:
+                    assert isinstance(reconciler.store, StateWithChanges)
+                    applied: Sequence[ChangeResult] = await reconciler.store.apply_with_state(
+                        self._trust, to_apply, self._memory_after_batch(plan, snapshot, skipped, last=last, into=saved)
+                    )
+                else:
+                    applied = await reconciler.store.apply(self._trust, to_apply) if to_apply else []
+                if len(applied) != len(to_apply):
+                    raise RuntimeError(f"store returned {len(applied)} results for {len(to_apply)} changes")
+            except RunLockLostError:
+                raise  # another import may hold the lock now: nothing of the batch landed; stop
+            except Exception as error:  # a StoreError too: the batch rolled back, its changes failed
+                logger.warning("store.apply failed for a batch of %d changes", len(to_apply), exc_info=True)
+                applied = [ChangeResult(change, _describe(error)) for change in to_apply]
+                saved.clear()
+            if saved:
+                self.sync_state = saved[-1]
+                self.remembered = last
             events = []
             for result in (*applied, *skipped):
                 self._count(result, failed)
@@ -675,10 +849,12 @@ class _Run:
         counts = self._counts(plan)
         ok = completed and not self.errors
         final = self.journal.finished(completed=completed, ok=ok, counts=counts, errors=self.errors, why=why)
+        events = [final] if self.started_recorded else [self.journal.started(len(self.config.mappings.group_ids)), final]
         try:
-            await self.record([final])
-        except _AuditSinkDown:  # kept in unrecorded_events and errors
+            await self.record(events, final=True)
+        except _AuditSinkDown:  # kept in unrecorded_events and errors, for the host to keep
             ok = False
+        await self._close()
         return ImportReport(
             run_id=self.run_id,
             trust_site_id=self.config.trust_site_id,
@@ -695,6 +871,20 @@ class _Run:
             mode=self.read.mode if self.read else "full",
             mode_reason=self.read.why if self.read else None,
         )
+
+    async def _close(self) -> None:
+        """The run's end is logged (or handed to the host in ``unrecorded_events``): clear its running mark.
+
+        Not after a lost lock (the store refuses the write, and the next run
+        may be closing this one already). If this fails, the next run closes
+        this one again with ``import_abandoned``: a second end, never none.
+        """
+        if self.lock_lost or self.sync_state.running is None or self.sync_state.running.run_id != self.run_id:
+            return
+        try:
+            await self.reconciler._state_store.save_state(self._trust, attrs.evolve(self.sync_state, running=None))
+        except Exception:
+            logger.warning("clearing the running mark of import %s failed", self.run_id, exc_info=True)
 
     def _learn_labels(self, plan: Plan) -> None:
         """How log messages name people: a change's new email, else the plan's label, asked for when logged.
@@ -726,6 +916,13 @@ class _Run:
         counts["failed"] = self.outcomes.get("failed", 0)
         counts["held"] = len(plan.held_removals) if plan else 0
         return counts
+
+
+def _describe(error: BaseException) -> str:
+    """An error for the report and the Import Log: the library's own message, else the type and message."""
+    if isinstance(error, CalmAzureSyncError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
 
 
 def _depends_on(change: Any, failed: set[tuple[str, str]]) -> bool:

@@ -33,7 +33,7 @@ from .plan import (
     removal_slot,
 )
 
-__all__ = ["Hold", "HoldKind", "HoldScope", "SyncState", "SyncStateStore", "new_hold_id", "removal_key"]
+__all__ = ["Hold", "HoldKind", "HoldScope", "RunningImport", "SyncState", "SyncStateStore", "new_hold_id", "removal_key"]
 
 STATE_FORMAT_VERSION = 1
 
@@ -301,6 +301,28 @@ class Hold:
 
 
 @attrs.frozen
+class RunningImport:
+    """The import that holds (or held) the trust's run lock and has not ended yet.
+
+    Saved when a run starts and cleared once its end is in the Import Log:
+    a run that finds one left behind knows that run died without an end
+    (SIGKILL, power loss, a lost lock) and closes it with ``import_abandoned``.
+    """
+
+    run_id: str
+    started_at: dt.datetime = attrs.field(converter=_aware)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "started_at": self.started_at.isoformat()}
+
+    @classmethod
+    def from_dict(cls, data: object) -> RunningImport:
+        if not isinstance(data, Mapping):
+            raise ValueError("running: expected an object or null")
+        return cls(_string(data, "run_id"), dt.datetime.fromisoformat(_string(data, "started_at")))
+
+
+@attrs.frozen
 class SyncState:
     """One trust's memory between runs.
 
@@ -316,6 +338,9 @@ class SyncState:
       leave scope. Entries go when the user is back in scope.
     - ``delta``: opaque JSON-safe data of incremental sync (delta links and
       what they need), owned by the reconciler; empty when there is none.
+    - ``running``: the :class:`RunningImport` that started and has not ended
+      yet, or ``None``. (Optional in the JSON: a state saved without it reads
+      as ``None``, so the format's version is unchanged.)
     """
 
     hold: Hold | None = None
@@ -323,16 +348,20 @@ class SyncState:
     left_scope: Mapping[str, bool] = attrs.field(factory=dict, converter=_sorted_map)
     delta: Mapping[str, Any] = attrs.field(factory=dict)
     version: int = STATE_FORMAT_VERSION
+    running: RunningImport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict; :meth:`from_dict` reads it back."""
-        return {
+        data = {
             "version": self.version,
             "hold": None if self.hold is None else self.hold.to_dict(),
             "baselines": dict(self.baselines),
             "left_scope": dict(self.left_scope),
             "delta": dict(self.delta),
         }
+        if self.running is not None:  # absent, not null, when no run is open: older states read the same
+            data["running"] = self.running.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: object, *, where: str = "sync state") -> SyncState:
@@ -368,11 +397,13 @@ class SyncState:
             if hold_data is not None and not isinstance(hold_data, Mapping):
                 raise ValueError("hold: expected an object or null")
             hold = None if hold_data is None else Hold.from_dict(hold_data)
+            running_data = data.get("running")
+            running = None if running_data is None else RunningImport.from_dict(running_data)
         except ConfigError as error:
             raise ConfigError([f"{where}: {problem}" for problem in error.problems]) from None
         except (ValueError, TypeError, KeyError) as error:
             raise ConfigError(f"{where}: unreadable ({error})") from None
-        return cls(hold=hold, baselines=baselines, left_scope=left_scope, delta=dict(delta))
+        return cls(hold=hold, baselines=baselines, left_scope=left_scope, delta=dict(delta), running=running)
 
 
 @runtime_checkable

@@ -17,9 +17,10 @@ version is newer than this library's is refused with a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, LiteralString, Self
 
@@ -27,11 +28,41 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from ..errors import ConfigError
+from .._text import clean_text
+from ..errors import ConfigError, StoreError
 
-__all__ = ["Database", "OnDatabase", "advisory_key", "validate_schema"]
+__all__ = ["Database", "OnDatabase", "advisory_key", "database_errors", "describe_error", "validate_schema"]
 
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+# What a driver message could carry of a conninfo: "password=…" and "scheme://user:secret@host".
+_SECRETS: Final = re.compile(r"(password\s*=\s*)('[^']*'|\S+)|(://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
+
+
+def describe_error(error: BaseException) -> str:
+    """A driver error as one line for a person: the server's message, never a password.
+
+    PostgreSQL's primary message when the server sent one (``terminating
+    connection due to administrator command``), else the driver's first line
+    (``connection is lost``), with anything shaped like a password removed.
+    """
+    diag = getattr(error, "diag", None)
+    message = getattr(diag, "message_primary", None) or str(error) or type(error).__name__
+    line = message.strip().splitlines()[0] if message.strip() else type(error).__name__
+    line = _SECRETS.sub(lambda m: f"{m.group(1)}***" if m.group(1) else f"{m.group(3)}***@", line)
+    return clean_text(line)
+
+
+@contextlib.contextmanager
+def database_errors(what: str) -> Iterator[None]:
+    """Translate a psycopg error in the block into a :class:`~calm_azure_sync.StoreError`: ``what`` failed, and why.
+
+    The driver's error is chained as ``__cause__``. Library errors raised in
+    the block (a lost run lock, a ConfigError) pass through as they are.
+    """
+    try:
+        yield
+    except psycopg.Error as error:
+        raise StoreError(f"{what}: {describe_error(error)}") from error
 
 Migrations = Mapping[int, Sequence[LiteralString]]
 """Version -> the statements that bring a component from the version before it to this one.

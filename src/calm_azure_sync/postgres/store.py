@@ -42,9 +42,16 @@ The run lock
 run: it holds across every process and machine using the database, never
 waits, and the server releases it when that connection dies (a killed worker
 never leaves a trust locked). While a run holds it, every ``apply``,
-``save_state``, ``save_delta`` and ``clear_delta`` of that trust first checks, inside its transaction, that the
-lock's connection still holds it, so a run whose lock connection was lost
-(and whose trust another worker may have taken) writes nothing more.
+``apply_with_state``, ``save_state``, ``save_delta`` and ``clear_delta`` of
+that trust is fenced: its transaction first takes the trust's fence key in
+shared mode and checks that the lock's own session (pid and start time)
+still holds the lock; the next holder takes the fence exclusively before its
+run starts, so it waits for any write checked under the old holder. A run
+whose lock connection was lost (and whose trust another worker may have
+taken) writes nothing more (:class:`~calm_azure_sync.RunLockLostError`).
+Database failures are :class:`~calm_azure_sync.StoreError`, psycopg's error
+chained as the cause; the last batch of a run and its sync state commit in
+one transaction (``apply_with_state``).
 
 The delta cache
 ---------------
@@ -56,9 +63,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any, ClassVar, Final, LiteralString
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from typing import Any, ClassVar, Concatenate, Final, LiteralString, ParamSpec, TypeVar
 
 import attrs
 import psycopg
@@ -66,7 +74,7 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool
 
 from .._gc import collector_paused
-from ..errors import ImportAlreadyRunningError
+from ..errors import ImportAlreadyRunningError, RunLockLostError
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 from ..model import Role
 from ..plan import Change, RetireGroup
@@ -85,7 +93,7 @@ from ..store.rules import (
 )
 from . import _delta
 from ._codec import from_db, from_db_list, from_db_optional, to_db, to_db_list, to_db_optional
-from ._db import Database, OnDatabase, advisory_key
+from ._db import Database, OnDatabase, advisory_key, database_errors
 from ._schema import MIGRATIONS
 from ._write import Loaded, write_mutations
 
@@ -110,9 +118,16 @@ _UPSERT_GRANT: Final = (
     "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (user_id, site_id, module, source) "
     "DO UPDATE SET role = excluded.role, trust_site_id = excluded.trust_site_id"
 )
-_LOCK_HELD: Final = (
-    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = %s "
-    "AND objsubid = 1 AND classid = %s::bigint::oid AND objid = %s::bigint::oid)"
+# Whether the run lock is still held by the very session that took it (its pid *and* its start
+# time: after a server restart a new backend may get the old pid, and even hold the lock), first
+# taking the trust's fence in shared mode for the writing transaction: a run that takes the lock
+# next waits for that fence (exclusively) before it starts, so no write checked under the old
+# holder can commit after the new holder's run has begun.
+_FENCED_LOCK_HELD: Final = (
+    "WITH fence AS (SELECT pg_advisory_xact_lock_shared(%s)) "
+    "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted AND l.pid = %s AND a.backend_start = %s "
+    "AND l.objsubid = 1 AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid) FROM fence"
 )
 
 # Errors after which a batch is simply run again: another transaction won a
@@ -151,10 +166,38 @@ def _refusal(error: psycopg.Error) -> str:
     return f"the database refused the change: {message}"
 
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _store_errors(
+    action: str,
+) -> Callable[
+    [Callable[Concatenate[PostgresUserStore, _P], Coroutine[Any, Any, _T]]],
+    Callable[Concatenate[PostgresUserStore, _P], Coroutine[Any, Any, _T]],
+]:
+    """A method whose psycopg errors become StoreErrors saying ``action`` ({0}: its first argument) failed."""
+
+    def wrap(
+        method: Callable[Concatenate[PostgresUserStore, _P], Coroutine[Any, Any, _T]],
+    ) -> Callable[Concatenate[PostgresUserStore, _P], Coroutine[Any, Any, _T]]:
+        async def call(self: PostgresUserStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+            with database_errors(self._what(action.format(*args))):
+                return await method(self, *args, **kwargs)
+
+        functools.update_wrapper(call, method)  # the name, docstring and signature the API reference shows
+        return call
+
+    return wrap
+
+
 @attrs.frozen
 class _HeldLock:
     connection: psycopg.AsyncConnection[Any]
     key: int
+    fence_key: int
+    backend_pid: int
+    backend_start: Any  # the lock session's pg_stat_activity.backend_start (a datetime)
 
     @property
     def lock_ids(self) -> tuple[int, int]:
@@ -210,6 +253,7 @@ class PostgresUserStore(OnDatabase):
 
     # -- reading ---------------------------------------------------------------
 
+    @_store_errors("load trust {0!r}")
     async def load(self, trust_site_id: str) -> StoreState:
         """Every user, the synced grants of ``trust_site_id``, and who holds other access."""
         trust = to_db(trust_site_id)
@@ -289,11 +333,36 @@ class PostgresUserStore(OnDatabase):
         """Apply ``changes`` in one transaction; one :class:`ChangeResult` per change, in order."""
         if not changes:
             return []
-        changes = list(changes)
+        return await self._apply(trust_site_id, list(changes), None)
+
+    async def apply_with_state(
+        self,
+        trust_site_id: str,
+        changes: Sequence[Change],
+        state_after: Callable[[Sequence[ChangeResult]], SyncState],
+    ) -> Sequence[ChangeResult]:
+        """Apply ``changes`` and save ``state_after(results)`` in one transaction (a :class:`~calm_azure_sync.StateWithChanges`)."""
+        return await self._apply(trust_site_id, list(changes), state_after)
+
+    async def _apply(
+        self,
+        trust_site_id: str,
+        changes: list[Change],
+        state_after: Callable[[Sequence[ChangeResult]], SyncState] | None,
+    ) -> Sequence[ChangeResult]:
+        with database_errors(self._what(f"apply changes to trust {trust_site_id!r}")):
+            return await self._apply_attempts(trust_site_id, changes, state_after)
+
+    async def _apply_attempts(
+        self,
+        trust_site_id: str,
+        changes: list[Change],
+        state_after: Callable[[Sequence[ChangeResult]], SyncState] | None,
+    ) -> Sequence[ChangeResult]:
         async with self._db.connection() as connection:
             for attempt in range(1, _BATCH_ATTEMPTS + 1):
                 try:
-                    return await self._apply_batch(connection, trust_site_id, changes)
+                    return await self._apply_batch(connection, trust_site_id, changes, state_after)
                 except _RETRY_BATCH as error:
                     # Another transaction won a race; the replay's load sees its rows.
                     logger.info(
@@ -302,10 +371,14 @@ class PostgresUserStore(OnDatabase):
                     await asyncio.sleep(0.01 * attempt)
                 except (psycopg.IntegrityError, psycopg.DataError):
                     break
-            return await self._apply_one_by_one(connection, trust_site_id, changes)
+            return await self._apply_one_by_one(connection, trust_site_id, changes, state_after)
 
     async def _apply_batch(
-        self, connection: psycopg.AsyncConnection[Any], trust_site_id: str, changes: Sequence[Change]
+        self,
+        connection: psycopg.AsyncConnection[Any],
+        trust_site_id: str,
+        changes: Sequence[Change],
+        state_after: Callable[[Sequence[ChangeResult]], SyncState] | None = None,
     ) -> list[ChangeResult]:
         async with connection.transaction():
             await self._check_lock(connection, trust_site_id)
@@ -313,10 +386,16 @@ class PostgresUserStore(OnDatabase):
             loaded = Loaded.of(tables, grants_read=batch_reads_grants(changes))
             results = tables.apply(trust_site_id, changes)
             await self._write(connection, tables, loaded)
+            if state_after is not None:
+                await self._write_state(connection, trust_site_id, state_after(results))
         return results
 
     async def _apply_one_by_one(
-        self, connection: psycopg.AsyncConnection[Any], trust_site_id: str, changes: Sequence[Change]
+        self,
+        connection: psycopg.AsyncConnection[Any],
+        trust_site_id: str,
+        changes: Sequence[Change],
+        state_after: Callable[[Sequence[ChangeResult]], SyncState] | None = None,
     ) -> list[ChangeResult]:
         """The slow path: each change under a savepoint, re-reading its rows, so a refused one fails alone."""
         results: list[ChangeResult] = []
@@ -331,18 +410,28 @@ class PostgresUserStore(OnDatabase):
                 except (psycopg.IntegrityError, psycopg.DataError) as error:
                     result = ChangeResult(change, _refusal(error))
                 results.append(result)
+            if state_after is not None:
+                await self._write_state(connection, trust_site_id, state_after(results))
         return results
 
     async def _check_lock(self, connection: psycopg.AsyncConnection[Any], trust_site_id: str) -> None:
-        """While this store holds the trust's run lock, refuse to write once the lock is gone."""
+        """While this store holds the trust's run lock, refuse to write once the lock is gone.
+
+        Called first in each writing transaction: it takes the trust's fence in
+        shared mode (held to the commit) and checks that the lock's own
+        session still holds the lock. A run that takes the lock after it waits
+        for that fence, so this transaction commits before that run begins, or
+        (its lock gone) never.
+        """
         held = self._held.get(trust_site_id)
         if held is None:
             return
-        classid, objid = held.lock_ids
-        backend = None if held.connection.closed else held.connection.info.backend_pid
         still_held = False
-        if backend is not None:
-            cursor = await connection.execute(_LOCK_HELD, (backend, classid, objid))
+        if not (held.connection.closed or held.connection.broken):
+            classid, objid = held.lock_ids
+            cursor = await connection.execute(
+                _FENCED_LOCK_HELD, (held.fence_key, held.backend_pid, held.backend_start, classid, objid)
+            )
             row = await cursor.fetchone()
             still_held = bool(row and row[0])
         if not still_held:
@@ -350,7 +439,30 @@ class PostgresUserStore(OnDatabase):
                 "the run lock of trust %r was lost (its connection closed); writing nothing more",
                 trust_site_id,
             )
-            raise ImportAlreadyRunningError(trust_site_id)
+            raise RunLockLostError(trust_site_id, "its PostgreSQL connection closed")
+
+    async def check_run_lock(self, trust_site_id: str) -> None:
+        """Raise :class:`~calm_azure_sync.RunLockLostError` if this object's run lock of the trust was lost.
+
+        One ``SELECT 1`` on the lock's own connection (a :class:`~calm_azure_sync.FencedStore`):
+        a session-level advisory lock is held exactly as long as its session
+        lives, so a session that answers still holds it. At once outside a
+        ``run_lock`` block.
+        """
+        held = self._held.get(trust_site_id)
+        if held is None:
+            return
+        if not (held.connection.closed or held.connection.broken):
+            try:
+                await held.connection.execute("SELECT 1")
+                return
+            except psycopg.Error:
+                pass
+        raise RunLockLostError(trust_site_id, "its PostgreSQL connection closed")
+
+    def _what(self, action: str) -> str:
+        """How a StoreError names what failed (the schema, never the conninfo)."""
+        return f"the PostgreSQL user store (schema {self._db.schema!r}) could not {action}"
 
     async def _load_tables(
         self, connection: psycopg.AsyncConnection[Any], trust_site_id: str, changes: Sequence[Change]
@@ -447,6 +559,7 @@ class PostgresUserStore(OnDatabase):
         # so concurrent imports of other trusts wait for each other's commit, not their batch.
         await connection.execute(self._q("UPDATE {schema}.data_version SET version = version + 1"))
 
+    @_store_errors("read the data version")
     async def data_version(self) -> int:
         """A number every write of users, grants and groups through this store changes, on any machine.
 
@@ -469,15 +582,17 @@ class PostgresUserStore(OnDatabase):
         second holder anywhere gets
         :class:`~calm_azure_sync.ImportAlreadyRunningError` at once, and the
         server frees the lock when the holder's connection dies. Released on exit.
+        Once that connection is gone, this object's writes of the trust raise
+        :class:`~calm_azure_sync.RunLockLostError` (see the module docstring).
         """
         key = advisory_key("run_lock", self._db.schema, to_db(trust_site_id))
-        connection = await self._db.connect_dedicated()
+        fence_key = advisory_key("run_fence", self._db.schema, to_db(trust_site_id))
+        with database_errors(self._what(f"take the run lock of trust {trust_site_id!r}")):
+            connection = await self._db.connect_dedicated()
         try:
-            cursor = await connection.execute("SELECT pg_try_advisory_lock(%s)", (key,))
-            row = await cursor.fetchone()
-            if not (row and row[0]):
-                raise ImportAlreadyRunningError(trust_site_id)
-            self._held[trust_site_id] = _HeldLock(connection, key)
+            with database_errors(self._what(f"take the run lock of trust {trust_site_id!r}")):
+                held = await self._take_lock(connection, trust_site_id, key, fence_key)
+            self._held[trust_site_id] = held
             try:
                 yield
             finally:
@@ -488,6 +603,22 @@ class PostgresUserStore(OnDatabase):
                 await self._db.release_dedicated(connection)
             except Exception:
                 logger.warning("closing the run lock connection of %r failed", trust_site_id, exc_info=True)
+
+    async def _take_lock(
+        self, connection: psycopg.AsyncConnection[Any], trust_site_id: str, key: int, fence_key: int
+    ) -> _HeldLock:
+        cursor = await connection.execute(
+            "SELECT pg_try_advisory_lock(%s), pg_backend_pid(), "
+            "(SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())",
+            (key,),
+        )
+        row = await cursor.fetchone()
+        if not (row and row[0]):
+            raise ImportAlreadyRunningError(trust_site_id)
+        # Wait for the writes a previous holder checked before it lost the lock: each holds the
+        # fence shared until it commits or rolls back (see _check_lock). Writes only wait for it.
+        await connection.execute("SELECT pg_advisory_lock(%s), pg_advisory_unlock(%s)", (fence_key, fence_key))
+        return _HeldLock(connection, key, fence_key, row[1], row[2])
 
     async def _unlock(self, connection: psycopg.AsyncConnection[Any], trust_site_id: str, key: int) -> None:
         # Releasing must never mask how the import ended; a lock whose
@@ -506,6 +637,7 @@ class PostgresUserStore(OnDatabase):
 
     # -- sync state ------------------------------------------------------------------
 
+    @_store_errors("load the sync state of trust {0!r}")
     async def load_state(self, trust_site_id: str) -> SyncState:
         """The trust's :class:`~calm_azure_sync.SyncState` (``SyncState()`` when none was saved).
 
@@ -523,31 +655,44 @@ class PostgresUserStore(OnDatabase):
     async def save_state(self, trust_site_id: str, state: SyncState) -> None:
         """Replace the trust's state in one transaction; ConfigError (old state kept) if it cannot be stored."""
         text = state_to_json(state, where=self._state_label(trust_site_id))
-        async with self._db.connection() as connection, connection.transaction():
-            await self._check_lock(connection, trust_site_id)
-            await connection.execute(
-                self._q(
-                    "INSERT INTO {schema}.sync_states (trust_site_id, state, saved_at) VALUES (%s, %s, now()) "
-                    "ON CONFLICT (trust_site_id) DO UPDATE SET state = excluded.state, saved_at = now()"
-                ),
-                (to_db(trust_site_id), to_db(text)),
-            )
+        with database_errors(self._what(f"save the sync state of trust {trust_site_id!r}")):
+            async with self._db.connection() as connection, connection.transaction():
+                await self._check_lock(connection, trust_site_id)
+                await self._write_state_text(connection, trust_site_id, text)
+
+    async def _write_state(self, connection: psycopg.AsyncConnection[Any], trust_site_id: str, state: SyncState) -> None:
+        """Save ``state`` inside the caller's transaction (a batch's: see ``apply_with_state``)."""
+        await self._write_state_text(
+            connection, trust_site_id, state_to_json(state, where=self._state_label(trust_site_id))
+        )
+
+    async def _write_state_text(self, connection: psycopg.AsyncConnection[Any], trust_site_id: str, text: str) -> None:
+        await connection.execute(
+            self._q(
+                "INSERT INTO {schema}.sync_states (trust_site_id, state, saved_at) VALUES (%s, %s, now()) "
+                "ON CONFLICT (trust_site_id) DO UPDATE SET state = excluded.state, saved_at = now()"
+            ),
+            (to_db(trust_site_id), to_db(text)),
+        )
 
     def _state_label(self, trust_site_id: str) -> str:
         return f"the sync state of trust {trust_site_id!r} in postgres schema {self._db.schema!r}"
 
     # -- delta cache -------------------------------------------------------------------
 
+    @_store_errors("load the delta cache of trust {0!r}")
     async def load_delta(self, trust_site_id: str) -> DeltaCache | None:
         """The trust's delta cache, or ``None`` (none saved; rows unreadable or of another version: logged)."""
         async with self._db.connection() as connection:
             return await _delta.load_delta(connection, self._q, trust_site_id, self._delta_label(trust_site_id))
 
+    @_store_errors("load the delta cache of trust {0!r}")
     async def load_delta_head(self, trust_site_id: str) -> DeltaHead | None:
         """The trust's delta cache head (meta row and tracked group ids): what a round needs to start."""
         async with self._db.connection() as connection:
             return await _delta.load_delta_head(connection, self._q, trust_site_id, self._delta_label(trust_site_id))
 
+    @_store_errors("save the delta cache of trust {0!r}")
     async def save_delta(self, trust_site_id: str, write: DeltaCacheWrite) -> None:
         """Apply ``write`` to the trust's delta cache rows in one transaction.
 
@@ -573,6 +718,7 @@ class PostgresUserStore(OnDatabase):
                 await self._check_lock(connection, trust_site_id)
                 await _delta.clear_delta(connection, self._q, trust_site_id)
 
+    @_store_errors("clear the delta cache of trust {0!r}")
     async def clear_delta(self, trust_site_id: str) -> None:
         """Drop the trust's delta cache rows (the next incremental-capable run reads in full)."""
         async with self._db.connection() as connection, connection.transaction():
@@ -584,6 +730,7 @@ class PostgresUserStore(OnDatabase):
 
     # -- host helpers -------------------------------------------------------------------
 
+    @_store_errors("add a user")
     async def add_user(self, email: str, display_name: str, *, user_id: str | None = None) -> str:
         """Add a manually invited user and return its id.
 
@@ -614,6 +761,7 @@ class PostgresUserStore(OnDatabase):
                         raise
         raise AssertionError("unreachable")
 
+    @_store_errors("grant access")
     async def grant(self, user_id: str, site_id: str, module: str, role: Role | str) -> None:
         """Give ``user_id`` a manual grant; ``role`` may be a string (``"manager"``).
 
@@ -632,6 +780,7 @@ class PostgresUserStore(OnDatabase):
             )
             await self._bump_data_version(connection)
 
+    @_store_errors("read grants")
     async def grants(self, user_id: str) -> set[Grant]:
         """Every grant of ``user_id``, manual and azure. Raises ``KeyError`` for an unknown user."""
         async with self._db.connection() as connection, connection.transaction():
@@ -646,6 +795,7 @@ class PostgresUserStore(OnDatabase):
             for site_id, module, role, source in rows
         }
 
+    @_store_errors("change a user's activation")
     async def set_active(self, user_id: str, active: bool) -> None:
         """A person (not the sync) activates or deactivates ``user_id``; the sync never undoes it.
 
@@ -660,6 +810,7 @@ class PostgresUserStore(OnDatabase):
                 raise KeyError(user_id)
             await self._bump_data_version(connection)
 
+    @_store_errors("read a user")
     async def user(self, user_id: str) -> StoredUser:
         """The user with ``user_id``. Raises ``KeyError`` when there is none."""
         async with self._db.connection() as connection:
@@ -674,6 +825,7 @@ class PostgresUserStore(OnDatabase):
             raise KeyError(f"no user with id {user_id!r}")
         return _user_from_row(row)
 
+    @_store_errors("read the synced groups of trust {0!r}")
     async def groups(self, trust_site_id: str) -> list[SyncedGroup]:
         """The synced groups of ``trust_site_id`` (retired ones too), by display name."""
         async with self._db.connection() as connection:
@@ -688,6 +840,7 @@ class PostgresUserStore(OnDatabase):
         # Sorted here, by code point as the other stores do, not by the database's collation.
         return sorted(groups, key=lambda group: (group.display_name, group.external_id))
 
+    @_store_errors("read group members")
     async def group_members(self, group_external_id: str, trust_site_id: str | None = None) -> frozenset[str]:
         """External ids of the synced group's members (in every trust mirroring it, or in ``trust_site_id``).
 
@@ -712,6 +865,7 @@ class PostgresUserStore(OnDatabase):
             )
             return frozenset(from_db(row[0]) for row in await cursor.fetchall())
 
+    @_store_errors("read users")
     async def users(self) -> list[StoredUser]:
         """Every user, in the order they were added."""
         async with self._db.connection() as connection:

@@ -27,7 +27,7 @@ from .._delta_rows import (
     user_row,
 )
 from .._gc import collector_paused
-from .._sqlite import write_transaction
+from .._sqlite import Fence, write_transaction
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 
 __all__ = ["DELTA_TABLES", "clear_delta", "load_delta", "load_delta_head", "save_delta"]
@@ -128,8 +128,10 @@ def _read(
         connection.execute("COMMIT")
 
 
-def save_delta(connection: sqlite3.Connection, trust_site_id: str, write: DeltaCacheWrite) -> None:
-    """Apply ``write`` to the trust's rows in one transaction."""
+def save_delta(
+    connection: sqlite3.Connection, trust_site_id: str, write: DeltaCacheWrite, fence: Fence | None = None
+) -> None:
+    """Apply ``write`` to the trust's rows in one transaction (``fence``: see ``write_transaction``)."""
     trust = trust_site_id
     # In DeltaCacheWrite.applied_to's order: removals first, then what was added.
     removals: list[tuple[str, list[tuple[Any, ...]]]] = [
@@ -149,7 +151,7 @@ def save_delta(connection: sqlite3.Connection, trust_site_id: str, write: DeltaC
          [(trust, group, member) for group, member in write.added_members]),
         (_UPSERT_USER, [(trust, *user_row(user)) for user in write.users]),
     ]
-    with write_transaction(connection):
+    with write_transaction(connection, fence):
         if write.replace:
             _delete_all(connection, trust)
         else:
@@ -165,9 +167,9 @@ def save_delta(connection: sqlite3.Connection, trust_site_id: str, write: DeltaC
         )
 
 
-def clear_delta(connection: sqlite3.Connection, trust_site_id: str) -> None:
+def clear_delta(connection: sqlite3.Connection, trust_site_id: str, fence: Fence | None = None) -> None:
     """Drop the trust's cache rows."""
-    with write_transaction(connection):
+    with write_transaction(connection, fence):
         _delete_all(connection, trust_site_id)
 
 

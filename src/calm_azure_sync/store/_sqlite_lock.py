@@ -16,10 +16,10 @@ import socket
 import sqlite3
 import sys
 
-from .._sqlite import iso_utc, write_transaction
-from ..errors import ImportAlreadyRunningError
+from .._sqlite import Fence, iso_utc, write_transaction
+from ..errors import ImportAlreadyRunningError, RunLockLostError
 
-__all__ = ["acquire_lock", "pid_alive", "process_host", "release_lock", "renew_lock"]
+__all__ = ["acquire_lock", "check_holder", "fence", "pid_alive", "process_host", "release_lock", "renew_lock"]
 
 # The store's own logger name, as before the lock moved here: hosts filter on it.
 logger = logging.getLogger("calm_azure_sync.store.sqlite")
@@ -104,4 +104,24 @@ def release_lock(connection: sqlite3.Connection, trust_site_id: str, holder: str
         )
 
 
+def check_holder(connection: sqlite3.Connection, trust_site_id: str, holder: str) -> None:
+    """Raise :class:`~calm_azure_sync.RunLockLostError` unless ``holder`` still holds the trust's lock.
 
+    One primary-key read. Inside a write transaction (see :func:`fence`) the
+    answer holds until the commit: the transaction has the file's write lock,
+    so no other import can take the lease over in between.
+    """
+    row = connection.execute("SELECT holder FROM run_locks WHERE trust_site_id = ?", (trust_site_id,)).fetchone()
+    if row is None:
+        raise RunLockLostError(trust_site_id, "its lock row is gone")
+    if row[0] != holder:
+        raise RunLockLostError(trust_site_id, "another import took its lease over")
+
+
+def fence(trust_site_id: str, holder: str) -> Fence:
+    """The check each write transaction of a run makes first: ``holder`` still holds the lock."""
+
+    def check(connection: sqlite3.Connection) -> None:
+        check_holder(connection, trust_site_id, holder)
+
+    return check

@@ -7,7 +7,7 @@ every shipped store shares) and a set of locked trusts, nothing more.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import ClassVar
 
 import attrs
@@ -62,6 +62,24 @@ class InMemoryUserStore:
         """Apply ``changes`` in order; one :class:`ChangeResult` per change."""
         self._version += bool(changes)
         return self._tables.apply(trust_site_id, changes)
+
+    async def apply_with_state(
+        self,
+        trust_site_id: str,
+        changes: Sequence[Change],
+        state_after: Callable[[Sequence[ChangeResult]], SyncState],
+    ) -> Sequence[ChangeResult]:
+        """Apply ``changes`` and save ``state_after(results)`` (a :class:`~calm_azure_sync.StateWithChanges`).
+
+        Nothing here outlives the process, so there is no crash to be atomic
+        against; a state that cannot be stored raises ConfigError after the batch.
+        """
+        results = await self.apply(trust_site_id, changes)
+        await self.save_state(trust_site_id, state_after(results))
+        return results
+
+    async def check_run_lock(self, trust_site_id: str) -> None:
+        """Nothing to check: a lock held in this process's memory cannot be lost (a :class:`~calm_azure_sync.FencedStore`)."""
 
     async def data_version(self) -> int:
         """A number every write of users, grants and groups changes (a :class:`~calm_azure_sync.VersionedStore`)."""

@@ -7,7 +7,7 @@ implementation against the behaviour described here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -16,18 +16,22 @@ import attrs
 from ..errors import ConfigError
 from ..model import Role
 from ..plan import Change
+from ..state import SyncState
 
 __all__ = [
     "ChangeOutcome",
     "ChangeResult",
+    "FencedStore",
     "Grant",
     "GrantSource",
+    "StateWithChanges",
     "StoreState",
     "StoredUser",
     "SyncedGroup",
     "UserStore",
     "VersionedStore",
     "checked_data_version",
+    "saves_state_with_changes",
 ]
 
 GrantSource = Literal["manual", "azure"]
@@ -214,6 +218,84 @@ class VersionedStore(Protocol):
 
     async def data_version(self) -> int:
         """The current data version."""
+        ...
+
+
+@runtime_checkable
+class StateWithChanges(Protocol):
+    """A store that saves a trust's sync state in the same transaction as a batch: optional.
+
+    ``apply_with_state(trust_site_id, changes, state_after)`` applies
+    ``changes`` exactly as :meth:`UserStore.apply` does, then calls
+    ``state_after(results)`` (a pure function of the batch's results; it
+    must not do IO) and saves the :class:`~calm_azure_sync.SyncState` it
+    returns as :meth:`~calm_azure_sync.SyncStateStore.save_state` would, and
+    commits both at once: a crash leaves both or neither. The reconciler
+    uses it for the batches whose effects its memory must account for (the
+    last one, and any with a deactivation) when the user store is also the
+    state store. Every shipped store implements it. A host store that does
+    not gets the order of docs/stores.md ("A run's memory"), which is safe
+    but leaves a crash window in which a re-activation by a person may be
+    undone once.
+
+    If ``state_after`` raises, or the state cannot be stored
+    (:class:`~calm_azure_sync.ConfigError`), nothing of the batch is
+    committed and the error propagates.
+    """
+
+    async def apply_with_state(
+        self,
+        trust_site_id: str,
+        changes: Sequence[Change],
+        state_after: Callable[[Sequence[ChangeResult]], SyncState],
+    ) -> Sequence[ChangeResult]:
+        """Apply ``changes`` and save ``state_after(results)`` in one transaction; the results."""
+        ...
+
+
+def saves_state_with_changes(store: object) -> bool:
+    """Whether the reconciler may use ``store``'s :class:`StateWithChanges` capability.
+
+    Only when its class defines ``apply_with_state`` itself, no less derived
+    than its ``apply`` and ``save_state``: a host's wrapper that overrides
+    ``apply`` and forwards other attributes through ``__getattr__`` (which
+    ``isinstance`` accepts before Python 3.12), or a subclass of a shipped
+    store that overrides ``apply`` or ``save_state`` only, would otherwise
+    have its own methods skipped for a batch. Those get the order for stores
+    without the capability instead.
+    """
+    if not isinstance(store, StateWithChanges):
+        return False
+    owner = _defined_by(type(store), "apply_with_state")
+    if owner is None:
+        return False
+    return all(
+        (other := _defined_by(type(store), name)) is None or issubclass(owner, other)
+        for name in ("apply", "save_state")
+    )
+
+
+def _defined_by(cls: type, name: str) -> type | None:
+    return next((klass for klass in cls.__mro__ if name in vars(klass)), None)
+
+
+@runtime_checkable
+class FencedStore(Protocol):
+    """A store whose writes are fenced by its run lock: optional, implemented by every shipped store.
+
+    Once the run lock a :meth:`UserStore.run_lock` block took is lost
+    (PostgreSQL: its connection is gone; SQLite: another import took the
+    lease over), every write of that trust through this store object raises
+    :class:`~calm_azure_sync.RunLockLostError` inside its transaction and
+    writes nothing. ``check_run_lock(trust_site_id)`` asks the same question
+    without writing (one small query): the reconciler calls it before each
+    Import Log entry it records after the read, so a run that lost its lock
+    logs nothing but its own ``import_failed``. Outside a ``run_lock`` block
+    it returns at once.
+    """
+
+    async def check_run_lock(self, trust_site_id: str) -> None:
+        """Raise RunLockLostError when this store's run lock of the trust was lost."""
         ...
 
 

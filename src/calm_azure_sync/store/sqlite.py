@@ -19,6 +19,10 @@ rolled back to a savepoint and the batch is replayed one change at a time,
 each user's changes under a savepoint and each change under a nested one, so
 only the refused change fails. The transaction commits once: a crash anywhere
 in the batch leaves none of it, so no user is ever half-written.
+``apply_with_state`` saves the sync state in the same transaction, and while
+this object holds the trust's run lock every write checks the lease first,
+inside its transaction (see :meth:`SqliteUserStore.run_lock`). Database
+failures are :class:`~calm_azure_sync.StoreError`.
 
 The connection is used from worker threads (:func:`asyncio.to_thread`) under a
 lock, so the event loop never waits on disk.
@@ -35,14 +39,15 @@ import logging
 import os
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any, ClassVar, Final
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, ClassVar, Final, TypeVar
 
 import attrs
 
 from .._gc import collector_paused
-from .._sqlite import ThreadedConnection, write_transaction
+from .._sqlite import Fence, ThreadedConnection, write_transaction
 from .._text import clean_text
+from ..errors import StoreError
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 from ..model import Role, email_key
 from ..plan import Change, RetireGroup
@@ -53,6 +58,8 @@ from ._sqlite_delta import DELTA_TABLES
 # The run lock lives in its own module; its names stay importable from here,
 # where this module's callers and fault-injecting tests look them up.
 from ._sqlite_lock import acquire_lock as _acquire_lock
+from ._sqlite_lock import check_holder as _check_holder
+from ._sqlite_lock import fence as _lock_fence
 from ._sqlite_lock import pid_alive as pid_alive
 from ._sqlite_lock import process_host as _process_host  # noqa: F401 - the old private name
 from ._sqlite_lock import release_lock as _release_lock
@@ -60,6 +67,7 @@ from ._sqlite_lock import renew_lock as _renew_lock
 from ._sqlite_state import SYNC_STATE_TABLE as _SYNC_STATE_TABLE
 from ._sqlite_state import load_sync_state as _load_sync_state
 from ._sqlite_state import save_sync_state as _save_sync_state
+from ._sqlite_state import write_sync_state as _write_sync_state
 from .protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup, checked_data_version
 from .rules import (
     GrantWrite,
@@ -79,6 +87,10 @@ from .rules import (
 __all__ = ["SqliteUserStore"]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+StateAfter = Callable[[Sequence[ChangeResult]], SyncState]
 
 SCHEMA_VERSION: Final = 5
 
@@ -392,9 +404,14 @@ def _write(connection: sqlite3.Connection, mutations: Sequence[Mutation]) -> Non
 
 
 def _apply_batch(
-    connection: sqlite3.Connection, trust_site_id: str, changes: Sequence[Change]
+    connection: sqlite3.Connection,
+    trust_site_id: str,
+    changes: Sequence[Change],
+    fence: Fence | None = None,
+    state_after: tuple[StateAfter, str] | None = None,
 ) -> list[ChangeResult]:
-    with write_transaction(connection):
+    """One batch in one transaction; with ``state_after`` (the function and its label) the sync state too."""
+    with write_transaction(connection, fence):
         connection.execute("SAVEPOINT calm_batch")
         try:
             tables = _load_tables(connection, trust_site_id, changes)
@@ -406,8 +423,13 @@ def _apply_batch(
             # cannot encode (they replace or refuse all they know of).
             connection.execute("ROLLBACK TO calm_batch")
             connection.execute("RELEASE calm_batch")
-            return _apply_one_by_one(connection, trust_site_id, changes)
-        connection.execute("RELEASE calm_batch")
+            results = _apply_one_by_one(connection, trust_site_id, changes)
+        else:
+            connection.execute("RELEASE calm_batch")
+        if state_after is not None:
+            # In the batch's transaction: the memory commits with the effects it accounts for.
+            state_of, where = state_after
+            _write_sync_state(connection, trust_site_id, state_of(results), where)
         return results
 
 
@@ -659,6 +681,8 @@ class SqliteUserStore:
     busy_timeout_ms: int = 30_000
     lock_lease: dt.timedelta = dt.timedelta(minutes=2)
     _db: ThreadedConnection = attrs.field(init=False)
+    # trust -> the holder token of the run lock this object holds: every write of that trust checks it.
+    _held: dict[str, str] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._db = ThreadedConnection(self.path, _setup_store, self.busy_timeout_ms)
@@ -673,15 +697,49 @@ class SqliteUserStore:
         """Close the database connection."""
         self._db.close()
 
+    async def _run(self, what: str, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(connection, *args)`` in the worker thread; a database failure as a :class:`StoreError`."""
+        try:
+            return await self._db.run(fn, *args)
+        except sqlite3.Error as error:
+            raise StoreError(
+                f"the SQLite user store {os.fspath(self.path)!r} failed to {what}: {clean_text(str(error))}"
+            ) from error
+
+    def _fence(self, trust_site_id: str) -> Fence | None:
+        holder = self._held.get(trust_site_id)
+        return None if holder is None else _lock_fence(trust_site_id, holder)
+
     async def load(self, trust_site_id: str) -> StoreState:
         """Every user, the synced grants of ``trust_site_id``, and who holds manual grants."""
-        return await self._db.run(_load_state, trust_site_id)
+        return await self._run(f"load trust {trust_site_id!r}", _load_state, trust_site_id)
 
     async def apply(self, trust_site_id: str, changes: Sequence[Change]) -> Sequence[ChangeResult]:
         """Apply ``changes`` in one transaction; one :class:`ChangeResult` per change, in order."""
         if not changes:
             return []
-        return await self._db.run(_apply_batch, trust_site_id, changes)
+        return await self._run(
+            f"apply changes to trust {trust_site_id!r}", _apply_batch, trust_site_id, changes,
+            self._fence(trust_site_id),
+        )
+
+    async def apply_with_state(
+        self, trust_site_id: str, changes: Sequence[Change], state_after: StateAfter
+    ) -> Sequence[ChangeResult]:
+        """Apply ``changes`` and save ``state_after(results)`` in one transaction (a :class:`~calm_azure_sync.StateWithChanges`)."""
+        return await self._run(
+            f"apply changes to trust {trust_site_id!r}", _apply_batch, trust_site_id, changes,
+            self._fence(trust_site_id), (state_after, self._state_label(trust_site_id)),
+        )
+
+    async def check_run_lock(self, trust_site_id: str) -> None:
+        """Raise :class:`~calm_azure_sync.RunLockLostError` if another import took this object's lock over.
+
+        One primary-key read (a :class:`~calm_azure_sync.FencedStore`); at once outside a ``run_lock`` block.
+        """
+        holder = self._held.get(trust_site_id)
+        if holder is not None:
+            await self._run(f"check the run lock of trust {trust_site_id!r}", _check_holder, trust_site_id, holder)
 
     async def data_version(self) -> int:
         """A number every write of users, grants and groups through this store changes, in any process.
@@ -689,7 +747,7 @@ class SqliteUserStore:
         It makes the store a :class:`~calm_azure_sync.VersionedStore`; writes
         to the sync state and the delta cache leave it as it is.
         """
-        return await self._db.run(_data_version, os.fspath(self.path))
+        return await self._run("read the data version", _data_version, os.fspath(self.path))
 
     async def load_state(self, trust_site_id: str) -> SyncState:
         """The trust's saved :class:`~calm_azure_sync.SyncState` (``SyncState()`` when none was saved).
@@ -697,29 +755,41 @@ class SqliteUserStore:
         Raises :class:`~calm_azure_sync.ConfigError` when the stored row cannot
         be read (corrupt, or written by a newer calm-azure-sync): never a reset.
         """
-        return await self._db.run(_load_sync_state, trust_site_id, self._state_label(trust_site_id))
+        return await self._run(
+            f"load the sync state of trust {trust_site_id!r}", _load_sync_state, trust_site_id,
+            self._state_label(trust_site_id),
+        )
 
     async def save_state(self, trust_site_id: str, state: SyncState) -> None:
         """Replace the trust's state in one transaction (row ``sync_state``); ConfigError if it cannot be stored."""
-        await self._db.run(_save_sync_state, trust_site_id, state, self._state_label(trust_site_id))
+        await self._run(
+            f"save the sync state of trust {trust_site_id!r}", _save_sync_state, trust_site_id, state,
+            self._state_label(trust_site_id), self._fence(trust_site_id),
+        )
 
     async def load_delta(self, trust_site_id: str) -> DeltaCache | None:
         """The trust's delta cache, or ``None`` (none saved; rows unreadable or of another version: logged)."""
         where = f"the delta cache of trust {trust_site_id!r} in {os.fspath(self.path)}"
-        return await self._db.run(_sqlite_delta.load_delta, trust_site_id, where)
+        return await self._run(f"load {where}", _sqlite_delta.load_delta, trust_site_id, where)
 
     async def load_delta_head(self, trust_site_id: str) -> DeltaHead | None:
         """The trust's delta cache head (meta row and tracked group ids): what a round needs to start."""
         where = f"the delta cache of trust {trust_site_id!r} in {os.fspath(self.path)}"
-        return await self._db.run(_sqlite_delta.load_delta_head, trust_site_id, where)
+        return await self._run(f"load {where}", _sqlite_delta.load_delta_head, trust_site_id, where)
 
     async def save_delta(self, trust_site_id: str, write: DeltaCacheWrite) -> None:
         """Apply ``write`` to the trust's delta cache rows in one transaction."""
-        await self._db.run(_sqlite_delta.save_delta, trust_site_id, write)
+        await self._run(
+            f"save the delta cache of trust {trust_site_id!r}", _sqlite_delta.save_delta, trust_site_id, write,
+            self._fence(trust_site_id),
+        )
 
     async def clear_delta(self, trust_site_id: str) -> None:
         """Drop the trust's delta cache rows."""
-        await self._db.run(_sqlite_delta.clear_delta, trust_site_id)
+        await self._run(
+            f"clear the delta cache of trust {trust_site_id!r}", _sqlite_delta.clear_delta, trust_site_id,
+            self._fence(trust_site_id),
+        )
 
     def _state_label(self, trust_site_id: str) -> str:
         return f"the sync state of trust {trust_site_id!r} in {os.fspath(self.path)}"
@@ -734,14 +804,19 @@ class SqliteUserStore:
         :class:`~calm_azure_sync.ImportAlreadyRunningError` at once, unless
         the row's lease has ended or its pid is gone on this same host: then
         the lock is taken over (a crashed import never blocks the next one
-        for longer than the lease). Released on exit.
+        for longer than the lease). Released on exit. While held, this
+        object's writes of the trust check the row inside their transaction:
+        once another import took the lease over they raise
+        :class:`~calm_azure_sync.RunLockLostError` and write nothing.
         """
         holder = uuid.uuid4().hex
-        await self._db.run(_acquire_lock, trust_site_id, holder, self.lock_lease)
+        await self._run(f"take the run lock of trust {trust_site_id!r}", _acquire_lock, trust_site_id, holder, self.lock_lease)
+        self._held[trust_site_id] = holder
         renewing = asyncio.create_task(self._keep_renewing(trust_site_id, holder))
         try:
             yield
         finally:
+            self._held.pop(trust_site_id, None)
             renewing.cancel()
             # Releasing must never mask how the import ended: if it fails, the
             # lease lets the next import take the lock over.
@@ -778,37 +853,37 @@ class SqliteUserStore:
         Raises ``ValueError`` when another user has the email (in any case) or
         the id is taken.
         """
-        return await self._db.run(_add_user, email, display_name, user_id)
+        return await self._run("add a user", _add_user, email, display_name, user_id)
 
     async def grant(self, user_id: str, site_id: str, module: str, role: Role | str) -> None:
         """Give ``user_id`` a manual grant; ``role`` may be a string (``"manager"``).
 
         Raises ``KeyError`` for an unknown user and ``ConfigError`` for an unknown role.
         """
-        await self._db.run(_grant, user_id, site_id, module, role)
+        await self._run("grant access", _grant, user_id, site_id, module, role)
 
     async def grants(self, user_id: str) -> set[Grant]:
         """Every grant of ``user_id``, manual and azure. Raises ``KeyError`` for an unknown user."""
-        return await self._db.run(_grants, user_id)
+        return await self._run("read grants", _grants, user_id)
 
     async def set_active(self, user_id: str, active: bool) -> None:
         """A person (not the sync) activates or deactivates ``user_id``; the sync never undoes it.
 
         Raises ``KeyError`` for an unknown user.
         """
-        await self._db.run(_set_active, user_id, active)
+        await self._run("change a user's activation", _set_active, user_id, active)
 
     async def user(self, user_id: str) -> StoredUser:
         """The user with ``user_id``. Raises ``KeyError`` when there is none."""
-        return await self._db.run(_user, user_id)
+        return await self._run("read a user", _user, user_id)
 
     async def users(self) -> list[StoredUser]:
         """Every user, in the order they were added."""
-        return await self._db.run(_users)
+        return await self._run("read users", _users)
 
     async def groups(self, trust_site_id: str) -> list[SyncedGroup]:
         """The synced groups of ``trust_site_id`` (retired ones too), by display name."""
-        return await self._db.run(_groups, trust_site_id)
+        return await self._run("read synced groups", _groups, trust_site_id)
 
     async def group_members(self, group_external_id: str, trust_site_id: str | None = None) -> frozenset[str]:
         """External ids of the synced group's members.
@@ -818,4 +893,4 @@ class SqliteUserStore:
         give ``trust_site_id`` for one trust's view; ``None`` joins every
         trust mirroring the group. Raises ``KeyError`` when none does.
         """
-        return await self._db.run(_group_members, group_external_id, trust_site_id)
+        return await self._run("read group members", _group_members, group_external_id, trust_site_id)
