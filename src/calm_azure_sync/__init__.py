@@ -29,9 +29,9 @@ from .errors import (
     HoldMismatchError,
     ImportAlreadyRunningError,
     NotAuthorizedError,
-    TenantMismatchError,
     RunLockLostError,
     StoreError,
+    TenantMismatchError,
 )
 from .exclusion import ExclusionPolicy, ExclusionSuggestion
 from .hierarchy import Actor, TrustHierarchy, authorize

@@ -33,9 +33,9 @@ from .errors import (
     HoldMismatchError,
     ImportAlreadyRunningError,
     NotAuthorizedError,
-    TenantMismatchError,
     RunLockLostError,
     StoreError,
+    TenantMismatchError,
 )
 from .exclusion import ExclusionPolicy
 from .guards import next_sync_state
