@@ -63,6 +63,7 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool
 
 from .._gc import collector_paused
+from .._query_args import checked_id, checked_optional_id
 from ..errors import ImportAlreadyRunningError
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 from ..model import Role
@@ -207,6 +208,7 @@ class PostgresUserStore(OnDatabase):
 
     async def load(self, trust_site_id: str) -> StoreState:
         """Every user, the synced grants of ``trust_site_id``, and who holds other access."""
+        checked_id("trust_site_id", trust_site_id)
         async with self._db.connection() as connection, connection.transaction():
             # One snapshot for users and grants, as SQLite's read transaction gives.
             await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -627,6 +629,7 @@ class PostgresUserStore(OnDatabase):
 
     async def grants(self, user_id: str) -> set[Grant]:
         """Every grant of ``user_id``, manual and azure. Raises ``KeyError`` for an unknown user."""
+        checked_id("user_id", user_id)
         async with self._db.connection() as connection, connection.transaction():
             await self._user(connection, user_id)
             cursor = await connection.execute(
@@ -655,6 +658,7 @@ class PostgresUserStore(OnDatabase):
 
     async def user(self, user_id: str) -> StoredUser:
         """The user with ``user_id``. Raises ``KeyError`` when there is none."""
+        checked_id("user_id", user_id)
         async with self._db.connection() as connection:
             return await self._user(connection, user_id)
 
@@ -669,6 +673,7 @@ class PostgresUserStore(OnDatabase):
 
     async def groups(self, trust_site_id: str) -> list[SyncedGroup]:
         """The synced groups of ``trust_site_id`` (retired ones too), by display name."""
+        checked_id("trust_site_id", trust_site_id)
         async with self._db.connection() as connection:
             cursor = await connection.execute(
                 self._q(
@@ -684,6 +689,8 @@ class PostgresUserStore(OnDatabase):
 
         Raises ``KeyError`` when no trust (or not that trust) mirrors the group.
         """
+        checked_id("group_external_id", group_external_id)
+        checked_optional_id("trust_site_id", trust_site_id)
         async with self._db.connection() as connection, connection.transaction():
             cursor = await connection.execute(
                 self._q("SELECT trust_site_id FROM {schema}.synced_groups WHERE external_id = %s"),

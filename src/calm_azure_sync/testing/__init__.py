@@ -2,6 +2,8 @@
 
 - :class:`FakeGraphServer` (``testing.fake_graph``): a Graph-shaped server on
   127.0.0.1 with fault injection and a request log;
+- :class:`FakeCredential` (``testing.credential``): an async token credential
+  handing out a fixed token, for ``GraphDirectory.from_credential`` against it;
 - :func:`check_directory` (``testing.directory_conformance``): does a
   ``Directory`` answer the way Entra ID does;
 - :class:`UserStoreConformance` (``testing.store_conformance``, needs pytest
@@ -21,6 +23,7 @@ from .._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from .audit_conformance import AuditSinkConformance
+    from .credential import FakeCredential
     from .directory_conformance import check_directory, conformance_fixture
     from .fake_graph import FakeGraphServer, Fault
     from .store_conformance import UserStoreConformance
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "AuditSinkConformance": ".audit_conformance",
     "check_directory": ".directory_conformance",
+    "FakeCredential": ".credential",
     "conformance_fixture": ".directory_conformance",
     "FakeGraphServer": ".fake_graph",
     "Fault": ".fake_graph",
@@ -39,6 +43,7 @@ _LAZY = {
 
 __all__ = [
     "AuditSinkConformance",
+    "FakeCredential",
     "FakeGraphServer",
     "Fault",
     "SyntheticTenant",
