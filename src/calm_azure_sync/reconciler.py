@@ -11,6 +11,7 @@ changes in :mod:`~calm_azure_sync.planner`, what is held in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import uuid
@@ -25,10 +26,12 @@ from .audit.protocol import AuditSink
 from .autodetect import Suggestions
 from .check import ConfigProblem, config_problems
 from .config import SyncConfig
+from .directory._deadline import answer_within
 from .directory.protocol import Directory
 from .errors import (
     ChildSiteConfigurationError,
     ConfigError,
+    DirectoryError,
     HoldMismatchError,
     ImportAlreadyRunningError,
     NotAuthorizedError,
@@ -75,6 +78,11 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: int) -> 
         raise ConfigError(f"{attribute.name}: must be at least 1, got {value!r}")
 
 
+def _positive_duration(instance: object, attribute: attrs.Attribute[Any], value: dt.timedelta | None) -> None:
+    if value is not None and (not isinstance(value, dt.timedelta) or value <= dt.timedelta(0)):
+        raise ConfigError(f"{attribute.name}: must be a positive datetime.timedelta or None, got {value!r}")
+
+
 def _refusal_reason(error: BaseException) -> RefusalReason:
     if isinstance(error, ChildSiteConfigurationError):
         return "child_site"
@@ -101,6 +109,16 @@ class Reconciler:
     ``batch_size`` is how many changes (rounded up to whole users) go to the
     store in one ``apply`` call; ``max_concurrent_reads`` bounds the mapped
     groups read at once (Graph throttles per app and tenant).
+
+    ``interactive_timeout`` (default 5 s; ``None``: none) is how long the
+    calls behind a screen — :meth:`discover`, :meth:`check`,
+    :meth:`suggest_exclusions` — wait for the directory to answer one request,
+    retries included, before they fail with
+    ``DirectoryError(code="timeout")``; once one request timed out, the rest
+    of that call fails at once. A big read from a directory that answers is
+    not cut short. :meth:`run` and :meth:`plan` keep the directory's patient
+    retries. :class:`~calm_azure_sync.GraphDirectory` applies it; an
+    in-memory directory has nothing to wait for.
 
     Every method that reads or changes a trust takes ``actor`` as a required
     keyword: an :class:`~calm_azure_sync.Actor` who is Admin of the Trust, or
@@ -133,6 +151,10 @@ class Reconciler:
     clock: Callable[[], dt.datetime] = attrs.field(default=utc_now, kw_only=True, repr=False)
     # Entra's own provisioning reads in full about once a day and incrementally between.
     full_resync_interval: dt.timedelta = attrs.field(default=dt.timedelta(hours=24), kw_only=True)
+    # A screen's click gives up on Graph after this (each request, retries included); run() never does.
+    interactive_timeout: dt.timedelta | None = attrs.field(
+        default=dt.timedelta(seconds=5), kw_only=True, validator=_positive_duration
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.state is None:
@@ -142,6 +164,11 @@ class Reconciler:
                     "pass state= a SyncStateStore, so a pending hold survives a restart"
                 )
             self.state = self.store
+
+    def _interactive(self) -> contextlib.AbstractContextManager[None]:
+        """Around the directory reads of a screen's call: each request answered within ``interactive_timeout``."""
+        timeout = self.interactive_timeout
+        return answer_within(None if timeout is None else timeout.total_seconds())
 
     @property
     def _mirrors_groups(self) -> bool:
@@ -161,7 +188,8 @@ class Reconciler:
         directory's side (Graph ``$search``), for tenants with many groups.
         """
         trust = self._authorize(site_id, actor)
-        listed = await (self.directory.list_groups(search=search) if search else self.directory.list_groups())  # type: ignore[call-arg]
+        with self._interactive():
+            listed = await (self.directory.list_groups(search=search) if search else self.directory.list_groups())  # type: ignore[call-arg]
         groups = sorted(listed, key=lambda g: ((g.display_name or "").lower(), g.id))
         await self._record_safely([self._journal(trust.id, actor).discovered(len(groups))])
         return groups
@@ -174,7 +202,14 @@ class Reconciler:
         over their members, keeping only users the sync would import now.
         """
         self._admit(config, actor)
-        snapshot = await self._read(config)
+        with self._interactive():
+            snapshot = await self._read(config)
+        failed = {group: why for group, why in snapshot.unreadable.items() if group not in snapshot.stale}
+        if failed:  # suggestions from part of the trust would look complete: say the read failed instead
+            group, why = min(failed.items())
+            raise DirectoryError(
+                f"reading {len(failed)} mapped group(s) failed, first {group!r}: {why}", code="unreadable_groups"
+            )
         seen: dict[str, DirectoryUser] = {}
         for members in snapshot.members.values():
             for user in members:
@@ -206,15 +241,16 @@ class Reconciler:
             self._check_tenant(config)
         except ConfigError as error:
             invalid = list(error.problems)
-        groups = list(await self.directory.list_groups())
-        existing = {group.id for group in groups}
-        count = getattr(self.directory, "group_member_count", None)
-        member_counts: dict[str, int] = {}
-        for group_id in sorted(config.mappings.group_ids & existing):
-            if count is not None:
-                member_counts[group_id] = await count(group_id)
-            else:
-                member_counts[group_id] = len(await self.directory.group_members(group_id))
+        with self._interactive():
+            groups = list(await self.directory.list_groups())
+            existing = {group.id for group in groups}
+            count = getattr(self.directory, "group_member_count", None)
+            member_counts: dict[str, int] = {}
+            for group_id in sorted(config.mappings.group_ids & existing):
+                if count is not None:
+                    member_counts[group_id] = await count(group_id)
+                else:
+                    member_counts[group_id] = len(await self.directory.group_members(group_id))
         # Seen before = read completely by an earlier run (its baseline). Not the store's mirrored
         # groups: a run mirrors every mapped group, a mistyped id that was never read included.
         seen = (await self._state_store.load_state(trust.id)).baselines

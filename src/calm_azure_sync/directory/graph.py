@@ -43,6 +43,7 @@ from .._gc import collector_paused
 from ..errors import ConfigError, DirectoryAccessError, DirectoryError, GroupNotFoundError
 from ..model import DirectoryGroup, DirectoryUser
 from . import _graph_delta, _graph_lookup
+from ._deadline import request_deadline
 from ._graph_common import (
     GROUP_READ_PERMISSIONS,
     graph_error,
@@ -543,8 +544,11 @@ class GraphDirectory(AsyncClosing):
     async def _send(self, request: RequestInformation, *, operation: str) -> httpx.Response:
         """Send through the SDK pipeline; every failure to get an answer is a DirectoryError."""
         try:
-            async with self._slot():
+            # The interactive deadline (if any) runs from when the request has its slot.
+            async with self._slot(), request_deadline(operation):
                 response: httpx.Response = await self._adapter.send_primitive_async(request, "bytes", {})
+        except DirectoryError:  # the interactive deadline's timeout: already ours
+            raise
         except _TokenFailure as failure:
             raise self._token_error(operation, failure.error) from failure.error
         except AzureError as error:  # a credential inside a client the host built
