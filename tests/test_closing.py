@@ -122,10 +122,10 @@ async def test_graph_directory_aclose_closes_its_http_client() -> None:
 
 
 @pytest.fixture
-async def postgres_pair(postgres_url: str, postgres_schema: str) -> AsyncIterator[tuple[Any, Any]]:
+def postgres_pair(postgres_url: str, postgres_schema: str) -> tuple[Any, Any]:
     from calm_azure_sync.postgres import PostgresAuditSink, PostgresUserStore
 
-    yield PostgresUserStore(postgres_url, schema=postgres_schema), PostgresAuditSink(postgres_url, schema=postgres_schema)
+    return PostgresUserStore(postgres_url, schema=postgres_schema), PostgresAuditSink(postgres_url, schema=postgres_schema)
 
 
 async def test_postgres_store_and_sink_close_alike(postgres_pair: tuple[Any, Any]) -> None:
