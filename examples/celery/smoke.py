@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,7 @@ def smoke(postgres: str, redis: str, budget: float) -> None:
     sample = load_sample()
     schema = f"calm_smoke_{uuid.uuid4().hex[:8]}"
     queue = f"calm-smoke-{uuid.uuid4().hex[:8]}"
-    broker = redis.rpartition("/")[0]
+    results = urllib.parse.urlsplit(redis)._replace(path="/1").geturl()  # db 1 for results, beside the broker's
     with tempfile.TemporaryDirectory(prefix="calm-celery-smoke-") as folder, FakeGraphServer(
         sample.graph_fixture
     ) as graph:
@@ -149,7 +150,7 @@ def smoke(postgres: str, redis: str, budget: float) -> None:
         trusts.write_text(json.dumps({"trusts": {trust: {"sites": sites, "config": sample.config.to_dict()}}}))
         settings = {
             "CALM_BROKER_URL": redis,
-            "CALM_RESULT_BACKEND": f"{broker}/1",
+            "CALM_RESULT_BACKEND": results,
             "CALM_QUEUE": queue,
             "CALM_POSTGRES": postgres,
             "CALM_SCHEMA": schema,

@@ -11,7 +11,6 @@ changes in :mod:`~calm_azure_sync.planner`, what is held in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import uuid
@@ -26,7 +25,7 @@ from .audit.protocol import AuditSink
 from .autodetect import Suggestions
 from .check import ConfigProblem, config_problems
 from .config import SyncConfig
-from .directory._deadline import answer_within
+from .directory._deadline import interactive_call
 from .directory.protocol import Directory
 from .errors import (
     ChildSiteConfigurationError,
@@ -165,11 +164,6 @@ class Reconciler:
                 )
             self.state = self.store
 
-    def _interactive(self) -> contextlib.AbstractContextManager[None]:
-        """Around the directory reads of a screen's call: each request answered within ``interactive_timeout``."""
-        timeout = self.interactive_timeout
-        return answer_within(None if timeout is None else timeout.total_seconds())
-
     @property
     def _mirrors_groups(self) -> bool:
         return getattr(self.store, "mirrors_groups", False) is True
@@ -181,6 +175,7 @@ class Reconciler:
 
     # ------------------------------------------------------------------ screens
 
+    @interactive_call
     async def discover(self, site_id: str, *, actor: Actor, search: str | None = None) -> list[DirectoryGroup]:
         """List the directory's groups for the Group Mapping screen, and log the discovery.
 
@@ -188,12 +183,12 @@ class Reconciler:
         directory's side (Graph ``$search``), for tenants with many groups.
         """
         trust = self._authorize(site_id, actor)
-        with self._interactive():
-            listed = await (self.directory.list_groups(search=search) if search else self.directory.list_groups())  # type: ignore[call-arg]
+        listed = await (self.directory.list_groups(search=search) if search else self.directory.list_groups())  # type: ignore[call-arg]
         groups = sorted(listed, key=lambda g: ((g.display_name or "").lower(), g.id))
         await self._record_safely([self._journal(trust.id, actor).discovered(len(groups))])
         return groups
 
+    @interactive_call
     async def suggest_exclusions(self, config: SyncConfig, *, actor: Actor) -> Suggestions:
         """Auto-detect for the Exclusions tab: system accounts the next import would bring in.
 
@@ -202,8 +197,7 @@ class Reconciler:
         over their members, keeping only users the sync would import now.
         """
         self._admit(config, actor)
-        with self._interactive():
-            snapshot = await self._read(config)
+        snapshot = await self._read(config)
         failed = {group: why for group, why in snapshot.unreadable.items() if group not in snapshot.stale}
         if failed:  # suggestions from part of the trust would look complete: say the read failed instead
             group, why = min(failed.items())
@@ -221,6 +215,7 @@ class Reconciler:
             if skip_reason(seen[suggestion.user_id], config) is None
         )
 
+    @interactive_call
     async def check(self, config: SyncConfig, *, actor: Actor) -> list[ConfigProblem]:
         """The configuration checked against the live directory, for the Group Mapping screen.
 
@@ -241,16 +236,15 @@ class Reconciler:
             self._check_tenant(config)
         except ConfigError as error:
             invalid = list(error.problems)
-        with self._interactive():
-            groups = list(await self.directory.list_groups())
-            existing = {group.id for group in groups}
-            count = getattr(self.directory, "group_member_count", None)
-            member_counts: dict[str, int] = {}
-            for group_id in sorted(config.mappings.group_ids & existing):
-                if count is not None:
-                    member_counts[group_id] = await count(group_id)
-                else:
-                    member_counts[group_id] = len(await self.directory.group_members(group_id))
+        groups = list(await self.directory.list_groups())
+        existing = {group.id for group in groups}
+        count = getattr(self.directory, "group_member_count", None)
+        member_counts: dict[str, int] = {}
+        for group_id in sorted(config.mappings.group_ids & existing):
+            if count is not None:
+                member_counts[group_id] = await count(group_id)
+            else:
+                member_counts[group_id] = len(await self.directory.group_members(group_id))
         # Seen before = read completely by an earlier run (its baseline). Not the store's mirrored
         # groups: a run mirrors every mapped group, a mistyped id that was never read included.
         seen = (await self._state_store.load_state(trust.id)).baselines

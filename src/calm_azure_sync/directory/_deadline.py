@@ -13,7 +13,13 @@ takes as long as it takes: the deadline is per request, not per call.
 
 It is carried by a context variable, so it reaches every task the call
 starts and no other call; :meth:`GraphDirectory._send` applies it through
-:func:`request_deadline`. Outside an interactive call nothing changes.
+:func:`request_deadline`. Outside an interactive call nothing changes. A
+method becomes an interactive call with the :func:`interactive_call`
+decorator, which reads its object's ``interactive_timeout`` (the
+reconciler's one setting)::
+
+    @interactive_call
+    async def explain(self, config, who, *, actor): ...
 """
 
 from __future__ import annotations
@@ -21,11 +27,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from collections.abc import AsyncIterator, Iterator
+import datetime as dt
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from ..errors import DirectoryError
 
-__all__ = ["answer_within", "current_deadline", "request_deadline"]
+__all__ = ["answer_within", "current_deadline", "interactive_call", "request_deadline"]
 
 
 class _Deadline:
@@ -85,3 +94,30 @@ async def request_deadline(operation: str) -> AsyncIterator[None]:
             raise  # a TimeoutError of the request itself, not ours
         deadline.timed_out = operation
         raise _timeout_error(operation, deadline) from error
+
+
+class _Interactive(Protocol):
+    """An object with the deadline setting: the reconciler."""
+
+    @property
+    def interactive_timeout(self) -> dt.timedelta | None: ...
+
+
+_Self = TypeVar("_Self", bound=_Interactive)
+_Params = ParamSpec("_Params")
+_Result = TypeVar("_Result")
+
+
+def interactive_call(
+    method: Callable[Concatenate[_Self, _Params], Awaitable[_Result]],
+) -> Callable[Concatenate[_Self, _Params], Coroutine[Any, Any, _Result]]:
+    """Make ``method`` an interactive call: its directory requests answer within ``self.interactive_timeout``."""
+
+    @functools.wraps(method)
+    async def bounded(owner: _Self, /, *args: _Params.args, **kwargs: _Params.kwargs) -> _Result:
+        timeout = owner.interactive_timeout
+        with answer_within(None if timeout is None else timeout.total_seconds()):
+            return await method(owner, *args, **kwargs)
+
+    return bounded
+
