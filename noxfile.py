@@ -10,8 +10,6 @@ nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = ["3.11", "3.12", "3.13"]
 
-# The Celery example's own dependencies (examples/celery/): tested, never a library dependency.
-CELERY_EXAMPLE = ["celery>=5.3", "redis>=5"]
 
 
 @nox.session
@@ -28,14 +26,14 @@ def tests(session: nox.Session) -> None:
     The Postgres and Celery tests need the servers of ``.ci/services.sh start``
     (``CALM_TEST_POSTGRES``, ``CALM_TEST_REDIS``); without them they skip.
     """
-    session.install("-e", ".[test,postgres]", *CELERY_EXAMPLE)
+    session.install("-e", ".[test,postgres,celery]")
     session.run("pytest", *session.posargs)
 
 
 @nox.session
 def soak(session: nox.Session) -> None:
     """Run the long variants: many SIGKILLs, big hypothesis budgets (Postgres and Celery ones too)."""
-    session.install("-e", ".[test,postgres]", *CELERY_EXAMPLE)
+    session.install("-e", ".[test,postgres,celery]")
     session.run("pytest", "-m", "slow", "--run-slow", *session.posargs, env={"CALM_SOAK": "1"})
 
 
@@ -43,7 +41,7 @@ def soak(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Check style and common mistakes with ruff."""
     session.install("ruff")
-    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "tools", "examples/celery", "noxfile.py")
 
 
 @nox.session
@@ -56,7 +54,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run the benchmarks (--smoke for a quick check, --only NAME for one)."""
-    session.install("-e", ".[test,postgres]", "httpx", *CELERY_EXAMPLE)
+    session.install("-e", ".[test,postgres,celery]", "httpx")
     session.run("python", "-m", "benchmarks", *session.posargs)
 
 

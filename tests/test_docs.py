@@ -13,7 +13,11 @@ How the examples are run (the conventions a docs writer follows):
   inside the comment, are a stand-in the test runs instead, so that the
   page's later blocks still have the names the skipped block would define.
 - ``<!-- test-setup: ... -->`` on the line before a block runs the code in the
-  comment first (the names a fragment takes from its context).
+  comment first. It may prepare the world (a file, a server), never define
+  a name a block uses: every block must be whole **as rendered**, its names
+  defined by itself or by an earlier block of the page
+  (``test_every_block_is_whole_as_rendered``). A ``not-tested`` block's
+  stand-in may define the names the block itself defines visibly.
 - ``pycon``, ``text``, ``sql`` and other blocks are prose; a block tagged
   ``py``, ``python3`` or ``Python`` is an error, so no example escapes.
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import builtins
 import inspect
 import json
 import logging
@@ -151,7 +156,7 @@ def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def _page_id(path: Path) -> str:
-    return str(path.relative_to(ROOT))
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
 
 
 # --------------------------------------------------------------------- Markdown
@@ -195,6 +200,62 @@ def _close_leftovers(namespace: dict[str, Any]) -> None:
         ours = type(value).__module__.startswith("calm_azure_sync.")
         if ours and callable(close) and not inspect.iscoroutinefunction(close):
             close()
+
+
+_SOURCE_FLAGS = ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+
+
+def names_defined(tree: ast.AST) -> set[str]:
+    """Every name a block binds: assignments, imports, functions, classes, parameters, ``as`` targets."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
+            names.add(node.id)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update(alias.asname or alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names.add(node.name)
+    return names
+
+
+def names_used(tree: ast.AST) -> set[str]:
+    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+
+
+def undefined_names(page: Path) -> list[str]:
+    """``page:line: names`` for each block using a name no visible block of the page defines before it."""
+    known = set(dir(builtins)) | {"__name__"}
+    problems = []
+    for block in python_blocks(page):
+        tree = compile(block.code, str(page), "exec", flags=_SOURCE_FLAGS, dont_inherit=True)
+        defined = names_defined(tree)
+        missing = names_used(tree) - defined - known
+        if missing:
+            problems.append(f"{_page_id(page)}:{block.line}: {', '.join(sorted(missing))}")
+        known |= defined
+    return problems
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)], ids=_page_id)
+def test_every_block_is_whole_as_rendered(page: Path) -> None:
+    """A reader copying the page's blocks in order never meets a name only a hidden comment defines."""
+    assert not undefined_names(page), "define these names in a visible block: " + "; ".join(undefined_names(page))
+
+
+def test_the_wholeness_check_finds_a_name_from_hidden_set_up(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "<!-- test-setup:\nfixture = {}\n-->\n```python\nimport json\nprint(json.dumps(fixture))\n```\n"
+        "```python\nasync def f(x):\n    return [y for y in x]\nawait f(fixture)\n```\n",
+        "utf-8",
+    )
+    assert undefined_names(page) == [f"{_page_id(page)}:5: fixture", f"{_page_id(page)}:9: fixture"]
+    page.write_text("```python\nfixture = {}\n```\n```python\nprint(fixture)\n```\n", "utf-8")
+    assert undefined_names(page) == []
 
 
 def test_every_example_is_found() -> None:

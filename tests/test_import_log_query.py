@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from calm_azure_sync import AuditEvent, AuditKind, SqliteAuditSink
+from calm_azure_sync import AuditEvent, AuditKind, ConfigError, SqliteAuditSink
 
 T0 = dt.datetime(2026, 9, 1, 8, 0, tzinfo=dt.UTC)
 TRUST = "trust-oak"
@@ -74,12 +74,62 @@ async def test_query_filters_by_trust_run_and_kinds_and_refuses_what_it_cannot_r
     assert await sink.query(TRUST, kinds=[]) == []
     assert [e.at.minute for e in await sink.query(TRUST, kinds="error")] == [2]
     assert [e.trust_site_id for e in await sink.query("trust-elm")] == ["trust-elm"]
-    with pytest.raises(ValueError, match="no_such_kind"):
+    with pytest.raises(ConfigError, match="no_such_kind"):
         await sink.query(TRUST, kinds=["no_such_kind"])
-    with pytest.raises(ValueError, match="limit"):
+    with pytest.raises(ConfigError, match="limit"):
         await sink.query(TRUST, limit=0)
-    with pytest.raises(ValueError, match="timezone-aware"):
+    with pytest.raises(ConfigError, match="timezone-aware"):
         await sink.query(TRUST, before=dt.datetime(2025, 1, 1))  # naive: the point of the test
+
+
+BAD_QUERIES = [
+    # (arguments, the argument the error must name, text it must hold)
+    ({"kinds": ["nope"]}, "kinds", "hold_confirmed"),  # names the allowed values, the v0.4 kinds too
+    ({"kinds": ["user_created", 7]}, "kinds", "7"),
+    ({"kinds": 7}, "kinds", "list of Import Log kinds"),
+    ({"limit": 0}, "limit", "at least 1"),
+    ({"limit": -5}, "limit", "at least 1"),
+    ({"limit": True}, "limit", "True"),
+    ({"limit": "50"}, "limit", "'50'"),
+    ({"limit": 2.5}, "limit", "2.5"),
+    ({"before": dt.datetime(2025, 1, 1)}, "before", "timezone-aware"),
+    ({"before": "2025-01-01"}, "before", "ImportLogCursor"),
+    ({"before": 1700000000}, "before", "ImportLogCursor"),
+    ({"run_id": 12}, "run_id", "string"),
+    ({"trust_site_id": None}, "trust_site_id", "string"),
+    ({"trust_site_id": ["trust-oak"]}, "trust_site_id", "string"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "name", "text"), BAD_QUERIES, ids=lambda v: repr(v)[:40])
+async def test_every_bad_query_argument_is_a_config_error_naming_it(
+    sink: Any, arguments: dict[str, Any], name: str, text: str
+) -> None:
+    await sink.record([_event(1)])
+    call = {"trust_site_id": TRUST, **arguments}
+    with pytest.raises(ConfigError) as raised:
+        await sink.query(**call)
+    message = str(raised.value)
+    assert message.startswith(f"{name}:") and text in message, message
+
+
+async def test_an_unknown_kind_lists_every_allowed_kind(sink: Any) -> None:
+    with pytest.raises(ConfigError) as raised:
+        await sink.query(TRUST, kinds=["hold_confirmd"])
+    message = str(raised.value)
+    assert "'hold_confirmd' is not an Import Log kind" in message
+    assert all(kind.value in message for kind in AuditKind)
+    # The v0.4 kinds are kinds: no error.
+    assert await sink.query(TRUST, kinds=["removals_deferred", "import_abandoned", "hold_confirmed"]) == []
+
+
+async def test_a_cursor_from_a_page_is_checked_too(sink: Any) -> None:
+    from calm_azure_sync.audit.sqlite import ImportLogCursor
+
+    with pytest.raises(ConfigError, match=r"^before\.at: must be a timezone-aware"):
+        await sink.query(TRUST, before=ImportLogCursor(at=dt.datetime(2025, 1, 1), seq=3))
+    with pytest.raises(ConfigError, match=r"^before\.seq: must be an integer"):
+        await sink.query(TRUST, before=ImportLogCursor(at=T0, seq="3"))  # type: ignore[arg-type]
 
 
 async def test_pages_with_a_before_datetime_in_any_zone(sink: Any) -> None:

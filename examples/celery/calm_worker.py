@@ -1,12 +1,12 @@
 """A Celery worker that imports CalmCompliance trusts from Entra ID: one task per trust import.
 
-Run it (from this folder, with ``calm-azure-sync[postgres]``, ``celery`` and
-``redis`` installed)::
+Run it (from this folder, after ``pip install -e '.[celery,postgres]'`` in a
+checkout, or ``pip install 'calm-azure-sync[celery,postgres]'``)::
 
     export CALM_BROKER_URL=redis://127.0.0.1:6379/0
     export CALM_POSTGRES=postgresql://calm@db.internal/calm
     export CALM_TRUSTS_FILE=/etc/calm/trusts.json
-    celery -A calm_worker worker --concurrency 2
+    celery -A calm_worker worker --concurrency 2 --loglevel INFO
 
 and enqueue imports from anywhere (a scheduler, the "Start Import" button)::
 
@@ -40,12 +40,12 @@ import json
 import logging
 import os
 import random
-import time
 from functools import cache
 from typing import Any
 
 import psycopg
 from celery import Celery
+from celery.signals import after_setup_logger
 from psycopg.conninfo import make_conninfo
 
 from calm_azure_sync import (
@@ -78,8 +78,10 @@ OUTAGE_RETRIES = int(os.environ.get("CALM_OUTAGE_RETRIES", "8"))
 BATCH_SIZE = int(os.environ.get("CALM_BATCH_SIZE", "5000"))
 # "auto" (incremental when the trust's delta links are fresh), "full" or "incremental".
 SYNC_MODE = os.environ.get("CALM_SYNC_MODE", "auto")
+# Where task results go (e.g. redis://127.0.0.1:6379/1); unset: results are not kept.
+RESULT_BACKEND = os.environ.get("CALM_RESULT_BACKEND") or None
 
-app = Celery("calm_worker", broker=BROKER_URL)
+app = Celery("calm_worker", broker=BROKER_URL, backend=RESULT_BACKEND)
 app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,  # a worker process that dies: requeue at once
@@ -87,15 +89,39 @@ app.conf.update(
     task_default_queue=QUEUE,
     task_serializer="json",
     accept_content=["json"],
-    task_ignore_result=True,
+    task_ignore_result=RESULT_BACKEND is None,
+    result_expires=3600,
     broker_transport_options={
         "visibility_timeout": VISIBILITY_TIMEOUT,
         "unacked_restore_interval": RESTORE_INTERVAL,
         "unacked_restore_throttle": 1,
     },
     broker_connection_retry_on_startup=True,
-    worker_hijack_root_logger=False,
 )
+
+
+# -- logging -----------------------------------------------------------------------------
+#
+# `--loglevel INFO` shows one line per import (trust, mode, counts, duration,
+# from the task below) and the library's own INFO lines (Graph retries: method
+# and path only). httpx logs every request at INFO with its full URL, and a
+# Graph delta or next link carries a $deltatoken / $skiptoken that reads the
+# tenant's changes: those lines stay out of the worker's log.
+QUIET_LOGGERS = ("httpx", "httpcore")
+
+
+def quiet_http_logging() -> None:
+    """Keep httpx's and httpcore's request lines (full URLs, tokens in them) out of the log."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@after_setup_logger.connect
+def _after_setup_logger(logger: logging.Logger, *args: Any, **kwargs: Any) -> None:
+    quiet_http_logging()
+
+
+quiet_http_logging()
 
 
 # -- HOST: where a trust's configuration comes from --------------------------------
@@ -114,23 +140,13 @@ def load_trust(trust_site_id: str) -> tuple[SyncConfig, TrustHierarchy]:
     return SyncConfig.from_dict(entry["config"]), TrustHierarchy(sites)
 
 
-class _StaticToken:
-    """A token for the fake Graph server of the tests (CALM_GRAPH_BASE_URL)."""
-
-    async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
-        from azure.core.credentials import AccessToken
-
-        return AccessToken("example-token", int(time.time()) + 3600)
-
-    async def close(self) -> None:
-        return None
-
-
 def graph_directory(config: SyncConfig) -> GraphDirectory:
     """The trust's directory: the app's credential in the tenant the trust connected to."""
     base_url = os.environ.get("CALM_GRAPH_BASE_URL")
     if base_url:
-        return GraphDirectory.from_credential(_StaticToken(), base_url=base_url)  # type: ignore[arg-type]
+        from calm_azure_sync.testing import FakeCredential
+
+        return GraphDirectory.from_credential(FakeCredential(), base_url=base_url)
     from azure.identity.aio import ClientSecretCredential
 
     credential = ClientSecretCredential(
@@ -152,20 +168,18 @@ def conninfo() -> str:
 async def run_import(trust_site_id: str) -> dict[str, Any]:
     """One import of one trust, start to finish, in its own event loop."""
     config, hierarchy = load_trust(trust_site_id)
-    directory = graph_directory(config)
-    async with PostgresUserStore(conninfo(), schema=SCHEMA, pool_size=2) as store, PostgresAuditSink(
-        conninfo(), schema=SCHEMA, pool_size=1
-    ) as sink:
-        try:
-            reconciler = Reconciler(directory, store, sink, hierarchy, batch_size=BATCH_SIZE)
-            report = await reconciler.run(config, actor=Actor.system("celery"), mode=SYNC_MODE)  # type: ignore[arg-type]
-        finally:
-            await directory.aclose()
+    async with graph_directory(config) as directory, PostgresUserStore(
+        conninfo(), schema=SCHEMA, pool_size=2
+    ) as store, PostgresAuditSink(conninfo(), schema=SCHEMA, pool_size=1) as sink:
+        reconciler = Reconciler(directory, store, sink, hierarchy, batch_size=BATCH_SIZE)
+        report = await reconciler.run(config, actor=Actor.system("celery"), mode=SYNC_MODE)  # type: ignore[arg-type]
     return {
         "trust_site_id": trust_site_id,
         "run_id": report.run_id,
         "ok": report.ok,
-        "counts": dict(report.counts),
+        "mode": report.mode,
+        "counts": {name: count for name, count in report.counts.items() if count},
+        "seconds": round((report.finished_at - report.started_at).total_seconds(), 3),
         "errors": list(report.errors)[:5],
     }
 
@@ -201,5 +215,9 @@ def import_trust(self: Any, trust_site_id: str) -> dict[str, Any]:
             countdown=_backoff(self.request.retries),
             max_retries=OUTAGE_RETRIES,
         ) from None
-    logger.info("imported %s: run %s %s", trust_site_id, result["run_id"], result["counts"])
+    counts = " ".join(f"{name}={count}" for name, count in sorted(result["counts"].items())) or "no changes"
+    logger.info(
+        "imported %s: run %s, %s, %s, in %.2f s",
+        trust_site_id, result["run_id"], result["mode"], counts, result["seconds"],
+    )  # fmt: skip
     return result

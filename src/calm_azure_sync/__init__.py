@@ -77,11 +77,14 @@ if TYPE_CHECKING:
     from .store.in_memory import InMemoryUserStore
     from .store.sqlite import SqliteUserStore
 
-__version__ = "0.1.0"
+    __version__: str
+
 
 # Names imported on first use: the Graph SDK is slow to import, and the
 # stores and sinks pull in modules that pure policy work does not need.
 _LAZY = {
+    # pyproject.toml is the one place the version is written; read from the installed metadata.
+    "__version__": "._version",
     "ConsentResult": ".directory.consent",
     "admin_consent_url": ".directory.consent",
     "parse_consent_callback": ".directory.consent",

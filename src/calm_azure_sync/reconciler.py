@@ -25,11 +25,13 @@ from .audit.protocol import AuditSink
 from .autodetect import Suggestions
 from .check import ConfigProblem, config_problems
 from .config import SyncConfig
+from .directory._deadline import interactive_call
 from .directory.protocol import Directory
 from .errors import (
     CalmAzureSyncError,
     ChildSiteConfigurationError,
     ConfigError,
+    DirectoryError,
     HoldMismatchError,
     ImportAlreadyRunningError,
     NotAuthorizedError,
@@ -97,6 +99,11 @@ def _check_confirm_only(confirm_hold: str | None, confirm_only: object) -> None:
         raise ConfigError("confirm_only: a partial confirmation needs confirm_hold, the id of the hold reviewed")
 
 
+def _positive_duration(instance: object, attribute: attrs.Attribute[Any], value: dt.timedelta | None) -> None:
+    if value is not None and (not isinstance(value, dt.timedelta) or value <= dt.timedelta(0)):
+        raise ConfigError(f"{attribute.name}: must be a positive datetime.timedelta or None, got {value!r}")
+
+
 def _refusal_reason(error: BaseException) -> RefusalReason:
     if isinstance(error, ChildSiteConfigurationError):
         return "child_site"
@@ -125,6 +132,16 @@ class Reconciler:
     ``batch_size`` is how many changes (rounded up to whole users) go to the
     store in one ``apply`` call; ``max_concurrent_reads`` bounds the mapped
     groups read at once (Graph throttles per app and tenant).
+
+    ``interactive_timeout`` (default 5 s; ``None``: none) is how long the
+    calls behind a screen — :meth:`discover`, :meth:`check`,
+    :meth:`suggest_exclusions` — wait for the directory to answer one request,
+    retries included, before they fail with
+    ``DirectoryError(code="timeout")``; once one request timed out, the rest
+    of that call fails at once. A big read from a directory that answers is
+    not cut short. :meth:`run` and :meth:`plan` keep the directory's patient
+    retries. :class:`~calm_azure_sync.GraphDirectory` applies it; an
+    in-memory directory has nothing to wait for.
 
     Every method that reads or changes a trust takes ``actor`` as a required
     keyword: an :class:`~calm_azure_sync.Actor` who is Admin of the Trust, or
@@ -157,6 +174,10 @@ class Reconciler:
     clock: Callable[[], dt.datetime] = attrs.field(default=utc_now, kw_only=True, repr=False)
     # Entra's own provisioning reads in full about once a day and incrementally between.
     full_resync_interval: dt.timedelta = attrs.field(default=dt.timedelta(hours=24), kw_only=True)
+    # A screen's click gives up on Graph after this (each request, retries included); run() never does.
+    interactive_timeout: dt.timedelta | None = attrs.field(
+        default=dt.timedelta(seconds=5), kw_only=True, validator=_positive_duration
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.state is None:
@@ -182,6 +203,7 @@ class Reconciler:
 
     # ------------------------------------------------------------------ screens
 
+    @interactive_call
     async def discover(self, site_id: str, *, actor: Actor, search: str | None = None) -> list[DirectoryGroup]:
         """List the directory's groups for the Group Mapping screen, and log the discovery.
 
@@ -194,6 +216,7 @@ class Reconciler:
         await self._record_safely([self._journal(trust.id, actor).discovered(len(groups))])
         return groups
 
+    @interactive_call
     async def suggest_exclusions(self, config: SyncConfig, *, actor: Actor) -> Suggestions:
         """Auto-detect for the Exclusions tab: system accounts the next import would bring in.
 
@@ -203,6 +226,12 @@ class Reconciler:
         """
         self._admit(config, actor)
         snapshot = await self._read(config)
+        failed = {group: why for group, why in snapshot.unreadable.items() if group not in snapshot.stale}
+        if failed:  # suggestions from part of the trust would look complete: say the read failed instead
+            group, why = min(failed.items())
+            raise DirectoryError(
+                f"reading {len(failed)} mapped group(s) failed, first {group!r}: {why}", code="unreadable_groups"
+            )
         seen: dict[str, DirectoryUser] = {}
         for members in snapshot.members.values():
             for user in members:
@@ -214,6 +243,7 @@ class Reconciler:
             if skip_reason(seen[suggestion.user_id], config) is None
         )
 
+    @interactive_call
     async def check(self, config: SyncConfig, *, actor: Actor) -> list[ConfigProblem]:
         """The configuration checked against the live directory, for the Group Mapping screen.
 

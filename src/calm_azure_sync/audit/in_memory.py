@@ -6,13 +6,14 @@ from collections.abc import Sequence
 
 import attrs
 
+from .._async_closing import AsyncClosing
 from .events import AuditEvent
 
 __all__ = ["InMemoryAuditSink"]
 
 
 @attrs.define
-class InMemoryAuditSink:
+class InMemoryAuditSink(AsyncClosing):
     """An :class:`~calm_azure_sync.AuditSink` that keeps every event in ``events``, oldest first.
 
     >>> sink = InMemoryAuditSink()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import attrs
 
+from .._async_closing import AsyncClosing
 from .._text import clean_text
 from .events import AuditEvent
 
@@ -18,7 +19,7 @@ __all__ = ["JsonlAuditSink"]
 
 
 @attrs.define
-class JsonlAuditSink:
+class JsonlAuditSink(AsyncClosing):
     """An :class:`~calm_azure_sync.AuditSink` appending one JSON object a line to ``path``.
 
     Each line is :meth:`AuditEvent.to_dict`. Every :meth:`record` call writes
@@ -27,6 +28,8 @@ class JsonlAuditSink:
     last line; the next :meth:`record` starts a fresh line after it, and
     :meth:`read` skips it, so one torn write never hides another event.
     Text UTF-8 cannot encode (a lone surrogate) is written as U+FFFD.
+    The file is opened per call, so there is nothing to close; ``aclose()``
+    and ``async with`` work as on every shipped sink.
     """
 
     path: Path = attrs.field(converter=Path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -11,12 +12,21 @@ from typing import Any, Final
 
 import attrs
 
+from .._async_closing import AsyncClosing
 from .._html import html_table
+from .._query_args import checked_id, checked_kinds, checked_limit, checked_moment, checked_optional_id
 from .._sqlite import ThreadedConnection, write_transaction
-from .._text import clean_text
+from .._text import clean_text, show
+from ..errors import ConfigError
 from .events import AuditEvent, AuditKind
 
-__all__ = ["ImportLogCursor", "ImportLogPage", "SqliteAuditSink", "check_page_limit", "kind_values", "page_of"]
+__all__ = [
+    "ImportLogCursor",
+    "ImportLogPage",
+    "ImportLogQuery",
+    "SqliteAuditSink",
+    "page_of",
+]
 
 SCHEMA_VERSION: Final = 1
 
@@ -46,9 +56,7 @@ def _clean_or_none(text: str | None) -> str | None:
 
 def _stored_at(moment: dt.datetime) -> str:
     # Fixed-width UTC ISO 8601, so text order is time order.
-    if moment.tzinfo is None:
-        raise ValueError(f"before must be a timezone-aware datetime, got {moment!r}")
-    return moment.astimezone(dt.UTC).isoformat(timespec="microseconds")
+    return checked_moment("before", moment).astimezone(dt.UTC).isoformat(timespec="microseconds")
 
 
 @attrs.frozen
@@ -121,17 +129,37 @@ def _select(connection: sqlite3.Connection, sql: str, parameters: list[Any]) -> 
     return connection.execute(sql, parameters).fetchall()
 
 
-def kind_values(kinds: Collection[AuditKind | str]) -> list[str]:
-    """The ``kinds`` filter of an Import Log query as stored values (an unknown kind raises ``ValueError``)."""
-    if isinstance(kinds, str):  # one kind given bare (AuditKind is a str too), not its letters
-        kinds = [kinds]
-    return [AuditKind(kind).value for kind in kinds]
+@attrs.frozen
+class ImportLogQuery:
+    """The checked arguments of an Import Log query, shared by the SQLite and PostgreSQL sinks."""
 
+    trust_site_id: str
+    run_id: str | None
+    kinds: list[str] | None
+    limit: int | None
+    before: dt.datetime | ImportLogCursor | None
 
-def check_page_limit(limit: int | None) -> None:
-    """Refuse a page size below 1 (``None``: no cap)."""
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be at least 1 or None, got {limit!r}")
+    @classmethod
+    def checked(cls, trust_site_id: Any, run_id: Any, kinds: Any, limit: Any, before: Any) -> ImportLogQuery:
+        """Every argument checked: a bad one is a ``ConfigError`` naming it and what it accepts."""
+        if isinstance(before, ImportLogCursor):
+            checked_moment("before.at", before.at)
+            if not isinstance(before.seq, int) or isinstance(before.seq, bool):
+                raise ConfigError(f"before.seq: must be an integer, got {show(before.seq)}")
+        elif before is not None and not isinstance(before, dt.datetime):
+            raise ConfigError(
+                "before: must be a timezone-aware datetime, an ImportLogCursor (a page's next_before) "
+                f"or None, got {show(before)}"
+            )
+        elif before is not None:
+            checked_moment("before", before)
+        return cls(
+            checked_id("trust_site_id", trust_site_id),
+            checked_optional_id("run_id", run_id),
+            None if kinds is None else checked_kinds(kinds),
+            checked_limit(limit),
+            before,
+        )
 
 
 def page_of(
@@ -165,14 +193,15 @@ def _cursor_from_row(row: Sequence[Any]) -> ImportLogCursor:
 
 
 @attrs.define
-class SqliteAuditSink:
+class SqliteAuditSink(AsyncClosing):
     """An :class:`~calm_azure_sync.AuditSink` in a SQLite file, with :meth:`query` for the Import Log.
 
     It may share a file with :class:`~calm_azure_sync.SqliteUserStore` (its
     table is ``audit_events``). Each :meth:`record` call is one transaction.
     ``detail`` is stored as JSON text. Text UTF-8 cannot encode (a lone
     surrogate) is stored with U+FFFD instead, so no event refuses its batch.
-    Call :meth:`close` when done.
+    Close it when done: ``async with``, ``await sink.aclose()``, or the
+    synchronous :meth:`close`.
 
     A host's Import Log screen pages like this::
 
@@ -187,14 +216,12 @@ class SqliteAuditSink:
     def __attrs_post_init__(self) -> None:
         self._db = ThreadedConnection(self.path, _setup, self.busy_timeout_ms)
 
-    async def __aenter__(self) -> SqliteAuditSink:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
+    async def aclose(self) -> None:
+        """Close the database connection, in a worker thread (it waits for a call in progress)."""
+        await asyncio.to_thread(self._db.close)
 
     def close(self) -> None:
-        """Close the database connection."""
+        """Close the database connection (synchronous: blocks until a call in progress ends)."""
         self._db.close()
 
     async def record(self, events: Sequence[AuditEvent]) -> None:
@@ -229,35 +256,35 @@ class SqliteAuditSink:
         """The Import Log of ``trust_site_id``, newest first (events with one time: last recorded first).
 
         ``run_id`` keeps one run's events; ``kinds`` keeps those kinds
-        (:class:`AuditKind` or their string values; an unknown one raises
-        ``ValueError``); ``before`` keeps events strictly older than a
-        timezone-aware datetime, or older than the end of a previous page
+        (:class:`AuditKind` or their string values); ``before`` keeps
+        events strictly older than a timezone-aware datetime, or older than the end of a previous page
         (its :attr:`ImportLogPage.next_before`); ``limit`` caps the page
-        (``None``: no cap).
+        (``None``: no cap). A bad argument (an unknown kind, a naive
+        datetime, a limit below 1, a wrong type) raises
+        :class:`~calm_azure_sync.ConfigError` naming it and what it accepts.
         """
-        check_page_limit(limit)
+        query = ImportLogQuery.checked(trust_site_id, run_id, kinds, limit, before)
         where = ["trust_site_id = ?"]
-        parameters: list[Any] = [trust_site_id]
-        if run_id is not None:
+        parameters: list[Any] = [query.trust_site_id]
+        if query.run_id is not None:
             where.append("run_id = ?")
-            parameters.append(run_id)
-        if kinds is not None:
-            values = kind_values(kinds)
-            where.append(f"kind IN ({', '.join('?' for _ in values)})" if values else "0")
-            parameters.extend(values)
-        if isinstance(before, ImportLogCursor):
+            parameters.append(query.run_id)
+        if query.kinds is not None:
+            where.append(f"kind IN ({', '.join('?' for _ in query.kinds)})" if query.kinds else "0")
+            parameters.extend(query.kinds)
+        if isinstance(query.before, ImportLogCursor):
             where.append("(at < ? OR (at = ? AND seq < ?))")
-            parameters.extend([_stored_at(before.at), _stored_at(before.at), before.seq])
-        elif before is not None:
+            parameters.extend([_stored_at(query.before.at), _stored_at(query.before.at), query.before.seq])
+        elif query.before is not None:
             where.append("at < ?")
-            parameters.append(_stored_at(before))
+            parameters.append(_stored_at(query.before))
         sql = (
             "SELECT seq, at, trust_site_id, kind, message, run_id, actor_id, subject, detail FROM audit_events "
             f"WHERE {' AND '.join(where)} ORDER BY at DESC, seq DESC"
         )
-        if limit is not None:
+        if query.limit is not None:
             # One row more than asked tells whether there is a next page.
             sql += " LIMIT ?"
-            parameters.append(limit + 1)
+            parameters.append(query.limit + 1)
         rows = await self._db.run(_select, sql, parameters)
-        return page_of(rows, limit, _event_from_row, _cursor_from_row)
+        return page_of(rows, query.limit, _event_from_row, _cursor_from_row)

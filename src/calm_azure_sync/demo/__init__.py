@@ -3,10 +3,13 @@
 >>> sample = load_sample()
 >>> sample.hierarchy.root_of("birch-high").name
 'Oak Learning Trust'
+>>> sorted(sample.graph_fixture)  # the tenant as Graph JSON, for FakeGraphServer
+['groups', 'members', 'users']
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from importlib import resources
 from typing import Any
@@ -30,6 +33,19 @@ class Sample:
     config: SyncConfig
     invited: tuple[dict[str, Any], ...]
     raw: dict[str, Any] = attrs.field(repr=False)
+
+    @property
+    def graph_fixture(self) -> dict[str, Any]:
+        """The sample tenant as Graph JSON: ``{"users": [...], "groups": [...], "members": {...}}``.
+
+        The fixture format :meth:`InMemoryDirectory.from_dict
+        <calm_azure_sync.InMemoryDirectory.from_dict>` and
+        :class:`~calm_azure_sync.testing.FakeGraphServer` read (a fresh copy
+        each time: a test may change it freely)::
+
+            with FakeGraphServer(load_sample().graph_fixture) as graph: ...
+        """
+        return copy.deepcopy(self.raw["directory"])
 
 
 def load_sample() -> Sample:

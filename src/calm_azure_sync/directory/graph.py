@@ -34,15 +34,16 @@ import inspect
 import ssl
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from .._async_closing import AsyncClosing
 from .._gc import collector_paused
 from ..errors import ConfigError, DirectoryAccessError, DirectoryError, GroupNotFoundError
 from ..model import DirectoryGroup, DirectoryUser
 from . import _graph_delta, _graph_lookup
+from ._deadline import request_deadline
 from ._graph_common import (
     GROUP_READ_PERMISSIONS,
     graph_error,
@@ -193,7 +194,7 @@ def search_clause(search: str) -> str:
     return f'"displayName:{words}"'
 
 
-class GraphDirectory:
+class GraphDirectory(AsyncClosing):
     """A :class:`~calm_azure_sync.Directory` read from Microsoft Graph with the official SDK.
 
     Build it from a credential (the usual way)::
@@ -324,22 +325,13 @@ class GraphDirectory:
         )
 
     async def aclose(self) -> None:
-        """Close the HTTP client :meth:`from_credential` created (not the credential)."""
-        if self._owned_http_client is not None:
-            await self._owned_http_client.aclose()
-        if self._owned_transport is not None:
-            await self._owned_transport.aclose()
-
-    async def __aenter__(self) -> GraphDirectory:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+        """Close the HTTP client :meth:`from_credential` created (not the credential). Safe to call again."""
+        http_client, self._owned_http_client = self._owned_http_client, None
+        transport, self._owned_transport = self._owned_transport, None
+        if http_client is not None:
+            await http_client.aclose()
+        if transport is not None:
+            await transport.aclose()
 
     # -- the Directory protocol ---------------------------------------------------
 
@@ -548,8 +540,11 @@ class GraphDirectory:
     async def _send(self, request: RequestInformation, *, operation: str) -> httpx.Response:
         """Send through the SDK pipeline; every failure to get an answer is a DirectoryError."""
         try:
-            async with self._slot():
+            # The interactive deadline (if any) runs from when the request has its slot.
+            async with self._slot(), request_deadline(operation):
                 response: httpx.Response = await self._adapter.send_primitive_async(request, "bytes", {})
+        except DirectoryError:  # the interactive deadline's timeout: already ours
+            raise
         except _TokenFailure as failure:
             raise self._token_error(operation, failure.error) from failure.error
         except AzureError as error:  # a credential inside a client the host built

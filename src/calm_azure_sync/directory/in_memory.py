@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from .._async_closing import AsyncClosing
 from ..errors import ConfigError, DeltaExpiredError, DirectoryError, GroupNotFoundError
 from ..model import DirectoryGroup, DirectoryUser, transitive_users
 from ._search import name_matches
@@ -38,7 +39,7 @@ def _logged(method: _Method) -> _Method:
     return logged  # type: ignore[return-value]
 
 
-class InMemoryDirectory:
+class InMemoryDirectory(AsyncClosing):
     """A :class:`~calm_azure_sync.Directory` over plain Python data.
 
     ``members`` maps a group id to the ids of its direct members: users or

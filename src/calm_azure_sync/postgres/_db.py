@@ -22,12 +22,13 @@ import hashlib
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Final, LiteralString, Self
+from typing import Any, Final, LiteralString
 
 import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from .._async_closing import AsyncClosing
 from .._text import clean_text
 from ..errors import ConfigError, StoreError
 
@@ -247,9 +248,9 @@ class Database:
             await pool.close()
 
 
-class OnDatabase:
+class OnDatabase(AsyncClosing):
     """What the Postgres store and Import Log share around their :class:`Database`: the schema,
-    ``async with``, ``close()`` and ``migrate()``. Subclasses set ``_db`` in ``__init__``."""
+    ``async with``, ``aclose()`` and ``migrate()``. Subclasses set ``_db`` in ``__init__``."""
 
     _db: Database
 
@@ -258,15 +259,13 @@ class OnDatabase:
         """The Postgres schema holding this component's tables."""
         return self._db.schema
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+    async def aclose(self) -> None:
+        """Close the component's own pool (a host's pool is left open). Safe to call again."""
+        await self._db.close()
 
     async def close(self) -> None:
-        """Close the component's own pool (a host's pool is left open)."""
-        await self._db.close()
+        """The same as :meth:`aclose` (kept from v0.3: it was this class's only way to close)."""
+        await self.aclose()
 
     async def migrate(self) -> int:
         """Create or upgrade this component's tables now; returns the schema version.

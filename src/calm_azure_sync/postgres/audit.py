@@ -11,7 +11,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from .._text import clean_text
 from ..audit.events import AuditEvent, AuditKind
-from ..audit.sqlite import ImportLogCursor, ImportLogPage, check_page_limit, kind_values, page_of
+from ..audit.sqlite import ImportLogCursor, ImportLogPage, ImportLogQuery, page_of
 from ._codec import from_db, from_db_optional, to_db
 from ._db import Database, Migrations, OnDatabase
 
@@ -60,12 +60,6 @@ def _text(value: str | None) -> str | None:
     return None if value is None else to_db(clean_text(value))
 
 
-def _aware(moment: dt.datetime) -> dt.datetime:
-    if moment.tzinfo is None:
-        raise ValueError(f"before must be a timezone-aware datetime, got {moment!r}")
-    return moment
-
-
 def _event_from_row(row: Sequence[Any]) -> AuditEvent:
     _seq, at, trust, kind, message, run, actor, subject, detail = row
     return AuditEvent(
@@ -92,7 +86,7 @@ class PostgresAuditSink(OnDatabase):
     Each :meth:`record` call is one transaction (a ``COPY``). Text is kept as
     :class:`~calm_azure_sync.SqliteAuditSink` keeps it (a NUL character too,
     through the store's text codec; a lone surrogate becomes U+FFFD).
-    Call :meth:`close` when done. Pages like
+    Close it when done (``async with``, or ``await sink.aclose()``). Pages like
     :class:`~calm_azure_sync.SqliteAuditSink`::
 
         page = await sink.query("trust-1", limit=50)
@@ -147,35 +141,35 @@ class PostgresAuditSink(OnDatabase):
 
         Same arguments and answer as :meth:`SqliteAuditSink.query
         <calm_azure_sync.SqliteAuditSink.query>`: ``run_id`` keeps one run's
-        events; ``kinds`` keeps those kinds (an unknown one raises
-        ``ValueError``); ``before`` is a timezone-aware datetime or a previous
+        events; ``kinds`` keeps those kinds; ``before`` is a timezone-aware datetime or a previous
         page's :attr:`~calm_azure_sync.audit.sqlite.ImportLogPage.next_before`;
-        ``limit`` caps the page (``None``: no cap).
+        ``limit`` caps the page (``None``: no cap). A bad argument raises
+        :class:`~calm_azure_sync.ConfigError` naming it and what it accepts.
         """
-        check_page_limit(limit)
+        query = ImportLogQuery.checked(trust_site_id, run_id, kinds, limit, before)
         where = ["trust_site_id = %s"]
-        parameters: list[Any] = [to_db(clean_text(trust_site_id))]
-        if run_id is not None:
+        parameters: list[Any] = [to_db(clean_text(query.trust_site_id))]
+        if query.run_id is not None:
             where.append("run_id = %s")
-            parameters.append(to_db(clean_text(run_id)))
-        if kinds is not None:
+            parameters.append(to_db(clean_text(query.run_id)))
+        if query.kinds is not None:
             where.append("kind = ANY(%s)")
-            parameters.append(kind_values(kinds))
-        if isinstance(before, ImportLogCursor):
+            parameters.append(query.kinds)
+        if isinstance(query.before, ImportLogCursor):
             where.append("(at, seq) < (%s, %s)")
-            parameters.extend([_aware(before.at), before.seq])
-        elif before is not None:
+            parameters.extend([query.before.at, query.before.seq])
+        elif query.before is not None:
             where.append("at < %s")
-            parameters.append(_aware(before))
+            parameters.append(query.before)
         statement = (
             "SELECT seq, at, trust_site_id, kind, message, run_id, actor_id, subject, detail "
             "FROM {schema}.audit_events WHERE " + " AND ".join(where) + " ORDER BY at DESC, seq DESC"
         )
-        if limit is not None:
+        if query.limit is not None:
             # One row more than asked tells whether there is a next page.
             statement += " LIMIT %s"
-            parameters.append(limit + 1)
+            parameters.append(query.limit + 1)
         async with self._db.connection() as connection:
             cursor = await connection.execute(self._db.q(statement), parameters)
             rows = await cursor.fetchall()
-        return page_of(rows, limit, _event_from_row, _cursor_from_row)
+        return page_of(rows, query.limit, _event_from_row, _cursor_from_row)

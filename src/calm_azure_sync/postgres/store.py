@@ -74,6 +74,7 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool
 
 from .._gc import collector_paused
+from .._query_args import checked_id, checked_optional_id
 from ..errors import ImportAlreadyRunningError, RunLockLostError
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 from ..model import Role
@@ -256,7 +257,7 @@ class PostgresUserStore(OnDatabase):
     @_store_errors("load trust {0!r}")
     async def load(self, trust_site_id: str) -> StoreState:
         """Every user, the synced grants of ``trust_site_id``, and who holds other access."""
-        trust = to_db(trust_site_id)
+        trust = to_db(checked_id("trust_site_id", trust_site_id))
         async with self._db.connection() as connection, connection.transaction():
             # One snapshot for users and grants, as SQLite's read transaction gives.
             await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -783,6 +784,7 @@ class PostgresUserStore(OnDatabase):
     @_store_errors("read grants")
     async def grants(self, user_id: str) -> set[Grant]:
         """Every grant of ``user_id``, manual and azure. Raises ``KeyError`` for an unknown user."""
+        checked_id("user_id", user_id)
         async with self._db.connection() as connection, connection.transaction():
             await self._user(connection, user_id)
             cursor = await connection.execute(
@@ -813,6 +815,7 @@ class PostgresUserStore(OnDatabase):
     @_store_errors("read a user")
     async def user(self, user_id: str) -> StoredUser:
         """The user with ``user_id``. Raises ``KeyError`` when there is none."""
+        checked_id("user_id", user_id)
         async with self._db.connection() as connection:
             return await self._user(connection, user_id)
 
@@ -828,6 +831,7 @@ class PostgresUserStore(OnDatabase):
     @_store_errors("read the synced groups of trust {0!r}")
     async def groups(self, trust_site_id: str) -> list[SyncedGroup]:
         """The synced groups of ``trust_site_id`` (retired ones too), by display name."""
+        checked_id("trust_site_id", trust_site_id)
         async with self._db.connection() as connection:
             cursor = await connection.execute(
                 self._q(
@@ -846,6 +850,8 @@ class PostgresUserStore(OnDatabase):
 
         Raises ``KeyError`` when no trust (or not that trust) mirrors the group.
         """
+        checked_id("group_external_id", group_external_id)
+        checked_optional_id("trust_site_id", trust_site_id)
         async with self._db.connection() as connection, connection.transaction():
             cursor = await connection.execute(
                 self._q("SELECT trust_site_id FROM {schema}.synced_groups WHERE external_id = %s"),

@@ -12,6 +12,8 @@ from typing import ClassVar
 
 import attrs
 
+from .._async_closing import AsyncClosing
+from .._query_args import checked_id, checked_optional_id
 from ..errors import ImportAlreadyRunningError
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 from ..model import Role
@@ -27,7 +29,7 @@ __all__ = ["InMemoryUserStore"]
 
 
 @attrs.define
-class InMemoryUserStore:
+class InMemoryUserStore(AsyncClosing):
     """A :class:`~calm_azure_sync.UserStore` held in memory: for tests, demos and notebooks.
 
     Besides the protocol it offers the host helpers every shipped store has
@@ -41,7 +43,8 @@ class InMemoryUserStore:
     :class:`~calm_azure_sync.SyncStateStore`: each trust's state is kept on
     the store object, as the JSON text a database would hold; and a
     :class:`~calm_azure_sync.DeltaCacheStore` (each trust's delta cache kept
-    as the rows a write leaves).
+    as the rows a write leaves). It holds nothing to close; ``aclose()`` and
+    ``async with`` work as on every shipped store.
     """
 
     mirrors_groups: ClassVar[bool] = True
@@ -56,7 +59,7 @@ class InMemoryUserStore:
 
     async def load(self, trust_site_id: str) -> StoreState:
         """Every user, the synced grants of ``trust_site_id``, and who holds manual grants."""
-        return self._tables.state(trust_site_id)
+        return self._tables.state(checked_id("trust_site_id", trust_site_id))
 
     async def apply(self, trust_site_id: str, changes: Sequence[Change]) -> Sequence[ChangeResult]:
         """Apply ``changes`` in order; one :class:`ChangeResult` per change."""
@@ -150,7 +153,7 @@ class InMemoryUserStore:
 
     async def grants(self, user_id: str) -> set[Grant]:
         """Every grant of ``user_id``, manual and azure. Raises ``KeyError`` for an unknown user."""
-        return self._tables.grants_of(user_id)
+        return self._tables.grants_of(checked_id("user_id", user_id))
 
     async def set_active(self, user_id: str, active: bool) -> None:
         """A person (not the sync) activates or deactivates ``user_id``; the sync never undoes it.
@@ -162,7 +165,7 @@ class InMemoryUserStore:
 
     async def user(self, user_id: str) -> StoredUser:
         """The user with ``user_id``. Raises ``KeyError`` when there is none."""
-        return self._tables.users[user_id]
+        return self._tables.users[checked_id("user_id", user_id)]
 
     async def users(self) -> list[StoredUser]:
         """Every user, in the order they were added."""
@@ -170,7 +173,7 @@ class InMemoryUserStore:
 
     async def groups(self, trust_site_id: str) -> list[SyncedGroup]:
         """The synced groups of ``trust_site_id`` (retired ones too), by display name."""
-        return self._tables.groups_of(trust_site_id)
+        return self._tables.groups_of(checked_id("trust_site_id", trust_site_id))
 
     async def group_members(self, group_external_id: str, trust_site_id: str | None = None) -> frozenset[str]:
         """External ids of the synced group's members.
@@ -180,4 +183,6 @@ class InMemoryUserStore:
         give ``trust_site_id`` for one trust's view; ``None`` joins every
         trust mirroring the group. Raises ``KeyError`` when none does.
         """
-        return self._tables.members_of(group_external_id, trust_site_id)
+        return self._tables.members_of(
+            checked_id("group_external_id", group_external_id), checked_optional_id("trust_site_id", trust_site_id)
+        )

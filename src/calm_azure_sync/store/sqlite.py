@@ -44,7 +44,9 @@ from typing import Any, ClassVar, Final, TypeVar
 
 import attrs
 
+from .._async_closing import AsyncClosing
 from .._gc import collector_paused
+from .._query_args import checked_id, checked_optional_id
 from .._sqlite import Fence, ThreadedConnection, write_transaction
 from .._text import clean_text
 from ..errors import StoreError
@@ -657,7 +659,7 @@ def _users(connection: sqlite3.Connection) -> list[StoredUser]:
 
 
 @attrs.define
-class SqliteUserStore:
+class SqliteUserStore(AsyncClosing):
     """A :class:`~calm_azure_sync.UserStore` in one SQLite file, usable from several processes.
 
     ``SqliteUserStore("calm.db")`` creates the file and its schema on first
@@ -671,7 +673,8 @@ class SqliteUserStore:
     and is a :class:`~calm_azure_sync.SyncStateStore` (table ``sync_state``
     in the same file) and a :class:`~calm_azure_sync.DeltaCacheStore`
     (tables ``delta_meta``, ``delta_groups``, ``delta_members``, ``delta_users``).
-    Call :meth:`close` (or use ``async with``) when done.
+    Close it when done: ``async with``, ``await store.aclose()``, or the
+    synchronous :meth:`close`.
     """
 
     mirrors_groups: ClassVar[bool] = True
@@ -687,14 +690,12 @@ class SqliteUserStore:
     def __attrs_post_init__(self) -> None:
         self._db = ThreadedConnection(self.path, _setup_store, self.busy_timeout_ms)
 
-    async def __aenter__(self) -> SqliteUserStore:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
+    async def aclose(self) -> None:
+        """Close the database connection, in a worker thread (it waits for a call in progress)."""
+        await asyncio.to_thread(self._db.close)
 
     def close(self) -> None:
-        """Close the database connection."""
+        """Close the database connection (synchronous: blocks until a call in progress ends)."""
         self._db.close()
 
     async def _run(self, what: str, fn: Callable[..., _T], *args: Any) -> _T:
@@ -712,7 +713,7 @@ class SqliteUserStore:
 
     async def load(self, trust_site_id: str) -> StoreState:
         """Every user, the synced grants of ``trust_site_id``, and who holds manual grants."""
-        return await self._run(f"load trust {trust_site_id!r}", _load_state, trust_site_id)
+        return await self._run(f"load trust {trust_site_id!r}", _load_state, checked_id("trust_site_id", trust_site_id))
 
     async def apply(self, trust_site_id: str, changes: Sequence[Change]) -> Sequence[ChangeResult]:
         """Apply ``changes`` in one transaction; one :class:`ChangeResult` per change, in order."""
@@ -864,7 +865,7 @@ class SqliteUserStore:
 
     async def grants(self, user_id: str) -> set[Grant]:
         """Every grant of ``user_id``, manual and azure. Raises ``KeyError`` for an unknown user."""
-        return await self._run("read grants", _grants, user_id)
+        return await self._run("read grants", _grants, checked_id("user_id", user_id))
 
     async def set_active(self, user_id: str, active: bool) -> None:
         """A person (not the sync) activates or deactivates ``user_id``; the sync never undoes it.
@@ -875,7 +876,7 @@ class SqliteUserStore:
 
     async def user(self, user_id: str) -> StoredUser:
         """The user with ``user_id``. Raises ``KeyError`` when there is none."""
-        return await self._run("read a user", _user, user_id)
+        return await self._run("read a user", _user, checked_id("user_id", user_id))
 
     async def users(self) -> list[StoredUser]:
         """Every user, in the order they were added."""
@@ -883,7 +884,7 @@ class SqliteUserStore:
 
     async def groups(self, trust_site_id: str) -> list[SyncedGroup]:
         """The synced groups of ``trust_site_id`` (retired ones too), by display name."""
-        return await self._run("read synced groups", _groups, trust_site_id)
+        return await self._run("read synced groups", _groups, checked_id("trust_site_id", trust_site_id))
 
     async def group_members(self, group_external_id: str, trust_site_id: str | None = None) -> frozenset[str]:
         """External ids of the synced group's members.
@@ -893,4 +894,9 @@ class SqliteUserStore:
         give ``trust_site_id`` for one trust's view; ``None`` joins every
         trust mirroring the group. Raises ``KeyError`` when none does.
         """
-        return await self._run("read group members", _group_members, group_external_id, trust_site_id)
+        return await self._run(
+            "read group members",
+            _group_members,
+            checked_id("group_external_id", group_external_id),
+            checked_optional_id("trust_site_id", trust_site_id),
+        )

@@ -2,6 +2,8 @@
 
 - :class:`FakeGraphServer` (``testing.fake_graph``): a Graph-shaped server on
   127.0.0.1 with fault injection and a request log;
+- :class:`FakeCredential` (``testing.credential``): an async token credential
+  handing out a fixed token, for ``GraphDirectory.from_credential`` against it;
 - :func:`check_directory` (``testing.directory_conformance``): does a
   ``Directory`` answer the way Entra ID does; :func:`check_delta`: do its
   delta reads end where its full reads do;
@@ -22,6 +24,7 @@ from .._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from .audit_conformance import AuditSinkConformance
+    from .credential import FakeCredential
     from .directory_conformance import check_delta, check_directory, conformance_fixture
     from .fake_graph import FakeGraphServer, Fault
     from .store_conformance import UserStoreConformance
@@ -31,6 +34,7 @@ _LAZY = {
     "AuditSinkConformance": ".audit_conformance",
     "check_delta": ".directory_conformance",
     "check_directory": ".directory_conformance",
+    "FakeCredential": ".credential",
     "conformance_fixture": ".directory_conformance",
     "FakeGraphServer": ".fake_graph",
     "Fault": ".fake_graph",
@@ -41,6 +45,7 @@ _LAZY = {
 
 __all__ = [
     "AuditSinkConformance",
+    "FakeCredential",
     "FakeGraphServer",
     "Fault",
     "SyntheticTenant",
