@@ -38,6 +38,8 @@ from .exclusion import ExclusionPolicy
 from .guards import next_sync_state
 from .hierarchy import Actor, TrustHierarchy, authorize
 from .incremental import ReadMode
+from .incremental.reader import DirectoryReader, RunRead
+from .incremental.settled import Settled, settled_key
 from .journal import Journal, RefusalReason
 from .model import DirectoryGroup, DirectoryUser, Site
 from .plan import (
@@ -53,10 +55,8 @@ from .plan import (
     change_kind,
 )
 from .planner import DirectorySnapshot, PlanContext, build_plan, skip_reason
-from .reading import DirectoryReader, RunRead
 from .report import ImportReport
 from .review import skip_counts
-from .settled import Settled, settled_key
 from .state import Hold, HoldScope, SyncState, SyncStateStore
 from .store.protocol import ChangeResult, StoreState, UserStore, VersionedStore
 

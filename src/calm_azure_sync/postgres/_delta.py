@@ -4,7 +4,7 @@
 last full read), ``delta_groups`` (tracked group ids), ``delta_members``
 (direct memberships) and ``delta_users`` (a column per cached user field),
 encoded and checked by the codec both table stores share
-(:mod:`calm_azure_sync._delta_rows`).
+(:mod:`calm_azure_sync.incremental._rows`).
 
 A load is one ``REPEATABLE READ`` snapshot of the four tables. A write is one
 transaction and costs what changed, not the trust's size: a whole write
@@ -23,7 +23,9 @@ from typing import Any, Final, LiteralString, TypeVar
 
 import psycopg
 
-from .._delta_rows import (
+from .._gc import collector_paused
+from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
+from ..incremental._rows import (
     USER_COLUMNS,
     UnreadableCache,
     cache_from_rows,
@@ -32,8 +34,6 @@ from .._delta_rows import (
     meta_row,
     user_row,
 )
-from .._gc import collector_paused
-from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 from ..model import DirectoryUser
 from ._write import columns
 
