@@ -475,7 +475,7 @@ class DirectoryReader:
         """
         tables = self._tables
         if tables is None:
-            state = without_settled(attrs.evolve(state, delta=dict(kept_json(read.cache, state.delta))))
+            state = without_settled(attrs.evolve(state, delta=kept_json(read.cache, state.delta)))
         else:
             try:
                 await self._write_tables(tables, trust_site_id, read.cache)
