@@ -139,3 +139,132 @@ def test_the_check_catches_an_io_import() -> None:
     assert _module_of("calm_azure_sync.store.sqlite.SqliteUserStore") is None
     assert _io_library("urllib.request") == "urllib.request" and _io_library("urllib.parse") is None
     assert _io_library("psycopg.rows") == "psycopg" and _io_library("psycopgx") is None
+
+
+# ---------------------------------------------------------------------- import cycles
+
+# The import cycles between library modules that are still there, each the set of modules of one
+# strongly connected part of the import graph. A cycle found that is not inside one of these fails
+# test_no_new_import_cycle; when they are all gone, test_no_module_imports_another_in_a_cycle passes,
+# its strict xfail fails, and this list and that marker go.
+KNOWN_CYCLES: tuple[frozenset[str], ...] = (
+    # Plan's display methods (__repr__, __str__, to_records, access_table, _repr_html_) import review
+    # inside the function; review and its two parts import plan's change types.
+    frozenset({"plan.py", "review.py", "_access_table.py", "_plan_names.py"}),
+)
+
+
+def _imported_modules(module: str) -> set[str]:
+    """The package modules ``module`` imports at run time, in functions too (``TYPE_CHECKING`` aside).
+
+    ``from .x import name`` imports ``x`` (or ``x.name`` when that is a module);
+    the packages above an imported module are not counted (they are imported
+    first, but import nothing back by that).
+    """
+    package = ["calm_azure_sync", *module.removesuffix(".py").split("/")[:-1]]
+    found: set[str] = set()
+
+    def add(dotted: str) -> None:
+        target = _module_of(dotted) if dotted.split(".")[0] == "calm_azure_sync" else None
+        if target is not None and target != module:
+            found.add(target)
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                add(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            target = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            for alias in node.names:
+                if _module_of(f"{target}.{alias.name}") is not None:
+                    add(f"{target}.{alias.name}")
+                else:
+                    add(target)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse((PACKAGE / module).read_text("utf-8")))
+    return found
+
+
+def _import_cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
+    """The strongly connected parts of ``graph`` with more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[frozenset[str]] = []
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                connect(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            part = set()
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                part.add(top)
+                if top == node:
+                    break
+            if len(part) > 1:
+                cycles.append(frozenset(part))
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+    return sorted(cycles, key=sorted)
+
+
+def _library_cycles() -> list[frozenset[str]]:
+    return _import_cycles({module: _imported_modules(module) for module in _modules()})
+
+
+def test_no_new_import_cycle() -> None:
+    new = [sorted(cycle) for cycle in _library_cycles() if not any(cycle <= known for known in KNOWN_CYCLES)]
+    assert not new, f"library modules that import each other in a cycle (imports inside functions count): {new}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="plan.py <-> review.py <-> _access_table.py <-> _plan_names.py: Plan's display methods import "
+    "review in the function, review and its parts import plan's change types (KNOWN_CYCLES)",
+)
+def test_no_module_imports_another_in_a_cycle() -> None:
+    cycles = [sorted(cycle) for cycle in _library_cycles()]
+    assert not cycles, f"library modules that import each other in a cycle: {cycles}"
+
+
+def test_the_cycle_check_sees_imports_in_functions_and_not_type_checking_ones() -> None:
+    assert _import_cycles({"a.py": {"b.py"}, "b.py": {"c.py"}, "c.py": {"a.py"}, "d.py": {"a.py"}}) == [
+        frozenset({"a.py", "b.py", "c.py"})
+    ]
+    assert _import_cycles({"a.py": {"b.py"}, "b.py": set()}) == []
+    # plan.py imports review only inside its methods, and state only under TYPE_CHECKING.
+    assert "review.py" in _imported_modules("plan.py")
+    assert "state.py" not in _imported_modules("plan.py")
+    # "from . import review" is the module review, not the package; "from .incremental import X" the package.
+    assert "__init__.py" not in _imported_modules("plan.py")
+    assert "incremental/__init__.py" in _imported_modules("__init__.py")
+
+
+def test_the_directory_read_does_not_import_the_planner() -> None:
+    reached: set[str] = set()
+    pending = ["incremental/reader.py"]
+    while pending:
+        module = pending.pop()
+        if module not in reached:
+            reached.add(module)
+            pending.extend(_imported_modules(module))
+    assert "planner.py" not in reached and "guards.py" not in reached, sorted(reached)

@@ -30,8 +30,8 @@ from calm_azure_sync import (
     SyncConfig,
     TrustHierarchy,
 )
-from calm_azure_sync._delta_rows import USER_COLUMNS
 from calm_azure_sync.incremental import DeltaCache, cache_write
+from calm_azure_sync.incremental._rows import USER_COLUMNS
 from calm_azure_sync.testing._store_conformance_delta import sample_cache
 
 from .helpers import synced_access_of

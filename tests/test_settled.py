@@ -240,7 +240,7 @@ async def test_another_library_version_finds_no_trust_settled(monkeypatch):
 
 def test_the_key_changes_with_every_input_and_a_bad_record_is_no_record():
     from calm_azure_sync import SyncState
-    from calm_azure_sync.settled import Settled, settled_key
+    from calm_azure_sync.incremental.settled import Settled, settled_key
 
     base = {"mirror_groups": True, "sync_state": SyncState(), "data_version": 3, "cursor": {"users": "a"}}
     key = settled_key(CONFIG, HIERARCHY.sites, **base)

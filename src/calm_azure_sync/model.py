@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -19,7 +19,7 @@ import attrs
 from ._text import clean_text, is_clean, show
 from .errors import ConfigError, DirectoryError
 
-__all__ = ["DirectoryGroup", "DirectoryUser", "Role", "Site", "email_key", "transitive_users"]
+__all__ = ["DirectoryGroup", "DirectorySnapshot", "DirectoryUser", "Role", "Site", "email_key", "transitive_users"]
 
 
 class Role(enum.Enum):
@@ -468,3 +468,19 @@ def transitive_users(
                     next_level.append(member_id)
         pending = next_level
     return found
+
+
+@attrs.frozen
+class DirectorySnapshot:
+    """What one read of the mapped groups returned.
+
+    ``members`` maps each group that was read completely to its users;
+    ``unreadable`` maps each mapped group that was not to the reason, and
+    ``stale`` names those that no longer exist in Azure (a 404).
+    ``group_names`` holds the display names the directory gave, when it did.
+    """
+
+    members: Mapping[str, Sequence[DirectoryUser]]
+    unreadable: Mapping[str, str] = attrs.field(factory=dict)
+    stale: frozenset[str] = frozenset()
+    group_names: Mapping[str, str] = attrs.field(factory=dict)

@@ -60,7 +60,7 @@ from ._gc import collector_paused
 from .config import SyncConfig
 from .guards import GuardInput, apply_guards
 from .mapping import MappingPolicy
-from .model import DirectoryUser, Role, email_key
+from .model import DirectorySnapshot, DirectoryUser, Role, email_key
 from .plan import (
     AddGroupMember,
     Assign,
@@ -83,26 +83,10 @@ from .plan import (
 from .state import HoldScope, SyncState
 from .store.protocol import StoredUser, StoreState
 
-__all__ = ["DirectorySnapshot", "build_plan", "skip_reason"]
+__all__ = ["DirectorySnapshot", "build_plan", "skip_reason"]  # DirectorySnapshot: model.py's, importable here too
 
 Wanted = dict[tuple[str, str], tuple[Role, tuple[str, ...]]]
 IdentityChange = CreateUser | LinkUser | RelinkUser | UpdateUser | None
-
-
-@attrs.frozen
-class DirectorySnapshot:
-    """What one read of the mapped groups returned.
-
-    ``members`` maps each group that was read completely to its users;
-    ``unreadable`` maps each mapped group that was not to the reason, and
-    ``stale`` names those that no longer exist in Azure (a 404).
-    ``group_names`` holds the display names the directory gave, when it did.
-    """
-
-    members: Mapping[str, Sequence[DirectoryUser]]
-    unreadable: Mapping[str, str] = attrs.field(factory=dict)
-    stale: frozenset[str] = frozenset()
-    group_names: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen

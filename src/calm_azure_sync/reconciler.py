@@ -43,6 +43,8 @@ from .exclusion import ExclusionPolicy
 from .guards import next_sync_state
 from .hierarchy import Actor, TrustHierarchy, authorize
 from .incremental import ReadMode
+from .incremental.reader import DirectoryReader, RunRead
+from .incremental.settled import Settled, settled_key
 from .journal import Journal, RefusalReason
 from .model import DirectoryGroup, DirectoryUser, Site
 from .plan import (
@@ -59,10 +61,8 @@ from .plan import (
     change_kind,
 )
 from .planner import DirectorySnapshot, PlanContext, build_plan, skip_reason
-from .reading import DirectoryReader, RunRead
 from .report import ImportReport
 from .review import skip_counts
-from .settled import Settled, settled_key
 from .state import Hold, HoldScope, RunningImport, SyncState, SyncStateStore
 from .store.protocol import (
     ChangeResult,

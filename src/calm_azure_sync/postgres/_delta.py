@@ -4,7 +4,7 @@
 last full read), ``delta_groups`` (tracked group ids), ``delta_members``
 (direct memberships) and ``delta_users`` (a column per cached user field),
 encoded and checked by the codec both table stores share
-(:mod:`calm_azure_sync._delta_rows`), every text value stored through the
+(:mod:`calm_azure_sync.incremental._rows`), every text value stored through the
 PostgreSQL text codec (:mod:`calm_azure_sync.postgres._codec`): a NUL in a
 user's name is kept, as SQLite keeps it.
 
@@ -25,7 +25,9 @@ from typing import Any, Final, LiteralString, TypeVar
 
 import psycopg
 
-from .._delta_rows import (
+from .._gc import collector_paused
+from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
+from ..incremental._rows import (
     USER_COLUMNS,
     UnreadableCache,
     cache_from_rows,
@@ -34,8 +36,6 @@ from .._delta_rows import (
     meta_row,
     user_row,
 )
-from .._gc import collector_paused
-from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 from ..model import DirectoryUser
 from ._codec import from_db_row, to_db, to_db_list, to_db_optional
 from ._write import columns

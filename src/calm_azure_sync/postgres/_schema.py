@@ -65,7 +65,7 @@ MIGRATIONS: Final[Migrations] = {
         "CREATE INDEX group_members_by_user ON {schema}.group_members (user_id)",
     ),
     # The incremental sync's delta cache (postgres/_delta.py), as rows the
-    # shared codec (_delta_rows) writes and checks. No foreign keys and no
+    # shared codec (incremental/_rows.py) writes and checks. No foreign keys and no
     # CHECKs: a row that breaks the cache's rules is caught when read back
     # (the cache then counts as missing and is rebuilt), never a failed write.
     3: (

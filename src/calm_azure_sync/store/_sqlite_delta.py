@@ -17,7 +17,10 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-from .._delta_rows import (
+from .._gc import collector_paused
+from .._sqlite import Fence, write_transaction
+from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
+from ..incremental._rows import (
     USER_COLUMNS,
     UnreadableCache,
     cache_from_rows,
@@ -26,9 +29,6 @@ from .._delta_rows import (
     meta_row,
     user_row,
 )
-from .._gc import collector_paused
-from .._sqlite import Fence, write_transaction
-from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 
 __all__ = ["DELTA_TABLES", "clear_delta", "load_delta", "load_delta_head", "save_delta"]
 

@@ -211,7 +211,7 @@ class VersionedStore(Protocol):
     activation. Writes to the sync state and the delta cache do not count.
     With it, an incremental run that finds nothing changed since a run that
     planned nothing skips the store load and the planner
-    (:mod:`calm_azure_sync.settled`). A store that cannot promise it simply
+    (:mod:`calm_azure_sync.incremental.settled`). A store that cannot promise it simply
     does not implement it. Rows edited behind the store's back (raw SQL) are
     not seen until the next full read (``full_resync_interval``).
     """

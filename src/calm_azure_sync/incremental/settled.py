@@ -28,10 +28,10 @@ from typing import Any
 
 import attrs
 
-from .config import SyncConfig
-from .model import Site
-from .plan import Skip
-from .state import SyncState
+from ..config import SyncConfig
+from ..model import Site
+from ..plan import Skip
+from ..state import SyncState
 
 __all__ = ["Settled", "settled_key"]
 
@@ -52,7 +52,7 @@ def settled_key(
     The library's version is one of them: a release that plans differently
     must not find its trusts settled by the one before.
     """
-    from . import __version__  # at call time: the package is imported by then
+    from .. import __version__  # at call time: the package is imported by then
 
     state = sync_state.to_dict()
     state.pop("delta", None)

@@ -6,14 +6,19 @@ the directory for each mapped group's members (a group that fails is
 incremental read asks :meth:`DeltaDirectory.changes
 <calm_azure_sync.directory.delta.DeltaDirectory.changes>` for one round, folds
 it into the delta cache and resolves the snapshot from the kept direct
-memberships (:mod:`calm_azure_sync.incremental`). Which one a run makes,
-and what happens when a round fails or a token expired, is written once in
-:meth:`DirectoryReader.read_for_run`; what is kept of the cache afterwards in
-:meth:`DirectoryReader.keep_cache`.
+memberships (:mod:`~calm_azure_sync.incremental.fold`). Which one a run
+makes is :func:`~calm_azure_sync.incremental.cache.choose_mode`'s decision;
+what happens when an incremental read fails is :func:`after_failed_read`'s
+(read in full, or read nothing and keep the cache), and whether a full read
+starts a cache is :func:`starts_cache`'s. The read is a :class:`RunRead`:
+the snapshot, the mode and why, and what to do with the stored cache, one
+:data:`CacheAction` (keep it, drop it, write a new one, or move only its
+cursor on), which :meth:`DirectoryReader.keep_cache` carries out after the
+run.
 
 When the round brings nothing and the trust is settled (see
-:mod:`calm_azure_sync.settled`), the read says so and the run plans nothing:
-the cache's memberships and users are then never loaded.
+:mod:`calm_azure_sync.incremental.settled`), the read says so and the run
+plans nothing: the cache's memberships and users are then never loaded.
 """
 
 from __future__ import annotations
@@ -22,22 +27,23 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, assert_never
 
 import attrs
 
-from .config import SyncConfig
-from .directory.delta import DeltaCursor, DeltaDirectory, DirectoryDelta
-from .directory.protocol import Directory
-from .errors import (
+from ..config import SyncConfig
+from ..directory.delta import DeltaCursor, DeltaDirectory, DirectoryDelta
+from ..directory.protocol import Directory
+from ..errors import (
     DeltaExpiredError,
     DirectoryAccessError,
     DirectoryError,
     GroupNotFoundError,
     ImportAlreadyRunningError,
 )
-from .incremental import (
-    Applied,
+from ..model import DirectoryGroup, DirectorySnapshot, DirectoryUser
+from ..state import SyncState, SyncStateStore
+from .cache import (
     DeltaCache,
     DeltaCacheStore,
     DeltaCacheWrite,
@@ -45,54 +51,173 @@ from .incremental import (
     DeltaHeadStore,
     ReadMode,
     added_groups,
-    apply_delta,
     cache_write,
     choose_mode,
-    snapshot_members,
-    tracked_groups,
 )
-from .model import DirectoryGroup, DirectoryUser
-from .planner import DirectorySnapshot
+from .fold import Applied, apply_delta, snapshot_members, tracked_groups
 from .settled import Settled, without_settled
-from .state import SyncState, SyncStateStore
 
-__all__ = ["DirectoryReader", "RunRead"]
+__all__ = [
+    "CacheAction",
+    "DirectoryReader",
+    "DropCache",
+    "KeepCache",
+    "MoveCursor",
+    "ReadInFull",
+    "ReadNothing",
+    "RunRead",
+    "WriteCache",
+    "after_failed_read",
+    "kept_json",
+    "starts_cache",
+]
 
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, "int | None"], None]
 
 
+# ---------------------------------------------------------------------- what to do with the stored cache
+
+
 @attrs.frozen
-class RunRead:
-    """One run's directory read: the snapshot, the mode and why, and the delta cache after it.
-
-    ``cache``: the cache to keep (written as the difference from ``previous``,
-    the one loaded, or whole when that is ``None``); ``cache=None`` with
-    ``keep``: leave the stored cache as it is, without: drop it.
-    ``settled``: the round brought nothing and the trust is settled (the
-    record of the run that settled it); then ``snapshot`` is empty, nothing is
-    planned, and only the cursor moves on (``cursor``, from ``head``).
-    """
-
-    snapshot: DirectorySnapshot
-    mode: str
-    why: str
-    cache: DeltaCache | None
-    previous: DeltaCache | None
-    keep: bool = False
-    settled: Settled | None = None
-    head: DeltaHead | None = None
-    cursor: DeltaCursor | None = None
+class KeepCache:
+    """Leave the stored cache as it is: a full read that starts none, or a round that failed partway."""
 
     @property
     def next_cursor(self) -> Mapping[str, Any] | None:
-        """The cursor the next run starts from (``None``: no cache is kept)."""
-        if self.cache is not None:
-            return self.cache.cursor
-        if self.cursor is not None:
-            return self.cursor
-        return self.previous.cursor if self.keep and self.previous is not None else None
+        return None  # nothing new is known: the run cannot be settled on it
+
+
+@attrs.frozen
+class DropCache:
+    """Drop the stored cache (a full read whose first rounds failed): the next run reads in full."""
+
+    @property
+    def next_cursor(self) -> Mapping[str, Any] | None:
+        return None
+
+
+@attrs.frozen
+class WriteCache:
+    """Keep ``cache``, written as the difference from ``previous`` (the one loaded), or whole when that is ``None``."""
+
+    cache: DeltaCache
+    previous: DeltaCache | None
+
+    @property
+    def next_cursor(self) -> Mapping[str, Any] | None:
+        return self.cache.cursor
+
+    @property
+    def rows(self) -> DeltaCacheWrite:
+        """What a table store writes."""
+        return cache_write(self.previous, self.cache)
+
+
+@attrs.frozen
+class MoveCursor:
+    """Only the cursor moves on: the round brought nothing and the trust is ``settled`` (that run's record).
+
+    The cache's memberships and users are never loaded: a table store writes
+    one row (``head`` with the new ``cursor``), the JSON copy only its cursor.
+    """
+
+    head: DeltaHead
+    cursor: DeltaCursor
+    settled: Settled
+
+    @property
+    def next_cursor(self) -> Mapping[str, Any] | None:
+        return self.cursor
+
+    @property
+    def rows(self) -> DeltaCacheWrite:
+        """What a table store writes: the head's meta row with the new cursor."""
+        return DeltaCacheWrite(self.cursor, self.head.mapped, self.head.full_read_at, replace=False)
+
+
+CacheAction = KeepCache | DropCache | WriteCache | MoveCursor
+"""What a run's read leaves of the stored delta cache: exactly one of these."""
+
+
+def kept_json(action: CacheAction, delta: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The ``SyncState.delta`` JSON after ``action``, from the one loaded (a store with no cache tables)."""
+    match action:
+        case KeepCache():
+            return delta
+        case DropCache():
+            return {}
+        case WriteCache(cache=cache):
+            return cache.to_dict()
+        case MoveCursor(cursor=cursor):
+            # Only the cursor moved: the cache's JSON stays as it was read (no parse, no rewrite).
+            return {**delta, "cursor": dict(cursor)}
+        case _:
+            assert_never(action)
+
+
+# ---------------------------------------------------------------------- the read and its fallbacks
+
+
+@attrs.frozen
+class RunRead:
+    """One run's directory read: the snapshot, the mode and why, and what to do with the stored cache.
+
+    ``cache`` is one :data:`CacheAction`. When it is :class:`MoveCursor` the
+    trust is settled (:attr:`settled`): ``snapshot`` is empty and nothing is
+    planned.
+    """
+
+    snapshot: DirectorySnapshot
+    mode: Literal["full", "incremental"]
+    why: str
+    cache: CacheAction
+
+    @property
+    def settled(self) -> Settled | None:
+        """The record of the run that settled the trust, when this read found it still settled."""
+        return self.cache.settled if isinstance(self.cache, MoveCursor) else None
+
+    @property
+    def next_cursor(self) -> Mapping[str, Any] | None:
+        """The cursor the next run starts from (``None``: no new cursor is kept)."""
+        return self.cache.next_cursor
+
+
+@attrs.frozen
+class ReadInFull:
+    """An incremental read failed before anything was decided: read every mapped group in full instead."""
+
+    why: str
+
+
+@attrs.frozen
+class ReadNothing:
+    """A round failed partway: nothing advances and nothing is removed (every mapped group unreadable)."""
+
+    reason: str
+
+    def snapshot(self, mapped: Iterable[str]) -> DirectorySnapshot:
+        return DirectorySnapshot(members={}, unreadable=dict.fromkeys(sorted(mapped), self.reason))
+
+
+class _CacheGone(Exception):
+    """The head was readable but the whole cache was not: read in full."""
+
+
+def after_failed_read(error: Exception) -> ReadInFull | ReadNothing:
+    """What a run does when its incremental read raised ``error``."""
+    if isinstance(error, _CacheGone):
+        return ReadInFull("the delta cache could not be read; reading in full")
+    if isinstance(error, DeltaExpiredError):
+        return ReadInFull(f"the delta token can no longer be used ({error.code}); reading in full")
+    return ReadNothing(f"could not read changes: {error}")
+
+
+def starts_cache(requested: ReadMode, supports_delta: bool, snapshot: DirectorySnapshot) -> bool:
+    """Whether a full read goes on to start a delta cache (else the stored one, if any, stays as it was)."""
+    return requested != "full" and supports_delta and not snapshot.unreadable
 
 
 @attrs.frozen
@@ -219,46 +344,54 @@ class DirectoryReader:
         )
         if mode == "incremental" and head is not None:
             try:
-                self.progress("read", 0, 1)
-                first = None
-                settled = Settled.from_state(sync_state)
-                if settled is not None and head.mapped == mapped and settled.key == settled_key(head.cursor):
-                    first = await self._round(head.cursor, sorted({*mapped, *head.tracked}))
-                    if first[0].empty:
-                        self.progress("read", 1, 1)
-                        why = f"nothing changed in the directory, the store or the settings since run {settled.run_id}"
-                        return RunRead(
-                            DirectorySnapshot(members={}), "incremental", why, None, None, keep=True,
-                            settled=settled, head=head, cursor=first[1],
-                        )
-                begin_load()
-                cache = cache or await self._load_cache(config.trust_site_id, sync_state)
-                if cache is None:
-                    raise _CacheGone()
-                snapshot, after = await self._read_changes(config, cache, first)
-                self.progress("read", 1, 1)
-                return RunRead(snapshot, "incremental", why, after, cache)
-            except _CacheGone:
-                why = "the delta cache could not be read; reading in full"
-            except DeltaExpiredError as error:
-                why = f"the delta token can no longer be used ({error.code}); reading in full"
-            except Exception as error:  # a round that failed partway: nothing advances, nothing is removed
-                logger.warning("reading the changes of trust %s failed", config.trust_site_id, exc_info=True)
-                reason = f"could not read changes: {error}"
-                snapshot = DirectorySnapshot(members={}, unreadable=dict.fromkeys(sorted(mapped), reason))
-                return RunRead(snapshot, "incremental", why, None, None, keep=True)
+                return await self._read_incremental(config, sync_state, head, cache, why, settled_key, begin_load)
+            except Exception as error:
+                fallback = after_failed_read(error)
+                if isinstance(fallback, ReadNothing):  # nothing advances, nothing is removed
+                    logger.warning("reading the changes of trust %s failed", config.trust_site_id, exc_info=True)
+                    return RunRead(fallback.snapshot(mapped), "incremental", why, KeepCache())
+                why = fallback.why
         elif requested == "incremental":
             why = f"incremental read not possible: {why}"
         begin_load()
         snapshot = await self.read_all(config)
-        if requested == "full" or not supports or snapshot.unreadable:
-            return RunRead(snapshot, "full", why, None, None, keep=True)  # the cache, if any, stays as it was
+        if not starts_cache(requested, supports, snapshot):
+            return RunRead(snapshot, "full", why, KeepCache())
         try:
             seeded = await self._follow(config, None, {}, {}, known_users=snapshot.members)
         except Exception:  # no delta cache this time: the next run reads in full again
             logger.warning("starting delta reads for trust %s failed", config.trust_site_id, exc_info=True)
-            return RunRead(snapshot, "full", why, None, None)
-        return RunRead(snapshot, "full", why, seeded, None)
+            return RunRead(snapshot, "full", why, DropCache())
+        return RunRead(snapshot, "full", why, WriteCache(seeded, None))
+
+    async def _read_incremental(
+        self,
+        config: SyncConfig,
+        sync_state: SyncState,
+        head: DeltaHead,
+        cache: DeltaCache | None,
+        why: str,
+        settled_key: Callable[[Mapping[str, Any]], str | None],
+        begin_load: Callable[[], None],
+    ) -> RunRead:
+        """The read from changes: settled (only the cursor moves) or folded into the cache; raises when it fails."""
+        mapped = frozenset(config.mappings.group_ids)
+        self.progress("read", 0, 1)
+        first = None
+        settled = Settled.from_state(sync_state)
+        if settled is not None and head.mapped == mapped and settled.key == settled_key(head.cursor):
+            first = await self._round(head.cursor, sorted({*mapped, *head.tracked}))
+            if first[0].empty:
+                self.progress("read", 1, 1)
+                why = f"nothing changed in the directory, the store or the settings since run {settled.run_id}"
+                return RunRead(DirectorySnapshot(members={}), "incremental", why, MoveCursor(head, first[1], settled))
+        begin_load()
+        cache = cache or await self._load_cache(config.trust_site_id, sync_state)
+        if cache is None:
+            raise _CacheGone()
+        snapshot, after = await self._read_changes(config, cache, first)
+        self.progress("read", 1, 1)
+        return RunRead(snapshot, "incremental", why, WriteCache(after, cache))
 
     async def _round(self, cursor: Mapping[str, Any] | None, group_ids: Sequence[str]) -> tuple[DirectoryDelta, DeltaCursor]:
         directory: Any = self.directory
@@ -342,17 +475,10 @@ class DirectoryReader:
         """
         tables = self._tables
         if tables is None:
-            if read.cache is not None:
-                state = attrs.evolve(state, delta=read.cache.to_dict())
-            elif read.settled is not None and read.cursor is not None:
-                # Only the cursor moved: the cache's JSON stays as it was read (no parse, no rewrite).
-                state = attrs.evolve(state, delta={**state.delta, "cursor": dict(read.cursor)})
-            elif not read.keep:
-                state = attrs.evolve(state, delta={})
-            state = without_settled(state)
+            state = without_settled(attrs.evolve(state, delta=kept_json(read.cache, state.delta)))
         else:
             try:
-                await self._write_tables(tables, trust_site_id, read)
+                await self._write_tables(tables, trust_site_id, read.cache)
             except ImportAlreadyRunningError:
                 raise  # the run lock is gone: write nothing more
             except Exception:
@@ -363,19 +489,14 @@ class DirectoryReader:
             state = attrs.evolve(state, delta={}) if state.delta else state  # the cache has tables: no JSON copy
         return state if settled is None else settled.kept_in(state)
 
-
     @staticmethod
-    async def _write_tables(tables: DeltaCacheStore, trust_site_id: str, read: RunRead) -> None:
-        if read.cache is not None:
-            await tables.save_delta(trust_site_id, cache_write(read.previous, read.cache))
-        elif read.settled is not None and read.head is not None and read.cursor is not None:
-            head = read.head  # only the cursor moves: one row
-            await tables.save_delta(
-                trust_site_id, DeltaCacheWrite(read.cursor, head.mapped, head.full_read_at, replace=False)
-            )
-        elif not read.keep:
-            await tables.clear_delta(trust_site_id)
-
-
-class _CacheGone(Exception):
-    """The head was readable but the whole cache was not: read in full."""
+    async def _write_tables(tables: DeltaCacheStore, trust_site_id: str, action: CacheAction) -> None:
+        match action:
+            case KeepCache():
+                pass
+            case DropCache():
+                await tables.clear_delta(trust_site_id)
+            case WriteCache() | MoveCursor():
+                await tables.save_delta(trust_site_id, action.rows)
+            case _:
+                assert_never(action)

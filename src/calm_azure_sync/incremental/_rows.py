@@ -16,8 +16,8 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .incremental import CACHE_VERSION, DeltaCache, DeltaCacheWrite, DeltaHead
-from .model import DirectoryUser
+from ..model import DirectoryUser
+from .cache import CACHE_VERSION, DeltaCache, DeltaCacheWrite, DeltaHead
 
 __all__ = [
     "USER_COLUMNS",
@@ -166,7 +166,7 @@ def cache_from_rows(
     """The cache from its rows (meta as :func:`meta_row`; ``(group_id,)``; ``(group_id, member_id)``; users).
 
     Raises :class:`UnreadableCache` on a version other than
-    :data:`~calm_azure_sync.incremental.CACHE_VERSION` or any value it cannot read.
+    :data:`~calm_azure_sync.incremental.cache.CACHE_VERSION` or any value it cannot read.
     """
     cursor, mapped, at = _meta(meta)
     kept: dict[str, set[str]] = {}

@@ -1,42 +1,25 @@
-"""Incremental sync: the delta cache, choosing the read mode, and a snapshot from kept memberships. Pure.
+"""The delta cache, its head and its writes, the stores that keep it, and choosing the read mode. Pure.
 
-Graph has no delta of transitive members, so an incremental run keeps, in a
-delta cache per trust, the **direct** memberships of every tracked group (the
-mapped groups and the groups nested in them) and the selected fields of the
-users in them. A round of :meth:`DeltaDirectory.changes
-<calm_azure_sync.directory.delta.DeltaDirectory.changes>` updates that cache;
-the snapshot the planner sees is then resolved from it exactly as a full read
-resolves nesting (breadth first, cycles allowed, each user once), so an
-incremental plan equals a full one on the same directory, and the guards judge
-it the same way.
-
-When a run reads in full (:func:`choose_mode`): ``mode="full"``; no usable
-cache (none yet, unreadable, of another version, another directory kind); the
-last full read is older than ``full_resync_interval`` (a periodic full read
-heals drift, as Entra's own provisioning does); or the directory cannot do
-deltas. A mapping added since the cache was made is not a reason to read
-everything: the run reads the added groups in full and the rest from changes
-(:func:`added_groups`); a mapping removed only prunes the cache. The reason is
-in the report and the Import Log.
-
-Where the cache lives: a store that is a :class:`DeltaCacheStore` keeps it in
-tables of its own (rows of memberships and users, written as the difference
-from the last run: :func:`cache_write`); any other
-:class:`~calm_azure_sync.SyncStateStore` keeps it as JSON in
-``SyncState.delta`` (:meth:`DeltaCache.to_dict`).
+A :class:`DeltaCache` is what an incremental run keeps from the last one:
+the directory's cursor, the **direct** memberships of every tracked group,
+the cached users, the mapped groups it was made for and when the directory
+was last read in full. A :class:`DeltaHead` is its cheap part (enough to
+choose the mode and ask for changes). A :class:`DeltaCacheWrite` moves a
+stored cache to the next (:func:`cache_write`); a :class:`DeltaCacheStore`
+keeps it in tables of its own. :func:`choose_mode` decides, from the head,
+whether a run reads in full or from changes, and why.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
-from .directory.delta import DirectoryDelta
-from .errors import DirectoryError
-from .model import DirectoryUser, transitive_users
+from ..errors import DirectoryError
+from ..model import DirectoryUser
 
 __all__ = [
     "CACHE_VERSION",
@@ -47,11 +30,8 @@ __all__ = [
     "DeltaHeadStore",
     "ReadMode",
     "added_groups",
-    "apply_delta",
     "cache_write",
     "choose_mode",
-    "resolve_members",
-    "tracked_groups",
 ]
 
 CACHE_VERSION = 1
@@ -155,83 +135,6 @@ def choose_mode(
 def added_groups(cache: DeltaCache | DeltaHead, mapped: Iterable[str]) -> frozenset[str]:
     """Mapped groups the cache was not made for: an incremental run reads these in full."""
     return frozenset(mapped) - cache.mapped
-
-
-def resolve_members(
-    groups: Mapping[str, frozenset[str]], users: Mapping[str, DirectoryUser], group_id: str
-) -> list[DirectoryUser]:
-    """The users under ``group_id``, resolved from the kept direct memberships exactly as a full read would."""
-    return transitive_users(group_id, groups, users, groups)
-
-
-def _reachable(groups: Mapping[str, frozenset[str]], roots: Iterable[str]) -> tuple[set[str], set[str]]:
-    """Group and member ids reachable from ``roots`` through the kept memberships."""
-    seen_groups: set[str] = set()
-    members: set[str] = set()
-    pending = [root for root in roots if root in groups]
-    while pending:
-        current = pending.pop()
-        if current in seen_groups:
-            continue
-        seen_groups.add(current)
-        for member_id in groups.get(current, ()):
-            members.add(member_id)
-            if member_id in groups:
-                pending.append(member_id)
-    return seen_groups, members
-
-
-@attrs.frozen
-class Applied:
-    """A delta folded into the cache, and what is still unknown."""
-
-    groups: dict[str, frozenset[str]]
-    users: dict[str, DirectoryUser]
-    new_groups: frozenset[str]  # nested groups seen for the first time: read them from their start
-    missing_users: frozenset[str]  # member ids with no cached fields: look them up
-
-
-def apply_delta(
-    groups: Mapping[str, frozenset[str]],
-    users: Mapping[str, DirectoryUser],
-    delta: DirectoryDelta,
-    mapped: Iterable[str],
-) -> Applied:
-    """Fold ``delta`` into the kept memberships and users; prune what no tracked group reaches."""
-    kept_groups = dict(groups)
-    removed_users = {removed.id for removed in delta.removed_users}
-    for change in delta.groups:
-        kept_groups[change.group_id] = change.apply(kept_groups.get(change.group_id, frozenset())) - removed_users
-    for group_id in delta.removed_groups:
-        kept_groups.pop(group_id, None)
-    if removed_users:
-        kept_groups = {group: members - removed_users for group, members in kept_groups.items()}
-    added_groups = {member for change in delta.groups for member in change.added_groups}
-    new_groups = frozenset(group for group in added_groups if group not in kept_groups and group not in delta.removed_groups)
-    for group_id in new_groups:
-        kept_groups[group_id] = frozenset()  # tracked from now on; its chain starts in the next round
-    reachable_groups, members = _reachable(kept_groups, mapped)
-    kept_groups = {group: ids for group, ids in kept_groups.items() if group in reachable_groups or group in new_groups}
-    kept_users = {user_id: user for user_id, user in users.items() if user_id in members}
-    for user in delta.users:
-        if user.id in members:
-            kept_users[user.id] = user
-    for user_id in removed_users:
-        kept_users.pop(user_id, None)
-    missing = frozenset(m for m in members if m not in kept_users and m not in kept_groups and m not in removed_users)
-    return Applied(kept_groups, kept_users, new_groups, missing)
-
-
-def snapshot_members(
-    groups: Mapping[str, frozenset[str]], users: Mapping[str, DirectoryUser], mapped: Sequence[str]
-) -> dict[str, list[DirectoryUser]]:
-    """Each mapped group's users, resolved from the kept memberships."""
-    return {group_id: resolve_members(groups, users, group_id) for group_id in mapped if group_id in groups}
-
-
-def tracked_groups(groups: Mapping[str, frozenset[str]], mapped: Iterable[str]) -> set[str]:
-    """The kept groups a mapped group reaches (a mapping removed leaves its groups untracked)."""
-    return _reachable(groups, mapped)[0]
 
 
 @attrs.frozen
