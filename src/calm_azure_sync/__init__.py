@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 
 from ._lazy import lazy_attributes
 from .audit.events import AuditEvent, AuditKind
-from .audit.protocol import AuditSink
+from .audit.protocol import AuditSink, ImportLogQuery
 from .check import ConfigProblem
 from .config import RemovalPolicy, SyncConfig
 from .directory.delta import DeltaDirectory, DirectoryDelta, GroupDelta, RemovedUser
 from .directory.in_memory import InMemoryDirectory
-from .directory.protocol import Directory, GroupDiscovery, UserLookup
+from .directory.protocol import Directory, GroupDiscovery, PersonLookup, UserLookup
 from .errors import (
     CalmAzureSyncError,
     ChildSiteConfigurationError,
@@ -31,6 +31,7 @@ from .errors import (
     NotAuthorizedError,
 )
 from .exclusion import ExclusionPolicy, ExclusionSuggestion
+from .explain import Explanation
 from .hierarchy import Actor, TrustHierarchy, authorize
 from .incremental import DeltaCache, DeltaCacheStore, DeltaCacheWrite, DeltaHead, DeltaHeadStore
 from .mapping import GroupMapping, MappingPolicy
@@ -52,9 +53,11 @@ from .plan import (
 )
 from .review import AccessRow, AccessTable
 from .state import Hold, SyncState, SyncStateStore
+from .status import Attention, SyncStatus
 from .store.protocol import (
     ChangeResult,
     Grant,
+    GrantReader,
     StoredUser,
     StoreState,
     SyncedGroup,
@@ -104,6 +107,7 @@ __all__ = [
     "Actor",
     "AddGroupMember",
     "Assign",
+    "Attention",
     "AuditEvent",
     "AuditKind",
     "AuditSink",
@@ -119,10 +123,10 @@ __all__ = [
     "DeltaCache",
     "DeltaCacheStore",
     "DeltaCacheWrite",
-    "DeltaHead",
-    "DeltaHeadStore",
     "DeltaDirectory",
     "DeltaExpiredError",
+    "DeltaHead",
+    "DeltaHeadStore",
     "Directory",
     "DirectoryAccessError",
     "DirectoryDelta",
@@ -131,7 +135,9 @@ __all__ = [
     "DirectoryUser",
     "ExclusionPolicy",
     "ExclusionSuggestion",
+    "Explanation",
     "Grant",
+    "GrantReader",
     "GraphDirectory",
     "GroupDelta",
     "GroupDiscovery",
@@ -140,6 +146,7 @@ __all__ = [
     "Hold",
     "HoldMismatchError",
     "ImportAlreadyRunningError",
+    "ImportLogQuery",
     "ImportReport",
     "InMemoryAuditSink",
     "InMemoryDirectory",
@@ -148,6 +155,7 @@ __all__ = [
     "LinkUser",
     "MappingPolicy",
     "NotAuthorizedError",
+    "PersonLookup",
     "Plan",
     "Reconciler",
     "RelinkUser",
@@ -165,6 +173,7 @@ __all__ = [
     "SyncConfig",
     "SyncState",
     "SyncStateStore",
+    "SyncStatus",
     "SyncedGroup",
     "TrustHierarchy",
     "Unassign",
