@@ -320,7 +320,8 @@ class Plan:
     settle an email conflict (the reconciler looks them up and plans again).
 
     For reviews: ``people`` names the users the plan mentions (external id ->
-    :class:`UserLabel`), ``group_names`` the mapped groups, and
+    :class:`UserLabel`), ``group_names`` the mapped groups, ``site_names``
+    the sites (``Site.name``, set by the reconciler from its hierarchy), and
     ``access_before`` is the trust's synced access before the plan.
     """
 
@@ -343,6 +344,7 @@ class Plan:
     left_scope: tuple[str, ...] = attrs.field(default=(), repr=False)
     in_scope_ids: frozenset[str] = attrs.field(default=frozenset(), repr=False)
     lookups_needed: frozenset[str] = attrs.field(default=frozenset(), repr=False)
+    site_names: Mapping[str, str] = attrs.field(factory=dict, repr=False, eq=False)
 
     @property
     def complete(self) -> bool:

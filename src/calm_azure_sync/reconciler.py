@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import attrs
 
+from ._plan_names import KnownNames
 from .audit.events import AuditEvent, AuditKind, utc_now
 from .audit.protocol import AuditSink, ImportLogQuery
 from .autodetect import Suggestions
@@ -403,7 +404,10 @@ class Reconciler:
         snapshot = await self._read(config)
         journal = self._journal(config.trust_site_id, actor)
         await self._record_safely(
-            journal.read_events(snapshot.members, snapshot.unreadable, sorted(config.mappings.group_ids), errors=False)
+            journal.read_events(
+                snapshot.members, snapshot.unreadable, sorted(config.mappings.group_ids), errors=False,
+                group_names=snapshot.group_names,
+            )
         )
         sync_state = await self._state_store.load_state(config.trust_site_id)
         state = await self.store.load(config.trust_site_id)
@@ -448,7 +452,7 @@ class Reconciler:
         callback = on_attention if on_attention is not None else self.on_attention
         journal = Journal(
             config.trust_site_id if isinstance(config, SyncConfig) else "?", self.clock, uuid.uuid4().hex,
-            actor.user_id if isinstance(actor, Actor) else None,
+            actor.user_id if isinstance(actor, Actor) else None, site_names=self._site_names(),
         )
         try:
             if mode not in ("full", "incremental", "auto"):
@@ -577,7 +581,10 @@ class Reconciler:
             else:
                 plan = build_plan(config, snapshot, state, attrs.evolve(context, lookups=found))
         self._progress("plan", 1, 1)
-        return plan
+        # Reviews name sites by Site.name, and anyone the run knows by name (not only those it changes).
+        return attrs.evolve(
+            plan, site_names=self._site_names(), people=KnownNames(plan.people, snapshot.members, state)
+        )
 
     async def _data_version(self) -> int | None:
         """The store's data version, when it keeps one (see :class:`~calm_azure_sync.VersionedStore`)."""
@@ -598,7 +605,7 @@ class Reconciler:
             logger.warning("progress callback failed", exc_info=True)
 
     def _journal(self, trust_site_id: str, actor: Actor, run_id: str | None = None) -> Journal:
-        return Journal(trust_site_id, self.clock, run_id, actor.user_id)
+        return Journal(trust_site_id, self.clock, run_id, actor.user_id, site_names=self._site_names())
 
     async def _record_safely(self, events: Sequence[AuditEvent]) -> str | None:
         """Record events; on failure return why (never raise: the store is the truth)."""
@@ -734,7 +741,8 @@ class _Run:
         self._learn_labels(plan)
         events = [self.journal.read_mode(self.read.mode, self.read.why)]
         events += self.journal.read_events(
-            snapshot.members, snapshot.unreadable, sorted(self.config.mappings.group_ids), stale=snapshot.stale
+            snapshot.members, snapshot.unreadable, sorted(self.config.mappings.group_ids), stale=snapshot.stale,
+            group_names=plan.group_names,
         )
         events.extend(self.journal.plan_events(plan, confirmed=self.confirm_hold))
         await self.record(events)
