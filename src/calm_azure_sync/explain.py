@@ -48,6 +48,7 @@ from .plan import (
     Unassign,
     UpdateUser,
     change_to_dict,
+    is_removal,
 )
 from .planner import DirectorySnapshot, skip_reason
 from .state import Hold, SyncState
@@ -246,6 +247,11 @@ class Explanation:
             lines.append(f"The next run would {_sentence_list(described)}.")
         elif self.status != "not_found" or self.store_user_id is not None:
             lines.append("The next run changes nothing for them.")
+        if any(is_removal(change) for change in self.planned):
+            lines.append(
+                "The run may still hold a removal for review if many people would lose access at once or a "
+                "mapped group shrank sharply (judged over everyone when it runs)."
+            )
         if self.held:
             described = [describe_change(change, self._site, self._group) for change in self.held]
             if self.hold_id is not None:
