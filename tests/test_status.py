@@ -245,17 +245,18 @@ async def test_the_status_scan_is_bounded() -> None:
         at = clock.now + dt.timedelta(minutes=index)
         events += [_event(at, AuditKind.IMPORT_STARTED, f"r{index}"), _event(at, AuditKind.IMPORT_COMPLETED, f"r{index}", ok=True)]
 
+    asked: list[int | None] = []
+
     class CountingSink(InMemoryAuditSink):
-        asked: list[int | None] = []
 
         async def query(self, trust_site_id: str, run_id: str | None = None, kinds: Any = None, limit: int | None = 100) -> list[AuditEvent]:
-            self.asked.append(limit)
+            asked.append(limit)
             return await super().query(trust_site_id, run_id, kinds, limit)
 
     sink = CountingSink(events)
     status = await sync(NoDirectory(), InMemoryUserStore(), sink, clock).status("oak", actor=ACTOR)
     assert status.last_run is not None and status.last_run.run_id == "r1999"
-    assert sink.asked and all(limit is not None and limit <= 200 for limit in sink.asked)
+    assert asked and all(limit is not None and limit <= 200 for limit in asked)
 
 
 async def test_status_needs_an_admin_of_the_trust() -> None:

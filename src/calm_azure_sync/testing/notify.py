@@ -24,7 +24,7 @@ import http.server
 import json
 import socketserver
 import threading
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["SmtpServer", "WebhookServer"]
 
@@ -32,7 +32,7 @@ __all__ = ["SmtpServer", "WebhookServer"]
 class _Serving:
     """A server of the standard library, run in a thread for a ``with`` block."""
 
-    _server: socketserver.BaseServer
+    _server: socketserver.TCPServer
     _thread: threading.Thread | None = None
 
     def __enter__(self) -> Any:
@@ -48,11 +48,11 @@ class _Serving:
 
     @property
     def host(self) -> str:
-        return str(self._server.server_address[0])  # type: ignore[attr-defined]
+        return str(cast("tuple[str, int]", self._server.server_address)[0])
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])  # type: ignore[attr-defined]
+        return int(cast("tuple[str, int]", self._server.server_address)[1])
 
 
 class WebhookServer(_Serving):
@@ -64,7 +64,7 @@ class WebhookServer(_Serving):
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the standard library's name
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 try:
@@ -77,7 +77,7 @@ class WebhookServer(_Serving):
                 self.end_headers()
                 self.wfile.write(b"1")  # what Teams' incoming webhooks answer
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+            def log_message(self, format: str, *args: Any) -> None:
                 return
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -102,7 +102,7 @@ class SmtpServer(_Serving):
 
             def handle(self) -> None:
                 self.reply("220 127.0.0.1 ESMTP test server")
-                sender, recipients = "", []
+                sender, recipients = "", list[str]()
                 while True:
                     raw = self.rfile.readline()
                     if not raw:
@@ -123,7 +123,7 @@ class SmtpServer(_Serving):
                         while (line := self.rfile.readline()) not in (b".\r\n", b".\n", b""):
                             lines.append(line[1:] if line.startswith(b"..") else line)
                         message = email.message_from_bytes(b"".join(lines), policy=email.policy.default)
-                        owner.messages.append(message)  # type: ignore[arg-type]
+                        owner.messages.append(message)
                         owner.envelopes.append((sender, recipients))
                         self.reply("250 OK: queued")
                     elif verb in ("RSET", "NOOP"):
