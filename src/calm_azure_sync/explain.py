@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import html
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import attrs
@@ -240,13 +240,16 @@ class Explanation:
         if self.other_trusts:
             grants = [f"{g.role.value} on {g.module} at {g.site_name} (from {g.trust_name})" for g in self.other_trusts]
             lines.append(f"From other trusts' syncs: {_sentence_list(grants)}.")
-        if not self.grants_known and self.store_user_id is not None:
-            lines.append("The store cannot list their grants, so manual and other trusts' access is not shown.")
         if self.planned:
             described = [describe_change(change, self._site, self._group) for change in self.planned]
             lines.append(f"The next run would {_sentence_list(described)}.")
         elif self.status != "not_found" or self.store_user_id is not None:
             lines.append("The next run changes nothing for them.")
+        return lines + self._notes()
+
+    def _notes(self) -> list[str]:
+        """What holds their changes back, what could not be read, and other notes (the last sentences)."""
+        lines: list[str] = []
         if any(is_removal(change) for change in self.planned):
             lines.append(
                 "The run may still hold a removal for review if many people would lose access at once or a "
@@ -262,6 +265,8 @@ class Explanation:
         if self.unread_groups:
             unread = [self._group(group_id) for group_id in self.unread_groups]
             lines.append(f"Not read for this answer: {_sentence_list(unread)}.")
+        if not self.grants_known and self.store_user_id is not None:
+            lines.append("The store cannot list their grants, so manual and other trusts' access is not shown.")
         lines.extend(self.notes)
         return lines
 
@@ -298,10 +303,9 @@ class Explanation:
         if changes:
             rows = [[describe_change(change, self._site, self._group), note] for change, note in changes]
             parts.append("<h5>The next run</h5>" + html_table(["change", ""], rows))
-        rest = self.sentences()[2:]
-        tail = [line for line in rest if line.startswith(("Not ", "The store", "Note"))]
-        if tail:
-            parts.append("<p>" + html.escape(visible(" ".join(tail))) + "</p>")
+        notes = self._notes()
+        if notes:
+            parts.append("<p>" + html.escape(visible(" ".join(notes))) + "</p>")
         return "".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -446,9 +450,7 @@ def person_sync_state(sync_state: SyncState, external_ids: Iterable[str]) -> Syn
     )
 
 
-def describe_change(
-    change: Change, site: Any = lambda site_id: site_id, group: Any = lambda group_id: group_id
-) -> str:
+def describe_change(change: Change, site: Callable[[str], str] = str, group: Callable[[str], str] = str) -> str:
     """One change to a person, in words: ``give Manager on Risk at Birch High``, ``remove them from Birch SLT``."""
     if isinstance(change, Assign):
         where = f"{change.module} at {site(change.site_id)}"

@@ -292,16 +292,14 @@ class Reconciler:
         synced: dict[tuple[str, str], Role] = {}
         for ext in ids:
             synced.update(state.synced_access.get(ext, {}))
-        hierarchy = self.hierarchy
+        site_names = self._site_names()
+        roots = {site.id: self.hierarchy.root_of(site.id).id for site in self.hierarchy.sites}
         return explain_person(
             who=who,
             config=config,
-            trust_name=hierarchy.site(trust).name or trust,
-            site_names=self._site_names(),
-            trust_of_site={
-                site.id: (hierarchy.root_of(site.id).id, hierarchy.root_of(site.id).name or hierarchy.root_of(site.id).id)
-                for site in hierarchy.sites
-            },
+            trust_name=site_names[trust],
+            site_names=site_names,
+            trust_of_site={site_id: (root, site_names[root]) for site_id, root in roots.items()},
             user=user,
             stored=stored,
             groups=read.groups,

@@ -316,10 +316,9 @@ def hold_attention(hold: Hold, now: dt.datetime, *, grown: bool = False) -> Atte
     )
 
 
-def _access_denied(event: AuditEvent) -> bool:
-    if event.detail.get("access_denied") is True:
-        return True
-    text = event.message.lower()
+def _denies_access(message: str) -> bool:
+    """Whether an entry's words say the directory refused the app (a 401/403, a token it could not get)."""
+    text = message.lower()
     return "access denied" in text or "re-consent" in text or "could not get a token" in text
 
 
@@ -349,24 +348,22 @@ def sync_status(
     last_success = next((run for run in runs if run.outcome == "ok"), None)
     streak = failure_streak(runs)
     stale: dict[str, str] = {}
-    denied: list[AuditEvent] = []
+    denied: list[tuple[str, dt.datetime | None]] = []
     for event in last_run_errors:
         group_id = event.detail.get("group_id")
         if event.detail.get("stale") is True and isinstance(group_id, str):
             stale.setdefault(group_id, str(event.detail.get("group_name") or names.get(group_id) or group_id))
-        elif _access_denied(event):
-            denied.append(event)
-    if last_run is not None and last_run.outcome == "failed" and _access_denied(
-        AuditEvent(at=now, trust_site_id=trust_site_id, kind=AuditKind.IMPORT_FAILED, message=last_run.message)
-    ):
-        denied.append(AuditEvent(at=last_run.at or now, trust_site_id=trust_site_id, kind=AuditKind.IMPORT_FAILED,
-                                 message=last_run.message))
+        elif event.detail.get("access_denied") is True or _denies_access(event.message):
+            denied.append((event.message, event.at))
+    if last_run is not None and last_run.outcome == "failed" and _denies_access(last_run.message):
+        denied.append((last_run.message, last_run.at))
     if denied:
+        message, since = denied[0]
         attention.append(Attention(
             "access_revoked",
             "The directory refused access in the last import (consent revoked, a permission missing or the "
-            f"credential): {denied[0].message} Reconnect the tenant or grant the permission.",
-            denied[0].at,
+            f"credential): {message} Reconnect the tenant or grant the permission.",
+            since,
         ))
     if stale:
         attention.append(Attention(
