@@ -398,3 +398,21 @@ async def test_every_mapped_group_with_the_person_is_explained_with_a_real_path(
             assert group.complete and group.path_ids[0] == group.group_id
             assert _is_path(group.path_ids, directory.members, user)
         assert {(a.site_id, a.module): a.role for a in explanation.access} == cfg.mappings.access_for(expected)
+
+
+@given(nested_tenants(), st.sampled_from(["u0", "u1"]))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+async def test_what_explain_says_is_what_the_run_did(tenant: tuple[dict[str, Any], list[str]], who: str) -> None:
+    data, mapped = tenant
+    roles = ["Member", "Manager", "Admin"]
+    cfg = SyncConfig("oak", [GroupMapping(group, "birch", {"Risk": roles[index % 3]}) for index, group in enumerate(mapped)])
+    store = InMemoryUserStore()
+    sync = reconciler(InMemoryDirectory.from_dict(data), store)
+    before = await sync.explain(cfg, who, actor=ACTOR)
+    await sync.run(cfg, actor=ACTOR)
+    after = await sync.explain(cfg, who, actor=ACTOR)
+    granted = (await store.load("oak")).synced_access.get(who, {})
+    assert {(a.site_id, a.module): a.role for a in after.access} == dict(granted)
+    assert {(g.site_id, g.module): g.role for g in after.synced} == dict(granted)
+    assert after.planned == ()  # the run did what explain said it would
+    assert bool(before.planned) == bool(granted)
