@@ -66,6 +66,8 @@ __all__ = [
     "nesting_paths",
     "person_snapshot",
     "person_state",
+    "person_sync_state",
+    "stored_user_for",
 ]
 
 PersonStatus = Literal["found", "not_found", "disabled", "guest", "excluded", "skipped"]
@@ -448,6 +450,21 @@ def person_sync_state(sync_state: SyncState, external_ids: Iterable[str]) -> Syn
     return SyncState(
         hold=sync_state.hold, left_scope={ext: v for ext, v in sync_state.left_scope.items() if ext in ids}
     )
+
+
+def stored_user_for(state: StoreState, who: str) -> StoredUser | None:
+    """The store user ``who`` names: a store user id, else the user synced from that object id, else by email."""
+    if who in state.users:
+        return state.users[who]
+    by_external = [user for user in state.users.values() if user.external_id is not None and user.external_id == who]
+    if by_external:
+        return by_external[0]
+    if "@" in who:
+        key = email_key(who)
+        for user in sorted(state.users.values(), key=lambda stored: stored.user_id):
+            if email_key(user.email) == key:
+                return user
+    return None
 
 
 def describe_change(change: Change, site: Callable[[str], str] = str, group: Callable[[str], str] = str) -> str:

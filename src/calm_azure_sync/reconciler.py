@@ -37,13 +37,20 @@ from .errors import (
     NotAuthorizedError,
 )
 from .exclusion import ExclusionPolicy
-from .explain import Explanation, explain_person, person_snapshot, person_state, person_sync_state
+from .explain import (
+    Explanation,
+    explain_person,
+    person_snapshot,
+    person_state,
+    person_sync_state,
+    stored_user_for,
+)
 from .explain_read import read_person
 from .guards import next_sync_state
 from .hierarchy import Actor, TrustHierarchy, authorize
 from .incremental import ReadMode, choose_mode
 from .journal import Journal, RefusalReason
-from .model import DirectoryGroup, DirectoryUser, Role, Site, email_key
+from .model import DirectoryGroup, DirectoryUser, Role, Site
 from .plan import (
     AddGroupMember,
     CreateUser,
@@ -71,7 +78,7 @@ from .status import (
     runs_from_log,
     sync_status,
 )
-from .store.protocol import ChangeResult, GrantReader, StoredUser, StoreState, UserStore, VersionedStore
+from .store.protocol import ChangeResult, GrantReader, StoreState, UserStore, VersionedStore
 
 __all__ = ["AttentionCallback", "ImportReport", "ProgressCallback", "Reconciler"]
 
@@ -267,11 +274,11 @@ class Reconciler:
         trust = config.trust_site_id
         state = await self.store.load(trust)
         sync_state = await self._state_store.load_state(trust)
-        stored = _stored_user(state, who)
+        stored = stored_user_for(state, who)
         read = await read_person(self.directory, config, who, stored, self._reader, self.max_concurrent_reads)
         user = read.user
         if stored is None and user is not None:
-            stored = _stored_user(state, user.id) or (_stored_user(state, user.email) if user.email else None)
+            stored = stored_user_for(state, user.id) or (stored_user_for(state, user.email) if user.email else None)
         ids = {ext for ext in (user.id if user else None, stored.external_id if stored else None) if ext}
         plan: Plan | None = None
         if ids:
@@ -615,21 +622,6 @@ class Reconciler:
             logger.error("audit sink failed to record %d events", len(events), exc_info=True)
             return f"audit sink failed: {type(error).__name__}: {error}"
         return None
-
-
-def _stored_user(state: StoreState, who: str) -> StoredUser | None:
-    """The store user ``who`` names: a store user id, else the user synced from that object id, else by email."""
-    if who in state.users:
-        return state.users[who]
-    by_external = [user for user in state.users.values() if user.external_id is not None and user.external_id == who]
-    if by_external:
-        return by_external[0]
-    if "@" in who:
-        key = email_key(who)
-        for user in sorted(state.users.values(), key=lambda stored: stored.user_id):
-            if email_key(user.email) == key:
-                return user
-    return None
 
 
 class _AuditSinkDown(Exception):
