@@ -352,7 +352,7 @@ def test_notebook_runs_top_to_bottom(
     assert not caplog.records, [record.getMessage() for record in caplog.records]
     page = "\n".join(shown)
     # What a reader sees: the plan, the report and the Import Log as HTML tables.
-    assert "<h4>Plan for trust oak-trust</h4>" in page
+    assert "<h4>Plan for trust Oak Learning Trust</h4>" in page  # the trust by its name
     assert "<h4>Import " in page
     assert ": ok</h4>" in page
     assert "import_completed" in page

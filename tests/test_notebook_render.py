@@ -72,7 +72,7 @@ def test_rendered_notebook_has_no_problems(rendered: dict[str, Any]) -> None:
 def test_rendered_notebook_shows_the_access_table_with_user_names(rendered: dict[str, Any]) -> None:
     table = rendered["access_table"]
     assert table is not None, "no access table in the page Chromium built"
-    assert table["heading"].startswith("Access after the run (trust oak-trust, site birch-high)")
+    assert table["heading"].startswith("Access after the run (trust Oak Learning Trust, site Birch High School)")
     assert table["columns"] == ["user", "email", "Incidents", "Policies", "Risk"]
     rows = table["rows"]
     # The heading counts the users; the browser shows every one of them.

@@ -24,7 +24,7 @@ def test_text_says_outcome_duration_and_counts_in_the_plans_words():
     # counts say skipped=3 (the conflict among them); the plan has 2 skipped and 1 conflict, and so does the report.
     assert headline == (
         "Import run-7 of trust oak: ok in 12.5s (create_user=2, assign=3, unassign=1; "
-        "skipped=2, excluded=1, conflict=1, held=2)"
+        "held 2 removals for 2 people for review; skipped=2, excluded=1, conflict=1)"
     )
 
 

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 
 from ._lazy import lazy_attributes
 from .audit.events import AuditEvent, AuditKind
-from .audit.protocol import AuditSink
+from .audit.protocol import AuditSink, ImportLogQuery
 from .check import ConfigProblem
 from .config import RemovalPolicy, SyncConfig
 from .directory.delta import DeltaDirectory, DirectoryDelta, GroupDelta, RemovedUser
 from .directory.in_memory import InMemoryDirectory
-from .directory.protocol import Directory, GroupDiscovery, UserLookup
+from .directory.protocol import Directory, GroupDiscovery, PersonLookup, UserLookup
 from .errors import (
     CalmAzureSyncError,
     ChildSiteConfigurationError,
@@ -34,6 +34,7 @@ from .errors import (
     TenantMismatchError,
 )
 from .exclusion import ExclusionPolicy, ExclusionSuggestion
+from .explain import Explanation
 from .hierarchy import Actor, TrustHierarchy, authorize
 from .incremental import DeltaCache, DeltaCacheStore, DeltaCacheWrite, DeltaHead, DeltaHeadStore
 from .mapping import GroupMapping, MappingPolicy
@@ -55,10 +56,12 @@ from .plan import (
 )
 from .review import AccessRow, AccessTable
 from .state import Hold, HoldScope, SyncState, SyncStateStore
+from .status import Attention, SyncStatus
 from .store.protocol import (
     ChangeResult,
     FencedStore,
     Grant,
+    GrantReader,
     StateWithChanges,
     StoredUser,
     StoreState,
@@ -112,6 +115,7 @@ __all__ = [
     "Actor",
     "AddGroupMember",
     "Assign",
+    "Attention",
     "AuditEvent",
     "AuditKind",
     "AuditSink",
@@ -127,10 +131,10 @@ __all__ = [
     "DeltaCache",
     "DeltaCacheStore",
     "DeltaCacheWrite",
-    "DeltaHead",
-    "DeltaHeadStore",
     "DeltaDirectory",
     "DeltaExpiredError",
+    "DeltaHead",
+    "DeltaHeadStore",
     "Directory",
     "DirectoryAccessError",
     "DirectoryDelta",
@@ -140,7 +144,9 @@ __all__ = [
     "ExclusionPolicy",
     "ExclusionSuggestion",
     "FencedStore",
+    "Explanation",
     "Grant",
+    "GrantReader",
     "GraphDirectory",
     "GroupDelta",
     "GroupDiscovery",
@@ -150,6 +156,7 @@ __all__ = [
     "HoldScope",
     "HoldMismatchError",
     "ImportAlreadyRunningError",
+    "ImportLogQuery",
     "ImportReport",
     "InMemoryAuditSink",
     "InMemoryDirectory",
@@ -159,6 +166,7 @@ __all__ = [
     "MappingPolicy",
     "NotAuthorizedError",
     "TenantMismatchError",
+    "PersonLookup",
     "Plan",
     "Reconciler",
     "RelinkUser",
@@ -179,6 +187,7 @@ __all__ = [
     "SyncConfig",
     "SyncState",
     "SyncStateStore",
+    "SyncStatus",
     "SyncedGroup",
     "TrustHierarchy",
     "Unassign",

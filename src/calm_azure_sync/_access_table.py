@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import itertools
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Literal
 
 import attrs
@@ -106,6 +106,10 @@ class AccessTable:
     trust_site_id: str
     site_id: str | None
     rows: tuple[AccessRow, ...]
+    site_names: Mapping[str, str] = attrs.field(factory=dict, eq=False, repr=False)
+
+    def _site(self, site_id: str) -> str:
+        return self.site_names.get(site_id) or site_id
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -129,7 +133,7 @@ class AccessTable:
         slots = sorted({(row.site_id, row.module) for row in self.rows})
         column = {slot: index for index, slot in enumerate(slots)}
         headers = ["user", "email"] + [
-            module if self.site_id else f"{site} / {module}" for site, module in slots
+            module if self.site_id else f"{self._site(site)} / {module}" for site, module in slots
         ]
 
         def users() -> Iterator[list[object]]:
@@ -147,7 +151,7 @@ class AccessTable:
         return len({row.external_id for row in self.rows})
 
     def _headline(self) -> str:
-        where = f"trust {self.trust_site_id}" + (f", site {self.site_id}" if self.site_id else "")
+        where = f"trust {self._site(self.trust_site_id)}" + (f", site {self._site(self.site_id)}" if self.site_id else "")
         counts = ", ".join(f"{count} {change}" for change, count in self.counts().items() if count)
         return f"Access after the run ({where}): {self._users()} users" + (f"; {counts}" if counts else "")
 
@@ -223,4 +227,4 @@ def access_table(plan: Plan, site_id: str | None = None, *, changed_only: bool =
             AccessRow(external_id, name, email, site, module, role_after, role_before, what, held_as, groups)
         )
     rows.sort(key=lambda row: (user_order[row.external_id], row.site_id, row.module))
-    return AccessTable(plan.trust_site_id, site_id, tuple(rows))
+    return AccessTable(plan.trust_site_id, site_id, tuple(rows), plan.site_names)

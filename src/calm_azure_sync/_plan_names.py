@@ -9,12 +9,69 @@ Nothing here does IO.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from ._html import Cell
+from .model import DirectoryUser
 from .plan import CreateUser, LinkUser, Plan, RelinkUser, UpdateUser, UpsertGroup, UserLabel
+from .store.protocol import StoredUser, StoreState
 
-__all__ = ["PlanNames"]
+__all__ = ["KnownNames", "PlanNames"]
+
+
+class KnownNames(Mapping[str, UserLabel]):
+    """A plan's ``people``, able to name anyone else the run knows: from the read, else from the store.
+
+    Iterating gives the users the plan mentions (``base``), as before; looking
+    up any other user (an unchanged row of the access table after a first
+    import) finds their Azure name in the directory read, else their stored
+    name and email, worked out on first ask: nobody pays for names nobody reads.
+    """
+
+    def __init__(
+        self, base: Mapping[str, UserLabel], members: Mapping[str, Sequence[DirectoryUser]], state: StoreState
+    ) -> None:
+        self._base = base
+        self._members = members
+        self._state = state
+        self._azure: dict[str, DirectoryUser] | None = None
+        self._stored: dict[str, StoredUser] | None = None
+
+    def _extra(self, external_id: str) -> UserLabel | None:
+        if self._azure is None:
+            self._azure = {user.id: user for users in self._members.values() for user in users}
+        user = self._azure.get(external_id)
+        if user is not None:
+            return UserLabel(user.display_name, user.email)
+        if self._stored is None:
+            self._stored = {s.external_id: s for s in self._state.users.values() if s.external_id is not None}
+        stored = self._stored.get(external_id)
+        return None if stored is None else UserLabel(stored.display_name, stored.email)
+
+    def __getitem__(self, external_id: str) -> UserLabel:
+        if external_id in self._base:
+            return self._base[external_id]
+        label = self._extra(external_id)
+        if label is None:
+            raise KeyError(external_id)
+        return label
+
+    def __contains__(self, external_id: object) -> bool:
+        return isinstance(external_id, str) and (external_id in self._base or self._extra(external_id) is not None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._base)
+
+    def __len__(self) -> int:
+        return len(self._base)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self.items()) == dict(other.items())
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<names for {len(self)} users, and any other the run knows>"
 
 
 class PlanNames:
@@ -23,8 +80,12 @@ class PlanNames:
     def __init__(self, plan: Plan | None) -> None:
         self.people: dict[str, UserLabel] = {}
         self.groups: dict[str, str] = {}
+        self.sites: Mapping[str, str] = {}
+        self._more: Mapping[str, UserLabel] = {}
         if plan is None:
             return
+        self.sites = plan.site_names
+        self._more = plan.people
         # What the changes and skips carry is the fallback; the planner's names win.
         for change in (*plan.changes, *plan.held_removals):
             if isinstance(change, (CreateUser, LinkUser, RelinkUser, UpdateUser)):
@@ -40,6 +101,8 @@ class PlanNames:
         """A user's name (the object id only when nothing better is known) and email."""
         label = self.people.get(external_id)
         if label is None:
+            label = self._more.get(external_id)  # KnownNames: anyone else the run knows
+        if label is None:
             return external_id, None
         return label.display_name or label.email or external_id, label.email
 
@@ -49,6 +112,13 @@ class PlanNames:
             return [None, None]
         name, email = self.user(external_id)
         return [Cell(name, title=external_id), email if email != name else None]
+
+    def site(self, site_id: str) -> str:
+        """A site's name (``Site.name``), else its id."""
+        return self.sites.get(site_id) or site_id
+
+    def site_cell(self, site_id: str | None) -> Cell | None:
+        return None if site_id is None else Cell(self.site(site_id), title=site_id)
 
     def group(self, group_id: str) -> str:
         return self.groups.get(group_id) or group_id

@@ -49,8 +49,8 @@ RefusalReason = Literal[
 """Why an import was refused before it started (the ``reason`` of an ``import_refused`` entry)."""
 
 
-def _assign(change: Assign, who: Label, group: Label) -> tuple[AuditKind, str]:
-    where = f"{change.module} at {change.site_id}"
+def _assign(change: Assign, who: Label, group: Label, site: Label) -> tuple[AuditKind, str]:
+    where = f"{change.module} at {site(change.site_id)}"
     because = f" (groups: {', '.join(map(group, change.because))})" if change.because else ""
     if change.previous is None:
         return AuditKind.ASSIGNMENT_ADDED, f"Gave {who(change.external_id)} {change.role.value} on {where}{because}"
@@ -64,37 +64,38 @@ class _NewGroup:
     """The row of :data:`_ENTRIES` for an ``UpsertGroup`` that created the group."""
 
 
-# The one table: change type -> (Import Log kind, message) for an applied change.
-_ENTRIES: Mapping[type, Callable[[Any, Label, Label], tuple[AuditKind, str]]] = {
-    CreateUser: lambda c, who, group: (AuditKind.USER_CREATED, f"Created user {c.email} ({c.display_name})"),
-    LinkUser: lambda c, who, group: (AuditKind.USER_LINKED, f"Linked invited user {c.email} to Azure"),
-    RelinkUser: lambda c, who, group: (
+# The one table: change type -> (Import Log kind, message) for an applied change, given how to
+# name a user, a group and a site.
+_ENTRIES: Mapping[type, Callable[[Any, Label, Label, Label], tuple[AuditKind, str]]] = {
+    CreateUser: lambda c, who, group, site: (AuditKind.USER_CREATED, f"Created user {c.email} ({c.display_name})"),
+    LinkUser: lambda c, who, group, site: (AuditKind.USER_LINKED, f"Linked invited user {c.email} to Azure"),
+    RelinkUser: lambda c, who, group, site: (
         AuditKind.USER_RELINKED,
         f"Relinked user {c.email} to Azure account {c.external_id}: account {c.previous_external_id} no longer exists",
     ),
-    UpdateUser: lambda c, who, group: (AuditKind.USER_UPDATED, f"Updated user {c.email}: {', '.join(c.changed)}"),
-    DeactivateUser: lambda c, who, group: (
+    UpdateUser: lambda c, who, group, site: (AuditKind.USER_UPDATED, f"Updated user {c.email}: {', '.join(c.changed)}"),
+    DeactivateUser: lambda c, who, group, site: (
         AuditKind.USER_DEACTIVATED, f"Deactivated user {who(c.external_id)}: no access left"
     ),
     Assign: _assign,
-    Unassign: lambda c, who, group: (
+    Unassign: lambda c, who, group, site: (
         AuditKind.ASSIGNMENT_REMOVED,
-        f"Removed {who(c.external_id)}'s {c.previous.value} on {c.module} at {c.site_id}",
+        f"Removed {who(c.external_id)}'s {c.previous.value} on {c.module} at {site(c.site_id)}",
     ),
-    UpsertGroup: lambda c, who, group: (
-        AuditKind.GROUP_UPDATED, f"Synced group {c.display_name} (sites: {', '.join(c.site_ids) or 'none'})"
+    UpsertGroup: lambda c, who, group, site: (
+        AuditKind.GROUP_UPDATED, f"Synced group {c.display_name} (sites: {', '.join(map(site, c.site_ids)) or 'none'})"
     ),
-    # An upsert of a group the store did not have yet: looked up by _entry_of, not by type.
-    _NewGroup: lambda c, who, group: (
-        AuditKind.GROUP_CREATED, f"Created group {c.display_name} (sites: {', '.join(c.site_ids) or 'none'})"
+    # An upsert of a group the store did not have yet: looked up by change_entry, not by type.
+    _NewGroup: lambda c, who, group, site: (
+        AuditKind.GROUP_CREATED, f"Created group {c.display_name} (sites: {', '.join(map(site, c.site_ids)) or 'none'})"
     ),
-    AddGroupMember: lambda c, who, group: (
+    AddGroupMember: lambda c, who, group, site: (
         AuditKind.GROUP_MEMBER_ADDED, f"Added {who(c.external_id)} to group {group(c.group_external_id)}"
     ),
-    RemoveGroupMember: lambda c, who, group: (
+    RemoveGroupMember: lambda c, who, group, site: (
         AuditKind.GROUP_MEMBER_REMOVED, f"Removed {who(c.external_id)} from group {group(c.group_external_id)}"
     ),
-    RetireGroup: lambda c, who, group: (
+    RetireGroup: lambda c, who, group, site: (
         AuditKind.GROUP_RETIRED, f"Retired group {group(c.external_id)}: its mapping was removed"
     ),
 }
@@ -122,6 +123,12 @@ class Journal:
     clock: Callable[[], dt.datetime]
     run_id: str | None = None
     actor_id: str | None = None
+    site_names: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    """Site id -> ``Site.name``: messages name sites as people know them."""
+
+    def site(self, site_id: str) -> str:
+        """How a message names a site: its name, else its id."""
+        return self.site_names.get(site_id) or site_id
 
     def event(
         self, kind: AuditKind, message: str, *, subject: str | None = None, detail: Mapping[str, Any] | None = None
@@ -177,20 +184,24 @@ class Journal:
         *,
         errors: bool = True,
         stale: frozenset[str] = frozenset(),
+        group_names: Mapping[str, str] | None = None,
     ) -> list[AuditEvent]:
         """A ``discovery`` entry per group read; an ``error`` per group that was not (when ``errors``).
 
         A stale mapping (``stale``) gets its error from :meth:`plan_events`,
-        which can say how many removals it keeps held.
+        which can say how many removals it keeps held. ``group_names`` name
+        the groups in messages (the ids stay in ``subject`` and ``detail``).
         """
+        names = group_names or {}
         events = []
         for group_id in group_ids:
+            name = names.get(group_id) or group_id
             if group_id in members:
                 count = len(members[group_id])
                 events.append(
                     self.event(
                         AuditKind.DISCOVERY,
-                        f"Read group {group_id}: {count} users",
+                        f"Read group {name}: {count} users",
                         subject=group_id,
                         detail={"group_id": group_id, "users": count},
                     )
@@ -199,9 +210,13 @@ class Journal:
                 events.append(
                     self.event(
                         AuditKind.ERROR,
-                        f"Group {group_id} {unreadable[group_id]}",
+                        f"Group {name} {unreadable[group_id]}",
                         subject=group_id,
-                        detail={"group_id": group_id, "stage": "read"},
+                        detail={
+                            "group_id": group_id,
+                            "stage": "read",
+                            "access_denied": unreadable[group_id].startswith("access denied"),
+                        },
                     )
                 )
         return events
@@ -228,13 +243,17 @@ class Journal:
                 )
             )
         for group_id, held in plan.stale_groups.items():
+            name = plan.group_names.get(group_id) or group_id
             events.append(
                 self.event(
                     AuditKind.ERROR,
-                    f"Stale mapping: group {group_id} no longer exists in Azure; it keeps {held} removals held "
+                    f"Stale mapping: group {name} no longer exists in Azure; it keeps {held} removals held "
                     "until the mapping is removed",
                     subject=group_id,
-                    detail={"group_id": group_id, "stage": "read", "stale": True, "removals_held": held},
+                    detail={
+                        "group_id": group_id, "group_name": name, "stage": "read", "stale": True,
+                        "removals_held": held,
+                    },
                 )
             )
         if confirmed is not None and (plan.confirmed_removals or plan.hold_cleared == confirmed or scope):
@@ -340,7 +359,7 @@ class Journal:
         row: type = type(change)
         if row is UpsertGroup and change.external_id not in existing_groups:
             row = _NewGroup
-        kind, message = _ENTRIES[row](change, who, group)
+        kind, message = _ENTRIES[row](change, who, group, self.site)
         return self.event(kind, message, subject=change.external_id, detail=change_to_dict(change))
 
     def finished(

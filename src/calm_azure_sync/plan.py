@@ -334,7 +334,8 @@ class Plan:
     the next run must not adopt as their baseline.
 
     For reviews: ``people`` names the users the plan mentions (external id ->
-    :class:`UserLabel`), ``group_names`` the mapped groups, and
+    :class:`UserLabel`), ``group_names`` the mapped groups, ``site_names``
+    the sites (``Site.name``, set by the reconciler from its hierarchy), and
     ``access_before`` is the trust's synced access before the plan.
     """
 
@@ -360,6 +361,7 @@ class Plan:
     confirmed_removals: tuple[Change, ...] = attrs.field(default=(), repr=False)
     deferred_removals: tuple[Change, ...] = attrs.field(default=(), repr=False)
     disputed_groups: tuple[str, ...] = attrs.field(default=(), repr=False)
+    site_names: Mapping[str, str] = attrs.field(factory=dict, repr=False, eq=False)
 
     @property
     def complete(self) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import inspect
 import logging
 import uuid
 from collections import Counter
@@ -20,12 +21,14 @@ from typing import Any, Protocol, cast
 
 import attrs
 
-from .audit.events import AuditEvent, utc_now
-from .audit.protocol import AuditSink
+from ._plan_names import KnownNames
+from .audit.events import AuditEvent, AuditKind, utc_now
+from .audit.protocol import AuditSink, ImportLogQuery
 from .autodetect import Suggestions
 from .check import ConfigProblem, config_problems
 from .config import SyncConfig
 from .directory._deadline import interactive_call
+from .directory.delta import DeltaDirectory
 from .directory.protocol import Directory
 from .errors import (
     CalmAzureSyncError,
@@ -40,13 +43,22 @@ from .errors import (
     TenantMismatchError,
 )
 from .exclusion import ExclusionPolicy
+from .explain import (
+    Explanation,
+    explain_person,
+    person_snapshot,
+    person_state,
+    person_sync_state,
+    stored_user_for,
+)
+from .explain_read import read_person
 from .guards import next_sync_state
 from .hierarchy import Actor, TrustHierarchy, authorize
-from .incremental import ReadMode
+from .incremental import ReadMode, choose_mode
 from .incremental.reader import DirectoryReader, RunRead
 from .incremental.settled import Settled, settled_key
 from .journal import Journal, RefusalReason
-from .model import DirectoryGroup, DirectoryUser, Site
+from .model import DirectoryGroup, DirectoryUser, Role, Site
 from .plan import (
     AddGroupMember,
     CreateUser,
@@ -64,9 +76,19 @@ from .planner import DirectorySnapshot, PlanContext, build_plan, skip_reason
 from .report import ImportReport
 from .review import skip_counts
 from .state import Hold, HoldScope, RunningImport, SyncState, SyncStateStore
+from .status import (
+    RUN_KINDS,
+    Attention,
+    SyncStatus,
+    attention_after_run,
+    failure_streak,
+    runs_from_log,
+    sync_status,
+)
 from .store.protocol import (
     ChangeResult,
     FencedStore,
+    GrantReader,
     StateWithChanges,
     StoreState,
     UserStore,
@@ -74,7 +96,7 @@ from .store.protocol import (
     saves_state_with_changes,
 )
 
-__all__ = ["ImportReport", "ProgressCallback", "Reconciler"]
+__all__ = ["AttentionCallback", "ImportReport", "ProgressCallback", "Reconciler"]
 
 logger = logging.getLogger("calm_azure_sync")
 
@@ -83,6 +105,15 @@ class ProgressCallback(Protocol):
     """Called as ``progress(stage, done, total)``; ``stage`` is "read", "plan" or "apply"."""
 
     def __call__(self, stage: str, done: int, total: int | None) -> None: ...
+
+
+AttentionCallback = Callable[[Sequence[Attention]], Any]
+"""Called as ``on_attention(items)`` at the end of a run with what is new; may be a coroutine function."""
+
+#: The newest run entries (starts, ends, refusals) a status reads: about 100 runs.
+STATUS_RUN_ENTRIES = 200
+#: The newest run's error entries a status reads.
+STATUS_ERROR_ENTRIES = 100
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
@@ -178,6 +209,7 @@ class Reconciler:
     interactive_timeout: dt.timedelta | None = attrs.field(
         default=dt.timedelta(seconds=5), kw_only=True, validator=_positive_duration
     )
+    on_attention: AttentionCallback | None = attrs.field(default=None, kw_only=True, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.state is None:
@@ -191,10 +223,6 @@ class Reconciler:
     @property
     def _mirrors_groups(self) -> bool:
         return getattr(self.store, "mirrors_groups", False) is True
-
-    @property
-    def _site_names(self) -> dict[str, str]:
-        return {site.id: site.name or site.id for site in self.hierarchy.sites}
 
     @property
     def _state_store(self) -> SyncStateStore:
@@ -283,6 +311,151 @@ class Reconciler:
         trust = self._authorize(trust_site_id, actor)
         return (await self._state_store.load_state(trust.id)).hold
 
+    async def explain(self, config: SyncConfig, who: str, *, actor: Actor) -> Explanation:
+        """Why one person has (or lacks) the access this trust's sync gives, and what the next run changes for them.
+
+        ``who`` is an email, an Entra object id or a store user id. Checked
+        like :meth:`plan`; reads the directory for that one person (see
+        :mod:`calm_azure_sync.explain_read`: a few requests, whatever the
+        tenant's size), the store and the trust's sync state. Writes nothing
+        and logs nothing. See :class:`~calm_azure_sync.Explanation`.
+        """
+        self._admit(config, actor)
+        if not isinstance(who, str) or not who.strip():
+            raise ConfigError(
+                f"who: expected an email, an Entra object id or a store user id, got {type(who).__name__} {who!r:.60}"
+            )
+        who = who.strip()
+        trust = config.trust_site_id
+        state = await self.store.load(trust)
+        sync_state = await self._state_store.load_state(trust)
+        stored = stored_user_for(state, who)
+        read = await read_person(self.directory, config, who, stored, self._reader, self.max_concurrent_reads)
+        user = read.user
+        if stored is None and user is not None:
+            stored = stored_user_for(state, user.id) or (stored_user_for(state, user.email) if user.email else None)
+        ids = {ext for ext in (user.id if user else None, stored.external_id if stored else None) if ext}
+        plan: Plan | None = None
+        if ids:
+            email = (user.email if user else None) or (stored.email if stored else None)
+            snapshot = person_snapshot(
+                config, user, read.member_of, unreadable=read.unreadable, stale=read.stale, group_names=read.group_names
+            )
+            context = PlanContext(
+                person_sync_state(sync_state, ids), None, run_id="explain", now=self.clock(),
+                mirror_groups=self._mirrors_groups,
+            )
+            plan = await self._build_plan(config, snapshot, person_state(state, ids, email), context)
+        grants = None
+        if stored is not None and isinstance(self.store, GrantReader):
+            grants = sorted(await self.store.grants(stored.user_id), key=lambda g: (g.site_id, g.module, g.source))
+        elif stored is None:
+            grants = []
+        synced: dict[tuple[str, str], Role] = {}
+        for ext in ids:
+            synced.update(state.synced_access.get(ext, {}))
+        site_names = self._site_names()
+        roots = {site.id: self.hierarchy.root_of(site.id).id for site in self.hierarchy.sites}
+        return explain_person(
+            who=who,
+            config=config,
+            trust_name=site_names[trust],
+            site_names=site_names,
+            trust_of_site={site_id: (root, site_names[root]) for site_id, root in roots.items()},
+            user=user,
+            stored=stored,
+            groups=read.groups,
+            group_names={**{gid: g.display_name for gid, g in state.groups.items()}, **read.group_names},
+            grants=grants,
+            synced_access=synced,
+            plan=plan,
+            pending=sync_state.hold,
+            unread_groups=read.unreadable,
+            directory_read=read.how,
+            not_found_reason=read.not_found_reason,
+            notes=read.notes,
+        )
+
+    async def status(self, trust_site_id: str, *, actor: Actor) -> SyncStatus:
+        """The trust's sync at a glance: last runs, failure streak, pending hold, next read, what needs an admin.
+
+        Cheap: reads the trust's sync state, the head of its delta cache and
+        the newest Import Log entries (at most :data:`STATUS_RUN_ENTRIES` run
+        entries and the last run's errors), never the directory. An audit
+        sink that cannot be queried
+        (:class:`~calm_azure_sync.audit.protocol.ImportLogQuery`) gives a
+        status whose ``log_readable`` is false. Writes and logs nothing.
+        See :class:`~calm_azure_sync.SyncStatus`.
+        """
+        trust = self._authorize(trust_site_id, actor)
+        sync_state = await self._state_store.load_state(trust.id)
+        runs_log, errors = await self._recent_runs(trust.id)
+        reader = self._reader
+        head, _ = await reader._load_head(trust.id, sync_state)
+        mode, why = choose_mode(
+            "auto", cache=head, mapped=head.mapped if head is not None else frozenset(),
+            supports_delta=isinstance(self.directory, DeltaDirectory), now=self.clock(),
+            full_resync_interval=self.full_resync_interval,
+        )
+        if head is not None and mode == "incremental":
+            why += " (if the mapped groups stay as they are)"
+        return sync_status(
+            trust_site_id=trust.id, trust_name=trust.name or trust.id, now=self.clock(), hold=sync_state.hold,
+            runs_log=runs_log, last_run_errors=errors, mode_next=mode, mode_next_reason=why,
+        )
+
+    async def _recent_runs(self, trust_site_id: str) -> tuple[list[AuditEvent] | None, list[AuditEvent]]:
+        """The newest run entries and the newest run's errors (``None``: the Import Log cannot be queried)."""
+        if not isinstance(self.audit, ImportLogQuery):
+            return None, []
+        try:
+            runs_log = list(await self.audit.query(trust_site_id, kinds=RUN_KINDS, limit=STATUS_RUN_ENTRIES))
+            runs = runs_from_log(runs_log)
+            errors: list[AuditEvent] = []
+            if runs:
+                errors = list(await self.audit.query(
+                    trust_site_id, run_id=runs[0].run_id, kinds=[AuditKind.ERROR], limit=STATUS_ERROR_ENTRIES
+                ))
+        except Exception:  # a status is for people: an unreadable log is said, not raised
+            logger.warning("reading the Import Log of %s failed", trust_site_id, exc_info=True)
+            return None, []
+        return runs_log, errors
+
+    async def _tell(self, callback: AttentionCallback | None, items: Sequence[Attention]) -> None:
+        """Hand new attention items to the host; a callback that fails is logged, never raised."""
+        if callback is None or not items:
+            return
+        try:
+            result = callback(tuple(items))
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.error("the on_attention callback failed for %d items", len(items), exc_info=True)
+
+    async def _attention_after(
+        self, report: ImportReport, hold_before: Hold | None, hold_after: Hold | None
+    ) -> list[Attention]:
+        """What this run brought that needs an admin (see :func:`~calm_azure_sync.status.attention_after_run`)."""
+        streak: int | None = None
+        abandoned: list[AuditEvent] = []
+        if isinstance(self.audit, ImportLogQuery):
+            try:
+                runs_log = await self.audit.query(report.trust_site_id, kinds=RUN_KINDS, limit=STATUS_RUN_ENTRIES)
+                streak = failure_streak(runs_from_log(runs_log))
+                abandoned = [
+                    event for event in runs_log
+                    if event.kind == AuditKind.IMPORT_ABANDONED and event.run_id == report.run_id
+                ]
+            except Exception:
+                logger.warning("reading the Import Log of %s failed", report.trust_site_id, exc_info=True)
+        return attention_after_run(
+            now=self.clock(), hold_before=hold_before, hold_after=hold_after, streak=streak, abandoned=abandoned
+        )
+
+    def _site_names(self) -> dict[str, str]:
+        """Each site's name for people to read (its id when it has none)."""
+        return {site.id: site.name or site.id for site in self.hierarchy.sites}
+
     # ------------------------------------------------------------------ plan / run
 
     async def plan(self, config: SyncConfig, *, actor: Actor, confirm_hold: str | None = None) -> Plan:
@@ -291,13 +464,16 @@ class Reconciler:
         snapshot = await self._read(config)
         journal = self._journal(config.trust_site_id, actor)
         await self._record_safely(
-            journal.read_events(snapshot.members, snapshot.unreadable, sorted(config.mappings.group_ids), errors=False)
+            journal.read_events(
+                snapshot.members, snapshot.unreadable, sorted(config.mappings.group_ids), errors=False,
+                group_names=snapshot.group_names,
+            )
         )
         sync_state = await self._state_store.load_state(config.trust_site_id)
         state = await self.store.load(config.trust_site_id)
         context = PlanContext(
             sync_state, confirm_hold, run_id="preview", now=self.clock(), mirror_groups=self._mirrors_groups,
-            site_names=self._site_names,
+            site_names=self._site_names(),
         )
         return await self._build_plan(config, snapshot, state, context)
 
@@ -309,6 +485,7 @@ class Reconciler:
         confirm_hold: str | None = None,
         mode: ReadMode = "auto",
         confirm_only: HoldScope | None = None,
+        on_attention: AttentionCallback | None = None,
     ) -> ImportReport:
         """Start Import.
 
@@ -331,10 +508,17 @@ class Reconciler:
         ``confirm_only`` (with ``confirm_hold``): a partial confirmation; only
         the held removals inside that :class:`~calm_azure_sync.HoldScope` are
         applied, the rest stays held under a new hold id.
+
+        ``on_attention`` (else the reconciler's) is called once at the end
+        with what is new and needs an admin (:class:`~calm_azure_sync.Attention`:
+        a hold created or grown, a refusal, a third failed run in a row, an
+        abandoned run this one closed); a callback that raises is logged and
+        never fails the run.
         """
+        callback = on_attention if on_attention is not None else self.on_attention
         journal = Journal(
             config.trust_site_id if isinstance(config, SyncConfig) else "?", self.clock, uuid.uuid4().hex,
-            actor.user_id if isinstance(actor, Actor) else None,
+            actor.user_id if isinstance(actor, Actor) else None, site_names=self._site_names(),
         )
         try:
             if mode not in ("full", "incremental", "auto"):
@@ -344,12 +528,23 @@ class Reconciler:
             lock = self.store.run_lock(config.trust_site_id)
             await lock.__aenter__()
         except (NotAuthorizedError, ConfigError, ImportAlreadyRunningError, StoreError) as error:
-            await self._record_safely([journal.refused(_refusal_reason(error), error)])
+            reason = _refusal_reason(error)
+            await self._record_safely([journal.refused(reason, error)])
+            await self._tell_refusal(callback, journal.trust_site_id, reason, error)
             raise
         report: ImportReport | None = None
+        hold_before: Hold | None = None
+        runner: _Run | None = None
         try:
-            sync_state = await self._load_state_or_refuse(config, confirm_hold, journal)
-            report = await _Run(self, config, journal, sync_state, confirm_hold, mode, confirm_only).execute()
+            try:
+                sync_state = await self._load_state_or_refuse(config, confirm_hold, journal)
+            except ConfigError as error:
+                reason = _refusal_reason(error) if isinstance(error, HoldMismatchError) else "unreadable_state"
+                await self._tell_refusal(callback, journal.trust_site_id, reason, error)
+                raise
+            hold_before = sync_state.hold
+            runner = _Run(self, config, journal, sync_state, confirm_hold, mode, confirm_only)
+            report = await runner.execute()
         finally:
             try:
                 await lock.__aexit__(None, None, None)
@@ -362,7 +557,20 @@ class Reconciler:
                         ok=False,
                     )
         assert report is not None
+        assert runner is not None
+        if callback is not None:
+            await self._tell(callback, await self._attention_after(report, hold_before, runner.sync_state.hold))
         return report
+
+    async def _tell_refusal(
+        self, callback: AttentionCallback | None, trust_site_id: str, reason: str, error: BaseException
+    ) -> None:
+        """A refusal is news for an admin, except another run being busy (a scheduler's overlap)."""
+        if callback is None or reason == "already_running":
+            return
+        name = self._site_names().get(trust_site_id, trust_site_id)
+        message = f"An import of {name} was refused ({reason.replace('_', ' ')}): {error}"
+        await self._tell(callback, [Attention("import_refused", message, self.clock())])
 
     # ------------------------------------------------------------------ steps
 
@@ -443,7 +651,10 @@ class Reconciler:
             else:
                 plan = build_plan(config, snapshot, state, attrs.evolve(context, lookups=found))
         self._progress("plan", 1, 1)
-        return plan
+        # Reviews name sites by Site.name, and anyone the run knows by name (not only those it changes).
+        return attrs.evolve(
+            plan, site_names=self._site_names(), people=KnownNames(plan.people, snapshot.members, state)
+        )
 
     async def _data_version(self) -> int | None:
         """The store's data version, when it keeps one (see :class:`~calm_azure_sync.VersionedStore`)."""
@@ -464,7 +675,7 @@ class Reconciler:
             logger.warning("progress callback failed", exc_info=True)
 
     def _journal(self, trust_site_id: str, actor: Actor, run_id: str | None = None) -> Journal:
-        return Journal(trust_site_id, self.clock, run_id, actor.user_id)
+        return Journal(trust_site_id, self.clock, run_id, actor.user_id, site_names=self._site_names())
 
     async def _record_safely(self, events: Sequence[AuditEvent]) -> str | None:
         """Record events; on failure return why (never raise: the store is the truth)."""
@@ -647,13 +858,14 @@ class _Run:
             now=reconciler.clock(),
             mirror_groups=reconciler._mirrors_groups,
             confirm_only=self.confirm_only,
-            site_names=reconciler._site_names,
+            site_names=reconciler._site_names(),
         )
         plan = await reconciler._build_plan(self.config, snapshot, state, context)
         self._learn_labels(plan)
         events = [self.journal.read_mode(self.read.mode, self.read.why)]
         events += self.journal.read_events(
-            snapshot.members, snapshot.unreadable, sorted(self.config.mappings.group_ids), stale=snapshot.stale
+            snapshot.members, snapshot.unreadable, sorted(self.config.mappings.group_ids), stale=snapshot.stale,
+            group_names=plan.group_names,
         )
         events.extend(self.journal.plan_events(plan, confirmed=self.confirm_hold, scope=self.confirm_only))
         await self.record(events)

@@ -31,7 +31,7 @@ does IO. The rules, written once:
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import attrs
@@ -74,6 +74,7 @@ __all__ = [
     "plan_html",
     "plan_records",
     "plan_repr",
+    "people_first",
     "plan_text",
     "report_counts",
     "report_html",
@@ -135,7 +136,7 @@ class _Row:
     detail: str = ""
 
 
-def _row(change: Change) -> _Row:
+def _row(change: Change, site: Callable[[str], str] = str) -> _Row:
     kind = change_kind(change)
     if isinstance(change, Assign):
         detail = f"was {change.previous.value}" if change.previous is not None else ""
@@ -178,7 +179,7 @@ def _row(change: Change) -> _Row:
     if isinstance(change, DeactivateUser):
         return _Row(kind, change.external_id, detail="no access left")
     if isinstance(change, UpsertGroup):
-        sites = f"maps to {', '.join(change.site_ids)}" if change.site_ids else ""
+        sites = f"maps to {', '.join(map(site, change.site_ids))}" if change.site_ids else ""
         return _Row(kind, None, group_ids=(change.external_id,), detail=sites)
     if isinstance(change, (AddGroupMember, RemoveGroupMember)):
         return _Row(kind, change.external_id, group_ids=(change.group_external_id,))
@@ -193,7 +194,7 @@ def _cells(row: _Row, names: _Names) -> list[object]:
     return [
         row.kind,
         *names.user_cells(row.external_id),
-        row.site_id,
+        names.site_cell(row.site_id),
         row.module,
         row.role.value if row.role is not None else None,
         names.groups_cell(row.group_ids),
@@ -201,9 +202,22 @@ def _cells(row: _Row, names: _Names) -> list[object]:
     ]
 
 
-def _change_rows(changes: Iterable[Change], names: _Names) -> Iterator[list[object]]:
+_GROUP_ONLY = (UpsertGroup, RetireGroup)
+
+
+def people_first(changes: Sequence[Change]) -> Iterator[Change]:
+    """The changes with people's first: changes to a group alone (upsert, retire) come last.
+
+    A plan applies group upserts first; a person reviewing it wants the
+    people. Lazy, so a table of a long plan still reads only its first rows.
+    """
+    yield from (change for change in changes if not isinstance(change, _GROUP_ONLY))
+    yield from (change for change in changes if isinstance(change, _GROUP_ONLY))
+
+
+def _change_rows(changes: Sequence[Change], names: _Names) -> Iterator[list[object]]:
     # Lazy: a table shows the first rows of a long plan and only counts the rest.
-    return (_cells(_row(change), names) for change in changes)
+    return (_cells(_row(change, names.site), names) for change in people_first(changes))
 
 
 def change_cells(change: Change, plan: Plan | None = None) -> list[str]:
@@ -215,7 +229,7 @@ def change_cells(change: Change, plan: Plan | None = None) -> list[str]:
     names = _Names(plan if plan is not None else Plan("", changes=(change,)))
     return [
         "" if cell is None else str(cell.text if isinstance(cell, Cell) else cell)
-        for cell in _cells(_row(change), names)
+        for cell in _cells(_row(change, names.site), names)
     ]
 
 
@@ -238,7 +252,8 @@ def _record(row: _Row, names: _Names, *, held: bool) -> dict[str, object]:
 
 
 def plan_records(plan: Plan) -> list[dict[str, object]]:
-    """One plain dict per change, then per held removal (``held`` true): what ``pandas.DataFrame`` takes.
+    """One plain dict per change (people's first, see :func:`people_first`), then per held removal
+    (``held`` true): what ``pandas.DataFrame`` takes.
 
     Every dict has the same keys (``kind``, ``external_id``, ``name``,
     ``email``, ``site_id``, ``module``, ``role``, ``previous``, ``groups``,
@@ -246,8 +261,8 @@ def plan_records(plan: Plan) -> list[dict[str, object]]:
     ``None`` values.
     """
     names = _Names(plan)
-    records = [_record(_row(change), names, held=False) for change in plan.changes]
-    records += [_record(_row(change), names, held=True) for change in plan.held_removals]
+    records = [_record(_row(change, names.site), names, held=False) for change in people_first(plan.changes)]
+    records += [_record(_row(change, names.site), names, held=True) for change in plan.held_removals]
     return records
 
 
@@ -348,12 +363,17 @@ def plan_repr(plan: Plan) -> str:
     )
 
 
+def _trust(plan: Plan) -> str:
+    """How a review names the plan's trust: its name, else its id."""
+    return plan.site_names.get(plan.trust_site_id) or plan.trust_site_id
+
+
 def _plan_headline(plan: Plan) -> str:
     kinds = _nonzero(_change_counts(plan))
     skips = ", ".join(f"{category}={count}" for category, count in skip_counts(plan.skipped).items())
     held = f", held={len(plan.held_removals)}" if plan.held_removals else ""
     return (
-        f"Plan for trust {visible(plan.trust_site_id)}: {len(plan.changes)} changes"
+        f"Plan for trust {visible(_trust(plan))}: {len(plan.changes)} changes"
         f"{' (' + kinds + ')' if kinds else ''}; {skips}{held}"
     )
 
@@ -429,7 +449,7 @@ def plan_html(plan: Plan) -> str:
     others: dict[str, int] = skip_counts(plan.skipped)
     if plan.held_removals:
         others["held"] = len(plan.held_removals)
-    parts = [f"<h4>Plan for trust {_h(plan.trust_site_id)}</h4>"]
+    parts = [f"<h4>Plan for trust {_h(_trust(plan))}</h4>"]
     if not plan.complete:
         parts.append("<p>Not every mapped group was read completely: nothing is removed or downgraded.</p>")
     parts.append(_counts_table(_change_counts(plan), others))
@@ -501,13 +521,15 @@ def report_text(report: ImportReport) -> str:
     status = "ok" if report.ok else "FAILED"
     changes, others = report_counts(report)
     left_out = ", ".join(f"{kind}={others[kind]}" for kind in SKIP_CATEGORIES)
-    rest = _nonzero({kind: count for kind, count in others.items() if kind not in SKIP_CATEGORIES})
+    # The held count is spelled out with the changes ("held 349 removals for …"), not repeated as held=N.
+    shown = (*SKIP_CATEGORIES, "held") if report.held_removals else SKIP_CATEGORIES
+    rest = _nonzero({kind: count for kind, count in others.items() if kind not in shown})
+    plan = _report_plan(report)
     lines = [
-        f"Import {visible(report.run_id)} of trust {visible(report.trust_site_id)}: {status} "
-        f"in {report.duration_seconds:.1f}s ({_nonzero(changes) or 'no changes'}; {left_out}"
+        f"Import {visible(report.run_id)} of trust {visible(_trust(plan))}: {status} "
+        f"in {report.duration_seconds:.1f}s ({_applied(changes, report)}; {left_out}"
         f"{', ' + rest if rest else ''})"
     ]
-    plan = _report_plan(report)
     names = _Names(plan)
     if report.held_removals:
         lines += _hold_lines(plan, report.held_removals, names)
@@ -518,6 +540,17 @@ def report_text(report: ImportReport) -> str:
     return lines[0] + "".join(f"\n  {line}" for line in lines[1:])
 
 
+def _applied(changes: Mapping[str, int], report: ImportReport) -> str:
+    """What the run changed, and what it held: a held run never reads as "no changes" alone."""
+    applied = _nonzero(changes)
+    held = len(report.held_removals)
+    if not held:
+        return applied or "no changes"
+    users = len({change.external_id for change in report.held_removals})
+    holding = f"held {held} removals for {users} people for review"
+    return f"{applied}; {holding}" if applied else f"no changes applied; {holding}"
+
+
 def report_html(report: ImportReport) -> str:
     """The report as HTML for a notebook: outcome, duration, counts, holds, conflicts, errors, changes."""
     status = "ok" if report.ok else "failed"
@@ -525,7 +558,7 @@ def report_html(report: ImportReport) -> str:
     plan = _report_plan(report)
     names = _Names(plan)
     parts = [
-        f"<h4>Import {_h(report.run_id)} of trust {_h(report.trust_site_id)}: {status}</h4>"
+        f"<h4>Import {_h(report.run_id)} of trust {_h(_trust(plan))}: {status}</h4>"
         f"<p>Started {_h(report.started_at.isoformat(timespec='seconds'))}, "
         f"took {report.duration_seconds:.1f} s.</p>",
         _counts_table(changes, others),

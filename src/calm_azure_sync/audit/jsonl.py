@@ -6,14 +6,15 @@ import asyncio
 import json
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 import attrs
 
 from .._async_closing import AsyncClosing
 from .._text import clean_text
-from .events import AuditEvent
+from .events import AuditEvent, AuditKind
+from .protocol import select_events
 
 __all__ = ["JsonlAuditSink"]
 
@@ -82,6 +83,52 @@ class JsonlAuditSink(AsyncClosing):
     def read(self) -> list[AuditEvent]:
         """Every event in the file, oldest first (see :meth:`iter_events`)."""
         return list(self.iter_events())
+
+    def iter_newest_first(self) -> Iterator[AuditEvent]:
+        """Yield the events newest first, reading the file backwards in blocks (a torn line is skipped).
+
+        Reading stops where the caller stops: the last few events of a
+        large log cost a block or two, not the whole file.
+        """
+        try:
+            file = self.path.open("rb")
+        except FileNotFoundError:
+            return
+        with file:
+            position = file.seek(0, os.SEEK_END)
+            tail = b""
+            while position > 0:
+                step = min(_BLOCK, position)
+                position -= step
+                file.seek(position)
+                chunk = file.read(step) + tail
+                lines = chunk.split(b"\n")
+                tail = lines[0]  # may start before this block: kept for the next one
+                for line in reversed(lines[1:]):
+                    event = _parse_line(line)
+                    if event is not None:
+                        yield event
+            event = _parse_line(tail)
+            if event is not None:
+                yield event
+
+    async def query(
+        self,
+        trust_site_id: str,
+        run_id: str | None = None,
+        kinds: Collection[AuditKind | str] | None = None,
+        limit: int | None = 100,
+    ) -> list[AuditEvent]:
+        """The trust's events newest first, as :class:`~calm_azure_sync.audit.protocol.ImportLogQuery` says.
+
+        The file is read backwards and only as far as ``limit`` needs.
+        """
+        return await asyncio.to_thread(
+            lambda: select_events(self.iter_newest_first(), trust_site_id, run_id, kinds, limit)
+        )
+
+
+_BLOCK = 64 * 1024
 
 
 def _parse_line(line: bytes) -> AuditEvent | None:

@@ -42,7 +42,7 @@ from .._async_closing import AsyncClosing
 from .._gc import collector_paused
 from ..errors import ConfigError, DirectoryAccessError, DirectoryError, GroupNotFoundError
 from ..model import DirectoryGroup, DirectoryUser
-from . import _graph_delta, _graph_lookup
+from . import _graph_delta, _graph_lookup, _graph_person
 from ._deadline import request_deadline
 from ._graph_common import (
     GROUP_READ_PERMISSIONS,
@@ -447,6 +447,26 @@ class GraphDirectory(AsyncClosing):
         :meth:`lookup_users` (GroupMember.Read.All).
         """
         return await _graph_lookup.lookup_groups(self, ids)
+
+    async def users_by_email(self, email: str) -> Sequence[DirectoryUser]:
+        """The users whose ``mail`` is ``email`` (else whose ``userPrincipalName`` is), for ``explain``.
+
+        ``GET /users?$filter=mail eq '…'`` and, when none matches,
+        ``userPrincipalName eq '…'`` (default queries, User.Read.All).
+        """
+        return await _graph_person.users_by_email(self, email)
+
+    async def user_groups(self, user_id: str, *, transitive: bool) -> Sequence[DirectoryGroup]:
+        """The user's groups: ``GET /users/{id}/transitiveMemberOf/microsoft.graph.group`` (or ``memberOf``).
+
+        Paged by 999 with ``$count=true`` and ``ConsistencyLevel: eventual``;
+        an unknown user is a :class:`~calm_azure_sync.DirectoryError` with code ``not_found``.
+        """
+        return await _graph_person.user_groups(self, user_id, transitive=transitive)
+
+    async def group_parents(self, group_id: str) -> Sequence[DirectoryGroup]:
+        """The groups ``group_id`` is directly in: ``GET /groups/{id}/memberOf/microsoft.graph.group``."""
+        return await _graph_person.group_parents(self, group_id)
 
     async def changes(
         self,

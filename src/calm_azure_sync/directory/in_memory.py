@@ -189,6 +189,53 @@ class InMemoryDirectory(AsyncClosing):
         """Each id to its group, ``None`` when no group has it."""
         return {group_id: self.groups.get(group_id) for group_id in lookup_ids(ids, "group")}
 
+    # -- one person (PersonLookup) ------------------------------------------------
+
+    async def users_by_email(self, email: str) -> Sequence[DirectoryUser]:
+        """The users whose ``mail`` (else principal name) is ``email``, ignoring case, as Graph's ``$filter`` finds them."""
+        if not isinstance(email, str) or not email.strip():
+            raise ConfigError(f"users_by_email: email must be a non-empty string, got {email!r:.60}")
+        wanted = email.strip().casefold()
+        by_mail = [user for user in self.users.values() if (user.mail or "").casefold() == wanted]
+        if by_mail:
+            return by_mail
+        return [user for user in self.users.values() if (user.user_principal_name or "").casefold() == wanted]
+
+    async def user_groups(self, user_id: str, *, transitive: bool) -> Sequence[DirectoryGroup]:
+        """The groups the user is in, directly or (``transitive``) through nesting too."""
+        if user_id not in self.users:
+            raise DirectoryError(f"user {user_id!r} does not exist", code="not_found", status=404)
+        return [self.groups[group_id] for group_id in self._ancestors(user_id, transitive=transitive)]
+
+    async def group_parents(self, group_id: str) -> Sequence[DirectoryGroup]:
+        """The groups ``group_id`` is a direct member of."""
+        if group_id not in self.groups:
+            raise GroupNotFoundError(group_id, code="Request_ResourceNotFound")
+        return [self.groups[parent] for parent in self._ancestors(group_id, transitive=False)]
+
+    def _ancestors(self, object_id: str, *, transitive: bool) -> list[str]:
+        """The groups holding ``object_id``, nearest first, each once (breadth first when ``transitive``)."""
+        parents: dict[str, list[str]] = {}
+        for group_id, member_ids in self.members.items():
+            for member_id in member_ids:
+                parents.setdefault(member_id, []).append(group_id)
+        found: list[str] = []
+        seen = {object_id}
+        pending = [object_id]
+        while pending:
+            following: list[str] = []
+            for current in pending:
+                for parent in parents.get(current, ()):
+                    if parent in seen or parent not in self.groups:
+                        continue
+                    seen.add(parent)
+                    found.append(parent)
+                    following.append(parent)
+            if not transitive:
+                break
+            pending = following
+        return found
+
     # -- changes that the delta log records --------------------------------------------
 
     @_logged

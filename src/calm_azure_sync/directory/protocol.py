@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 from ..errors import ConfigError
 from ..model import DirectoryGroup, DirectoryUser
 
-__all__ = ["Directory", "GroupDiscovery", "UserLookup", "lookup_ids"]
+__all__ = ["Directory", "GroupDiscovery", "PersonLookup", "UserLookup", "lookup_ids"]
 
 
 @runtime_checkable
@@ -80,6 +80,38 @@ class GroupDiscovery(Protocol):
 
     async def group_member_count(self, group_id: str) -> int:
         """The group's users, nested groups resolved (may lag a change slightly on Graph).
+
+        An unknown group raises :class:`~calm_azure_sync.GroupNotFoundError`.
+        """
+        ...
+
+
+@runtime_checkable
+class PersonLookup(Protocol):
+    """An optional capability of a :class:`Directory`: one person and their groups, for ``explain``.
+
+    :meth:`~calm_azure_sync.Reconciler.explain` uses it (with
+    :class:`UserLookup` for an object id) to read the directory for one
+    person only: on Graph a handful of requests whatever the tenant's size
+    (``/users?$filter=mail eq …``, ``/users/{id}/transitiveMemberOf``,
+    ``/users/{id}/memberOf``, ``/groups/{id}/memberOf``). A directory
+    without it is read the way a run reads it: every mapped group.
+    Both shipped directories implement it.
+    """
+
+    async def users_by_email(self, email: str) -> Sequence[DirectoryUser]:
+        """The users whose ``mail`` (else ``userPrincipalName``) is ``email``, ignoring case; usually one."""
+        ...
+
+    async def user_groups(self, user_id: str, *, transitive: bool) -> Sequence[DirectoryGroup]:
+        """The groups user ``user_id`` is in: directly, or (``transitive``) through nesting too.
+
+        An unknown user raises :class:`~calm_azure_sync.DirectoryError` (code ``not_found``).
+        """
+        ...
+
+    async def group_parents(self, group_id: str) -> Sequence[DirectoryGroup]:
+        """The groups ``group_id`` is a direct member of (its parents; one step of a nesting path).
 
         An unknown group raises :class:`~calm_azure_sync.GroupNotFoundError`.
         """

@@ -23,6 +23,7 @@ __all__ = [
     "ChangeResult",
     "FencedStore",
     "Grant",
+    "GrantReader",
     "GrantSource",
     "StateWithChanges",
     "StoreState",
@@ -198,6 +199,20 @@ class UserStore(Protocol):
 
     def run_lock(self, trust_site_id: str) -> AbstractAsyncContextManager[None]:
         """Hold the trust's import lock; a second holder gets ImportAlreadyRunningError."""
+        ...
+
+
+@runtime_checkable
+class GrantReader(Protocol):
+    """An optional capability of a :class:`UserStore`: one user's grants, of every source and trust.
+
+    :meth:`~calm_azure_sync.Reconciler.explain` uses it to show a person's
+    manual grants and their access from other trusts. All shipped stores
+    implement it; without it an explanation says it cannot list them.
+    """
+
+    async def grants(self, user_id: str) -> set[Grant]:
+        """Every grant of store user ``user_id`` (manual and synced, every site)."""
         ...
 
 

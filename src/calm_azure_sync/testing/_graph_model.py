@@ -31,6 +31,7 @@ import httpx
 from ..directory._search import name_matches
 from ._graph_delta import DeltaToken, answer_delta
 from ._graph_shapes import (
+    GROUP_CASTS,
     GROUP_PERMISSIONS,
     MAX_BATCH,
     MAX_CURSORS,
@@ -38,6 +39,7 @@ from ._graph_shapes import (
     USER_CASTS,
     USER_COLLECTIONS,
     USER_DEFAULT_PROPERTIES,
+    USER_EQ_FILTER,
     USER_PERMISSIONS,
     Cursor,
     Fault,
@@ -381,10 +383,85 @@ class FakeGraph:
 
     def _answer_users(self, request: GraphRequest, segments: list[str]) -> Reply:
         if len(segments) == 1:
-            return self._page(request, "users", list(self._users), self._page_size(request.query), "users")
+            return self._page(request, "users", self._filtered_users(request), self._page_size(request.query), "users")
         if len(segments) == 2:
             return Reply(200, self._entity(request, "users", self._user_or_404(segments[1])))
+        if segments[2] in ("memberOf", "transitiveMemberOf"):
+            self._user_or_404(segments[1])
+            return self._answer_member_of(request, segments, transitive=segments[2] == "transitiveMemberOf")
         raise GraphError(400, "Request_BadRequest", f"Resource not found for the segment '{segments[2]}'.")
+
+    def _filtered_users(self, request: GraphRequest) -> list[str]:
+        """``$filter=mail eq '…'`` or ``userPrincipalName eq '…'`` (default queries, any case); no filter: every user."""
+        raw = request.query.get("$filter")
+        if raw is None:
+            return list(self._users)
+        match = USER_EQ_FILTER.fullmatch(raw.strip())
+        if match is None:
+            raise GraphError(400, "Request_UnsupportedQuery", f"Unsupported or invalid query filter clause: {raw[:80]!r}.")
+        field = "mail" if match.group(1).lower() == "mail" else "userPrincipalName"
+        wanted = match.group(2).replace("''", "'").casefold()
+        return [
+            user_id for user_id, user in self._users.items() if str(user.get(field) or "").casefold() == wanted
+        ]
+
+    def _parents(self, object_id: str, *, transitive: bool) -> list[str]:
+        """The groups holding ``object_id``, nearest first, each once (``memberOf`` / ``transitiveMemberOf``)."""
+        parents: dict[str, list[str]] = {}
+        for group_id, member_ids in self._members.items():
+            for member_id in member_ids:
+                parents.setdefault(member_id, []).append(group_id)
+        found: list[str] = []
+        seen = {object_id}
+        pending = [object_id]
+        while pending:
+            following: list[str] = []
+            for current in pending:
+                for parent in parents.get(current, ()):
+                    if parent in seen or parent not in self._groups:
+                        continue
+                    seen.add(parent)
+                    found.append(parent)
+                    following.append(parent)
+            if not transitive:
+                break
+            pending = following
+        return found
+
+    def _answer_member_of(self, request: GraphRequest, segments: list[str], *, transitive: bool) -> Reply:
+        """``/users/{id}/memberOf``, ``/transitiveMemberOf``, ``/groups/{id}/memberOf``, the group cast, ``$count``.
+
+        As documented (user-list-transitivememberof): ``directoryObject`` items
+        with ``@odata.type``; the cast ``microsoft.graph.group`` (an advanced
+        query: ``ConsistencyLevel: eventual`` and ``$count=true``) answers
+        groups only; pages of at most 999.
+        """
+        counting = segments[-1] == "$count" and len(segments) in (4, 5)
+        if counting:
+            segments = segments[:-1]
+        if len(segments) > 4:
+            raise GraphError(400, "Request_BadRequest", f"Resource not found for the segment '{segments[4]}'.")
+        cast = segments[3] if len(segments) == 4 else None
+        if counting and (request.consistency_level or "").lower() != "eventual":
+            raise GraphError(400, "Request_BadRequest", "$count is not currently supported.")
+        if cast is not None and cast not in GROUP_CASTS:
+            raise GraphError(
+                400, "Request_UnsupportedQuery", f"The specified cast '{cast}' is not supported on this relationship."
+            )
+        if cast is not None and not counting and not self._advanced(request):
+            raise GraphError(
+                400,
+                "Request_UnsupportedQuery",
+                "The request uses a filter or cast that requires the advanced query parameters: "
+                "'ConsistencyLevel: eventual' header and '$count=true'.",
+            )
+        ids = self._parents(segments[1], transitive=transitive)
+        if counting:
+            return Reply(200, str(len(ids)), {"Content-Type": "text/plain"})
+        top = self._page_size(request.query)
+        if cast is not None:
+            return self._page(request, "groups", ids, top, "groups")
+        return self._page(request, "directoryObjects", ids, top, "directoryObjects")
 
     def _answer_group(self, request: GraphRequest, segments: list[str]) -> Reply:
         """``/groups/{id}``, its ``members`` / ``transitiveMembers``, their user casts and ``$count``."""
@@ -398,6 +475,8 @@ class FakeGraph:
         if len(segments) == 2:
             return Reply(200, self._entity(request, "groups", self._groups[group_id]))
         relation = segments[2]
+        if relation == "memberOf":
+            return self._answer_member_of(request, segments, transitive=False)
         counting = segments[-1] == "$count" and len(segments) in (4, 5)
         if counting:
             segments = segments[:-1]

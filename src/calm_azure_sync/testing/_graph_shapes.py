@@ -50,6 +50,9 @@ USER_DEFAULT_PROPERTIES = (
 )
 
 USER_CASTS = ("microsoft.graph.user", "graph.user")
+GROUP_CASTS = ("microsoft.graph.group", "graph.group")
+# A user found by email: ``$filter=mail eq '…'`` or ``userPrincipalName eq '…'`` (a quote doubled inside).
+USER_EQ_FILTER = re.compile(r"(mail|userPrincipalName)\s+eq\s+'((?:[^']|'')*)'", re.IGNORECASE)
 # User properties that are collections: Graph never sends them as null.
 USER_COLLECTIONS = frozenset({"assignedLicenses", "businessPhones", "identities", "otherMails", "proxyAddresses"})
 GROUP_PERMISSIONS = frozenset(
