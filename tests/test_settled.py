@@ -228,12 +228,12 @@ async def test_a_clock_past_the_full_resync_interval_reads_in_full_even_when_set
 
 
 async def test_another_library_version_finds_no_trust_settled(monkeypatch):
-    import calm_azure_sync
+    from calm_azure_sync import _version
 
     directory = InMemoryDirectory.from_dict(fixture())
     store = InMemoryUserStore()
     await settle(directory, store)
-    monkeypatch.setattr(calm_azure_sync, "__version__", "99.0.0")
+    monkeypatch.setattr(_version, "__version__", "99.0.0")  # the version the key is made with
     report = await reconciler(directory, store).run(CONFIG, actor=SYSTEM)
     assert not report.mode_reason.startswith("nothing changed"), report.mode_reason
 
@@ -242,7 +242,8 @@ def test_the_key_changes_with_every_input_and_a_bad_record_is_no_record():
     from calm_azure_sync import SyncState
     from calm_azure_sync.incremental.settled import Settled, settled_key
 
-    base = {"mirror_groups": True, "sync_state": SyncState(), "data_version": 3, "cursor": {"users": "a"}}
+    base = {"mirror_groups": True, "sync_state": SyncState(), "data_version": 3, "cursor": {"users": "a"},
+            "library_version": "0.4.0"}
     key = settled_key(CONFIG, HIERARCHY.sites, **base)
     assert key == settled_key(CONFIG, HIERARCHY.sites, **base)
     variants = [
@@ -252,6 +253,7 @@ def test_the_key_changes_with_every_input_and_a_bad_record_is_no_record():
         settled_key(CONFIG, HIERARCHY.sites, **{**base, "sync_state": SyncState(baselines={"g0": 1})}),
         settled_key(CONFIG, HIERARCHY.sites, **{**base, "data_version": 4}),
         settled_key(CONFIG, HIERARCHY.sites, **{**base, "cursor": {"users": "b"}}),
+        settled_key(CONFIG, HIERARCHY.sites, **{**base, "library_version": "0.5.0"}),
     ]
     assert key not in variants and len(set(variants)) == len(variants)
     # the state's delta data is not an input (it holds the record itself)

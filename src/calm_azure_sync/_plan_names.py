@@ -10,11 +10,14 @@ Nothing here does IO.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from ._html import Cell
 from .model import DirectoryUser
 from .plan import CreateUser, LinkUser, Plan, RelinkUser, UpdateUser, UpsertGroup, UserLabel
-from .store.protocol import StoredUser, StoreState
+
+if TYPE_CHECKING:  # annotations only: the store's protocol imports the plan, whose reviews import this
+    from .store.protocol import StoredUser, StoreState
 
 __all__ = ["KnownNames", "PlanNames"]
 

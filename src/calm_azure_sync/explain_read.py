@@ -38,8 +38,8 @@ from .config import SyncConfig
 from .directory.protocol import Directory, PersonLookup, UserLookup
 from .errors import DirectoryError
 from .explain import GroupPath, nesting_paths
-from .model import DirectoryGroup, DirectoryUser, email_key
 from .incremental.reader import DirectoryReader
+from .model import DirectoryGroup, DirectoryUser, email_key
 from .store.protocol import StoredUser
 
 __all__ = ["MAX_PARENT_READS", "PersonRead", "read_person"]

@@ -21,6 +21,7 @@ from typing import Any, Protocol, cast
 
 import attrs
 
+from . import _version
 from ._plan_names import KnownNames
 from .audit.events import AuditEvent, AuditKind, utc_now
 from .audit.protocol import AuditSink, ImportLogQuery
@@ -894,6 +895,7 @@ class _Run:
         return settled_key(
             self.config, self.reconciler.hierarchy.sites, mirror_groups=self.reconciler._mirrors_groups,
             sync_state=state, data_version=self.data_version, cursor=cursor,
+            library_version=_version.__version__,
         )
 
     def _settles(self, plan: Plan, snapshot: DirectorySnapshot, after: SyncState) -> Settled | None:

@@ -46,19 +46,18 @@ def settled_key(
     sync_state: SyncState,
     data_version: int,
     cursor: Mapping[str, Any],
+    library_version: str,
 ) -> str:
     """A digest of every input of a plan but the directory's content (the cursor stands for that).
 
     The library's version is one of them: a release that plans differently
     must not find its trusts settled by the one before.
     """
-    from .. import __version__  # at call time: the package is imported by then
-
     state = sync_state.to_dict()
     state.pop("delta", None)
     material = [
         KEY_VERSION,
-        __version__,
+        library_version,
         config.to_dict(),
         [[site.id, site.name, site.parent_id] for site in sites],
         mirror_groups,

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
 from ..errors import ConfigError
 from ..model import Role
 from ..plan import Change
-from ..state import SyncState
+
+if TYPE_CHECKING:  # annotations only: the state module's holds import the plan, whose reviews import this
+    from ..state import SyncState
 
 __all__ = [
     "ChangeOutcome",
