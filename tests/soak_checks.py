@@ -211,14 +211,21 @@ def runs_end(trust: str, events: Sequence[Any]) -> CheckResult:
 
 
 def run_intervals(events: Sequence[Any]) -> list[tuple[dt.datetime, dt.datetime, str]]:
-    """Each started run's (start, last own entry, run id), an ``import_abandoned`` closing another run excluded."""
+    """Each started run's (start, last entry that counts, run id).
+
+    Not counted: an ``import_abandoned`` entry (the next run writes it about
+    this one), and a final ``import_failed`` (API.md §11: after losing its lock
+    a run may log at most its own ``import_failed``, whenever it notices).
+    """
     intervals = []
     for run_id, run_events in _runs(events).items():
         starts = [event.at for event in run_events if event.kind == AuditKind.IMPORT_STARTED]
         if not starts:
             continue  # refused before it started: it never held the lock
-        own = [event.at for event in run_events if event.kind != AuditKind.IMPORT_ABANDONED]
-        intervals.append((min(starts), max(own), run_id))
+        own = [event for event in run_events if event.kind != AuditKind.IMPORT_ABANDONED]
+        if len(own) > 1 and own[-1].kind == AuditKind.IMPORT_FAILED:
+            own = own[:-1]
+        intervals.append((min(starts), max(event.at for event in own), run_id))
     return sorted(intervals)
 
 

@@ -76,6 +76,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "soak_worker.py"
 SCHEMA = "calm_soak"
 MODES = ("keep", "unassign", "deactivate")
+EPISODES = ("relink", "keep", "keep_leaver", "crash_after_apply")
 # Report counts that are not applied changes (a run that only holds, skips or finds nothing to do is quiet).
 QUIET_KEYS = frozenset({"skipped", "excluded", "conflict", "unchanged", "held"})
 
@@ -93,8 +94,9 @@ class Budget:
     workers: int
     users: int
     seed: int
-    kill_every: float  # mean seconds between SIGKILLs
-    restart_every: float  # mean seconds between PostgreSQL restarts
+    kill_every: int  # mean imports finished between two SIGKILLs (so kills scale with the machine's speed)
+    restart_every: float  # mean seconds between PostgreSQL restarts (at least 8 imports apart)
+    episode_every: float = 5.0  # mean seconds between two scripted episodes (Soak._episode)
     settle_runs: int = 8  # most runs per trust to reach a quiet run, per settle step
 
 
@@ -108,8 +110,9 @@ def budget(soak: bool) -> Budget:
         workers=int(env("CALM_SOAK_WORKERS") or (4 if soak else 3)),
         users=int(env("CALM_SOAK_USERS") or 20),
         seed=int(env("CALM_SOAK_SEED") or random.SystemRandom().randrange(1 << 30)),
-        kill_every=float(env("CALM_SOAK_KILL_EVERY") or 4.0),
+        kill_every=int(env("CALM_SOAK_KILL_EVERY") or 4),
         restart_every=float(env("CALM_SOAK_RESTART_EVERY") or (45.0 if soak else 15.0)),
+        episode_every=float(env("CALM_SOAK_EPISODE_EVERY") or (6.0 if soak else 4.0)),
     )
 
 
@@ -204,6 +207,8 @@ class Tenant:
                 fixture["members"][group].append(user["id"])
         self.graph = FakeGraphServer(fixture, page_cap=7, latency=0.005)
         self.storm_until = 0.0
+        self.reserved = False  # an episode runs it: no random imports or mode switches meanwhile
+        self.ok_runs = 0  # episodes need a trust that was imported once (its groups have baselines)
         self.record()
 
     def _account(self, person: str, *, rename: str | None = None) -> dict[str, Any]:
@@ -368,6 +373,72 @@ class Tenant:
             self.graph.remove_member(group, member)
         return True
 
+    def empty_group(self) -> str | None:
+        """Empty the biggest mapped group now (an episode's first step, so the per-group guard trips)."""
+        with self.lock:
+            members = self.graph.fixture()["members"]
+            candidates = [g for g in self.groups if g not in self.emptied]
+            if not candidates:
+                return None
+            group = max(candidates, key=lambda g: (len(members.get(g, [])), g))
+            self.emptied[group] = list(members.get(group, []))
+            for member in self.emptied[group]:
+                self.graph.remove_member(group, member)
+            self.mutations["empty"] += 1
+            self.record()
+            return group
+
+    def _in_scope(self, oid: str) -> bool:
+        user = next((u for u in self.graph.fixture()["users"] if u["id"] == oid), None)
+        return user is not None and bool(user.get("accountEnabled", True))
+
+    def refill_but_recreate_one(self, group: str) -> str | None:
+        """Refill emptied ``group`` but for one former member, whose account is deleted and re-created at once.
+
+        Same email, a new object id, the person's other groups but not
+        ``group``: the removal the emptied group caused is still due for them
+        alone (too few to trip any guard on their own), and only the hold
+        stands between them and it.
+        """
+        with self.lock:
+            former = self.emptied.pop(group, [])
+            candidates = [oid for oid in former if oid in self.person_of and self._in_scope(oid)]
+            if not candidates:
+                for member in former:
+                    self.graph.add_member(group, member)
+                self.record()
+                return None
+            oid = self.rng.choice(candidates)
+            for member in former:
+                if member != oid:
+                    self.graph.add_member(group, member)
+            person = self.person_of[oid]
+            fixture = self.graph.fixture()
+            groups = [g for g, ms in fixture["members"].items() if oid in ms and g != group]
+            if not set(groups) & {*self.groups, self.nested}:
+                # Keep them in scope through another mapped group, so the new account is relinked.
+                groups.append(self.rng.choice([g for g in self.groups if g != group]))
+            self.graph.remove_user(oid)
+            self.graph.add_user(self._account(person), groups=groups)
+            self.mutations["refill_but_recreate_one"] += 1
+            self.record()
+            return person
+
+    def leave(self, *, every_group: bool) -> str | None:
+        """An in-scope direct member of a mapped group leaves it (or every group): the person, or None."""
+        with self.lock:
+            members = self.graph.fixture()["members"]
+            pairs = [(g, oid) for g in self.groups for oid in members.get(g, []) if oid in self.person_of
+                     and self._in_scope(oid)]  # fmt: skip
+            if not pairs:
+                return None
+            group, oid = self.rng.choice(pairs)
+            for other in [g for g, ms in members.items() if oid in ms] if every_group else [group]:
+                self.graph.remove_member(other, oid)
+            self.mutations["leave_every_group" if every_group else "leave"] += 1
+            self.record()
+            return self.person_of[oid]
+
     def _refill(self) -> bool:
         if not self.emptied:
             return False
@@ -456,6 +527,7 @@ class Pool:
         self.lock = threading.Lock()
         self.kills = 0
         self.kills_mid_job = 0
+        self.targeted: set[int] = set()  # jobs an episode kills at a chosen point: not random victims
         self.hung = 0
         self.respawns = 0
 
@@ -493,7 +565,8 @@ class Pool:
     def kill_busy(self, rng: random.Random) -> int | None:
         """SIGKILL a worker in the middle of a job (None when none is busy); returns the job it was running."""
         with self.lock:
-            busy = [worker for worker in self.workers if worker.job is not None and worker.popen.poll() is None]
+            busy = [worker for worker in self.workers
+                    if worker.job is not None and worker.job not in self.targeted and worker.popen.poll() is None]  # fmt: skip
             if not busy:
                 return None
             victim = rng.choice(busy)
@@ -502,6 +575,17 @@ class Pool:
             self.kills += 1
             self.kills_mid_job += 1
             return job
+
+    def kill_job(self, job: int) -> bool:
+        """SIGKILL the worker running ``job``; False when no worker runs it."""
+        with self.lock:
+            for worker in self.workers:
+                if worker.job == job and worker.popen.poll() is None:
+                    os.kill(worker.popen.pid, signal.SIGKILL)
+                    self.kills += 1
+                    self.kills_mid_job += 1
+                    return True
+        return False
 
     def stop(self) -> None:
         for worker in self.workers:
@@ -549,7 +633,12 @@ class Soak:
         self.holds: list[checks.HoldSeen] = []
         self.confirmations: list[tuple[str, str]] = []
         self.confirm_queue: queue.Queue[tuple[str, str, frozenset[checks.Slot]]] = queue.Queue()
+        self.episode_queue: queue.Queue[tuple[str, str]] = queue.Queue()
+        self.episodes: collections.Counter[str] = collections.Counter()
+        self.kills_after_apply = 0
+        self.episode_log: list[str] = []
         self.counter = 0
+        self.finished = 0
         self.lock = threading.Lock()
         self.events: dict[str, list[Any]] = {}
         self.settle_log: dict[str, list[str]] = collections.defaultdict(list)
@@ -588,7 +677,7 @@ class Soak:
 
     def run_job(
         self, tenant: Tenant, *, confirm: str | None = None, confirm_slots: frozenset[checks.Slot] = frozenset(),
-        mode: str | None = None, read: str = "auto", timeout: float = 90,
+        mode: str | None = None, read: str = "auto", timeout: float = 90, pause_after_apply: bool = False,
     ) -> dict[str, Any]:  # fmt: skip
         """One import of ``tenant`` on a worker; its job is recorded with its mode and confirmation."""
         with self.lock:
@@ -608,9 +697,35 @@ class Soak:
             "mode": read,
             "timeout": timeout,
         }
+        killer = None
+        if pause_after_apply:
+            self.pool.targeted.add(number)
+            # The worker stops for a while once the last batch is applied (and logged) and tells us
+            # through a marker file; we SIGKILL it there, before the run saves what it remembers.
+            marker = self.log_dir / f"applied-{number}"
+            job.update(pause_after_apply=30, marker=str(marker))
+            killer = threading.Thread(target=self._kill_at_marker, args=(number, marker), daemon=True)
+            killer.start()
         result = self.pool.call(job, timeout)
+        if killer is not None:
+            killer.join(timeout=5)
+        with self.lock:
+            self.finished += 1
+            if result.get("outcome") == "ok":
+                tenant.ok_runs += 1
         self.results[number] = {**result, "trust": tenant.trust, "removal_mode": removal_mode, "confirm": confirm}
         return result
+
+    def _kill_at_marker(self, number: int, marker: Path) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if marker.exists():
+                if self.pool.kill_job(number):
+                    self.kills_after_apply += 1
+                return
+            if number in self.results:
+                return  # it ended without applying anything
+            time.sleep(0.05)
 
     def poll_hold(self, tenant: Tenant) -> Any:
         """The trust's pending hold, via ``Reconciler.pending_hold`` (recorded when there is one)."""
@@ -643,9 +758,16 @@ class Soak:
             if time.monotonic() >= deadline:
                 return
             try:
+                kind, trust = self.episode_queue.get_nowait()
+            except queue.Empty:
+                pass
+            else:
+                self._episode(kind, self.tenants[trust])
+                continue
+            try:
                 trust, hold_id, slots = self.confirm_queue.get_nowait()
             except queue.Empty:
-                tenant = self._choice(list(self.tenants.values()))
+                tenant = self._choice([t for t in self.tenants.values() if not t.reserved])
                 result = self.run_job(tenant, read="full" if self._random() < 0.1 else "auto")
             else:
                 tenant = self.tenants[trust]
@@ -654,6 +776,79 @@ class Soak:
             if result.get("outcome") != "ok" or (result.get("counts") or {}).get("held"):
                 self.poll_hold(tenant)  # the run held something, or died: what does the trust hold now?
 
+    def episode_trusts(self) -> set[str]:
+        with self.episode_queue.mutex:
+            return {trust for _kind, trust in self.episode_queue.queue}
+
+    def _set_mode(self, tenant: Tenant, mode: str) -> None:
+        with tenant.lock:
+            if tenant.mode != mode:
+                tenant.mode = mode
+                self.mode_switches += 1
+
+    def _episode(self, kind: str, tenant: Tenant) -> None:
+        """A scripted sequence on one trust down a known side door around a hold (other imports run meanwhile).
+
+        - ``relink``: a mapped group empties (the per-group guard holds its
+          removals); it is refilled but for one person, whose account is
+          deleted and re-created with the same email: that person's held
+          removal must stay held through the relink.
+        - ``keep``: a group empties (held), one run in keep mode, then
+          unassign again: the held removals must stay held.
+        - ``keep_leaver``: in keep mode someone leaves a mapped group: nothing
+          at all may be removed, the mirrored group membership included.
+        - ``crash_after_apply``: someone leaves every group, and the worker is
+          SIGKILLed after the run's last batch is applied, before the run
+          ends: switching to deactivate later (the settle) must still
+          deactivate them.
+        """
+        self.episodes[kind] += 1
+        first_job = self.counter + 1
+        tenant.reserved = True
+        try:
+            self._episode_steps(kind, tenant)
+        finally:
+            tenant.reserved = False
+            outcomes = [str(self.results.get(n, {}).get("outcome")) for n in range(first_job, self.counter + 1)
+                        if self.jobs.get(n) is not None and self.jobs[n].trust == tenant.trust]  # fmt: skip
+            self.episode_log.append(f"{kind} on {tenant.trust}: {', '.join(outcomes) or 'no run'}")
+
+    def _episode_run(self, tenant: Tenant, **options: Any) -> dict[str, Any]:
+        """An episode's import: tried again (5 times at most) while a random import still holds the lock."""
+        for _ in range(5):
+            result = self.run_job(tenant, **options)
+            if result.get("outcome") != "refused":
+                return result
+            time.sleep(0.5)
+        return result
+
+    def _episode_steps(self, kind: str, tenant: Tenant) -> None:
+        if kind == "keep_leaver":
+            self._set_mode(tenant, "keep")
+            tenant.leave(every_group=False)
+            self._episode_run(tenant)
+            return
+        if kind == "crash_after_apply":
+            self._set_mode(tenant, "unassign")
+            if tenant.leave(every_group=True) is not None:
+                self._episode_run(tenant, pause_after_apply=True)
+            return
+        group = tenant.empty_group()
+        if group is None:
+            return
+        self._episode_run(tenant)
+        self.poll_hold(tenant)
+        if kind == "relink":
+            tenant.refill_but_recreate_one(group)
+            self._episode_run(tenant)
+        else:
+            self._set_mode(tenant, "keep")
+            self._episode_run(tenant)
+            self.poll_hold(tenant)
+            self._set_mode(tenant, "unassign")
+            self._episode_run(tenant)
+        self.poll_hold(tenant)
+
     def chaos(self) -> None:
         plan = self.plan
         started = time.monotonic()
@@ -661,8 +856,11 @@ class Soak:
         drivers = [threading.Thread(target=self._drive, args=(deadline,), daemon=True) for _ in range(plan.workers)]
         for driver in drivers:
             driver.start()
-        next_kill = started + self.rng.uniform(0.5, 1.5) * plan.kill_every
+        next_kill = self.rng.randint(1, 2 * plan.kill_every)
         next_restart = started + self.rng.uniform(0.5, 1.0) * plan.restart_every
+        finished_at_restart = 0
+        next_episode = started + self.rng.uniform(0.2, 1.0) * plan.episode_every
+        queued_episodes = 0
         tenants = list(self.tenants.values())
         for _tick in range(int(plan.chaos_seconds / 0.1) + 10):
             now = time.monotonic()
@@ -684,19 +882,25 @@ class Soak:
                 self.delta_expiries += 1
             if self._random() < 0.015:
                 tenant = self._choice(tenants)
-                with tenant.lock:
-                    tenant.mode = self._choice([m for m in MODES if m != tenant.mode])
-                self.mode_switches += 1
+                if not tenant.reserved:
+                    self._set_mode(tenant, self._choice([m for m in MODES if m != tenant.mode]))
+            if now >= next_episode and self.episode_queue.qsize() < plan.workers:
+                queued = self.episode_trusts()
+                free = [t for t in tenants if t.ok_runs and not t.reserved and t.trust not in queued]
+                if free:
+                    self.episode_queue.put((EPISODES[queued_episodes % len(EPISODES)], self._choice(free).trust))
+                    queued_episodes += 1
+                next_episode = now + self.rng.uniform(0.5, 1.5) * plan.episode_every
             if self._random() < 0.04:
                 tenant = self._choice(tenants)
                 hold = self.poll_hold(tenant)
                 if hold is not None:
                     self.confirm_queue.put((tenant.trust, hold.id, self.confirm_slots(hold)))
-            if now >= next_kill:
-                self.pool.kill_busy(self.rng)
-                next_kill = now + self.rng.uniform(0.5, 1.5) * plan.kill_every
-            if now >= next_restart:
+            if self.finished >= next_kill and self.pool.kill_busy(self.rng) is not None:
+                next_kill = self.finished + self.rng.randint(1, 2 * plan.kill_every)
+            if now >= next_restart and self.finished - finished_at_restart >= 8:
                 self.restart_seconds.append(self.services.restart_postgres())
+                finished_at_restart = self.finished
                 next_restart = time.monotonic() + self.rng.uniform(0.5, 1.5) * plan.restart_every
             time.sleep(0.1)
         for tenant in tenants:
@@ -815,6 +1019,14 @@ class Soak:
                 return {trust: list(await sink.query(trust, limit=None)) for trust in self.tenants}
 
         self.events = asyncio.run(read())
+        with open(self.log_dir / "import-log.jsonl", "w", encoding="utf-8") as dump:
+            for trust, events in sorted(self.events.items()):
+                for event in sorted(events, key=lambda e: e.at):
+                    dump.write(json.dumps({
+                        "at": event.at.isoformat(), "trust": trust, "kind": event.kind.value, "run": event.run_id,
+                        "actor": event.actor_id, "subject": event.subject, "message": event.message,
+                        "detail": event.detail,
+                    }, default=str) + "\n")  # fmt: skip
 
     def held_from_log(self) -> list[checks.HoldSeen]:
         """Holds as the Import Log announced them (``removals_held`` with a hold id), with the polled hold's slots."""
@@ -894,6 +1106,7 @@ class Soak:
             "exceptions_escaping_run": dict(sorted(exceptions.items())),
             "import_log": {kind: kinds[kind] for kind in sorted(kinds)},
             "sigkills": self.pool.kills,
+            "sigkills_after_last_batch": self.kills_after_apply,
             "worker_respawns": self.pool.respawns,
             "hung_workers_killed": self.pool.hung,
             "postgres_restarts": self.services.restarts,
@@ -904,6 +1117,8 @@ class Soak:
             "delta_links_expired": self.delta_expiries,
             "directory_mutations": dict(sorted(mutations.items())),
             "mode_switches": self.mode_switches,
+            "episodes": dict(sorted(self.episodes.items())),
+            "episode_log": self.episode_log,
             "holds_seen": len({(h.trust, h.hold_id) for h in self.holds}),
             "confirmations": len(self.confirmations),
             "hold_polls_failed": self.poll_failures,

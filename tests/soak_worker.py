@@ -52,6 +52,21 @@ class _Token:
         return None
 
 
+def _progress(job: dict[str, Any]) -> Any:
+    """With ``pause_after_apply``: once the last batch is applied, touch ``marker`` and stop (to be SIGKILLed)."""
+    pause = float(job.get("pause_after_apply") or 0)
+    if not pause:
+        return None
+
+    def progress(stage: str, done: int, total: int | None) -> None:
+        if stage == "apply" and total and done == total:
+            with open(job["marker"], "w", encoding="utf-8") as marker:
+                marker.write("applied\n")
+            time.sleep(pause)  # blocks the run on purpose: the harness kills us here
+
+    return progress
+
+
 async def run_job(job: dict[str, Any]) -> dict[str, Any]:
     config = SyncConfig.from_dict(job["config"])
     hierarchy = TrustHierarchy([Site(s["id"], s["name"], s.get("parent_id")) for s in job["sites"]])
@@ -60,7 +75,9 @@ async def run_job(job: dict[str, Any]) -> dict[str, Any]:
         async with PostgresUserStore(job["conninfo"], schema=job["schema"], pool_size=2) as store, PostgresAuditSink(
             job["conninfo"], schema=job["schema"], pool_size=1
         ) as sink:
-            reconciler = Reconciler(directory, store, sink, hierarchy, batch_size=int(job.get("batch_size", 8)))
+            reconciler = Reconciler(
+                directory, store, sink, hierarchy, batch_size=int(job.get("batch_size", 8)), progress=_progress(job)
+            )
             report = await reconciler.run(
                 config, actor=Actor.system(f"soak-job-{job['job']}"), confirm_hold=job.get("confirm"),
                 mode=job.get("mode", "auto"),

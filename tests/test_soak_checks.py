@@ -70,6 +70,11 @@ def test_runs_that_overlap_in_time_fail_and_a_later_abandoned_entry_does_not_str
     # The next run closes the dead one under the dead run's id: not an overlap.
     closed = [*run(0, None, "r1", 1), event(2.5, AuditKind.IMPORT_ABANDONED, "r1", 2)]
     assert checks.runs_overlap("t", closed + run(2, 3, "r2", 2)).failed == 0
+    # A run that lost its lock may log its own import_failed late, and nothing else.
+    fenced = [*run(0, None, "r1", 1), event(0.5, AuditKind.DISCOVERY, "r1", 1), event(4, AuditKind.IMPORT_FAILED, "r1", 1)]
+    assert checks.runs_overlap("t", fenced + run(2, 3, "r2", 2)).failed == 0
+    unfenced = [*fenced[:-1], event(3.5, AuditKind.ERROR, "r1", 1), fenced[-1]]
+    assert checks.runs_overlap("t", unfenced + run(2, 3, "r2", 2)).failed == 1
 
 
 def test_a_held_removal_applied_without_confirmation_fails_even_through_a_relinked_account():

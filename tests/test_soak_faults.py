@@ -4,7 +4,7 @@ Marked ``slow``: ``pytest -m slow --run-slow tests/test_soak_faults.py`` runs a
 smoke budget (40 s of chaos, 3 workers); with ``CALM_SOAK=1`` (``nox -s
 soak``) it is 5 minutes of chaos on 4 workers. ``CALM_SOAK_SECONDS``,
 ``CALM_SOAK_TRUSTS``, ``CALM_SOAK_WORKERS``, ``CALM_SOAK_USERS``,
-``CALM_SOAK_SEED``, ``CALM_SOAK_KILL_EVERY`` and ``CALM_SOAK_RESTART_EVERY``
+``CALM_SOAK_SEED``, ``CALM_SOAK_KILL_EVERY`` (imports between kills) and ``CALM_SOAK_RESTART_EVERY`` (seconds)
 override the budget; ``CALM_SOAK_FIGURES=path.json`` keeps the figures (else
 they go to the test's temporary folder; either way the path is printed).
 
@@ -47,9 +47,12 @@ def test_every_trust_survives_sigkills_postgres_restarts_and_graph_storms(tmp_pa
         pytest.skip(f"the soak starts its own servers: {missing}")
     plan = soak_harness.budget(SOAK)
     target = Path(os.environ.get("CALM_SOAK_FIGURES") or tmp_path / "soak-figures.json")
+    # The Import Log, worker logs and markers go next to the figures (import-log.jsonl, worker-N.log).
+    logs = target.parent / (target.stem + "-logs")
+    logs.mkdir(parents=True, exist_ok=True)
     print(f"soak: {plan}")
     with soak_harness.own_services() as services:
-        soak = soak_harness.Soak(plan, services, tmp_path)
+        soak = soak_harness.Soak(plan, services, logs)
         try:
             soak.chaos()
             soak.settle()
@@ -58,7 +61,7 @@ def test_every_trust_survives_sigkills_postgres_restarts_and_graph_storms(tmp_pa
         finally:
             soak.close()
     target.write_text(json.dumps(numbers, indent=2, default=str) + "\n")
-    print(f"soak figures: {target}")
+    print(f"soak figures: {target}; Import Log and worker logs: {logs}")
     print(json.dumps({k: v for k, v in numbers.items() if k != "checks"}, indent=2, default=str))
     failed = {name: result for name, result in results.items() if result.failed}
     for name, result in results.items():
