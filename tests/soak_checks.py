@@ -317,10 +317,13 @@ def held_removals(
             elif what == "confirmed":
                 protected_since = None
             elif protected_since is not None:
-                if _implied_between(history, times, protected_since, at, slot, role):
+                number = job_of(payload)
+                confirming = jobs.get(number) if number is not None else None
+                if confirming is not None and slot in confirming.confirm_slots:
+                    result.ok()  # applied by the very run that confirmed it (the hold stays pending until then)
+                elif _implied_between(history, times, protected_since, at, slot, role):
                     result.ok()
                 else:
-                    number = job_of(payload)
                     mode = jobs[number].mode if number in jobs else "?"
                     result.fail(
                         f"{trust}: {payload.kind.value} {'/'.join(slot)} at {at:%H:%M:%S.%f} by run {payload.run_id} "

@@ -93,6 +93,10 @@ def test_a_held_removal_is_fine_once_a_started_run_confirmed_the_hold():
     events = [*run(2, 4, "r2", 2), unassign(3, "r2", 2)]
     result = checks.held_removals("t", events, [hold], jobs, [(at(0), version(gives=False))], PERSON_OF)
     assert (result.passed, result.failed) == (1, 0)
+    # The hold stays pending while its confirmation runs: a poll then does not make the run's own removals wrongful.
+    polled_meanwhile = checks.HoldSeen("t", at(2.5), "h1", {SLOT: Role.MEMBER})
+    result = checks.held_removals("t", events, [hold, polled_meanwhile], jobs, [(at(0), version(gives=False))], PERSON_OF)
+    assert (result.passed, result.failed) == (1, 0)
     # A confirmation that was refused (never started) confirms nothing.
     refused = [event(2, AuditKind.IMPORT_REFUSED, "r2", 2), *run(5, 7, "r3", 3), unassign(6, "r3", 3)]
     jobs[3] = checks.Job(3, "t", "unassign")
