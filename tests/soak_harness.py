@@ -20,7 +20,9 @@
    workers are SIGKILLed mid-import, PostgreSQL is restarted with
    ``pg_ctl restart -m immediate``, fake Graph servers storm (429 with
    Retry-After, 503, 504, connection resets, bodies cut short) and expire their
-   delta links (410).
+   delta links (410). Every few seconds a scripted episode (:meth:`Soak._episode`)
+   walks one known side door around a hold on a trust no random import
+   touches meanwhile.
 5. **Settle**: faults off; each trust is run in ``unassign`` mode until a run
    changes nothing; its pending hold is then confirmed (the test's explicit
    confirmation) and it runs until quiet again; then in ``deactivate`` mode
@@ -1126,8 +1128,10 @@ class Soak:
         }
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.pool.stop()
+        pool = getattr(self, "pool", None)
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                pool.stop()
         for tenant in self.tenants.values():
             tenant.graph.stop()
 

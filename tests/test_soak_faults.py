@@ -4,7 +4,8 @@ Marked ``slow``: ``pytest -m slow --run-slow tests/test_soak_faults.py`` runs a
 smoke budget (40 s of chaos, 3 workers); with ``CALM_SOAK=1`` (``nox -s
 soak``) it is 5 minutes of chaos on 4 workers. ``CALM_SOAK_SECONDS``,
 ``CALM_SOAK_TRUSTS``, ``CALM_SOAK_WORKERS``, ``CALM_SOAK_USERS``,
-``CALM_SOAK_SEED``, ``CALM_SOAK_KILL_EVERY`` (imports between kills) and ``CALM_SOAK_RESTART_EVERY`` (seconds)
+``CALM_SOAK_SEED``, ``CALM_SOAK_KILL_EVERY`` (imports between kills), ``CALM_SOAK_RESTART_EVERY``
+and ``CALM_SOAK_EPISODE_EVERY`` (seconds)
 override the budget; ``CALM_SOAK_FIGURES=path.json`` keeps the figures (else
 they go to the test's temporary folder; either way the path is printed).
 
