@@ -379,3 +379,35 @@ async def test_wire_faults_through_the_transport_are_retried_like_socket_errors(
     with pytest.raises(DirectoryError) as caught:
         await directory.group_members("g1")
     assert caught.value.code == "invalid_response"
+
+
+def test_a_storm_fails_a_share_of_matching_requests_until_calm_and_counts_what_fired(graph, http):
+    graph.storm([Fault.throttle(retry_after="0.1"), Fault.unavailable()], rate=0.5, path="/groups/*", seed=3)
+    assert graph.storming
+    assert all(get(http, graph, "/users").status_code == 200 for _ in range(10))  # not matching
+    statuses = [get(http, graph, "/groups/g1").status_code for _ in range(60)]
+    failed = [status for status in statuses if status != 200]
+    assert set(failed) == {429, 503} and 10 < len(failed) < 50
+    graph.inject(Fault.gateway_timeout(), path="/groups/*")  # a queued fault fires first
+    assert get(http, graph, "/groups/g2").status_code == 504
+    graph.calm()
+    assert not graph.storming
+    assert all(get(http, graph, "/groups/g1").status_code == 200 for _ in range(20))
+    fired = graph.faults_fired
+    assert fired["status:504"] == 1
+    assert fired.get("status:429", 0) + fired.get("status:503", 0) == len(failed)
+    assert [r.fault for r in graph.requests if r.fault].count("status:504") == 1
+    with pytest.raises(ValueError, match="at least one fault"):
+        graph.storm([], rate=0.5)
+    with pytest.raises(ValueError, match="rate between 0 and 1"):
+        graph.storm([Fault.reset()], rate=1.5)
+
+
+def test_a_storm_of_resets_reaches_batch_requests_too(graph, http):
+    batch = {"requests": [{"id": "1", "method": "GET", "url": "/users/u000"}]}
+    graph.storm([Fault.reset()], rate=1.0, path="/$batch")
+    with pytest.raises(httpx.TransportError):
+        http.post(graph.base_url + "/$batch", headers=AUTH, json=batch)
+    graph.calm()
+    answer = http.post(graph.base_url + "/$batch", headers=AUTH, json=batch)
+    assert answer.status_code == 200

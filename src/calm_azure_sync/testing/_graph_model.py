@@ -19,6 +19,7 @@ import copy
 import datetime
 import fnmatch
 import json
+import random
 import threading
 import time
 import urllib.parse
@@ -112,6 +113,10 @@ class FakeGraph:
         self._members: dict[str, list[str]] = {}
         self._others: dict[str, dict[str, Any]] = {}
         self._faults: list[tuple[Fault, str | None, int]] = []
+        # A storm (see storm()): faults drawn at random, and every fault fired so far by label.
+        self._storm: tuple[tuple[Fault, ...], float, str | None] | None = None
+        self._storm_random = random.Random()
+        self._fired: collections.Counter[str] = collections.Counter()
         self._cursors: collections.OrderedDict[str, Cursor] = collections.OrderedDict()
         self._log: list[RecordedRequest] = []
         self._in_flight = 0
@@ -243,9 +248,47 @@ class FakeGraph:
                 self._faults.append((fault, path, skip + index))
 
     def clear_faults(self) -> None:
-        """Drop every queued fault."""
+        """Drop every queued fault (a storm goes on: :meth:`calm` ends it)."""
         with self._lock:
             self._faults.clear()
+
+    def storm(
+        self, faults: Sequence[Fault], *, rate: float, path: str | None = None, seed: int | None = None
+    ) -> None:
+        """Until :meth:`calm`, fail each request whose path matches with probability ``rate``.
+
+        The fault is drawn at random from ``faults`` (e.g. throttles, 503s,
+        504s and resets together, as a degraded Graph region answers); queued
+        faults (:meth:`inject`) fire first. ``seed`` makes the draws
+        repeatable. A new storm replaces the one blowing.
+
+        >>> graph = FakeGraph()
+        >>> graph.storm([Fault.unavailable()], rate=1.0)
+        >>> graph.calm()
+        """
+        if not faults or not 0.0 <= rate <= 1.0:
+            raise ValueError("a storm needs at least one fault and a rate between 0 and 1")
+        with self._lock:
+            self._storm = (tuple(faults), rate, path)
+            if seed is not None:
+                self._storm_random.seed(seed)
+
+    def calm(self) -> None:
+        """End the storm (queued faults stay queued)."""
+        with self._lock:
+            self._storm = None
+
+    @property
+    def storming(self) -> bool:
+        """Whether a storm is blowing."""
+        with self._lock:
+            return self._storm is not None
+
+    @property
+    def faults_fired(self) -> dict[str, int]:
+        """Every fault fired so far, queued or from a storm, by ``kind:status`` (as the request log names them)."""
+        with self._lock:
+            return dict(self._fired)
 
     @property
     def pending_faults(self) -> int:
@@ -299,9 +342,16 @@ class FakeGraph:
                     fired = index
                 elif skip > 0:
                     self._faults[index] = (fault, pattern, skip - 1)
-            if fired is None:
-                return None
-            return self._faults.pop(fired)[0]
+            chosen: Fault | None = None
+            if fired is not None:
+                chosen = self._faults.pop(fired)[0]
+            elif self._storm is not None:
+                faults, rate, storm_path = self._storm
+                if (storm_path is None or fnmatch.fnmatchcase(path, storm_path)) and self._storm_random.random() < rate:
+                    chosen = self._storm_random.choice(faults)
+            if chosen is not None:
+                self._fired[f"{chosen.kind}:{chosen.status}"] += 1
+            return chosen
 
     def _record(self, request: GraphRequest, status: int, fault: Fault | None, *, batched: bool) -> None:
         record = RecordedRequest(
@@ -767,6 +817,8 @@ class FakeGraph:
                         reply.headers["Retry-After"] = fault.retry_after
                 else:
                     reply = self._batch(request, body)
+                    if fault is not None and fault.kind in ("reset", "truncated", "not_json"):
+                        reply.wire_fault = fault.kind
                 self._record(request, reply.status, fault, batched=False)
             else:
                 reply = self._dispatch(request)

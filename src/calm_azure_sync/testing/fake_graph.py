@@ -50,7 +50,10 @@ What it models (each from the Graph documentation):
 - injected faults (:class:`Fault`): 429 with a (fractional) Retry-After,
   503, 504, 401, 403, latency, a connection reset, a truncated body, a body
   that is not JSON, and a rewrite of the real answer's JSON body (for
-  hostile-input tests: duplicate ids across pages, a foreign next link…).
+  hostile-input tests: duplicate ids across pages, a foreign next link…);
+  queued for the next matching requests (``inject``), or a storm
+  (``storm(faults, rate=0.3)`` until ``calm()``) that fails a random share of
+  requests with a random one of them; ``faults_fired`` counts both.
 - a request log (:attr:`FakeGraphServer.requests`) with the resource-unit
   cost Graph documents for identity calls: ``users`` 2, ``members`` 3,
   ``transitiveMembers`` 5, any other GET 1; one less with ``$select``, one
