@@ -494,6 +494,9 @@ class WorkerProcess:
         if not line or not json.loads(line).get("ready"):
             popen.kill()
             popen.wait(10)
+            for pipe in (popen.stdin, popen.stdout):
+                if pipe is not None:
+                    pipe.close()
             raise RuntimeError(f"soak worker {self.index} did not start; see {self.log_dir}/worker-{self.index}.log")
         return popen
 
@@ -601,6 +604,9 @@ class Pool:
             except subprocess.TimeoutExpired:
                 worker.popen.kill()
                 worker.popen.wait(10)
+            if worker.popen.stdout is not None:
+                with contextlib.suppress(OSError):
+                    worker.popen.stdout.close()  # else each pipe is a ResourceWarning at collection
 
 
 # -- the soak ----------------------------------------------------------------------------------
