@@ -189,14 +189,13 @@ class _Planner:
         processed = self.processed
         mark = processed.add
         changes_by_user = self.changes_by_user
-        identity_for = identity_of.get
         access_of = synced_access.get
         may_remove = False
         for user, _, _ in in_scope:
             user_id = user.id
-            identity = identity_for(user_id, _CONFLICT)
-            if identity is _CONFLICT:
+            if user_id not in identity_of:
                 continue  # a conflict: left exactly as it is
+            identity = identity_of[user_id]
             mark(user_id)
             current_key = user_id
             if identity is not None and type(identity) is RelinkUser:
@@ -376,7 +375,7 @@ def _collect_users(
     known = access.get
     fold = mappings.fold_group
     for group_id in sorted(members):
-        accesses = []
+        accesses: list[Wanted] = []
         add = accesses.append
         for user in members[group_id]:
             user_id = user.id
@@ -436,9 +435,6 @@ def _index_store(state: StoreState) -> tuple[dict[str, StoredUser], dict[str, St
             by_external.setdefault(store_user.external_id, store_user)
         by_email.setdefault(email_key(store_user.email), store_user)
     return by_external, by_email
-
-
-_CONFLICT = object()  # in _grant_in_scope: "no identity decided", unlike None ("nothing to change")
 
 
 def _first_grants(user_id: str, wanted: Wanted) -> list[Change]:
