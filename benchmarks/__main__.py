@@ -2,7 +2,8 @@
 
 Each benchmark prints markdown tables (the command, the machine and its
 load above each). ``--size`` is the number of users (each benchmark has its
-own default; ``import`` ignores it). ``--only`` may be repeated.
+own default; ``import`` ignores it; for ``cost`` it is the users at scale 1,
+see ``python -m benchmarks.bench_cost --help`` for its ``--scale``). ``--only`` may be repeated.
 ``--smoke`` runs every benchmark at a tiny size, once, to check that they
 all still work (CI runs it); it exits non-zero when one breaks, never
 because of a timing.
@@ -26,6 +27,7 @@ BENCHMARKS = {
     "import": "benchmarks.bench_import",
     "postgres": "benchmarks.bench_postgres",
     "celery": "benchmarks.bench_celery",
+    "cost": "benchmarks.bench_cost",
 }
 
 

@@ -248,29 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         args.size = max(args.size if args.size != 100_000 else 0, args.batch * 10)
         args.latency = args.latency or 0.03
         readers = ["graph", "httpx", "batch"]
-    server_command = [
-        sys.executable, __file__, "--serve", "--size", str(args.size), "--groups", str(args.groups),
-        "--latency", str(args.latency), "--small-group-size", str(args.small_group_size),
-    ]  # fmt: skip
-    server = subprocess.Popen(
-        server_command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env()
-    )
-    assert server.stdout is not None
-    assert server.stdin is not None
-    base_url = server.stdout.readline().strip()
-    results: dict[str, list[dict[str, float]]] = {reader: [] for reader in readers}
-    try:
-        for _ in range(args.repeat):
-            for reader in readers:
-                results[reader].append(run_reader(reader, base_url, args))
-    finally:
-        server.stdin.close()
-        server_stats = json.loads(server.stdout.readline() or "{}")
-        server.wait(timeout=30)
-
-    medians = {
-        reader: {key: statistics.median(run[key] for run in runs) for key in runs[0]} for reader, runs in results.items()
-    }
+    medians, server_stats = measure(args, readers)
     base = medians["httpx"]
     rows: list[list[object]] = []
     for reader in readers:
@@ -298,6 +276,36 @@ def main(argv: list[str] | None = None) -> None:
         f"--repeat {args.repeat}" + (f" --batch {args.batch} --latency {args.latency}" if args.batch else ""),
     )  # fmt: skip
     return None
+
+
+def measure(args: argparse.Namespace, readers: list[str]) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Each reader's medians (``users``, ``wall``, ``cpu``, RSS) over ``args.repeat`` alternated runs, each in a
+    fresh process, and the server's counts. ``args`` as :func:`main` parses them (``size``, ``groups``,
+    ``concurrency``, ``repeat``, ``latency``, ``small_group_size``)."""
+    server_command = [
+        sys.executable, __file__, "--serve", "--size", str(args.size), "--groups", str(args.groups),
+        "--latency", str(args.latency), "--small-group-size", str(args.small_group_size),
+    ]  # fmt: skip
+    server = subprocess.Popen(
+        server_command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env()
+    )
+    assert server.stdout is not None
+    assert server.stdin is not None
+    base_url = server.stdout.readline().strip()
+    results: dict[str, list[dict[str, float]]] = {reader: [] for reader in readers}
+    try:
+        for _ in range(args.repeat):
+            for reader in readers:
+                results[reader].append(run_reader(reader, base_url, args))
+    finally:
+        server.stdin.close()
+        server_stats = json.loads(server.stdout.readline() or "{}")
+        server.wait(timeout=30)
+
+    medians = {
+        reader: {key: statistics.median(run[key] for run in runs) for key in runs[0]} for reader, runs in results.items()
+    }
+    return medians, server_stats
 
 
 if __name__ == "__main__":

@@ -79,11 +79,12 @@ def _measure(kind: str, size: int, repeats: int, mirror_groups: bool = False) ->
         return len(best)
 
     timings: dict[str, list[float]] = {"plan": [], "floor": []}
+    cpu: dict[str, list[float]] = {"plan": [], "floor": []}
     changes = 0
     for _ in range(repeats):
         for name in ("floor", "plan"):
             gc.collect()
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             if name == "plan":
                 changes = len(build_plan(config, snapshot, state, context).changes)
             else:
@@ -92,6 +93,7 @@ def _measure(kind: str, size: int, repeats: int, mirror_groups: bool = False) ->
                 floor()
                 gc.enable()
             timings[name].append(time.perf_counter() - started)
+            cpu[name].append(time.process_time() - started_cpu)
     return {
         "kind": kind,
         "users": size,
@@ -100,6 +102,8 @@ def _measure(kind: str, size: int, repeats: int, mirror_groups: bool = False) ->
         "changes": changes,
         "plan_s": statistics.median(timings["plan"]),
         "floor_s": statistics.median(timings["floor"]),
+        "plan_cpu": statistics.median(cpu["plan"]),
+        "floor_cpu": statistics.median(cpu["floor"]),
         "peak_rss_mb": peak_rss_mb(),
     }
 

@@ -155,3 +155,55 @@ async def test_a_stale_mapping_is_reported_at_every_run_with_the_removals_it_kee
         assert len(stale) == 1 and stale[0].subject == "g-other" and stale[0].detail["removals_held"] == 1
     with pytest.raises(GroupNotFoundError):
         await gone.group_members("g-other")
+
+
+def _many_groups(groups: int):
+    """``groups`` mapped groups of 3 users each (one user disabled, so every run has a skip to tell)."""
+    users = [{"id": f"u{i}", "displayName": f"U{i}", "mail": f"u{i}@oak.sch.uk", "accountEnabled": i != 0}
+             for i in range(groups * 3)]
+    members = {f"g{g:03d}": [f"u{g * 3 + k}" for k in range(3)] for g in range(groups)}
+    fixture = {"users": users, "groups": [{"id": g, "displayName": g.upper()} for g in members], "members": members}
+    cfg = config(mappings=[GroupMapping(g, "birch", {"Risk": "Member"}) for g in members])
+    return InMemoryDirectory.from_dict(fixture), cfg
+
+
+@pytest.mark.parametrize("groups", [3, 60])
+async def test_a_no_change_run_writes_a_few_rows_whatever_the_number_of_groups(groups):
+    directory_, cfg = _many_groups(groups)
+    audit, store = InMemoryAuditSink(), InMemoryUserStore()
+    reconciler = Reconciler(directory_, store, audit, HIERARCHY)
+    first = await reconciler.run(cfg, actor=SYSTEM)
+    (summary,) = [e for e in audit.events if e.run_id == first.run_id and e.kind is AuditKind.DISCOVERY]
+    assert summary.detail["groups"] == dict(first.group_users) == dict.fromkeys(cfg.mappings.group_ids, 3)
+    assert summary.detail["users"] == groups * 3 and summary.detail["mode"] == "full"
+    assert f"{groups} of {groups} mapped groups read" in summary.message
+    planned = await reconciler.run(cfg, actor=SYSTEM)  # incremental, plans: nothing to change
+    settled = await reconciler.run(cfg, actor=SYSTEM)  # settled: skips the planner
+    assert settled.mode_reason.startswith("nothing changed"), settled.mode_reason
+    # start, one discovery summary, the one disabled user's skip (a run that plans), end
+    assert kinds(audit, planned.run_id) == [AuditKind.IMPORT_STARTED, AuditKind.DISCOVERY, AuditKind.USER_SKIPPED,
+                                            AuditKind.IMPORT_COMPLETED]
+    assert kinds(audit, settled.run_id) == [AuditKind.IMPORT_STARTED, AuditKind.DISCOVERY, AuditKind.IMPORT_COMPLETED]
+    (again,) = [e for e in audit.events if e.run_id == settled.run_id and e.kind is AuditKind.DISCOVERY]
+    assert again.detail["groups"] == summary.detail["groups"] and again.detail["left_out"]["skipped"] == 1
+
+
+async def test_unreadable_groups_get_an_error_each_and_are_named_in_the_discovery_summary():
+    audit = InMemoryAuditSink()
+    cfg = config(mappings=[GroupMapping("g-staff", "birch", {"Risk": "Member"}),
+                           GroupMapping("g-broken", "birch", {"Policies": "Member"})])
+
+    class Broken(InMemoryDirectory):
+        async def group_members(self, group_id):
+            if group_id == "g-broken":
+                raise ConnectionError("Graph is down")
+            return await super().group_members(group_id)
+
+    broken = Broken.from_dict({**directory().to_dict(), "groups": [{"id": "g-staff"}, {"id": "g-broken"}]})
+    report = await Reconciler(broken, InMemoryUserStore(), audit, HIERARCHY).run(cfg, actor=SYSTEM, mode="full")
+    logged = [e for e in audit.events if e.run_id == report.run_id]
+    (summary,) = [e for e in logged if e.kind is AuditKind.DISCOVERY]
+    assert summary.detail["groups"] == {"g-staff": 3} and summary.detail["unreadable"] == ["g-broken"]
+    assert "1 not read completely (g-broken)" in summary.message
+    errors = [e for e in logged if e.kind is AuditKind.ERROR and e.detail.get("stage") == "read"]
+    assert [e.subject for e in errors] == ["g-broken"] and not report.ok

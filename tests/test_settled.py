@@ -67,11 +67,13 @@ async def test_a_quiet_run_after_a_run_that_planned_nothing_skips_the_store_and_
     assert again.counts == quiet.counts  # the excluded and skipped figures as that run gave them
     assert again.plan.users_in_scope == quiet.plan.users_in_scope and again.plan.changes == ()
     logged = [e for e in audit.events if e.run_id == again.run_id]
-    reads = {e.detail["group_id"]: e.detail["users"] for e in logged if e.detail.get("group_id") and "users" in e.detail}
-    quiet_reads = {e.detail["group_id"]: e.detail["users"] for e in audit.events
-                   if e.run_id == quiet.run_id and e.detail.get("group_id") and "users" in e.detail}
-    assert reads == quiet_reads and reads
-    assert any(e.detail.get("mode") == "incremental" for e in logged)
+    # start, the one discovery summary (the settling run's per-group figures), end: nothing per group or user
+    assert [e.kind.value for e in logged] == ["import_started", "discovery", "import_completed"]
+    (quiet_read,) = [e for e in audit.events if e.run_id == quiet.run_id and e.kind.value == "discovery"]
+    (read,) = [e for e in logged if e.kind.value == "discovery"]
+    assert read.detail["groups"] == quiet_read.detail["groups"] == dict(again.group_users) == dict(quiet.group_users)
+    assert read.detail["groups"] and read.detail["mode"] == "incremental"
+    assert read.detail["settled_by"] == quiet.run_id
     # and it stays settled
     third = await reconciler(directory, store, audit).run(CONFIG, actor=SYSTEM)
     assert third.mode_reason == again.mode_reason and CountingStore.loads == 0
@@ -299,12 +301,18 @@ async def test_a_settled_run_reads_out_the_settling_runs_skip_counts():
     audit = InMemoryAuditSink()
     quiet = await settle(directory, store, audit, config=excluding)
     assert quiet.counts["excluded"] == 1
+    settling = [e.subject for e in audit.events if e.run_id == quiet.run_id and e.kind.value == "user_excluded"]
+    assert settling == ["u0"]
     again = await reconciler(directory, store, audit).run(excluding, actor=SYSTEM)
-    excluded = [e for e in audit.events if e.run_id == again.run_id and e.kind.value == "user_excluded"]
-    assert [e.subject for e in excluded] == ["u0"]
     assert again.mode_reason.startswith("nothing changed")
     assert again.counts["excluded"] == 1 and "excluded=1" in str(again), str(again)
-    assert again.plan.skipped == quiet.plan.skipped  # the report and the Import Log name them as that run did
+    assert again.plan.skipped == quiet.plan.skipped  # the report names them as that run did
+    # The Import Log does not list them one by one again: its discovery summary counts them, naming that run.
+    logged = [e for e in audit.events if e.run_id == again.run_id]
+    assert not [e for e in logged if e.kind.value in ("user_excluded", "user_skipped")]
+    (summary,) = [e for e in logged if e.kind.value == "discovery"]
+    assert summary.detail["left_out"]["excluded"] == 1 and summary.detail["settled_by"] == quiet.run_id
+    assert "1 excluded" in summary.message, summary.message
 
 
 async def test_a_store_keeping_the_cache_as_json_settles_too_and_moves_only_the_cursor():

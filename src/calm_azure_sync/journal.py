@@ -167,59 +167,86 @@ class Journal:
             detail={"run_id": run_id, "started_at": started_at.isoformat(), "closed_by": self.run_id},
         )
 
-    def read_mode(self, mode: str, why: str) -> AuditEvent:
-        return self.event(
-            AuditKind.DISCOVERY, f"Read the directory {'incrementally' if mode == 'incremental' else 'in full'}: {why}",
-            detail={"mode": mode, "why": why},
-        )
+    def read_summary(
+        self,
+        group_users: Mapping[str, int],
+        unreadable: Mapping[str, str],
+        group_ids: Sequence[str],
+        *,
+        mode: str | None = None,
+        why: str | None = None,
+        settled_by: str | None = None,
+        left_out: Mapping[str, int] | None = None,
+        group_names: Mapping[str, str] | None = None,
+    ) -> AuditEvent:
+        """The one ``discovery`` entry of a read: how, why, and every mapped group's figures in ``detail``.
+
+        ``detail["groups"]`` maps each mapped group that was read to its user
+        count; ``detail["unreadable"]`` lists the mapped groups that were not
+        read completely (each also gets its own ``error`` entry, see
+        :meth:`read_errors`). One entry whatever the number of groups: the
+        Import Log of a quiet run stays a few rows. ``settled_by`` (a settled
+        run) names the run whose figures these are, and ``left_out`` counts
+        the users that run left out (``skipped``, ``excluded``), which a
+        settled run does not log one by one again. ``group_names`` names the
+        groups in the message (ids stay in ``detail``).
+        """
+        read = {group_id: group_users[group_id] for group_id in group_ids if group_id in group_users}
+        failed = [group_id for group_id in group_ids if group_id not in read and group_id in unreadable]
+        users = sum(read.values())
+        how = "" if mode is None else f"Read the directory {'incrementally' if mode == 'incremental' else 'in full'}"
+        parts = [f"{how}: {why}" if how and why else how] if how else []
+        figures = f"{len(read)} of {len(group_ids)} mapped groups read, {users} group members"
+        if failed:
+            names = [(group_names or {}).get(group_id) or group_id for group_id in failed]
+            figures += f"; {len(failed)} not read completely ({', '.join(names[:5])}{', ...' if len(failed) > 5 else ''})"
+        parts.append(figures)
+        detail: dict[str, Any] = {"groups": read, "unreadable": failed, "users": users}
+        if mode is not None:
+            detail.update(mode=mode, why=why)
+        if settled_by is not None:
+            detail["settled_by"] = settled_by
+            shown = {kind: count for kind, count in (left_out or {}).items() if count}
+            detail["left_out"] = dict(left_out or {})
+            if shown:
+                parts.append(
+                    "left out as that run did: " + ", ".join(f"{count} {kind}" for kind, count in shown.items())
+                )
+        message = "; ".join(parts)
+        return self.event(AuditKind.DISCOVERY, message[:1].upper() + message[1:], detail=detail)
 
     def discovered(self, groups: int) -> AuditEvent:
         return self.event(AuditKind.DISCOVERY, f"Discovered {groups} Azure groups", detail={"groups": groups})
 
-    def read_events(
+    def read_errors(
         self,
-        members: Mapping[str, Sequence[object]],
         unreadable: Mapping[str, str],
         group_ids: Sequence[str],
         *,
-        errors: bool = True,
         stale: frozenset[str] = frozenset(),
         group_names: Mapping[str, str] | None = None,
     ) -> list[AuditEvent]:
-        """A ``discovery`` entry per group read; an ``error`` per group that was not (when ``errors``).
+        """An ``error`` entry per mapped group that could not be read completely (failures only).
 
         A stale mapping (``stale``) gets its error from :meth:`plan_events`,
         which can say how many removals it keeps held. ``group_names`` name
         the groups in messages (the ids stay in ``subject`` and ``detail``).
         """
         names = group_names or {}
-        events = []
-        for group_id in group_ids:
-            name = names.get(group_id) or group_id
-            if group_id in members:
-                count = len(members[group_id])
-                events.append(
-                    self.event(
-                        AuditKind.DISCOVERY,
-                        f"Read group {name}: {count} users",
-                        subject=group_id,
-                        detail={"group_id": group_id, "users": count},
-                    )
-                )
-            elif errors and group_id in unreadable and group_id not in stale:
-                events.append(
-                    self.event(
-                        AuditKind.ERROR,
-                        f"Group {name} {unreadable[group_id]}",
-                        subject=group_id,
-                        detail={
-                            "group_id": group_id,
-                            "stage": "read",
-                            "access_denied": unreadable[group_id].startswith("access denied"),
-                        },
-                    )
-                )
-        return events
+        return [
+            self.event(
+                AuditKind.ERROR,
+                f"Group {names.get(group_id) or group_id} {unreadable[group_id]}",
+                subject=group_id,
+                detail={
+                    "group_id": group_id,
+                    "stage": "read",
+                    "access_denied": unreadable[group_id].startswith("access denied"),
+                },
+            )
+            for group_id in group_ids
+            if group_id in unreadable and group_id not in stale
+        ]
 
     def plan_events(
         self, plan: Plan, *, confirmed: str | None = None, scope: HoldScope | None = None

@@ -186,12 +186,18 @@ class MappingPolicy:
         if not grants:
             return
         accesses = accesses if isinstance(accesses, list) else list(accesses)
+        # The planner's hottest loop (every membership, every grant): one dict operation when the
+        # (site, module) is new to the user; roles are enum singletons, so a tie is `is`.
         for key, role in grants:
             rank = role._rank
             single = (role, (group_id,))
             for access in accesses:
-                current = access.get(key)
-                if current is None or rank > current[0]._rank:
+                current = access.setdefault(key, single)
+                if current is single:
+                    continue
+                held = current[0]
+                if held is role:
+                    if current[1][-1] != group_id:
+                        access[key] = (role, (*current[1], group_id))
+                elif rank > held._rank:
                     access[key] = single
-                elif current[0] is role and current[1][-1] != group_id:
-                    access[key] = (role, (*current[1], group_id))

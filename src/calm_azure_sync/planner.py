@@ -185,32 +185,39 @@ class _Planner:
         identity_of = identities.changes
         refreshes = identities.refreshes
         processed = self.processed
+        mark = processed.add
         changes_by_user = self.changes_by_user
+        access_of = synced_access.get
         may_remove = False
         for user, _, _ in in_scope:
             user_id = user.id
             if user_id not in identity_of:
                 continue  # a conflict: left exactly as it is
             identity = identity_of[user_id]
-            processed.add(user_id)
+            mark(user_id)
             current_key = user_id
             if identity is not None and type(identity) is RelinkUser:
                 current_key = identity.previous_external_id
-                processed.add(current_key)  # its access is the relinked user's, not a leaver's
-            user_changes: list[Change] = [identity] if identity is not None else []
+                mark(current_key)  # its access is the relinked user's, not a leaver's
+            wanted = wanted_by_user[user_id]
+            current = access_of(current_key)
+            if current:
+                grants = _grant_changes(user_id, wanted, current, keep_mode)
+                if grants and not may_remove:
+                    may_remove = any(type(change) is not Assign or change.is_downgrade for change in grants)
+            else:
+                grants = _first_grants(user_id, wanted)
             if refreshes:
                 refresh = refreshes.get(user_id)
                 if refresh is not None:
-                    user_changes.insert(0, refresh)
                     self.also_mentioned.add(refresh.external_id)
-            current = synced_access.get(current_key)
-            grants = _grant_changes(user_id, wanted_by_user[user_id], current or {}, keep_mode)
-            if current and grants and not may_remove:
-                may_remove = any(type(change) is not Assign or change.is_downgrade for change in grants)
+                    user_changes: list[Change] = [refresh] if identity is None else [refresh, identity]
+                    changes_by_user[user_id] = user_changes + grants
+                    continue
+            if identity is not None:
+                grants.insert(0, identity)
             if grants:
-                user_changes.extend(grants)
-            if user_changes:
-                changes_by_user[user_id] = user_changes
+                changes_by_user[user_id] = grants
         self.may_remove = self.may_remove or may_remove
 
     def _group_name(self, group_id: str) -> str:
@@ -410,15 +417,19 @@ def _collect_users(
     """
     users: dict[str, DirectoryUser] = {}
     access: dict[str, Wanted] = {}
+    known = access.get
+    fold = mappings.fold_group
     for group_id in sorted(members):
-        accesses = []
+        accesses: list[Wanted] = []
+        add = accesses.append
         for user in members[group_id]:
-            user_access = access.get(user.id)
+            user_id = user.id
+            user_access = known(user_id)
             if user_access is None:
-                users[user.id] = user
-                user_access = access[user.id] = {}
-            accesses.append(user_access)
-        mappings.fold_group(accesses, group_id)
+                users[user_id] = user
+                user_access = access[user_id] = {}
+            add(user_access)
+        fold(accesses, group_id)
     return users, access
 
 
@@ -428,6 +439,10 @@ def _scope(
     """The in-scope users with their email and its key (computed once), and the skipped ones."""
     skipped: list[Skip] = []
     candidates: list[tuple[DirectoryUser, str, str]] = []
+    add = candidates.append
+    holder_of: dict[str, str] = {}  # email key -> the first candidate's id
+    claim = holder_of.setdefault
+    shared: set[str] = set()
     for user_id in sorted(users):
         user = users[user_id]
         skip = skip_reason(user, config)
@@ -436,15 +451,20 @@ def _scope(
             continue
         email = user.email
         assert email is not None  # skip_reason leaves out users without one
-        candidates.append((user, email, email_key(email)))
+        key = email_key(email)
+        if claim(key, user_id) != user_id:
+            shared.add(key)
+        add((user, email, key))
+    if not shared:  # the usual case: nobody shares an email, every candidate is in scope
+        return candidates, skipped
     holders: dict[str, list[str]] = {}
     for user, _, key in candidates:
-        holders.setdefault(key, []).append(user.id)
+        if key in shared:
+            holders.setdefault(key, []).append(user.id)
     in_scope: list[tuple[DirectoryUser, str, str]] = []
     for user, email, key in candidates:
-        sharing = holders[key]
-        if len(sharing) > 1:
-            others = ", ".join(other for other in sharing if other != user.id)
+        if key in shared:
+            others = ", ".join(other for other in holders[key] if other != user.id)
             reason = f"email is shared with other Azure users ({others}); fix it in Azure"
             skipped.append(Skip(user.id, email, reason, keeps_access=True))
         else:
@@ -462,6 +482,15 @@ def _index_store(state: StoreState) -> tuple[dict[str, StoredUser], dict[str, St
     return by_external, by_email
 
 
+def _first_grants(user_id: str, wanted: Wanted) -> list[Change]:
+    """The assigns of a user who holds no synced grant yet (every user of a first import)."""
+    if len(wanted) == 1:
+        ((key, (role, because)),) = wanted.items()
+        return [Assign(user_id, key[0], key[1], role, None, because)]
+    return [Assign(user_id, site_id, module, role, None, because)
+            for (site_id, module), (role, because) in sorted(wanted.items())]  # fmt: skip
+
+
 def _grant_changes(user_id: str, wanted: Wanted, current: Mapping[tuple[str, str], Role], keep_mode: bool) -> list[Change]:
     """Assigns, role changes and unassigns that turn ``current`` into ``wanted``.
 
@@ -470,13 +499,14 @@ def _grant_changes(user_id: str, wanted: Wanted, current: Mapping[tuple[str, str
     user with no current access only gets assigns (the first import).
     """
     if len(current) == len(wanted):
+        held = current.get
         for key, (wanted_role, _) in wanted.items():
-            if current.get(key) is not wanted_role:
+            if held(key) is not wanted_role:
                 break
         else:
             return []
     if not current:
-        return [Assign(user_id, key[0], key[1], role, None, because) for key, (role, because) in sorted(wanted.items())]
+        return _first_grants(user_id, wanted)
     changes: list[Change] = []
     for key in sorted(wanted.keys() | current.keys()):
         held_role = current.get(key)
@@ -660,17 +690,20 @@ def _group_changes(
             name = stored.display_name if stored is not None else group_id
         if stored is None or stored.retired or stored.display_name != name or tuple(stored.site_ids) != site_ids:
             changes.append(UpsertGroup(group_id, name, site_ids))
+    stored_members = state.group_members.get
+    nobody: frozenset[str] = frozenset()
     for group_id in sorted(members_now):
         if group_id not in sites:
             continue
-        had = state.group_members.get(group_id, frozenset())
+        had = stored_members(group_id, nobody)
         if relinked:
             had = frozenset(relinked.get(member, member) for member in had)
         now = members_now[group_id]
         if had == now:
             continue
-        changes.extend(AddGroupMember(group_id, member) for member in sorted(now - had))
-        changes.extend(RemoveGroupMember(group_id, member) for member in sorted(had - now))
+        changes += [AddGroupMember(group_id, member) for member in sorted(now - had if had else now)]
+        if had:
+            changes += [RemoveGroupMember(group_id, member) for member in sorted(had - now)]
     for group_id in sorted(state.groups):
         if group_id not in sites and not state.groups[group_id].retired:
             # Retiring empties the group: each member's removal passes the gate first, like any other.

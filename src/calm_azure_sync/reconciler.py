@@ -464,11 +464,10 @@ class Reconciler:
         self._admit(config, actor)
         snapshot = await self._read(config)
         journal = self._journal(config.trust_site_id, actor)
+        members = {group_id: len(users) for group_id, users in snapshot.members.items()}
         await self._record_safely(
-            journal.read_events(
-                snapshot.members, snapshot.unreadable, sorted(config.mappings.group_ids), errors=False,
-                group_names=snapshot.group_names,
-            )
+            [journal.read_summary(members, snapshot.unreadable, sorted(config.mappings.group_ids),
+                                 group_names=snapshot.group_names)]
         )
         sync_state = await self._state_store.load_state(config.trust_site_id)
         state = await self.store.load(config.trust_site_id)
@@ -722,6 +721,7 @@ class _Run:
     remembered: bool = False  # the final memory is saved (with the last batch, or on its own)
     lock_lost: bool = False
     started_recorded: bool = False
+    group_users: dict[str, int] = attrs.field(factory=dict)  # users per mapped group read (the report's)
 
     @property
     def run_id(self) -> str:
@@ -863,10 +863,16 @@ class _Run:
         )
         plan = await reconciler._build_plan(self.config, snapshot, state, context)
         self._learn_labels(plan)
-        events = [self.journal.read_mode(self.read.mode, self.read.why)]
-        events += self.journal.read_events(
-            snapshot.members, snapshot.unreadable, sorted(self.config.mappings.group_ids), stale=snapshot.stale,
-            group_names=plan.group_names,
+        self.group_users = {group_id: len(users) for group_id, users in snapshot.members.items()}
+        group_ids = sorted(self.config.mappings.group_ids)
+        events = [
+            self.journal.read_summary(
+                self.group_users, snapshot.unreadable, group_ids, mode=self.read.mode, why=self.read.why,
+                group_names=plan.group_names,
+            )
+        ]
+        events += self.journal.read_errors(
+            snapshot.unreadable, group_ids, stale=snapshot.stale, group_names=plan.group_names
         )
         events.extend(self.journal.plan_events(plan, confirmed=self.confirm_hold, scope=self.confirm_only))
         await self.record(events)
@@ -879,11 +885,14 @@ class _Run:
             self.config.trust_site_id, skipped=settled.skipped, users_in_scope=settled.users_in_scope,
             synced_users=settled.synced_users,
         )
-        events = [self.journal.read_mode(self.read.mode, self.read.why)]
-        counts = {group: range(users) for group, users in settled.group_users.items()}
-        events += self.journal.read_events(counts, {}, sorted(self.config.mappings.group_ids))
-        events.extend(self.journal.plan_events(plan, confirmed=None))
-        await self.record(events)
+        # One entry: the per-user skips were logged by the run that settled the trust; repeating
+        # them every quiet run made the Import Log grow with the trust (docs/reconciler.md).
+        self.group_users = dict(settled.group_users)
+        summary = self.journal.read_summary(
+            self.group_users, {}, sorted(self.config.mappings.group_ids), mode=self.read.mode, why=self.read.why,
+            settled_by=settled.run_id, left_out=skip_counts(settled.skipped),
+        )  # fmt: skip
+        await self.record([summary])
         return plan, DirectorySnapshot(members={})
 
     def _settled_key(self, cursor: Mapping[str, Any], state: SyncState | None = None) -> str | None:
@@ -1114,6 +1123,7 @@ class _Run:
             hold_id=plan.hold_id if plan else None,
             mode=self.read.mode if self.read else "full",
             mode_reason=self.read.why if self.read else None,
+            group_users=dict(self.group_users),
         )
 
     async def _close(self) -> None:

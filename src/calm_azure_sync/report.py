@@ -31,6 +31,9 @@ class ImportReport:
     that was down. A run whose only news is a hold is ``ok``.
     ``unrecorded_events`` are Import Log events the audit sink did not take
     (kept here so the host can still store them).
+    ``group_users`` maps each mapped group read completely to its user
+    count (a settled run: as the run that settled the trust read them),
+    what the run's one ``discovery`` entry in the Import Log lists.
     """
 
     run_id: str
@@ -47,6 +50,7 @@ class ImportReport:
     hold_id: str | None = None
     mode: str = "full"
     mode_reason: str | None = None
+    group_users: Mapping[str, int] = attrs.field(factory=dict, repr=False)
 
     @property
     def duration_seconds(self) -> float:
@@ -64,6 +68,7 @@ class ImportReport:
             "held_removals": [change_to_dict(change) for change in self.held_removals],
             "hold_reason": self.hold_reason,
             "ok": self.ok,
+            "group_users": dict(self.group_users),
         }
 
     def to_records(self) -> list[dict[str, object]]:
