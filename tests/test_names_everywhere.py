@@ -97,7 +97,9 @@ async def test_every_rendered_text_of_a_sample_run_names_people_groups_and_sites
     assert "Birch High" in str(shown["first report"]) or "Birch High" in str(shown["first plan"])
     assert "Import" in str(held) and "held 24 removals for 12 people for review" in str(held)
     assert any("at Birch High" in event.message for event in sink.events)
-    assert any(event.message.startswith("Read group Birch All Staff") for event in sink.events)
+    # One discovery entry per run (the quiet Import Log): its figures, no per-group rows.
+    assert any(event.message.startswith("Read the directory") for event in sink.events)
+    assert not any(event.message.startswith("Read group") for event in sink.events)
     table = str(shown["access after the first import"])
     assert "Carol Singh" in table and "Teacher 3" in table
 
