@@ -50,6 +50,7 @@ from .plan import (
     UpsertGroup,
     UserLabel,
     change_kind,
+    is_removal,
 )
 from .planner import DirectorySnapshot, PlanContext, build_plan, skip_reason
 from .reading import DirectoryReader, RunRead
@@ -423,7 +424,9 @@ class _Run:
     read: RunRead | None = None
     errors: list[str] = attrs.field(factory=list)
     outcomes: Counter[str] = attrs.field(factory=Counter)
-    results: list[ChangeResult] = attrs.field(factory=list)
+    # Only the removals' results: all next_sync_state reads (a first import of 100k users would
+    # otherwise keep 938k results alive to the end, ~60 MB of its peak; docs/performance.md).
+    removal_results: list[ChangeResult] = attrs.field(factory=list)
     unrecorded: list[AuditEvent] = attrs.field(factory=list)
     labels: dict[str, str] = attrs.field(factory=dict)
     people: Mapping[str, UserLabel] = attrs.field(factory=dict)
@@ -591,7 +594,7 @@ class _Run:
             hold=plan.hold,
             member_counts={group: len(users) for group, users in snapshot.members.items()},
             in_scope=plan.in_scope_ids,
-            results=self.results,
+            results=self.removal_results,
             left_now=plan.left_scope,
             disputed=plan.held_groups if plan.held_removals else (),
         )
@@ -636,8 +639,9 @@ class _Run:
             reconciler._progress("apply", done, total)
 
     def _count(self, result: ChangeResult, failed: set[tuple[str, str]]) -> None:
-        self.results.append(result)
         change = result.change
+        if is_removal(change):
+            self.removal_results.append(result)
         if result.outcome == "applied":
             self.outcomes[change_kind(change)] += 1
             return
