@@ -72,6 +72,7 @@ from .plan import (
     UpsertGroup,
     UserLabel,
     change_kind,
+    is_removal,
 )
 from .planner import DirectorySnapshot, PlanContext, build_plan, skip_reason
 from .report import ImportReport
@@ -707,7 +708,9 @@ class _Run:
     read: RunRead | None = None
     errors: list[str] = attrs.field(factory=list)
     outcomes: Counter[str] = attrs.field(factory=Counter)
-    results: list[ChangeResult] = attrs.field(factory=list)
+    # Only the removals' results: all next_sync_state reads (a first import of 100k users would
+    # otherwise keep 938k results alive to the end, ~60 MB of its peak; docs/performance.md).
+    removal_results: list[ChangeResult] = attrs.field(factory=list)
     unrecorded: list[AuditEvent] = attrs.field(factory=list)
     labels: dict[str, str] = attrs.field(factory=dict)
     people: Mapping[str, UserLabel] = attrs.field(factory=dict)
@@ -987,10 +990,10 @@ class _Run:
             after = self.sync_state
             after = await self.reconciler._reader.keep_cache(self._trust, read, after, self._settles(plan, snapshot, after))
         elif self.cache_kept is not None:  # the cache was written before a last batch that could not save this
-            after = self._final_memory(plan, snapshot, self.results)
+            after = self._final_memory(plan, snapshot, self.removal_results)
         else:
             self.cache_kept = self.opened if self.opened is not None else self.sync_state
-            after = self._final_memory(plan, snapshot, self.results)
+            after = self._final_memory(plan, snapshot, self.removal_results)
             if read is not None:
                 settled = self._settles(plan, snapshot, after)
                 after = await self.reconciler._reader.keep_cache(self._trust, read, after, settled)
@@ -1020,7 +1023,7 @@ class _Run:
         """
 
         def memory_after(applied: Sequence[ChangeResult]) -> SyncState:
-            results = [*self.results, *applied, *skipped]
+            results = [*self.removal_results, *applied, *skipped]
             memory = self._final_memory(plan, snapshot, results) if last else self._memory_so_far(results)
             into.append(memory)
             return memory
@@ -1085,8 +1088,9 @@ class _Run:
             reconciler._progress("apply", done, total)
 
     def _count(self, result: ChangeResult, failed: set[tuple[str, str]]) -> None:
-        self.results.append(result)
         change = result.change
+        if is_removal(change):
+            self.removal_results.append(result)
         if result.outcome == "applied":
             self.outcomes[change_kind(change)] += 1
             return
