@@ -68,8 +68,8 @@ def _postgres(conninfo: str, schema: str) -> StoreFactory:
 def _budgets(quick: int) -> list[Any]:
     """(examples, steps): the quick figure of the default run, and the soak one under ``--run-slow``."""
     return [
-        pytest.param(budget("CALM_STORE_DIFFERENTIAL_EXAMPLES", quick, 400), 12, id="quick"),
-        pytest.param(budget("CALM_STORE_DIFFERENTIAL_EXAMPLES", 400, 400), 30, id="soak", marks=pytest.mark.slow),
+        pytest.param(budget("CALM_STORE_DIFFERENTIAL_EXAMPLES", quick, 200), 12, id="quick"),
+        pytest.param(budget("CALM_STORE_DIFFERENTIAL_EXAMPLES", 200, 200), 25, id="soak", marks=pytest.mark.slow),
     ]
 
 
