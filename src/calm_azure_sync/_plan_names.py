@@ -3,8 +3,9 @@
 A user is named by Azure display name and email (``Plan.people``; else what
 a change or skip carries; else, and only then, the Entra object id); a group
 by its display name (``Plan.group_names``; else what an ``UpsertGroup``
-carries). Shared by :mod:`calm_azure_sync.review` and the access table.
-Nothing here does IO.
+carries). Shared by :mod:`calm_azure_sync.review` and the access table;
+:class:`PlanLabels` is the ``Plan.people`` the planner builds, worked out
+when asked. Nothing here does IO.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .plan import CreateUser, LinkUser, Plan, RelinkUser, UpdateUser, UpsertGrou
 if TYPE_CHECKING:  # annotations only: the store's protocol imports the plan, whose reviews import this
     from .store.protocol import StoredUser, StoreState
 
-__all__ = ["KnownNames", "PlanNames"]
+__all__ = ["KnownNames", "PlanLabels", "PlanNames"]
 
 
 class KnownNames(Mapping[str, UserLabel]):
@@ -130,3 +131,68 @@ class PlanNames:
         if not group_ids:
             return None
         return Cell(", ".join(self.group(group_id) for group_id in group_ids), title=", ".join(group_ids))
+
+
+class PlanLabels(Mapping[str, UserLabel]):
+    """Names for the users a plan mentions, worked out when a review asks (a first import of 100k
+    users would otherwise build 100k labels nobody reads): Azure's when it has them, else the store's."""
+
+    def __init__(
+        self,
+        external_ids: frozenset[str],
+        users: Mapping[str, DirectoryUser],
+        state: StoreState,
+        lookups: Mapping[str, DirectoryUser | None],
+    ) -> None:
+        self._ids = external_ids
+        self._users = users
+        self._state = state
+        self._lookups = lookups
+        self._stored: dict[str, StoredUser] | None = None
+
+    def label(self, external_id: str) -> UserLabel | None:
+        """Any user's label, mentioned by the plan or not (``None``: unknown)."""
+        try:
+            return self._label(external_id)
+        except KeyError:
+            return None
+
+    def __getitem__(self, external_id: str) -> UserLabel:
+        if external_id not in self._ids:
+            raise KeyError(external_id)
+        return self._label(external_id)
+
+    def _label(self, external_id: str) -> UserLabel:
+        user = self._users.get(external_id) or self._lookups.get(external_id)
+        if user is not None:
+            return UserLabel(user.display_name, user.email)
+        if self._stored is None:
+            self._stored = {s.external_id: s for s in self._state.users.values() if s.external_id is not None}
+        stored = self._stored.get(external_id)
+        if stored is None:
+            raise KeyError(external_id)
+        return UserLabel(stored.display_name, stored.email)
+
+    def __iter__(self) -> Iterator[str]:
+        return (external_id for external_id in sorted(self._ids) if external_id in self)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, external_id: object) -> bool:
+        if external_id not in self._ids:
+            return False
+        assert isinstance(external_id, str)
+        if external_id in self._users or self._lookups.get(external_id) is not None:
+            return True
+        if self._stored is None:
+            self._stored = {s.external_id: s for s in self._state.users.values() if s.external_id is not None}
+        return external_id in self._stored
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self.items()) == dict(other.items())
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<labels for {len(self._ids)} users>"

@@ -15,7 +15,7 @@ What each user should have. For every (site, module), the highest role that
 any of the user's mapped groups gives there; ``Assign.because`` names the
 groups that give that winning role.
 
-Matching store users. See the table above :func:`_resolve_identities`: a
+Matching store users. See the table in :mod:`calm_azure_sync.identity`: a
 synced user is found by external id and updated; a hand-invited user with the
 same email is linked; an email held by another Azure object is a conflict,
 unless the directory proves that object gone (the store user is relinked to
@@ -37,7 +37,8 @@ are never deleted.
 What is mirrored. Every mapped group becomes a synced group of the trust
 (its display name, the sites it maps to) whose members are its in-scope
 users; a group whose mapping was removed is retired. A member removal is a
-removal like an unassign.
+removal like an unassign. :mod:`calm_azure_sync.group_mirror` works out
+those changes.
 
 When removals are held. :mod:`calm_azure_sync.guards` decides, with the
 trust's memory: the pending hold, partial reads, shrunk groups, mass removals.
@@ -52,20 +53,22 @@ plan.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import attrs
 
 from ._gc import collector_paused
+from ._plan_names import PlanLabels
 from .config import SyncConfig
+from .group_mirror import group_changes
 from .guards import GuardInput, apply_guards
+from .identity import Identities, resolve_identities
 from .mapping import MappingPolicy
 from .model import DirectorySnapshot, DirectoryUser, Role, email_key
 from .plan import (
     AddGroupMember,
     Assign,
     Change,
-    CreateUser,
     DeactivateUser,
     GroupChange,
     LinkUser,
@@ -75,9 +78,7 @@ from .plan import (
     RetireGroup,
     Skip,
     Unassign,
-    UpdateUser,
     UpsertGroup,
-    UserLabel,
     is_removal,
 )
 from .state import HoldScope, SyncState
@@ -86,7 +87,6 @@ from .store.protocol import StoredUser, StoreState
 __all__ = ["DirectorySnapshot", "build_plan", "skip_reason"]  # DirectorySnapshot: model.py's, importable here too
 
 Wanted = dict[tuple[str, str], tuple[Role, tuple[str, ...]]]
-IdentityChange = CreateUser | LinkUser | RelinkUser | UpdateUser | None
 
 
 @attrs.frozen
@@ -153,7 +153,7 @@ class _Planner:
         in_scope, skipped = _scope(users, self.config)
         by_external, by_email = _index_store(self.state)
         known = {**self.context.lookups, **users}
-        identities = _resolve_identities(in_scope, by_external, by_email, known, self._synced_here)
+        identities = resolve_identities(in_scope, by_external, by_email, known, self._synced_here)
         skipped.extend(identities.conflicts)
         self._grant_in_scope(in_scope, identities, wanted_by_user)
         self._remove_leavers(skipped, by_external)
@@ -176,7 +176,7 @@ class _Planner:
     def _grant_in_scope(
         self,
         in_scope: Sequence[tuple[DirectoryUser, str, str]],
-        identities: _Identities,
+        identities: Identities,
         wanted_by_user: Mapping[str, Wanted],
     ) -> None:
         # The hottest loop of a re-run (one pass per in-scope user): names bound locally.
@@ -262,8 +262,8 @@ class _Planner:
 
     # -- what is mirrored -----------------------------------------------------------
 
-    def _mirror_groups(self, identities: _Identities, skipped: Sequence[Skip]) -> list[GroupChange]:
-        """Synced groups and their in-scope members; see :func:`_group_changes`.
+    def _mirror_groups(self, identities: Identities, skipped: Sequence[Skip]) -> list[GroupChange]:
+        """Synced groups and their in-scope members; see :func:`~calm_azure_sync.group_mirror.group_changes`.
 
         A user whose access is left as it is (an email conflict) keeps their
         memberships as they are too.
@@ -282,7 +282,7 @@ class _Planner:
             if keeps:
                 now |= self.state.group_members.get(group_id, frozenset()) & keeps
             members_now[group_id] = now
-        changes = _group_changes(self.config, self.snapshot, self.state, members_now, relinked)
+        changes = group_changes(self.config, self.snapshot, self.state, members_now, relinked)
         if self.config.removal.mode == "keep":
             # keep removes nothing at all: no member leaves a synced group, no group is retired (emptied).
             changes = [change for change in changes if not isinstance(change, (RemoveGroupMember, RetireGroup))]
@@ -309,18 +309,17 @@ class _Planner:
 
     # -- when removals are held ------------------------------------------------------
 
-    def _judge(
+    def _guard_input(
         self,
-        ordered: list[Change],
-        skipped: list[Skip],
+        removals: list[Change],
+        synced_users: int,
+        group_names: Mapping[str, str],
         users: Mapping[str, DirectoryUser],
-        identities: _Identities,
+        identities: Identities,
         by_external: Mapping[str, StoredUser],
-    ) -> Plan:
-        removals = [change for change in ordered if is_removal(change)] if self.may_remove else []
-        synced_users = sum(1 for access in self.state.synced_access.values() if access)
+    ) -> GuardInput:
+        """What the removal guards judge this plan's removals by."""
         context = self.context
-        # The one gate: every removal this plan makes, whatever path made it, is judged here.
         relinked = {
             change.external_id: change.user_id
             for change in identities.changes.values()
@@ -346,29 +345,42 @@ class _Planner:
             stored = by_external.get(external_id)
             return stored is not None and stored.active
 
-        labels = _Labels(frozenset(), users, self.state, context.lookups)
+        labels = PlanLabels(frozenset(), users, self.state, context.lookups)
+        return GuardInput(
+            config=self.config,
+            removals=removals,
+            pending=context.sync_state.hold,
+            confirm_hold=context.confirm_hold,
+            unreadable_groups=self.snapshot.unreadable,
+            stale_groups=self.snapshot.stale,
+            member_counts={group: len(members) for group, members in self.snapshot.members.items()},
+            baselines=context.sync_state.baselines,
+            synced_users=synced_users,
+            run_id=context.run_id,
+            now=context.now,
+            confirm_only=context.confirm_only,
+            owner_of=owner_of,
+            decided=frozenset(self.processed),
+            in_store=in_store,
+            label_of=labels.label,
+            group_names=group_names,
+            site_names=context.site_names,
+        )
+
+    def _judge(
+        self,
+        ordered: list[Change],
+        skipped: list[Skip],
+        users: Mapping[str, DirectoryUser],
+        identities: Identities,
+        by_external: Mapping[str, StoredUser],
+    ) -> Plan:
+        removals = [change for change in ordered if is_removal(change)] if self.may_remove else []
+        synced_users = sum(1 for access in self.state.synced_access.values() if access)
         group_names = {group: self._group_name(group) for group in sorted(self.config.mappings.group_ids)}
+        # The one gate: every removal this plan makes, whatever path made it, is judged here.
         verdict = apply_guards(
-            GuardInput(
-                config=self.config,
-                removals=removals,
-                pending=context.sync_state.hold,
-                confirm_hold=context.confirm_hold,
-                unreadable_groups=self.snapshot.unreadable,
-                stale_groups=self.snapshot.stale,
-                member_counts={group: len(members) for group, members in self.snapshot.members.items()},
-                baselines=context.sync_state.baselines,
-                synced_users=synced_users,
-                run_id=context.run_id,
-                now=context.now,
-                confirm_only=context.confirm_only,
-                owner_of=owner_of,
-                decided=frozenset(self.processed),
-                in_store=in_store,
-                label_of=labels.label,
-                group_names=group_names,
-                site_names=context.site_names,
-            )
+            self._guard_input(removals, synced_users, group_names, users, identities, by_external)
         )
         if verdict.held:
             held = set(map(id, verdict.held))
@@ -392,7 +404,7 @@ class _Planner:
             hold_id=verdict.hold.id if verdict.hold is not None else None,
             held_groups=verdict.shrunk_groups,
             stale_groups=verdict.stale_held,
-            people=_Labels(frozenset(mentioned), users, self.state, self.context.lookups),
+            people=PlanLabels(frozenset(mentioned), users, self.state, self.context.lookups),
             group_names=group_names,
             access_before=self.state.synced_access,
             hold=verdict.hold,
@@ -523,258 +535,3 @@ def _grant_changes(user_id: str, wanted: Wanted, current: Mapping[tuple[str, str
     return changes
 
 
-# -- matching store users ---------------------------------------------------------------
-#
-# For each in-scope Azure user, by what the store holds under its external id
-# ("stored") and under its email ("holder"):
-#
-#   stored   holder                                  decision
-#   -------  --------------------------------------  ---------------------------------------
-#   any      none, or the stored user itself          update (or create when no stored user)
-#   none     a hand-invited user (no external id)     link the invited user
-#   any      a synced user whose Azure account moves   later round: once that move is applied
-#            to another email in this plan
-#   none     a synced user whose object is gone        relink: the store user takes the new id
-#            (the directory answered None, and this
-#            trust synced that account: only the
-#            directory it came from can prove it gone)
-#   any      a synced user whose object now has        refresh the holder's email first, then
-#            another email (directory proves it)       the newcomer in a later round
-#   any      anything else                             conflict: reported, access left as is
-#
-# A holder the snapshot does not show and the directory was not asked about
-# is a conflict for now, and named in ``lookups_needed``.
-
-
-@attrs.define
-class _Identities:
-    changes: dict[str, IdentityChange] = attrs.field(factory=dict)
-    rounds: dict[str, int] = attrs.field(factory=dict)
-    refreshes: dict[str, UpdateUser | None] = attrs.field(factory=dict)  # newcomer -> holder refresh
-    conflicts: list[Skip] = attrs.field(factory=list)
-    lookups_needed: frozenset[str] = frozenset()
-
-
-def _resolve_identities(
-    in_scope: Sequence[tuple[DirectoryUser, str, str]],
-    by_external: Mapping[str, StoredUser],
-    by_email: Mapping[str, StoredUser],
-    known: Mapping[str, DirectoryUser | None],
-    synced_here: Callable[[str], bool],
-) -> _Identities:
-    """How each in-scope Azure user maps onto the store: the table above."""
-    found = _Identities()
-    released: dict[str, int] = {}  # email key -> round in which its holder moves away
-    waiting: list[tuple[DirectoryUser, str, str, StoredUser | None, StoredUser]] = []
-    in_scope_ids = {user.id for user, _, _ in in_scope}
-
-    def settle(user: DirectoryUser, email: str, key: str, stored: StoredUser | None, holder: StoredUser | None,
-               round_: int) -> None:
-        found.changes[user.id] = _identity_change(user, email, stored, holder)
-        found.rounds[user.id] = round_
-        if stored is not None and email_key(stored.email) != key:
-            released[email_key(stored.email)] = round_
-
-    for user, email, key in in_scope:
-        stored = by_external.get(user.id)
-        holder = by_email.get(key)
-        if holder is None or (stored is not None and holder.user_id == stored.user_id):
-            settle(user, email, key, stored, None, 0)
-        elif stored is None and holder.external_id is None:
-            settle(user, email, key, None, holder, 0)  # link the hand-invited user
-        else:
-            waiting.append((user, email, key, stored, holder))
-    while waiting:
-        still_waiting = []
-        for user, email, key, stored, holder in waiting:
-            if key in released:
-                settle(user, email, key, stored, None, released[key] + 1)
-            else:
-                still_waiting.append((user, email, key, stored, holder))
-        if len(still_waiting) == len(waiting):
-            break
-        waiting = still_waiting
-    needed: set[str] = set()
-    for user, email, key, stored, holder in waiting:
-        previous = holder.external_id
-        if previous is None or previous in in_scope_ids or previous not in known:
-            if previous is not None and previous not in in_scope_ids:
-                needed.add(previous)
-            found.conflicts.append(_conflict(user, email, holder))
-            continue
-        now = known[previous]
-        if now is None and stored is None and synced_here(previous):
-            found.changes[user.id] = RelinkUser(
-                user.id, holder.user_id, previous, email, _display_name(user, email), user.given_name, user.surname
-            )
-            found.rounds[user.id] = 0
-        elif now is not None and now.email is not None and email_key(now.email) != key:
-            found.refreshes[user.id] = UpdateUser(
-                previous, holder.user_id, now.email, _display_name(now, now.email), now.given_name, now.surname,
-                changed=("email",),
-            )
-            settle(user, email, key, stored, None, 0)
-        else:
-            found.conflicts.append(_conflict(user, email, holder))
-    found.lookups_needed = frozenset(needed)
-    return found
-
-
-def _conflict(user: DirectoryUser, email: str, holder: StoredUser) -> Skip:
-    return Skip(
-        user.id,
-        email,
-        f"email conflict: {email} is already used by store user {holder.user_id}"
-        + (f" (synced from Azure account {holder.external_id})" if holder.external_id else "")
-        + "; not taken over, access left unchanged",
-        keeps_access=True,
-        conflict=True,
-    )
-
-
-def _display_name(user: DirectoryUser, email: str) -> str:
-    name = (user.display_name or "").strip()
-    return name or email
-
-
-def _identity_change(
-    user: DirectoryUser, email: str, stored: StoredUser | None, invited: StoredUser | None
-) -> CreateUser | LinkUser | UpdateUser | None:
-    """The change that makes the store's record of ``user`` current (``None`` if it is)."""
-    name = _display_name(user, email)
-    if stored is not None:
-        # Only a user the sync itself deactivated is reactivated; someone a
-        # person deactivated in the app stays as they left them.
-        reactivate = not stored.active and stored.deactivated_by_sync
-        if (
-            not reactivate
-            and stored.email == email
-            and stored.display_name == name
-            and stored.given_name == user.given_name
-            and stored.surname == user.surname
-        ):
-            return None  # the common re-run case
-        wanted = {"email": email, "display_name": name, "given_name": user.given_name, "surname": user.surname}
-        changed = tuple(field for field, value in wanted.items() if getattr(stored, field) != value)
-        if reactivate:
-            changed += ("active",)
-        return UpdateUser(
-            user.id, stored.user_id, email, name, user.given_name, user.surname, reactivate=reactivate, changed=changed
-        )
-    if invited is not None:
-        return LinkUser(user.id, invited.user_id, email, name, user.given_name, user.surname)
-    return CreateUser(user.id, email, name, user.given_name, user.surname)
-
-
-def _group_changes(
-    config: SyncConfig,
-    snapshot: DirectorySnapshot,
-    state: StoreState,
-    members_now: Mapping[str, frozenset[str]],
-    relinked: Mapping[str, str],
-) -> list[GroupChange]:
-    """Mirror every mapped group: upsert it, diff its in-scope members, retire unmapped ones.
-
-    An unread group keeps its members as they are (nothing is known); its
-    upsert still happens so a new mapping shows up at once.
-    """
-    sites: dict[str, set[str]] = {}
-    for mapping in config.mappings.mappings:
-        sites.setdefault(mapping.group_id, set()).add(mapping.site_id)
-    changes: list[GroupChange] = []
-    for group_id in sorted(sites):
-        site_ids = tuple(sorted(sites[group_id]))
-        name = snapshot.group_names.get(group_id)
-        stored = state.groups.get(group_id)
-        if name is None:
-            name = stored.display_name if stored is not None else group_id
-        if stored is None or stored.retired or stored.display_name != name or tuple(stored.site_ids) != site_ids:
-            changes.append(UpsertGroup(group_id, name, site_ids))
-    stored_members = state.group_members.get
-    nobody: frozenset[str] = frozenset()
-    for group_id in sorted(members_now):
-        if group_id not in sites:
-            continue
-        had = stored_members(group_id, nobody)
-        if relinked:
-            had = frozenset(relinked.get(member, member) for member in had)
-        now = members_now[group_id]
-        if had == now:
-            continue
-        changes += [AddGroupMember(group_id, member) for member in sorted(now - had if had else now)]
-        if had:
-            changes += [RemoveGroupMember(group_id, member) for member in sorted(had - now)]
-    for group_id in sorted(state.groups):
-        if group_id not in sites and not state.groups[group_id].retired:
-            # Retiring empties the group: each member's removal passes the gate first, like any other.
-            had = state.group_members.get(group_id, frozenset())
-            if relinked:
-                had = frozenset(relinked.get(member, member) for member in had)
-            changes.extend(RemoveGroupMember(group_id, member) for member in sorted(had))
-            changes.append(RetireGroup(group_id))
-    return changes
-
-
-class _Labels(Mapping[str, UserLabel]):
-    """Names for the users a plan mentions, worked out when a review asks (a first import of 100k
-    users would otherwise build 100k labels nobody reads): Azure's when it has them, else the store's."""
-
-    def __init__(
-        self,
-        external_ids: frozenset[str],
-        users: Mapping[str, DirectoryUser],
-        state: StoreState,
-        lookups: Mapping[str, DirectoryUser | None],
-    ) -> None:
-        self._ids = external_ids
-        self._users = users
-        self._state = state
-        self._lookups = lookups
-        self._stored: dict[str, StoredUser] | None = None
-
-    def label(self, external_id: str) -> UserLabel | None:
-        """Any user's label, mentioned by the plan or not (``None``: unknown)."""
-        try:
-            return self._label(external_id)
-        except KeyError:
-            return None
-
-    def __getitem__(self, external_id: str) -> UserLabel:
-        if external_id not in self._ids:
-            raise KeyError(external_id)
-        return self._label(external_id)
-
-    def _label(self, external_id: str) -> UserLabel:
-        user = self._users.get(external_id) or self._lookups.get(external_id)
-        if user is not None:
-            return UserLabel(user.display_name, user.email)
-        if self._stored is None:
-            self._stored = {s.external_id: s for s in self._state.users.values() if s.external_id is not None}
-        stored = self._stored.get(external_id)
-        if stored is None:
-            raise KeyError(external_id)
-        return UserLabel(stored.display_name, stored.email)
-
-    def __iter__(self) -> Iterator[str]:
-        return (external_id for external_id in sorted(self._ids) if external_id in self)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-    def __contains__(self, external_id: object) -> bool:
-        if external_id not in self._ids:
-            return False
-        assert isinstance(external_id, str)
-        if external_id in self._users or self._lookups.get(external_id) is not None:
-            return True
-        if self._stored is None:
-            self._stored = {s.external_id: s for s in self._state.users.values() if s.external_id is not None}
-        return external_id in self._stored
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Mapping) and dict(self.items()) == dict(other.items())
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"<labels for {len(self._ids)} users>"

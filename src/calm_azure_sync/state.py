@@ -4,7 +4,7 @@ A run's safety decisions must not depend on that run alone (a hold that the
 next run forgets is no hold), so each trust has a small :class:`SyncState`,
 kept by the user store (:class:`SyncStateStore`) in the same database as the
 users and written only under the trust's run lock. It is plain data with a
-versioned JSON-safe form; a state this library cannot read (corrupt, or
+versioned JSON-safe form (:func:`state_to_json`, the text a store keeps); a state this library cannot read (corrupt, or
 written by a newer version) is a :class:`~calm_azure_sync.ConfigError`,
 never a silent reset that would forget a hold.
 """
@@ -12,6 +12,7 @@ never a silent reset that would forget a hold.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -33,7 +34,18 @@ from .plan import (
     removal_slot,
 )
 
-__all__ = ["Hold", "HoldKind", "HoldScope", "RunningImport", "SyncState", "SyncStateStore", "new_hold_id", "removal_key"]
+__all__ = [
+    "Hold",
+    "HoldKind",
+    "HoldScope",
+    "RunningImport",
+    "SyncState",
+    "SyncStateStore",
+    "new_hold_id",
+    "removal_key",
+    "state_from_json",
+    "state_to_json",
+]
 
 STATE_FORMAT_VERSION = 1
 
@@ -472,3 +484,35 @@ def _choice(data: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{key}: {value!r} is not one of {', '.join(choices)}")
     return value
+
+
+# -- the text a store keeps (every shipped store; store.rules re-exports these) --
+
+
+def state_to_json(state: SyncState, *, where: str = "sync state") -> str:
+    """The text a store keeps for ``state``: the JSON of :meth:`SyncState.to_dict`.
+
+    ASCII-only JSON (any text stores), keys sorted. Raises
+    :class:`~calm_azure_sync.ConfigError` naming ``where`` for a state that is
+    not JSON-safe or that :func:`state_from_json` would refuse (say, a newer
+    ``version``): a store never writes a state it could not read back.
+    """
+    try:
+        text = json.dumps(state.to_dict(), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as error:
+        raise ConfigError(f"{where}: not JSON-safe ({error})") from None
+    state_from_json(text, where=where)
+    return text
+
+
+def state_from_json(text: str, *, where: str = "sync state") -> SyncState:
+    """Read back what :func:`state_to_json` wrote; :class:`~calm_azure_sync.ConfigError` if unreadable.
+
+    Corrupt text and a state of another format version are refused, never
+    read as an empty state (that would forget a pending hold).
+    """
+    try:
+        data = json.loads(text)
+    except (TypeError, ValueError, RecursionError) as error:
+        raise ConfigError(f"{where}: not JSON ({error})") from None
+    return SyncState.from_dict(data, where=where)

@@ -8,24 +8,23 @@ in order (user rows before grant rows). The rules then cannot drift from the
 shipped stores, and :mod:`calm_azure_sync.testing.store_conformance` checks
 the result. Nothing here does IO.
 
+The helpers are re-exported here (``from calm_azure_sync.store.rules import
+batch_keys`` works as it did): mutation records in ``store/mutations.py``, batch
+loading hints in ``store/batch.py``, ids in ``store/user_ids.py``, the sync state's JSON in ``state.py``.
+
 What each change does, and when it fails, is the table in docs/stores.md and
 the :class:`~calm_azure_sync.store.protocol.UserStore` docstring.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
-import os
-import uuid
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar, Final, NamedTuple, TypeAlias
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, Final, TypeAlias
 
 import attrs
 
 from .._gc import collector_paused
-from .._text import clean_text, is_clean, show
-from ..errors import ConfigError
+from .._text import clean_text
 from ..model import Role, email_key
 from ..plan import (
     AddGroupMember,
@@ -42,8 +41,29 @@ from ..plan import (
     UpsertGroup,
     change_kind,
 )
-from ..state import SyncState
-from .protocol import ChangeResult, Grant, GrantSource, StoredUser, StoreState, SyncedGroup
+from ..state import state_from_json, state_to_json  # re-exported: their home is state.py
+from ._values import checked_grant, names_equal, not_text, storable_values
+from .batch import (  # re-exported: their home is store/batch.py
+    BatchKeys,
+    add_user_keys,
+    batch_group_ids,
+    batch_keys,
+    batch_member_probes,
+    batch_reads_grants,
+    batch_reads_user_rows,
+)
+from .mutations import (  # re-exported: their home is store/mutations.py
+    GrantKey,
+    GrantValue,
+    GrantWrite,
+    GroupKey,
+    GroupWrite,
+    MemberWrite,
+    Mutation,
+    UserWrite,
+)
+from .protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup
+from .user_ids import new_user_id  # re-exported: its home is store/user_ids.py
 
 __all__ = [
     "BatchKeys",
@@ -56,270 +76,17 @@ __all__ = [
     "Mutation",
     "UserTables",
     "UserWrite",
+    "add_user_keys",
     "batch_group_ids",
     "batch_keys",
     "batch_member_probes",
     "batch_reads_grants",
     "batch_reads_user_rows",
+    "checked_grant",
     "new_user_id",
     "state_from_json",
     "state_to_json",
 ]
-
-GrantKey: TypeAlias = tuple[str, str, GrantSource]
-"""(site_id, module, source): a user holds at most one grant per key."""
-
-GrantValue: TypeAlias = tuple[Role, str | None]
-"""(role, trust_site_id the grant was applied under; ``None`` for manual grants)."""
-
-
-# The mutation records are NamedTuples, not attrs classes: a first import
-# logs 400k of them, and a tuple is several times cheaper to build.
-class UserWrite(NamedTuple):
-    """A logged mutation: ``user`` was inserted (``new``) or its row replaced."""
-
-    user: StoredUser
-    new: bool
-
-
-class GrantWrite(NamedTuple):
-    """A logged mutation: the grant ``key`` of ``user_id`` was set to ``value`` (``None``: deleted)."""
-
-    user_id: str
-    key: GrantKey
-    value: GrantValue | None
-
-
-GroupKey: TypeAlias = tuple[str, str]
-"""(trust_site_id, group external id): each trust mirrors its mapped groups on its own."""
-
-
-class GroupWrite(NamedTuple):
-    """A logged mutation: ``group`` was inserted (``new``) or its row replaced."""
-
-    group: SyncedGroup
-    new: bool
-
-
-class MemberWrite(NamedTuple):
-    """A logged mutation: store user ``user_id`` joined (``member``) or left the group ``key``."""
-
-    key: GroupKey
-    user_id: str
-    member: bool
-
-
-Mutation: TypeAlias = UserWrite | GrantWrite | GroupWrite | MemberWrite
-
-
-class BatchKeys(NamedTuple):
-    """What a batch can read or collide with: load these rows (and every grant of those users)."""
-
-    external_ids: set[str]
-    user_ids: set[str]
-    email_keys: set[str]
-
-
-# Which change types name a store user id, and which carry an email: the rows
-# a batch reads besides the users named by external id.
-_NAMES_USER_ID: frozenset[type] = frozenset({LinkUser, RelinkUser, UpdateUser, DeactivateUser})
-_CARRIES_EMAIL: frozenset[type] = frozenset({CreateUser, LinkUser, RelinkUser, UpdateUser})
-# Group changes whose ``external_id`` is a group's, not a user's.
-_NAMES_GROUP_AS_ITSELF: frozenset[type] = frozenset({UpsertGroup, RetireGroup})
-_NAMES_MEMBERSHIP: frozenset[type] = frozenset({AddGroupMember, RemoveGroupMember})
-_GROUP_RULES: frozenset[type] = _NAMES_GROUP_AS_ITSELF | _NAMES_MEMBERSHIP
-# The only rules that read a user's grants.
-_READS_GRANTS: frozenset[type] = frozenset({Assign, Unassign, DeactivateUser})
-
-
-def batch_keys(changes: Iterable[Change]) -> BatchKeys:
-    """The users ``changes`` can read or collide with, by external id, user id and email key.
-
-    A store that loads exactly these users, with all their grants, into a
-    :class:`UserTables` decides email uniqueness and "no grant left" on
-    complete facts.
-    """
-    keys = BatchKeys(set(), set(), set())
-    for change in changes:
-        kind = type(change)
-        if kind in _NAMES_GROUP_AS_ITSELF:
-            continue
-        _add_storable(keys.external_ids, change.external_id)
-        if kind in _NAMES_USER_ID:
-            _add_storable(keys.user_ids, change.user_id)  # type: ignore[union-attr]
-        if kind in _CARRIES_EMAIL:
-            keys.email_keys.add(email_key(clean_text(change.email)))  # type: ignore[union-attr]
-    return keys
-
-
-def _add_storable(keys: set[str], value: str) -> None:
-    # An id that cannot be encoded names no stored row (the change carrying it fails alone in
-    # the rules): looking it up would only make the database's driver raise for the whole batch.
-    if is_clean(value):
-        keys.add(value)
-
-
-def add_user_keys(email: str, user_id: str | None) -> tuple[str, str | None]:
-    """The email key and user id a store looks up before :meth:`UserTables.add_user` judges them.
-
-    Both made storable: an id that cannot be encoded is looked up as ``None``
-    (no row carries it), so the rules, not the database driver, refuse it.
-    """
-    return email_key(clean_text(email)), user_id if user_id is None or is_clean(user_id) else None
-
-
-def checked_grant(site_id: str, module: str, role: Role | str) -> Role:
-    """The role of a manual grant, once ``site_id`` and ``module`` are known to be storable text.
-
-    Raises ``ValueError`` (text that cannot be stored) or
-    :class:`~calm_azure_sync.ConfigError` (an unknown role).
-    """
-    problem = _not_text(site_id, module)
-    if problem is not None:
-        raise ValueError(problem)
-    return Role.parse(role)
-
-
-def state_to_json(state: SyncState, *, where: str = "sync state") -> str:
-    """The text a store keeps for ``state``: the JSON of :meth:`SyncState.to_dict`.
-
-    ASCII-only JSON (any text stores), keys sorted. Raises
-    :class:`~calm_azure_sync.ConfigError` naming ``where`` for a state that is
-    not JSON-safe or that :func:`state_from_json` would refuse (say, a newer
-    ``version``): a store never writes a state it could not read back.
-    """
-    try:
-        text = json.dumps(state.to_dict(), sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as error:
-        raise ConfigError(f"{where}: not JSON-safe ({error})") from None
-    state_from_json(text, where=where)
-    return text
-
-
-def state_from_json(text: str, *, where: str = "sync state") -> SyncState:
-    """Read back what :func:`state_to_json` wrote; :class:`~calm_azure_sync.ConfigError` if unreadable.
-
-    Corrupt text and a state of another format version are refused, never
-    read as an empty state (that would forget a pending hold).
-    """
-    try:
-        data = json.loads(text)
-    except (TypeError, ValueError, RecursionError) as error:
-        raise ConfigError(f"{where}: not JSON ({error})") from None
-    return SyncState.from_dict(data, where=where)
-
-
-def batch_group_ids(changes: Iterable[Change]) -> set[str]:
-    """The synced groups ``changes`` name (load them, in the batch's trust, with :meth:`UserTables.put_group`).
-
-    Load each one's memberships of the users :func:`batch_keys` names too;
-    for a group a ``RetireGroup`` names, load every membership (it clears them).
-    """
-    groups: set[str] = set()
-    for change in changes:
-        kind = type(change)
-        if kind in _NAMES_GROUP_AS_ITSELF:
-            _add_storable(groups, change.external_id)
-        elif kind in _NAMES_MEMBERSHIP:
-            _add_storable(groups, change.group_external_id)  # type: ignore[union-attr]
-    return groups
-
-
-def batch_member_probes(changes: Iterable[Change], holders: Mapping[str, str]) -> set[tuple[str, str]]:
-    """The ``(group id, user id)`` memberships the membership rules of ``changes`` can read.
-
-    ``holders`` maps external id to the store user carrying it when the batch
-    loaded (:attr:`UserTables.by_external_id`). A membership change names its
-    member by external id, and within a batch that id can move: a
-    ``LinkUser`` or ``RelinkUser`` before it gives it to that change's user.
-    So each membership change probes the loaded holder and every user an
-    earlier link or relink of the batch hands the id to. A store that loads
-    only these memberships (not every membership of the batch's users) then
-    decides as one that loaded them all.
-    """
-    takers: dict[str, set[str]] = {}
-    probes: set[tuple[str, str]] = set()
-    for change in changes:
-        kind = type(change)
-        if kind is LinkUser or kind is RelinkUser:
-            takers.setdefault(change.external_id, set()).add(change.user_id)  # type: ignore[union-attr]
-        elif kind in _NAMES_MEMBERSHIP:
-            group_id: str = change.group_external_id  # type: ignore[union-attr]
-            holder = holders.get(change.external_id)
-            if holder is not None:
-                probes.add((group_id, holder))
-            probes.update((group_id, user_id) for user_id in takers.get(change.external_id, ()))
-    return probes
-
-
-def batch_reads_user_rows(changes: Iterable[Change]) -> bool:
-    """Whether any rule of ``changes`` reads a user's row; if not, the user ids suffice.
-
-    Group and membership rules need only which store user carries an
-    external id (:meth:`UserTables.put_external_id`), so a store may load just
-    that for a batch of them.
-    """
-    return any(type(change) not in _GROUP_RULES for change in changes)
-
-
-def batch_reads_grants(changes: Iterable[Change]) -> bool:
-    """Whether any rule of ``changes`` reads grants; if not, a store may skip loading them.
-
-    Membership batches (a first import has one per member of every mapped
-    group) then read users only.
-    """
-    return any(type(change) in _READS_GRANTS for change in changes)
-
-
-_id_prefix: tuple[int, str] = (0, "")
-_id_counter = itertools.count(1)
-
-
-def new_user_id() -> str:
-    """A fresh store user id, unique across processes.
-
-    A random per-process prefix and a counter: as unique as a UUID4 but far
-    cheaper, which matters when a first import creates 100k users.
-    """
-    global _id_prefix
-    pid = os.getpid()
-    if _id_prefix[0] != pid:  # a forked child must not repeat its parent's ids
-        _id_prefix = (pid, uuid.uuid4().hex[:16])
-    return f"{_id_prefix[1]}-{next(_id_counter):08x}"
-
-
-def _names_equal(user: StoredUser, email: str, display_name: str, given: str | None, sur: str | None) -> bool:
-    return (user.email, user.display_name, user.given_name, user.surname) == (email, display_name, given, sur)
-
-
-def _storable_values(
-    change: CreateUser | LinkUser | RelinkUser | UpdateUser,
-) -> tuple[str, str, str | None, str | None]:
-    """The change's email (stripped) and names as a store keeps them: lone surrogates become U+FFFD.
-
-    Every store writes UTF-8, which cannot encode a surrogate code point; one
-    odd name must cost one odd name, not the batch it is in.
-    """
-    given, sur = change.given_name, change.surname
-    return (
-        clean_text(change.email.strip()),
-        clean_text(change.display_name),
-        None if given is None else clean_text(given),
-        None if sur is None else clean_text(sur),
-    )
-
-
-def _not_text(*values: str) -> str | None:
-    """Why an identifier cannot be stored (it holds a surrogate), or ``None``.
-
-    Identifiers are never rewritten (a replaced object id would name another
-    object): a change carrying one fails alone.
-    """
-    for value in values:
-        if not is_clean(value):
-            return f"{show(value)} is not valid text (it holds a lone surrogate), so no store can keep it"
-    return None
-
 
 _Applier: TypeAlias = Callable[["UserTables", str, Any], ChangeResult]
 
@@ -443,7 +210,7 @@ class UserTables:
         if problem is not None:
             raise ValueError(problem)
         user_id = new_user_id() if user_id is None else user_id
-        bad_id = _not_text(user_id)
+        bad_id = not_text(user_id)
         if bad_id is not None:
             raise ValueError(f"user id {bad_id}")
         if user_id in self.users:
@@ -543,7 +310,7 @@ class UserTables:
         # A big batch allocates many objects and frees none: pausing the
         # cycle collector keeps it from rescanning the whole store each time.
         rules = self._RULES
-        problem = _not_text(trust_site_id)
+        problem = not_text(trust_site_id)
         if problem is not None:
             return [ChangeResult(change, f"trust site id {problem}") for change in changes]
         with collector_paused():
@@ -559,7 +326,7 @@ class UserTables:
         rule = self._RULES.get(type(change))
         if rule is None:
             return _unsupported(change)
-        problem = _not_text(trust_site_id)
+        problem = not_text(trust_site_id)
         if problem is not None:
             return ChangeResult(change, f"trust site id {problem}")
         return rule(self, trust_site_id, change)
@@ -588,8 +355,8 @@ class UserTables:
             # overwrites a user; if Azure's values differ, the next plan has
             # an UpdateUser for them. "unchanged": the log says no creation.
             return ChangeResult(change, None, UNCHANGED)
-        email, display_name, given_name, surname = _storable_values(change)
-        problem = _not_text(change.external_id) or self._email_problem(email, owner=None)
+        email, display_name, given_name, surname = storable_values(change)
+        problem = not_text(change.external_id) or self._email_problem(email, owner=None)
         if problem is not None:
             return ChangeResult(change, problem)
         self._insert_user(
@@ -621,7 +388,7 @@ class UserTables:
         # Reactivating clears the mark; a user the sync deactivated keeps it.
         by_sync = user.deactivated_by_sync and not new_active
         if (
-            _names_equal(user, email, display_name, given_name, surname)
+            names_equal(user, email, display_name, given_name, surname)
             and new_external_id == user.external_id
             and new_active == user.active
             and by_sync == user.deactivated_by_sync
@@ -688,8 +455,8 @@ class UserTables:
         active: bool | None = None,
     ) -> ChangeResult:
         """Give ``user`` the change's email and names, unless another user holds that email."""
-        email, display_name, given_name, surname = _storable_values(change)
-        problem = (None if external_id is None else _not_text(external_id)) or self._email_problem(
+        email, display_name, given_name, surname = storable_values(change)
+        problem = (None if external_id is None else not_text(external_id)) or self._email_problem(
             email, owner=user.user_id
         )
         if problem is not None:
@@ -710,7 +477,7 @@ class UserTables:
         if held is not None and held.get(key) == value:
             return ChangeResult(change, None, UNCHANGED)
         if not (change.site_id.isascii() and change.module.isascii()):
-            problem = _not_text(change.site_id, change.module)
+            problem = not_text(change.site_id, change.module)
             if problem is not None:
                 return ChangeResult(change, problem)
         self._upsert_grant(user_id, key, value)
@@ -736,11 +503,10 @@ class UserTables:
         self._replace_user(attrs.evolve(user, active=False, deactivated_by_sync=True))
         return ChangeResult(change, None, APPLIED)
 
-
     # -- groups -------------------------------------------------------------------
 
     def _apply_upsert_group(self, trust_site_id: str, change: UpsertGroup) -> ChangeResult:
-        problem = _not_text(change.external_id, *change.site_ids)
+        problem = not_text(change.external_id, *change.site_ids)
         if problem is not None:
             return ChangeResult(change, problem)
         key = (trust_site_id, change.external_id)
