@@ -45,41 +45,40 @@ import attrs
 
 from .._async_closing import AsyncClosing
 from .._query_args import checked_id, checked_optional_id
-from .._sqlite import Fence, ThreadedConnection, write_transaction
 from .._text import clean_text
 from ..errors import StoreError
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 from ..model import Role
 from ..plan import Change
 from ..state import SyncState
-from . import _sqlite_delta
-from . import _sqlite_helpers as _helpers
+from ..store.protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup
+from . import _delta, _helpers
+from ._db import Fence, ThreadedConnection, write_transaction
 
 # The run lock, the schema, the reads and the writes live in their own
 # modules; the names below stay importable from here, where this module's
 # callers and fault-injecting tests look them up (and patch them: the store
 # calls _write, _load_state and _release_lock through this module).
-from ._sqlite_lock import acquire_lock as _acquire_lock
-from ._sqlite_lock import check_holder as _check_holder
-from ._sqlite_lock import fence as _lock_fence
-from ._sqlite_lock import pid_alive as pid_alive
-from ._sqlite_lock import process_host as _process_host  # noqa: F401 - the old private name
-from ._sqlite_lock import release_lock as _release_lock
-from ._sqlite_lock import renew_lock as _renew_lock
-from ._sqlite_read import load_state as _load_state
-from ._sqlite_read import load_tables as _load_tables
-from ._sqlite_schema import MIGRATIONS as _MIGRATIONS  # noqa: F401 - patched by the migration tests
-from ._sqlite_schema import SCHEMA_VERSION as SCHEMA_VERSION
-from ._sqlite_schema import setup_store as _setup_store
-from ._sqlite_state import load_sync_state as _load_sync_state
-from ._sqlite_state import save_sync_state as _save_sync_state
-from ._sqlite_state import write_sync_state as _write_sync_state
-from ._sqlite_write import write as _write
-from .protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup
+from ._lock import acquire_lock as _acquire_lock
+from ._lock import check_holder as _check_holder
+from ._lock import fence as _lock_fence
+from ._lock import pid_alive as pid_alive
+from ._lock import process_host as _process_host  # noqa: F401 - the old private name
+from ._lock import release_lock as _release_lock
+from ._lock import renew_lock as _renew_lock
+from ._read import load_state as _load_state
+from ._read import load_tables as _load_tables
+from ._schema import MIGRATIONS as _MIGRATIONS  # noqa: F401 - patched by the migration tests
+from ._schema import SCHEMA_VERSION as SCHEMA_VERSION
+from ._schema import setup_store as _setup_store
+from ._state import load_sync_state as _load_sync_state
+from ._state import save_sync_state as _save_sync_state
+from ._state import write_sync_state as _write_sync_state
+from ._write import write as _write
 
 __all__ = ["SqliteUserStore"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("calm_azure_sync.store.sqlite")  # its name before the move: hosts may filter by it
 
 _T = TypeVar("_T")
 
@@ -257,24 +256,24 @@ class SqliteUserStore(AsyncClosing):
     async def load_delta(self, trust_site_id: str) -> DeltaCache | None:
         """The trust's delta cache, or ``None`` (none saved; rows unreadable or of another version: logged)."""
         where = f"the delta cache of trust {trust_site_id!r} in {os.fspath(self.path)}"
-        return await self._run(f"load {where}", _sqlite_delta.load_delta, trust_site_id, where)
+        return await self._run(f"load {where}", _delta.load_delta, trust_site_id, where)
 
     async def load_delta_head(self, trust_site_id: str) -> DeltaHead | None:
         """The trust's delta cache head (meta row and tracked group ids): what a round needs to start."""
         where = f"the delta cache of trust {trust_site_id!r} in {os.fspath(self.path)}"
-        return await self._run(f"load {where}", _sqlite_delta.load_delta_head, trust_site_id, where)
+        return await self._run(f"load {where}", _delta.load_delta_head, trust_site_id, where)
 
     async def save_delta(self, trust_site_id: str, write: DeltaCacheWrite) -> None:
         """Apply ``write`` to the trust's delta cache rows in one transaction."""
         await self._run(
-            f"save the delta cache of trust {trust_site_id!r}", _sqlite_delta.save_delta, trust_site_id, write,
+            f"save the delta cache of trust {trust_site_id!r}", _delta.save_delta, trust_site_id, write,
             self._fence(trust_site_id),
         )
 
     async def clear_delta(self, trust_site_id: str) -> None:
         """Drop the trust's delta cache rows."""
         await self._run(
-            f"clear the delta cache of trust {trust_site_id!r}", _sqlite_delta.clear_delta, trust_site_id,
+            f"clear the delta cache of trust {trust_site_id!r}", _delta.clear_delta, trust_site_id,
             self._fence(trust_site_id),
         )
 

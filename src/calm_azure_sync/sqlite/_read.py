@@ -10,8 +10,8 @@ from typing import Any, Final
 from .._gc import collector_paused
 from ..model import Role
 from ..plan import Change, RetireGroup
-from .protocol import StoredUser, StoreState, SyncedGroup
-from .rules import UserTables, batch_group_ids, batch_keys, batch_reads_grants, batch_reads_user_rows
+from ..store.protocol import StoredUser, StoreState, SyncedGroup
+from ..store.rules import UserTables, batch_group_ids, batch_keys, batch_reads_grants, batch_reads_user_rows
 
 __all__ = ["GROUP_COLUMNS", "USER_COLUMNS", "group_from_row", "load_state", "load_tables", "user_from_row"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sqlite3
 from typing import Final
 
-from .._sqlite import write_transaction
-from ._sqlite_delta import DELTA_TABLES
-from ._sqlite_state import SYNC_STATE_TABLE as _SYNC_STATE_TABLE
+from ._db import write_transaction
+from ._delta import DELTA_TABLES
+from ._state import SYNC_STATE_TABLE as _SYNC_STATE_TABLE
 
 __all__ = ["SCHEMA_VERSION", "MIGRATIONS", "setup_store"]
 

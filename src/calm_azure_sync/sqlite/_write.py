@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from ..model import email_key
-from .rules import GrantWrite, GroupWrite, MemberWrite, Mutation, UserWrite
+from ..store.rules import GrantWrite, GroupWrite, MemberWrite, Mutation, UserWrite
 
 __all__ = ["UPSERT_GRANT", "bump_data_version", "write"]
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 
-from .._sqlite import write_transaction
 from ..model import Role
-from ._sqlite_read import GROUP_COLUMNS, USER_COLUMNS, group_from_row, user_from_row
-from ._sqlite_write import UPSERT_GRANT, bump_data_version, write
-from .protocol import Grant, StoredUser, SyncedGroup, checked_data_version
-from .rules import UserTables, add_user_keys, checked_grant
+from ..store.protocol import Grant, StoredUser, SyncedGroup, checked_data_version
+from ..store.rules import UserTables, add_user_keys, checked_grant
+from ._db import write_transaction
+from ._read import GROUP_COLUMNS, USER_COLUMNS, group_from_row, user_from_row
+from ._write import UPSERT_GRANT, bump_data_version, write
 
 __all__ = ["add_user", "data_version", "grant", "grants", "group_members", "groups", "set_active", "user", "users"]
 

@@ -15,10 +15,10 @@ import attrs
 from .._async_closing import AsyncClosing
 from .._html import html_table
 from .._query_args import checked_id, checked_kinds, checked_limit, checked_moment, checked_optional_id
-from .._sqlite import ThreadedConnection, write_transaction
 from .._text import clean_text, show
+from ..audit.events import AuditEvent, AuditKind
 from ..errors import ConfigError
-from .events import AuditEvent, AuditKind
+from ._db import ThreadedConnection, write_transaction
 
 __all__ = [
     "ImportLogCursor",
