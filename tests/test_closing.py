@@ -83,7 +83,7 @@ async def test_a_closed_sqlite_store_or_sink_refuses_work_and_keeps_its_sync_clo
 
 async def test_sqlite_aclose_does_not_block_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # close() waits for a call in progress; aclose() waits in a worker thread, so other tasks run meanwhile.
-    from calm_azure_sync._sqlite import ThreadedConnection
+    from calm_azure_sync.sqlite._db import ThreadedConnection
 
     store = SqliteUserStore(tmp_path / "calm.db")
     await store.users()

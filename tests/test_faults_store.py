@@ -32,7 +32,7 @@ from typing import Any
 import attrs
 import pytest
 
-import calm_azure_sync.store.sqlite as sqlite_module
+import calm_azure_sync.sqlite.store as sqlite_module
 from calm_azure_sync import Actor as _Actor
 from calm_azure_sync import (
     AuditKind,

@@ -457,7 +457,7 @@ async def test_a_lock_that_fails_to_release_is_reported_not_raised(parts):
 async def test_sqlite_lock_release_failure_is_logged_and_the_lease_takes_over(tmp_path, monkeypatch, caplog):
     import sqlite3
 
-    import calm_azure_sync.store.sqlite as sqlite_module
+    import calm_azure_sync.sqlite.store as sqlite_module
     from calm_azure_sync import SqliteUserStore
 
     def locked(*args):

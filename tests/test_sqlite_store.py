@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import calm_azure_sync.store.sqlite as sqlite_module
+import calm_azure_sync.sqlite.store as sqlite_module
 from calm_azure_sync import (
     AddGroupMember,
     Assign,
@@ -32,8 +32,8 @@ from calm_azure_sync import (
     UpdateUser,
     UpsertGroup,
 )
-from calm_azure_sync._sqlite import open_sqlite
 from calm_azure_sync.plan import Change
+from calm_azure_sync.sqlite._db import open_sqlite
 
 TRUST = "trust-oak"
 MODULES = ("risk", "policies", "incidents")

@@ -11,7 +11,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from .._text import clean_text
 from ..audit.events import AuditEvent, AuditKind
-from ..audit.sqlite import ImportLogCursor, ImportLogPage, ImportLogQuery, page_of
+from ..sqlite.audit import ImportLogCursor, ImportLogPage, ImportLogQuery, page_of
 from ._codec import from_db, from_db_optional, to_db
 from ._db import Database, Migrations, OnDatabase
 

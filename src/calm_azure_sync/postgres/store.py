@@ -65,35 +65,29 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, ClassVar, Concatenate, Final, LiteralString, ParamSpec, TypeVar
 
-import attrs
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool
 
-from .._gc import collector_paused
 from .._query_args import checked_id, checked_optional_id
-from ..errors import ImportAlreadyRunningError, RunLockLostError
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 from ..model import Role
-from ..plan import Change, RetireGroup
+from ..plan import Change
 from ..state import SyncState
 from ..store.protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup, checked_data_version
 from ..store.rules import (
     UserTables,
     add_user_keys,
-    batch_group_ids,
-    batch_keys,
-    batch_member_probes,
     batch_reads_grants,
     checked_grant,
     state_from_json,
     state_to_json,
 )
-from . import _delta
-from ._codec import from_db, from_db_list, from_db_optional, to_db, to_db_list, to_db_optional
+from . import _delta, _lock, _read
+from ._codec import from_db, to_db, to_db_optional
 from ._db import Database, OnDatabase, advisory_key, database_errors
 from ._schema import MIGRATIONS
 from ._write import Loaded, write_mutations
@@ -102,64 +96,16 @@ __all__ = ["PostgresUserStore"]
 
 logger = logging.getLogger(__name__)
 
-_ROLES: Final = {role.value: role for role in Role}
-
-_USER_COLUMNS: Final = (
-    "id, email, display_name, external_id, given_name, surname, active, deactivated_by_sync"
-)
-
-_SELECT_TOUCHED_USERS: Final = (
-    "SELECT id, email, display_name, external_id, given_name, surname, active, deactivated_by_sync "
-    "FROM {schema}.users WHERE external_id = ANY(%b) OR id = ANY(%b) OR email_key = ANY(%b) "
-    "ORDER BY id FOR UPDATE"
-)
-_SELECT_GRANTS_OF: Final = "SELECT user_id, site_id, module, source, role, trust_site_id FROM {schema}.grants WHERE user_id = ANY(%b)"
 _UPSERT_GRANT: Final = (
     "INSERT INTO {schema}.grants (user_id, site_id, module, source, role, trust_site_id) "
     "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (user_id, site_id, module, source) "
     "DO UPDATE SET role = excluded.role, trust_site_id = excluded.trust_site_id"
-)
-# Whether the run lock is still held by the very session that took it (its pid *and* its start
-# time: after a server restart a new backend may get the old pid, and even hold the lock), first
-# taking the trust's fence in shared mode for the writing transaction: a run that takes the lock
-# next waits for that fence (exclusively) before it starts, so no write checked under the old
-# holder can commit after the new holder's run has begun.
-_FENCED_LOCK_HELD: Final = (
-    "WITH fence AS (SELECT pg_advisory_xact_lock_shared(%s)) "
-    "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-    "WHERE l.locktype = 'advisory' AND l.granted AND l.pid = %s AND a.backend_start = %s "
-    "AND l.objsubid = 1 AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid) FROM fence"
 )
 
 # Errors after which a batch is simply run again: another transaction won a
 # race (a unique key both created, a deadlock, a serialization failure).
 _RETRY_BATCH: Final = (pg_errors.UniqueViolation, pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
 _BATCH_ATTEMPTS: Final = 4
-
-
-def _user_from_row(row: Sequence[Any]) -> StoredUser:
-    user_id, email, display_name, external_id, given_name, surname, active, deactivated_by_sync = row
-    return StoredUser(
-        user_id=from_db(user_id),
-        email=from_db(email),
-        display_name=from_db(display_name),
-        external_id=from_db_optional(external_id),
-        given_name=from_db_optional(given_name),
-        surname=from_db_optional(surname),
-        active=active,
-        deactivated_by_sync=deactivated_by_sync,
-    )
-
-
-def _group_from_row(trust_site_id: str, row: Sequence[Any]) -> SyncedGroup:
-    external_id, display_name, site_ids, retired = row
-    return SyncedGroup(
-        external_id=from_db(external_id),
-        trust_site_id=trust_site_id,
-        display_name=from_db(display_name),
-        site_ids=tuple(from_db_list(site_ids)),
-        retired=retired,
-    )
 
 
 def _refusal(error: psycopg.Error) -> str:
@@ -190,21 +136,6 @@ def _store_errors(
         return call
 
     return wrap
-
-
-@attrs.frozen
-class _HeldLock:
-    connection: psycopg.AsyncConnection[Any]
-    key: int
-    fence_key: int
-    backend_pid: int
-    backend_start: Any  # the lock session's pg_stat_activity.backend_start (a datetime)
-
-    @property
-    def lock_ids(self) -> tuple[int, int]:
-        """(classid, objid) as ``pg_locks`` shows a bigint advisory key."""
-        unsigned = self.key & 0xFFFF_FFFF_FFFF_FFFF
-        return unsigned >> 32, unsigned & 0xFFFF_FFFF
 
 
 class PostgresUserStore(OnDatabase):
@@ -243,7 +174,7 @@ class PostgresUserStore(OnDatabase):
         self._db = Database(
             conninfo, schema=schema, component="user_store", migrations=MIGRATIONS, pool_size=pool_size
         )
-        self._held: dict[str, _HeldLock] = {}
+        self._held: dict[str, _lock.HeldLock] = {}
 
     def __repr__(self) -> str:
         # Never the conninfo: it may carry a password.
@@ -257,76 +188,9 @@ class PostgresUserStore(OnDatabase):
     @_store_errors("load trust {0!r}")
     async def load(self, trust_site_id: str) -> StoreState:
         """Every user, the synced grants of ``trust_site_id``, and who holds other access."""
-        trust = to_db(checked_id("trust_site_id", trust_site_id))
-        async with self._db.connection() as connection, connection.transaction():
-            # One snapshot for users and grants, as SQLite's read transaction gives.
-            await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            user_cursor = await connection.execute(self._q(f"SELECT {_USER_COLUMNS} FROM {{schema}}.users"))
-            user_rows = await user_cursor.fetchall()
-            grant_cursor = await connection.execute(
-                self._q(
-                    "SELECT user_id, site_id, module, role FROM {schema}.grants "
-                    "WHERE source = 'azure' AND trust_site_id = %s ORDER BY user_id"
-                ),
-                (trust,),
-            )
-            grant_rows = await grant_cursor.fetchall()
-            manual_cursor = await connection.execute(
-                self._q("SELECT DISTINCT user_id FROM {schema}.grants WHERE source = 'manual'")
-            )
-            manual_rows = await manual_cursor.fetchall()
-            # Synced access from other trusts, by the partial index around this trust (as SQLite
-            # does), not a scan of every grant; manual access is added to it below.
-            other_cursor = await connection.execute(
-                self._q(
-                    "SELECT DISTINCT user_id FROM {schema}.grants WHERE source = 'azure' "
-                    "AND (trust_site_id < %s OR trust_site_id > %s OR trust_site_id IS NULL)"
-                ),
-                (trust, trust),
-            )
-            other_rows = await other_cursor.fetchall()
-            group_cursor = await connection.execute(
-                self._q(
-                    "SELECT external_id, display_name, site_ids, retired FROM {schema}.synced_groups "
-                    "WHERE trust_site_id = %s"
-                ),
-                (trust,),
-            )
-            group_rows = await group_cursor.fetchall()
-            member_cursor = await connection.execute(
-                self._q("SELECT group_external_id, user_id FROM {schema}.group_members WHERE trust_site_id = %s"),
-                (trust,),
-            )
-            member_rows = await member_cursor.fetchall()
-        with collector_paused():
-            # Keyed by the stored id here, so grant and membership rows need no decoding to be matched.
-            stored_users = {row[0]: _user_from_row(row) for row in user_rows}
-            manual = frozenset(from_db(row[0]) for row in manual_rows)
-            synced: dict[str, dict[tuple[str, str], Role]] = {}
-            roles = _ROLES
-            current_user: str | None = None
-            access: dict[tuple[str, str], Role] = {}
-            for user_id, site_id, module, role in grant_rows:
-                if user_id != current_user:
-                    current_user = user_id
-                    external_id = stored_users[user_id].external_id
-                    access = {} if external_id is None else synced.setdefault(external_id, {})
-                access[(from_db(site_id), from_db(module))] = roles[role]
-            groups = {from_db(row[0]): _group_from_row(trust_site_id, row) for row in group_rows}
-            members: dict[str, set[str]] = {group_id: set() for group_id in groups}
-            for group_id, user_id in member_rows:
-                member_external_id = stored_users[user_id].external_id
-                if member_external_id is not None:
-                    members.setdefault(from_db(group_id), set()).add(member_external_id)
-            users = {user.user_id: user for user in stored_users.values()}
-        return StoreState(
-            users=users,
-            synced_access=synced,
-            manual_access_user_ids=manual,
-            other_access_user_ids=manual.union(from_db(row[0]) for row in other_rows),
-            groups=groups,
-            group_members={group_id: frozenset(held) for group_id, held in members.items()},
-        )
+        checked_id("trust_site_id", trust_site_id)
+        async with self._db.connection() as connection:
+            return await _read.load_state(connection, self._q, trust_site_id)
 
     # -- applying ----------------------------------------------------------------
 
@@ -425,22 +289,8 @@ class PostgresUserStore(OnDatabase):
         (its lock gone) never.
         """
         held = self._held.get(trust_site_id)
-        if held is None:
-            return
-        still_held = False
-        if not (held.connection.closed or held.connection.broken):
-            classid, objid = held.lock_ids
-            cursor = await connection.execute(
-                _FENCED_LOCK_HELD, (held.fence_key, held.backend_pid, held.backend_start, classid, objid)
-            )
-            row = await cursor.fetchone()
-            still_held = bool(row and row[0])
-        if not still_held:
-            logger.error(
-                "the run lock of trust %r was lost (its connection closed); writing nothing more",
-                trust_site_id,
-            )
-            raise RunLockLostError(trust_site_id, "its PostgreSQL connection closed")
+        if held is not None:
+            await _lock.check_fence(connection, held, trust_site_id)
 
     async def check_run_lock(self, trust_site_id: str) -> None:
         """Raise :class:`~calm_azure_sync.RunLockLostError` if this object's run lock of the trust was lost.
@@ -451,15 +301,8 @@ class PostgresUserStore(OnDatabase):
         ``run_lock`` block.
         """
         held = self._held.get(trust_site_id)
-        if held is None:
-            return
-        if not (held.connection.closed or held.connection.broken):
-            try:
-                await held.connection.execute("SELECT 1")
-                return
-            except psycopg.Error:
-                pass
-        raise RunLockLostError(trust_site_id, "its PostgreSQL connection closed")
+        if held is not None:
+            await _lock.check_session(held, trust_site_id)
 
     def _what(self, action: str) -> str:
         """How a StoreError names what failed (the schema, never the conninfo)."""
@@ -468,84 +311,8 @@ class PostgresUserStore(OnDatabase):
     async def _load_tables(
         self, connection: psycopg.AsyncConnection[Any], trust_site_id: str, changes: Sequence[Change]
     ) -> UserTables:
-        """The rows ``changes`` can read or collide with, locked, as UserTables that log mutations.
-
-        These reads are never prepared: a first import grows the tables from
-        nothing within seconds, and a plan cached while they were empty (a
-        nested loop over a "tiny" table) made one batch's membership read take
-        600 ms at 100k users instead of 20 ms. Planned afresh, each read sees
-        the tables' current size.
-        """
-        external_ids, user_ids, email_keys = batch_keys(changes)
-        tables = UserTables(log=[])
-        cursor = await connection.execute(
-            self._q(_SELECT_TOUCHED_USERS),
-            (to_db_list(sorted(external_ids)), to_db_list(sorted(user_ids)), to_db_list(sorted(email_keys))),
-            prepare=False,
-        )
-        for row in await cursor.fetchall():
-            tables.put_user(_user_from_row(row))
-        # A membership-only batch (most of a first import's) reads no grants.
-        if tables.users and batch_reads_grants(changes):
-            cursor = await connection.execute(self._q(_SELECT_GRANTS_OF), (to_db_list(tables.users),), prepare=False)
-            for user_id, site_id, module, source, role, trust in await cursor.fetchall():
-                tables.put_grant(
-                    from_db(user_id), (from_db(site_id), from_db(module), source), (_ROLES[role], from_db_optional(trust))
-                )
-        group_ids = batch_group_ids(changes)
-        if group_ids:
-            await self._load_groups(connection, trust_site_id, changes, group_ids, tables)
-        return tables
-
-    async def _load_groups(
-        self,
-        connection: psycopg.AsyncConnection[Any],
-        trust_site_id: str,
-        changes: Iterable[Change],
-        group_ids: set[str],
-        tables: UserTables,
-    ) -> None:
-        trust = to_db(trust_site_id)
-        cursor = await connection.execute(
-            self._q(
-                "SELECT external_id, display_name, site_ids, retired FROM {schema}.synced_groups "
-                "WHERE trust_site_id = %s AND external_id = ANY(%s) ORDER BY external_id FOR UPDATE"
-            ),
-            (trust, to_db_list(sorted(group_ids))),
-            prepare=False,
-        )
-        for row in await cursor.fetchall():
-            tables.put_group(_group_from_row(trust_site_id, row))
-        retiring = to_db_list(sorted({change.external_id for change in changes if type(change) is RetireGroup}))
-        rows: list[tuple[str, str]] = []
-        # Only the memberships the batch's membership changes can read: (group, user)
-        # pairs, each one primary-key probe, with the user a relink earlier in the batch
-        # hands the member's id to. (All memberships of the batch's users,
-        # "user_id = ANY(...)", cost 180-600 ms a batch at 100k users.)
-        pairs = sorted(batch_member_probes(changes, tables.by_external_id))
-        if pairs:
-            cursor = await connection.execute(
-                self._q(
-                    "SELECT m.group_external_id, m.user_id FROM unnest(%b::text[], %b::text[]) AS p (g, u) "
-                    "JOIN {schema}.group_members m ON m.trust_site_id = %s AND m.group_external_id = p.g "
-                    "AND m.user_id = p.u"
-                ),
-                ([to_db(group) for group, _ in pairs], [to_db(user) for _, user in pairs], trust),
-                prepare=False,
-            )
-            rows += await cursor.fetchall()
-        if retiring:
-            cursor = await connection.execute(
-                self._q(
-                    "SELECT group_external_id, user_id FROM {schema}.group_members WHERE trust_site_id = %s "
-                    "AND group_external_id = ANY(%s)"
-                ),
-                (trust, retiring),
-                prepare=False,
-            )
-            rows += await cursor.fetchall()
-        for group_id, user_id in rows:
-            tables.put_member((trust_site_id, from_db(group_id)), from_db(user_id))
+        """The rows ``changes`` can read or collide with, locked (see ``postgres/_read.py``)."""
+        return await _read.load_tables(connection, self._q, trust_site_id, changes)
 
     async def _write(
         self, connection: psycopg.AsyncConnection[Any], tables: UserTables, loaded: Loaded | None = None
@@ -592,49 +359,18 @@ class PostgresUserStore(OnDatabase):
             connection = await self._db.connect_dedicated()
         try:
             with database_errors(self._what(f"take the run lock of trust {trust_site_id!r}")):
-                held = await self._take_lock(connection, trust_site_id, key, fence_key)
+                held = await _lock.take_lock(connection, trust_site_id, key, fence_key)
             self._held[trust_site_id] = held
             try:
                 yield
             finally:
                 del self._held[trust_site_id]
-                await self._unlock(connection, trust_site_id, key)
+                await _lock.unlock(connection, trust_site_id, key)
         finally:
             try:
                 await self._db.release_dedicated(connection)
             except Exception:
                 logger.warning("closing the run lock connection of %r failed", trust_site_id, exc_info=True)
-
-    async def _take_lock(
-        self, connection: psycopg.AsyncConnection[Any], trust_site_id: str, key: int, fence_key: int
-    ) -> _HeldLock:
-        cursor = await connection.execute(
-            "SELECT pg_try_advisory_lock(%s), pg_backend_pid(), "
-            "(SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())",
-            (key,),
-        )
-        row = await cursor.fetchone()
-        if not (row and row[0]):
-            raise ImportAlreadyRunningError(trust_site_id)
-        # Wait for the writes a previous holder checked before it lost the lock: each holds the
-        # fence shared until it commits or rolls back (see _check_lock). Writes only wait for it.
-        await connection.execute("SELECT pg_advisory_lock(%s), pg_advisory_unlock(%s)", (fence_key, fence_key))
-        return _HeldLock(connection, key, fence_key, row[1], row[2])
-
-    async def _unlock(self, connection: psycopg.AsyncConnection[Any], trust_site_id: str, key: int) -> None:
-        # Releasing must never mask how the import ended; a lock whose
-        # connection is gone is released already.
-        if connection.closed or connection.broken:
-            logger.warning("the run lock connection of trust %r was lost before the run ended", trust_site_id)
-            return
-        try:
-            cursor = await connection.execute("SELECT pg_advisory_unlock(%s)", (key,))
-            row = await cursor.fetchone()
-        except psycopg.Error:
-            logger.warning("releasing the run lock of trust %r failed", trust_site_id, exc_info=True)
-            return
-        if not (row and row[0]):
-            logger.warning("the run lock of trust %r was no longer held at release", trust_site_id)
 
     # -- sync state ------------------------------------------------------------------
 
@@ -745,13 +481,13 @@ class PostgresUserStore(OnDatabase):
                         tables = UserTables(log=[])
                         cursor = await connection.execute(
                             self._q(
-                                f"SELECT {_USER_COLUMNS} FROM {{schema}}.users WHERE email_key = %s OR id = %s "
+                                f"SELECT {_read.USER_COLUMNS} FROM {{schema}}.users WHERE email_key = %s OR id = %s "
                                 "ORDER BY id FOR UPDATE"
                             ),
                             tuple(map(to_db_optional, add_user_keys(email, user_id))),
                         )
                         for row in await cursor.fetchall():
-                            tables.put_user(_user_from_row(row))
+                            tables.put_user(_read.user_from_row(row))
                         new_id = tables.add_user(email, display_name, user_id)
                         await self._write(connection, tables)
                     return new_id
@@ -786,16 +522,7 @@ class PostgresUserStore(OnDatabase):
         """Every grant of ``user_id``, manual and azure. Raises ``KeyError`` for an unknown user."""
         checked_id("user_id", user_id)
         async with self._db.connection() as connection, connection.transaction():
-            await self._user(connection, user_id)
-            cursor = await connection.execute(
-                self._q("SELECT site_id, module, role, source FROM {schema}.grants WHERE user_id = %s"),
-                (to_db(user_id),),
-            )
-            rows = await cursor.fetchall()
-        return {
-            Grant(site_id=from_db(site_id), module=from_db(module), role=_ROLES[role], source=source)
-            for site_id, module, role, source in rows
-        }
+            return await _read.grants_of(connection, self._q, user_id)
 
     @_store_errors("change a user's activation")
     async def set_active(self, user_id: str, active: bool) -> None:
@@ -817,32 +544,14 @@ class PostgresUserStore(OnDatabase):
         """The user with ``user_id``. Raises ``KeyError`` when there is none."""
         checked_id("user_id", user_id)
         async with self._db.connection() as connection:
-            return await self._user(connection, user_id)
-
-    async def _user(self, connection: psycopg.AsyncConnection[Any], user_id: str) -> StoredUser:
-        cursor = await connection.execute(
-            self._q(f"SELECT {_USER_COLUMNS} FROM {{schema}}.users WHERE id = %s"), (to_db(user_id),)
-        )
-        row = await cursor.fetchone()
-        if row is None:
-            raise KeyError(f"no user with id {user_id!r}")
-        return _user_from_row(row)
+            return await _read.user_by_id(connection, self._q, user_id)
 
     @_store_errors("read the synced groups of trust {0!r}")
     async def groups(self, trust_site_id: str) -> list[SyncedGroup]:
         """The synced groups of ``trust_site_id`` (retired ones too), by display name."""
         checked_id("trust_site_id", trust_site_id)
         async with self._db.connection() as connection:
-            cursor = await connection.execute(
-                self._q(
-                    "SELECT external_id, display_name, site_ids, retired FROM {schema}.synced_groups "
-                    "WHERE trust_site_id = %s"
-                ),
-                (to_db(trust_site_id),),
-            )
-            groups = [_group_from_row(trust_site_id, row) for row in await cursor.fetchall()]
-        # Sorted here, by code point as the other stores do, not by the database's collation.
-        return sorted(groups, key=lambda group: (group.display_name, group.external_id))
+            return await _read.groups_of(connection, self._q, trust_site_id)
 
     @_store_errors("read group members")
     async def group_members(self, group_external_id: str, trust_site_id: str | None = None) -> frozenset[str]:
@@ -853,29 +562,10 @@ class PostgresUserStore(OnDatabase):
         checked_id("group_external_id", group_external_id)
         checked_optional_id("trust_site_id", trust_site_id)
         async with self._db.connection() as connection, connection.transaction():
-            cursor = await connection.execute(
-                self._q("SELECT trust_site_id FROM {schema}.synced_groups WHERE external_id = %s"),
-                (to_db(group_external_id),),
-            )
-            stored = to_db_optional(trust_site_id)
-            trusts = [row[0] for row in await cursor.fetchall() if stored in (None, row[0])]
-            if not trusts:
-                where = "any trust" if trust_site_id is None else f"trust {trust_site_id!r}"
-                raise KeyError(f"no synced group {group_external_id!r} in {where}")
-            cursor = await connection.execute(
-                self._q(
-                    "SELECT u.external_id FROM {schema}.group_members m JOIN {schema}.users u ON u.id = m.user_id "
-                    "WHERE m.trust_site_id = ANY(%s) AND m.group_external_id = %s AND u.external_id IS NOT NULL"
-                ),
-                (trusts, to_db(group_external_id)),
-            )
-            return frozenset(from_db(row[0]) for row in await cursor.fetchall())
+            return await _read.group_members(connection, self._q, group_external_id, trust_site_id)
 
     @_store_errors("read users")
     async def users(self) -> list[StoredUser]:
         """Every user, in the order they were added."""
         async with self._db.connection() as connection:
-            cursor = await connection.execute(
-                self._q(f"SELECT {_USER_COLUMNS} FROM {{schema}}.users ORDER BY seq")
-            )
-            return [_user_from_row(row) for row in await cursor.fetchall()]
+            return await _read.all_users(connection, self._q)

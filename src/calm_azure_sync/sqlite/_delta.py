@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 from .._gc import collector_paused
-from .._sqlite import Fence, write_transaction
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 from ..incremental._rows import (
     USER_COLUMNS,
@@ -29,10 +28,11 @@ from ..incremental._rows import (
     meta_row,
     user_row,
 )
+from ._db import Fence, write_transaction
 
 __all__ = ["DELTA_TABLES", "clear_delta", "load_delta", "load_delta_head", "save_delta"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("calm_azure_sync.store._sqlite_delta")  # its name before the move
 
 _T = TypeVar("_T")
 

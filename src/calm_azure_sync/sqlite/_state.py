@@ -6,10 +6,10 @@ import datetime as dt
 import sqlite3
 from typing import Final
 
-from .._sqlite import Fence, iso_utc, write_transaction
 from ..errors import ConfigError
 from ..state import SyncState
-from .rules import state_from_json, state_to_json
+from ..store.rules import state_from_json, state_to_json
+from ._db import Fence, iso_utc, write_transaction
 
 __all__ = ["SYNC_STATE_TABLE", "load_sync_state", "save_sync_state", "write_sync_state"]
 

@@ -4,7 +4,7 @@ A lock whose lease ran out, or whose holder is a dead process on this host
 (the same PID namespace), is taken over with a warning; otherwise a second
 import of the trust is refused with
 :class:`~calm_azure_sync.ImportAlreadyRunningError`. Private to
-:mod:`calm_azure_sync.store.sqlite`, which re-exports these names.
+:mod:`calm_azure_sync.sqlite.store`, which re-exports these names.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import socket
 import sqlite3
 import sys
 
-from .._sqlite import Fence, iso_utc, write_transaction
 from ..errors import ImportAlreadyRunningError, RunLockLostError
+from ._db import Fence, iso_utc, write_transaction
 
 __all__ = ["acquire_lock", "check_holder", "fence", "pid_alive", "process_host", "release_lock", "renew_lock"]
 
