@@ -34,7 +34,7 @@ from typing import Any
 
 from benchmarks._common import child_json, median, peak_rss_mb, print_table
 from calm_azure_sync import Actor as _Actor
-from calm_azure_sync.reconciler import _batches  # the one batching rule, as the reconciler applies
+from calm_azure_sync._import_run import _batches  # the one batching rule, as the reconciler applies
 
 SYSTEM = _Actor.system("tests")
 

@@ -468,3 +468,16 @@ async def test_sqlite_lock_release_failure_is_logged_and_the_lease_takes_over(tm
     report = await Reconciler(InMemoryDirectory.from_dict(tenant()), store, InMemoryAuditSink(), HIERARCHY).run(make_config(), actor=SYSTEM)
     assert report.ok
     assert "releasing the run lock of oak failed" in caplog.text
+
+
+async def test_discover_searches_only_a_group_discovery_directory(parts):
+    """``search`` goes to a GroupDiscovery directory; any other says so as a ConfigError, not a TypeError."""
+    directory, store, audit, reconciler = parts
+    found = await reconciler.discover("oak", actor=ADMIN, search="slt")
+    assert [g.id for g in found] == [g.id for g in await directory.list_groups(search="slt")]
+    plain = Reconciler(FlakyDirectory(directory), store, audit, HIERARCHY)  # list_groups() without search
+    assert [g.id for g in await plain.discover("oak", actor=ADMIN)] == [
+        "g-all", "g-slt", "g-teachers", "g-unmapped"
+    ]
+    with pytest.raises(ConfigError, match="search: FlakyDirectory cannot search groups"):
+        await plain.discover("oak", actor=ADMIN, search="slt")
