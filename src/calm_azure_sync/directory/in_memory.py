@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from .._async_closing import AsyncClosing
 from ..errors import ConfigError, DeltaExpiredError, DirectoryError, GroupNotFoundError
 from ..model import DirectoryGroup, DirectoryUser, transitive_users
+from ._nesting import groups_holding
 from ._search import name_matches
 from .delta import (
     DeltaCursor,
@@ -205,36 +206,15 @@ class InMemoryDirectory(AsyncClosing):
         """The groups the user is in, directly or (``transitive``) through nesting too."""
         if user_id not in self.users:
             raise DirectoryError(f"user {user_id!r} does not exist", code="not_found", status=404)
-        return [self.groups[group_id] for group_id in self._ancestors(user_id, transitive=transitive)]
+        holding = groups_holding(self.members, self.groups, user_id, transitive=transitive)
+        return [self.groups[group_id] for group_id in holding]
 
     async def group_parents(self, group_id: str) -> Sequence[DirectoryGroup]:
         """The groups ``group_id`` is a direct member of."""
         if group_id not in self.groups:
             raise GroupNotFoundError(group_id, code="Request_ResourceNotFound")
-        return [self.groups[parent] for parent in self._ancestors(group_id, transitive=False)]
-
-    def _ancestors(self, object_id: str, *, transitive: bool) -> list[str]:
-        """The groups holding ``object_id``, nearest first, each once (breadth first when ``transitive``)."""
-        parents: dict[str, list[str]] = {}
-        for group_id, member_ids in self.members.items():
-            for member_id in member_ids:
-                parents.setdefault(member_id, []).append(group_id)
-        found: list[str] = []
-        seen = {object_id}
-        pending = [object_id]
-        while pending:
-            following: list[str] = []
-            for current in pending:
-                for parent in parents.get(current, ()):
-                    if parent in seen or parent not in self.groups:
-                        continue
-                    seen.add(parent)
-                    found.append(parent)
-                    following.append(parent)
-            if not transitive:
-                break
-            pending = following
-        return found
+        holding = groups_holding(self.members, self.groups, group_id, transitive=False)
+        return [self.groups[parent] for parent in holding]
 
     # -- changes that the delta log records --------------------------------------------
 

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import httpx
 
+from ..directory._nesting import groups_holding
 from ..directory._search import name_matches
 from ._graph_delta import DeltaToken, answer_delta
 from ._graph_shapes import (
@@ -455,29 +456,6 @@ class FakeGraph:
             user_id for user_id, user in self._users.items() if str(user.get(field) or "").casefold() == wanted
         ]
 
-    def _parents(self, object_id: str, *, transitive: bool) -> list[str]:
-        """The groups holding ``object_id``, nearest first, each once (``memberOf`` / ``transitiveMemberOf``)."""
-        parents: dict[str, list[str]] = {}
-        for group_id, member_ids in self._members.items():
-            for member_id in member_ids:
-                parents.setdefault(member_id, []).append(group_id)
-        found: list[str] = []
-        seen = {object_id}
-        pending = [object_id]
-        while pending:
-            following: list[str] = []
-            for current in pending:
-                for parent in parents.get(current, ()):
-                    if parent in seen or parent not in self._groups:
-                        continue
-                    seen.add(parent)
-                    found.append(parent)
-                    following.append(parent)
-            if not transitive:
-                break
-            pending = following
-        return found
-
     def _answer_member_of(self, request: GraphRequest, segments: list[str], *, transitive: bool) -> Reply:
         """``/users/{id}/memberOf``, ``/transitiveMemberOf``, ``/groups/{id}/memberOf``, the group cast, ``$count``.
 
@@ -505,7 +483,7 @@ class FakeGraph:
                 "The request uses a filter or cast that requires the advanced query parameters: "
                 "'ConsistencyLevel: eventual' header and '$count=true'.",
             )
-        ids = self._parents(segments[1], transitive=transitive)
+        ids = groups_holding(self._members, self._groups, segments[1], transitive=transitive)
         if counting:
             return Reply(200, str(len(ids)), {"Content-Type": "text/plain"})
         top = self._page_size(request.query)
