@@ -143,17 +143,6 @@ def test_the_check_catches_an_io_import() -> None:
 
 # ---------------------------------------------------------------------- import cycles
 
-# The import cycles between library modules that are still there, each the set of modules of one
-# strongly connected part of the import graph. A cycle found that is not inside one of these fails
-# test_no_new_import_cycle; when they are all gone, test_no_module_imports_another_in_a_cycle passes,
-# its strict xfail fails, and this list and that marker go.
-KNOWN_CYCLES: tuple[frozenset[str], ...] = (
-    # Plan's display methods (__repr__, __str__, to_records, access_table, _repr_html_) import review
-    # inside the function; review and its two parts import plan's change types.
-    frozenset({"plan.py", "review.py", "_access_table.py", "_plan_names.py"}),
-)
-
-
 def _imported_modules(module: str) -> set[str]:
     """The package modules ``module`` imports at run time, in functions too (``TYPE_CHECKING`` aside).
 
@@ -231,17 +220,8 @@ def _library_cycles() -> list[frozenset[str]]:
     return _import_cycles({module: _imported_modules(module) for module in _modules()})
 
 
-def test_no_new_import_cycle() -> None:
-    new = [sorted(cycle) for cycle in _library_cycles() if not any(cycle <= known for known in KNOWN_CYCLES)]
-    assert not new, f"library modules that import each other in a cycle (imports inside functions count): {new}"
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="plan.py <-> review.py <-> _access_table.py <-> _plan_names.py: Plan's display methods import "
-    "review in the function, review and its parts import plan's change types (KNOWN_CYCLES)",
-)
 def test_no_module_imports_another_in_a_cycle() -> None:
+    # Imports inside functions count: a display method importing its renderer still makes a cycle.
     cycles = [sorted(cycle) for cycle in _library_cycles()]
     assert not cycles, f"library modules that import each other in a cycle: {cycles}"
 

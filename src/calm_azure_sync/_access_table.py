@@ -12,14 +12,17 @@ import html
 import itertools
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 
 from ._html import Cell, html_table, text_table, visible
 from ._plan_names import PlanNames
+from .changes import Assign, Unassign
 from .model import Role
-from .plan import Assign, Plan, Unassign
+
+if TYPE_CHECKING:  # annotations only: Plan renders its access table through this module
+    from .plan import Plan
 
 __all__ = ["AccessChange", "AccessRow", "AccessTable", "access_table"]
 

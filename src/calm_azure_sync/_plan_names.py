@@ -14,10 +14,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from ._html import Cell
+from .changes import Change, CreateUser, LinkUser, RelinkUser, UpdateUser, UpsertGroup, UserLabel
 from .model import DirectoryUser
-from .plan import CreateUser, LinkUser, Plan, RelinkUser, UpdateUser, UpsertGroup, UserLabel
 
 if TYPE_CHECKING:  # annotations only: the store's protocol imports the plan, whose reviews import this
+    from .plan import Plan
     from .store.protocol import StoredUser, StoreState
 
 __all__ = ["KnownNames", "PlanLabels", "PlanNames"]
@@ -81,25 +82,30 @@ class KnownNames(Mapping[str, UserLabel]):
 class PlanNames:
     """The names of the users and groups one plan mentions."""
 
-    def __init__(self, plan: Plan | None) -> None:
+    def __init__(self, plan: Plan | None, changes: Sequence[Change] = ()) -> None:
+        """The names ``plan`` knows; without a plan, the names ``changes`` carry."""
         self.people: dict[str, UserLabel] = {}
         self.groups: dict[str, str] = {}
         self.sites: Mapping[str, str] = {}
         self._more: Mapping[str, UserLabel] = {}
         if plan is None:
+            self._carried(changes)
             return
         self.sites = plan.site_names
         self._more = plan.people
         # What the changes and skips carry is the fallback; the planner's names win.
-        for change in (*plan.changes, *plan.held_removals):
-            if isinstance(change, (CreateUser, LinkUser, RelinkUser, UpdateUser)):
-                self.people.setdefault(change.external_id, UserLabel(change.display_name, change.email))
-            elif isinstance(change, UpsertGroup):
-                self.groups.setdefault(change.external_id, change.display_name)
+        self._carried((*plan.changes, *plan.held_removals))
         for skip in plan.skipped:
             self.people.setdefault(skip.external_id, UserLabel(None, skip.email))
         self.people.update(plan.people)
         self.groups.update(plan.group_names)
+
+    def _carried(self, changes: Sequence[Change]) -> None:
+        for change in changes:
+            if isinstance(change, (CreateUser, LinkUser, RelinkUser, UpdateUser)):
+                self.people.setdefault(change.external_id, UserLabel(change.display_name, change.email))
+            elif isinstance(change, UpsertGroup):
+                self.groups.setdefault(change.external_id, change.display_name)
 
     def user(self, external_id: str) -> tuple[str, str | None]:
         """A user's name (the object id only when nothing better is known) and email."""

@@ -71,6 +71,23 @@ class ImportReport:
             "group_users": dict(self.group_users),
         }
 
+    def plan_for_review(self) -> Plan:
+        """The plan a review of this report shows: the run's plan, the report having the last word on the hold.
+
+        A run refused or failed before it planned has no plan: then a plan of
+        what the report itself says (its held removals and hold).
+        """
+        if self.plan is None:
+            return Plan(
+                self.trust_site_id,
+                held_removals=self.held_removals,
+                hold_reason=self.hold_reason,
+                hold_id=self.hold_id,
+            )
+        if self.hold_id is not None and self.hold_id != self.plan.hold_id:
+            return attrs.evolve(self.plan, hold_id=self.hold_id)
+        return self.plan
+
     def to_records(self) -> list[dict[str, object]]:
         """The run's planned changes and held removals as plain dicts, for ``pandas.DataFrame``.
 

@@ -39,8 +39,8 @@ import attrs
 from ._access_table import AccessChange, AccessRow, AccessTable, access_table
 from ._html import Cell, html_table, text_table, visible
 from ._plan_names import PlanNames as _Names
-from .model import Role
-from .plan import (
+from .changes import (
+    CHANGE_KINDS,
     HOLD_REASON_TEXT,
     AddGroupMember,
     Assign,
@@ -48,7 +48,6 @@ from .plan import (
     CreateUser,
     DeactivateUser,
     LinkUser,
-    Plan,
     RelinkUser,
     RemoveGroupMember,
     RetireGroup,
@@ -58,8 +57,10 @@ from .plan import (
     UpsertGroup,
     change_kind,
 )
+from .model import Role
 
 if TYPE_CHECKING:
+    from .plan import Plan
     from .report import ImportReport
 
 __all__ = [
@@ -88,11 +89,9 @@ __all__ = [
 SkipCategory = Literal["skipped", "excluded", "conflict"]
 SKIP_CATEGORIES: tuple[SkipCategory, ...] = ("skipped", "excluded", "conflict")
 
-#: Why removals are held, in words, by ``Plan.hold_reason`` (kept beside the vocabulary, in plan.py).
+#: Why removals are held, in words, by ``Plan.hold_reason`` (kept beside the vocabulary, in changes.py).
 HOLD_REASONS: Mapping[str, str] = {str(reason): text for reason, text in HOLD_REASON_TEXT.items()}
 
-#: Every change kind, in the order they apply (``Plan.summary()`` without its skip counts).
-_CHANGE_KINDS = tuple(kind for kind in Plan("").summary() if kind not in SKIP_CATEGORIES)
 _CHANGE_HEADERS = ("change", "user", "email", "site", "module", "role", "groups", "detail")
 _SKIP_HEADERS = ("user", "email", "reason")
 _SKIP_TITLES: Mapping[SkipCategory, str] = {
@@ -226,7 +225,7 @@ def change_cells(change: Change, plan: Plan | None = None) -> list[str]:
     Names come from ``plan`` when given, else from what the change carries;
     an empty string where a column does not apply.
     """
-    names = _Names(plan if plan is not None else Plan("", changes=(change,)))
+    names = _Names(plan, changes=(change,))
     return [
         "" if cell is None else str(cell.text if isinstance(cell, Cell) else cell)
         for cell in _cells(_row(change, names.site), names)
@@ -479,14 +478,14 @@ def report_counts(report: ImportReport) -> tuple[dict[str, int], dict[str, int]]
     it (so the report and the plan use one vocabulary), then the report's
     other counts (``unchanged``, ``failed``, ``held``…) in their order.
     """
-    changes = {kind: count for kind, count in report.counts.items() if kind in _CHANGE_KINDS}
+    changes = {kind: count for kind, count in report.counts.items() if kind in CHANGE_KINDS}
     others: dict[str, int] = {category: report.counts.get(category, 0) for category in SKIP_CATEGORIES}
     if report.plan is not None:
         others.update(skip_counts(report.plan.skipped))
     others.update(
         (kind, count)
         for kind, count in report.counts.items()
-        if kind not in _CHANGE_KINDS and kind not in others
+        if kind not in CHANGE_KINDS and kind not in others
     )
     return changes, others
 
@@ -502,20 +501,6 @@ def report_repr(report: ImportReport) -> str:
     )
 
 
-def _report_plan(report: ImportReport) -> Plan:
-    # A run refused or failed before it planned has no plan: review what the report itself says.
-    if report.plan is None:
-        return Plan(
-            report.trust_site_id,
-            held_removals=report.held_removals,
-            hold_reason=report.hold_reason,
-            hold_id=report.hold_id,
-        )
-    if report.hold_id is not None and report.hold_id != report.plan.hold_id:
-        return attrs.evolve(report.plan, hold_id=report.hold_id)  # the report has the last word on the hold
-    return report.plan
-
-
 def report_text(report: ImportReport) -> str:
     """The report for a terminal: outcome, duration and counts, then holds, conflicts and errors."""
     status = "ok" if report.ok else "FAILED"
@@ -524,7 +509,7 @@ def report_text(report: ImportReport) -> str:
     # The held count is spelled out with the changes ("held 349 removals for …"), not repeated as held=N.
     shown = (*SKIP_CATEGORIES, "held") if report.held_removals else SKIP_CATEGORIES
     rest = _nonzero({kind: count for kind, count in others.items() if kind not in shown})
-    plan = _report_plan(report)
+    plan = report.plan_for_review()
     lines = [
         f"Import {visible(report.run_id)} of trust {visible(_trust(plan))}: {status} "
         f"in {report.duration_seconds:.1f}s ({_applied(changes, report)}; {left_out}"
@@ -555,7 +540,7 @@ def report_html(report: ImportReport) -> str:
     """The report as HTML for a notebook: outcome, duration, counts, holds, conflicts, errors, changes."""
     status = "ok" if report.ok else "failed"
     changes, others = report_counts(report)
-    plan = _report_plan(report)
+    plan = report.plan_for_review()
     names = _Names(plan)
     parts = [
         f"<h4>Import {_h(report.run_id)} of trust {_h(_trust(plan))}: {status}</h4>"
