@@ -26,21 +26,22 @@ Birch Teachers, which they are in, is a member of Birch All Staff).
 from __future__ import annotations
 
 import html
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import attrs
 
 from ._html import html_table, visible
+from ._person_slice import nesting_paths, person_snapshot, person_state, person_sync_state, stored_user_for
 from .config import SyncConfig
-from .model import DirectoryUser, Role, email_key
+from .model import DirectoryUser, Role
 from .plan import (
     AddGroupMember,
     Assign,
     Change,
     CreateUser,
     DeactivateUser,
+    HoldReason,
     LinkUser,
     Plan,
     RelinkUser,
@@ -50,9 +51,9 @@ from .plan import (
     change_to_dict,
     is_removal,
 )
-from .planner import DirectorySnapshot, skip_reason
-from .state import Hold, SyncState
-from .store.protocol import Grant, StoredUser, StoreState
+from .planner import skip_reason
+from .state import Hold
+from .store.protocol import Grant, StoredUser
 
 __all__ = [
     "AccessExplained",
@@ -357,116 +358,6 @@ class Explanation:
         }
 
 
-# --- pure helpers the IO edge uses ------------------------------------------------------------------
-
-
-def nesting_paths(
-    direct: Iterable[str], parents: Mapping[str, Sequence[str]], targets: Iterable[str]
-) -> dict[str, tuple[str, ...]]:
-    """For each target group reachable upward from the ``direct`` groups, the shortest path to it.
-
-    ``parents`` maps a group to the groups it is directly in (as far as it
-    was read). A path runs from the target down to a direct group
-    (``(target, …, direct)``); a target reached by no known path is left out.
-    """
-    wanted = set(targets)
-    came_from: dict[str, str | None] = {}
-    queue: deque[str] = deque()
-    for group in sorted(set(direct)):
-        came_from[group] = None
-        queue.append(group)
-    while queue:
-        current = queue.popleft()
-        for parent in sorted(parents.get(current, ())):
-            if parent not in came_from:
-                came_from[parent] = current
-                queue.append(parent)
-    paths: dict[str, tuple[str, ...]] = {}
-    for target in sorted(wanted):
-        if target not in came_from:
-            continue
-        path = [target]
-        step = came_from[target]
-        while step is not None:
-            path.append(step)
-            step = came_from[step]
-        paths[target] = tuple(path)
-    return paths
-
-
-def person_snapshot(
-    config: SyncConfig,
-    user: DirectoryUser | None,
-    member_of: Iterable[str],
-    *,
-    unreadable: Mapping[str, str] | None = None,
-    stale: Iterable[str] = (),
-    group_names: Mapping[str, str] | None = None,
-) -> DirectorySnapshot:
-    """The snapshot a run would read, as far as one person goes: each mapped group with them or without.
-
-    ``member_of``: the mapped groups that contain ``user`` (nesting
-    resolved); ``unreadable``: mapped groups that could not be read.
-    """
-    unread = dict(unreadable or {})
-    inside = set(member_of)
-    members: dict[str, Sequence[DirectoryUser]] = {}
-    for group_id in sorted(config.mappings.group_ids):
-        if group_id in unread:
-            continue
-        members[group_id] = [user] if user is not None and group_id in inside else []
-    return DirectorySnapshot(
-        members=members, unreadable=unread, stale=frozenset(stale), group_names=dict(group_names or {})
-    )
-
-
-def person_state(state: StoreState, external_ids: Iterable[str], email: str | None) -> StoreState:
-    """The store as far as one person goes: their store users (by object id or email) and only their access."""
-    ids = set(external_ids)
-    key = email_key(email) if email else None
-    users = {
-        user_id: stored
-        for user_id, stored in state.users.items()
-        if (stored.external_id is not None and stored.external_id in ids)
-        or (key is not None and email_key(stored.email) == key)
-    }
-    external = ids | {stored.external_id for stored in users.values() if stored.external_id is not None}
-    return StoreState(
-        users=users,
-        synced_access={ext: access for ext, access in state.synced_access.items() if ext in external},
-        manual_access_user_ids=state.manual_access_user_ids & users.keys(),
-        other_access_user_ids=state.other_access_user_ids & users.keys(),
-        groups=state.groups,
-        group_members={group: members & external for group, members in state.group_members.items()},
-    )
-
-
-def person_sync_state(sync_state: SyncState, external_ids: Iterable[str]) -> SyncState:
-    """The trust's memory as far as one person goes: the pending hold (so it covers their removals), their leaver entry.
-
-    Baselines are left out: a group read for one person is no measure of its size.
-    """
-    ids = set(external_ids)
-    return SyncState(
-        hold=sync_state.hold, left_scope={ext: v for ext, v in sync_state.left_scope.items() if ext in ids}
-    )
-
-
-def stored_user_for(state: StoreState, who: str) -> StoredUser | None:
-    """The store user ``who`` names: a store user id, else the user synced from that object id, else by email."""
-    if who in state.users:
-        return state.users[who]
-    by_external = [user for user in state.users.values() if user.external_id is not None and user.external_id == who]
-    if by_external:
-        return by_external[0]
-    if "@" in who:
-        key = email_key(who)
-        for user in sorted(state.users.values(), key=lambda stored: stored.user_id):
-            if email_key(user.email) == key:
-                return user
-    return None
-
-
 def describe_change(change: Change, site: Callable[[str], str] = str, group: Callable[[str], str] = str) -> str:
     """One change to a person, in words: ``give Manager on Risk at Birch High``, ``remove them from Birch SLT``."""
     if isinstance(change, Assign):
@@ -520,6 +411,76 @@ def _change_user(change: Change) -> set[str]:
     return ids
 
 
+def _access_explained(
+    config: SyncConfig, groups: Sequence[GroupPath], names: Mapping[str, str], site_names: Mapping[str, str]
+) -> tuple[AccessExplained, ...]:
+    """Per site and module, the winning role and every mapped group of theirs that gives one there."""
+    access: list[AccessExplained] = []
+    winners = config.mappings.access_with_reasons(group.group_id for group in groups)
+    mine = {group.group_id for group in groups}
+    for (site_id, module), (role, because) in sorted(winners.items()):
+        sources: list[RoleSource] = []
+        for mapping in config.mappings.mappings:
+            given = mapping.roles.get(module)
+            if mapping.group_id not in mine or mapping.site_id != site_id or given is None:
+                continue
+            winner = given is role and mapping.group_id in because
+            sources.append(RoleSource(mapping.group_id, names.get(mapping.group_id) or mapping.group_id, given, winner))
+        sources.sort(key=lambda source: (not source.winner, -source.role._rank, source.group_name.casefold()))
+        access.append(AccessExplained(site_id, site_names.get(site_id) or site_id, module, role, tuple(sources)))
+    return tuple(access)
+
+
+def _grants_explained(
+    config: SyncConfig,
+    trust_name: str,
+    site_names: Mapping[str, str],
+    trust_of_site: Mapping[str, tuple[str, str]],
+    grants: Iterable[Grant],
+    synced_access: Mapping[tuple[str, str], Role],
+) -> tuple[tuple[GrantExplained, ...], tuple[GrantExplained, ...], tuple[GrantExplained, ...]]:
+    """Their access by where it comes from: synced by this trust, granted by hand, synced by other trusts."""
+
+    def explained(grant: Grant, source: str, trust: tuple[str, str] | None = None) -> GrantExplained:
+        return GrantExplained(
+            grant.site_id, site_names.get(grant.site_id) or grant.site_id, grant.module, grant.role, source,
+            trust[0] if trust else None, trust[1] if trust else None,
+        )
+
+    synced = tuple(
+        GrantExplained(site_id, site_names.get(site_id) or site_id, module, role, "azure", config.trust_site_id, trust_name)
+        for (site_id, module), role in sorted(synced_access.items())
+    )
+    manual: list[GrantExplained] = []
+    others: list[GrantExplained] = []
+    for grant in sorted(grants, key=lambda g: (g.site_id, g.module)):
+        if grant.source == "manual":
+            manual.append(explained(grant, "manual"))
+            continue
+        trust = trust_of_site.get(grant.site_id)
+        if trust is not None and trust[0] != config.trust_site_id:
+            others.append(explained(grant, "azure", trust))
+    return synced, tuple(manual), tuple(others)
+
+
+def _changes_for(
+    plan: Plan | None, pending: Hold | None, person_ids: set[str]
+) -> tuple[tuple[Change, ...], tuple[Change, ...], str | None, HoldReason | None]:
+    """The plan's changes and held removals for this person, and the hold (id, reason) holding them."""
+    if plan is None:
+        return (), (), None, None
+    planned = tuple(change for change in plan.changes if _change_user(change) & person_ids)
+    held = tuple(change for change in plan.held_removals if _change_user(change) & person_ids)
+    if not held:
+        return planned, held, None, None
+    if plan.hold_reason == "partial_read":  # deferred, not part of any hold: nothing to confirm
+        return planned, held, None, plan.hold_reason
+    hold_id = plan.hold_id
+    if hold_id is None and pending is not None and any(change.external_id in pending.users for change in held):
+        hold_id = pending.id
+    return planned, held, hold_id, plan.hold_reason
+
+
 def explain_person(
     *,
     who: str,
@@ -550,53 +511,11 @@ def explain_person(
     if status == "not_found":
         reason = not_found_reason
     names = {**group_names, **{group.group_id: group.name for group in groups}}
-    access: list[AccessExplained] = []
-    winners = config.mappings.access_with_reasons(group.group_id for group in groups)
-    mine = {group.group_id for group in groups}
-    for (site_id, module), (role, because) in sorted(winners.items()):
-        sources: list[RoleSource] = []
-        for mapping in config.mappings.mappings:
-            given = mapping.roles.get(module)
-            if mapping.group_id not in mine or mapping.site_id != site_id or given is None:
-                continue
-            winner = given is role and mapping.group_id in because
-            sources.append(RoleSource(mapping.group_id, names.get(mapping.group_id) or mapping.group_id, given, winner))
-        sources.sort(key=lambda source: (not source.winner, -source.role._rank, source.group_name.casefold()))
-        access.append(AccessExplained(site_id, site_names.get(site_id) or site_id, module, role, tuple(sources)))
-
-    def explained(grant: Grant, source: str, trust: tuple[str, str] | None = None) -> GrantExplained:
-        return GrantExplained(
-            grant.site_id, site_names.get(grant.site_id) or grant.site_id, grant.module, grant.role, source,
-            trust[0] if trust else None, trust[1] if trust else None,
-        )
-
-    synced = tuple(
-        GrantExplained(site_id, site_names.get(site_id) or site_id, module, role, "azure", config.trust_site_id, trust_name)
-        for (site_id, module), role in sorted(synced_access.items())
+    synced, manual, others = _grants_explained(
+        config, trust_name, site_names, trust_of_site, grants or (), synced_access
     )
-    manual: list[GrantExplained] = []
-    others: list[GrantExplained] = []
-    for grant in sorted(grants or (), key=lambda g: (g.site_id, g.module)):
-        if grant.source == "manual":
-            manual.append(explained(grant, "manual"))
-            continue
-        trust = trust_of_site.get(grant.site_id)
-        if trust is not None and trust[0] != config.trust_site_id:
-            others.append(explained(grant, "azure", trust))
     person_ids = {ext for ext in (user.id if user else None, stored.external_id if stored else None) if ext}
-    planned: tuple[Change, ...] = ()
-    held: tuple[Change, ...] = ()
-    hold_id = hold_reason = None
-    if plan is not None:
-        planned = tuple(change for change in plan.changes if _change_user(change) & person_ids)
-        held = tuple(change for change in plan.held_removals if _change_user(change) & person_ids)
-        if held:
-            hold_reason = plan.hold_reason
-            hold_id = plan.hold_id if plan.hold_reason != "partial_read" else None
-            if hold_id is None and pending is not None and any(
-                change.external_id in pending.users for change in held
-            ) and plan.hold_reason != "partial_read":
-                hold_id = pending.id
+    planned, held, hold_id, hold_reason = _changes_for(plan, pending, person_ids)
     return Explanation(
         who=who,
         trust_site_id=config.trust_site_id,
@@ -609,10 +528,10 @@ def explain_person(
         store_user_id=stored.user_id if stored else None,
         store_active=stored.active if stored else None,
         groups=tuple(groups),
-        access=tuple(access),
+        access=_access_explained(config, groups, names, site_names),
         synced=synced,
-        manual_grants=tuple(manual),
-        other_trusts=tuple(others),
+        manual_grants=manual,
+        other_trusts=others,
         grants_known=grants is not None,
         planned=planned,
         held=held,
