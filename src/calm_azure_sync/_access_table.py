@@ -168,21 +168,14 @@ class AccessTable:
         return f"<h5>{html.escape(self._headline())}</h5>" + html_table(headers, rows, total=self._users())
 
 
-def access_table(plan: Plan, site_id: str | None = None, *, changed_only: bool = False) -> AccessTable:
-    """Users by (site, module): ``plan.access_before`` with the plan's changes applied.
+_SlotChange = tuple[AccessChange, Role | None, tuple[str, ...]]
 
-    Held removals keep the role they would take away, marked ``held``.
-    ``site_id`` keeps one site's columns; ``changed_only`` leaves out what the
-    run does not change. When ``access_before`` lacks a slot a change
-    touches, the change's ``previous`` role stands in for it.
-    """
-    before: dict[tuple[str, str, str], Role] = {
-        (external_id, site, module): role
-        for external_id, access in plan.access_before.items()
-        for (site, module), role in access.items()
-    }
-    changed: dict[tuple[str, str, str], tuple[AccessChange, Role | None, tuple[str, ...]]] = {}
-    names = PlanNames(plan)
+
+def _slot_changes(
+    plan: Plan, before: dict[tuple[str, str, str], Role], names: PlanNames
+) -> dict[tuple[str, str, str], _SlotChange]:
+    """What the plan does to each (user, site, module) it touches; fills ``before`` from changes' ``previous``."""
+    changed: dict[tuple[str, str, str], _SlotChange] = {}
     group_names: dict[tuple[str, ...], tuple[str, ...]] = {}
     for held, changes in ((False, plan.changes), (True, plan.held_removals)):
         for change in changes:
@@ -210,6 +203,24 @@ def access_table(plan: Plan, site_id: str | None = None, *, changed_only: bool =
                 changed[slot] = ("added", new_role, groups)
             elif before[slot] != new_role:
                 changed[slot] = ("changed", new_role, groups)
+    return changed
+
+
+def access_table(plan: Plan, site_id: str | None = None, *, changed_only: bool = False) -> AccessTable:
+    """Users by (site, module): ``plan.access_before`` with the plan's changes applied.
+
+    Held removals keep the role they would take away, marked ``held``.
+    ``site_id`` keeps one site's columns; ``changed_only`` leaves out what the
+    run does not change. When ``access_before`` lacks a slot a change
+    touches, the change's ``previous`` role stands in for it.
+    """
+    before: dict[tuple[str, str, str], Role] = {
+        (external_id, site, module): role
+        for external_id, access in plan.access_before.items()
+        for (site, module), role in access.items()
+    }
+    names = PlanNames(plan)
+    changed = _slot_changes(plan, before, names)
     rows: list[AccessRow] = []
     user_order: dict[str, tuple[str, str, str]] = {}
     for slot in set(before) | set(changed):

@@ -394,18 +394,34 @@ def _describe(rule: _Rule, local: str, display: str, local_hits: list[_Hit], dis
     return f"{rule.reason}: {' and '.join(places)}"
 
 
+def _plainly_a_person(user: DirectoryUser, local: str, display: str, lowered: str) -> bool:
+    """Most users are people: no rule word anywhere and nothing odd about the account (the fast path)."""
+    return (
+        _surely_no_rule_word(local)
+        and _surely_no_rule_word(display)
+        and not lowered.startswith(_EMAIL_RULE_HEADS)
+        and not any(rule.account is not None and rule.account(user) for rule in _ACCOUNT_RULES)
+    )
+
+
+def _email_rule_matches(lowered: str) -> tuple[list[str], list[str]]:
+    """The reasons of the rules whose address patterns match ``lowered``, and the patterns that matched."""
+    reasons: list[str] = []
+    email_globs: list[str] = []
+    for rule_index, globs in _EMAIL_RULE_GLOBS:
+        matching = [glob.pattern for glob in globs if glob.match(lowered)]
+        if matching:
+            reasons.append(f"{_RULES[rule_index].reason}: address matches {matching[0]!r}")
+            email_globs.extend(matching)
+    return reasons, email_globs
+
+
 def _detect(user: DirectoryUser, email: str) -> _Finding | None:
     """Apply the rule table to one user with an email."""
     local = email.rpartition("@")[0]
     lowered = email.lower()
     display = user.display_name or ""
-    # Most users are people: no rule word anywhere and nothing odd about the account.
-    if (
-        _surely_no_rule_word(local)
-        and _surely_no_rule_word(display)
-        and not lowered.startswith(_EMAIL_RULE_HEADS)
-        and not any(rule.account is not None and rule.account(user) for rule in _ACCOUNT_RULES)
-    ):
+    if _plainly_a_person(user, local, display, lowered):
         return None
     local_words = _words(local)
     display_words = _words(display)
@@ -422,15 +438,9 @@ def _detect(user: DirectoryUser, email: str) -> _Finding | None:
     local_is_system = _only_system_words(local_words)
     display_is_system = _only_system_words(display_words)
 
-    reasons: list[str] = []
-    email_globs: list[str] = []
+    reasons, email_globs = _email_rule_matches(lowered)
     evidence: list[_Hit] = []
     used_no_names = False
-    for rule_index, globs in _EMAIL_RULE_GLOBS:
-        matching = [glob.pattern for glob in globs if glob.match(lowered)]
-        if matching:
-            reasons.append(f"{_RULES[rule_index].reason}: address matches {matching[0]!r}")
-            email_globs.extend(matching)
     display_key = tuple(word for word, _, _ in display_words)
     for rule_index, rule in enumerate(_RULES):
         if rule.looks_at == "display name" and display_key in rule.display_names:

@@ -291,14 +291,7 @@ class SyncConfig:
         trust_site_id = reader.string(top.get("trust_site_id"), "trust_site_id")
         tenant_id = reader.string(top.get("tenant_id"), "tenant_id", optional=True)
         include_guests = reader.boolean(top.get("include_guests", False), "include_guests")
-        modules: list[str] | None = None
-        if top.get("modules") is not None:
-            raw_modules = reader.sequence(top.get("modules"), "modules") or []
-            modules = [
-                module
-                for index, item in enumerate(raw_modules)
-                if (module := reader.string(item, f"modules[{index}]")) is not None
-            ]
+        modules = reader.strings(top["modules"], "modules") if top.get("modules") is not None else None
         mappings = []
         for index, item in enumerate(reader.sequence(top.get("mappings"), "mappings") or []):
             mapping = reader.build(item, f"mappings[{index}]", GroupMapping, GroupMapping._KEYS)
@@ -355,6 +348,14 @@ class _Reader:
             return value
         self.problems.append(f"{path}: expected a non-empty string, got {_kind(value)}")
         return None
+
+    def strings(self, value: object, path: str) -> list[str]:
+        """A list of strings, each bad item a problem at its index (and left out)."""
+        return [
+            text
+            for index, item in enumerate(self.sequence(value, path) or [])
+            if (text := self.string(item, f"{path}[{index}]")) is not None
+        ]
 
     def boolean(self, value: object, path: str) -> bool | None:
         if isinstance(value, bool):

@@ -481,6 +481,17 @@ def _changes_for(
     return planned, held, hold_id, plan.hold_reason
 
 
+def _identity(user: DirectoryUser | None, stored: StoredUser | None) -> dict[str, Any]:
+    """Who they are: Azure's word first, the store's where Azure has none."""
+    return {
+        "external_id": user.id if user is not None else (stored.external_id if stored else None),
+        "display_name": (user.display_name if user else None) or (stored.display_name if stored else None),
+        "email": (user.email if user is not None else None) or (stored.email if stored else None),
+        "store_user_id": stored.user_id if stored else None,
+        "store_active": stored.active if stored else None,
+    }
+
+
 def explain_person(
     *,
     who: str,
@@ -522,11 +533,7 @@ def explain_person(
         trust_name=trust_name,
         status=status,
         reason=reason,
-        external_id=user.id if user is not None else (stored.external_id if stored else None),
-        display_name=(user.display_name if user is not None else None) or (stored.display_name if stored else None),
-        email=(user.email if user is not None else None) or (stored.email if stored else None),
-        store_user_id=stored.user_id if stored else None,
-        store_active=stored.active if stored else None,
+        **_identity(user, stored),
         groups=tuple(groups),
         access=_access_explained(config, groups, names, site_names),
         synced=synced,

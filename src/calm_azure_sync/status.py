@@ -322,6 +322,68 @@ def _denies_access(message: str) -> bool:
     return "access denied" in text or "re-consent" in text or "could not get a token" in text
 
 
+def _last_run_problems(
+    last_run: RunSummary | None, errors: Sequence[AuditEvent], names: Mapping[str, str]
+) -> tuple[dict[str, str], list[tuple[str, dt.datetime | None]]]:
+    """The newest run's stale mappings (group id -> name) and the directory's refusals (message, when)."""
+    stale: dict[str, str] = {}
+    denied: list[tuple[str, dt.datetime | None]] = []
+    for event in errors:
+        group_id = event.detail.get("group_id")
+        if event.detail.get("stale") is True and isinstance(group_id, str):
+            stale.setdefault(group_id, str(event.detail.get("group_name") or names.get(group_id) or group_id))
+        elif event.detail.get("access_denied") is True or _denies_access(event.message):
+            denied.append((event.message, event.at))
+    if last_run is not None and last_run.outcome == "failed" and _denies_access(last_run.message):
+        denied.append((last_run.message, last_run.at))
+    return stale, denied
+
+
+def _problem_attention(
+    last_run: RunSummary | None, stale: Mapping[str, str], denied: Sequence[tuple[str, dt.datetime | None]]
+) -> list[Attention]:
+    """What the newest run's errors ask of an admin: reconnect the tenant, remove stale mappings."""
+    attention: list[Attention] = []
+    if denied:
+        message, since = denied[0]
+        attention.append(Attention(
+            "access_revoked",
+            "The directory refused access in the last import (consent revoked, a permission missing or the "
+            f"credential): {message} Reconnect the tenant or grant the permission.",
+            since,
+        ))
+    if stale:
+        attention.append(Attention(
+            "stale_mapping",
+            f"Mapped groups no longer exist in Azure: {', '.join(sorted(stale.values()))}; remove their mappings.",
+            last_run.started_at if last_run else None,
+        ))
+    return attention
+
+
+def _run_attention(runs: Sequence[RunSummary], last_success: RunSummary | None, streak: int) -> list[Attention]:
+    """What the run history asks of an admin: a failure streak, imports that died without an end."""
+    attention: list[Attention] = []
+    last_run = runs[0] if runs else None
+    if streak >= FAILURE_STREAK:
+        first_failed = runs[streak - 1] if len(runs) >= streak else None
+        attention.append(Attention(
+            "repeated_failures",
+            f"{streak} imports in a row did not end well; the last: {last_run.message if last_run else '?'}",
+            first_failed.started_at if first_failed else None,
+        ))
+    since_success = runs[: runs.index(last_success)] if last_success in runs else runs
+    abandoned = [run for run in since_success if run.outcome == "abandoned"]
+    if abandoned:
+        attention.append(Attention(
+            "run_abandoned",
+            f"{len(abandoned)} import(s) stopped without an end (the process died) since the last good one; "
+            f"the latest started {_when(abandoned[0].started_at)}.",
+            abandoned[-1].started_at,
+        ))
+    return attention
+
+
 def sync_status(
     *,
     trust_site_id: str,
@@ -340,53 +402,14 @@ def sync_status(
     the ``error`` entries of the newest run.
     """
     names = dict(group_names or {})
-    attention: list[Attention] = []
-    if hold is not None:
-        attention.append(hold_attention(hold, now))
     runs = runs_from_log(runs_log) if runs_log is not None else []
     last_run = runs[0] if runs else None
     last_success = next((run for run in runs if run.outcome == "ok"), None)
     streak = failure_streak(runs)
-    stale: dict[str, str] = {}
-    denied: list[tuple[str, dt.datetime | None]] = []
-    for event in last_run_errors:
-        group_id = event.detail.get("group_id")
-        if event.detail.get("stale") is True and isinstance(group_id, str):
-            stale.setdefault(group_id, str(event.detail.get("group_name") or names.get(group_id) or group_id))
-        elif event.detail.get("access_denied") is True or _denies_access(event.message):
-            denied.append((event.message, event.at))
-    if last_run is not None and last_run.outcome == "failed" and _denies_access(last_run.message):
-        denied.append((last_run.message, last_run.at))
-    if denied:
-        message, since = denied[0]
-        attention.append(Attention(
-            "access_revoked",
-            "The directory refused access in the last import (consent revoked, a permission missing or the "
-            f"credential): {message} Reconnect the tenant or grant the permission.",
-            since,
-        ))
-    if stale:
-        attention.append(Attention(
-            "stale_mapping",
-            f"Mapped groups no longer exist in Azure: {', '.join(sorted(stale.values()))}; remove their mappings.",
-            last_run.started_at if last_run else None,
-        ))
-    if streak >= FAILURE_STREAK:
-        first_failed = runs[streak - 1] if len(runs) >= streak else None
-        attention.append(Attention(
-            "repeated_failures",
-            f"{streak} imports in a row did not end well; the last: {last_run.message if last_run else '?'}",
-            first_failed.started_at if first_failed else None,
-        ))
-    abandoned = [run for run in runs[: runs.index(last_success) if last_success in runs else len(runs)]
-                 if run.outcome == "abandoned"]
-    if abandoned:
-        attention.append(Attention(
-            "run_abandoned",
-            f"{len(abandoned)} import(s) stopped without an end (the process died) since the last good one; "
-            f"the latest started {_when(abandoned[0].started_at)}.",
-            abandoned[-1].started_at,
-        ))
+    stale, denied = _last_run_problems(last_run, last_run_errors, names)
+    attention: list[Attention] = [hold_attention(hold, now)] if hold is not None else []
+    attention += _problem_attention(last_run, stale, denied)
+    attention += _run_attention(runs, last_success, streak)
     refusal = _open_refusal(runs_log or (), last_run)
     if refusal is not None:
         attention.append(Attention("import_refused", refusal.message, refusal.at))

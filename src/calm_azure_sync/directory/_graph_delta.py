@@ -24,7 +24,7 @@ groups start a new one (listed whole once), so nothing rides along unseen.
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._gc import collector_paused
@@ -327,11 +327,15 @@ async def changes(
     delta = build_delta(
         users, groups, removed & wanted_set, users_complete=users_link is None and start == "initial"
     )
-    next_cursor: DeltaCursor = {
+    return delta, _next_cursor(self, answered, [ids for ids, _ in links])
+
+
+def _next_cursor(self: GraphDirectory, answered: Sequence[str], group_chunks: Sequence[list[str]]) -> DeltaCursor:
+    """The cursor of the next round: the users chain's link first, then each group chunk's ids and link."""
+    return {
         "version": CURSOR_VERSION,
         "kind": "graph",
         "base": self.base_url,
         "users": answered[0],
-        "groups": [{"ids": ids, "link": link} for (ids, _), link in zip(links, answered[1:], strict=True)],
+        "groups": [{"ids": ids, "link": link} for ids, link in zip(group_chunks, answered[1:], strict=True)],
     }
-    return delta, next_cursor

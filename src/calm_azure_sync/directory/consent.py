@@ -234,6 +234,26 @@ def _single(params: Mapping[str, str] | Mapping[str, Sequence[str]], name: str) 
     return text
 
 
+def _check_state(params: Mapping[str, str] | Mapping[str, Sequence[str]], expected_state: str) -> None:
+    """Refuse a callback whose state is missing or not the one this sign-in sent (compared in constant time)."""
+    state = _single(params, "state")
+    if not state:
+        # Microsoft's own error redirect may come without state
+        # (?error=permission_denied&error_description=...: the admin cancelled).
+        # Still refused, as nothing ties it to this sign-in, but Azure's words
+        # are kept so the host can say what happened.
+        error = _single(params, "error")
+        description = _single(params, "error_description")
+        reported = f" (it reports {show(error)})" if error else ""
+        raise ConsentError(
+            f"the consent callback carries no state: it did not come from this sign-in{reported}",
+            error=error,
+            error_description=description,
+        )
+    if not hmac.compare_digest(state.encode(), expected_state.encode()):
+        raise ConsentError("the consent callback's state does not match: it did not come from this sign-in")
+
+
 def parse_consent_callback(
     params: Mapping[str, str] | Mapping[str, Sequence[str]], expected_state: str
 ) -> ConsentResult:
@@ -262,22 +282,7 @@ def parse_consent_callback(
         raise ConfigError("expected_state: must be the non-empty state sent with the consent URL")
     if not isinstance(params, Mapping):
         raise ConsentError("the consent callback parameters must be a mapping")
-    state = _single(params, "state")
-    if not state:
-        # Microsoft's own error redirect may come without state
-        # (?error=permission_denied&error_description=...: the admin cancelled).
-        # Still refused, as nothing ties it to this sign-in, but Azure's words
-        # are kept so the host can say what happened.
-        error = _single(params, "error")
-        description = _single(params, "error_description")
-        reported = f" (it reports {show(error)})" if error else ""
-        raise ConsentError(
-            f"the consent callback carries no state: it did not come from this sign-in{reported}",
-            error=error,
-            error_description=description,
-        )
-    if not hmac.compare_digest(state.encode(), expected_state.encode()):
-        raise ConsentError("the consent callback's state does not match: it did not come from this sign-in")
+    _check_state(params, expected_state)
     error = _single(params, "error")
     description = _single(params, "error_description")
     if error or description:

@@ -29,9 +29,6 @@ How a read works, and why:
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
-import ssl
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -44,6 +41,7 @@ from ..errors import ConfigError, DirectoryAccessError, DirectoryError, GroupNot
 from ..model import DirectoryGroup, DirectoryUser
 from . import _graph_delta, _graph_lookup, _graph_person
 from ._deadline import request_deadline
+from ._graph_client import TokenFailure, build_sdk_client, origin, redact
 from ._graph_common import (
     GROUP_READ_PERMISSIONS,
     graph_error,
@@ -65,10 +63,7 @@ from ._retry import (
 from ._sdk import (
     NATIVE,
     AzureError,
-    AzureIdentityAuthenticationProvider,
     ClientAuthenticationError,
-    GraphClientFactory,
-    GraphRequestAdapter,
     GraphServiceClient,
     GraphUserRequestBuilder,
     GroupsRequestBuilder,
@@ -76,9 +71,7 @@ from ._sdk import (
     RequestInformation,
     RequestOption,
     ResponseHandlerOption,
-    _graph_adapter_options,
 )
-from .consent import GRAPH_DEFAULT_SCOPE
 from .delta import DeltaCursor, DeltaStart, DirectoryDelta
 
 if TYPE_CHECKING:
@@ -97,88 +90,7 @@ __all__ = [
 DEFAULT_GRAPH_URL = "https://graph.microsoft.com/v1.0"
 """The global Microsoft Graph v1.0 root."""
 
-# National clouds have their own Graph host and token audience.
-_NATIONAL_CLOUD_SCOPES = {
-    "graph.microsoft.us": "https://graph.microsoft.us/.default",
-    "dod-graph.microsoft.us": "https://dod-graph.microsoft.us/.default",
-    "microsoftgraph.chinacloudapi.cn": "https://microsoftgraph.chinacloudapi.cn/.default",
-}
-
 _PAGE_SIZE = 999  # Graph's maximum for users, groups and members
-
-
-def _origin(url: str) -> tuple[str, str, int]:
-    parts = urllib.parse.urlsplit(url)
-    scheme = parts.scheme.lower()
-    port = parts.port or (443 if scheme == "https" else 80)
-    return scheme, (parts.hostname or "").lower(), port
-
-
-def _default_scope(host: str) -> str:
-    return _NATIONAL_CLOUD_SCOPES.get(host.lower(), GRAPH_DEFAULT_SCOPE)
-
-
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    # httpx builds a new context (reading the CA bundle, ~40 ms) per client;
-    # hosts that make a directory per run share one verified context instead.
-    return httpx.create_ssl_context()
-
-
-def _credential_tenant(credential: object) -> str | None:
-    for holder in (credential, getattr(credential, "_client", None)):
-        value = getattr(holder, "_tenant_id", None)
-        if isinstance(value, str) and value and value.lower() not in ("common", "organizations"):
-            return value
-    return None
-
-
-class _TokenFailure(Exception):
-    """Raised by :class:`_GuardedCredential`: the credential, not Graph, failed."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(type(error).__name__)
-        self.error = error
-
-
-class _GuardedCredential:
-    """Wraps the host's credential so that a failure to get a token is told apart.
-
-    azure-identity raises ``ClientAuthenticationError`` for a refused secret,
-    ``ServiceRequestError`` for an unreachable token endpoint, and a host's
-    own credential may raise anything; inside the SDK's auth provider all of
-    them would look like any other failure.
-    """
-
-    def __init__(self, credential: Any) -> None:
-        self._credential = credential
-
-    async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
-        try:
-            result = self._credential.get_token(*scopes, **kwargs)
-            if inspect.isawaitable(result):
-                result = await result
-        except Exception as error:
-            raise _TokenFailure(error) from error
-        return result
-
-
-def _credential_secrets(credential: object) -> tuple[str, ...]:
-    """Secret-looking strings a credential holds, to scrub from Azure's messages."""
-    found: list[str] = []
-    for holder in (credential, getattr(credential, "_client", None)):
-        for name, value in getattr(holder, "__dict__", {}).items():
-            if isinstance(value, str) and len(value) >= 8 and any(
-                word in name.lower() for word in ("secret", "password", "assertion", "certificate", "token")
-            ):
-                found.append(value)
-    return tuple(found)
-
-
-def _redact(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
 
 
 def search_clause(search: str) -> str:
@@ -234,7 +146,7 @@ class GraphDirectory(AsyncClosing):
         self._client = client
         self._adapter: Any = client.request_adapter
         self.base_url: str = str(self._adapter.base_url or DEFAULT_GRAPH_URL).rstrip("/")
-        self._origin = _origin(self.base_url)
+        self._origin = origin(self.base_url)
         self.tenant_id = tenant_id
         self.retry = retry or RetryPolicy()
         self.max_concurrency = max_concurrency
@@ -275,46 +187,18 @@ class GraphDirectory(AsyncClosing):
         close; :meth:`aclose` closes the HTTP client made here.
         """
         root = (base_url or DEFAULT_GRAPH_URL).rstrip("/")
-        parts = urllib.parse.urlsplit(root)
-        host = (parts.hostname or "").lower()
-        loopback = host in ("127.0.0.1", "localhost", "::1")
-        if parts.scheme not in ("https", "http") or not host or (parts.scheme == "http" and not loopback):
-            raise ConfigError(f"base_url: must be an https URL (http only on localhost), got {root!r}")
-        known_tenant = _credential_tenant(credential)
-        if tenant_id and known_tenant and tenant_id.lower() != known_tenant.lower():
-            raise ConfigError(
-                f"tenant_id: {tenant_id!r} differs from the credential's tenant {known_tenant!r}"
-            )
-        auth = AzureIdentityAuthenticationProvider(
-            _GuardedCredential(credential),  # type: ignore[arg-type]
-            scopes=list(scopes or [_default_scope(host)]),
-            # A bare host name: the token goes to the configured Graph host only.
-            allowed_hosts=[host],
-        )
-        http_client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
-            http2=parts.scheme == "https",
-            verify=_tls_context(),
-        )
-        # msgraph-core's AsyncGraphTransport does not close the transport it
-        # wraps; keep a handle on it so aclose() can.
-        network_transport = http_client._transport
-        http_client = GraphClientFactory.create_with_default_middleware(
-            client=http_client, options=_graph_adapter_options
-        )
-        adapter = GraphRequestAdapter(auth, client=http_client)
-        adapter.base_url = root
+        client = build_sdk_client(credential, root, tenant_id=tenant_id, scopes=scopes, timeout=timeout)
         directory = cls(
-            GraphServiceClient(request_adapter=adapter),
-            tenant_id=tenant_id or known_tenant,
+            GraphServiceClient(request_adapter=client.adapter),
+            tenant_id=client.tenant_id,
             retry=retry,
             max_concurrency=max_concurrency,
             sleep=sleep,
             random_draw=random_draw,
         )
-        directory._owned_http_client = http_client
-        directory._owned_transport = network_transport
-        directory._secrets = _credential_secrets(credential)
+        directory._owned_http_client = client.http_client
+        directory._owned_transport = client.network_transport
+        directory._secrets = client.secrets
         return directory
 
     def __repr__(self) -> str:
@@ -536,12 +420,12 @@ class GraphDirectory(AsyncClosing):
         if not isinstance(link, str) or not link:
             raise DirectoryError(f"{operation}: Graph's next link is not a URL", code="invalid_response")
         try:
-            origin = _origin(link)
+            link_origin = origin(link)
             userinfo = urllib.parse.urlsplit(link).username is not None
         except ValueError:
             raise DirectoryError(f"{operation}: Graph's next link is not a URL", code="invalid_response") from None
-        if origin != self._origin or userinfo:
-            scheme, host, port = origin
+        if link_origin != self._origin or userinfo:
+            scheme, host, port = link_origin
             raise DirectoryError(
                 f"{operation}: refusing a next link to {scheme}://{host}:{port}, "
                 f"outside the configured Graph root {self.base_url}",
@@ -565,7 +449,7 @@ class GraphDirectory(AsyncClosing):
                 response: httpx.Response = await self._adapter.send_primitive_async(request, "bytes", {})
         except DirectoryError:  # the interactive deadline's timeout: already ours
             raise
-        except _TokenFailure as failure:
+        except TokenFailure as failure:
             raise self._token_error(operation, failure.error) from failure.error
         except AzureError as error:  # a credential inside a client the host built
             raise self._token_error(operation, error) from error
@@ -586,7 +470,7 @@ class GraphDirectory(AsyncClosing):
         # Azure's own text (AADSTS codes) helps the admin; anything else may
         # be a host credential's message, so only its type is shown.
         if isinstance(error, ClientAuthenticationError):
-            detail = _redact(short(str(error.message or error)), self._secrets)
+            detail = redact(short(str(error.message or error)), self._secrets)
         else:
             detail = type(error).__name__
         return DirectoryAccessError(
