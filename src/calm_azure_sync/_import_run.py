@@ -10,6 +10,7 @@ with them when the store can -> remember the rest -> log the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections import Counter
@@ -40,10 +41,10 @@ from .plan import (
     UserLabel,
     change_kind,
     is_removal,
+    skip_counts,
 )
 from .planner import DirectorySnapshot, PlanContext
 from .report import ImportReport
-from .review import skip_counts
 from .state import HoldScope, RunningImport, SyncState
 from .store.protocol import ChangeResult, FencedStore, StateWithChanges, StoreState, saves_state_with_changes
 
@@ -470,10 +471,9 @@ class _Run:
         ok = completed and not self.errors
         final = self.journal.finished(completed=completed, ok=ok, counts=counts, errors=self.errors, why=why)
         events = [final] if self.started_recorded else [self.journal.started(len(self.config.mappings.group_ids)), final]
-        try:
+        # A sink that is down puts its failure in errors (so the report is not ok), the events in unrecorded_events.
+        with contextlib.suppress(_AuditSinkDown):
             await self.record(events, final=True)
-        except _AuditSinkDown:  # kept in unrecorded_events and errors, for the host to keep
-            ok = False
         await self._close()
         return ImportReport(
             run_id=self.run_id,
@@ -483,7 +483,7 @@ class _Run:
             counts=counts,
             errors=tuple(self.errors),
             held_removals=plan.held_removals if plan else (),
-            ok=completed and not self.errors,
+            ok=completed and not self.errors,  # errors the end's record or the unlock added count too
             hold_reason=plan.hold_reason if plan else None,
             plan=plan,
             unrecorded_events=tuple(self.unrecorded),

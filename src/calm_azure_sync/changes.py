@@ -10,7 +10,7 @@ while ``Plan`` renders itself through the reviews.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -31,7 +31,9 @@ __all__ = [
     "RelinkUser",
     "RemoveGroupMember",
     "RetireGroup",
+    "SKIP_CATEGORIES",
     "Skip",
+    "SkipCategory",
     "Unassign",
     "UpdateUser",
     "UpsertGroup",
@@ -42,6 +44,7 @@ __all__ = [
     "change_to_dict",
     "is_removal",
     "removal_slot",
+    "skip_counts",
 ]
 
 
@@ -213,6 +216,28 @@ class Skip:
     keeps_access: bool = False
     conflict: bool = False
     """An email conflict with a store user: a person must look; counted on its own."""
+
+    @property
+    def category(self) -> SkipCategory:
+        """Which of the three words counts and names this skip: ``conflict``, ``excluded`` or ``skipped``."""
+        if self.conflict:
+            return "conflict"
+        if self.excluded:
+            return "excluded"
+        return "skipped"
+
+
+SkipCategory = Literal["skipped", "excluded", "conflict"]
+#: The skip categories, in the order counts and reviews list them.
+SKIP_CATEGORIES: tuple[SkipCategory, ...] = ("skipped", "excluded", "conflict")
+
+
+def skip_counts(skipped: Iterable[Skip]) -> dict[str, int]:
+    """How many users were skipped, excluded and in conflict: all three keys, in that order."""
+    counts: dict[str, int] = dict.fromkeys(SKIP_CATEGORIES, 0)
+    for skip in skipped:
+        counts[skip.category] += 1
+    return counts
 
 
 @attrs.frozen

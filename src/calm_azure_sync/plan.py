@@ -40,6 +40,7 @@ from .changes import (
     change_to_dict,
     is_removal,
     removal_slot,
+    skip_counts,
 )
 from .model import Role
 
@@ -72,6 +73,7 @@ __all__ = [
     "change_to_dict",
     "is_removal",
     "removal_slot",
+    "skip_counts",
 ]
 
 

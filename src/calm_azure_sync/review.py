@@ -17,7 +17,7 @@ does IO. The rules, written once:
   report: ``skipped`` (out of scope: disabled, guest, no email, an email
   shared with another Azure user), ``excluded`` (the exclusion policy) and
   ``conflict`` (the email already belongs to another store user; a person
-  must look). :func:`skip_category` decides; nothing else counts skips.
+  must look). ``Skip.category`` decides; nothing else counts skips.
 - **Text from Azure is shown as text.** HTML escapes every cell
   (:func:`~calm_azure_sync._html.html_table`); plain text spells out control
   and bidi-override characters (``\\n``, ``\\x1b``, ``\\u202e``), in HTML
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -42,6 +42,7 @@ from ._plan_names import PlanNames as _Names
 from .changes import (
     CHANGE_KINDS,
     HOLD_REASON_TEXT,
+    SKIP_CATEGORIES,
     AddGroupMember,
     Assign,
     Change,
@@ -52,10 +53,12 @@ from .changes import (
     RemoveGroupMember,
     RetireGroup,
     Skip,
+    SkipCategory,
     Unassign,
     UpdateUser,
     UpsertGroup,
     change_kind,
+    skip_counts,
 )
 from .model import Role
 
@@ -86,8 +89,6 @@ __all__ = [
     "skip_counts",
 ]
 
-SkipCategory = Literal["skipped", "excluded", "conflict"]
-SKIP_CATEGORIES: tuple[SkipCategory, ...] = ("skipped", "excluded", "conflict")
 
 #: Why removals are held, in words, by ``Plan.hold_reason`` (kept beside the vocabulary, in changes.py).
 HOLD_REASONS: Mapping[str, str] = {str(reason): text for reason, text in HOLD_REASON_TEXT.items()}
@@ -102,20 +103,8 @@ _SKIP_TITLES: Mapping[SkipCategory, str] = {
 
 
 def skip_category(skip: Skip) -> SkipCategory:
-    """Which of the three words names this skip: ``conflict``, ``excluded`` or ``skipped``."""
-    if skip.conflict:
-        return "conflict"
-    if skip.excluded:
-        return "excluded"
-    return "skipped"
-
-
-def skip_counts(skipped: Iterable[Skip]) -> dict[str, int]:
-    """How many users were skipped, excluded and in conflict: all three keys, in that order."""
-    counts: dict[str, int] = dict.fromkeys(SKIP_CATEGORIES, 0)
-    for skip in skipped:
-        counts[skip_category(skip)] += 1
-    return counts
+    """``skip.category``: which of the three words names this skip (kept for v0.3 callers)."""
+    return skip.category
 
 
 # --- one change, described once --------------------------------------------------------------------

@@ -25,7 +25,6 @@ import attrs
 
 from .. import Actor, AuditKind, ExclusionPolicy, Reconciler, SqliteAuditSink, SqliteUserStore
 from ..plan import describe_change
-from ..review import skip_category
 from . import load_sample, seed_invited_users
 
 #: The file the demo writes into every folder it uses, so a re-run knows the folder is its own.
@@ -104,7 +103,7 @@ async def _story(out: Path, store: SqliteUserStore, audit: SqliteAuditSink) -> i
         print("   ", " | ".join(str(cell) for cell in describe_change(change, plan) if cell))
     print(f"    … {len(plan.changes) - 8} more")
     for skip in plan.skipped[:6]:
-        print(f"    {skip_category(skip)} {skip.email or skip.external_id}: {skip.reason}")
+        print(f"    {skip.category} {skip.email or skip.external_id}: {skip.reason}")
 
     _heading("Start Import")
     started = time.perf_counter()
