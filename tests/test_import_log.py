@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import attrs
 import pytest
 
 from calm_azure_sync import (
@@ -11,6 +12,7 @@ from calm_azure_sync import (
     AuditKind,
     ChildSiteConfigurationError,
     ConfigError,
+    ExclusionPolicy,
     GroupMapping,
     GroupNotFoundError,
     ImportAlreadyRunningError,
@@ -22,6 +24,7 @@ from calm_azure_sync import (
     RemovalPolicy,
     Site,
     SyncConfig,
+    SyncState,
     TrustHierarchy,
 )
 
@@ -180,9 +183,10 @@ async def test_a_no_change_run_writes_a_few_rows_whatever_the_number_of_groups(g
     planned = await reconciler.run(cfg, actor=SYSTEM)  # incremental, plans: nothing to change
     settled = await reconciler.run(cfg, actor=SYSTEM)  # settled: skips the planner
     assert settled.mode_reason.startswith("nothing changed"), settled.mode_reason
-    # start, one discovery summary, the one disabled user's skip (a run that plans), end
-    assert kinds(audit, planned.run_id) == [AuditKind.IMPORT_STARTED, AuditKind.DISCOVERY, AuditKind.USER_SKIPPED,
-                                            AuditKind.IMPORT_COMPLETED]
+    # The first run told of the disabled user's skip; the next ones do not repeat it, planning or settled.
+    assert AuditKind.USER_SKIPPED in kinds(audit, first.run_id)
+    assert kinds(audit, planned.run_id) == [AuditKind.IMPORT_STARTED, AuditKind.DISCOVERY, AuditKind.IMPORT_COMPLETED]
+    assert planned.counts["skipped"] == 1  # still counted, in the report and the end entry
     assert kinds(audit, settled.run_id) == [AuditKind.IMPORT_STARTED, AuditKind.DISCOVERY, AuditKind.IMPORT_COMPLETED]
     (again,) = [e for e in audit.events if e.run_id == settled.run_id and e.kind is AuditKind.DISCOVERY]
     assert again.detail["groups"] == summary.detail["groups"] and again.detail["left_out"]["skipped"] == 1
@@ -207,3 +211,59 @@ async def test_unreadable_groups_get_an_error_each_and_are_named_in_the_discover
     assert "1 not read completely (g-broken)" in summary.message
     errors = [e for e in logged if e.kind is AuditKind.ERROR and e.detail.get("stage") == "read"]
     assert [e.subject for e in errors] == ["g-broken"] and not report.ok
+
+
+def _skip_entries(audit, run_id):
+    return {(e.subject, e.kind.value, e.detail["reason"]) for e in audit.events
+            if e.run_id == run_id and e.kind in (AuditKind.USER_SKIPPED, AuditKind.USER_EXCLUDED)}
+
+
+async def test_a_skip_is_logged_when_it_is_news_new_changed_or_back_and_every_run_counts_it():
+    directory_ = InMemoryDirectory.from_dict({
+        "users": [{"id": "u1", "displayName": "Ann", "mail": "ann@oak.sch.uk", "accountEnabled": False},
+                  {"id": "u2", "displayName": "Bob", "mail": "bob@oak.sch.uk"}],
+        "groups": [{"id": "g-staff", "displayName": "Staff"}], "members": {"g-staff": ["u1", "u2"]},
+    })
+    cfg = config(mappings=[GroupMapping("g-staff", "birch", {"Risk": "Member"})])
+    audit, store = InMemoryAuditSink(), InMemoryUserStore()
+    reconciler = Reconciler(directory_, store, audit, HIERARCHY)
+    runs = [await reconciler.run(cfg, actor=SYSTEM, mode="full")]
+    assert {(s, k) for s, k, _ in _skip_entries(audit, runs[-1].run_id)} == {("u1", "user_skipped")}
+    runs.append(await reconciler.run(cfg, actor=SYSTEM, mode="full"))  # the same skip: not news
+    assert _skip_entries(audit, runs[-1].run_id) == set() and runs[-1].counts["skipped"] == 1
+    # A new skip is news; the old one, the same, is not.
+    excluding = config(mappings=cfg.mappings.mappings, exclusions=ExclusionPolicy(["bob@*"]))
+    runs.append(await reconciler.run(excluding, actor=SYSTEM, mode="full"))
+    assert {(s, k) for s, k, _ in _skip_entries(audit, runs[-1].run_id)} == {("u2", "user_excluded")}
+    # Back in scope, then left out again: told again.
+    runs.append(await reconciler.run(cfg, actor=SYSTEM, mode="full"))
+    assert _skip_entries(audit, runs[-1].run_id) == set()
+    runs.append(await reconciler.run(excluding, actor=SYSTEM, mode="full"))
+    assert {(s, k) for s, k, _ in _skip_entries(audit, runs[-1].run_id)} == {("u2", "user_excluded")}
+    # The same user left out for another reason: told again.
+    directory_.users["u2"] = attrs.evolve(directory_.users["u2"], account_enabled=False)
+    runs.append(await reconciler.run(cfg, actor=SYSTEM, mode="full"))
+    assert {(s, k) for s, k, _ in _skip_entries(audit, runs[-1].run_id)} == {("u2", "user_skipped")}
+    assert [run.counts["skipped"] + run.counts["excluded"] for run in runs] == [1, 1, 2, 1, 2, 2]
+
+
+async def test_a_state_saved_before_skips_were_remembered_logs_every_skip_once():
+    directory_, cfg = _many_groups(2)
+    audit, store = InMemoryAuditSink(), InMemoryUserStore()
+    reconciler = Reconciler(directory_, store, audit, HIERARCHY)
+    await reconciler.run(cfg, actor=SYSTEM)
+    state = await store.load_state(cfg.trust_site_id)
+    assert state.skips_logged and "skips_logged" in state.to_dict()
+    older = state.to_dict()
+    del older["skips_logged"]  # as v0.3 saved it
+    await store.save_state(cfg.trust_site_id, SyncState.from_dict(older))
+    again = await reconciler.run(cfg, actor=SYSTEM, mode="full")
+    assert len(_skip_entries(audit, again.run_id)) == 1
+
+
+@pytest.mark.parametrize("bad", [["u1"], {"u1": 3}, "x"])
+def test_a_stored_skips_logged_that_is_not_an_object_of_text_is_refused_by_name(bad):
+    data = {**SyncState(skips_logged={"u1": "ab12"}).to_dict(), "skips_logged": bad}
+    assert SyncState.from_dict(SyncState(skips_logged={"u1": "ab12"}).to_dict()).skips_logged == {"u1": "ab12"}
+    with pytest.raises(ConfigError, match="skips_logged"):
+        SyncState.from_dict(data, where="trust oak")

@@ -27,7 +27,7 @@ from .guards import next_sync_state
 from .incremental import ReadMode
 from .incremental.reader import RunRead
 from .incremental.settled import Settled, settled_key
-from .journal import Journal
+from .journal import Journal, skips_to_remember
 from .plan import (
     AddGroupMember,
     CreateUser,
@@ -241,7 +241,9 @@ class _Run:
         events += self.journal.read_errors(
             snapshot.unreadable, group_ids, stale=snapshot.stale, group_names=plan.group_names
         )
-        events.extend(self.journal.plan_events(plan, confirmed=self.confirm_hold, scope=self.confirm_only))
+        events += self.journal.plan_events(
+            plan, confirmed=self.confirm_hold, scope=self.confirm_only, skips_logged=self.sync_state.skips_logged
+        )
         await self.record(events)
         return plan, snapshot
 
@@ -316,7 +318,7 @@ class _Run:
     def _final_memory(self, plan: Plan, snapshot: DirectorySnapshot, results: Sequence[ChangeResult]) -> SyncState:
         """What the trust remembers after this run applied ``results``: pure (a store may call it in its transaction)."""
         assert self.cache_kept is not None
-        return next_sync_state(
+        state = next_sync_state(
             self.cache_kept,
             config=self.config,
             hold=plan.hold,
@@ -326,6 +328,7 @@ class _Run:
             left_now=plan.left_scope,
             disputed=plan.disputed_groups,
         )
+        return attrs.evolve(state, skips_logged=skips_to_remember(plan.skipped))  # what plan_events told
 
     def _memory_so_far(self, results: Sequence[ChangeResult]) -> SyncState:
         """The memory while batches remain: the saved state plus the deactivations ``results`` applied (pure)."""

@@ -11,7 +11,8 @@ entry with its reason and actor.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping, Sequence
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import attrs
@@ -28,6 +29,7 @@ from .plan import (
     RelinkUser,
     RemoveGroupMember,
     RetireGroup,
+    Skip,
     Unassign,
     UpdateUser,
     UpsertGroup,
@@ -37,7 +39,7 @@ from .plan import (
 from .state import Hold, HoldScope
 from .store.protocol import ChangeResult
 
-__all__ = ["Journal", "RefusalReason", "describe_counts"]
+__all__ = ["Journal", "RefusalReason", "describe_counts", "skip_digest", "skips_to_remember"]
 
 Label = Callable[[str], str]
 """Names a user by external id (their email when known)."""
@@ -249,11 +251,24 @@ class Journal:
         ]
 
     def plan_events(
-        self, plan: Plan, *, confirmed: str | None = None, scope: HoldScope | None = None
+        self,
+        plan: Plan,
+        *,
+        confirmed: str | None = None,
+        scope: HoldScope | None = None,
+        skips_logged: Mapping[str, str] | None = None,
     ) -> list[AuditEvent]:
-        """Who was left out, what is held and why, what stale mappings keep held, what was cleared."""
+        """Who was left out, what is held and why, what stale mappings keep held, what was cleared.
+
+        ``skips_logged`` (``SyncState.skips_logged``): the skips the Import Log
+        already told about; a skip is logged again only when it is new or its
+        category or reason changed (:func:`skips_to_remember`).
+        """
+        told = skips_logged or {}
         events = []
         for skip in plan.skipped:
+            if told.get(skip.external_id) == skip_digest(skip):
+                continue
             kind = AuditKind.USER_EXCLUDED if skip.excluded else AuditKind.USER_SKIPPED
             verb = "Excluded" if skip.excluded else ("Conflict for" if skip.conflict else "Skipped")
             events.append(
@@ -404,3 +419,13 @@ class Journal:
             f"Import failed: {reason}",
             detail={"ok": False, "counts": dict(counts), "errors": list(errors[:20])},
         )
+
+
+def skip_digest(skip: Skip) -> str:
+    """What the Import Log told about a skip, as a short digest: its category and reason."""
+    return hashlib.blake2b(f"{skip.category}\0{skip.reason}".encode(), digest_size=6).hexdigest()
+
+
+def skips_to_remember(skipped: Iterable[Skip]) -> dict[str, str]:
+    """``SyncState.skips_logged`` after a run that logged ``skipped``: exactly this run's skips."""
+    return {skip.external_id: skip_digest(skip) for skip in skipped}

@@ -353,6 +353,13 @@ class SyncState:
     - ``running``: the :class:`RunningImport` that started and has not ended
       yet, or ``None``. (Optional in the JSON: a state saved without it reads
       as ``None``, so the format's version is unchanged.)
+    - ``skips_logged``: external id -> a short digest of the skip the Import
+      Log last told about that user (category and reason). A run logs a
+      ``user_skipped`` / ``user_excluded`` entry only for a skip that is new
+      or changed, so a quiet run's log does not repeat every left-out user;
+      the run's end entry still counts them all. (Optional in the JSON, like
+      ``running``: an older state reads as empty, and its first run logs every
+      skip once.)
     """
 
     hold: Hold | None = None
@@ -361,6 +368,7 @@ class SyncState:
     delta: Mapping[str, Any] = attrs.field(factory=dict)
     version: int = STATE_FORMAT_VERSION
     running: RunningImport | None = None
+    skips_logged: Mapping[str, str] = attrs.field(factory=dict, converter=_sorted_map, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict; :meth:`from_dict` reads it back."""
@@ -373,6 +381,8 @@ class SyncState:
         }
         if self.running is not None:  # absent, not null, when no run is open: older states read the same
             data["running"] = self.running.to_dict()
+        if self.skips_logged:  # absent when empty, as running is
+            data["skips_logged"] = dict(self.skips_logged)
         return data
 
     @classmethod
@@ -411,11 +421,19 @@ class SyncState:
             hold = None if hold_data is None else Hold.from_dict(hold_data)
             running_data = data.get("running")
             running = None if running_data is None else RunningImport.from_dict(running_data)
+            skips_logged = data.get("skips_logged") or {}
+            if not isinstance(skips_logged, Mapping) or not all(
+                isinstance(key, str) and isinstance(value, str) for key, value in skips_logged.items()
+            ):
+                raise ValueError("skips_logged: expected an object of external id -> text")
         except ConfigError as error:
             raise ConfigError([f"{where}: {problem}" for problem in error.problems]) from None
         except (ValueError, TypeError, KeyError) as error:
             raise ConfigError(f"{where}: unreadable ({error})") from None
-        return cls(hold=hold, baselines=baselines, left_scope=left_scope, delta=dict(delta), running=running)
+        return cls(
+            hold=hold, baselines=baselines, left_scope=left_scope, delta=dict(delta), running=running,
+            skips_logged=skips_logged,
+        )
 
 
 @runtime_checkable
