@@ -1,12 +1,23 @@
-"""Test doubles that wrap the shipped ones to inject faults, and an independent oracle."""
+"""The set-up test modules share, test doubles that wrap the shipped ones to inject faults, and an
+independent oracle."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from calm_azure_sync import DirectoryUser, InMemoryDirectory, Role, SyncConfig
+from calm_azure_sync import Actor, DirectoryUser, InMemoryDirectory, Role, Site, SyncConfig, TrustHierarchy
 from calm_azure_sync.model import email_key
+
+# The actor of the tests' own runs, and the trust hierarchies several modules
+# declare alike (each named by its sites' names; a module whose sites differ
+# keeps its own). A TrustHierarchy is frozen, so one value serves them all.
+SYSTEM = Actor.system("tests")
+OAK_TRUST_BIRCH_HIGH = TrustHierarchy([Site("oak", "Oak Trust"), Site("birch", "Birch High", "oak")])
+OAK_TRUST_BIRCH = TrustHierarchy([Site("oak", "Oak Trust"), Site("birch", "Birch", "oak")])
+OAK_TRUST_BIRCH_ASH = TrustHierarchy([Site("oak", "Oak Trust"), Site("birch", "Birch", "oak"), Site("ash", "Ash", "oak")])
+OAK_BIRCH = TrustHierarchy([Site("oak", "Oak"), Site("birch", "Birch", "oak")])
+OAK_BIRCH_ASH = TrustHierarchy([Site("oak", "Oak"), Site("birch", "Birch", "oak"), Site("ash", "Ash", "oak")])
 
 
 class FlakyDirectory:

@@ -19,23 +19,19 @@ from pathlib import Path
 import pytest
 
 from calm_azure_sync import (
-    Actor,
     AuditKind,
     GroupMapping,
     InMemoryDirectory,
     Reconciler,
     RemovalPolicy,
-    Site,
     SqliteAuditSink,
     SqliteUserStore,
     SyncConfig,
-    TrustHierarchy,
 )
 
-from .helpers import kill_during_apply
+from .helpers import OAK_TRUST_BIRCH_HIGH as HIERARCHY
+from .helpers import SYSTEM, kill_during_apply
 
-SYSTEM = Actor.system("tests")
-HIERARCHY = TrustHierarchy([Site("oak", "Oak Trust"), Site("birch", "Birch High", "oak")])
 STAFF = [f"u{i:02d}" for i in range(12)]
 
 # The child imports ``fixture`` with ``mode``; its progress callback prints each
