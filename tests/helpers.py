@@ -177,9 +177,9 @@ of 25 and prints the reconciler's progress, for :func:`kill_during_apply`.
 """
 
 
-def kill_during_apply(script: str, args: Sequence[str], kill_after: int) -> bool:
+def kill_during_apply(script: str, args: Sequence[str], kill_after: int | None) -> bool:
     """Run ``script`` (``python -c``; usually :data:`CRASH_CHILD`) with ``args``; SIGKILL it once it has
-    applied ``kill_after`` changes.
+    applied ``kill_after`` changes (None: every change of the apply stage).
 
     The script prints the reconciler's progress (``stage done total``) a line
     at a time. True if the child was killed (False: it finished first).
@@ -199,7 +199,10 @@ def kill_during_apply(script: str, args: Sequence[str], kill_after: int) -> bool
     killed = False
     for line in child.stdout:
         stage, *rest = line.split()
-        if stage == "apply" and int(rest[0]) >= kill_after:
+        if stage != "apply" or rest[1] == "None":
+            continue
+        done, total = int(rest[0]), int(rest[1])
+        if done >= (total if kill_after is None else kill_after):
             child.send_signal(signal.SIGKILL)
             killed = True
             break
