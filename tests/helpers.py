@@ -1,12 +1,23 @@
-"""Test doubles that wrap the shipped ones to inject faults, and an independent oracle."""
+"""The set-up test modules share, test doubles that wrap the shipped ones to inject faults, and an
+independent oracle."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from calm_azure_sync import DirectoryUser, InMemoryDirectory, Role, SyncConfig
+from calm_azure_sync import Actor, DirectoryUser, InMemoryDirectory, Role, Site, SyncConfig, TrustHierarchy
 from calm_azure_sync.model import email_key
+
+# The actor of the tests' own runs, and the trust hierarchies several modules
+# declare alike (each named by its sites' names; a module whose sites differ
+# keeps its own). A TrustHierarchy is frozen, so one value serves them all.
+SYSTEM = Actor.system("tests")
+OAK_TRUST_BIRCH_HIGH = TrustHierarchy([Site("oak", "Oak Trust"), Site("birch", "Birch High", "oak")])
+OAK_TRUST_BIRCH = TrustHierarchy([Site("oak", "Oak Trust"), Site("birch", "Birch", "oak")])
+OAK_TRUST_BIRCH_ASH = TrustHierarchy([Site("oak", "Oak Trust"), Site("birch", "Birch", "oak"), Site("ash", "Ash", "oak")])
+OAK_BIRCH = TrustHierarchy([Site("oak", "Oak"), Site("birch", "Birch", "oak")])
+OAK_BIRCH_ASH = TrustHierarchy([Site("oak", "Oak"), Site("birch", "Birch", "oak"), Site("ash", "Ash", "oak")])
 
 
 class FlakyDirectory:
@@ -166,9 +177,9 @@ of 25 and prints the reconciler's progress, for :func:`kill_during_apply`.
 """
 
 
-def kill_during_apply(script: str, args: Sequence[str], kill_after: int) -> bool:
+def kill_during_apply(script: str, args: Sequence[str], kill_after: int | None) -> bool:
     """Run ``script`` (``python -c``; usually :data:`CRASH_CHILD`) with ``args``; SIGKILL it once it has
-    applied ``kill_after`` changes.
+    applied ``kill_after`` changes (None: every change of the apply stage).
 
     The script prints the reconciler's progress (``stage done total``) a line
     at a time. True if the child was killed (False: it finished first).
@@ -188,7 +199,10 @@ def kill_during_apply(script: str, args: Sequence[str], kill_after: int) -> bool
     killed = False
     for line in child.stdout:
         stage, *rest = line.split()
-        if stage == "apply" and int(rest[0]) >= kill_after:
+        if stage != "apply" or rest[1] == "None":
+            continue
+        done, total = int(rest[0]), int(rest[1])
+        if done >= (total if kill_after is None else kill_after):
             child.send_signal(signal.SIGKILL)
             killed = True
             break

@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 from calm_azure_sync import (
-    Actor,
     Attention,
     AuditEvent,
     AuditKind,
@@ -24,14 +23,13 @@ from calm_azure_sync import (
     InMemoryDirectory,
     InMemoryUserStore,
     Reconciler,
-    Site,
     SyncConfig,
-    TrustHierarchy,
 )
 from calm_azure_sync.testing.notify import SmtpServer, WebhookServer
 
-ACTOR = Actor.system("tests")
-HIERARCHY = TrustHierarchy([Site("oak", "Oak Trust"), Site("birch", "Birch High", "oak")])
+from .helpers import OAK_TRUST_BIRCH_HIGH as HIERARCHY
+from .helpers import SYSTEM as ACTOR
+
 STAFF = "10000000-0000-4000-8000-0000000000a1"
 CONFIG = SyncConfig("oak", [GroupMapping(STAFF, "birch", {"Risk": "Member"})])
 

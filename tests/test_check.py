@@ -16,7 +16,8 @@ from calm_azure_sync import (
     TrustHierarchy,
 )
 
-SYSTEM = Actor.system("tests")
+from .helpers import SYSTEM
+
 HIERARCHY = TrustHierarchy([Site("oak", "Oak"), Site("birch", "Birch", "oak"), Site("elm", "Elm")])
 
 

@@ -16,7 +16,6 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from calm_azure_sync import Actor as _Actor
 from calm_azure_sync import (
     DirectoryError,
     DirectoryUser,
@@ -35,9 +34,7 @@ from calm_azure_sync import (
 from calm_azure_sync.directory.in_memory import InMemoryDirectory as _Directory
 from calm_azure_sync.model import email_key
 
-from .helpers import FlakyDirectory, expected_access, synced_access_of
-
-SYSTEM = _Actor.system("tests")
+from .helpers import SYSTEM, FlakyDirectory, expected_access, synced_access_of
 
 USERS = [f"u{i}" for i in range(8)]
 GROUPS = ["g0", "g1", "g2", "g3"]

@@ -16,13 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from calm_azure_sync import Actor as _Actor
 from calm_azure_sync import InMemoryAuditSink, InMemoryDirectory, Reconciler, SqliteUserStore
 from calm_azure_sync.testing.synthetic import generate_tenant
 
-from .helpers import CRASH_CHILD, assert_whole, expected_access, kill_during_apply, synced_access_of
-
-SYSTEM = _Actor.system("tests")
+from .helpers import CRASH_CHILD, SYSTEM, assert_whole, expected_access, kill_during_apply, synced_access_of
 
 USERS = 1500
 KILLS = int(os.environ.get("CALM_CRASH_KILLS", "3"))

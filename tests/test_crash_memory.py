@@ -9,33 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from calm_azure_sync import (
-    Actor,
     AuditKind,
     GroupMapping,
     InMemoryDirectory,
     Reconciler,
     RemovalPolicy,
-    Site,
     SqliteAuditSink,
     SqliteUserStore,
     SyncConfig,
-    TrustHierarchy,
 )
 
-from .helpers import kill_during_apply
+from .helpers import OAK_TRUST_BIRCH_HIGH as HIERARCHY
+from .helpers import SYSTEM, kill_during_apply
 
-SYSTEM = Actor.system("tests")
-HIERARCHY = TrustHierarchy([Site("oak", "Oak Trust"), Site("birch", "Birch High", "oak")])
 STAFF = [f"u{i:02d}" for i in range(12)]
 
 # The child imports ``fixture`` with ``mode``; its progress callback prints each
@@ -88,26 +80,19 @@ async def _run(tmp_path: Path, fixture: dict, mode: str):
         return await reconciler.run(_config(mode), actor=SYSTEM)
 
 
-def _stalled_child(tmp_path: Path, fixture: dict, mode: str, stall: str = "all", batch: str = "5000") -> None:
-    """Run the child until every change (or ``stall`` many) is applied, then SIGKILL it before it can go on."""
+def _kill_child(
+    tmp_path: Path, fixture: dict, mode: str, kill_after: int | None, stall: str = "-", batch: str = "5000"
+) -> None:
+    """Run the child on ``fixture``; SIGKILL it once it has applied ``kill_after`` changes (None: all)."""
     fixture_path = tmp_path / "fixture.json"
     fixture_path.write_text(json.dumps(fixture))
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(tmp_path / "calm.db"), str(tmp_path / "log.db"), str(fixture_path),
-         mode, stall, batch],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert child.stdout is not None
-    killed = False
-    for line in child.stdout:
-        stage, *rest = line.split()
-        if stage == "apply" and rest[1] != "None" and int(rest[0]) >= (int(rest[1]) if stall == "all" else int(stall)):
-            child.send_signal(signal.SIGKILL)
-            killed = True
-            break
-    child.wait(timeout=60)
-    child.stdout.close()
-    assert killed, "the child finished before it could be killed"
+    args = [str(tmp_path / "calm.db"), str(tmp_path / "log.db"), str(fixture_path), mode, stall, batch]
+    assert kill_during_apply(CHILD, args, kill_after), "the child finished before it could be killed"
+
+
+def _stalled_child(tmp_path: Path, fixture: dict, mode: str, stall: str = "all", batch: str = "5000") -> None:
+    """Run the child until every change (or ``stall`` many) is applied, then SIGKILL it before it can go on."""
+    _kill_child(tmp_path, fixture, mode, None if stall == "all" else int(stall), stall, batch)
 
 
 def test_a_leaver_unassigned_just_before_a_kill_is_deactivated_once_deactivate_mode_is_on(tmp_path):
@@ -167,10 +152,7 @@ async def _log(tmp_path: Path):
 def test_a_run_killed_mid_import_is_closed_by_the_next_run_with_import_abandoned(tmp_path):
     fixture = _fixture(STAFF, extra=300)
     fixture["members"]["g-staff"] = STAFF + [f"x{i:03d}" for i in range(300)]
-    fixture_path = tmp_path / "fixture.json"
-    fixture_path.write_text(json.dumps(fixture))
-    args = [str(tmp_path / "calm.db"), str(tmp_path / "log.db"), str(fixture_path), "unassign", "-", "25"]
-    assert kill_during_apply(CHILD, args, 100)
+    _kill_child(tmp_path, fixture, "unassign", 100, batch="25")
     events = asyncio.run(_log(tmp_path))
     (started,) = [event for event in events if event.kind is AuditKind.IMPORT_STARTED]
     dead = started.run_id

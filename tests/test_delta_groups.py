@@ -20,8 +20,8 @@ from calm_azure_sync.incremental import apply_delta, snapshot_members
 from calm_azure_sync.testing.fake_graph import FakeGraphServer
 
 from .graph_helpers import directory_for, user
-from .helpers import synced_access_of
-from .test_incremental import CONFIG, SYSTEM, _comparable, fixture, reconciler
+from .helpers import SYSTEM, synced_access_of
+from .test_incremental import CONFIG, _comparable, fixture, reconciler
 
 pytestmark = pytest.mark.wire
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from calm_azure_sync import Actor as _Actor
 from calm_azure_sync import (
     GroupMapping,
     InMemoryAuditSink,
@@ -16,9 +15,7 @@ from calm_azure_sync import (
     InMemoryUserStore,
     Reconciler,
     RemovalPolicy,
-    Site,
     SyncConfig,
-    TrustHierarchy,
 )
 from calm_azure_sync.testing.directory_conformance import (
     LOOKUP_SAMPLE,
@@ -30,8 +27,8 @@ from calm_azure_sync.testing.directory_conformance import (
 from calm_azure_sync.testing.fake_graph import FakeGraphServer, Fault
 
 from .graph_helpers import directory_for
-
-SYSTEM = _Actor.system("tests")
+from .helpers import OAK_TRUST_BIRCH_HIGH as HIERARCHY
+from .helpers import SYSTEM
 
 pytestmark = pytest.mark.wire
 
@@ -108,7 +105,6 @@ def test_the_suite_catches_a_directory_that_answers_wrongly(fixture):
 
 # -- the reconciler end to end over the real SDK and the fake -------------------------
 
-HIERARCHY = TrustHierarchy([Site("oak", "Oak Trust"), Site("birch", "Birch High", "oak")])
 
 
 def config() -> SyncConfig:

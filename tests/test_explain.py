@@ -11,7 +11,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from calm_azure_sync import (
-    Actor,
     ConfigError,
     DirectoryGroup,
     DirectoryUser,
@@ -33,8 +32,8 @@ from calm_azure_sync.explain import nesting_paths
 from calm_azure_sync.testing.fake_graph import FakeGraphServer
 
 from .graph_helpers import directory_for
+from .helpers import SYSTEM as ACTOR
 
-ACTOR = Actor.system("tests")
 GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 
 CAROL = "00000000-0000-4000-8000-0000000000c1"

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from calm_azure_sync import Actor as _Actor
 from calm_azure_sync import (
     AuditKind,
     GroupMapping,
@@ -26,21 +25,17 @@ from calm_azure_sync import (
     InMemoryUserStore,
     Reconciler,
     RemovalPolicy,
-    Site,
     SyncConfig,
-    TrustHierarchy,
 )
 from calm_azure_sync.directory.graph import GraphDirectory, RetryPolicy
 from calm_azure_sync.testing.fake_graph import FakeGraphServer, Fault
 
 from .graph_helpers import FakeCredential, RecordingSleep, user
-from .helpers import expected_access, synced_access_of
-
-SYSTEM = _Actor.system("tests")
+from .helpers import OAK_TRUST_BIRCH_ASH as HIERARCHY
+from .helpers import SYSTEM, expected_access, synced_access_of
 
 pytestmark = pytest.mark.wire
 
-HIERARCHY = TrustHierarchy([Site("oak", "Oak Trust"), Site("birch", "Birch", "oak"), Site("ash", "Ash", "oak")])
 CONFIG = SyncConfig(
     "oak",
     [

@@ -33,7 +33,6 @@ import attrs
 import pytest
 
 import calm_azure_sync.sqlite.store as sqlite_module
-from calm_azure_sync import Actor as _Actor
 from calm_azure_sync import (
     AuditKind,
     ChangeResult,
@@ -48,9 +47,7 @@ from calm_azure_sync import (
 from calm_azure_sync.testing.synthetic import generate_tenant
 
 from .conftest import budget, scaled
-from .helpers import FailingSink, FlakyStore, expected_access, refused_only, synced_access_of
-
-SYSTEM = _Actor.system("tests")
+from .helpers import SYSTEM, FailingSink, FlakyStore, expected_access, refused_only, synced_access_of
 
 TRUST = "trust"
 USERS = 150

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from calm_azure_sync import (
-    Actor,
     AuditKind,
     GroupMapping,
     HoldScope,
@@ -39,9 +38,8 @@ from calm_azure_sync.plan import RemoveGroupMember, Unassign, is_removal
 from calm_azure_sync.planner import DirectorySnapshot, PlanContext, build_plan
 from calm_azure_sync.state import SyncState
 
-from .helpers import FlakyDirectory, synced_access_of
+from .helpers import SYSTEM, FlakyDirectory, synced_access_of
 
-SYSTEM = Actor.system("tests")
 HIERARCHY = TrustHierarchy(
     [Site("oak", "Oak Trust"), Site("birch", "Birch High", "oak"), Site("ash", "Ash Primary", "oak")]
 )

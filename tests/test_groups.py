@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from calm_azure_sync import (
-    Actor,
     AddGroupMember,
     AuditKind,
     DirectoryUser,
@@ -18,20 +17,19 @@ from calm_azure_sync import (
     RemoveGroupMember,
     RetireGroup,
     Role,
-    Site,
     SqliteUserStore,
     StoredUser,
     StoreState,
     SyncConfig,
     SyncedGroup,
-    TrustHierarchy,
     UpsertGroup,
 )
 from calm_azure_sync.planner import DirectorySnapshot, PlanContext, build_plan
 from calm_azure_sync.state import SyncState
 
-SYSTEM = Actor.system("tests")
-HIERARCHY = TrustHierarchy([Site("oak", "Oak"), Site("birch", "Birch", "oak"), Site("ash", "Ash", "oak")])
+from .helpers import OAK_BIRCH_ASH as HIERARCHY
+from .helpers import SYSTEM
+
 MAPPINGS = [
     GroupMapping("g-staff", "birch", {"Risk": "Member"}),
     GroupMapping("g-staff", "ash", {"Risk": "Member"}),

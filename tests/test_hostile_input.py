@@ -37,18 +37,15 @@ from calm_azure_sync import (
     TrustHierarchy,
     parse_consent_callback,
 )
-from calm_azure_sync import Actor as _Actor
 from calm_azure_sync.directory.graph import GraphDirectory
 from calm_azure_sync.model import email_key
 from calm_azure_sync.testing.fake_graph import FakeGraphServer, Fault
 
 from .conftest import budget, scaled
 from .graph_helpers import FAST_RETRY, FakeCredential, RecordingSleep, user
-from .helpers import expected_access, synced_access_of
+from .helpers import OAK_TRUST_BIRCH as HIERARCHY
+from .helpers import SYSTEM, expected_access, synced_access_of
 
-SYSTEM = _Actor.system("tests")
-
-HIERARCHY = TrustHierarchy([Site("oak", "Oak Trust"), Site("birch", "Birch", "oak")])
 CONFIG = SyncConfig(
     "oak",
     [GroupMapping("g-base", "birch", {"Risk": "Member"}), GroupMapping("g-hostile", "birch", {"Policies": "Manager"})],

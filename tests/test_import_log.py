@@ -28,7 +28,8 @@ from calm_azure_sync import (
     TrustHierarchy,
 )
 
-SYSTEM = Actor.system("tests")
+from .helpers import SYSTEM
+
 HIERARCHY = TrustHierarchy([
     Site("oak", "Oak Trust"), Site("birch", "Birch", "oak"), Site("elm", "Elm Trust"), Site("yew", "Yew", "elm"),
 ])

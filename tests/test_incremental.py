@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from calm_azure_sync import (
-    Actor,
     AuditKind,
     ConfigError,
     DirectoryError,
@@ -24,18 +23,15 @@ from calm_azure_sync import (
     InMemoryUserStore,
     Reconciler,
     RemovalPolicy,
-    Site,
     SyncConfig,
-    TrustHierarchy,
 )
 from calm_azure_sync.testing.fake_graph import FakeGraphServer
 
 from .conftest import budget
 from .graph_helpers import FakeCredential
-from .helpers import synced_access_of
+from .helpers import OAK_BIRCH_ASH as HIERARCHY
+from .helpers import SYSTEM, synced_access_of
 
-SYSTEM = Actor.system("tests")
-HIERARCHY = TrustHierarchy([Site("oak", "Oak"), Site("birch", "Birch", "oak"), Site("ash", "Ash", "oak")])
 MAPPINGS = [
     GroupMapping("g0", "birch", {"Risk": "Member"}),
     GroupMapping("g1", "birch", {"Risk": "Manager", "Policies": "Member"}),

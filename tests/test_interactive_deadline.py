@@ -31,18 +31,17 @@ from calm_azure_sync import (
     InMemoryDirectory,
     InMemoryUserStore,
     Reconciler,
-    Site,
     SyncConfig,
-    TrustHierarchy,
 )
 from calm_azure_sync.directory._deadline import answer_within, current_deadline
 from calm_azure_sync.directory.graph import RetryPolicy
 from calm_azure_sync.testing import FakeCredential, FakeGraphServer
 
+from .helpers import OAK_TRUST_BIRCH as HIERARCHY
+
 pytestmark = pytest.mark.wire
 
 ADMIN = Actor.system("screen")
-HIERARCHY = TrustHierarchy([Site("oak", "Oak Trust"), Site("birch", "Birch", "oak")])
 
 
 def _config(groups: int = 1) -> SyncConfig:

@@ -21,17 +21,16 @@ from calm_azure_sync import (
     InMemoryUserStore,
     Reconciler,
     RemovalPolicy,
-    Site,
     SyncConfig,
-    TrustHierarchy,
 )
+
+from .helpers import OAK_TRUST_BIRCH_HIGH as HIERARCHY
 
 GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 TITLE = re.compile(r'\stitle="[^"]*"')
 ACTOR = Actor.system("nightly")
 STAFF = "10000000-0000-4000-8000-0000000000a1"
 SLT = "10000000-0000-4000-8000-0000000000a3"
-HIERARCHY = TrustHierarchy([Site("oak", "Oak Trust"), Site("birch", "Birch High", "oak")])
 CONFIG = SyncConfig(
     "oak",
     [GroupMapping(STAFF, "birch", {"Risk": "Member"}), GroupMapping(SLT, "birch", {"Risk": "Manager"})],

@@ -18,7 +18,6 @@ import attrs
 import pytest
 
 from calm_azure_sync import (
-    Actor,
     DeltaCacheStore,
     DirectoryUser,
     GroupMapping,
@@ -26,15 +25,14 @@ from calm_azure_sync import (
     InMemoryDirectory,
     InMemoryUserStore,
     Reconciler,
-    Site,
     SyncConfig,
-    TrustHierarchy,
 )
 from calm_azure_sync.incremental import DeltaCache, cache_write
 from calm_azure_sync.incremental._rows import USER_COLUMNS
 from calm_azure_sync.testing._store_conformance_delta import sample_cache
 
-from .helpers import synced_access_of
+from .helpers import OAK_BIRCH as HIERARCHY
+from .helpers import SYSTEM, synced_access_of
 
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
 
@@ -364,7 +362,6 @@ async def test_any_write_loads_back_as_applied_to_says_even_overlapping_ones(sto
 
 # -- through the reconciler ------------------------------------------------------------
 
-HIERARCHY = TrustHierarchy([Site("oak", "Oak"), Site("birch", "Birch", "oak")])
 CONFIG = SyncConfig("oak", [GroupMapping("g0", "birch", {"Risk": "Member"}), GroupMapping("g1", "birch", {"Risk": "Manager"})])
 
 
@@ -385,9 +382,8 @@ def _reconciler(directory: InMemoryDirectory, store: Any) -> Reconciler:
 async def test_runs_over_postgres_keep_the_cache_in_tables_and_end_where_a_full_run_ends(
     store: PostgresUserStore, postgres_url: str
 ) -> None:
-    system = Actor.system("tests")
     directory = _directory()
-    first = await _reconciler(directory, store).run(CONFIG, actor=system)
+    first = await _reconciler(directory, store).run(CONFIG, actor=SYSTEM)
     assert first.ok and first.mode == "full", first.mode_reason
     assert (await store.load_state("oak")).delta == {}  # no JSON copy: the tables hold it
     members = _sql(postgres_url, f'SELECT group_id, member_id FROM "{store.schema}".delta_members ORDER BY 1, 2')
@@ -395,15 +391,15 @@ async def test_runs_over_postgres_keep_the_cache_in_tables_and_end_where_a_full_
     directory.add_member("nested", "u5")
     directory.remove_member("g1", "u3")
     directory.put_user(attrs.evolve(directory.users["u0"], display_name="Renamed"))
-    second = await _reconciler(directory, store).run(CONFIG, actor=system)
+    second = await _reconciler(directory, store).run(CONFIG, actor=SYSTEM)
     assert second.ok and second.mode == "incremental", second.mode_reason
     fresh = InMemoryUserStore()
-    assert (await _reconciler(directory, fresh).run(CONFIG, actor=system)).mode == "full"
+    assert (await _reconciler(directory, fresh).run(CONFIG, actor=SYSTEM)).mode == "full"
     assert synced_access_of(await store.load("oak")) == synced_access_of(await fresh.load("oak"))
     # Unreadable rows: the next run reads in full and rebuilds them; the one after is incremental again.
     _sql(postgres_url, f'UPDATE "{store.schema}".delta_meta SET version = 7')
     directory.add_member("g1", "u6")
-    third = await _reconciler(directory, store).run(CONFIG, actor=system)
+    third = await _reconciler(directory, store).run(CONFIG, actor=SYSTEM)
     assert third.ok and third.mode == "full" and third.mode_reason == "no usable delta state yet"
     assert "u6" in synced_access_of(await store.load("oak"))
-    assert (await _reconciler(directory, store).run(CONFIG, actor=system)).mode == "incremental"
+    assert (await _reconciler(directory, store).run(CONFIG, actor=SYSTEM)).mode == "incremental"

@@ -23,27 +23,23 @@ from pathlib import Path
 import pytest
 
 from calm_azure_sync import (
-    Actor,
     AuditKind,
     GroupMapping,
     InMemoryAuditSink,
     InMemoryDirectory,
     Reconciler,
-    Site,
     StoreError,
     SyncConfig,
-    TrustHierarchy,
 )
 
-from .helpers import synced_access_of
+from .helpers import OAK_TRUST_BIRCH_HIGH as HIERARCHY
+from .helpers import SYSTEM, synced_access_of
 from .test_run_lock_fencing import fixture, gated, own_entries
 
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
 
 from calm_azure_sync.postgres import PostgresUserStore  # noqa: E402
 
-SYSTEM = Actor.system("tests")
-HIERARCHY = TrustHierarchy([Site("oak", "Oak Trust"), Site("birch", "Birch High", "oak")])
 CONFIG = SyncConfig("oak", [GroupMapping("g-staff", "birch", {"Risk": "Member"})])
 SERVICES = Path(__file__).resolve().parent.parent / ".ci" / "services.sh"
 

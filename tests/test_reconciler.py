@@ -31,11 +31,16 @@ from calm_azure_sync import (
     TrustHierarchy,
     Unassign,
 )
-from calm_azure_sync import Actor as _Actor
 
-from .helpers import FailingSink, FlakyDirectory, FlakyStore, expected_access, refused_only, synced_access_of
-
-SYSTEM = _Actor.system("tests")
+from .helpers import (
+    SYSTEM,
+    FailingSink,
+    FlakyDirectory,
+    FlakyStore,
+    expected_access,
+    refused_only,
+    synced_access_of,
+)
 
 HIERARCHY = TrustHierarchy([Site("oak", "Oak Trust"), Site("birch", "Birch High", "oak"), Site("ash", "Ash", "oak")])
 ADMIN = Actor("head", {"oak"})

@@ -14,26 +14,22 @@ from pathlib import Path
 import pytest
 
 from calm_azure_sync import (
-    Actor,
     AuditKind,
     GroupMapping,
     InMemoryAuditSink,
     InMemoryDirectory,
     Reconciler,
     RunLockLostError,
-    Site,
     SqliteUserStore,
     SyncConfig,
     SyncState,
-    TrustHierarchy,
 )
 from calm_azure_sync.incremental import cache_write
 from calm_azure_sync.plan import CreateUser
 
-from .helpers import synced_access_of
+from .helpers import OAK_TRUST_BIRCH_HIGH as HIERARCHY
+from .helpers import SYSTEM, synced_access_of
 
-SYSTEM = Actor.system("tests")
-HIERARCHY = TrustHierarchy([Site("oak", "Oak Trust"), Site("birch", "Birch High", "oak")])
 CONFIG = SyncConfig("oak", [GroupMapping("g-staff", "birch", {"Risk": "Member"})])
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from calm_azure_sync import (
-    Actor,
     AuditKind,
     GraphDirectory,
     GroupMapping,
@@ -16,18 +15,15 @@ from calm_azure_sync import (
     InMemoryUserStore,
     Reconciler,
     RemovalPolicy,
-    Site,
     SqliteUserStore,
     SyncConfig,
-    TrustHierarchy,
 )
 from calm_azure_sync.testing.fake_graph import FakeGraphServer
 
 from .graph_helpers import FakeCredential
-from .helpers import synced_access_of
+from .helpers import OAK_TRUST_BIRCH_ASH as HIERARCHY
+from .helpers import SYSTEM, synced_access_of
 
-SYSTEM = Actor.system("tests")
-HIERARCHY = TrustHierarchy([Site("oak", "Oak Trust"), Site("birch", "Birch", "oak"), Site("ash", "Ash", "oak")])
 CONFIG = SyncConfig(
     "oak",
     [GroupMapping("g-staff", "birch", {"Risk": "Member"}), GroupMapping("g-it", "ash", {"IT": "Admin"})],

@@ -37,7 +37,6 @@ from calm_azure_sync import (
     authorize,
     parse_consent_callback,
 )
-from calm_azure_sync import Actor as _Actor
 from calm_azure_sync.directory.graph import GraphDirectory
 from calm_azure_sync.testing.fake_graph import FakeGraphServer, Fault
 
@@ -51,9 +50,7 @@ from .graph_helpers import (
     RecordingSleep,
     user,
 )
-from .helpers import refused_only
-
-SYSTEM = _Actor.system("tests")
+from .helpers import SYSTEM, refused_only
 
 SITES = [
     Site("oak", "Oak Trust"), Site("birch", "Birch", "oak"), Site("ash", "Ash", "birch"),

@@ -13,7 +13,6 @@ import attrs
 import pytest
 
 from calm_azure_sync import (
-    Actor,
     ExclusionPolicy,
     InMemoryAuditSink,
     InMemoryDirectory,
@@ -26,10 +25,8 @@ from calm_azure_sync import (
 from calm_azure_sync.model import Role
 from calm_azure_sync.plan import Unassign
 
-from .helpers import synced_access_of
+from .helpers import SYSTEM, synced_access_of
 from .test_incremental import CONFIG, HIERARCHY, Clock, fixture
-
-SYSTEM = Actor.system("tests")
 
 
 class CountingStore(InMemoryUserStore):

@@ -21,16 +21,15 @@ from calm_azure_sync import (
     InMemoryUserStore,
     JsonlAuditSink,
     Reconciler,
-    Site,
     SqliteAuditSink,
     SyncConfig,
     SyncStatus,
-    TrustHierarchy,
 )
 from calm_azure_sync.status import FAILURE_STREAK, runs_from_log
 
-ACTOR = Actor.system("tests")
-HIERARCHY = TrustHierarchy([Site("oak", "Oak Trust"), Site("birch", "Birch High", "oak")])
+from .helpers import OAK_TRUST_BIRCH_HIGH as HIERARCHY
+from .helpers import SYSTEM as ACTOR
+
 STAFF = "10000000-0000-4000-8000-0000000000a1"
 
 

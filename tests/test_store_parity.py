@@ -281,15 +281,9 @@ async def test_rows_written_before_the_postgres_text_codec_read_back_as_written(
 async def test_an_import_of_text_with_nul_is_whole_and_the_next_run_reads_incrementally(store: Any) -> None:
     """The symptom on PostgreSQL: the group and its memberships failed, the user was never created,
     and the delta cache was dropped every run (so every run read in full)."""
-    from calm_azure_sync import (
-        Actor,
-        GroupMapping,
-        InMemoryDirectory,
-        Reconciler,
-        Site,
-        SyncConfig,
-        TrustHierarchy,
-    )
+    from calm_azure_sync import GroupMapping, InMemoryDirectory, Reconciler, SyncConfig
+
+    from .helpers import OAK_BIRCH, SYSTEM
 
     directory = InMemoryDirectory.from_dict({
         "users": [
@@ -300,14 +294,12 @@ async def test_an_import_of_text_with_nul_is_whole_and_the_next_run_reads_increm
         "groups": [{"id": "g\x00staff", "displayName": "Staff\x00"}],
         "members": {"g\x00staff": ["u\x001", "u2"]},
     })
-    hierarchy = TrustHierarchy([Site("oak", "Oak"), Site("birch", "Birch", "oak")])
     config = SyncConfig("oak", [GroupMapping("g\x00staff", "birch", {"Risk": "Member"})])
-    system = Actor.system("tests")
 
     def reconciler() -> Reconciler:
-        return Reconciler(directory, store, InMemoryAuditSink(), hierarchy, clock=lambda: T0)
+        return Reconciler(directory, store, InMemoryAuditSink(), OAK_BIRCH, clock=lambda: T0)
 
-    first = await reconciler().run(config, actor=system)
+    first = await reconciler().run(config, actor=SYSTEM)
     assert first.ok and first.mode == "full", (first.errors, first.mode_reason)
     state = await store.load("oak")
     assert {user.external_id: user.display_name for user in state.users.values()} == {
@@ -317,6 +309,6 @@ async def test_an_import_of_text_with_nul_is_whole_and_the_next_run_reads_increm
     assert state.group_members == {"g\x00staff": frozenset({"u\x001", "u2"})}
     assert set(state.synced_access) == {"u\x001", "u2"}
     directory.remove_member("g\x00staff", "u2")
-    second = await reconciler().run(config, actor=system)
+    second = await reconciler().run(config, actor=SYSTEM)
     assert second.ok and second.mode == "incremental", (second.errors, second.mode_reason)
     assert (await store.load("oak")).group_members == {"g\x00staff": frozenset({"u\x001"})}
