@@ -44,6 +44,7 @@ from calm_azure_sync import (
     RemovalPolicy,
     SqliteUserStore,
 )
+from calm_azure_sync.sqlite._lock import process_host
 from calm_azure_sync.testing.synthetic import generate_tenant
 
 from .conftest import budget, scaled
@@ -262,7 +263,7 @@ def test_sigkill_at_random_statements_leaves_every_user_before_or_after_and_the_
             assert synced_access_of(state) == expected_access(InMemoryDirectory.from_dict(new), CONFIG)
         if left_locked:
             with figures.case("Store: lock left by a dead process"):
-                assert left_locked[0][1] == sqlite_module._process_host()  # and recovered above
+                assert left_locked[0][1] == process_host()  # and recovered above
 
 
 async def _load(path: Path) -> Any:
@@ -339,7 +340,7 @@ async def test_a_lock_left_behind_is_recovered_only_when_its_holder_is_gone(
     path = tmp_path / "calm.db"
     await _load(path)
     pid = _dead_pid() if holder.startswith("dead") else os.getpid()
-    hostname = sqlite_module._process_host() if holder.endswith("this-host") else "other-host"
+    hostname = process_host() if holder.endswith("this-host") else "other-host"
     _plant_lock(path, pid=pid, hostname=hostname, expires_in=-1 if "ended" in holder else 3600)
     with figures.case("Store: lock left by a dead process"):
         audit = InMemoryAuditSink()

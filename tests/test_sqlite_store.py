@@ -34,6 +34,7 @@ from calm_azure_sync import (
 )
 from calm_azure_sync.plan import Change
 from calm_azure_sync.sqlite._db import open_sqlite
+from calm_azure_sync.sqlite._lock import process_host
 
 TRUST = "trust-oak"
 MODULES = ("risk", "policies", "incidents")
@@ -189,7 +190,7 @@ async def test_a_lock_whose_holder_was_killed_is_taken_over(store: SqliteUserSto
     async with store.run_lock(TRUST):
         rows = await asyncio.to_thread(_lock_rows, tmp_path / "calm.db")
         assert [(pid, hostname) for _holder, pid, hostname, _expires in rows] == [
-            (os.getpid(), sqlite_module._process_host())
+            (os.getpid(), process_host())
         ]
     assert await asyncio.to_thread(_lock_rows, tmp_path / "calm.db") == []
 
@@ -226,7 +227,7 @@ async def test_a_lock_left_by_a_dead_pid_on_this_host_is_recovered(
 ) -> None:
     await store.load(TRUST)  # creates the schema
     _plant_lock(
-        tmp_path / "calm.db", pid=_dead_pid(), hostname=sqlite_module._process_host(), expires_in=dt.timedelta(hours=1)
+        tmp_path / "calm.db", pid=_dead_pid(), hostname=process_host(), expires_in=dt.timedelta(hours=1)
     )
     async with store.run_lock(TRUST):
         pass

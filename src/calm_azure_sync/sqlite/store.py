@@ -62,8 +62,6 @@ from ._db import Fence, ThreadedConnection, write_transaction
 from ._lock import acquire_lock as _acquire_lock
 from ._lock import check_holder as _check_holder
 from ._lock import fence as _lock_fence
-from ._lock import pid_alive as pid_alive
-from ._lock import process_host as _process_host  # noqa: F401 - the old private name
 from ._lock import release_lock as _release_lock
 from ._lock import renew_lock as _renew_lock
 from ._read import load_state as _load_state

@@ -7,6 +7,6 @@ re-exports its public names.
 
 from __future__ import annotations
 
-from ..sqlite.store import SCHEMA_VERSION, SqliteUserStore, pid_alive
+from ..sqlite.store import SCHEMA_VERSION, SqliteUserStore
 
-__all__ = ["SCHEMA_VERSION", "SqliteUserStore", "pid_alive"]
+__all__ = ["SCHEMA_VERSION", "SqliteUserStore"]
