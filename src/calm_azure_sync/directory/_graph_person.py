@@ -74,17 +74,11 @@ async def _pages(
         if not 200 <= response.status_code < 300:
             raise self._status_error(response, operation=operation, group_id=None, permissions=permissions)
         page = json_object(response.content, operation, status=response.status_code, response=response)
-        values = page.get("value")
-        if not isinstance(values, list) or any(type(item) is not dict for item in values):
-            raise DirectoryError(f"{operation}: Graph's answer has no 'value' list of objects", code="invalid_response")
+        values, next_link = self._turn_page(page, followed, operation)
         yield values
-        next_link = page.get("@odata.nextLink")
         if next_link is None:
             return
-        url = self._check_next_link(next_link, operation)
-        if url in followed:
-            raise DirectoryError(f"{operation}: Graph returned the same next link twice", code="invalid_response")
-        followed.add(url)
+        url = next_link
 
 
 async def users_by_email(self: GraphDirectory, email: str) -> Sequence[DirectoryUser]:

@@ -391,20 +391,10 @@ class GraphDirectory(AsyncClosing):
         followed: set[str] = set()
         while True:
             page = await self._get_json(request, operation=operation, group_id=group_id)
-            values = page.get("value")
-            if not isinstance(values, list):
-                raise DirectoryError(f"{operation}: Graph's answer has no 'value' list", code="invalid_response")
-            for item in values:
-                if type(item) is not dict:
-                    raise DirectoryError(f"{operation}: Graph returned a non-object item", code="invalid_response")
+            values, next_link = self._turn_page(page, followed, operation)
             yield values
-            next_link = page.get("@odata.nextLink")
             if next_link is None:
                 return
-            next_link = self._check_next_link(next_link, operation)
-            if next_link in followed:
-                raise DirectoryError(f"{operation}: Graph returned the same next link twice", code="invalid_response")
-            followed.add(next_link)
             request = builder.with_url(next_link).to_get_request_information(
                 self._configuration(None, headers, options)
             )
@@ -415,6 +405,28 @@ class GraphDirectory(AsyncClosing):
         for name, value in headers.items():
             configuration.headers.add(name, value)
         return configuration
+
+    def _turn_page(
+        self, page: Mapping[str, Any], followed: set[str], operation: str
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page's items (each an object) and its checked next link, ``None`` on the last page.
+
+        A next link seen before is a loop: refused, never followed for ever.
+        """
+        values = page.get("value")
+        if not isinstance(values, list):
+            raise DirectoryError(f"{operation}: Graph's answer has no 'value' list", code="invalid_response")
+        for item in values:
+            if type(item) is not dict:
+                raise DirectoryError(f"{operation}: Graph returned a non-object item", code="invalid_response")
+        next_link = page.get("@odata.nextLink")
+        if next_link is None:
+            return values, None
+        url = self._check_next_link(next_link, operation)
+        if url in followed:
+            raise DirectoryError(f"{operation}: Graph returned the same next link twice", code="invalid_response")
+        followed.add(url)
+        return values, url
 
     def _check_next_link(self, link: object, operation: str) -> str:
         if not isinstance(link, str) or not link:
