@@ -23,8 +23,8 @@ from benchmarks._common import child_json, peak_rss_mb, print_table
 
 def _measure(kind: str, size: int, repeats: int, mirror_groups: bool = False) -> dict[str, Any]:
     from calm_azure_sync import InMemoryDirectory, Role, StoredUser, StoreState, SyncedGroup
-    from calm_azure_sync.plan import AddGroupMember, UpsertGroup
-    from calm_azure_sync.planner import DirectorySnapshot, PlanContext, build_plan
+    from calm_azure_sync.core.plan import AddGroupMember, UpsertGroup
+    from calm_azure_sync.core.planner import DirectorySnapshot, PlanContext, build_plan
     from calm_azure_sync.testing.synthetic import generate_tenant
 
     context = PlanContext(mirror_groups=True) if mirror_groups else None

@@ -13,11 +13,11 @@ import sys
 import time
 
 from calm_azure_sync import InMemoryDirectory, StoredUser, StoreState
-from calm_azure_sync.planner import DirectorySnapshot, build_plan
+from calm_azure_sync.core.planner import DirectorySnapshot, build_plan
 from calm_azure_sync.testing.synthetic import generate_tenant
 
 try:
-    from calm_azure_sync.planner import PlanContext
+    from calm_azure_sync.core.planner import PlanContext
 except ImportError:
     PlanContext = None
 size, repeats, mirror = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"

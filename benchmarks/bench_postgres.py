@@ -52,8 +52,8 @@ async def _measure(kind: str, size: int, batch_size: int, conninfo: str) -> dict
     from psycopg.conninfo import make_conninfo
 
     from calm_azure_sync import Actor, InMemoryAuditSink, InMemoryDirectory, Reconciler, StoreState
-    from calm_azure_sync.plan import Assign, CreateUser
-    from calm_azure_sync.planner import DirectorySnapshot, PlanContext, build_plan
+    from calm_azure_sync.core.plan import Assign, CreateUser
+    from calm_azure_sync.core.planner import DirectorySnapshot, PlanContext, build_plan
     from calm_azure_sync.postgres import PostgresUserStore
     from calm_azure_sync.store.sqlite import SqliteUserStore
     from calm_azure_sync.testing.synthetic import generate_tenant

@@ -75,8 +75,8 @@ async def _measure(kind: str, size: int, batch_size: int) -> dict[str, Any]:
         Reconciler,
         StoreState,
     )
-    from calm_azure_sync.plan import AddGroupMember, Assign, CreateUser
-    from calm_azure_sync.planner import DirectorySnapshot, PlanContext, build_plan
+    from calm_azure_sync.core.plan import AddGroupMember, Assign, CreateUser
+    from calm_azure_sync.core.planner import DirectorySnapshot, PlanContext, build_plan
     from calm_azure_sync.store.sqlite import SqliteUserStore
     from calm_azure_sync.testing.synthetic import generate_tenant
 

@@ -26,8 +26,8 @@ from calm_azure_sync import (
     UpdateUser,
     UpsertGroup,
 )
-from calm_azure_sync.plan import UserLabel
-from calm_azure_sync.report import ImportReport
+from calm_azure_sync.core.plan import UserLabel
+from calm_azure_sync.review.report import ImportReport
 
 ATTACK = "<script>alert('x')</script>"
 

@@ -68,7 +68,7 @@ from calm_azure_sync import (
     SyncConfig,
     TrustHierarchy,
 )
-from calm_azure_sync.plan import change_to_dict
+from calm_azure_sync.core.plan import change_to_dict
 from calm_azure_sync.testing.fake_graph import FakeGraphServer, Fault
 
 from . import soak_checks as checks

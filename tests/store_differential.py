@@ -60,8 +60,8 @@ from calm_azure_sync import (
     UpdateUser,
     UpsertGroup,
 )
+from calm_azure_sync.core.plan import Change
 from calm_azure_sync.incremental import DeltaCache, cache_write
-from calm_azure_sync.plan import Change
 
 StoreFactory = Callable[[AsyncExitStack], Awaitable[Any]]
 """Opens one fresh, empty store for an example (closing it through the exit stack)."""

@@ -287,13 +287,13 @@ class SyncMachine(RuleBasedStateMachine):
 
 
 def _is_removal(change):
-    from calm_azure_sync.plan import is_removal
+    from calm_azure_sync.core.plan import is_removal
 
     return is_removal(change)
 
 
 def _slot(change):
-    from calm_azure_sync.plan import removal_slot
+    from calm_azure_sync.core.plan import removal_slot
 
     return removal_slot(change)
 

@@ -204,7 +204,7 @@ def test_the_running_mark_round_trips_and_is_absent_from_a_state_without_one():
     import datetime as dt
 
     from calm_azure_sync import ConfigError, SyncState
-    from calm_azure_sync.state import RunningImport
+    from calm_azure_sync.core.state import RunningImport
     from calm_azure_sync.store.rules import state_from_json, state_to_json
 
     assert "running" not in SyncState().to_dict()  # older states read the same, and are written the same

@@ -33,10 +33,10 @@ from calm_azure_sync import (
     RemovedUser,
     SyncConfig,
 )
+from calm_azure_sync.core.state import SyncState
 from calm_azure_sync.directory._graph_delta import MemberChanges, merge_group_items, merge_user_items
 from calm_azure_sync.directory._items import member_item, user_item
 from calm_azure_sync.incremental.reader import DirectoryReader
-from calm_azure_sync.state import SyncState
 from calm_azure_sync.testing.fake_graph import FakeGraph, FakeGraphServer, Fault
 
 from .conftest import budget

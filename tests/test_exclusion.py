@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from calm_azure_sync import ConfigError, DirectoryUser, ExclusionPolicy, ExclusionSuggestion, SyncConfig
-from calm_azure_sync._glob import Glob
-from calm_azure_sync.autodetect import _hits, _surely_no_rule_word, _words
+from calm_azure_sync.policies._glob import Glob
+from calm_azure_sync.policies.autodetect import _hits, _surely_no_rule_word, _words
 
 DOMAIN = "birch.sch.uk"
 
@@ -400,10 +400,10 @@ def test_suggestions_are_sorted_by_email():
 
 
 def test_suggestions_come_from_autodetect_and_are_still_importable_from_exclusion():
-    # The reconciler and hosts import these from calm_azure_sync.exclusion;
+    # The reconciler and hosts import these from calm_azure_sync.policies.exclusion;
     # the classes live in autodetect since the module was split.
-    import calm_azure_sync.autodetect as autodetect
-    import calm_azure_sync.exclusion as exclusion
+    import calm_azure_sync.policies.autodetect as autodetect
+    import calm_azure_sync.policies.exclusion as exclusion
 
     assert exclusion.Suggestions is autodetect.Suggestions
     assert exclusion.ExclusionSuggestion is autodetect.ExclusionSuggestion is ExclusionSuggestion

@@ -28,7 +28,7 @@ from calm_azure_sync import (
     SyncConfig,
     TrustHierarchy,
 )
-from calm_azure_sync.explain import nesting_paths
+from calm_azure_sync.review.explain import nesting_paths
 from calm_azure_sync.testing.fake_graph import FakeGraphServer
 
 from .graph_helpers import directory_for

@@ -33,10 +33,10 @@ from calm_azure_sync import (
     SyncConfig,
     TrustHierarchy,
 )
+from calm_azure_sync.core.plan import RemoveGroupMember, Unassign, is_removal
+from calm_azure_sync.core.planner import DirectorySnapshot, PlanContext, build_plan
+from calm_azure_sync.core.state import SyncState
 from calm_azure_sync.errors import ConfigError
-from calm_azure_sync.plan import RemoveGroupMember, Unassign, is_removal
-from calm_azure_sync.planner import DirectorySnapshot, PlanContext, build_plan
-from calm_azure_sync.state import SyncState
 
 from .helpers import SYSTEM, FlakyDirectory, synced_access_of
 

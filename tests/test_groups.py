@@ -24,8 +24,8 @@ from calm_azure_sync import (
     SyncedGroup,
     UpsertGroup,
 )
-from calm_azure_sync.planner import DirectorySnapshot, PlanContext, build_plan
-from calm_azure_sync.state import SyncState
+from calm_azure_sync.core.planner import DirectorySnapshot, PlanContext, build_plan
+from calm_azure_sync.core.state import SyncState
 
 from .helpers import OAK_BIRCH_ASH as HIERARCHY
 from .helpers import SYSTEM

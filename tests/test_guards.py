@@ -16,9 +16,9 @@ from calm_azure_sync import (
     Unassign,
     UpdateUser,
 )
-from calm_azure_sync.guards import next_sync_state
-from calm_azure_sync.planner import DirectorySnapshot, PlanContext, build_plan
-from calm_azure_sync.state import SyncState
+from calm_azure_sync.core.guards import next_sync_state
+from calm_azure_sync.core.planner import DirectorySnapshot, PlanContext, build_plan
+from calm_azure_sync.core.state import SyncState
 from calm_azure_sync.store.protocol import ChangeResult
 
 RISK = ("birch", "Risk")

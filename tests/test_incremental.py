@@ -346,7 +346,7 @@ class DeltaAgainstFull(RuleBasedStateMachine):
     @rule(data=st.data())
     def take_a_synced_grant_away(self, data):
         # Behind the sync's back (another process, a person with a tool): every store loses the same grant.
-        from calm_azure_sync.plan import Unassign
+        from calm_azure_sync.core.plan import Unassign
 
         state = self.run(self.full.load("oak"))
         grants = sorted((e, key, role) for e, access in state.synced_access.items() for key, role in access.items())
@@ -381,7 +381,7 @@ class DeltaAgainstFull(RuleBasedStateMachine):
 
 def _comparable(changes):
     """Changes without the store's own user ids (each store makes its own)."""
-    from calm_azure_sync.plan import change_to_dict
+    from calm_azure_sync.core.plan import change_to_dict
 
     return sorted(sorted((k, str(v)) for k, v in change_to_dict(c).items() if k != "user_id") for c in changes)
 

@@ -231,11 +231,11 @@ def test_the_cycle_check_sees_imports_in_functions_and_not_type_checking_ones() 
         frozenset({"a.py", "b.py", "c.py"})
     ]
     assert _import_cycles({"a.py": {"b.py"}, "b.py": set()}) == []
-    # plan.py imports review only inside its methods, and state only under TYPE_CHECKING.
-    assert "review.py" in _imported_modules("plan.py")
-    assert "state.py" not in _imported_modules("plan.py")
+    # core/plan.py imports review only inside its methods, and state only under TYPE_CHECKING.
+    assert "review/__init__.py" in _imported_modules("core/plan.py")
+    assert "core/state.py" not in _imported_modules("core/plan.py")
     # "from . import review" is the module review, not the package; "from .incremental import X" the package.
-    assert "__init__.py" not in _imported_modules("plan.py")
+    assert "__init__.py" not in _imported_modules("core/plan.py")
     assert "incremental/__init__.py" in _imported_modules("__init__.py")
 
 
@@ -247,4 +247,53 @@ def test_the_directory_read_does_not_import_the_planner() -> None:
         if module not in reached:
             reached.add(module)
             pending.extend(_imported_modules(module))
-    assert "planner.py" not in reached and "guards.py" not in reached, sorted(reached)
+    assert "core/planner.py" not in reached and "core/guards.py" not in reached, sorted(reached)
+
+
+# ---------------------------------------------------------------------- the rooms import one way
+
+# What each room may import outside itself (docs/layout.md, "The rooms"); a path ending in "/" is a room.
+_PLUMBING = frozenset({"model.py", "errors.py", "_text.py", "_html.py", "_gc.py"})
+_ROOM_IMPORTS: dict[str, frozenset[str]] = {
+    "policies": _PLUMBING,
+    "core": _PLUMBING | {"policies/", "store/protocol.py", "audit/events.py"},
+    "review": _PLUMBING
+    | {"policies/", "core/", "store/protocol.py", "audit/events.py", "directory/protocol.py", "incremental/reader.py"},
+}
+# Plan's display methods import review inside the method; review imports core/changes.py, never core/plan.py.
+_AGAINST_THE_FLOW = frozenset({("core/plan.py", "review/__init__.py")})
+
+
+def _room_violations(imports: dict[str, set[str]]) -> list[str]:
+    wrong = []
+    for module, imported_modules in sorted(imports.items()):
+        room = module.split("/")[0]
+        allowed = _ROOM_IMPORTS.get(room)
+        if allowed is None or "/" not in module:
+            continue
+        for imported in sorted(imported_modules):
+            if imported.startswith(f"{room}/") or (module, imported) in _AGAINST_THE_FLOW:
+                continue
+            if imported in allowed or any(entry.endswith("/") and imported.startswith(entry) for entry in allowed):
+                continue
+            wrong.append(f"{module} -> {imported}")
+    return wrong
+
+
+def test_the_rooms_import_one_way() -> None:
+    imports = {
+        path.relative_to(PACKAGE).as_posix(): _imported_modules(path.relative_to(PACKAGE).as_posix())
+        for path in sorted(PACKAGE.glob("*/*.py"))
+    }
+    wrong = _room_violations(imports)
+    assert not wrong, f"imports against the rooms' one-way flow (see docs/layout.md, 'The rooms'): {wrong}"
+
+
+def test_the_room_check_finds_an_import_against_the_flow() -> None:
+    assert _room_violations({"policies/config.py": {"core/state.py", "model.py"}}) == [
+        "policies/config.py -> core/state.py"
+    ]
+    assert _room_violations({"core/guards.py": {"reconciler.py", "policies/config.py"}}) == [
+        "core/guards.py -> reconciler.py"
+    ]
+    assert _room_violations({"core/plan.py": {"review/__init__.py"}, "review/status.py": {"core/state.py"}}) == []

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from calm_azure_sync import Assign, CreateUser, Plan, Role, Skip, Unassign
-from calm_azure_sync.plan import UserLabel, describe_change
+from calm_azure_sync.core.plan import UserLabel, describe_change
 
 from .review_plans import ATTACK, CHANGES, HELD, PEOPLE, review_plan
 

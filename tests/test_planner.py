@@ -1,4 +1,4 @@
-"""The pure planner: every rule of planner.py's theory of operation."""
+"""The pure planner: every rule of core/planner.py's theory of operation."""
 
 import random
 
@@ -20,8 +20,8 @@ from calm_azure_sync import (
     Unassign,
     UpdateUser,
 )
-from calm_azure_sync.planner import DirectorySnapshot, PlanContext, build_plan
-from calm_azure_sync.state import SyncState
+from calm_azure_sync.core.planner import DirectorySnapshot, PlanContext, build_plan
+from calm_azure_sync.core.state import SyncState
 
 MAPPINGS = [
     GroupMapping("g-staff", "birch", {"Risk": "Member", "Policies": "Member"}),

@@ -207,7 +207,7 @@ async def test_postgres_apply_with_state_commits_the_batch_and_the_state_togethe
     postgres_url, postgres_schema, fails
 ):
     from calm_azure_sync import SyncState
-    from calm_azure_sync.plan import CreateUser
+    from calm_azure_sync.core.plan import CreateUser
 
     def state_after(results):
         if fails:

@@ -30,8 +30,8 @@ from calm_azure_sync import (
     SyncState,
     UpdateUser,
 )
+from calm_azure_sync.core.plan import Change
 from calm_azure_sync.incremental import cache_write
-from calm_azure_sync.plan import Change
 from calm_azure_sync.testing._store_conformance_delta import sample_cache
 
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")

@@ -8,7 +8,7 @@ import pytest
 
 from calm_azure_sync import Assign, Plan, Role, Skip, Unassign
 from calm_azure_sync._html import Cell, html_table, text_table, visible
-from calm_azure_sync.plan import UserLabel
+from calm_azure_sync.core.plan import UserLabel
 from calm_azure_sync.review import AccessRow, AccessTable, skip_category, skip_counts
 
 from .review_plans import ACCESS_BEFORE, ATTACK, SKIPPED, review_plan

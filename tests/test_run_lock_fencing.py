@@ -24,8 +24,8 @@ from calm_azure_sync import (
     SyncConfig,
     SyncState,
 )
+from calm_azure_sync.core.plan import CreateUser
 from calm_azure_sync.incremental import cache_write
-from calm_azure_sync.plan import CreateUser
 
 from .helpers import OAK_TRUST_BIRCH_HIGH as HIERARCHY
 from .helpers import SYSTEM, synced_access_of

@@ -22,8 +22,8 @@ from calm_azure_sync import (
     SqliteUserStore,
     TrustHierarchy,
 )
+from calm_azure_sync.core.plan import Unassign
 from calm_azure_sync.model import Role
-from calm_azure_sync.plan import Unassign
 
 from .helpers import SYSTEM, synced_access_of
 from .test_incremental import CONFIG, HIERARCHY, Clock, fixture

@@ -32,7 +32,7 @@ from calm_azure_sync import (
     UpdateUser,
     UpsertGroup,
 )
-from calm_azure_sync.plan import Change
+from calm_azure_sync.core.plan import Change
 from calm_azure_sync.sqlite._db import open_sqlite
 from calm_azure_sync.sqlite._lock import process_host
 

@@ -25,7 +25,7 @@ from calm_azure_sync import (
     SyncConfig,
     SyncStatus,
 )
-from calm_azure_sync.status import FAILURE_STREAK, runs_from_log
+from calm_azure_sync.review.status import FAILURE_STREAK, runs_from_log
 
 from .helpers import OAK_TRUST_BIRCH_HIGH as HIERARCHY
 from .helpers import SYSTEM as ACTOR

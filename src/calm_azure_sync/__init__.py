@@ -12,8 +12,22 @@ from typing import TYPE_CHECKING
 from ._lazy import lazy_attributes
 from .audit.events import AuditEvent, AuditKind
 from .audit.protocol import AuditSink, ImportLogQuery
-from .check import ConfigProblem
-from .config import RemovalPolicy, SyncConfig
+from .core.plan import (
+    AddGroupMember,
+    Assign,
+    CreateUser,
+    DeactivateUser,
+    LinkUser,
+    Plan,
+    RelinkUser,
+    RemoveGroupMember,
+    RetireGroup,
+    Skip,
+    Unassign,
+    UpdateUser,
+    UpsertGroup,
+)
+from .core.state import Hold, HoldScope, SyncState, SyncStateStore
 from .directory.delta import DeltaDirectory, DirectoryDelta, GroupDelta, RemovedUser
 from .directory.in_memory import InMemoryDirectory
 from .directory.protocol import Directory, GroupDiscovery, PersonLookup, UserLookup
@@ -33,30 +47,16 @@ from .errors import (
     StoreError,
     TenantMismatchError,
 )
-from .exclusion import ExclusionPolicy, ExclusionSuggestion
-from .explain import Explanation
-from .hierarchy import Actor, TrustHierarchy, authorize
 from .incremental import DeltaCache, DeltaCacheStore, DeltaCacheWrite, DeltaHead, DeltaHeadStore
-from .mapping import GroupMapping, MappingPolicy
 from .model import DirectoryGroup, DirectoryUser, Role, Site
-from .plan import (
-    AddGroupMember,
-    Assign,
-    CreateUser,
-    DeactivateUser,
-    LinkUser,
-    Plan,
-    RelinkUser,
-    RemoveGroupMember,
-    RetireGroup,
-    Skip,
-    Unassign,
-    UpdateUser,
-    UpsertGroup,
-)
+from .policies.check import ConfigProblem
+from .policies.config import RemovalPolicy, SyncConfig
+from .policies.exclusion import ExclusionPolicy, ExclusionSuggestion
+from .policies.hierarchy import Actor, TrustHierarchy, authorize
+from .policies.mapping import GroupMapping, MappingPolicy
 from .review import AccessRow, AccessTable
-from .state import Hold, HoldScope, SyncState, SyncStateStore
-from .status import Attention, SyncStatus
+from .review.explain import Explanation
+from .review.status import Attention, SyncStatus
 from .store.protocol import (
     ChangeResult,
     FencedStore,

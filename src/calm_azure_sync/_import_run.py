@@ -21,14 +21,9 @@ import attrs
 
 from . import _version
 from .audit.events import AuditEvent
-from .config import SyncConfig
-from .errors import CalmAzureSyncError, RunLockLostError, StoreError
-from .guards import next_sync_state
-from .incremental import ReadMode
-from .incremental.reader import RunRead
-from .incremental.settled import Settled, settled_key
-from .journal import Journal, skips_to_remember
-from .plan import (
+from .core.guards import next_sync_state
+from .core.journal import Journal, skips_to_remember
+from .core.plan import (
     AddGroupMember,
     CreateUser,
     DeactivateUser,
@@ -43,9 +38,14 @@ from .plan import (
     is_removal,
     skip_counts,
 )
-from .planner import DirectorySnapshot, PlanContext
-from .report import ImportReport
-from .state import HoldScope, RunningImport, SyncState
+from .core.planner import DirectorySnapshot, PlanContext
+from .core.state import HoldScope, RunningImport, SyncState
+from .errors import CalmAzureSyncError, RunLockLostError, StoreError
+from .incremental import ReadMode
+from .incremental.reader import RunRead
+from .incremental.settled import Settled, settled_key
+from .policies.config import SyncConfig
+from .review.report import ImportReport
 from .store.protocol import ChangeResult, FencedStore, StateWithChanges, StoreState, saves_state_with_changes
 
 if TYPE_CHECKING:

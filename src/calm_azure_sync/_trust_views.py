@@ -5,7 +5,7 @@ person's access and the next run's changes for them),
 :meth:`Reconciler.status <calm_azure_sync.Reconciler.status>` (a trust's
 sync at a glance, from its sync state and the newest Import Log entries) and
 the attention a run's end or refusal hands the host. The rules are in
-:mod:`~calm_azure_sync.explain` and :mod:`~calm_azure_sync.status`; this is
+:mod:`~calm_azure_sync.review.explain` and :mod:`~calm_azure_sync.review.status`; this is
 the IO around them.
 """
 
@@ -18,10 +18,15 @@ from typing import TYPE_CHECKING
 
 from .audit.events import AuditEvent, AuditKind
 from .audit.protocol import ImportLogQuery
-from .config import SyncConfig
+from .core.plan import Plan
+from .core.planner import PlanContext
+from .core.state import Hold, SyncState
 from .directory.delta import DeltaDirectory
 from .errors import ConfigError
-from .explain import (
+from .incremental import choose_mode
+from .model import DirectoryUser, Role
+from .policies.config import SyncConfig
+from .review.explain import (
     Explanation,
     explain_person,
     person_snapshot,
@@ -29,14 +34,9 @@ from .explain import (
     person_sync_state,
     stored_user_for,
 )
-from .explain_read import PersonRead, read_person
-from .incremental import choose_mode
-from .model import DirectoryUser, Role
-from .plan import Plan
-from .planner import PlanContext
-from .report import ImportReport
-from .state import Hold, SyncState
-from .status import (
+from .review.explain_read import PersonRead, read_person
+from .review.report import ImportReport
+from .review.status import (
     RUN_KINDS,
     Attention,
     SyncStatus,
@@ -198,7 +198,7 @@ async def tell(callback: AttentionCallback | None, items: Sequence[Attention]) -
 async def attention_after(
     reconciler: Reconciler, report: ImportReport, hold_before: Hold | None, hold_after: Hold | None
 ) -> list[Attention]:
-    """What this run brought that needs an admin (see :func:`~calm_azure_sync.status.attention_after_run`)."""
+    """What this run brought that needs an admin (see :func:`~calm_azure_sync.review.status.attention_after_run`)."""
     streak: int | None = None
     abandoned: list[AuditEvent] = []
     audit = reconciler.audit

@@ -3,9 +3,9 @@
 A run reads as its steps: authorize -> lock -> load the sync state -> read the
 directory -> load the store -> plan -> record -> remember the hold -> apply ->
 record -> remember the rest. The rules live elsewhere: who is in scope and what
-changes in :mod:`~calm_azure_sync.planner`, what is held in
-:mod:`~calm_azure_sync.guards`, what the Import Log says in
-:mod:`~calm_azure_sync.journal`.
+changes in :mod:`~calm_azure_sync.core.planner`, what is held in
+:mod:`~calm_azure_sync.core.guards`, what the Import Log says in
+:mod:`~calm_azure_sync.core.journal`.
 """
 
 from __future__ import annotations
@@ -21,14 +21,15 @@ import attrs
 
 from . import _trust_views
 from ._import_run import _Run
-from ._plan_names import KnownNames
 from ._trust_views import STATUS_ERROR_ENTRIES as STATUS_ERROR_ENTRIES
 from ._trust_views import STATUS_RUN_ENTRIES as STATUS_RUN_ENTRIES
 from .audit.events import AuditEvent, utc_now
 from .audit.protocol import AuditSink
-from .autodetect import Suggestions
-from .check import ConfigProblem, config_problems
-from .config import SyncConfig
+from .core._plan_names import KnownNames
+from .core.journal import Journal, RefusalReason
+from .core.plan import Plan
+from .core.planner import DirectorySnapshot, PlanContext, build_plan, skip_reason
+from .core.state import Hold, HoldScope, SyncState, SyncStateStore
 from .directory._deadline import interactive_call
 from .directory.protocol import Directory, GroupDiscovery, UserLookup
 from .errors import (
@@ -41,18 +42,17 @@ from .errors import (
     StoreError,
     TenantMismatchError,
 )
-from .exclusion import ExclusionPolicy
-from .explain import Explanation
-from .hierarchy import Actor, TrustHierarchy, authorize
 from .incremental import ReadMode
 from .incremental.reader import DirectoryReader
-from .journal import Journal, RefusalReason
 from .model import DirectoryGroup, DirectoryUser, Site
-from .plan import Plan
-from .planner import DirectorySnapshot, PlanContext, build_plan, skip_reason
-from .report import ImportReport
-from .state import Hold, HoldScope, SyncState, SyncStateStore
-from .status import Attention, SyncStatus
+from .policies.autodetect import Suggestions
+from .policies.check import ConfigProblem, config_problems
+from .policies.config import SyncConfig
+from .policies.exclusion import ExclusionPolicy
+from .policies.hierarchy import Actor, TrustHierarchy, authorize
+from .review.explain import Explanation
+from .review.report import ImportReport
+from .review.status import Attention, SyncStatus
 from .store.protocol import StoreState, UserStore, VersionedStore
 
 __all__ = ["AttentionCallback", "ImportReport", "ProgressCallback", "Reconciler"]
@@ -277,7 +277,7 @@ class Reconciler:
 
         ``who`` is an email, an Entra object id or a store user id. Checked
         like :meth:`plan`; reads the directory for that one person (see
-        :mod:`calm_azure_sync.explain_read`: a few requests, whatever the
+        :mod:`calm_azure_sync.review.explain_read`: a few requests, whatever the
         tenant's size), the store and the trust's sync state. Writes nothing
         and logs nothing. See :class:`~calm_azure_sync.Explanation`.
         """

@@ -16,10 +16,10 @@ from typing import Any
 
 import attrs
 
-from ..config import SyncConfig
 from ..directory.in_memory import InMemoryDirectory
-from ..hierarchy import TrustHierarchy
 from ..model import Site
+from ..policies.config import SyncConfig
+from ..policies.hierarchy import TrustHierarchy
 
 __all__ = ["Sample", "load_sample", "seed_invited_users"]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import attrs
 
 from .. import Actor, AuditKind, ExclusionPolicy, Reconciler, SqliteAuditSink, SqliteUserStore
-from ..plan import describe_change
+from ..core.plan import describe_change
 from . import load_sample, seed_invited_users
 
 #: The file the demo writes into every folder it uses, so a re-run knows the folder is its own.

@@ -31,7 +31,7 @@ from typing import Any, Literal, assert_never
 
 import attrs
 
-from ..config import SyncConfig
+from ..core.state import SyncState, SyncStateStore
 from ..directory.delta import DeltaCursor, DeltaDirectory, DirectoryDelta
 from ..directory.protocol import Directory
 from ..errors import (
@@ -42,7 +42,7 @@ from ..errors import (
     ImportAlreadyRunningError,
 )
 from ..model import DirectoryGroup, DirectorySnapshot, DirectoryUser
-from ..state import SyncState, SyncStateStore
+from ..policies.config import SyncConfig
 from .cache import (
     DeltaCache,
     DeltaCacheStore,

@@ -28,10 +28,10 @@ from typing import Any
 
 import attrs
 
-from ..config import SyncConfig
+from ..core.plan import Skip
+from ..core.state import SyncState
 from ..model import Site
-from ..plan import Skip
-from ..state import SyncState
+from ..policies.config import SyncConfig
 
 __all__ = ["Settled", "settled_key"]
 

@@ -9,8 +9,8 @@ import attrs
 import psycopg
 
 from .._gc import collector_paused
+from ..core.plan import Change, RetireGroup
 from ..model import Role
-from ..plan import Change, RetireGroup
 from ..store.protocol import Grant, StoredUser, StoreState, SyncedGroup
 from ..store.rules import UserTables, batch_group_ids, batch_keys, batch_member_probes, batch_reads_grants
 from ._codec import from_db, from_db_list, from_db_optional, to_db, to_db_list, to_db_optional

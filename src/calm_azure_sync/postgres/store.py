@@ -73,10 +73,10 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool
 
 from .._query_args import checked_id, checked_optional_id
+from ..core.plan import Change
+from ..core.state import SyncState
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 from ..model import Role
-from ..plan import Change
-from ..state import SyncState
 from ..store.protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup, checked_data_version
 from ..store.rules import (
     UserTables,

@@ -8,8 +8,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from .._gc import collector_paused
+from ..core.plan import Change, RetireGroup
 from ..model import Role
-from ..plan import Change, RetireGroup
 from ..store.protocol import StoredUser, StoreState, SyncedGroup
 from ..store.rules import UserTables, batch_group_ids, batch_keys, batch_reads_grants, batch_reads_user_rows
 

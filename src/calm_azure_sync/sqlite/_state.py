@@ -6,8 +6,8 @@ import datetime as dt
 import sqlite3
 from typing import Final
 
+from ..core.state import SyncState
 from ..errors import ConfigError
-from ..state import SyncState
 from ..store.rules import state_from_json, state_to_json
 from ._db import Fence, iso_utc, write_transaction
 

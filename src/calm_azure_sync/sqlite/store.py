@@ -46,11 +46,11 @@ import attrs
 from .._async_closing import AsyncClosing
 from .._query_args import checked_id, checked_optional_id
 from .._text import clean_text
+from ..core.plan import Change
+from ..core.state import SyncState
 from ..errors import StoreError
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 from ..model import Role
-from ..plan import Change
-from ..state import SyncState
 from ..store.protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup
 from . import _delta, _helpers
 from ._db import Fence, ThreadedConnection, write_transaction

@@ -7,8 +7,8 @@ database stores' host helpers. Nothing here does IO.
 from __future__ import annotations
 
 from .._text import clean_text, is_clean, show
+from ..core.plan import CreateUser, LinkUser, RelinkUser, UpdateUser
 from ..model import Role
-from ..plan import CreateUser, LinkUser, RelinkUser, UpdateUser
 from .protocol import StoredUser
 
 __all__ = ["checked_grant", "names_equal", "not_text", "storable_values"]

@@ -11,8 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from .._text import clean_text, is_clean
-from ..model import email_key
-from ..plan import (
+from ..core.plan import (
     AddGroupMember,
     Assign,
     Change,
@@ -26,6 +25,7 @@ from ..plan import (
     UpdateUser,
     UpsertGroup,
 )
+from ..model import email_key
 
 __all__ = [
     "BatchKeys",

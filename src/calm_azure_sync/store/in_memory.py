@@ -14,11 +14,11 @@ import attrs
 
 from .._async_closing import AsyncClosing
 from .._query_args import checked_id, checked_optional_id
+from ..core.plan import Change
+from ..core.state import SyncState
 from ..errors import ImportAlreadyRunningError
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 from ..model import Role
-from ..plan import Change
-from ..state import SyncState
 from .protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup
 from .rules import GrantWrite as GrantWrite  # moved to store.rules; still importable from here
 from .rules import UserTables as UserTables  # (its home is store.rules; see above)

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
+from ..core.plan import Change
 from ..errors import ConfigError
 from ..model import Role
-from ..plan import Change
 
 if TYPE_CHECKING:  # annotations only: the state module's holds import the plan, whose reviews import this
-    from ..state import SyncState
+    from ..core.state import SyncState
 
 __all__ = [
     "ChangeOutcome",

@@ -10,7 +10,7 @@ the result. Nothing here does IO.
 
 The helpers are re-exported here (``from calm_azure_sync.store.rules import
 batch_keys`` works as it did): mutation records in ``store/mutations.py``, batch
-loading hints in ``store/batch.py``, ids in ``store/user_ids.py``, the sync state's JSON in ``state.py``.
+loading hints in ``store/batch.py``, ids in ``store/user_ids.py``, the sync state's JSON in ``core/state.py``.
 
 What each change does, and when it fails, is the table in docs/stores.md and
 the :class:`~calm_azure_sync.store.protocol.UserStore` docstring.
@@ -25,8 +25,7 @@ import attrs
 
 from .._gc import collector_paused
 from .._text import clean_text
-from ..model import Role, email_key
-from ..plan import (
+from ..core.plan import (
     AddGroupMember,
     Assign,
     Change,
@@ -41,7 +40,8 @@ from ..plan import (
     UpsertGroup,
     change_kind,
 )
-from ..state import state_from_json, state_to_json  # re-exported: their home is state.py
+from ..core.state import state_from_json, state_to_json  # re-exported: their home is core/state.py
+from ..model import Role, email_key
 from ._values import checked_grant, names_equal, not_text, storable_values
 from .batch import (  # re-exported: their home is store/batch.py
     BatchKeys,

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import attrs
 import pytest
 
+from ..core.plan import Change, CreateUser, UpdateUser
 from ..model import Role
-from ..plan import Change, CreateUser, UpdateUser
 from ..store.protocol import (
     ChangeOutcome,
     ChangeResult,

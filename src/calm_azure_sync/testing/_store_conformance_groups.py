@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from ..plan import AddGroupMember, Change, RelinkUser, RemoveGroupMember, RetireGroup, UpsertGroup
+from ..core.plan import AddGroupMember, Change, RelinkUser, RemoveGroupMember, RetireGroup, UpsertGroup
 from ..store.protocol import SyncedGroup
 from ._store_conformance_base import (
     ELM_SITE,

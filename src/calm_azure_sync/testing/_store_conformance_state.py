@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from ..core.plan import Assign, DeactivateUser, Unassign, change_to_dict
+from ..core.state import STATE_FORMAT_VERSION, Hold, SyncState, SyncStateStore
 from ..errors import ConfigError
 from ..model import Role
-from ..plan import Assign, DeactivateUser, Unassign, change_to_dict
-from ..state import STATE_FORMAT_VERSION, Hold, SyncState, SyncStateStore
 from ._store_conformance_base import OTHER_TRUST, SITE, TRUST, ConformantUserStore, _Hooks
 
 if TYPE_CHECKING:

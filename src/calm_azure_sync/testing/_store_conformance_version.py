@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from ..core.state import SyncState, SyncStateStore
 from ..incremental import DeltaCacheStore, cache_write
 from ..model import Role
-from ..state import SyncState, SyncStateStore
 from ..store.protocol import VersionedStore
 from ._store_conformance_base import SITE, TRUST, ConformantUserStore, _create, _Hooks
 from ._store_conformance_delta import sample_cache

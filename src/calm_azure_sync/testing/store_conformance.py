@@ -53,9 +53,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from ..core.plan import Assign, Change, CreateUser, DeactivateUser, LinkUser, RelinkUser, Unassign, UpdateUser
 from ..errors import ImportAlreadyRunningError
 from ..model import Role
-from ..plan import Assign, Change, CreateUser, DeactivateUser, LinkUser, RelinkUser, Unassign, UpdateUser
 from ..store.protocol import Grant, StoreState
 from ._closing import close_if_closable
 from ._store_conformance_base import (

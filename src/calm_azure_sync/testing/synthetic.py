@@ -12,10 +12,10 @@ from typing import Any
 
 import attrs
 
-from ..config import SyncConfig
-from ..hierarchy import TrustHierarchy
-from ..mapping import GroupMapping
 from ..model import Site
+from ..policies.config import SyncConfig
+from ..policies.hierarchy import TrustHierarchy
+from ..policies.mapping import GroupMapping
 
 __all__ = ["SyntheticTenant", "generate_tenant"]
 

@@ -1,10 +1,10 @@
 """Group mirroring: each mapped group as a synced group of the trust, and its in-scope members.
 
-The planner's mirroring step (:func:`calm_azure_sync.planner.build_plan`,
+The planner's mirroring step (:func:`calm_azure_sync.core.planner.build_plan`,
 when the store mirrors groups): every mapped group is upserted (its display
 name, the sites it maps to), its members are diffed against the store's, and
 a group whose mapping was removed is emptied and retired. A member removal is
-a removal like an unassign, judged by :mod:`calm_azure_sync.guards`.
+a removal like an unassign, judged by :mod:`calm_azure_sync.core.guards`.
 Nothing here does IO.
 """
 
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .config import SyncConfig
-from .model import DirectorySnapshot
+from ..model import DirectorySnapshot
+from ..policies.config import SyncConfig
+from ..store.protocol import StoreState
 from .plan import AddGroupMember, GroupChange, RemoveGroupMember, RetireGroup, UpsertGroup
-from .store.protocol import StoreState
 
 __all__ = ["group_changes"]
 

@@ -1,6 +1,6 @@
 """Matching Azure users onto store users: who is created, linked, relinked, updated or in conflict.
 
-The planner's identity step (:func:`calm_azure_sync.planner.build_plan`
+The planner's identity step (:func:`calm_azure_sync.core.planner.build_plan`
 calls :func:`resolve_identities` once per plan). Identity is the Entra object
 id, never the email; an email decides only whom a new object may take over.
 Nothing here does IO.
@@ -32,9 +32,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
-from .model import DirectoryUser, email_key
+from ..model import DirectoryUser, email_key
+from ..store.protocol import StoredUser
 from .plan import CreateUser, LinkUser, RelinkUser, Skip, UpdateUser
-from .store.protocol import StoredUser
 
 __all__ = ["IdentityChange", "Identities", "display_name", "resolve_identities"]
 

@@ -42,9 +42,9 @@ from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 
+from .._html import html_table
+from ..model import DirectoryUser
 from ._glob import MAX_PATTERN_LENGTH, WILDCARD_RUN, Glob, character_problem, pattern_problem
-from ._html import html_table
-from .model import DirectoryUser
 
 __all__ = ["ExclusionSuggestion", "Suggestions", "suggest"]
 

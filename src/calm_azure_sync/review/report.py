@@ -8,9 +8,9 @@ from typing import Any
 
 import attrs
 
-from . import review
-from .audit.events import AuditEvent
-from .plan import Change, HoldReason, Plan, change_to_dict
+from .. import review
+from ..audit.events import AuditEvent
+from ..core.plan import Change, HoldReason, Plan, change_to_dict
 
 __all__ = ["ImportReport"]
 

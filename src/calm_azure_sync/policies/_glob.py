@@ -26,7 +26,7 @@ import sys
 import unicodedata
 from collections.abc import Callable, Sequence
 
-from ._text import shorten
+from .._text import shorten
 
 __all__ = [
     "MAX_PATTERN_LENGTH",

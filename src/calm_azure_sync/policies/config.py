@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 import attrs
 
-from ._text import show
-from .errors import ChildSiteConfigurationError, ConfigError
+from .._text import show
+from ..errors import ChildSiteConfigurationError, ConfigError
 from .exclusion import ExclusionPolicy
 from .hierarchy import TrustHierarchy
 from .mapping import GroupMapping, MappingPolicy

@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 import attrs
 
-from .audit.events import AuditEvent, AuditKind
+from ..audit.events import AuditEvent, AuditKind
+from ..store.protocol import ChangeResult
 from .plan import (
     AddGroupMember,
     Assign,
@@ -37,7 +38,6 @@ from .plan import (
     change_to_dict,
 )
 from .state import Hold, HoldScope
-from .store.protocol import ChangeResult
 
 __all__ = ["Journal", "RefusalReason", "describe_counts", "skip_digest", "skips_to_remember"]
 

@@ -15,7 +15,7 @@ What each user should have. For every (site, module), the highest role that
 any of the user's mapped groups gives there; ``Assign.because`` names the
 groups that give that winning role.
 
-Matching store users. See the table in :mod:`calm_azure_sync.identity`: a
+Matching store users. See the table in :mod:`calm_azure_sync.core.identity`: a
 synced user is found by external id and updated; a hand-invited user with the
 same email is linked; an email held by another Azure object is a conflict,
 unless the directory proves that object gone (the store user is relinked to
@@ -37,10 +37,10 @@ are never deleted.
 What is mirrored. Every mapped group becomes a synced group of the trust
 (its display name, the sites it maps to) whose members are its in-scope
 users; a group whose mapping was removed is retired. A member removal is a
-removal like an unassign. :mod:`calm_azure_sync.group_mirror` works out
+removal like an unassign. :mod:`calm_azure_sync.core.group_mirror` works out
 those changes.
 
-When removals are held. :mod:`calm_azure_sync.guards` decides, with the
+When removals are held. :mod:`calm_azure_sync.core.guards` decides, with the
 trust's memory: the pending hold, partial reads, shrunk groups, mass removals.
 
 Order. Group upserts first; then users by external id (one who takes over an
@@ -57,14 +57,15 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
-from ._gc import collector_paused
+from .._gc import collector_paused
+from ..model import DirectorySnapshot, DirectoryUser, Role, email_key
+from ..policies.config import SyncConfig
+from ..policies.mapping import MappingPolicy
+from ..store.protocol import StoredUser, StoreState
 from ._plan_names import PlanLabels
-from .config import SyncConfig
 from .group_mirror import group_changes
 from .guards import GuardInput, apply_guards
 from .identity import Identities, resolve_identities
-from .mapping import MappingPolicy
-from .model import DirectorySnapshot, DirectoryUser, Role, email_key
 from .plan import (
     AddGroupMember,
     Assign,
@@ -82,7 +83,6 @@ from .plan import (
     is_removal,
 )
 from .state import HoldScope, SyncState
-from .store.protocol import StoredUser, StoreState
 
 __all__ = ["DirectorySnapshot", "build_plan", "skip_reason"]  # DirectorySnapshot: model.py's, importable here too
 
@@ -263,7 +263,7 @@ class _Planner:
     # -- what is mirrored -----------------------------------------------------------
 
     def _mirror_groups(self, identities: Identities, skipped: Sequence[Skip]) -> list[GroupChange]:
-        """Synced groups and their in-scope members; see :func:`~calm_azure_sync.group_mirror.group_changes`.
+        """Synced groups and their in-scope members; see :func:`~calm_azure_sync.core.group_mirror.group_changes`.
 
         A user whose access is left as it is (an email conflict) keeps their
         memberships as they are too.

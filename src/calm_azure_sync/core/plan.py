@@ -1,7 +1,7 @@
 """The plan of one import: the changes it makes, in order, and who it leaves out.
 
 The changes themselves, ``Skip`` and the hold vocabulary are values of
-:mod:`calm_azure_sync.changes` (re-exported here, their documented import
+:mod:`calm_azure_sync.core.changes` (re-exported here, their documented import
 path). ``Plan`` renders itself through :mod:`calm_azure_sync.review`, which
 it imports inside its methods; the review layer imports the changes, never
 this module, so the two do not import each other. Nothing here does IO.
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ..model import Role
 from .changes import (
     CHANGE_KINDS,
     HOLD_REASON_TEXT,
@@ -42,10 +43,9 @@ from .changes import (
     removal_slot,
     skip_counts,
 )
-from .model import Role
 
 if TYPE_CHECKING:
-    from .review import AccessTable
+    from ..review import AccessTable
     from .state import Hold
 
 __all__ = [
@@ -157,13 +157,13 @@ class Plan:
         }
 
     def __repr__(self) -> str:
-        from . import review  # review renders plans: it imports this module
+        from .. import review  # review renders plans: it imports this module
 
         return review.plan_repr(self)
 
     def __str__(self) -> str:
         """The plan for a terminal: headline counts, holds and conflicts, the changes, who was left out."""
-        from . import review
+        from .. import review
 
         return review.plan_text(self)
 
@@ -178,7 +178,7 @@ class Plan:
         ``groups`` (names), ``group_ids``, ``held``, ``detail``; values are
         ``str``, ``bool`` or ``None``.
         """
-        from . import review
+        from .. import review
 
         return review.plan_records(self)
 
@@ -191,7 +191,7 @@ class Plan:
         roles. Shows as a table in a notebook and in ``str()``; its
         ``to_records()`` gives plain dicts.
         """
-        from . import review
+        from .. import review
 
         return review.access_table(self, site_id, changed_only=changed_only)
 
@@ -202,13 +202,13 @@ def describe_change(change: Change, plan: Plan | None = None) -> list[str]:
     Users and groups are named from ``plan`` (``people``, ``group_names``)
     when given; an empty string where a column does not apply.
     """
-    from . import review
+    from .. import review
 
     return review.change_cells(change, plan)
 
 
 def render_plan_html(plan: Plan) -> str:
     """The plan as HTML: summary, held removals and conflicts, changes, who was left out."""
-    from . import review
+    from .. import review
 
     return review.plan_html(plan)

@@ -5,7 +5,7 @@ Theory of operation
 
 A removal is an unassign, a downgrade, a deactivation or a group-member
 removal. Each takes away one *slot* (a grant, an activation, a membership; see
-:func:`~calm_azure_sync.plan.removal_slot`). Additions are never held.
+:func:`~calm_azure_sync.core.plan.removal_slot`). Additions are never held.
 
 The guards, in the order they are applied to one plan's removals:
 
@@ -14,7 +14,7 @@ The guards, in the order they are applied to one plan's removals:
    ratios say, unless the run confirms that hold by its id: then the removals
    that are exactly what the admin reviewed (and inside ``confirm_only``, when
    the confirmation is partial) are applied, and the rest stays held under a
-   new id. Slots are keyed by *store user* (:func:`~calm_azure_sync.state.removal_key`),
+   new id. Slots are keyed by *store user* (:func:`~calm_azure_sync.core.state.removal_key`),
    so a relinked or re-created account keeps its removals held. A held removal
    this run does not plan is carried in the hold unchanged, unless the plan
    shows Azure implies that access again: its user was in scope and decided
@@ -61,7 +61,8 @@ from typing import Any
 
 import attrs
 
-from .config import SyncConfig
+from ..policies.config import SyncConfig
+from ..store.protocol import ChangeResult
 from .plan import (
     Assign,
     Change,
@@ -72,7 +73,6 @@ from .plan import (
     UserLabel,
 )
 from .state import Hold, HoldKind, HoldScope, SyncState, new_hold_id, removal_key
-from .store.protocol import ChangeResult
 
 __all__ = ["GuardInput", "GuardOutcome", "apply_guards", "next_sync_state"]
 

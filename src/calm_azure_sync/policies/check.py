@@ -16,8 +16,8 @@ from typing import Literal
 
 import attrs
 
+from ..model import DirectoryGroup
 from .config import SyncConfig
-from .model import DirectoryGroup
 
 __all__ = ["ConfigProblem", "ProblemKind", "config_problems"]
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from ._html import Cell
+from .._html import Cell
+from ..model import DirectoryUser
 from .changes import Change, CreateUser, LinkUser, RelinkUser, UpdateUser, UpsertGroup, UserLabel
-from .model import DirectoryUser
 
 if TYPE_CHECKING:  # annotations only: the store's protocol imports the plan, whose reviews import this
+    from ..store.protocol import StoredUser, StoreState
     from .plan import Plan
-    from .store.protocol import StoredUser, StoreState
 
 __all__ = ["KnownNames", "PlanLabels", "PlanNames"]
 

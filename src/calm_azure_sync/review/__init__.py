@@ -1,7 +1,7 @@
 """How a plan and an import report read to a person: text, HTML, records and the access table.
 
-:class:`~calm_azure_sync.plan.Plan` and
-:class:`~calm_azure_sync.report.ImportReport` hand their ``__str__``,
+:class:`~calm_azure_sync.core.plan.Plan` and
+:class:`~calm_azure_sync.review.report.ImportReport` hand their ``__str__``,
 ``_repr_html_``, ``to_records()`` and ``access_table()`` to the functions
 here, so every way of showing a change says the same thing. Nothing here
 does IO. The rules, written once:
@@ -36,10 +36,9 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ._access_table import AccessChange, AccessRow, AccessTable, access_table
-from ._html import Cell, html_table, text_table, visible
-from ._plan_names import PlanNames as _Names
-from .changes import (
+from .._html import Cell, html_table, text_table, visible
+from ..core._plan_names import PlanNames as _Names
+from ..core.changes import (
     CHANGE_KINDS,
     HOLD_REASON_TEXT,
     SKIP_CATEGORIES,
@@ -60,10 +59,11 @@ from .changes import (
     change_kind,
     skip_counts,
 )
-from .model import Role
+from ..model import Role
+from ._access_table import AccessChange, AccessRow, AccessTable, access_table
 
 if TYPE_CHECKING:
-    from .plan import Plan
+    from ..core.plan import Plan
     from .report import ImportReport
 
 __all__ = [
@@ -90,7 +90,7 @@ __all__ = [
 ]
 
 
-#: Why removals are held, in words, by ``Plan.hold_reason`` (kept beside the vocabulary, in changes.py).
+#: Why removals are held, in words, by ``Plan.hold_reason`` (kept beside the vocabulary, in core/changes.py).
 HOLD_REASONS: Mapping[str, str] = {str(reason): text for reason, text in HOLD_REASON_TEXT.items()}
 
 _CHANGE_HEADERS = ("change", "user", "email", "site", "module", "role", "groups", "detail")

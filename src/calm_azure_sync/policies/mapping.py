@@ -12,9 +12,9 @@ from typing import Any
 
 import attrs
 
-from ._text import show
-from .errors import ConfigError
-from .model import Role
+from .._text import show
+from ..errors import ConfigError
+from ..model import Role
 
 __all__ = ["Access", "GroupMapping", "MappingPolicy"]
 

@@ -1,17 +1,17 @@
 """Why one person has the access they have: :class:`Explanation`, built from one person's read. Pure: no IO.
 
 :meth:`Reconciler.explain <calm_azure_sync.Reconciler.explain>` reads the
-directory for one person (:mod:`calm_azure_sync.explain_read`) and the
+directory for one person (:mod:`calm_azure_sync.review.explain_read`) and the
 store, and hands the facts to :func:`explain_person`. Nothing here decides
 anything afresh; every answer comes from the rule that decides it for a run:
 
-- **in the directory, and in scope?** :func:`~calm_azure_sync.planner.skip_reason`
+- **in the directory, and in scope?** :func:`~calm_azure_sync.core.planner.skip_reason`
   (disabled, guest, no usable email, the exclusion policy's pattern or id);
 - **which role, from which group?** :meth:`MappingPolicy.access_with_reasons
   <calm_azure_sync.MappingPolicy.access_with_reasons>` gives the winning role
   and the groups that give it; every other mapped group of theirs that gives
   a role there is listed beside it, not winning;
-- **what the next run changes for them** is :func:`~calm_azure_sync.planner.build_plan`
+- **what the next run changes for them** is :func:`~calm_azure_sync.core.planner.build_plan`
   over a snapshot and a store state restricted to that person
   (:func:`person_snapshot`, :func:`person_state`), with the trust's pending
   hold: so a removal that hold covers shows as held. Tenant-wide guards
@@ -31,11 +31,8 @@ from typing import Any, Literal
 
 import attrs
 
-from ._html import html_table, visible
-from ._person_slice import nesting_paths, person_snapshot, person_state, person_sync_state, stored_user_for
-from .config import SyncConfig
-from .model import DirectoryUser, Role
-from .plan import (
+from .._html import html_table, visible
+from ..core.plan import (
     AddGroupMember,
     Assign,
     Change,
@@ -51,9 +48,12 @@ from .plan import (
     change_to_dict,
     is_removal,
 )
-from .planner import skip_reason
-from .state import Hold
-from .store.protocol import Grant, StoredUser
+from ..core.planner import skip_reason
+from ..core.state import Hold
+from ..model import DirectoryUser, Role
+from ..policies.config import SyncConfig
+from ..store.protocol import Grant, StoredUser
+from ._person_slice import nesting_paths, person_snapshot, person_state, person_sync_state, stored_user_for
 
 __all__ = [
     "AccessExplained",
@@ -81,7 +81,7 @@ class GroupPath:
     ``path`` names the groups from the mapped group down to the group they
     are directly in (one name: directly in the mapped group); ``path_ids``
     the same by object id. ``complete`` is false when the path could not be
-    traced (see :mod:`calm_azure_sync.explain_read`): ``path`` is then the
+    traced (see :mod:`calm_azure_sync.review.explain_read`): ``path`` is then the
     mapped group alone.
     """
 

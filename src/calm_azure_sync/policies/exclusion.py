@@ -9,9 +9,9 @@ matched against the *whole* email, both sides lowered with ``str.lower`` (not
 ``casefold``: ``ß`` and ``ss`` are different mailboxes).
 
 Globs are compiled once, when the policy is built, by the linear-time engine
-in :mod:`calm_azure_sync._glob` (its opening comment says why matching never
+in :mod:`calm_azure_sync.policies._glob` (its opening comment says why matching never
 backtracks). :meth:`ExclusionPolicy.suggest` finds system accounts with the
-rule table of :mod:`calm_azure_sync.autodetect`.
+rule table of :mod:`calm_azure_sync.policies.autodetect`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from typing import Any
 
 import attrs
 
+from .._text import show
+from ..errors import ConfigError
+from ..model import DirectoryUser
 from ._glob import MAX_PATTERN_LENGTH, PatternIndex, pattern_problem
-from ._text import show
 from .autodetect import ExclusionSuggestion, Suggestions, suggest
-from .errors import ConfigError
-from .model import DirectoryUser
 
 # ExclusionSuggestion and Suggestions live with the detection that makes them;
 # they are re-exported here, where hosts have always imported them from.
@@ -138,7 +138,7 @@ class ExclusionPolicy:
         """Find the accounts among ``users`` that look like no person, with a glob and reasons each.
 
         One suggestion per user id with an email, sorted by email. The rules
-        are the table of :mod:`calm_azure_sync.autodetect` (see
+        are the table of :mod:`calm_azure_sync.policies.autodetect` (see
         docs/exclusions.md). Each pattern matches its own account and no
         account of ``users`` that is not suggested too; an account for which no such pattern exists (another,
         unsuggested account has the same address) is left out. Nothing is

@@ -34,9 +34,9 @@ from typing import Any, Literal
 
 import attrs
 
-from ._html import html_table, visible
-from .audit.events import AuditEvent, AuditKind
-from .state import Hold
+from .._html import html_table, visible
+from ..audit.events import AuditEvent, AuditKind
+from ..core.state import Hold
 
 __all__ = [
     "FAILURE_STREAK",

@@ -12,9 +12,9 @@ from typing import Any
 
 import attrs
 
-from ._text import show
-from .errors import ChildSiteConfigurationError, ConfigError, NotAuthorizedError
-from .model import Site
+from .._text import show
+from ..errors import ChildSiteConfigurationError, ConfigError, NotAuthorizedError
+from ..model import Site
 
 __all__ = ["Actor", "TrustHierarchy", "authorize"]
 

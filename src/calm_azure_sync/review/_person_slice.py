@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 
-from .config import SyncConfig
-from .model import DirectorySnapshot, DirectoryUser, email_key
-from .state import SyncState
-from .store.protocol import StoredUser, StoreState
+from ..core.state import SyncState
+from ..model import DirectorySnapshot, DirectoryUser, email_key
+from ..policies.config import SyncConfig
+from ..store.protocol import StoredUser, StoreState
 
 __all__ = ["nesting_paths", "person_snapshot", "person_state", "person_sync_state", "stored_user_for"]
 

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Literal
 
 import attrs
 
-from ._html import Cell, html_table, text_table, visible
-from ._plan_names import PlanNames
-from .changes import Assign, Unassign
-from .model import Role
+from .._html import Cell, html_table, text_table, visible
+from ..core._plan_names import PlanNames
+from ..core.changes import Assign, Unassign
+from ..model import Role
 
 if TYPE_CHECKING:  # annotations only: Plan renders its access table through this module
-    from .plan import Plan
+    from ..core.plan import Plan
 
 __all__ = ["AccessChange", "AccessRow", "AccessTable", "access_table"]
 

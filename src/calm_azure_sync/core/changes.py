@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import attrs
 
-from .model import Role
+from ..model import Role
 
 __all__ = [
     "CHANGE_KINDS",

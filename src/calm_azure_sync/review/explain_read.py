@@ -34,13 +34,13 @@ from typing import Literal
 
 import attrs
 
-from .config import SyncConfig
-from .directory.protocol import Directory, PersonLookup, UserLookup
-from .errors import DirectoryError
+from ..directory.protocol import Directory, PersonLookup, UserLookup
+from ..errors import DirectoryError
+from ..incremental.reader import DirectoryReader
+from ..model import DirectoryGroup, DirectoryUser, email_key
+from ..policies.config import SyncConfig
+from ..store.protocol import StoredUser
 from .explain import GroupPath, nesting_paths
-from .incremental.reader import DirectoryReader
-from .model import DirectoryGroup, DirectoryUser, email_key
-from .store.protocol import StoredUser
 
 __all__ = ["MAX_PARENT_READS", "PersonRead", "read_person"]
 

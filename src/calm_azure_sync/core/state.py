@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .plan import (
     HOLD_REASON_TEXT,
     Assign,
@@ -50,7 +50,7 @@ __all__ = [
 STATE_FORMAT_VERSION = 1
 
 HoldKind = Literal["mass_removal", "group_shrank"]
-"""The reasons a pending hold can have: :data:`~calm_azure_sync.plan.HoldReason` less ``partial_read``."""
+"""The reasons a pending hold can have: :data:`~calm_azure_sync.core.plan.HoldReason` less ``partial_read``."""
 
 
 def new_hold_id() -> str:
