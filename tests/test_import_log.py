@@ -268,3 +268,15 @@ def test_a_stored_skips_logged_that_is_not_an_object_of_text_is_refused_by_name(
     assert SyncState.from_dict(SyncState(skips_logged={"u1": "ab12"}).to_dict()).skips_logged == {"u1": "ab12"}
     with pytest.raises(ConfigError, match="skips_logged"):
         SyncState.from_dict(data, where="trust oak")
+
+
+async def test_a_failed_import_says_why_once():
+    from .helpers import FlakyStore
+
+    store = FlakyStore(InMemoryUserStore())
+    store.fail_load = RuntimeError("disk on fire")
+    audit = InMemoryAuditSink()
+    report = await Reconciler(directory(), store, audit, HIERARCHY).run(config(), actor=SYSTEM)
+    assert not report.ok and report.errors[-1] == "import failed: RuntimeError: disk on fire"
+    (failed,) = [e for e in audit.events if e.kind is AuditKind.IMPORT_FAILED]
+    assert failed.message == "Import failed: RuntimeError: disk on fire"  # was "Import failed: import failed: …"

@@ -149,7 +149,8 @@ class _Run:
                 why = str(lost)
             else:
                 logger.exception("import %s of trust %s failed", self.run_id, self._trust)
-                self.errors.append(f"import failed: {_describe(error)}")
+                why = _describe(error)  # the end entry says "Import failed: <why>"
+                self.errors.append(f"import failed: {why}")
         return await self._finish(started_at, plan, completed=completed, why=why)
 
     async def _lost_lock(self, error: Exception) -> RunLockLostError | None:
