@@ -89,12 +89,20 @@ def test_the_incremental_package_exports_every_name_the_module_did() -> None:
 
 
 def test_the_snapshot_is_a_model_value_the_planner_re_exports() -> None:
-    from calm_azure_sync import planner
+    from calm_azure_sync.core import planner
 
     assert planner.DirectorySnapshot is DirectorySnapshot
 
 
-@pytest.mark.parametrize("old", ["calm_azure_sync.reading", "calm_azure_sync.settled", "calm_azure_sync._delta_rows"])
+@pytest.mark.parametrize(
+    "old",
+    [
+        "calm_azure_sync.reading", "calm_azure_sync.settled", "calm_azure_sync._delta_rows",
+        # moved into the rooms in 0.4.0 (CHANGELOG, "Upgrading")
+        "calm_azure_sync.plan", "calm_azure_sync.planner", "calm_azure_sync.state", "calm_azure_sync.config",
+        "calm_azure_sync.status", "calm_azure_sync.exclusion",
+    ],
+)
 def test_the_old_module_paths_are_gone(old: str) -> None:
     import importlib
 
