@@ -43,7 +43,7 @@ from .core.state import HoldScope, RunningImport, SyncState
 from .errors import CalmAzureSyncError, RunLockLostError, StoreError
 from .incremental import ReadMode
 from .incremental.reader import RunRead
-from .incremental.settled import Settled, settled_key
+from .incremental.settled import Settled, plans_nothing, run_key, settled_record
 from .policies.config import SyncConfig
 from .review.report import ImportReport
 from .store.protocol import ChangeResult, FencedStore, StateWithChanges, StoreState, saves_state_with_changes
@@ -267,18 +267,14 @@ class _Run:
 
     def _settled_key(self, cursor: Mapping[str, Any], state: SyncState | None = None) -> str | None:
         """The key of this run's plan inputs with ``cursor`` (``None``: this run cannot be settled)."""
-        state = self.sync_state if state is None else state
-        if self.data_version is None or state.hold is not None or self.confirm_hold is not None:
-            return None
-        state = attrs.evolve(state, running=None)  # which run is open is no input of a plan
-        return settled_key(
+        return run_key(
             self.config, self.reconciler.hierarchy.sites, mirror_groups=self.reconciler._mirrors_groups,
-            sync_state=state, data_version=self.data_version, cursor=cursor,
-            library_version=_version.__version__,
+            sync_state=self.sync_state if state is None else state, data_version=self.data_version,
+            confirming=self.confirm_hold is not None, cursor=cursor, library_version=_version.__version__,
         )
 
     def _settles(self, plan: Plan, snapshot: DirectorySnapshot, after: SyncState) -> Settled | None:
-        """The record this run leaves when it planned nothing at all (see settled.py), else ``None``."""
+        """The record this run leaves when it planned nothing at all (see incremental/settled.py), else ``None``."""
         read = self.read
         cursor = read.next_cursor if read is not None else None
         if read is None or cursor is None:
@@ -286,17 +282,8 @@ class _Run:
         if read.settled is not None:  # still settled: the same record, with the cursor moved on
             key = self._settled_key(cursor, after)
             return None if key is None else attrs.evolve(read.settled, key=key)
-        quiet = not (
-            plan.changes or plan.held_removals or plan.hold is not None or plan.unreadable_groups
-            or snapshot.unreadable or self.errors or any(skip.conflict for skip in plan.skipped)
-        )
-        key = self._settled_key(cursor, after) if quiet else None
-        if key is None:
-            return None
-        return Settled(
-            key, self.run_id, plan.skipped, plan.users_in_scope, plan.synced_users,
-            {group: len(users) for group, users in snapshot.members.items()},
-        )
+        key = self._settled_key(cursor, after) if plans_nothing(plan, snapshot, errors=bool(self.errors)) else None
+        return None if key is None else settled_record(key, self.run_id, plan, snapshot)
 
     async def _remember_before_apply(self, plan: Plan) -> None:
         """Save what must outlive a crash before anything is applied: a new hold, and the leavers.

@@ -250,23 +250,10 @@ class Journal:
             if group_id in unreadable and group_id not in stale
         ]
 
-    def plan_events(
-        self,
-        plan: Plan,
-        *,
-        confirmed: str | None = None,
-        scope: HoldScope | None = None,
-        skips_logged: Mapping[str, str] | None = None,
-    ) -> list[AuditEvent]:
-        """Who was left out, what is held and why, what stale mappings keep held, what was cleared.
-
-        ``skips_logged`` (``SyncState.skips_logged``): the skips the Import Log
-        already told about; a skip is logged again only when it is new or its
-        category or reason changed (:func:`skips_to_remember`).
-        """
-        told = skips_logged or {}
+    def _skip_events(self, skipped: Sequence[Skip], told: Mapping[str, str]) -> list[AuditEvent]:
+        """A ``user_skipped`` / ``user_excluded`` entry per skip the Import Log has not told yet."""
         events = []
-        for skip in plan.skipped:
+        for skip in skipped:
             if told.get(skip.external_id) == skip_digest(skip):
                 continue
             kind = AuditKind.USER_EXCLUDED if skip.excluded else AuditKind.USER_SKIPPED
@@ -284,6 +271,23 @@ class Journal:
                     },
                 )
             )
+        return events
+
+    def plan_events(
+        self,
+        plan: Plan,
+        *,
+        confirmed: str | None = None,
+        scope: HoldScope | None = None,
+        skips_logged: Mapping[str, str] | None = None,
+    ) -> list[AuditEvent]:
+        """Who was left out, what is held and why, what stale mappings keep held, what was cleared.
+
+        ``skips_logged`` (``SyncState.skips_logged``): the skips the Import Log
+        already told about; a skip is logged again only when it is new or its
+        category or reason changed (:func:`skips_to_remember`).
+        """
+        events = self._skip_events(plan.skipped, skips_logged or {})
         for group_id, held in plan.stale_groups.items():
             name = plan.group_names.get(group_id) or group_id
             events.append(

@@ -24,16 +24,19 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ..core.plan import Skip
 from ..core.state import SyncState
-from ..model import Site
+from ..model import DirectorySnapshot, Site
 from ..policies.config import SyncConfig
 
-__all__ = ["Settled", "settled_key"]
+if TYPE_CHECKING:  # the read imports nothing of the planner's plan at run time
+    from ..core.plan import Plan
+
+__all__ = ["Settled", "plans_nothing", "run_key", "settled_key", "settled_record"]
 
 KEY_VERSION = 1
 
@@ -67,6 +70,48 @@ def settled_key(
     ]
     text = json.dumps(material, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def run_key(
+    config: SyncConfig,
+    sites: Sequence[Site],
+    *,
+    mirror_groups: bool,
+    sync_state: SyncState,
+    data_version: int | None,
+    confirming: bool,
+    cursor: Mapping[str, Any],
+    library_version: str,
+) -> str | None:
+    """The settled key of one run's inputs, or ``None`` when the run can settle nothing.
+
+    Nothing settles while a hold is pending or being confirmed (a person has
+    something to do), nor on a store that keeps no data version (a write by
+    anyone would go unseen). Which run is open is no input of a plan.
+    """
+    if data_version is None or sync_state.hold is not None or confirming:
+        return None
+    return settled_key(
+        config, sites, mirror_groups=mirror_groups, sync_state=attrs.evolve(sync_state, running=None),
+        data_version=data_version, cursor=cursor, library_version=library_version,
+    )
+
+
+def plans_nothing(plan: Plan, snapshot: DirectorySnapshot, *, errors: bool) -> bool:
+    """Whether a run that made ``plan`` may settle the trust: no change and no hold, every group read,
+    no conflict (a person must look) and no error."""
+    return not (
+        plan.changes or plan.held_removals or plan.hold is not None or plan.unreadable_groups
+        or snapshot.unreadable or errors or any(skip.conflict for skip in plan.skipped)
+    )
+
+
+def settled_record(key: str, run_id: str, plan: Plan, snapshot: DirectorySnapshot) -> Settled:
+    """What a run that planned nothing leaves for the next: the key, and what its report and log said."""
+    return Settled(
+        key, run_id, plan.skipped, plan.users_in_scope, plan.synced_users,
+        {group: len(users) for group, users in snapshot.members.items()},
+    )
 
 
 @attrs.frozen
