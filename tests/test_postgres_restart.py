@@ -223,3 +223,24 @@ async def test_postgres_apply_with_state_commits_the_batch_and_the_state_togethe
             await store.apply_with_state("oak", [CreateUser("u1", "u1@x.org", "U1")], state_after)
             assert [user.external_id for user in await store.users()] == ["u1"]
             assert await store.load_state("oak") == SyncState(left_scope={"u9": True})
+
+
+async def test_a_pooled_connection_the_server_dropped_is_replaced_not_failed(postgres_url, postgres_schema):
+    # After a restart (or a DBA's pg_terminate_backend, or an idle timeout) the pool holds a dead
+    # connection: the next call must get a live one, not a StoreError.
+    store = PostgresUserStore(postgres_url, schema=postgres_schema)
+    try:
+        await store.load("oak")
+        pool = await store._db.pool()
+        async with pool.connection() as connection:
+            pid = connection.info.backend_pid
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+            for _ in range(50):  # the backend goes away asynchronously
+                if admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone() == (0,):
+                    break
+                await asyncio.sleep(0.05)
+        state = await store.load("oak")
+        assert state.users == {}
+    finally:
+        await store.close()

@@ -149,6 +149,9 @@ class Database:
                 min_size=1,
                 max_size=self._pool_size,
                 kwargs={"autocommit": True},
+                # A connection a server restart or an idle timeout closed is found on checkout and
+                # replaced, rather than failing the next call (one empty query per checkout).
+                check=AsyncConnectionPool.check_connection,
                 open=False,
                 name=f"calm_azure_sync.{self.component}",
             )
