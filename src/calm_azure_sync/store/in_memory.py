@@ -72,13 +72,20 @@ class InMemoryUserStore(AsyncClosing):
         changes: Sequence[Change],
         state_after: Callable[[Sequence[ChangeResult]], SyncState],
     ) -> Sequence[ChangeResult]:
-        """Apply ``changes`` and save ``state_after(results)`` (a :class:`~calm_azure_sync.StateWithChanges`).
+        """Apply ``changes`` and save ``state_after(results)`` together (a :class:`~calm_azure_sync.StateWithChanges`).
 
-        Nothing here outlives the process, so there is no crash to be atomic
-        against; a state that cannot be stored raises ConfigError after the batch.
+        All or nothing, as a database transaction is: when ``state_after``
+        raises or its state cannot be stored (ConfigError), the tables are
+        put back as they were before the batch and the error propagates.
         """
-        results = await self.apply(trust_site_id, changes)
-        await self.save_state(trust_site_id, state_after(results))
+        before, version = self._tables.copy(), self._version
+        try:
+            results = await self.apply(trust_site_id, changes)
+            text = state_to_json(state_after(results), where=f"the sync state of trust {trust_site_id!r}")
+        except BaseException:
+            self._tables, self._version = before, version
+            raise
+        self._states[trust_site_id] = text
         return results
 
     async def check_run_lock(self, trust_site_id: str) -> None:

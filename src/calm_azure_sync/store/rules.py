@@ -121,6 +121,18 @@ class UserTables:
     # Change type -> its rule; filled in below the class.
     _RULES: ClassVar[dict[type, _Applier]] = {}
 
+    def copy(self) -> UserTables:
+        """A copy whose changes leave this one as it is (the values are frozen; the containers are new)."""
+        return UserTables(
+            users=dict(self.users),
+            by_external_id=dict(self.by_external_id),
+            by_email_key=dict(self.by_email_key),
+            grants={user_id: dict(grants) for user_id, grants in self.grants.items()},
+            groups=dict(self.groups),
+            members={key: set(members) for key, members in self.members.items()},
+            log=None if self.log is None else list(self.log),
+        )
+
     # -- building -----------------------------------------------------------
 
     def put_user(self, user: StoredUser) -> None:

@@ -58,6 +58,7 @@ from ..errors import ImportAlreadyRunningError
 from ..model import Role
 from ..store.protocol import Grant, StoreState
 from ._closing import close_if_closable
+from ._store_conformance_atomic import AtomicStateChecks
 from ._store_conformance_base import (
     ELM_SITE,
     OTHER_SITE,
@@ -79,7 +80,7 @@ from ._store_conformance_version import DataVersionChecks
 
 __all__ = ["ConformantUserStore", "GroupHelpers", "UserStoreConformance"]
 
-class UserStoreConformance(GroupChecks, SyncStateChecks, DeltaCacheChecks, DataVersionChecks):
+class UserStoreConformance(GroupChecks, SyncStateChecks, DeltaCacheChecks, DataVersionChecks, AtomicStateChecks):
     """The behavioural checks every :class:`~calm_azure_sync.UserStore` must pass.
 
     Subclass it as ``TestSomething`` and implement :meth:`make_store`.
