@@ -285,7 +285,18 @@ def held_removals(
     result = CheckResult("no held removal applied unconfirmed")
     markers: list[tuple[dt.datetime, int, str, Slot, Any]] = []
     ever_held: dict[Slot, Role | None] = {}
+    by_run = _runs(events)
+    confirming_runs: dict[str, list[tuple[dt.datetime, dt.datetime]]] = defaultdict(list)
+    for start, end, run_id in run_intervals(events):
+        number = _run_job(by_run[run_id])
+        job = jobs.get(number) if number is not None else None
+        if job is not None and job.confirm is not None:
+            confirming_runs[job.confirm].append((start, end))
     for hold in holds:
+        if any(start <= hold.at <= end for start, end in confirming_runs.get(hold.hold_id, ())):
+            # Polled while a run confirming it ran: the hold is still pending until that run saves, and
+            # the confirmation covers every removal it holds (one the run does not apply is forgotten).
+            continue
         for slot, role in hold.slots.items():
             markers.append((hold.at, 0, "held", slot, (hold.hold_id, role)))
             ever_held.setdefault(slot, role)

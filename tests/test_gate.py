@@ -490,3 +490,30 @@ def test_a_partial_confirmation_never_applies_a_removal_outside_its_scope(
         assert rest is not None and rest.id != hold.id and sorted(map(repr, rest.changes)) == sorted(map(repr, outside))
     else:
         assert rest is None
+
+
+async def test_a_leaver_whose_deactivation_is_held_anew_is_remembered_and_relinked_when_she_returns(make_store):
+    """Fault soak (stop 26): a confirmation applied ten leavers' unassigns and held their deactivations anew;
+    the trust never remembered they had left, so one whose account was re-created with her email stayed an
+    email conflict for ever (no proof the old account was this trust's) and never got her access back."""
+    tenant, store, audit = Tenant(STAFF), make_store(), InMemoryAuditSink()
+    assert (await run(tenant, store, audit, config())).ok
+    tenant.staff -= set(STAFF[:10])  # 10 of 12 leave Birch Staff: held
+    await run(tenant, store, audit, config())
+    hold = await pending(store, audit)
+    assert hold is not None
+    confirmed = await run(tenant, store, audit, config("deactivate"), confirm_hold=hold.id)
+    assert confirmed.counts["unassign"] == 10 and confirmed.counts["deactivate_user"] == 0
+    anew = await pending(store, audit)
+    assert anew is not None and {type(change).__name__ for change in anew.changes} == {"DeactivateUser"}
+    state = await store.load_state("oak") if hasattr(store, "load_state") else None
+    assert state is None or {tenant.ids[name] for name in STAFF[:10]} <= set(state.left_scope)
+    # s0's account is deleted and made again with her email, and she is back in Birch Staff.
+    old = tenant.ids["s0"]
+    tenant.recreate("s0")
+    tenant.staff.add("s0")
+    back = await run(tenant, store, audit, config("deactivate"))
+    assert back.counts["relink_user"] == 1 and back.counts["conflict"] == 0, str(back)
+    loaded = await store.load("oak")
+    assert ("birch", "Risk") in by_email(loaded)["s0@oak.sch.uk"]
+    assert not [user for user in loaded.users.values() if user.external_id == old]

@@ -97,6 +97,16 @@ def test_a_held_removal_is_fine_once_a_started_run_confirmed_the_hold():
     polled_meanwhile = checks.HoldSeen("t", at(2.5), "h1", {SLOT: Role.MEMBER})
     result = checks.held_removals("t", events, [hold, polled_meanwhile], jobs, [(at(0), version(gives=False))], PERSON_OF)
     assert (result.passed, result.failed) == (1, 0)
+    # ... nor the removal of a later run when the confirming run did not apply it (its mode did not plan it):
+    # the admin confirmed it with the hold (fault soak, stop 26: a held deactivation confirmed in unassign mode).
+    later = [*run(2, 4, "r2", 2), *run(5, 7, "r3", 3), unassign(6, "r3", 3)]
+    jobs[3] = checks.Job(3, "t", "deactivate")
+    result = checks.held_removals("t", later, [hold, polled_meanwhile], jobs, [(at(0), version(gives=False))], PERSON_OF)
+    assert (result.passed, result.failed) == (1, 0)
+    # A hold seen again after its confirming run ended (the confirmation died before saving) still protects.
+    polled_after = checks.HoldSeen("t", at(4.5), "h1", {SLOT: Role.MEMBER})
+    result = checks.held_removals("t", later, [hold, polled_after], jobs, [(at(0), version(gives=False))], PERSON_OF)
+    assert result.failed == 1
     # A confirmation that was refused (never started) confirms nothing.
     refused = [event(2, AuditKind.IMPORT_REFUSED, "r2", 2), *run(5, 7, "r3", 3), unassign(6, "r3", 3)]
     jobs[3] = checks.Job(3, "t", "unassign")

@@ -93,7 +93,7 @@ class Plan:
     ``hold`` is the pending hold this plan leaves (the full value the sync
     state keeps), ``hold_cleared`` the id of a hold it clears; ``left_scope``
     lists the users this plan takes out of scope for good (none of their
-    removals held); ``lookups_needed`` the Azure objects whose existence would
+    grant removals held; a held deactivation does not keep them in); ``lookups_needed`` the Azure objects whose existence would
     settle an email conflict (the reconciler looks them up and plans again).
     ``confirmed_removals`` are the held removals a confirmation applies in
     this plan; ``deferred_removals`` the removals held only by a partial read

@@ -390,7 +390,9 @@ class _Planner:
                 change for change in ordered
                 if id(change) not in held and not (isinstance(change, RetireGroup) and change.external_id in keep_groups)
             ]
-        held_users = {change.external_id for change in verdict.held}
+        # A leaver whose grants go is out of scope for good even when their deactivation is held: the
+        # trust must remember them (deactivate mode, and the proof that their old account was this trust's).
+        held_users = {change.external_id for change in verdict.held if isinstance(change, Unassign)}
         mentioned = {*self.changes_by_user, *(s.external_id for s in skipped), *self.also_mentioned}
         return Plan(
             trust_site_id=self.config.trust_site_id,
