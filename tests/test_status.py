@@ -263,3 +263,26 @@ async def test_status_needs_an_admin_of_the_trust() -> None:
 
     with pytest.raises(NotAuthorizedError):
         await sync(NoDirectory(), InMemoryUserStore(), InMemoryAuditSink()).status("oak", actor=Actor("someone", []))
+
+
+async def test_an_email_conflict_needs_attention_until_it_is_gone() -> None:
+    # Person 0's account is replaced by another Azure account with her email while the first still exists:
+    # the new one is an email conflict (no proof the old one is gone), left as it is for a person to decide.
+    store, sink, clock = InMemoryUserStore(), InMemoryAuditSink(), Clock()
+    first = tenant(4)
+    await sync(InMemoryDirectory.from_dict(first), store, sink, clock).run(CONFIG, actor=ACTOR)
+    second = tenant(4)
+    second["users"].append({"id": "20000000-0000-4000-8000-000000000001", "displayName": "Person 0 (new)",
+                            "mail": "p0@oak.org"})
+    second["members"] = {STAFF: [*first["members"][STAFF][1:], "20000000-0000-4000-8000-000000000001"]}
+    report = await sync(InMemoryDirectory.from_dict(second), store, sink, clock).run(CONFIG, actor=ACTOR)
+    assert report.counts["conflict"] == 1
+    status = await sync(NoDirectory(), store, sink, clock).status("oak", actor=ACTOR)
+    (conflict,) = [item for item in status.attention if item.kind == "email_conflict"]
+    assert conflict.message.startswith("1 Azure user(s) share an email") and not status.healthy
+    assert status.last_run is not None and status.last_run.conflicts == 1
+    assert status.to_dict()["last_run"]["conflicts"] == 1
+    # The admin removes the new account from the group: no conflict left, nothing to act on.
+    await sync(InMemoryDirectory.from_dict(first), store, sink, clock).run(CONFIG, actor=ACTOR)
+    later = await sync(NoDirectory(), store, sink, clock).status("oak", actor=ACTOR)
+    assert not [item for item in later.attention if item.kind == "email_conflict"]

@@ -57,7 +57,13 @@ __all__ = [
 FAILURE_STREAK = 3
 
 AttentionKind = Literal[
-    "hold_waiting", "access_revoked", "stale_mapping", "repeated_failures", "run_abandoned", "import_refused"
+    "hold_waiting",
+    "access_revoked",
+    "stale_mapping",
+    "repeated_failures",
+    "run_abandoned",
+    "import_refused",
+    "email_conflict",
 ]
 RunOutcome = Literal["ok", "completed_with_errors", "failed", "abandoned", "running"]
 
@@ -95,6 +101,8 @@ class RunSummary:
     finished_at: dt.datetime | None
     outcome: RunOutcome
     message: str = ""
+    conflicts: int = 0
+    """Directory users the run left as they are because their email belongs to another store user."""
 
     @property
     def at(self) -> dt.datetime | None:
@@ -108,6 +116,7 @@ class RunSummary:
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "outcome": self.outcome,
             "message": self.message,
+            "conflicts": self.conflicts,
         }
 
 
@@ -282,7 +291,7 @@ def runs_from_log(newest_first: Sequence[AuditEvent]) -> list[RunSummary]:
                 outcome: RunOutcome = "failed"
             else:
                 outcome = "ok" if end.detail.get("ok", True) is True else "completed_with_errors"
-            runs.append(RunSummary(run_id, started, end.at, outcome, end.message))
+            runs.append(RunSummary(run_id, started, end.at, outcome, end.message, _conflicts(end)))
         elif run_id in abandoned:
             note = abandoned[run_id]
             runs.append(RunSummary(run_id, started, None, "abandoned", note.message))
@@ -290,6 +299,12 @@ def runs_from_log(newest_first: Sequence[AuditEvent]) -> list[RunSummary]:
             outcome = "running" if index == 0 else "abandoned"
             runs.append(RunSummary(run_id, started, None, outcome, "no end in the Import Log"))
     return runs
+
+
+def _conflicts(end: AuditEvent) -> int:
+    counts = end.detail.get("counts")
+    count = counts.get("conflict") if isinstance(counts, Mapping) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
 
 
 def failure_streak(runs: Sequence[RunSummary]) -> int:
@@ -413,6 +428,7 @@ def sync_status(
     refusal = _open_refusal(runs_log or (), last_run)
     if refusal is not None:
         attention.append(Attention("import_refused", refusal.message, refusal.at))
+    attention += _conflict_attention(runs)
     return SyncStatus(
         trust_site_id=trust_site_id,
         trust_name=trust_name,
@@ -428,6 +444,21 @@ def sync_status(
         log_readable=runs_log is not None,
         group_names={**names, **stale},
     )
+
+
+def _conflict_attention(runs: Sequence[RunSummary]) -> list[Attention]:
+    """The newest run that planned tells who is in an email conflict: their access waits for a person."""
+    planned = next((run for run in runs if run.outcome in ("ok", "completed_with_errors")), None)
+    if planned is None or not planned.conflicts:
+        return []
+    return [
+        Attention(
+            "email_conflict",
+            f"{planned.conflicts} Azure user(s) share an email with another CalmCompliance user: the last import "
+            "left their access as it is. Its report lists them (conflicts), and explain() tells one person's story.",
+            planned.at,
+        )
+    ]
 
 
 def _open_refusal(newest_first: Iterable[AuditEvent], last_run: RunSummary | None) -> AuditEvent | None:
