@@ -297,3 +297,38 @@ def test_the_room_check_finds_an_import_against_the_flow() -> None:
         "core/guards.py -> reconciler.py"
     ]
     assert _room_violations({"core/plan.py": {"review/__init__.py"}, "review/status.py": {"core/state.py"}}) == []
+
+
+# ---------------------------------------------------------------------- sizes
+
+MAX_MODULE_LINES = 600
+MAX_FUNCTION_LINES = 60
+# Written out on purpose: the per-user hot path of every read (a helper call per field costs real CPU at 100k).
+LONG_ON_PURPOSE = frozenset({"model.py::DirectoryUser.from_graph"})
+
+
+def _library_sources() -> list[Path]:
+    return [
+        path
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.relative_to(PACKAGE).parts[0] not in ("testing", "demo")
+    ]
+
+
+def test_no_library_module_is_over_600_lines_and_no_function_over_60() -> None:
+    too_long = []
+    for path in _library_sources():
+        module = path.relative_to(PACKAGE).as_posix()
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") > MAX_MODULE_LINES:
+            too_long.append(f"{module}: {text.count(chr(10))} lines")
+        tree = ast.parse(text)
+        for node in ast.walk(tree):
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    owner = f"{node.name}." if isinstance(node, ast.ClassDef) else ""
+                    name = f"{module}::{owner}{child.name}"
+                    length = (child.end_lineno or child.lineno) - child.lineno + 1
+                    if length > MAX_FUNCTION_LINES and name not in LONG_ON_PURPOSE:
+                        too_long.append(f"{name}: {length} lines")
+    assert not too_long, f"split these by concept or by step (docs/layout.md): {too_long}"

@@ -42,9 +42,9 @@ from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 
-from .._html import html_table
 from ..model import DirectoryUser
 from ._glob import MAX_PATTERN_LENGTH, WILDCARD_RUN, Glob, character_problem, pattern_problem
+from ._suggestions import ExclusionSuggestion, Suggestions
 
 __all__ = ["ExclusionSuggestion", "Suggestions", "suggest"]
 
@@ -210,46 +210,6 @@ _MIN_CONTAINS_LENGTH = 6
 # --------------------------------------------------------------------------
 # What auto-detect returns
 # --------------------------------------------------------------------------
-
-
-@attrs.frozen
-class ExclusionSuggestion:
-    """An account :meth:`ExclusionPolicy.suggest` thinks is no person.
-
-    ``pattern`` is a glob that matches this account's email and no account of
-    the same input that was not suggested too; ``reasons`` say why, in the
-    order of the rule table. ``suggest`` only suggests accounts with an
-    email, so ``email`` is always set there.
-    """
-
-    user_id: str
-    email: str | None
-    pattern: str
-    reasons: tuple[str, ...]
-
-
-class Suggestions(list[ExclusionSuggestion]):
-    """A list of :class:`ExclusionSuggestion` that reads as a table (text, and HTML in notebooks)."""
-
-    @property
-    def patterns(self) -> list[str]:
-        """The distinct suggested patterns, in order: what to pass to ``with_patterns``."""
-        return list(dict.fromkeys(suggestion.pattern for suggestion in self))
-
-    def __str__(self) -> str:
-        if not self:
-            return "no suggestions"
-        width = max(len(suggestion.pattern) for suggestion in self)
-        return "\n".join(
-            f"{suggestion.pattern:{width}}  {suggestion.email}  ({'; '.join(suggestion.reasons)})"
-            for suggestion in self
-        )
-
-    def _repr_html_(self) -> str:
-        return html_table(
-            ["pattern", "account", "why"],
-            ((suggestion.pattern, suggestion.email, "; ".join(suggestion.reasons)) for suggestion in self),
-        )
 
 
 # --------------------------------------------------------------------------

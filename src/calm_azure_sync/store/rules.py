@@ -42,6 +42,7 @@ from ..core.plan import (
 )
 from ..core.state import state_from_json, state_to_json  # re-exported: their home is core/state.py
 from ..model import Role, email_key
+from ._table_reads import TableReads
 from ._values import checked_grant, names_equal, not_text, storable_values
 from .batch import (  # re-exported: their home is store/batch.py
     BatchKeys,
@@ -62,7 +63,7 @@ from .mutations import (  # re-exported: their home is store/mutations.py
     Mutation,
     UserWrite,
 )
-from .protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup
+from .protocol import ChangeResult, StoredUser, SyncedGroup
 from .user_ids import new_user_id  # re-exported: its home is store/user_ids.py
 
 __all__ = [
@@ -95,7 +96,7 @@ UNCHANGED: Final = "unchanged"
 
 
 @attrs.define
-class UserTables:
+class UserTables(TableReads):
     """Users and grants as plain dicts, with the apply rules of the store protocol.
 
     ``users`` maps user id to :class:`StoredUser`; ``by_external_id`` and
@@ -240,80 +241,6 @@ class UserTables:
         if user_id not in self.users:
             raise KeyError(f"no user with id {user_id!r}")
         self._upsert_grant(user_id, (site_id, module, "manual"), (parsed, None))
-
-    def grants_of(self, user_id: str) -> set[Grant]:
-        """Every grant ``user_id`` holds, of both sources."""
-        if user_id not in self.users:
-            raise KeyError(f"no user with id {user_id!r}")
-        return {
-            Grant(site_id=site_id, module=module, role=role, source=source)
-            for (site_id, module, source), (role, _trust) in self.grants.get(user_id, {}).items()
-        }
-
-    def state(self, trust_site_id: str) -> StoreState:
-        """What :meth:`UserStore.load` returns for ``trust_site_id``."""
-        with collector_paused():
-            return self._state(trust_site_id)
-
-    def _state(self, trust_site_id: str) -> StoreState:
-        synced: dict[str, dict[tuple[str, str], Role]] = {}
-        manual: set[str] = set()
-        other_trusts: set[str] = set()
-        for user_id, held in self.grants.items():
-            for (site_id, module, source), (role, trust) in held.items():
-                if source == "manual":
-                    manual.add(user_id)
-                elif trust == trust_site_id:
-                    external_id = self.users[user_id].external_id
-                    if external_id is not None:
-                        synced.setdefault(external_id, {})[(site_id, module)] = role
-                else:
-                    other_trusts.add(user_id)
-        groups = {key[1]: group for key, group in self.groups.items() if key[0] == trust_site_id}
-        users = self.users
-        group_members = {
-            group_id: frozenset(
-                external_id
-                for user_id in self.members.get((trust_site_id, group_id), ())
-                if (external_id := users[user_id].external_id) is not None
-            )
-            for group_id in groups
-        }
-        return StoreState(
-            users=dict(self.users),
-            synced_access=synced,
-            manual_access_user_ids=frozenset(manual),
-            other_access_user_ids=frozenset(manual | other_trusts),
-            groups=groups,
-            group_members=group_members,
-        )
-
-    def groups_of(self, trust_site_id: str) -> list[SyncedGroup]:
-        """The trust's synced groups (retired ones too), by display name."""
-        return sorted(
-            (group for (trust, _id), group in self.groups.items() if trust == trust_site_id),
-            key=lambda group: (group.display_name, group.external_id),
-        )
-
-    def members_of(self, group_external_id: str, trust_site_id: str | None = None) -> frozenset[str]:
-        """Member external ids of the group in ``trust_site_id`` (``None``: every trust mirroring it).
-
-        Raises ``KeyError`` when no trust (or not that trust) mirrors the group.
-        """
-        keys = [
-            key
-            for key in self.groups
-            if key[1] == group_external_id and (trust_site_id is None or key[0] == trust_site_id)
-        ]
-        if not keys:
-            where = "any trust" if trust_site_id is None else f"trust {trust_site_id!r}"
-            raise KeyError(f"no synced group {group_external_id!r} in {where}")
-        return frozenset(
-            external_id
-            for key in keys
-            for user_id in self.members.get(key, ())
-            if (external_id := self.users[user_id].external_id) is not None
-        )
 
     # -- applying changes -----------------------------------------------------
 
