@@ -223,10 +223,10 @@ class DirectoryUser:
 
     @classmethod
     def from_graph(cls, data: Mapping[str, Any]) -> DirectoryUser:
-        """Build from a Graph ``user`` object (camelCase keys, as Graph sends them)."""
-        # Written out field by field rather than through _GraphReader: this
-        # runs once per user per page (100k users: 100k calls), and the
-        # checks below are the whole cost.
+        """Build from a Graph ``user`` object (camelCase keys, as Graph sends them).
+
+        Written field by field, not through _GraphReader: it runs once per user read, and these checks are its cost.
+        """
         if type(data) is not dict and not isinstance(data, Mapping):
             raise _GraphReader(data, "user").id()  # raises the "must be a JSON object" error
         get = data.get
@@ -244,16 +244,12 @@ class DirectoryUser:
         if (
             type(user_id) is not str
             or not user_id.strip()
-            or not (display_name is None or type(display_name) is str)
-            or not (mail is None or type(mail) is str)
-            or not (upn is None or type(upn) is str)
-            or not (given_name is None or type(given_name) is str)
-            or not (surname is None or type(surname) is str)
-            or not (user_type is None or type(user_type) is str)
-            or not (creation_type is None or type(creation_type) is str)
-            or not (enabled is None or type(enabled) is bool)
-            or not (on_premises is None or type(on_premises) is bool)
-            or not (licenses is None or type(licenses) is list)
+            or type(display_name) not in _TEXT_OR_NONE or type(mail) not in _TEXT_OR_NONE
+            or type(upn) not in _TEXT_OR_NONE or type(given_name) not in _TEXT_OR_NONE
+            or type(surname) not in _TEXT_OR_NONE or type(user_type) not in _TEXT_OR_NONE
+            or type(creation_type) not in _TEXT_OR_NONE
+            or type(enabled) not in _FLAG_OR_NONE or type(on_premises) not in _FLAG_OR_NONE
+            or type(licenses) not in _LIST_OR_NONE
         ):
             _check_user_fields(data)  # slow path, only for bad data
         if not (
@@ -422,6 +418,12 @@ def _check_user_fields(data: Mapping[str, Any]) -> None:
     reader.optional_bool("accountEnabled", default=True)
     reader.optional_bool("onPremisesSyncEnabled", default=None)
     reader.optional_list("assignedLicenses")
+
+
+# The exact types a Graph user's fields may have (JSON text, booleans, arrays, or null): from_graph's fast check.
+_TEXT_OR_NONE = (str, type(None))
+_FLAG_OR_NONE = (bool, type(None))
+_LIST_OR_NONE = (list, type(None))
 
 
 def _storable_user_text(
