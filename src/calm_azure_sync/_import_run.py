@@ -306,7 +306,7 @@ class _Run:
     def _final_memory(self, plan: Plan, snapshot: DirectorySnapshot, results: Sequence[ChangeResult]) -> SyncState:
         """What the trust remembers after this run applied ``results``: pure (a store may call it in its transaction)."""
         assert self.cache_kept is not None
-        state = next_sync_state(
+        return next_sync_state(
             self.cache_kept,
             config=self.config,
             hold=plan.hold,
@@ -315,8 +315,8 @@ class _Run:
             results=results,
             left_now=plan.left_scope,
             disputed=plan.disputed_groups,
+            skips_logged=skips_to_remember(plan.skipped),  # what plan_events told
         )
-        return attrs.evolve(state, skips_logged=skips_to_remember(plan.skipped))  # what plan_events told
 
     def _memory_so_far(self, results: Sequence[ChangeResult]) -> SyncState:
         """The memory while batches remain: the saved state plus the deactivations ``results`` applied (pure)."""

@@ -460,6 +460,7 @@ def next_sync_state(
     results: Sequence[ChangeResult],
     left_now: Iterable[str],
     disputed: Iterable[str] = (),
+    skips_logged: Mapping[str, str] | None = None,
 ) -> SyncState:
     """What the trust remembers after a run that applied ``results``.
 
@@ -468,7 +469,8 @@ def next_sync_state(
     scope); ``left_now``: external ids whose every synced grant this plan
     removed because they left scope; ``disputed``: groups whose read this
     run's guards disputed (they shrank and the run held removals), whose
-    baselines therefore stay.
+    baselines therefore stay. ``skips_logged``: the skips this run's Import
+    Log told (``None``: the memory of them stays as it was).
     """
     mapped = config.mappings.group_ids
     disputed = {*disputed, *(hold.group_ids if hold is not None else ())}
@@ -493,4 +495,5 @@ def next_sync_state(
             left_scope.setdefault(external_id, False)
     for external_id in deactivated:
         left_scope[external_id] = True
-    return attrs.evolve(previous, hold=hold, baselines=baselines, left_scope=left_scope)
+    told = previous.skips_logged if skips_logged is None else skips_logged
+    return attrs.evolve(previous, hold=hold, baselines=baselines, left_scope=left_scope, skips_logged=told)

@@ -81,7 +81,7 @@ class InMemoryUserStore(AsyncClosing):
         before, version = self._tables.copy(), self._version
         try:
             results = await self.apply(trust_site_id, changes)
-            text = state_to_json(state_after(results), where=f"the sync state of trust {trust_site_id!r}")
+            text = state_to_json(state_after(results), where=_where(trust_site_id))
         except BaseException:
             self._tables, self._version = before, version
             raise
@@ -103,11 +103,11 @@ class InMemoryUserStore(AsyncClosing):
         text = self._states.get(trust_site_id)
         if text is None:
             return SyncState()
-        return state_from_json(text, where=f"the sync state of trust {trust_site_id!r}")
+        return state_from_json(text, where=_where(trust_site_id))
 
     async def save_state(self, trust_site_id: str, state: SyncState) -> None:
         """Replace the trust's state with a copy of ``state``; a state that cannot be stored raises ConfigError."""
-        self._states[trust_site_id] = state_to_json(state, where=f"the sync state of trust {trust_site_id!r}")
+        self._states[trust_site_id] = state_to_json(state, where=_where(trust_site_id))
 
     async def load_delta(self, trust_site_id: str) -> DeltaCache | None:
         """The trust's delta cache, or ``None`` when none was saved."""
@@ -193,3 +193,8 @@ class InMemoryUserStore(AsyncClosing):
         return self._tables.members_of(
             checked_id("group_external_id", group_external_id), checked_optional_id("trust_site_id", trust_site_id)
         )
+
+
+def _where(trust_site_id: str) -> str:
+    """How a stored state's errors name it."""
+    return f"the sync state of trust {trust_site_id!r}"
