@@ -57,6 +57,7 @@ class CreateUser:
     display_name: str
     given_name: str | None = None
     surname: str | None = None
+    tenant_id: str | None = None
 
 
 @attrs.frozen
@@ -73,6 +74,7 @@ class LinkUser:
     display_name: str
     given_name: str | None = None
     surname: str | None = None
+    tenant_id: str | None = None
 
 
 @attrs.frozen
@@ -80,7 +82,8 @@ class UpdateUser:
     """The Azure user's name or email changed (or a deactivated user is back in scope).
 
     Carries the full new values; ``changed`` names the fields that differ
-    (``email``, ``display_name``, ``given_name``, ``surname``, ``active``).
+    (``email``, ``display_name``, ``given_name``, ``surname``, ``active``,
+    ``tenant_id``).
     """
 
     external_id: str
@@ -91,6 +94,7 @@ class UpdateUser:
     surname: str | None = None
     reactivate: bool = False
     changed: tuple[str, ...] = ()
+    tenant_id: str | None = None
 
 
 @attrs.frozen
@@ -109,6 +113,7 @@ class RelinkUser:
     display_name: str
     given_name: str | None = None
     surname: str | None = None
+    tenant_id: str | None = None
 
 
 @attrs.frozen

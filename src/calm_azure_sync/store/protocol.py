@@ -54,6 +54,9 @@ class StoredUser:
     user invited by hand. ``deactivated_by_sync`` is true only while the user
     is inactive because the sync deactivated them: the sync reactivates those
     users when they come back into scope, and never anyone a person deactivated.
+    ``tenant_id`` is the Entra tenant the synced account lives in (API §13):
+    identity is (tenant, object id); ``None`` for a user invited by hand, or
+    one synced before tenants were recorded (qualified by its next run).
     """
 
     user_id: str
@@ -64,6 +67,7 @@ class StoredUser:
     surname: str | None = None
     active: bool = True
     deactivated_by_sync: bool = False
+    tenant_id: str | None = None
 
 
 @attrs.frozen
