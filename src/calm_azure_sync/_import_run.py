@@ -204,7 +204,7 @@ class _Run:
                 loading = asyncio.ensure_future(reconciler.store.load(trust))
 
         try:
-            self.read = await reconciler._reader.read_for_run(
+            self.read = await reconciler._reader(self.config).read_for_run(
                 self.config, self.sync_state, self.mode, settled_key=self._settled_key, begin_load=begin_load
             )
         except BaseException:
@@ -336,14 +336,14 @@ class _Run:
         if self.read is None:
             self.cache_kept = self.opened
             return
-        self.cache_kept = await self.reconciler._reader.keep_cache(self._trust, self.read, self.opened, None)
+        self.cache_kept = await self.reconciler._reader(self.config).keep_cache(self._trust, self.read, self.opened, None)
 
     async def _remember(self, plan: Plan, snapshot: DirectorySnapshot) -> None:
         """Save the final memory on its own: a run with no batch, or a store that cannot save it with one."""
         read = self.read
         if read is not None and read.settled is not None:  # nothing planned: only the cache's cursor moves
             after = self.sync_state
-            after = await self.reconciler._reader.keep_cache(self._trust, read, after, self._settles(plan, snapshot, after))
+            after = await self.reconciler._reader(self.config).keep_cache(self._trust, read, after, self._settles(plan, snapshot, after))
         elif self.cache_kept is not None:  # the cache was written before a last batch that could not save this
             after = self._final_memory(plan, snapshot, self.removal_results)
         else:
@@ -351,7 +351,7 @@ class _Run:
             after = self._final_memory(plan, snapshot, self.removal_results)
             if read is not None:
                 settled = self._settles(plan, snapshot, after)
-                after = await self.reconciler._reader.keep_cache(self._trust, read, after, settled)
+                after = await self.reconciler._reader(self.config).keep_cache(self._trust, read, after, settled)
         if after != self.sync_state:
             await self.reconciler._state_store.save_state(self._trust, after)
             self.sync_state = after

@@ -73,7 +73,8 @@ async def explain(reconciler: Reconciler, config: SyncConfig, who: str) -> Expla
     sync_state = await reconciler._state_store.load_state(trust)
     stored = stored_user_for(state, who)
     read = await read_person(
-        reconciler.directory, config, who, stored, reconciler._reader, reconciler.max_concurrent_reads
+        reconciler._directory_for(config), config, who, stored, reconciler._reader(config),
+        reconciler.max_concurrent_reads,
     )
     user = read.user
     if stored is None and user is not None:
@@ -146,11 +147,11 @@ async def status(reconciler: Reconciler, trust_site_id: str, trust_name: str) ->
     """:meth:`Reconciler.status` once the actor passed."""
     sync_state = await reconciler._state_store.load_state(trust_site_id)
     runs_log, errors = await _recent_runs(reconciler, trust_site_id)
-    reader = reconciler._reader
+    reader = reconciler._reader(None)
     head, _ = await reader._load_head(trust_site_id, sync_state)
     mode, why = choose_mode(
         "auto", cache=head, mapped=head.mapped if head is not None else frozenset(),
-        supports_delta=isinstance(reconciler.directory, DeltaDirectory), now=reconciler.clock(),
+        supports_delta=isinstance(reader.directory, DeltaDirectory), now=reconciler.clock(),
         full_resync_interval=reconciler.full_resync_interval,
     )
     if head is not None and mode == "incremental":

@@ -321,6 +321,8 @@ class DirectoryGroup:
     group_types: tuple[str, ...] = ()
     security_enabled: bool | None = None
     mail_enabled: bool | None = None
+    # The tenant the group lives in, when a trust reads several (API §13); Graph JSON does not carry it.
+    tenant_id: str | None = None
 
     GRAPH_SELECT = ("id", "displayName", "description", "mail", "groupTypes", "securityEnabled", "mailEnabled")
 

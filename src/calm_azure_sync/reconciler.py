@@ -32,6 +32,7 @@ from .core.planner import DirectorySnapshot, PlanContext, build_plan, skip_reaso
 from .core.state import Hold, HoldScope, SyncState, SyncStateStore
 from .directory._deadline import interactive_call
 from .directory.protocol import Directory, GroupDiscovery, UserLookup
+from .directory.tenants import directory_for_trust
 from .errors import (
     ChildSiteConfigurationError,
     ConfigError,
@@ -144,7 +145,7 @@ class Reconciler:
     1
     """
 
-    directory: Directory
+    directory: Directory | Mapping[str, Directory]
     store: UserStore
     audit: AuditSink
     hierarchy: TrustHierarchy
@@ -193,13 +194,14 @@ class Reconciler:
         directory's side (Graph ``$search``), for tenants with many groups.
         """
         trust = self._authorize(site_id, actor)
+        directory = self._directory_for(None)
         if not search:
-            listed = await self.directory.list_groups()
-        elif isinstance(self.directory, GroupDiscovery):
-            listed = await self.directory.list_groups(search=search)
+            listed = await directory.list_groups()
+        elif isinstance(directory, GroupDiscovery):
+            listed = await directory.list_groups(search=search)
         else:
             raise ConfigError(
-                f"search: {type(self.directory).__name__} cannot search groups (it is no GroupDiscovery directory)"
+                f"search: {type(directory).__name__} cannot search groups (it is no GroupDiscovery directory)"
             )
         groups = sorted(listed, key=lambda g: ((g.display_name or "").lower(), g.id))
         await self._record_safely([self._journal(trust.id, actor).discovered(len(groups))])
@@ -253,15 +255,16 @@ class Reconciler:
             self._check_tenant(config)
         except ConfigError as error:
             invalid = list(error.problems)
-        groups = list(await self.directory.list_groups())
+        directory = self._directory_for(None if invalid else config)  # refused: list what there is
+        groups = list(await directory.list_groups())
         existing = {group.id for group in groups}
-        discovery = self.directory if isinstance(self.directory, GroupDiscovery) else None
+        discovery = directory if isinstance(directory, GroupDiscovery) else None
         member_counts: dict[str, int] = {}
         for group_id in sorted(config.mappings.group_ids & existing):
             if discovery is not None:
                 member_counts[group_id] = await discovery.group_member_count(group_id)
             else:
-                member_counts[group_id] = len(await self.directory.group_members(group_id))
+                member_counts[group_id] = len(await directory.group_members(group_id))
         # Seen before = read completely by an earlier run (its baseline). Not the store's mirrored
         # groups: a run mirrors every mapped group, a mistyped id that was never read included.
         seen = (await self._state_store.load_state(trust.id)).baselines
@@ -458,26 +461,12 @@ class Reconciler:
         self._check_tenant(config)
 
     def _check_tenant(self, config: SyncConfig) -> None:
-        """A trust connected to a tenant is only ever synced from that tenant.
+        """A trust is only ever synced from its own tenants (see :meth:`_directory_for`)."""
+        self._directory_for(config)
 
-        A directory that cannot say which tenant it reads is refused too: the
-        check must not pass just because the answer is unknown.
-        """
-        if not config.tenant_id:
-            return
-        directory_tenant = getattr(self.directory, "tenant_id", None)
-        if not directory_tenant:
-            raise TenantMismatchError(
-                f"trust {config.trust_site_id!r} is connected to tenant {config.tenant_id!r}, "
-                "but the directory does not say which tenant it reads; pass tenant_id to the directory",
-                expected=config.tenant_id, actual=None,
-            )
-        if config.tenant_id.lower() != str(directory_tenant).lower():
-            raise TenantMismatchError(
-                f"trust {config.trust_site_id!r} is connected to tenant {config.tenant_id!r}, "
-                f"but the directory reads tenant {directory_tenant!r}; refusing to sync another organisation",
-                expected=config.tenant_id, actual=str(directory_tenant),
-            )
+    def _directory_for(self, config: SyncConfig | None) -> Directory:
+        """The directory a trust's run reads (``None``: every directory given, for listings); see :func:`directory_for_trust`."""
+        return directory_for_trust(self.directory, config)
 
     async def _load_state_or_refuse(self, config: SyncConfig, confirm_hold: str | None, journal: Journal) -> SyncState:
         try:
@@ -492,16 +481,16 @@ class Reconciler:
             raise
         return sync_state
 
-    @property
-    def _reader(self) -> DirectoryReader:
+    def _reader(self, config: SyncConfig | None) -> DirectoryReader:
+        """The run's reader: of ``config``'s directory (``None``: for the delta cache only, no directory read)."""
         return DirectoryReader(
-            self.directory, self._state_store, self.max_concurrent_reads, self.clock, self.full_resync_interval,
+            self._directory_for(config), self._state_store, self.max_concurrent_reads, self.clock, self.full_resync_interval,
             self._progress,
         )
 
     async def _read(self, config: SyncConfig) -> DirectorySnapshot:
         """Read every mapped group in full (see :meth:`DirectoryReader.read_all`)."""
-        return await self._reader.read_all(config)
+        return await self._reader(config).read_all(config)
 
     async def _build_plan(
         self, config: SyncConfig, snapshot: DirectorySnapshot, state: StoreState, context: PlanContext
@@ -509,9 +498,10 @@ class Reconciler:
         """Plan; when an email conflict could be settled by asking the directory, ask and plan again."""
         self._progress("plan", 0, 1)
         plan = build_plan(config, snapshot, state, context)
-        if plan.lookups_needed and isinstance(self.directory, UserLookup):
+        directory = self._directory_for(config)
+        if plan.lookups_needed and isinstance(directory, UserLookup):
             try:
-                found: Mapping[str, DirectoryUser | None] = await self.directory.lookup_users(
+                found: Mapping[str, DirectoryUser | None] = await directory.lookup_users(
                     sorted(plan.lookups_needed)
                 )
             except Exception:  # the conflicts stay conflicts: safe, and reported

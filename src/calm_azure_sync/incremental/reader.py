@@ -34,6 +34,7 @@ import attrs
 from ..core.state import SyncState, SyncStateStore
 from ..directory.delta import DeltaCursor, DeltaDirectory, DirectoryDelta
 from ..directory.protocol import Directory
+from ..directory.tenants import TenantRoundFailed
 from ..errors import (
     DeltaExpiredError,
     DirectoryAccessError,
@@ -212,6 +213,8 @@ def after_failed_read(error: Exception) -> ReadInFull | ReadNothing:
         return ReadInFull("the delta cache could not be read; reading in full")
     if isinstance(error, DeltaExpiredError):
         return ReadInFull(f"the delta token can no longer be used ({error.code}); reading in full")
+    if isinstance(error, TenantRoundFailed):  # the other tenants' changes still apply (API §13)
+        return ReadInFull(f"reading the changes of tenant {error.tenant_id} failed; reading every tenant in full")
     return ReadNothing(f"could not read changes: {error}")
 
 

@@ -158,6 +158,44 @@ def _check_tenant_id(instance: object, attribute: attrs.Attribute[Any], value: o
         raise ConfigError(f"tenant_id: must be a non-empty string or None, got {_kind(value)}")
 
 
+def _freeze_tenants(tenants: Iterable[str] | None) -> tuple[str, ...]:
+    if tenants is None:
+        return ()
+    if isinstance(tenants, (str, bytes, Mapping)) or not isinstance(tenants, Iterable):
+        hint = f" (one tenant is written [{tenants!r}], or tenant_id=...)" if isinstance(tenants, str) else ""
+        raise ConfigError(f"tenants: expected a list of tenant ids, got {_kind(tenants)}{hint}")
+    items = list(tenants)
+    problems = [
+        f"tenants[{index}]: must be a non-empty string, got {_kind(tenant)}"
+        for index, tenant in enumerate(items)
+        if not isinstance(tenant, str) or not tenant.strip()
+    ]
+    seen: dict[str, int] = {}
+    for index, tenant in enumerate(items):
+        if isinstance(tenant, str) and tenant.strip():
+            first = seen.setdefault(tenant.lower(), index)
+            if first != index:
+                problems.append(f"tenants[{index}]: tenant {tenant!r} is already tenants[{first}]")
+    if problems:
+        raise ConfigError(problems)
+    return tuple(items)
+
+
+def _freeze_tenant_names(names: Mapping[str, str] | None) -> Mapping[str, str] | None:
+    if names is None:
+        return None
+    if not isinstance(names, Mapping):
+        raise ConfigError(f"tenant_names: expected an object of tenant id to name, got {_kind(names)}")
+    problems = [
+        f"tenant_names.{key}: must be a non-empty string, got {_kind(value)}"
+        for key, value in names.items()
+        if not isinstance(key, str) or not isinstance(value, str) or not value.strip()
+    ]
+    if problems:
+        raise ConfigError(problems)
+    return dict(sorted(names.items()))
+
+
 def _freeze_modules(modules: Iterable[str] | None) -> frozenset[str] | None:
     if modules is None:
         return None
@@ -188,7 +226,10 @@ class SyncConfig:
     :class:`RemovalPolicy` or a dict of its settings. ``modules``, when given,
     is the set of module names the host offers (mappings to others are
     problems). ``tenant_id`` is the Entra tenant the trust connected to; a run
-    refuses a directory of another tenant.
+    refuses a directory of another tenant. A trust with several Microsoft
+    tenants names them in ``tenants`` instead (API §13), with optional
+    ``tenant_names`` (``{tenant_id: name}``) for people to read; each mapping
+    then names its tenant (``GroupMapping.tenant_id``).
 
     Anything else is refused at once with a :class:`ConfigError` naming the
     field (``mappings[2].roles.Risk: ...``, ``include_guests: ...``), not
@@ -209,6 +250,68 @@ class SyncConfig:
     include_guests: bool = attrs.field(default=False, validator=_check_include_guests)
     modules: frozenset[str] | None = attrs.field(default=None, converter=_freeze_modules)
     tenant_id: str | None = attrs.field(default=None, validator=_check_tenant_id)
+    tenants: tuple[str, ...] = attrs.field(default=(), converter=_freeze_tenants)
+    tenant_names: Mapping[str, str] | None = attrs.field(default=None, converter=_freeze_tenant_names)
+    # lower-cased tenant id -> the tenant as configured; group id -> its tenant (None: the trust names none)
+    _tenant_by_key: Mapping[str, str] = attrs.field(init=False, repr=False, eq=False)
+    _group_tenant: Mapping[str, str | None] = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        known = self.tenants or ((self.tenant_id,) if self.tenant_id else ())
+        object.__setattr__(self, "_tenant_by_key", {tenant.lower(): tenant for tenant in known})
+        problems = self._tenant_problems()
+        if problems:
+            raise ConfigError(problems)
+        single = known[0] if len(known) == 1 else None
+        object.__setattr__(self, "_group_tenant", {
+            mapping.group_id: self._tenant_by_key[mapping.tenant_id.lower()] if mapping.tenant_id else single
+            for mapping in self.mappings.mappings
+        })
+
+    def _tenant_problems(self) -> list[str]:
+        """Every mapping's tenant checked against the trust's (API §13), with its path."""
+        problems: list[str] = []
+        if self.tenant_id and self.tenants:
+            problems.append("tenants: give tenant_id for one tenant or tenants for several, not both")
+        several = len(self.tenants) > 1
+        listed = ", ".join(repr(tenant) for tenant in self._tenant_by_key.values()) or "none"
+        first_tenant: dict[str, tuple[str, int]] = {}
+        for index, mapping in enumerate(self.mappings.mappings):
+            path = f"mappings[{index}].tenant_id"
+            tenant = mapping.tenant_id
+            if tenant is None and several:
+                problems.append(f"{path}: required: this trust connects several tenants ({listed})")
+            elif tenant is not None and tenant.lower() not in self._tenant_by_key:
+                problems.append(f"{path}: tenant {tenant!r} is not one of this trust's tenants ({listed})")
+            if tenant is None:
+                continue
+            key = tenant.lower()
+            earlier = first_tenant.setdefault(mapping.group_id, (key, index))
+            if earlier[0] != key:
+                problems.append(
+                    f"{path}: group {mapping.group_id!r} is in tenant {earlier[0]!r} by mappings[{earlier[1]}]; "
+                    "a group lives in one tenant"
+                )
+        for tenant in self.tenant_names or {}:
+            if tenant.lower() not in self._tenant_by_key:
+                problems.append(f"tenant_names.{tenant}: not one of this trust's tenants ({listed})")
+        return problems
+
+    @property
+    def tenant_ids(self) -> tuple[str, ...]:
+        """The tenants this trust connects: ``tenants``, else ``(tenant_id,)``, else none recorded."""
+        return tuple(self._tenant_by_key.values())
+
+    def tenant_of(self, group_id: str) -> str | None:
+        """The tenant a mapped group lives in (``None``: not mapped, or the trust records no tenant)."""
+        return self._group_tenant.get(group_id)
+
+    def tenant_label(self, tenant_id: str | None) -> str | None:
+        """A tenant as people read it: its ``tenant_names`` entry, else its id (``None`` stays ``None``)."""
+        if tenant_id is None:
+            return None
+        names = {key.lower(): name for key, name in (self.tenant_names or {}).items()}
+        return names.get(tenant_id.lower(), tenant_id)
 
     def validate(self, hierarchy: TrustHierarchy) -> None:
         """Check this configuration against the host's sites.
@@ -256,6 +359,8 @@ class SyncConfig:
             "version": CONFIG_FORMAT_VERSION,
             "trust_site_id": self.trust_site_id,
             "tenant_id": self.tenant_id,
+            **({"tenants": list(self.tenants)} if self.tenants else {}),
+            **({"tenant_names": dict(self.tenant_names)} if self.tenant_names else {}),
             "include_guests": self.include_guests,
             "modules": None if self.modules is None else sorted(self.modules),
             "mappings": [mapping.to_dict() for mapping in self.mappings.mappings],
@@ -278,7 +383,7 @@ class SyncConfig:
             top,
             "",
             {
-                "version", "trust_site_id", "tenant_id", "include_guests",
+                "version", "trust_site_id", "tenant_id", "tenants", "tenant_names", "include_guests",
                 "modules", "mappings", "exclusions", "removal",
             },
         )
@@ -289,12 +394,14 @@ class SyncConfig:
                 f"(this library reads version {CONFIG_FORMAT_VERSION})"
             )
         trust_site_id = reader.string(top.get("trust_site_id"), "trust_site_id")
-        tenant_id = reader.string(top.get("tenant_id"), "tenant_id", optional=True)
+        tenant_id, tenants, tenant_names = reader.tenant_settings(top)
         include_guests = reader.boolean(top.get("include_guests", False), "include_guests")
         modules = reader.strings(top["modules"], "modules") if top.get("modules") is not None else None
         mappings = []
         for index, item in enumerate(reader.sequence(top.get("mappings"), "mappings") or []):
-            mapping = reader.build(item, f"mappings[{index}]", GroupMapping, GroupMapping._KEYS)
+            mapping = reader.build(
+                item, f"mappings[{index}]", GroupMapping, GroupMapping._KEYS, required=GroupMapping._REQUIRED
+            )
             if mapping is not None:
                 mappings.append(mapping)
         exclusions = reader.build(
@@ -313,6 +420,8 @@ class SyncConfig:
                 include_guests=bool(include_guests),
                 modules=modules,
                 tenant_id=tenant_id,
+                tenants=tenants,
+                tenant_names=tenant_names,
             )
         except ConfigError:
             raise
@@ -357,6 +466,19 @@ class _Reader:
             if (text := self.string(item, f"{path}[{index}]")) is not None
         ]
 
+    def tenant_settings(
+        self, top: Mapping[str, Any]
+    ) -> tuple[str | None, list[str], dict[str, str] | None]:
+        """``tenant_id``, ``tenants`` and ``tenant_names`` as a configuration's JSON gives them."""
+        tenant_id = self.string(top.get("tenant_id"), "tenant_id", optional=True)
+        tenants = self.strings(top["tenants"], "tenants") if top.get("tenants") is not None else []
+        if top.get("tenant_names") is None:
+            return tenant_id, tenants, None
+        names = self.mapping(top["tenant_names"], "tenant_names") or {}
+        return tenant_id, tenants, {
+            key: name for key, value in names.items() if (name := self.string(value, f"tenant_names.{key}")) is not None
+        }
+
     def boolean(self, value: object, path: str) -> bool | None:
         if isinstance(value, bool):
             return value
@@ -374,15 +496,19 @@ class _Reader:
         factory: Any,
         keys: tuple[str, ...],
         *,
-        required: bool = True,
+        required: bool | tuple[str, ...] = True,
     ) -> Any:
-        """Call ``factory(**value)``, turning its ConfigError into path-prefixed problems."""
+        """Call ``factory(**value)``, turning its ConfigError into path-prefixed problems.
+
+        ``required``: every key (``True``), none, or the keys named.
+        """
         data = self.mapping(value, path)
         if data is None:
             return None
         self.unknown_keys(data, path, set(keys))
         if required:
-            missing = [key for key in keys if key not in data]
+            needed: tuple[str, ...] = keys if isinstance(required, bool) else required
+            missing = [key for key in needed if key not in data]
             for key in missing:
                 self.problems.append(f"{path}.{key}: required")
             if missing:

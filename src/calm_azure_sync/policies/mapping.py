@@ -47,6 +47,11 @@ def _check_id(instance: object, attribute: attrs.Attribute[Any], value: object) 
         raise ConfigError(f"{attribute.name}: must be a non-empty string, got {show(value)}")
 
 
+def _check_tenant(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ConfigError(f"tenant_id: must be a non-empty string or None, got {show(value)}")
+
+
 def _check_roles(instance: object, attribute: attrs.Attribute[Any], value: dict[str, Role]) -> None:
     if not value:
         raise ConfigError("roles: a mapping needs at least one module")
@@ -60,16 +65,21 @@ class GroupMapping:
 
     >>> GroupMapping("g-staff", "birch", {"Risk": "manager"}).roles
     {'Risk': <Role.MANAGER: 'Manager'>}
+
+    ``tenant_id`` names the Microsoft tenant the group lives in; it is needed
+    only when the trust connects several (``SyncConfig.tenants``, API §13).
     """
 
     group_id: str = attrs.field(validator=_check_id)
     site_id: str = attrs.field(validator=_check_id)
     roles: dict[str, Role] = attrs.field(converter=_parse_roles, validator=_check_roles)
+    tenant_id: str | None = attrs.field(default=None, validator=_check_tenant)
 
     def __hash__(self) -> int:
-        return hash((self.group_id, self.site_id, tuple(self.roles.items())))
+        return hash((self.group_id, self.site_id, tuple(self.roles.items()), self.tenant_id))
 
-    _KEYS = ("group_id", "site_id", "roles")
+    _KEYS = ("group_id", "site_id", "roles", "tenant_id")
+    _REQUIRED = ("group_id", "site_id", "roles")
 
     @classmethod
     def from_dict(cls, data: object) -> GroupMapping:
@@ -79,23 +89,26 @@ class GroupMapping:
         is reported at once in one :class:`ConfigError`, each naming its key.
         """
         if not isinstance(data, Mapping) or not all(isinstance(key, str) for key in data):
-            raise ConfigError(f"expected an object with {', '.join(cls._KEYS)}, got {type(data).__name__} {show(data)}")
+            raise ConfigError(f"expected an object with {', '.join(cls._REQUIRED)}, got {type(data).__name__} {show(data)}")
         problems = [f"{key}: unknown setting" for key in sorted(set(data) - set(cls._KEYS))]
-        problems += [f"{key}: required" for key in cls._KEYS if key not in data]
+        problems += [f"{key}: required" for key in cls._REQUIRED if key not in data]
         if not problems:
             try:
-                return cls(data["group_id"], data["site_id"], data["roles"])
+                return cls(data["group_id"], data["site_id"], data["roles"], data.get("tenant_id"))
             except ConfigError as error:
                 problems = error.problems
         raise ConfigError(problems)
 
     def to_dict(self) -> dict[str, Any]:
-        """The plain JSON form: role names as strings."""
-        return {
+        """The plain JSON form: role names as strings (``tenant_id`` only when set)."""
+        data: dict[str, Any] = {
             "group_id": self.group_id,
             "site_id": self.site_id,
             "roles": {module: role.value for module, role in self.roles.items()},
         }
+        if self.tenant_id is not None:
+            data["tenant_id"] = self.tenant_id
+        return data
 
 
 def _freeze_mappings(mappings: Iterable[GroupMapping | Mapping[str, Any]]) -> tuple[GroupMapping, ...]:
