@@ -230,6 +230,11 @@ class _Run:
             site_names=reconciler._site_names(),
         )
         plan = await reconciler._build_plan(self.config, snapshot, state, context)
+        if plan.tenants:  # the Import Log names each account's tenant from here on (API §13)
+            by_group = self.config.tenant_of
+            self.journal = attrs.evolve(
+                self.journal, tenant_of=lambda subject: plan.tenants.get(subject) or by_group(subject)
+            )
         self._learn_labels(plan)
         self.group_users = {group_id: len(users) for group_id, users in snapshot.members.items()}
         group_ids = sorted(self.config.mappings.group_ids)

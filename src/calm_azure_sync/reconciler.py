@@ -90,6 +90,13 @@ def _positive_duration(instance: object, attribute: attrs.Attribute[Any], value:
         raise ConfigError(f"{attribute.name}: must be a positive datetime.timedelta or None, got {value!r}")
 
 
+def _tenant_words(config: object) -> dict[str, Any]:
+    """The Journal's tenant settings for a trust with several tenants (its groups' tenants, their names)."""
+    if not isinstance(config, SyncConfig) or len(config.tenant_ids) <= 1:
+        return {}
+    return {"tenant_of": config.tenant_of, "tenant_label": config.tenant_label}
+
+
 def _refusal_reason(error: BaseException) -> RefusalReason:
     if isinstance(error, ChildSiteConfigurationError):
         return "child_site"
@@ -367,6 +374,7 @@ class Reconciler:
         journal = Journal(
             config.trust_site_id if isinstance(config, SyncConfig) else "?", self.clock, uuid.uuid4().hex,
             actor.user_id if isinstance(actor, Actor) else None, site_names=self._site_names(),
+            **_tenant_words(config),
         )
         lock = await self._lock_or_refuse(config, actor, journal, callback, mode, confirm_hold, confirm_only)
         report: ImportReport | None = None

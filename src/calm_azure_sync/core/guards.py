@@ -101,6 +101,9 @@ class GuardInput:
     whether the slot a removal takes away is still there in the store
     (a removal already applied protects nothing any more). ``label_of``,
     ``group_names`` and ``site_names`` are how a new hold names what it holds.
+    ``tenant_of`` gives the tenant of an external id: in a trust with several
+    tenants, a group that could not be read or shrank explains only the
+    removals of its own tenant's identities (API §13).
     """
 
     config: SyncConfig
@@ -121,6 +124,7 @@ class GuardInput:
     label_of: Callable[[str], UserLabel | None] = _no_label
     group_names: Mapping[str, str] = attrs.field(factory=dict)
     site_names: Mapping[str, str] = attrs.field(factory=dict)
+    tenant_of: Callable[[str], str | None] = _no_owner
 
 
 @attrs.frozen
@@ -226,6 +230,20 @@ def apply_guards(facts: GuardInput) -> GuardOutcome:
     )
 
 
+def _explained_in_tenant(
+    facts: GuardInput, change: Change, pairs: Mapping[str, set[Pair]], groups: Sequence[str], union: set[Pair]
+) -> bool:
+    """Whether the groups could explain ``change``: those of its user's tenant only, when the trust has several."""
+    if len(facts.config.tenant_ids) > 1:
+        tenant = facts.tenant_of(change.external_id)
+        if tenant is not None:  # an account of no known tenant: any group may explain it, to be safe
+            groups = [group for group in groups if facts.config.tenant_of(group) == tenant]
+            if isinstance(change, DeactivateUser):
+                return bool(groups)
+            union = _union_of_pairs(pairs, groups)
+    return isinstance(change, DeactivateUser) or _explained_by(change, union, groups)
+
+
 def _union_of_pairs(pairs: Mapping[str, set[Pair]], groups: Iterable[str]) -> set[Pair]:
     found: set[Pair] = set()
     for group in groups:
@@ -241,8 +259,9 @@ def _partial_read(facts: GuardInput, pairs: Mapping[str, set[Pair]]) -> tuple[se
     if not unread:
         return partial, stale_held
     unread_pairs = _union_of_pairs(pairs, unread)
+    unread_groups = sorted(unread)
     for index, change in enumerate(facts.removals):
-        if isinstance(change, DeactivateUser) or _explained_by(change, unread_pairs, unread):
+        if _explained_in_tenant(facts, change, pairs, unread_groups, unread_pairs):
             partial.add(index)
         for group in facts.stale_groups:
             if _explained_by(change, pairs.get(group, set()), (group,)):
@@ -334,7 +353,8 @@ def _group_shrank(
     if shrunk:
         shrunk_pairs = _union_of_pairs(pairs, shrunk)
         for index in new:
-            if _explained_by(facts.removals[index], shrunk_pairs, shrunk):
+            change = facts.removals[index]
+            if not isinstance(change, DeactivateUser) and _explained_in_tenant(facts, change, pairs, shrunk, shrunk_pairs):
                 newly_held[index] = "group_shrank"
     return shrunk, newly_held
 

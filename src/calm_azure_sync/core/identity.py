@@ -59,6 +59,7 @@ class Identities:
 class _Resolver:
     """One plan's matching: the decisions so far and the emails their holders give up."""
 
+    tenant_of: Callable[[str], str | None]  # an Azure user's tenant (API §13; None: the trust records none)
     found: Identities = attrs.field(factory=Identities)
     released: dict[str, int] = attrs.field(factory=dict)  # email key -> round in which its holder moves away
 
@@ -66,7 +67,7 @@ class _Resolver:
         self, user: DirectoryUser, email: str, key: str, stored: StoredUser | None, holder: StoredUser | None,
         round_: int,
     ) -> None:
-        self.found.changes[user.id] = identity_change(user, email, stored, holder)
+        self.found.changes[user.id] = identity_change(user, email, stored, holder, self.tenant_of(user.id))
         self.found.rounds[user.id] = round_
         if stored is not None and email_key(stored.email) != key:
             self.released[email_key(stored.email)] = round_
@@ -100,12 +101,13 @@ class _Resolver:
             if previous is None or previous in in_scope_ids or previous not in known:
                 if previous is not None and previous not in in_scope_ids:
                     needed.add(previous)
-                found.conflicts.append(_conflict(user, email, holder))
+                found.conflicts.append(_conflict(user, email, holder, self.tenant_of(user.id)))
                 continue
             now = known[previous]
             if now is None and stored is None and synced_here(previous):
                 found.changes[user.id] = RelinkUser(
-                    user.id, holder.user_id, previous, email, display_name(user, email), user.given_name, user.surname
+                    user.id, holder.user_id, previous, email, display_name(user, email), user.given_name, user.surname,
+                    tenant_id=self.tenant_of(user.id),
                 )
                 found.rounds[user.id] = 0
             elif now is not None and now.email is not None and email_key(now.email) != key:
@@ -115,7 +117,7 @@ class _Resolver:
                 )
                 self.settle(user, email, key, stored, None, 0)
             else:
-                found.conflicts.append(_conflict(user, email, holder))
+                found.conflicts.append(_conflict(user, email, holder, self.tenant_of(user.id)))
         found.lookups_needed = frozenset(needed)
 
 
@@ -125,9 +127,13 @@ def resolve_identities(
     by_email: Mapping[str, StoredUser],
     known: Mapping[str, DirectoryUser | None],
     synced_here: Callable[[str], bool],
+    tenant_of: Callable[[str], str | None] = lambda external_id: None,
 ) -> Identities:
-    """How each in-scope Azure user maps onto the store: the table in the module docstring."""
-    resolver = _Resolver()
+    """How each in-scope Azure user maps onto the store: the table in the module docstring.
+
+    ``tenant_of`` gives an Azure user's tenant, which the identity changes carry (API §13).
+    """
+    resolver = _Resolver(tenant_of)
     waiting: list[_Waiting] = []
     for user, email, key in in_scope:
         stored = by_external.get(user.id)
@@ -143,12 +149,18 @@ def resolve_identities(
     return resolver.found
 
 
-def _conflict(user: DirectoryUser, email: str, holder: StoredUser) -> Skip:
+def _conflict(user: DirectoryUser, email: str, holder: StoredUser, tenant: str | None) -> Skip:
+    # Across tenants the sentence names both (API §13); within one it stays as it always read.
+    crossing = tenant is not None and holder.tenant_id is not None and tenant.lower() != holder.tenant_id.lower()
     return Skip(
         user.id,
         email,
-        f"email conflict: {email} is already used by store user {holder.user_id}"
-        + (f" (synced from Azure account {holder.external_id})" if holder.external_id else "")
+        f"email conflict: {email}"
+        + (f" (Azure account of tenant {tenant})" if crossing else "")
+        + f" is already used by store user {holder.user_id}"
+        + (f" (synced from Azure account {holder.external_id}" if holder.external_id else "")
+        + (f" of tenant {holder.tenant_id}" if crossing else "")
+        + (")" if holder.external_id else "")
         + "; not taken over, access left unchanged",
         keeps_access=True,
         conflict=True,
@@ -162,16 +174,22 @@ def display_name(user: DirectoryUser, email: str) -> str:
 
 
 def identity_change(
-    user: DirectoryUser, email: str, stored: StoredUser | None, invited: StoredUser | None
+    user: DirectoryUser, email: str, stored: StoredUser | None, invited: StoredUser | None, tenant: str | None = None
 ) -> CreateUser | LinkUser | UpdateUser | None:
-    """The change that makes the store's record of ``user`` current (``None`` if it is)."""
+    """The change that makes the store's record of ``user`` (of ``tenant``) current (``None`` if it is).
+
+    A stored user without a tenant (synced before tenants were recorded) is
+    qualified: an update that carries the tenant, ``changed`` naming ``tenant_id``.
+    """
     name = display_name(user, email)
     if stored is not None:
         # Only a user the sync itself deactivated is reactivated; someone a
         # person deactivated in the app stays as they left them.
         reactivate = not stored.active and stored.deactivated_by_sync
+        new_tenant = tenant is not None and stored.tenant_id != tenant
         if (
             not reactivate
+            and not new_tenant
             and stored.email == email
             and stored.display_name == name
             and stored.given_name == user.given_name
@@ -182,9 +200,12 @@ def identity_change(
         changed = tuple(field for field, value in wanted.items() if getattr(stored, field) != value)
         if reactivate:
             changed += ("active",)
+        if new_tenant:
+            changed += ("tenant_id",)
         return UpdateUser(
-            user.id, stored.user_id, email, name, user.given_name, user.surname, reactivate=reactivate, changed=changed
+            user.id, stored.user_id, email, name, user.given_name, user.surname, reactivate=reactivate,
+            changed=changed, tenant_id=tenant,
         )
     if invited is not None:
-        return LinkUser(user.id, invited.user_id, email, name, user.given_name, user.surname)
-    return CreateUser(user.id, email, name, user.given_name, user.surname)
+        return LinkUser(user.id, invited.user_id, email, name, user.given_name, user.surname, tenant)
+    return CreateUser(user.id, email, name, user.given_name, user.surname, tenant)

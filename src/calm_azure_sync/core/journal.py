@@ -127,6 +127,17 @@ class Journal:
     actor_id: str | None = None
     site_names: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     """Site id -> ``Site.name``: messages name sites as people know them."""
+    tenant_of: Callable[[str], str | None] | None = attrs.field(default=None, repr=False)
+    """A trust with several tenants (API §13): an entry's subject (a group or an account) -> its tenant,
+    carried as ``detail["tenant_id"]`` by every entry (``None`` for the trust's own entries)."""
+    tenant_label: Callable[[str | None], str | None] = attrs.field(default=lambda tenant: tenant, repr=False)
+    """How messages name a tenant: its ``tenant_names`` entry, else its id."""
+
+    def tenant_words(self, subject: str) -> str:
+        """`` (tenant <name>)`` after a group or an account, when the trust has several tenants."""
+        if self.tenant_of is None or (tenant := self.tenant_of(subject)) is None:
+            return ""
+        return f" (tenant {self.tenant_label(tenant)})"
 
     def site(self, site_id: str) -> str:
         """How a message names a site: its name, else its id."""
@@ -143,7 +154,10 @@ class Journal:
             run_id=self.run_id,
             actor_id=self.actor_id,
             subject=subject,
-            detail=dict(detail or {}),
+            detail=(
+                dict(detail or {}) if self.tenant_of is None
+                else {**(detail or {}), "tenant_id": self.tenant_of(subject) if subject is not None else None}
+            ),
         )
 
     def refused(self, reason: RefusalReason, error: BaseException) -> AuditEvent:
@@ -238,7 +252,7 @@ class Journal:
         return [
             self.event(
                 AuditKind.ERROR,
-                f"Group {names.get(group_id) or group_id} {unreadable[group_id]}",
+                f"Group {names.get(group_id) or group_id}{self.tenant_words(group_id)} {unreadable[group_id]}",
                 subject=group_id,
                 detail={
                     "group_id": group_id,
@@ -261,7 +275,7 @@ class Journal:
             events.append(
                 self.event(
                     kind,
-                    f"{verb} {skip.email or skip.external_id}: {skip.reason}",
+                    f"{verb} {skip.email or skip.external_id}{self.tenant_words(skip.external_id)}: {skip.reason}",
                     subject=skip.external_id,
                     detail={
                         "email": skip.email,

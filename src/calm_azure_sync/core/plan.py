@@ -129,6 +129,8 @@ class Plan:
     deferred_removals: tuple[Change, ...] = attrs.field(default=(), repr=False)
     disputed_groups: tuple[str, ...] = attrs.field(default=(), repr=False)
     site_names: Mapping[str, str] = attrs.field(factory=dict, repr=False, eq=False)
+    tenants: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    """A trust with several tenants: each Azure account's tenant (read now, else as stored); else empty."""
 
     @property
     def complete(self) -> bool:

@@ -53,7 +53,7 @@ plan.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
@@ -83,6 +83,7 @@ from .plan import (
     is_removal,
 )
 from .state import HoldScope, SyncState
+from .tenancy import Tenancy, tenancy
 
 __all__ = ["DirectorySnapshot", "build_plan", "skip_reason"]  # DirectorySnapshot: model.py's, importable here too
 
@@ -149,17 +150,20 @@ class _Planner:
     also_mentioned: set[str] = attrs.field(factory=set)
 
     def plan(self) -> Plan:
-        users, wanted_by_user = _collect_users(self.snapshot.members, self.config.mappings)
-        in_scope, skipped = _scope(users, self.config)
         by_external, by_email = _index_store(self.state)
+        tenants = tenancy(self.snapshot.members, self.config, by_external)
+        users, wanted_by_user = _collect_users(tenants.members, self.config.mappings)
+        in_scope, skipped = _scope(users, self.config)
+        skipped.extend(tenants.conflicts)
         known = {**self.context.lookups, **users}
-        identities = resolve_identities(in_scope, by_external, by_email, known, self._synced_here)
+        identities = resolve_identities(in_scope, by_external, by_email, known, self._synced_here, tenants.tenant_of)
         skipped.extend(identities.conflicts)
         self._grant_in_scope(in_scope, identities, wanted_by_user)
         self._remove_leavers(skipped, by_external)
         group_changes = self._mirror_groups(identities, skipped) if self.context.mirror_groups else []
         ordered = self._order(identities.rounds, group_changes)
-        return self._judge(ordered, skipped, users, identities, by_external)
+        tenant_of = _tenant_of_anyone(tenants, by_external)
+        return self._judge(ordered, skipped, users, identities, by_external, tenant_of)
 
     def _synced_here(self, external_id: str) -> bool:
         """Whether this trust synced that Azure account (it holds or held access or a membership here).
@@ -317,6 +321,7 @@ class _Planner:
         users: Mapping[str, DirectoryUser],
         identities: Identities,
         by_external: Mapping[str, StoredUser],
+        tenant_of: Callable[[str], str | None],
     ) -> GuardInput:
         """What the removal guards judge this plan's removals by."""
         context = self.context
@@ -365,6 +370,7 @@ class _Planner:
             label_of=labels.label,
             group_names=group_names,
             site_names=context.site_names,
+            tenant_of=tenant_of,
         )
 
     def _judge(
@@ -374,13 +380,14 @@ class _Planner:
         users: Mapping[str, DirectoryUser],
         identities: Identities,
         by_external: Mapping[str, StoredUser],
+        tenant_of: Callable[[str], str | None],
     ) -> Plan:
         removals = [change for change in ordered if is_removal(change)] if self.may_remove else []
         synced_users = sum(1 for access in self.state.synced_access.values() if access)
         group_names = {group: self._group_name(group) for group in sorted(self.config.mappings.group_ids)}
         # The one gate: every removal this plan makes, whatever path made it, is judged here.
         verdict = apply_guards(
-            self._guard_input(removals, synced_users, group_names, users, identities, by_external)
+            self._guard_input(removals, synced_users, group_names, users, identities, by_external, tenant_of)
         )
         if verdict.held:
             held = set(map(id, verdict.held))
@@ -417,6 +424,7 @@ class _Planner:
             left_scope=tuple(sorted(external_id for external_id in self.leavers if external_id not in held_users)),
             lookups_needed=identities.lookups_needed,
             in_scope_ids=frozenset(self.processed),
+            tenants=_tenants_named(self.config, tenant_of, by_external, users),
         )
 
 
@@ -484,6 +492,28 @@ def _scope(
         else:
             in_scope.append((user, email, key))
     return in_scope, skipped
+
+
+def _tenant_of_anyone(tenants: Tenancy, by_external: Mapping[str, StoredUser]) -> Callable[[str], str | None]:
+    """The tenant of an account this plan read, else of one the store holds (a leaver's), else the trust's one."""
+
+    def tenant_of(external_id: str) -> str | None:
+        found = tenants.by_user.get(external_id)
+        if found is None and (stored := by_external.get(external_id)) is not None:
+            found = stored.tenant_id
+        return found or tenants.single
+
+    return tenant_of
+
+
+def _tenants_named(
+    config: SyncConfig, tenant_of: Callable[[str], str | None], by_external: Mapping[str, StoredUser],
+    users: Mapping[str, DirectoryUser],
+) -> dict[str, str]:
+    """``Plan.tenants``: every account's tenant, for a trust with several (empty for one: nothing to tell apart)."""
+    if len(config.tenant_ids) <= 1:
+        return {}
+    return {external_id: tenant for external_id in {*by_external, *users} if (tenant := tenant_of(external_id))}
 
 
 def _index_store(state: StoreState) -> tuple[dict[str, StoredUser], dict[str, StoredUser]]:
