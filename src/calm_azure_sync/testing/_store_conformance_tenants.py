@@ -19,7 +19,15 @@ import pytest
 from ..core.plan import Assign, Change, CreateUser, LinkUser, RelinkUser, UpdateUser
 from ..model import Role
 from ..store.protocol import StoredUser
-from ._store_conformance_base import SITE, TRUST, ConformantUserStore, _by_external_id, _create, _Hooks, _outcomes
+from ._store_conformance_base import (
+    SITE,
+    TRUST,
+    ConformantUserStore,
+    _by_external_id,
+    _create,
+    _Hooks,
+    _outcomes,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
