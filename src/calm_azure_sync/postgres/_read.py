@@ -24,11 +24,11 @@ __all__ = [
 ROLES: Final = {role.value: role for role in Role}
 
 USER_COLUMNS: Final = (
-    "id, email, display_name, external_id, given_name, surname, active, deactivated_by_sync"
+    "id, email, display_name, external_id, given_name, surname, active, deactivated_by_sync, tenant_id"
 )
 
 _SELECT_TOUCHED_USERS: Final = (
-    "SELECT id, email, display_name, external_id, given_name, surname, active, deactivated_by_sync "
+    "SELECT id, email, display_name, external_id, given_name, surname, active, deactivated_by_sync, tenant_id "
     "FROM {schema}.users WHERE external_id = ANY(%b) OR id = ANY(%b) OR email_key = ANY(%b) "
     "ORDER BY id FOR UPDATE"
 )
@@ -36,7 +36,7 @@ _SELECT_GRANTS_OF: Final = "SELECT user_id, site_id, module, source, role, trust
 
 
 def user_from_row(row: Sequence[Any]) -> StoredUser:
-    user_id, email, display_name, external_id, given_name, surname, active, deactivated_by_sync = row
+    user_id, email, display_name, external_id, given_name, surname, active, deactivated_by_sync, tenant_id = row
     return StoredUser(
         user_id=from_db(user_id),
         email=from_db(email),
@@ -46,6 +46,7 @@ def user_from_row(row: Sequence[Any]) -> StoredUser:
         surname=from_db_optional(surname),
         active=active,
         deactivated_by_sync=deactivated_by_sync,
+        tenant_id=from_db_optional(tenant_id),
     )
 
 

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 
 MIGRATIONS: Final[Migrations] = {
     1: (
@@ -188,4 +188,7 @@ MIGRATIONS: Final[Migrations] = {
         WHERE strpos(concat(trust_site_id, user_id, display_name, mail, user_principal_name, given_name,
                             surname, user_type, creation_type), chr(65535)) > 0""",
     ),
+    # v0.4: the synced account's tenant (API §13), written through the codec like
+    # every text. Rows synced before stay NULL; the next run's UpdateUser qualifies them.
+    6: ("ALTER TABLE {schema}.users ADD COLUMN tenant_id text",),
 }

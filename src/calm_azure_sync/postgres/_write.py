@@ -33,11 +33,11 @@ Query = Callable[[LiteralString], Any]
 
 _UPDATE_USER: Final = (
     "UPDATE {schema}.users SET email = %s, email_key = %s, display_name = %s, given_name = %s, surname = %s, "
-    "external_id = %s, active = %s, deactivated_by_sync = %s WHERE id = %s"
+    "external_id = %s, active = %s, deactivated_by_sync = %s, tenant_id = %s WHERE id = %s"
 )
 _COPY_USERS: Final = (
     "COPY {schema}.users (id, email, email_key, display_name, given_name, surname, external_id, active, "
-    "deactivated_by_sync) FROM STDIN"
+    "deactivated_by_sync, tenant_id) FROM STDIN"
 )
 _COPY_GRANTS: Final = (
     "COPY {schema}.grants (user_id, site_id, module, source, role, trust_site_id) FROM STDIN"
@@ -128,6 +128,7 @@ def _user_row(user: StoredUser) -> tuple[Any, ...]:
         to_db_optional(user.external_id),
         user.active,
         user.deactivated_by_sync,
+        to_db_optional(user.tenant_id),
     )
 
 

@@ -17,12 +17,12 @@ __all__ = ["GROUP_COLUMNS", "USER_COLUMNS", "group_from_row", "load_state", "loa
 
 _ROLES: Final = {role.value: role for role in Role}
 
-USER_COLUMNS: Final = "id, email, display_name, external_id, given_name, surname, active, deactivated_by_sync"
+USER_COLUMNS: Final = "id, email, display_name, external_id, given_name, surname, active, deactivated_by_sync, tenant_id"
 GROUP_COLUMNS: Final = "external_id, display_name, site_ids, retired"
 
 
 def user_from_row(row: sqlite3.Row | tuple[Any, ...]) -> StoredUser:
-    user_id, email, display_name, external_id, given_name, surname, active, deactivated_by_sync = row
+    user_id, email, display_name, external_id, given_name, surname, active, deactivated_by_sync, tenant_id = row
     return StoredUser(
         user_id=user_id,
         email=email,
@@ -32,6 +32,7 @@ def user_from_row(row: sqlite3.Row | tuple[Any, ...]) -> StoredUser:
         surname=surname,
         active=bool(active),
         deactivated_by_sync=bool(deactivated_by_sync),
+        tenant_id=tenant_id,
     )
 
 

@@ -11,7 +11,7 @@ from ._state import SYNC_STATE_TABLE as _SYNC_STATE_TABLE
 
 __all__ = ["SCHEMA_VERSION", "MIGRATIONS", "setup_store"]
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 
 _GROUP_TABLES: Final = (
     """CREATE TABLE IF NOT EXISTS synced_groups (
@@ -43,6 +43,9 @@ MIGRATIONS: Final = {
     2: (_SYNC_STATE_TABLE,),
     3: _GROUP_TABLES,
     4: (*DELTA_TABLES, _DATA_VERSION_TABLE),
+    # v0.4: the synced account's tenant (API §13). Rows synced before stay
+    # NULL; the next run's UpdateUser qualifies them.
+    5: ("ALTER TABLE users ADD COLUMN tenant_id TEXT",),
 }
 
 _SCHEMA: Final = f"""
@@ -56,7 +59,8 @@ CREATE TABLE IF NOT EXISTS users (
     surname TEXT,
     external_id TEXT,
     active INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1)),
-    deactivated_by_sync INTEGER NOT NULL DEFAULT 0 CHECK (deactivated_by_sync IN (0, 1))
+    deactivated_by_sync INTEGER NOT NULL DEFAULT 0 CHECK (deactivated_by_sync IN (0, 1)),
+    tenant_id TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS users_by_email_key ON users (email_key);
 CREATE UNIQUE INDEX IF NOT EXISTS users_by_external_id ON users (external_id);

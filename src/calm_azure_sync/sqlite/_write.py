@@ -14,11 +14,11 @@ __all__ = ["UPSERT_GRANT", "bump_data_version", "write"]
 
 _INSERT_USER: Final = (
     "INSERT INTO users (id, email, email_key, display_name, given_name, surname, external_id, active, "
-    "deactivated_by_sync) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "deactivated_by_sync, tenant_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE_USER: Final = (
     "UPDATE users SET email = ?, email_key = ?, display_name = ?, given_name = ?, surname = ?, "
-    "external_id = ?, active = ?, deactivated_by_sync = ? WHERE id = ?"
+    "external_id = ?, active = ?, deactivated_by_sync = ?, tenant_id = ? WHERE id = ?"
 )
 UPSERT_GRANT: Final = (
     "INSERT INTO grants (user_id, site_id, module, source, role, trust_site_id) VALUES (?, ?, ?, ?, ?, ?) "
@@ -63,11 +63,20 @@ def write(connection: sqlite3.Connection, mutations: Sequence[Mutation]) -> None
     for mutation in mutations:
         if isinstance(mutation, UserWrite):
             user = mutation.user
-            row = (email_key(user.email), user.display_name, user.given_name, user.surname, user.external_id)
+            row = (
+                email_key(user.email),
+                user.display_name,
+                user.given_name,
+                user.surname,
+                user.external_id,
+                int(user.active),
+                int(user.deactivated_by_sync),
+                user.tenant_id,
+            )
             if mutation.new:
-                add(_INSERT_USER, (user.user_id, user.email, *row, int(user.active), int(user.deactivated_by_sync)))
+                add(_INSERT_USER, (user.user_id, user.email, *row))
             else:
-                add(_UPDATE_USER, (user.email, *row, int(user.active), int(user.deactivated_by_sync), user.user_id))
+                add(_UPDATE_USER, (user.email, *row, user.user_id))
     for mutation in mutations:
         if isinstance(mutation, GrantWrite):
             site_id, module, source = mutation.key

@@ -163,17 +163,20 @@ class UserStore(Protocol):
     create/link/update first, then its grants, then its deactivation) and
     applies each:
 
-    - ``CreateUser``: a new active user carrying ``external_id`` (when a user
-      already carries it: nothing is written, outcome ``unchanged``);
-    - ``LinkUser``: set ``external_id`` on user ``user_id``, refresh names/email;
-    - ``UpdateUser``: set email and names (and, when ``reactivate``, ``active``
-      and clear ``deactivated_by_sync``);
+    - ``CreateUser``: a new active user carrying ``external_id`` and
+      ``tenant_id`` (when a user already carries the external id: nothing is
+      written, outcome ``unchanged``);
+    - ``LinkUser``: set ``external_id`` and ``tenant_id`` on user ``user_id``,
+      refresh names/email;
+    - ``UpdateUser``: set email and names, and ``tenant_id`` unless the change's
+      is ``None`` (not known: the stored one stays); when ``reactivate``, also
+      ``active`` and clear ``deactivated_by_sync``;
     - ``Assign``/``Unassign``: upsert/delete the *azure* grant of the user with
       that external id at (site, module), recorded against ``trust_site_id``;
       manual grants are never touched;
     - ``RelinkUser``: user ``user_id`` must carry ``previous_external_id``; it
-      takes ``external_id``, the email and names; its grants (manual and
-      synced) stay with it;
+      takes ``external_id``, ``tenant_id``, the email and names; its grants
+      (manual and synced) stay with it;
     - ``DeactivateUser``: mark inactive and ``deactivated_by_sync``, only if the
       user then holds no grant of any source (otherwise outcome
       ``unchanged``). Never delete a user;

@@ -295,7 +295,12 @@ class UserTables(TableReads):
             # an UpdateUser for them. "unchanged": the log says no creation.
             return ChangeResult(change, None, UNCHANGED)
         email, display_name, given_name, surname = storable_values(change)
-        problem = not_text(change.external_id) or self._email_problem(email, owner=None)
+        tenant_id = change.tenant_id
+        problem = (
+            not_text(change.external_id)
+            or (None if tenant_id is None else not_text(tenant_id))
+            or self._email_problem(email, owner=None)
+        )
         if problem is not None:
             return ChangeResult(change, problem)
         self._insert_user(
@@ -306,6 +311,7 @@ class UserTables(TableReads):
                 external_id=change.external_id,
                 given_name=given_name,
                 surname=surname,
+                tenant_id=tenant_id,
             )
         )
         return ChangeResult(change, None, APPLIED)
@@ -320,6 +326,7 @@ class UserTables(TableReads):
         *,
         external_id: str | None = None,
         active: bool | None = None,
+        tenant_id: str | None,
     ) -> bool:
         """Give ``user`` these values; return whether anything changed (and was written)."""
         new_external_id = user.external_id if external_id is None else external_id
@@ -331,6 +338,7 @@ class UserTables(TableReads):
             and new_external_id == user.external_id
             and new_active == user.active
             and by_sync == user.deactivated_by_sync
+            and tenant_id == user.tenant_id
         ):
             return False  # nothing to write: a re-run must not churn rows
         self._replace_user(
@@ -343,6 +351,7 @@ class UserTables(TableReads):
                 external_id=new_external_id,
                 active=new_active,
                 deactivated_by_sync=by_sync,
+                tenant_id=tenant_id,
             )
         )
         return True
@@ -393,15 +402,31 @@ class UserTables(TableReads):
         external_id: str | None = None,
         active: bool | None = None,
     ) -> ChangeResult:
-        """Give ``user`` the change's email and names, unless another user holds that email."""
+        """Give ``user`` the change's email, names and tenant, unless another user holds that email.
+
+        A link or relink names the account's tenant; an update's ``None``
+        tenant means "not known", so it keeps the stored one (never clears it).
+        """
         email, display_name, given_name, surname = storable_values(change)
-        problem = (None if external_id is None else not_text(external_id)) or self._email_problem(
-            email, owner=user.user_id
+        tenant_id = change.tenant_id
+        if tenant_id is None and isinstance(change, UpdateUser):
+            tenant_id = user.tenant_id
+        problem = (
+            (None if external_id is None else not_text(external_id))
+            or (None if change.tenant_id is None else not_text(change.tenant_id))
+            or self._email_problem(email, owner=user.user_id)
         )
         if problem is not None:
             return ChangeResult(change, problem)
         changed = self._refresh(
-            user, email, display_name, given_name, surname, external_id=external_id, active=active
+            user,
+            email,
+            display_name,
+            given_name,
+            surname,
+            external_id=external_id,
+            active=active,
+            tenant_id=tenant_id,
         )
         return ChangeResult(change, None, APPLIED if changed else UNCHANGED)
 

@@ -41,7 +41,11 @@ What the suite pins, beyond the protocol docstring:
   place, an ``UpdateUser`` with nothing to change are ``unchanged``; two
   handles creating one external id at once give exactly one ``applied``;
 - ``UpdateUser`` and ``DeactivateUser`` whose ``user_id`` does not hold the
-  external id fail (a stale plan never writes to the wrong user).
+  external id fail (a stale plan never writes to the wrong user);
+- a synced user's tenant (API §13): ``CreateUser``, ``LinkUser`` and
+  ``RelinkUser`` store the change's ``tenant_id``, ``UpdateUser`` its own
+  unless that is ``None`` (which keeps the stored one); a change differing
+  only in its tenant is ``applied``; ``load`` returns ``StoredUser.tenant_id``.
 """
 
 from __future__ import annotations
@@ -76,11 +80,14 @@ from ._store_conformance_base import (
 from ._store_conformance_delta import DeltaCacheChecks
 from ._store_conformance_groups import GroupChecks
 from ._store_conformance_state import SyncStateChecks
+from ._store_conformance_tenants import TenantChecks
 from ._store_conformance_version import DataVersionChecks
 
 __all__ = ["ConformantUserStore", "GroupHelpers", "UserStoreConformance"]
 
-class UserStoreConformance(GroupChecks, SyncStateChecks, DeltaCacheChecks, DataVersionChecks, AtomicStateChecks):
+class UserStoreConformance(
+    GroupChecks, SyncStateChecks, DeltaCacheChecks, DataVersionChecks, AtomicStateChecks, TenantChecks
+):
     """The behavioural checks every :class:`~calm_azure_sync.UserStore` must pass.
 
     Subclass it as ``TestSomething`` and implement :meth:`make_store`.
