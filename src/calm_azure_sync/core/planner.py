@@ -152,6 +152,8 @@ class _Planner:
     def plan(self) -> Plan:
         by_external, by_email = _index_store(self.state)
         tenants = tenancy(self.snapshot.members, self.config, by_external)
+        if tenants.conflicts:  # an object id read from two tenants: the other tenant's memberships give nothing
+            self.snapshot = attrs.evolve(self.snapshot, members=tenants.members)
         users, wanted_by_user = _collect_users(tenants.members, self.config.mappings)
         in_scope, skipped = _scope(users, self.config)
         skipped.extend(tenants.conflicts)

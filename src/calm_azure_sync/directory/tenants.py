@@ -207,8 +207,12 @@ class _Delta:
                 groups[group.group_id] = group
                 for nested in group.added_groups:
                     next_cursor["groups"].setdefault(nested, tenant)
-            users.update((user.id, user) for user in delta.removed_users)
-            users.update((user.id, user) for user in delta.users)
+            # An object id in two tenants (Entra's GUIDs make it all but impossible): the delta cache is keyed
+            # by object id, so the earlier tenant's copy is the one kept in this round (full reads tell both apart).
+            earlier = set(users)  # the ids earlier tenants reported in this round
+            for changed in (*delta.removed_users, *delta.users):
+                if changed.id not in earlier:
+                    users[changed.id] = changed
             removed.update(delta.removed_groups)
             complete = complete and delta.users_complete
         return build_delta(users, groups, removed, users_complete=complete), next_cursor
