@@ -13,7 +13,7 @@ from calm_azure_sync import (
     Reconciler,
     SyncConfig,
 )
-from calm_azure_sync.testing.fake_graph import Fault, FakeGraphServer
+from calm_azure_sync.testing.fake_graph import FakeGraphServer, Fault
 
 from .graph_helpers import FakeCredential, directory_for, user
 from .helpers import OAK_TRUST_BIRCH_ASH, SYSTEM

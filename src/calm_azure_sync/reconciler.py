@@ -117,6 +117,10 @@ def _refusal_reason(error: BaseException) -> RefusalReason:
 class Reconciler:
     """Runs imports of one host's trusts from one directory into one store.
 
+    ``directory`` is one :class:`~calm_azure_sync.Directory`, or a mapping of
+    tenant id to ``Directory`` for trusts with several tenants (API §13): each
+    run reads its own trust's tenants, each directory checked against its key.
+
     ``state`` keeps each trust's memory between runs (pending holds, group
     baselines); it defaults to the user store, which must then implement
     :class:`~calm_azure_sync.SyncStateStore` (both shipped stores do): there

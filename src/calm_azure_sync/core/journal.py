@@ -408,6 +408,8 @@ class Journal:
         change = result.change
         if result.outcome == "unchanged":
             return None
+        if result.outcome != "failed" and isinstance(change, UpdateUser) and change.changed == ("tenant_id",):
+            return None  # an account synced before tenants were recorded, qualified once: counted, not told one by one
         if result.outcome == "failed":
             message = f"{change_kind(change)} for {who(change.external_id)} failed: {result.error}"
             return self.event(

@@ -4,7 +4,9 @@ The host's web layer sends a Trust administrator to :func:`admin_consent_url`
 and, when Azure redirects back, hands the query parameters to
 :func:`parse_consent_callback`. The state round trip ties the callback to the
 admin's own session (keep ``state`` server-side, one per attempt); the tenant
-id Azure reports is then stored as ``SyncConfig.tenant_id``.
+id Azure reports is then stored as ``SyncConfig.tenant_id`` (or, for a
+Trust with several tenants, added to ``SyncConfig.tenants``: each tenant
+consents once, docs/tenants.md).
 
 Microsoft's warning applies: the ``tenant`` parameter of the callback can be
 spoofed, so it only says *which* tenant to configure, never *who* the user
