@@ -158,6 +158,15 @@ def _check_tenant_id(instance: object, attribute: attrs.Attribute[Any], value: o
         raise ConfigError(f"tenant_id: must be a non-empty string or None, got {_kind(value)}")
 
 
+def _not_names(items: list[Any], field: str) -> list[str]:
+    """A problem per item of ``field`` that is not a non-empty string, with its index."""
+    return [
+        f"{field}[{index}]: must be a non-empty string, got {_kind(item)}"
+        for index, item in enumerate(items)
+        if not isinstance(item, str) or not item.strip()
+    ]
+
+
 def _freeze_tenants(tenants: Iterable[str] | None) -> tuple[str, ...]:
     if tenants is None:
         return ()
@@ -165,11 +174,7 @@ def _freeze_tenants(tenants: Iterable[str] | None) -> tuple[str, ...]:
         hint = f" (one tenant is written [{tenants!r}], or tenant_id=...)" if isinstance(tenants, str) else ""
         raise ConfigError(f"tenants: expected a list of tenant ids, got {_kind(tenants)}{hint}")
     items = list(tenants)
-    problems = [
-        f"tenants[{index}]: must be a non-empty string, got {_kind(tenant)}"
-        for index, tenant in enumerate(items)
-        if not isinstance(tenant, str) or not tenant.strip()
-    ]
+    problems = _not_names(items, "tenants")
     seen: dict[str, int] = {}
     for index, tenant in enumerate(items):
         if isinstance(tenant, str) and tenant.strip():
@@ -204,11 +209,7 @@ def _freeze_modules(modules: Iterable[str] | None) -> frozenset[str] | None:
     elif isinstance(modules, (bytes, Mapping)) or not isinstance(modules, Iterable):
         raise ConfigError(f"modules: expected a list of module names or None, got {_kind(modules)}")
     items = list(modules)
-    problems = [
-        f"modules[{index}]: must be a non-empty string, got {_kind(module)}"
-        for index, module in enumerate(items)
-        if not isinstance(module, str) or not module.strip()
-    ]
+    problems = _not_names(items, "modules")
     if problems:
         raise ConfigError(problems)
     return frozenset(items)
