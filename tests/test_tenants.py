@@ -451,3 +451,16 @@ def test_two_tenant_histories_incremental_equals_full_and_an_unreadable_tenant_r
         assert settled.ok and (settled.plan is None or not settled.plan.changes), settled.plan
 
     asyncio.run(scenario())
+
+
+async def test_explain_names_the_tenant_of_the_persons_account():
+    store = InMemoryUserStore()
+    directories = {A: tenant_a(), B: tenant_b()}
+    assert (await reconciler(directories, store).run(CONFIG, actor=SYSTEM)).ok
+    answer = await reconciler(directories, store).explain(CONFIG, "b1@ash.sch.uk", actor=SYSTEM)
+    assert answer.status == "found" and answer.tenant_id == B and answer.tenant_name == "Ash School"
+    assert "Their account is in tenant Ash School." in str(answer) and answer.to_dict()["tenant_id"] == B
+    one = await reconciler(directories[A], InMemoryUserStore()).explain(
+        SyncConfig("oak", [attrs.evolve(MAPPINGS[0], tenant_id=None)]), "a1@oak.sch.uk", actor=SYSTEM
+    )
+    assert one.tenant_id is None and "tenant" not in str(one)

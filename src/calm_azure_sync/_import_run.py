@@ -230,11 +230,7 @@ class _Run:
             site_names=reconciler._site_names(),
         )
         plan = await reconciler._build_plan(self.config, snapshot, state, context)
-        if plan.tenants:  # the Import Log names each account's tenant from here on (API §13)
-            by_group = self.config.tenant_of
-            self.journal = attrs.evolve(
-                self.journal, tenant_of=lambda subject: plan.tenants.get(subject) or by_group(subject)
-            )
+        self._name_tenants(plan)
         self._learn_labels(plan)
         self.group_users = {group_id: len(users) for group_id, users in snapshot.members.items()}
         group_ids = sorted(self.config.mappings.group_ids)
@@ -502,6 +498,14 @@ class _Run:
             await self.reconciler._state_store.save_state(self._trust, attrs.evolve(self.sync_state, running=None))
         except Exception:
             logger.warning("clearing the running mark of import %s failed", self.run_id, exc_info=True)
+
+    def _name_tenants(self, plan: Plan) -> None:
+        """A trust with several tenants: the Import Log names each account's tenant from here on (API §13)."""
+        if plan.tenants:
+            by_group = self.config.tenant_of
+            self.journal = attrs.evolve(
+                self.journal, tenant_of=lambda subject: plan.tenants.get(subject) or by_group(subject)
+            )
 
     def _learn_labels(self, plan: Plan) -> None:
         """How log messages name people: a change's new email, else the plan's label, asked for when logged.

@@ -155,6 +155,8 @@ class Explanation:
     ``held``: their removals a hold keeps back (``hold_id``, ``hold_reason``;
     ``hold_id`` ``None`` with held removals: a partial read holds them);
     ``unread_groups``: mapped groups that could not be read for them.
+    ``tenant_id`` / ``tenant_name``: the Microsoft tenant their account is in,
+    for a trust with several (API §13; ``None`` otherwise).
 
     ``str()`` is a paragraph a school admin can read, ``_repr_html_`` the
     same with tables, ``to_dict()`` keeps every id.
@@ -185,6 +187,8 @@ class Explanation:
     notes: tuple[str, ...] = ()
     site_names: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     group_names: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    tenant_id: str | None = None
+    tenant_name: str | None = None
 
     # -- names --------------------------------------------------------------------
 
@@ -253,6 +257,8 @@ class Explanation:
     def _notes(self) -> list[str]:
         """What holds their changes back, what could not be read, and other notes (the last sentences)."""
         lines: list[str] = []
+        if self.tenant_id is not None:
+            lines.append(f"Their account is in tenant {self.tenant_name or self.tenant_id}.")
         if any(is_removal(change) for change in self.planned):
             lines.append(
                 "The run may still hold a removal for review if many people would lose access at once or a "
@@ -330,6 +336,7 @@ class Explanation:
             "email": self.email,
             "store_user_id": self.store_user_id,
             "store_active": self.store_active,
+            "tenant_id": self.tenant_id,
             "groups": [
                 {"group_id": g.group_id, "name": g.name, "path": list(g.path), "path_ids": list(g.path_ids),
                  "complete": g.complete}
@@ -527,6 +534,7 @@ def explain_person(
     )
     person_ids = {ext for ext in (user.id if user else None, stored.external_id if stored else None) if ext}
     planned, held, hold_id, hold_reason = _changes_for(plan, pending, person_ids)
+    tenant = _tenant(config, user, stored, groups, plan)
     return Explanation(
         who=who,
         trust_site_id=config.trust_site_id,
@@ -549,4 +557,18 @@ def explain_person(
         notes=tuple(notes),
         site_names=dict(site_names),
         group_names=names,
+        tenant_id=tenant, tenant_name=config.tenant_label(tenant),
     )
+
+
+def _tenant(
+    config: SyncConfig, user: DirectoryUser | None, stored: StoredUser | None, groups: Sequence[GroupPath],
+    plan: Plan | None,
+) -> str | None:
+    """The person's tenant, for a trust with several: as the plan read it, else as stored, else their groups'."""
+    if len(config.tenant_ids) <= 1:
+        return None
+    ids = [ext for ext in (user.id if user else None, stored.external_id if stored else None) if ext]
+    tenant = next((plan.tenants[ext] for ext in ids if plan is not None and ext in plan.tenants), None)
+    tenant = tenant or (stored.tenant_id if stored else None)
+    return tenant or next((config.tenant_of(g.group_id) for g in groups if config.tenant_of(g.group_id)), None)
