@@ -9,6 +9,7 @@ import pytest
 
 from calm_azure_sync import (
     ConfigError,
+    DirectoryAccessError,
     DirectoryError,
     DirectoryUser,
     GroupMapping,
@@ -464,3 +465,16 @@ async def test_explain_names_the_tenant_of_the_persons_account():
         SyncConfig("oak", [attrs.evolve(MAPPINGS[0], tenant_id=None)]), "a1@oak.sch.uk", actor=SYSTEM
     )
     assert one.tenant_id is None and "tenant" not in str(one)
+
+
+async def test_status_says_which_tenant_refused_access():
+    store, audit = InMemoryUserStore(), InMemoryAuditSink()
+    a, b = tenant_a(), tenant_b()
+    assert (await reconciler({A: a, B: b}, store, audit).run(CONFIG, actor=SYSTEM)).ok
+    denied = DirectoryAccessError("Insufficient privileges", missing_permissions=("GroupMember.Read.All",))
+    down = FlakyDirectory(b, {"gb-staff": denied})
+    await reconciler({A: a, B: down}, store, audit).run(CONFIG, actor=SYSTEM)
+    status = await reconciler({A: a, B: b}, store, audit).status("oak", actor=SYSTEM)
+    (revoked,) = [item for item in status.attention if item.kind == "access_revoked"]
+    assert revoked.tenant_ids == (B,) and "Ash School" in revoked.message
+    assert revoked.to_dict()["tenant_ids"] == [B]

@@ -79,17 +79,27 @@ RUN_KINDS = (
 
 @attrs.frozen
 class Attention:
-    """Something an admin must act on: ``kind`` (see :data:`AttentionKind`), a sentence, and since when."""
+    """Something an admin must act on: ``kind`` (see :data:`AttentionKind`), a sentence, and since when.
+
+    ``tenant_ids``: in a trust with several tenants, the tenants it concerns
+    (a refused tenant to reconnect, a tenant's stale mappings); else empty.
+    """
 
     kind: AttentionKind
     message: str
     since: dt.datetime | None = None
+    tenant_ids: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return visible(self.message)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "message": self.message, "since": self.since.isoformat() if self.since else None}
+        data: dict[str, Any] = {
+            "kind": self.kind, "message": self.message, "since": self.since.isoformat() if self.since else None,
+        }
+        if self.tenant_ids:  # a trust with several tenants only: one-tenant payloads stay as they were
+            data["tenant_ids"] = list(self.tenant_ids)
+        return data
 
 
 @attrs.frozen
@@ -339,23 +349,33 @@ def _denies_access(message: str) -> bool:
 
 def _last_run_problems(
     last_run: RunSummary | None, errors: Sequence[AuditEvent], names: Mapping[str, str]
-) -> tuple[dict[str, str], list[tuple[str, dt.datetime | None]]]:
-    """The newest run's stale mappings (group id -> name) and the directory's refusals (message, when)."""
+) -> tuple[dict[str, str], list[tuple[str, dt.datetime | None]], dict[str, tuple[str, ...]]]:
+    """The newest run's stale mappings (group id -> name), the directory's refusals (message, when),
+    and the tenants each of the two concerns (a trust with several tenants: the entries' ``tenant_id``)."""
     stale: dict[str, str] = {}
     denied: list[tuple[str, dt.datetime | None]] = []
+    tenants: dict[str, set[str]] = {"stale_mapping": set(), "access_revoked": set()}
     for event in errors:
         group_id = event.detail.get("group_id")
+        tenant = event.detail.get("tenant_id")
         if event.detail.get("stale") is True and isinstance(group_id, str):
             stale.setdefault(group_id, str(event.detail.get("group_name") or names.get(group_id) or group_id))
+            kind = "stale_mapping"
         elif event.detail.get("access_denied") is True or _denies_access(event.message):
             denied.append((event.message, event.at))
+            kind = "access_revoked"
+        else:
+            continue
+        if isinstance(tenant, str):
+            tenants[kind].add(tenant)
     if last_run is not None and last_run.outcome == "failed" and _denies_access(last_run.message):
         denied.append((last_run.message, last_run.at))
-    return stale, denied
+    return stale, denied, {kind: tuple(sorted(found)) for kind, found in tenants.items()}
 
 
 def _problem_attention(
-    last_run: RunSummary | None, stale: Mapping[str, str], denied: Sequence[tuple[str, dt.datetime | None]]
+    last_run: RunSummary | None, stale: Mapping[str, str], denied: Sequence[tuple[str, dt.datetime | None]],
+    tenants: Mapping[str, tuple[str, ...]],
 ) -> list[Attention]:
     """What the newest run's errors ask of an admin: reconnect the tenant, remove stale mappings."""
     attention: list[Attention] = []
@@ -366,12 +386,14 @@ def _problem_attention(
             "The directory refused access in the last import (consent revoked, a permission missing or the "
             f"credential): {message} Reconnect the tenant or grant the permission.",
             since,
+            tenants.get("access_revoked", ()),
         ))
     if stale:
         attention.append(Attention(
             "stale_mapping",
             f"Mapped groups no longer exist in Azure: {', '.join(sorted(stale.values()))}; remove their mappings.",
             last_run.started_at if last_run else None,
+            tenants.get("stale_mapping", ()),
         ))
     return attention
 
@@ -421,9 +443,9 @@ def sync_status(
     last_run = runs[0] if runs else None
     last_success = next((run for run in runs if run.outcome == "ok"), None)
     streak = failure_streak(runs)
-    stale, denied = _last_run_problems(last_run, last_run_errors, names)
+    stale, denied, tenants = _last_run_problems(last_run, last_run_errors, names)
     attention: list[Attention] = [hold_attention(hold, now)] if hold is not None else []
-    attention += _problem_attention(last_run, stale, denied)
+    attention += _problem_attention(last_run, stale, denied, tenants)
     attention += _run_attention(runs, last_success, streak)
     refusal = _open_refusal(runs_log or (), last_run)
     if refusal is not None:
