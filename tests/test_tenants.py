@@ -248,7 +248,7 @@ async def test_another_tenants_404_is_no_proof_that_an_account_is_gone():
     report = await reconciler({A: a, B: b}, store).run(CONFIG, actor=SYSTEM)
     (conflict,) = [skip for skip in report.plan.skipped if skip.conflict]
     assert conflict.external_id == "b-a4"
-    assert "(Azure account of tenant tenant-b)" in conflict.reason and "of tenant tenant-a)" in conflict.reason
+    assert "(Azure account of tenant Ash School)" in conflict.reason and "of tenant Oak Academy)" in conflict.reason
     state = await store.load("oak")
     assert [u.external_id for u in state.users.values() if u.email == "a4@oak.sch.uk"] == ["a4"]
 

@@ -60,6 +60,7 @@ class _Resolver:
     """One plan's matching: the decisions so far and the emails their holders give up."""
 
     tenant_of: Callable[[str], str | None]  # an Azure user's tenant (API §13; None: the trust records none)
+    tenant_label: Callable[[str | None], str | None]  # how people read a tenant (its name, else its id)
     found: Identities = attrs.field(factory=Identities)
     released: dict[str, int] = attrs.field(factory=dict)  # email key -> round in which its holder moves away
 
@@ -101,7 +102,7 @@ class _Resolver:
             if previous is None or previous in in_scope_ids or previous not in known:
                 if previous is not None and previous not in in_scope_ids:
                     needed.add(previous)
-                found.conflicts.append(_conflict(user, email, holder, self.tenant_of(user.id)))
+                found.conflicts.append(_conflict(user, email, holder, self.tenant_of(user.id), self.tenant_label))
                 continue
             now = known[previous]
             if now is None and stored is None and synced_here(previous):
@@ -117,7 +118,7 @@ class _Resolver:
                 )
                 self.settle(user, email, key, stored, None, 0)
             else:
-                found.conflicts.append(_conflict(user, email, holder, self.tenant_of(user.id)))
+                found.conflicts.append(_conflict(user, email, holder, self.tenant_of(user.id), self.tenant_label))
         found.lookups_needed = frozenset(needed)
 
 
@@ -128,12 +129,14 @@ def resolve_identities(
     known: Mapping[str, DirectoryUser | None],
     synced_here: Callable[[str], bool],
     tenant_of: Callable[[str], str | None] = lambda external_id: None,
+    tenant_label: Callable[[str | None], str | None] = lambda tenant: tenant,
 ) -> Identities:
     """How each in-scope Azure user maps onto the store: the table in the module docstring.
 
-    ``tenant_of`` gives an Azure user's tenant, which the identity changes carry (API §13).
+    ``tenant_of`` gives an Azure user's tenant, which the identity changes carry (API §13);
+    ``tenant_label`` how a conflict across tenants names them.
     """
-    resolver = _Resolver(tenant_of)
+    resolver = _Resolver(tenant_of, tenant_label)
     waiting: list[_Waiting] = []
     for user, email, key in in_scope:
         stored = by_external.get(user.id)
@@ -149,17 +152,20 @@ def resolve_identities(
     return resolver.found
 
 
-def _conflict(user: DirectoryUser, email: str, holder: StoredUser, tenant: str | None) -> Skip:
+def _conflict(
+    user: DirectoryUser, email: str, holder: StoredUser, tenant: str | None,
+    label: Callable[[str | None], str | None] = lambda tenant: tenant,
+) -> Skip:
     # Across tenants the sentence names both (API §13); within one it stays as it always read.
     crossing = tenant is not None and holder.tenant_id is not None and tenant.lower() != holder.tenant_id.lower()
     return Skip(
         user.id,
         email,
         f"email conflict: {email}"
-        + (f" (Azure account of tenant {tenant})" if crossing else "")
+        + (f" (Azure account of tenant {label(tenant)})" if crossing else "")
         + f" is already used by store user {holder.user_id}"
         + (f" (synced from Azure account {holder.external_id}" if holder.external_id else "")
-        + (f" of tenant {holder.tenant_id}" if crossing else "")
+        + (f" of tenant {label(holder.tenant_id)}" if crossing else "")
         + (")" if holder.external_id else "")
         + "; not taken over, access left unchanged",
         keeps_access=True,

@@ -158,7 +158,9 @@ class _Planner:
         in_scope, skipped = _scope(users, self.config)
         skipped.extend(tenants.conflicts)
         known = {**self.context.lookups, **users}
-        identities = resolve_identities(in_scope, by_external, by_email, known, self._synced_here, tenants.tenant_of)
+        identities = resolve_identities(
+            in_scope, by_external, by_email, known, self._synced_here, tenants.tenant_of, self.config.tenant_label
+        )
         skipped.extend(identities.conflicts)
         self._grant_in_scope(in_scope, identities, wanted_by_user)
         self._remove_leavers(skipped, by_external)
