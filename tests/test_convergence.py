@@ -197,7 +197,7 @@ class SyncMachine(RuleBasedStateMachine):
         self.restart()
         before = self.run_async(self.store.load("oak"))
         kept = _kept(directory, config, before)
-        reconciler = Reconciler(directory, self.store, self.audit, HIERARCHY)  # a new one each run: a restart
+        reconciler = Reconciler(self.reader(directory), self.store, self.audit, HIERARCHY)  # new each run: a restart
         pending = self.run_async(reconciler.pending_hold("oak", actor=SYSTEM))
         confirm_hold = pending.id if confirm and pending is not None else None
         held_anyway = set()
@@ -236,20 +236,24 @@ class SyncMachine(RuleBasedStateMachine):
                     if (now is None or now < role) and ("grant", user_id, *key) in held_anyway:
                         assert (user_id, *key) in reviewed, f"{user_id} lost {key} outside the confirmed hold"
         replan = self.run_async(
-            Reconciler(directory, self.store, InMemoryAuditSink(), HIERARCHY).plan(config, actor=SYSTEM)
+            Reconciler(self.reader(directory), self.store, InMemoryAuditSink(), HIERARCHY).plan(config, actor=SYSTEM)
         )
         assert not [c for c in replan.changes if not _is_removal(c)], replan.changes
         self.known_user_ids |= set(after.users)
 
     @rule(group=st.sampled_from(GROUPS))
     def run_with_an_unreadable_group(self, group):
+        self._run_unreadable([group])
+
+    def _run_unreadable(self, groups):
         directory, config = self.directory(), self.config()
         before = synced_access_of(self.run_async(self.store.load("oak")))
-        flaky = FlakyDirectory(directory, {group: DirectoryError("Service unavailable", status=503)})
+        failures = {group: DirectoryError("Service unavailable", status=503) for group in groups}
+        flaky = self.reader(directory, failures)
         report = self.run_async(Reconciler(flaky, self.store, self.audit, HIERARCHY).run(config, actor=SYSTEM))
         assert not report.ok
         after = synced_access_of(self.run_async(self.store.load("oak")))
-        pairs = {(m.site_id, module) for m in config.mappings.mappings if m.group_id == group for module in m.roles}
+        pairs = {(m.site_id, module) for m in config.mappings.mappings if m.group_id in groups for module in m.roles}
         for user_id, access in before.items():
             for key, role in access.items():
                 if key not in pairs:
@@ -274,6 +278,10 @@ class SyncMachine(RuleBasedStateMachine):
 
     def restart(self) -> None:
         """Between runs the host process may restart: the in-memory store lives on, only the Reconciler is new."""
+
+    def reader(self, directory: InMemoryDirectory, failures: dict | None = None):
+        """What the Reconciler reads: the directory (``failures``: those groups' reads fail)."""
+        return FlakyDirectory(directory, failures) if failures else directory
 
     # ---------------------------------------------------------------- always
 
@@ -305,6 +313,68 @@ SyncMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestSyncConvergence = SyncMachine.TestCase
+
+
+A, B = "tenant-a", "tenant-b"
+TENANT_OF = {"g0": A, "g1": A, "nested": A, "g2": B, "g3": B}
+
+
+class TwoTenantMachine(SyncMachine):
+    """The same rules for a Trust with two tenants (API §13): g0, g1 and the nested group live in tenant A,
+    g2 and g3 in tenant B. Tenant B's accounts are copies of the same people (``b-u3`` beside ``u3``) with
+    emails at another domain, unless ``same_email_in_both`` gave one the same address in both tenants;
+    a group only holds its own tenant's users and groups. The oracle reads the two tenants merged into one
+    directory (ids never collide), the reconciler reads ``{tenant: directory}``; a whole tenant can be
+    unreadable for a run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.same_email: set[str] = set()
+
+    @rule(user=st.sampled_from(USERS))
+    def same_email_in_both(self, user):
+        self.same_email ^= {user}
+
+    @rule(tenant=st.sampled_from([A, B]))
+    def run_with_an_unreadable_tenant(self, tenant):
+        self._run_unreadable([group for group in GROUPS if TENANT_OF[group] == tenant])
+
+    def _copy(self, user: DirectoryUser) -> DirectoryUser:
+        mail = user.mail if user.id in self.same_email or not user.mail else user.mail.replace("@oak.", "@ash.")
+        return attrs.evolve(user, id=f"b-{user.id}", mail=mail)
+
+    def _tenant(self, tenant: str):
+        from calm_azure_sync import DirectoryGroup
+
+        groups = [g for g in self.members if TENANT_OF[g] == tenant]
+        users = list(self.users.values()) if tenant == A else [self._copy(u) for u in self.users.values()]
+        ours = (lambda m: m) if tenant == A else (lambda m: m if m in TENANT_OF else f"b-{m}")
+        members = {g: [ours(m) for m in self.members[g] if TENANT_OF.get(m, tenant) == tenant] for g in groups}
+        return _Directory(users, [DirectoryGroup(g) for g in groups], members, tenant_id=tenant)
+
+    def directory(self) -> InMemoryDirectory:
+        a, b = self._tenant(A), self._tenant(B)
+        return _Directory([*a.users.values(), *b.users.values()], [*a.groups.values(), *b.groups.values()],
+                          {**a.members, **b.members})
+
+    def reader(self, directory: InMemoryDirectory, failures: dict | None = None):
+        tenants = {A: self._tenant(A), B: self._tenant(B)}
+        if failures:
+            return {t: FlakyDirectory(d, {g: e for g, e in failures.items() if TENANT_OF[g] == t}) for t, d in tenants.items()}
+        return tenants
+
+    def config(self) -> SyncConfig:
+        two = [attrs.evolve(mapping, tenant_id=TENANT_OF[mapping.group_id]) for mapping in MAPPINGS]
+        return attrs.evolve(super().config(), mappings=two, tenants=(A, B))
+
+
+TwoTenantMachine.TestCase.settings = settings(
+    max_examples=max(10, EXAMPLES // 3),
+    stateful_step_count=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestTwoTenantConvergence = TwoTenantMachine.TestCase
 
 
 class SqliteRestartMachine(SyncMachine):
