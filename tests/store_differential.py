@@ -107,6 +107,9 @@ NAMES = (
 SITES = ("s1", "s2", "s\x00", "s\ud800")
 GROUPS = ("g1", "g2", "g\x00", "g\udc01")
 ODD_TEXT = ("", "plain", "nul\x00", "\ud83d", "\uffff", "\u202e", "\U0001f469\u200d\U0001f52c", "z" * 2000)
+# Tenant ids (API §13): two plain ones, and odd text the PostgreSQL codec must
+# keep and a lone surrogate no store can (that change fails alone).
+TENANTS = ("tenant-a", "tenant-b", "t\x00", "t\uffff0", "t\ud800")
 # Ids Graph sends for the delta cache: full reads refuse one holding a surrogate.
 CACHE_IDS = ("u1", "u2", "u\x00", "u\uffff", "g1", "g\x00")
 
@@ -128,12 +131,12 @@ def change_specs(
 ) -> st.SearchStrategy[tuple[object, ...]]:
     """Specs of every change kind over small pools, so collisions, relinks and re-creates are common."""
     ids, manual, mail, name = _pick(external_ids), _pick(manual_ids), _pick(emails), _pick(names)
-    site, group = _pick(sites), _pick(groups)
+    site, group, tenant = _pick(sites), _pick(groups), st.none() | _pick(TENANTS)
     return st.one_of(
-        st.tuples(st.just("create"), ids, mail, name),
-        st.tuples(st.just("link"), ids, manual, mail),
-        st.tuples(st.just("update"), ids, mail, st.booleans(), name),
-        st.tuples(st.just("relink"), ids, ids, mail),
+        st.tuples(st.just("create"), ids, mail, name, tenant),
+        st.tuples(st.just("link"), ids, manual, mail, tenant),
+        st.tuples(st.just("update"), ids, mail, st.booleans(), name, tenant),
+        st.tuples(st.just("relink"), ids, ids, mail, tenant),
         st.tuples(st.just("assign"), ids, site, ROLES, st.none() | ROLES),
         st.tuples(st.just("unassign"), ids, site),
         st.tuples(st.just("deactivate"), ids),
@@ -162,16 +165,21 @@ def resolve(spec: tuple[object, ...], state: StoreState) -> Change:
     if kind == "retire_group":
         return RetireGroup(external_id)
     user_id = _holder(state, external_id)
+    # A user change's tenant, last in its spec when it names one.
+    at = {"create": 4, "link": 4, "update": 5, "relink": 4}.get(str(kind), len(spec))
+    tenant = spec[at] if at < len(spec) else None
+    assert tenant is None or isinstance(tenant, str)
     if kind == "create":
-        return CreateUser(external_id, str(spec[2]), str(spec[3]), given_name=str(spec[3]))
+        return CreateUser(external_id, str(spec[2]), str(spec[3]), given_name=str(spec[3]), tenant_id=tenant)
     if kind == "link":
-        return LinkUser(external_id, str(spec[2]), str(spec[3]), f"Linked {external_id}")
+        return LinkUser(external_id, str(spec[2]), str(spec[3]), f"Linked {external_id}", tenant_id=tenant)
     if kind == "update":
         return UpdateUser(
-            external_id, user_id, str(spec[2]), str(spec[4]), surname=str(spec[4]), reactivate=bool(spec[3])
-        )
+            external_id, user_id, str(spec[2]), str(spec[4]), surname=str(spec[4]), reactivate=bool(spec[3]),
+            tenant_id=tenant,
+        )  # fmt: skip
     if kind == "relink":
-        return RelinkUser(str(spec[2]), user_id, external_id, str(spec[3]), f"Relinked {spec[2]}")
+        return RelinkUser(str(spec[2]), user_id, external_id, str(spec[3]), f"Relinked {spec[2]}", tenant_id=tenant)
     if kind == "assign":
         role, previous = spec[3], spec[4] if len(spec) > 4 else None
         assert isinstance(role, Role) and (previous is None or isinstance(previous, Role))
@@ -196,6 +204,7 @@ def comparable(state: StoreState, manual_ids: Sequence[str] = MANUAL_IDS) -> obj
             user.external_id,
             user.active,
             user.deactivated_by_sync,
+            user.tenant_id,
         )
         for user in state.users.values()
     }
@@ -372,6 +381,7 @@ class StoresAgree(RuleBasedStateMachine):
         joined=st.booleans(),
         after=st.lists(st.sampled_from(("add_member", "remove_member")), min_size=1, max_size=3),
         elsewhere=st.lists(st.tuples(st.sampled_from(("add_member", "remove_member")), _pick(GROUPS)), max_size=2),
+        tenants=st.tuples(st.none() | _pick(TENANTS), st.none() | _pick(TENANTS)),
     )
     def relink_then_change_memberships(
         self,
@@ -383,22 +393,27 @@ class StoresAgree(RuleBasedStateMachine):
         joined: bool,
         after: list[str],
         elsewhere: list[tuple[str, str]],
+        tenants: tuple[str | None, str | None],
     ) -> None:
         """A re-created account: the store user takes the new object id, then joins or leaves groups by it.
 
         First (one batch) the user with the old id exists and is, or is not,
         a member of ``group``, as earlier runs left it; then, in one batch,
         the relink and membership changes naming the new id. Later batches
-        name the new id too (it stays in the pool).
+        name the new id too (it stays in the pool). The old and the new
+        account each have a tenant (or none), maybe another one.
         """
-        self.steps.append(f"{old!r} in {group!r} ({joined}), relinked to {new!r} in {trust!r}, then {after!r}")
-        setup = [("upsert_group", group, "Staff", ["s1"]), ("create", old, email, "Ann")]
+        self.steps.append(
+            f"{old!r} ({tenants[0]!r}) in {group!r} ({joined}), relinked to {new!r} ({tenants[1]!r}) in {trust!r}, "
+            f"then {after!r}"
+        )
+        setup = [("upsert_group", group, "Staff", ["s1"]), ("create", old, email, "Ann", tenants[0])]
         setup.append(("add_member" if joined else "remove_member", group, old))
         self._apply(trust, lambda state: [resolve(spec, state) for spec in setup])
         self._apply(
             trust,
             lambda state: [
-                resolve(("relink", old, new, email), state),
+                resolve(("relink", old, new, email, tenants[1]), state),
                 *(resolve((kind, group, new), state) for kind in after),
                 *(resolve((kind, other, new), state) for kind, other in elsewhere),
             ],
