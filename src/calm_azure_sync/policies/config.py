@@ -255,11 +255,13 @@ class SyncConfig:
     tenant_names: Mapping[str, str] | None = attrs.field(default=None, converter=_freeze_tenant_names)
     # lower-cased tenant id -> the tenant as configured; group id -> its tenant (None: the trust names none)
     _tenant_by_key: Mapping[str, str] = attrs.field(init=False, repr=False, eq=False)
+    _tenant_ids: tuple[str, ...] = attrs.field(init=False, repr=False, eq=False)
     _group_tenant: Mapping[str, str | None] = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         known = self.tenants or ((self.tenant_id,) if self.tenant_id else ())
         object.__setattr__(self, "_tenant_by_key", {tenant.lower(): tenant for tenant in known})
+        object.__setattr__(self, "_tenant_ids", tuple(self._tenant_by_key.values()))
         problems = self._tenant_problems()
         if problems:
             raise ConfigError(problems)
@@ -301,7 +303,7 @@ class SyncConfig:
     @property
     def tenant_ids(self) -> tuple[str, ...]:
         """The tenants this trust connects: ``tenants``, else ``(tenant_id,)``, else none recorded."""
-        return tuple(self._tenant_by_key.values())
+        return self._tenant_ids
 
     def tenant_of(self, group_id: str) -> str | None:
         """The tenant a mapped group lives in (``None``: not mapped, or the trust records no tenant)."""
