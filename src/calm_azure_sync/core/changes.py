@@ -50,7 +50,13 @@ __all__ = [
 
 @attrs.frozen
 class CreateUser:
-    """Create a store user for this Azure user."""
+    """Create a store user for this Azure user.
+
+    ``tenant_id`` (here and on ``LinkUser``, ``RelinkUser`` and ``UpdateUser``)
+    is the Entra tenant the account lives in (API §13): identity is (tenant,
+    object id). ``None``: the trust records no tenant (on ``UpdateUser``: the
+    stored tenant stays).
+    """
 
     external_id: str
     email: str
