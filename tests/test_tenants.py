@@ -478,3 +478,10 @@ async def test_status_says_which_tenant_refused_access():
     (revoked,) = [item for item in status.attention if item.kind == "access_revoked"]
     assert revoked.tenant_ids == (B,) and "Ash School" in revoked.message
     assert revoked.to_dict()["tenant_ids"] == [B]
+
+
+async def test_check_finds_a_group_mapped_under_the_wrong_tenant():
+    wrong = attrs.evolve(CONFIG, mappings=[MAPPINGS[0], attrs.evolve(MAPPINGS[1], tenant_id=A)])
+    problems = await reconciler({A: tenant_a(), B: tenant_b()}, InMemoryUserStore()).check(wrong, actor=SYSTEM)
+    assert [problem.group_id for problem in problems] == ["gb-staff"], problems
+    assert not await reconciler({A: tenant_a(), B: tenant_b()}, InMemoryUserStore()).check(CONFIG, actor=SYSTEM)

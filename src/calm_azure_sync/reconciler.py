@@ -267,7 +267,11 @@ class Reconciler:
         except ConfigError as error:
             invalid = list(error.problems)
         directory = self._directory_for(None if invalid else config)  # refused: list what there is
-        groups = list(await directory.list_groups())
+        # A trust with several tenants: a group counts only in the tenant its mapping names.
+        groups = [
+            group for group in await directory.list_groups()
+            if group.tenant_id is None or config.tenant_of(group.id) in (None, group.tenant_id)
+        ]
         existing = {group.id for group in groups}
         discovery = directory if isinstance(directory, GroupDiscovery) else None
         member_counts: dict[str, int] = {}
