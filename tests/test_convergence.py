@@ -409,3 +409,17 @@ SqliteRestartMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestSyncConvergenceAcrossRestarts = SqliteRestartMachine.TestCase
+
+
+class TwoTenantSqliteMachine(TwoTenantMachine, SqliteRestartMachine):
+    """The two-tenant rules against a SqliteUserStore re-opened before every run: tenants, holds and
+    baselines survive a restart."""
+
+
+TwoTenantSqliteMachine.TestCase.settings = settings(
+    max_examples=max(5, EXAMPLES // 10),
+    stateful_step_count=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestTwoTenantConvergenceAcrossRestarts = TwoTenantSqliteMachine.TestCase
