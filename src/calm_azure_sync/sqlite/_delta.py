@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, TypeVar
 
 from .._gc import collector_paused
@@ -133,23 +133,25 @@ def save_delta(
 ) -> None:
     """Apply ``write`` to the trust's rows in one transaction (``fence``: see ``write_transaction``)."""
     trust = trust_site_id
-    # In DeltaCacheWrite.applied_to's order: removals first, then what was added.
-    removals: list[tuple[str, list[tuple[Any, ...]]]] = [
+    # In DeltaCacheWrite.applied_to's order: removals first, then what was added. The rows are generators:
+    # a first write has a row per direct membership and per user (400k at 100k users), and lists of them
+    # beside the cache were the top of a first import's memory.
+    removals: list[tuple[str, Iterable[tuple[Any, ...]]]] = [
         ("DELETE FROM delta_members WHERE trust_site_id = ? AND group_id = ? AND member_id = ?",
-         [(trust, group, member) for group, member in write.removed_members]),
+         ((trust, group, member) for group, member in write.removed_members)),
         ("DELETE FROM delta_members WHERE trust_site_id = ? AND group_id = ?",
-         [(trust, group) for group in write.removed_groups]),
+         ((trust, group) for group in write.removed_groups)),
         ("DELETE FROM delta_groups WHERE trust_site_id = ? AND group_id = ?",
-         [(trust, group) for group in write.removed_groups]),
+         ((trust, group) for group in write.removed_groups)),
         ("DELETE FROM delta_users WHERE trust_site_id = ? AND user_id = ?",
-         [(trust, user_id) for user_id in write.removed_users]),
+         ((trust, user_id) for user_id in write.removed_users)),
     ]
-    additions: list[tuple[str, list[tuple[Any, ...]]]] = [
+    additions: list[tuple[str, Iterable[tuple[Any, ...]]]] = [
         ("INSERT OR IGNORE INTO delta_groups (trust_site_id, group_id) VALUES (?, ?)",
-         [(trust, group) for group in groups_to_track(write)]),
+         ((trust, group) for group in groups_to_track(write))),
         ("INSERT OR IGNORE INTO delta_members (trust_site_id, group_id, member_id) VALUES (?, ?, ?)",
-         [(trust, group, member) for group, member in write.added_members]),
-        (_UPSERT_USER, [(trust, *user_row(user)) for user in write.users]),
+         ((trust, group, member) for group, member in write.added_members)),
+        (_UPSERT_USER, ((trust, *user_row(user)) for user in write.users)),
     ]
     with write_transaction(connection, fence):
         if write.replace:
