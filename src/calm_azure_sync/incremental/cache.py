@@ -13,7 +13,8 @@ whether a run reads in full or from changes, and why.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
@@ -27,6 +28,7 @@ __all__ = [
     "DeltaCacheStore",
     "DeltaCacheWrite",
     "DeltaHead",
+    "Memberships",
     "DeltaHeadStore",
     "ReadMode",
     "added_groups",
@@ -137,6 +139,41 @@ def added_groups(cache: DeltaCache | DeltaHead, mapped: Iterable[str]) -> frozen
     return frozenset(mapped) - cache.mapped
 
 
+class Memberships(AbstractSet[tuple[str, str]]):
+    """Every ``(group id, member id)`` pair of a cache's groups, as a set that is never built.
+
+    A first write lists every direct membership (300k at 100k users): holding
+    them as a frozenset of tuples beside the cache they come from was the top
+    of a first import's memory. Compares, iterates and answers ``in`` like
+    the frozenset it stands for.
+    """
+
+    __slots__ = ("_count", "_groups")
+
+    def __init__(self, groups: Mapping[str, frozenset[str]]) -> None:
+        self._groups = groups
+        self._count = sum(len(members) for members in groups.values())
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for group, members in self._groups.items():
+            for member in members:
+                yield group, member
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, item: object) -> bool:
+        if not isinstance(item, tuple) or len(item) != 2:
+            return False
+        return item[1] in self._groups.get(item[0], ())
+
+    def __hash__(self) -> int:
+        return self._hash()
+
+    def __repr__(self) -> str:
+        return f"Memberships({self._count} pairs in {len(self._groups)} groups)"
+
+
 @attrs.frozen
 class DeltaCacheWrite:
     """The rows that move a stored cache from the last run's to this run's: what a table store writes.
@@ -155,7 +192,7 @@ class DeltaCacheWrite:
     replace: bool
     added_groups: frozenset[str] = frozenset()
     removed_groups: frozenset[str] = frozenset()
-    added_members: frozenset[tuple[str, str]] = frozenset()
+    added_members: AbstractSet[tuple[str, str]] = frozenset()
     removed_members: frozenset[tuple[str, str]] = frozenset()
     users: tuple[DirectoryUser, ...] = ()
     removed_users: frozenset[str] = frozenset()
@@ -203,7 +240,7 @@ def cache_write(previous: DeltaCache | None, cache: DeltaCache) -> DeltaCacheWri
             cursor, mapped, at,
             replace=True,
             added_groups=frozenset(cache.groups),
-            added_members=frozenset((g, m) for g, members in cache.groups.items() for m in members),
+            added_members=Memberships(cache.groups),
             users=tuple(cache.users[user_id] for user_id in sorted(cache.users)),
         )
     before, after = previous.groups, cache.groups

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime as dt
+import functools
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -83,10 +86,14 @@ def _use_wal(connection: sqlite3.Connection, busy_timeout_ms: int) -> None:
 
 @attrs.define
 class ThreadedConnection:
-    """One SQLite connection used from worker threads, one call at a time.
+    """One SQLite connection used from its own worker thread, one call at a time.
 
-    ``run(fn, *args)`` calls ``fn(connection, *args)`` in a thread under a
+    ``run(fn, *args)`` calls ``fn(connection, *args)`` in that thread under a
     lock; the connection is opened (and ``setup`` run on it) on first use.
+    One thread per connection, not the event loop's pool: each pool thread
+    that touched SQLite kept its own malloc arena, about 36 MB of a 100k
+    first import's peak (docs/performance.md). A process forked after first
+    use starts a thread of its own.
     """
 
     path: str | os.PathLike[str]
@@ -95,6 +102,8 @@ class ThreadedConnection:
     _connection: sqlite3.Connection | None = attrs.field(default=None, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _closed: bool = attrs.field(default=False, init=False)
+    _worker: ThreadPoolExecutor | None = attrs.field(default=None, init=False)
+    _worker_pid: int = attrs.field(default=0, init=False)
 
     def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
         with self._lock:
@@ -111,8 +120,16 @@ class ThreadedConnection:
             return fn(self._connection, *args)
 
     async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """Run ``fn(connection, *args)`` in a worker thread and return its result."""
-        return await asyncio.to_thread(self._call, fn, *args)
+        """Run ``fn(connection, *args)`` in the connection's thread and return its result."""
+        call = functools.partial(contextvars.copy_context().run, self._call, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._thread(), call)
+
+    def _thread(self) -> ThreadPoolExecutor:
+        worker, pid = self._worker, os.getpid()
+        if worker is None or self._worker_pid != pid:  # a forked child has none of its parent's threads
+            worker = self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calm-sqlite")
+            self._worker_pid = pid
+        return worker
 
     def close(self) -> None:
         """Close the connection (waiting for a call in progress to finish)."""
@@ -121,6 +138,9 @@ class ThreadedConnection:
             if self._connection is not None:
                 self._connection.close()
                 self._connection = None
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.shutdown(wait=False)  # may be called from that very thread (aclose)
 
 
 Fence = Callable[[sqlite3.Connection], None]
