@@ -48,6 +48,13 @@ MAPPINGS = [
 EXAMPLES = int(os.environ.get("CALM_STATEFUL_EXAMPLES", "150"))
 
 
+def _machine_settings(examples: int, *, steps: int) -> settings:
+    """Every machine's settings: ``examples`` runs of up to ``steps`` rules, no deadline."""
+    return settings(
+        max_examples=examples, stateful_step_count=steps, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
+
+
 def _kept(directory: InMemoryDirectory, config: SyncConfig, state) -> set[str]:
     """Users whose access must stay as it was: duplicate emails in Azure, and
     email conflicts in the store that no move in this run resolves."""
@@ -306,12 +313,7 @@ def _slot(change):
     return removal_slot(change)
 
 
-SyncMachine.TestCase.settings = settings(
-    max_examples=EXAMPLES,
-    stateful_step_count=25,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+SyncMachine.TestCase.settings = _machine_settings(EXAMPLES, steps=25)
 TestSyncConvergence = SyncMachine.TestCase
 
 
@@ -368,12 +370,7 @@ class TwoTenantMachine(SyncMachine):
         return attrs.evolve(super().config(), mappings=two, tenants=(A, B))
 
 
-TwoTenantMachine.TestCase.settings = settings(
-    max_examples=max(10, EXAMPLES // 3),
-    stateful_step_count=25,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+TwoTenantMachine.TestCase.settings = _machine_settings(max(10, EXAMPLES // 3), steps=25)
 TestTwoTenantConvergence = TwoTenantMachine.TestCase
 
 
@@ -402,12 +399,7 @@ class SqliteRestartMachine(SyncMachine):
         super().teardown()
 
 
-SqliteRestartMachine.TestCase.settings = settings(
-    max_examples=max(10, EXAMPLES // 5),
-    stateful_step_count=20,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+SqliteRestartMachine.TestCase.settings = _machine_settings(max(10, EXAMPLES // 5), steps=20)
 TestSyncConvergenceAcrossRestarts = SqliteRestartMachine.TestCase
 
 
@@ -416,10 +408,5 @@ class TwoTenantSqliteMachine(TwoTenantMachine, SqliteRestartMachine):
     baselines survive a restart."""
 
 
-TwoTenantSqliteMachine.TestCase.settings = settings(
-    max_examples=max(5, EXAMPLES // 10),
-    stateful_step_count=20,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+TwoTenantSqliteMachine.TestCase.settings = _machine_settings(max(5, EXAMPLES // 10), steps=20)
 TestTwoTenantConvergenceAcrossRestarts = TwoTenantSqliteMachine.TestCase
