@@ -286,6 +286,7 @@ async def test_a_group_that_shrank_holds_only_its_tenants_removals():
     assert report.plan.held_groups == ("ga-staff",)
     held = {change.external_id for change in report.plan.held_removals}
     assert held == {"a0", "a1", "a2", "a3"}
+    assert "Oak staff (Oak Academy)" in str(report.plan)  # the review names the shrunk group with its tenant
     state = await store.load("oak")
     assert "b1" not in access(state) and "a0" in access(state)
 

@@ -97,4 +97,5 @@ async def test_a_tenant_whose_consent_was_revoked_is_a_partial_read_of_its_own_g
             state = await store.load("oak")
             assert "a0" not in access(state) and "b0" in access(state)
             errors = [e for e in audit.events if e.run_id == report.run_id and e.subject == "gb"]
-            assert errors and "(tenant Ash School)" in errors[0].message and errors[0].detail["tenant_id"] == B
+            assert errors and "GB (Ash School)" in errors[0].message and errors[0].detail["tenant_id"] == B
+            assert "Ash School" in str(report.plan)  # the review names the unread group with its tenant

@@ -252,7 +252,8 @@ class Journal:
         return [
             self.event(
                 AuditKind.ERROR,
-                f"Group {names.get(group_id) or group_id}{self.tenant_words(group_id)} {unreadable[group_id]}",
+                # A plan's group names carry the tenant already; an id alone gets it here.
+                f"Group {names.get(group_id) or group_id + self.tenant_words(group_id)} {unreadable[group_id]}",
                 subject=group_id,
                 detail={
                     "group_id": group_id,

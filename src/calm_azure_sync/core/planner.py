@@ -235,6 +235,13 @@ class _Planner:
             name = self.state.groups[group_id].display_name
         return name or group_id
 
+    def _group_named(self, group_id: str) -> str:
+        """How reviews, holds and the Import Log name a mapped group: with its tenant when the trust has several."""
+        name = self._group_name(group_id)
+        if len(self.config.tenant_ids) > 1 and (tenant := self.config.tenant_of(group_id)) is not None:
+            return f"{name} ({self.config.tenant_label(tenant)})"
+        return name
+
     # -- who left scope -----------------------------------------------------------
 
     def _remove_leavers(self, skipped: Sequence[Skip], by_external: Mapping[str, StoredUser]) -> None:
@@ -388,7 +395,7 @@ class _Planner:
     ) -> Plan:
         removals = [change for change in ordered if is_removal(change)] if self.may_remove else []
         synced_users = sum(1 for access in self.state.synced_access.values() if access)
-        group_names = {group: self._group_name(group) for group in sorted(self.config.mappings.group_ids)}
+        group_names = {group: self._group_named(group) for group in sorted(self.config.mappings.group_ids)}
         # The one gate: every removal this plan makes, whatever path made it, is judged here.
         verdict = apply_guards(
             self._guard_input(removals, synced_users, group_names, users, identities, by_external, tenant_of)
