@@ -154,9 +154,18 @@ async def test_each_directory_is_checked_against_its_key():
         await reconciler({A: tenant_a(), B: nameless}, InMemoryUserStore()).run(CONFIG, actor=SYSTEM)
 
 
-async def test_discovery_lists_every_tenants_groups_marked_with_their_tenant():
-    groups = await reconciler({A: tenant_a(), B: tenant_b()}, InMemoryUserStore()).discover("oak", actor=SYSTEM)
+async def test_discovery_lists_the_trusts_tenants_groups_marked_with_their_tenant():
+    other = InMemoryDirectory.from_dict({"groups": [{"id": "gc-secret", "displayName": "Another trust"}]}, tenant_id="c")
+    host = reconciler({A: tenant_a(), B: tenant_b(), "c": other}, InMemoryUserStore())
+    groups = await host.discover("oak", actor=SYSTEM, tenant_ids=CONFIG.tenant_ids)
     assert {(group.id, group.tenant_id) for group in groups} == {("ga-staff", A), ("gb-staff", B)}
+    with pytest.raises(ConfigError, match="tenant_ids: this Reconciler reads 3 tenants"):
+        await host.discover("oak", actor=SYSTEM)  # never every tenant the host knows
+    with pytest.raises(ConfigError, match="tenant 'tenant-d' has no directory"):
+        await host.discover("oak", actor=SYSTEM, tenant_ids=[A, "tenant-d"])
+    assert [g.id for g in await reconciler({A: tenant_a()}, InMemoryUserStore()).discover("oak", actor=SYSTEM)] == [
+        "ga-staff"
+    ]
 
 
 # ---------------------------------------------------------------------- identity

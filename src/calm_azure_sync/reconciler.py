@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -32,7 +32,7 @@ from .core.planner import DirectorySnapshot, PlanContext, build_plan, skip_reaso
 from .core.state import Hold, HoldScope, SyncState, SyncStateStore
 from .directory._deadline import interactive_call
 from .directory.protocol import Directory, GroupDiscovery, UserLookup
-from .directory.tenants import directory_for_trust
+from .directory.tenants import directory_for_listing, directory_for_trust
 from .errors import (
     ChildSiteConfigurationError,
     ConfigError,
@@ -198,14 +198,19 @@ class Reconciler:
     # ------------------------------------------------------------------ screens
 
     @interactive_call
-    async def discover(self, site_id: str, *, actor: Actor, search: str | None = None) -> list[DirectoryGroup]:
+    async def discover(
+        self, site_id: str, *, actor: Actor, search: str | None = None, tenant_ids: Iterable[str] | None = None
+    ) -> list[DirectoryGroup]:
         """List the directory's groups for the Group Mapping screen, and log the discovery.
 
         ``search``, when given, narrows the list by display name on the
         directory's side (Graph ``$search``), for tenants with many groups.
+        ``tenant_ids``: the trust's tenants, required when the reconciler was
+        given several directories (API §13), so an admin sees only their own
+        trust's groups; each group says its ``tenant_id``.
         """
         trust = self._authorize(site_id, actor)
-        directory = self._directory_for(None)
+        directory = directory_for_listing(self.directory, tenant_ids)
         if not search:
             listed = await directory.list_groups()
         elif isinstance(directory, GroupDiscovery):
@@ -266,7 +271,11 @@ class Reconciler:
             self._check_tenant(config)
         except ConfigError as error:
             invalid = list(error.problems)
-        directory = self._directory_for(None if invalid else config)  # refused: list what there is
+        # A configuration found wrong still lists its own tenants' groups (those with a directory), no other's.
+        directory = (
+            directory_for_listing(self.directory, config.tenant_ids or None, lenient=True)
+            if invalid else self._directory_for(config)
+        )
         # A trust with several tenants: a group counts only in the tenant its mapping names.
         groups = [
             group for group in await directory.list_groups()

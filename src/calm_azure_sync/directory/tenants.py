@@ -49,7 +49,7 @@ from .delta import (
 )
 from .protocol import Directory, GroupDiscovery, PersonLookup, UserLookup, lookup_ids
 
-__all__ = ["TenantRoundFailed", "directory_for_trust", "tenant_directories"]
+__all__ = ["TenantRoundFailed", "directory_for_listing", "directory_for_trust", "tenant_directories"]
 
 
 class TenantRoundFailed(DirectoryError):
@@ -317,3 +317,51 @@ def _check_directory_tenant(config: SyncConfig, tenant: str, directory: Director
             f"but the directory reads tenant {actual!r}; refusing to sync another organisation",
             expected=tenant, actual=str(actual),
         )
+
+
+def directory_for_listing(
+    given: Directory | Mapping[str, Directory], tenant_ids: Iterable[str] | None, *, lenient: bool = False
+) -> Directory:
+    """The directory a trust's group listing reads (discovery, the settings check): its own tenants only.
+
+    With several directories the trust's ``tenant_ids`` must be named, so an
+    admin never sees another trust's groups; each must have a directory, and
+    each directory must say it reads its key. ``lenient`` (the settings check
+    of a configuration already found wrong) lists the named tenants that do
+    have a directory instead of refusing.
+    """
+    if isinstance(tenant_ids, str):
+        raise ConfigError(f"tenant_ids: expected a list of tenant ids, not one string (write [{tenant_ids!r}])")
+    wanted = None if tenant_ids is None else [str(tenant) for tenant in tenant_ids]
+    if not _is_directory_map(given):
+        directory: Directory = given  # type: ignore[assignment]
+        actual = getattr(directory, "tenant_id", None)
+        if wanted and actual and not lenient and str(actual).lower() not in {t.lower() for t in wanted}:
+            raise TenantMismatchError(
+                f"the directory reads tenant {actual!r}, not {', '.join(map(repr, wanted))}", expected=wanted[0],
+                actual=str(actual),
+            )
+        return directory
+    directories: Mapping[str, Directory] = given  # type: ignore[assignment]
+    by_key = {str(key).lower(): (str(key), value) for key, value in directories.items()}
+    if wanted is None:
+        if len(by_key) == 1:
+            return next(iter(directories.values()))
+        raise ConfigError(
+            f"tenant_ids: this Reconciler reads {len(by_key)} tenants; name the trust's own "
+            "(SyncConfig.tenant_ids), so its admin sees only its groups"
+        )
+    missing = [tenant for tenant in wanted if tenant.lower() not in by_key]
+    if missing and not lenient:
+        raise ConfigError([f"tenant_ids: tenant {tenant!r} has no directory" for tenant in missing])
+    chosen = {by_key[t.lower()][0]: by_key[t.lower()][1] for t in wanted if t.lower() in by_key}
+    for tenant, directory in chosen.items():
+        actual = getattr(directory, "tenant_id", None)
+        if not lenient and (not actual or str(actual).lower() != tenant.lower()):
+            raise TenantMismatchError(
+                f"the directory for tenant {tenant!r} reads tenant {actual!r}", expected=tenant,
+                actual=None if actual is None else str(actual),
+            )
+    if not chosen:
+        raise ConfigError("tenant_ids: none of the trust's tenants has a directory")
+    return next(iter(chosen.values())) if len(chosen) == 1 else tenant_directories(chosen, None)
