@@ -517,3 +517,29 @@ async def test_a_leaver_whose_deactivation_is_held_anew_is_remembered_and_relink
     loaded = await store.load("oak")
     assert ("birch", "Risk") in by_email(loaded)["s0@oak.sch.uk"]
     assert not [user for user in loaded.users.values() if user.external_id == old]
+
+
+async def test_a_held_removal_of_a_relinked_account_stays_held_through_keep_mode_runs(make_store):
+    """Soak seed 24, soak-t07: a hold's removals of an account relinked in keep mode were taken for "gone
+    from the store" by the next run (the store keeps them under the new object id), dropped from the hold,
+    and the run after that, in another mode, applied them as new removals: never confirmed."""
+    it = [f"i{i}" for i in range(20)]
+    tenant, store, audit = Tenant(["ann", *STAFF[:6]], it=it), make_store(), InMemoryAuditSink()
+    assert (await run(tenant, store, audit, config())).ok
+    tenant.staff = set()  # Birch Staff reads empty: its removals are held (group_shrank)
+    await run(tenant, store, audit, config())
+    held = await pending(store, audit)
+    assert held is not None and tenant.ids["ann"] in held.users
+    tenant.recreate("ann")  # Ann's account is made again with her email, in Ash IT: a relink
+    tenant.it.add("ann")
+    relinked = await run(tenant, store, audit, config("keep"))
+    assert relinked.counts["relink_user"] == 1
+    await run(tenant, store, audit, config("keep"))  # after the relink is applied
+    tenant.staff = {f"new{i}" for i in range(6)}  # Birch Staff fills again with others: no longer a shrink
+    for name in tenant.staff:
+        tenant.ids[name] = f"obj-{name}-1"
+    await run(tenant, store, audit, config())
+    access = by_email(await store.load("oak"))
+    assert ("birch", "Risk") in access["ann@oak.sch.uk"], "a held removal was applied without a confirmation"
+    after = await pending(store, audit)
+    assert after is not None and any(change.external_id == tenant.ids["ann"] for change in after.changes)

@@ -352,14 +352,8 @@ class _Planner:
             if isinstance(change, RelinkUser)
         }
 
-        def in_store(change: Change) -> bool:
-            external_id = previous_of.get(change.external_id, change.external_id)
-            if isinstance(change, (Assign, Unassign)):
-                return (change.site_id, change.module) in self.state.synced_access.get(external_id, {})
-            if isinstance(change, RemoveGroupMember):
-                return external_id in self.state.group_members.get(change.group_external_id, frozenset())
-            stored = by_external.get(external_id)
-            return stored is not None and stored.active
+        hold = context.sync_state.hold
+        in_store = _slot_in_store(self.state, by_external, previous_of, hold.owners if hold is not None else {})
 
         labels = PlanLabels(frozenset(), users, self.state, context.lookups)
         return GuardInput(
@@ -503,6 +497,43 @@ def _scope(
         else:
             in_scope.append((user, email, key))
     return in_scope, skipped
+
+
+def _slot_in_store(
+    state: StoreState, by_external: Mapping[str, StoredUser], previous_of: Mapping[str, str],
+    held_owners: Mapping[str, str],
+) -> Callable[[Change], bool]:
+    """Whether the slot a removal takes away is still in the store (a removal applied protects nothing).
+
+    The store keeps a user's slots under the object id it has *now*: a removal
+    of this run's relinked account is looked up under the previous id (not
+    applied yet), and a held removal of an account relinked since (the hold
+    names the old id) under its store user's current id, found through the
+    hold's owners. Looked up under the old id it would read as gone, drop out
+    of the hold, and be planned again as a new removal: never confirmed.
+    """
+    current_ids: dict[str, str] = {}
+
+    def current_id(external_id: str) -> str:
+        if external_id in previous_of:
+            return previous_of[external_id]
+        owner = held_owners.get(external_id)
+        if external_id in by_external or owner is None:
+            return external_id
+        if not current_ids:
+            current_ids.update((stored.user_id, ext) for ext, stored in by_external.items())
+        return current_ids.get(owner, external_id)
+
+    def in_store(change: Change) -> bool:
+        external_id = current_id(change.external_id)
+        if isinstance(change, (Assign, Unassign)):
+            return (change.site_id, change.module) in state.synced_access.get(external_id, {})
+        if isinstance(change, RemoveGroupMember):
+            return external_id in state.group_members.get(change.group_external_id, frozenset())
+        stored = by_external.get(external_id)
+        return stored is not None and stored.active
+
+    return in_store
 
 
 def _tenant_of_anyone(tenants: Tenancy, by_external: Mapping[str, StoredUser]) -> Callable[[str], str | None]:
