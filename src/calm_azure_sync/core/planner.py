@@ -83,7 +83,7 @@ from .plan import (
     is_removal,
 )
 from .state import HoldScope, SyncState
-from .tenancy import Tenancy, tenancy
+from .tenancy import tenancy, tenant_of_anyone, tenants_named
 
 __all__ = ["DirectorySnapshot", "build_plan", "skip_reason"]  # DirectorySnapshot: model.py's, importable here too
 
@@ -166,7 +166,7 @@ class _Planner:
         self._remove_leavers(skipped, by_external)
         group_changes = self._mirror_groups(identities, skipped) if self.context.mirror_groups else []
         ordered = self._order(identities.rounds, group_changes)
-        tenant_of = _tenant_of_anyone(tenants, by_external)
+        tenant_of = tenant_of_anyone(tenants, by_external)
         return self._judge(ordered, skipped, users, identities, by_external, tenant_of)
 
     def _synced_here(self, external_id: str) -> bool:
@@ -429,7 +429,7 @@ class _Planner:
             left_scope=tuple(sorted(external_id for external_id in self.leavers if external_id not in held_users)),
             lookups_needed=identities.lookups_needed,
             in_scope_ids=frozenset(self.processed),
-            tenants=_tenants_named(self.config, tenant_of, by_external, users),
+            tenants=tenants_named(self.config, tenant_of, by_external, users),
         )
 
 
@@ -534,28 +534,6 @@ def _slot_in_store(
         return stored is not None and stored.active
 
     return in_store
-
-
-def _tenant_of_anyone(tenants: Tenancy, by_external: Mapping[str, StoredUser]) -> Callable[[str], str | None]:
-    """The tenant of an account this plan read, else of one the store holds (a leaver's), else the trust's one."""
-
-    def tenant_of(external_id: str) -> str | None:
-        found = tenants.by_user.get(external_id)
-        if found is None and (stored := by_external.get(external_id)) is not None:
-            found = stored.tenant_id
-        return found or tenants.single
-
-    return tenant_of
-
-
-def _tenants_named(
-    config: SyncConfig, tenant_of: Callable[[str], str | None], by_external: Mapping[str, StoredUser],
-    users: Mapping[str, DirectoryUser],
-) -> dict[str, str]:
-    """``Plan.tenants``: every account's tenant, for a trust with several (empty for one: nothing to tell apart)."""
-    if len(config.tenant_ids) <= 1:
-        return {}
-    return {external_id: tenant for external_id in {*by_external, *users} if (tenant := tenant_of(external_id))}
 
 
 def _index_store(state: StoreState) -> tuple[dict[str, StoredUser], dict[str, StoredUser]]:

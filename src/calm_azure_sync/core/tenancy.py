@@ -13,7 +13,7 @@ id give nothing. Nothing here does IO.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
@@ -22,7 +22,7 @@ from ..policies.config import SyncConfig
 from ..store.protocol import StoredUser
 from .changes import Skip
 
-__all__ = ["Tenancy", "tenancy"]
+__all__ = ["Tenancy", "tenancy", "tenant_of_anyone", "tenants_named"]
 
 
 @attrs.frozen
@@ -84,3 +84,25 @@ def _crossed(user_id: str, keeper: str, others: Sequence[str], config: SyncConfi
         keeps_access=True,
         conflict=True,
     )
+
+
+def tenant_of_anyone(tenants: Tenancy, by_external: Mapping[str, StoredUser]) -> Callable[[str], str | None]:
+    """The tenant of an account this plan read, else of one the store holds (a leaver's), else the trust's one."""
+
+    def tenant_of(external_id: str) -> str | None:
+        found = tenants.by_user.get(external_id)
+        if found is None and (stored := by_external.get(external_id)) is not None:
+            found = stored.tenant_id
+        return found or tenants.single
+
+    return tenant_of
+
+
+def tenants_named(
+    config: SyncConfig, tenant_of: Callable[[str], str | None], by_external: Mapping[str, StoredUser],
+    users: Mapping[str, DirectoryUser],
+) -> dict[str, str]:
+    """``Plan.tenants``: every account's tenant, for a trust with several (empty for one: nothing to tell apart)."""
+    if len(config.tenant_ids) <= 1:
+        return {}
+    return {external_id: tenant for external_id in {*by_external, *users} if (tenant := tenant_of(external_id))}
