@@ -210,7 +210,7 @@ class Reconciler:
         trust's groups; each group says its ``tenant_id``.
         """
         trust = self._authorize(site_id, actor)
-        directory = directory_for_listing(self.directory, tenant_ids)
+        directory = directory_for_listing(self.directory, trust.id, tenant_ids)
         if not search:
             listed = await directory.list_groups()
         elif isinstance(directory, GroupDiscovery):
@@ -273,7 +273,7 @@ class Reconciler:
             invalid = list(error.problems)
         # A configuration found wrong still lists its own tenants' groups (those with a directory), no other's.
         directory = (
-            directory_for_listing(self.directory, config.tenant_ids or None, lenient=True)
+            directory_for_listing(self.directory, trust.id, config.tenant_ids or None, lenient=True)
             if invalid else self._directory_for(config)
         )
         # A trust with several tenants: a group counts only in the tenant its mapping names.

@@ -266,61 +266,38 @@ def directory_for_trust(given: Directory | Mapping[str, Directory], config: Sync
     unknown (:class:`~calm_azure_sync.TenantMismatchError`). A trust with
     several tenants needs a directory for each (else a
     :class:`~calm_azure_sync.ConfigError` before anything starts).
-    ``config=None`` asks for every directory given, for listings.
+    ``config=None`` asks for every directory given (what the status reads).
     """
+    if config is None:
+        if not _is_directory_map(given):
+            return given  # type: ignore[return-value]
+        every: Mapping[str, Directory] = given  # type: ignore[assignment]
+        return tenant_directories(every, None) if len(every) != 1 else next(iter(every.values()))
+    tenants, trust = config.tenant_ids, config.trust_site_id
     if not _is_directory_map(given):
         directory: Directory = given  # type: ignore[assignment]
-        tenants = config.tenant_ids if config is not None else ()
         if len(tenants) > 1:
             raise ConfigError(
-                f"directory: trust {config.trust_site_id!r} connects {len(tenants)} tenants "  # type: ignore[union-attr]
-                f"({', '.join(tenants)}); pass the Reconciler a mapping of tenant id to Directory"
+                f"directory: trust {trust!r} connects {len(tenants)} tenants ({', '.join(tenants)}); "
+                "pass the Reconciler a mapping of tenant id to Directory"
             )
         if tenants:
-            _check_directory_tenant(config, tenants[0], directory)  # type: ignore[arg-type]
+            _check_directory_tenant(trust, tenants[0], directory)
         return directory
     directories: Mapping[str, Directory] = given  # type: ignore[assignment]
-    if config is None:
-        return tenant_directories(directories, None) if len(directories) != 1 else next(iter(directories.values()))
-    by_key = {str(key).lower(): value for key, value in directories.items()}
-    tenants = config.tenant_ids
     if not tenants:
-        if len(by_key) != 1:
+        if len(directories) != 1:
             raise ConfigError(
-                f"tenants: trust {config.trust_site_id!r} names no tenant, and the Reconciler has directories "
-                f"for {len(by_key)}; set tenant_id (one tenant) or tenants (several)"
+                f"tenants: trust {trust!r} names no tenant, and the Reconciler has directories "
+                f"for {len(directories)}; set tenant_id (one tenant) or tenants (several)"
             )
-        return next(iter(by_key.values()))
-    missing = [tenant for tenant in tenants if tenant.lower() not in by_key]
-    if missing:
-        raise ConfigError(
-            [f"directory: tenant {tenant!r} of trust {config.trust_site_id!r} has no directory" for tenant in missing]
-        )
-    chosen = {tenant: by_key[tenant.lower()] for tenant in tenants}
-    for tenant, directory in chosen.items():
-        _check_directory_tenant(config, tenant, directory)
-    return next(iter(chosen.values())) if len(chosen) == 1 else tenant_directories(chosen, config)
-
-
-def _check_directory_tenant(config: SyncConfig, tenant: str, directory: Directory) -> None:
-    """The directory for ``tenant`` must say it reads that tenant."""
-    actual = getattr(directory, "tenant_id", None)
-    if not actual:
-        raise TenantMismatchError(
-            f"trust {config.trust_site_id!r} is connected to tenant {tenant!r}, "
-            "but the directory does not say which tenant it reads; pass tenant_id to the directory",
-            expected=tenant, actual=None,
-        )
-    if tenant.lower() != str(actual).lower():
-        raise TenantMismatchError(
-            f"trust {config.trust_site_id!r} is connected to tenant {tenant!r}, "
-            f"but the directory reads tenant {actual!r}; refusing to sync another organisation",
-            expected=tenant, actual=str(actual),
-        )
+        return next(iter(directories.values()))
+    return _choose(directories, tenants, config, trust=trust, path="directory", whose=f" of trust {trust!r}")
 
 
 def directory_for_listing(
-    given: Directory | Mapping[str, Directory], tenant_ids: Iterable[str] | None, *, lenient: bool = False
+    given: Directory | Mapping[str, Directory], trust_site_id: str, tenant_ids: Iterable[str] | None,
+    *, lenient: bool = False,
 ) -> Directory:
     """The directory a trust's group listing reads (discovery, the settings check): its own tenants only.
 
@@ -343,25 +320,50 @@ def directory_for_listing(
             )
         return directory
     directories: Mapping[str, Directory] = given  # type: ignore[assignment]
-    by_key = {str(key).lower(): (str(key), value) for key, value in directories.items()}
     if wanted is None:
-        if len(by_key) == 1:
+        if len(directories) == 1:
             return next(iter(directories.values()))
         raise ConfigError(
-            f"tenant_ids: this Reconciler reads {len(by_key)} tenants; name the trust's own "
+            f"tenant_ids: this Reconciler reads {len(directories)} tenants; name the trust's own "
             "(SyncConfig.tenant_ids), so its admin sees only its groups"
         )
-    missing = [tenant for tenant in wanted if tenant.lower() not in by_key]
+    return _choose(directories, wanted, None, trust=trust_site_id, path="tenant_ids", whose="", lenient=lenient)
+
+
+def _choose(
+    directories: Mapping[str, Directory], tenants: Sequence[str], config: SyncConfig | None, *,
+    trust: str, path: str, whose: str, lenient: bool = False,
+) -> Directory:
+    """Each of ``tenants``' directory, checked against its key (tenant ids match in any case): one, or all as one.
+
+    ``whose`` follows a tenant's id in the error about its missing directory. ``lenient``: leave out a
+    tenant without a directory, and check nothing (a listing for a configuration already found wrong).
+    """
+    by_key = {str(key).lower(): value for key, value in directories.items()}
+    missing = [tenant for tenant in tenants if tenant.lower() not in by_key]
     if missing and not lenient:
-        raise ConfigError([f"tenant_ids: tenant {tenant!r} has no directory" for tenant in missing])
-    chosen = {by_key[t.lower()][0]: by_key[t.lower()][1] for t in wanted if t.lower() in by_key}
-    for tenant, directory in chosen.items():
-        actual = getattr(directory, "tenant_id", None)
-        if not lenient and (not actual or str(actual).lower() != tenant.lower()):
-            raise TenantMismatchError(
-                f"the directory for tenant {tenant!r} reads tenant {actual!r}", expected=tenant,
-                actual=None if actual is None else str(actual),
-            )
+        raise ConfigError([f"{path}: tenant {tenant!r}{whose} has no directory" for tenant in missing])
+    chosen = {tenant: by_key[tenant.lower()] for tenant in tenants if tenant.lower() in by_key}
     if not chosen:
-        raise ConfigError("tenant_ids: none of the trust's tenants has a directory")
-    return next(iter(chosen.values())) if len(chosen) == 1 else tenant_directories(chosen, None)
+        raise ConfigError(f"{path}: none of the trust's tenants has a directory")
+    if not lenient:
+        for tenant, directory in chosen.items():
+            _check_directory_tenant(trust, tenant, directory)
+    return next(iter(chosen.values())) if len(chosen) == 1 else tenant_directories(chosen, config)
+
+
+def _check_directory_tenant(trust: str, tenant: str, directory: Directory) -> None:
+    """The directory for ``tenant`` must say it reads that tenant."""
+    actual = getattr(directory, "tenant_id", None)
+    if not actual:
+        raise TenantMismatchError(
+            f"trust {trust!r} is connected to tenant {tenant!r}, "
+            "but the directory does not say which tenant it reads; pass tenant_id to the directory",
+            expected=tenant, actual=None,
+        )
+    if tenant.lower() != str(actual).lower():
+        raise TenantMismatchError(
+            f"trust {trust!r} is connected to tenant {tenant!r}, "
+            f"but the directory reads tenant {actual!r}; refusing to sync another organisation",
+            expected=tenant, actual=str(actual),
+        )
