@@ -256,12 +256,14 @@ class SyncConfig:
     # lower-cased tenant id -> the tenant as configured; group id -> its tenant (None: the trust names none)
     _tenant_by_key: Mapping[str, str] = attrs.field(init=False, repr=False, eq=False)
     _tenant_ids: tuple[str, ...] = attrs.field(init=False, repr=False, eq=False)
+    _name_by_key: Mapping[str, str] = attrs.field(init=False, repr=False, eq=False)
     _group_tenant: Mapping[str, str | None] = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         known = self.tenants or ((self.tenant_id,) if self.tenant_id else ())
         object.__setattr__(self, "_tenant_by_key", {tenant.lower(): tenant for tenant in known})
         object.__setattr__(self, "_tenant_ids", tuple(self._tenant_by_key.values()))
+        object.__setattr__(self, "_name_by_key", {key.lower(): name for key, name in (self.tenant_names or {}).items()})
         problems = self._tenant_problems()
         if problems:
             raise ConfigError(problems)
@@ -313,8 +315,7 @@ class SyncConfig:
         """A tenant as people read it: its ``tenant_names`` entry, else its id (``None`` stays ``None``)."""
         if tenant_id is None:
             return None
-        names = {key.lower(): name for key, name in (self.tenant_names or {}).items()}
-        return names.get(tenant_id.lower(), tenant_id)
+        return self._name_by_key.get(tenant_id.lower(), tenant_id)
 
     def validate(self, hierarchy: TrustHierarchy) -> None:
         """Check this configuration against the host's sites.
