@@ -48,13 +48,13 @@ def storable_values(
     )
 
 
-def not_text(*values: str) -> str | None:
-    """Why an identifier cannot be stored (it holds a surrogate), or ``None``.
+def not_text(*values: str | None) -> str | None:
+    """Why an identifier cannot be stored (it holds a surrogate), or ``None``; a ``None`` value is no identifier.
 
     Identifiers are never rewritten (a replaced object id would name another
     object): a change carrying one fails alone.
     """
     for value in values:
-        if not is_clean(value):
+        if value is not None and not is_clean(value):
             return f"{show(value)} is not valid text (it holds a lone surrogate), so no store can keep it"
     return None

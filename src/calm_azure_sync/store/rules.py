@@ -296,11 +296,7 @@ class UserTables(TableReads):
             return ChangeResult(change, None, UNCHANGED)
         email, display_name, given_name, surname = storable_values(change)
         tenant_id = change.tenant_id
-        problem = (
-            not_text(change.external_id)
-            or (None if tenant_id is None else not_text(tenant_id))
-            or self._email_problem(email, owner=None)
-        )
+        problem = not_text(change.external_id, tenant_id) or self._email_problem(email, owner=None)
         if problem is not None:
             return ChangeResult(change, problem)
         self._insert_user(
@@ -411,11 +407,7 @@ class UserTables(TableReads):
         tenant_id = change.tenant_id
         if tenant_id is None and isinstance(change, UpdateUser):
             tenant_id = user.tenant_id
-        problem = (
-            (None if external_id is None else not_text(external_id))
-            or (None if change.tenant_id is None else not_text(change.tenant_id))
-            or self._email_problem(email, owner=user.user_id)
-        )
+        problem = not_text(external_id, change.tenant_id) or self._email_problem(email, owner=user.user_id)
         if problem is not None:
             return ChangeResult(change, problem)
         changed = self._refresh(
