@@ -233,15 +233,12 @@ def apply_guards(facts: GuardInput) -> GuardOutcome:
 def _explained_in_tenant(
     facts: GuardInput, change: Change, pairs: Mapping[str, set[Pair]], groups: Sequence[str], union: set[Pair]
 ) -> bool:
-    """Whether the groups could explain ``change``: those of its user's tenant only, when the trust has several."""
-    if len(facts.config.tenant_ids) > 1:
-        tenant = facts.tenant_of(change.external_id)
-        if tenant is not None:  # an account of no known tenant: any group may explain it, to be safe
-            groups = [group for group in groups if facts.config.tenant_of(group) == tenant]
-            if isinstance(change, DeactivateUser):
-                return bool(groups)
-            union = _union_of_pairs(pairs, groups)
-    return isinstance(change, DeactivateUser) or _explained_by(change, union, groups)
+    """Whether the groups could explain ``change`` (any of them a deactivation): those of its user's tenant
+    only, when the trust has several; an account of no known tenant may be explained by any, to be safe."""
+    if len(facts.config.tenant_ids) > 1 and (tenant := facts.tenant_of(change.external_id)) is not None:
+        groups = [group for group in groups if facts.config.tenant_of(group) == tenant]
+        union = _union_of_pairs(pairs, groups)
+    return bool(groups) if isinstance(change, DeactivateUser) else _explained_by(change, union, groups)
 
 
 def _union_of_pairs(pairs: Mapping[str, set[Pair]], groups: Iterable[str]) -> set[Pair]:
