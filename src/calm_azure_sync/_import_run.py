@@ -14,23 +14,23 @@ import contextlib
 import datetime as dt
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 
 from . import _version
+from ._batches import batches as _batches
+from ._batches import depends_on as _depends_on
 from .audit.events import AuditEvent
 from .core.guards import next_sync_state
 from .core.journal import Journal, skips_to_remember
 from .core.plan import (
-    AddGroupMember,
     CreateUser,
     DeactivateUser,
     LinkUser,
     Plan,
     RelinkUser,
-    RemoveGroupMember,
     UpdateUser,
     UpsertGroup,
     UserLabel,
@@ -42,8 +42,9 @@ from .core.planner import DirectorySnapshot, PlanContext
 from .core.state import HoldScope, RunningImport, SyncState
 from .errors import CalmAzureSyncError, RunLockLostError, StoreError
 from .incremental import ReadMode
+from .incremental.difference import difference_for
 from .incremental.reader import RunRead
-from .incremental.settled import Settled, plans_nothing, run_key, settled_record
+from .incremental.settled import Settled, leaves_no_question, run_key, settled_record, without_settled
 from .policies.config import SyncConfig
 from .review.report import ImportReport
 from .store.protocol import ChangeResult, FencedStore, StateWithChanges, StoreState, saves_state_with_changes
@@ -89,6 +90,9 @@ class _Run:
     lock_lost: bool = False
     started_recorded: bool = False
     group_users: dict[str, int] = attrs.field(factory=dict)  # users per mapped group read (the report's)
+    people_planned: int | None = None  # planned by difference: how many people (None: everyone)
+    written: int = 0  # batches sent to the store and answered: each moved a VersionedStore's data version once
+    applied_all: bool = True  # every change so far was applied (else the run leaves no record of the store)
 
     @property
     def run_id(self) -> str:
@@ -220,16 +224,7 @@ class _Run:
         assert loading is not None
         state = await loading
         self.existing_groups = frozenset(state.groups)
-        context = PlanContext(
-            self.sync_state,
-            self.confirm_hold,
-            run_id=self.run_id,
-            now=reconciler.clock(),
-            mirror_groups=reconciler._mirrors_groups,
-            confirm_only=self.confirm_only,
-            site_names=reconciler._site_names(),
-        )
-        plan = await reconciler._build_plan(self.config, snapshot, state, context)
+        plan = await self._plan(snapshot, state)
         self._name_tenants(plan)
         self._learn_labels(plan)
         self.group_users = {group_id: len(users) for group_id, users in snapshot.members.items()}
@@ -237,7 +232,7 @@ class _Run:
         events = [
             self.journal.read_summary(
                 self.group_users, snapshot.unreadable, group_ids, mode=self.read.mode, why=self.read.why,
-                group_names=plan.group_names,
+                group_names=plan.group_names, people_planned=self.people_planned,
             )
         ]
         events += self.journal.read_errors(
@@ -248,6 +243,29 @@ class _Run:
         )
         await self.record(events)
         return plan, snapshot
+
+    async def _plan(self, snapshot: DirectorySnapshot, state: StoreState) -> Plan:
+        """Plan everyone, or only the people this round touched when the last run's record allows it."""
+        reconciler = self.reconciler
+        assert self.read is not None
+        context = PlanContext(
+            self.sync_state,
+            self.confirm_hold,
+            run_id=self.run_id,
+            now=reconciler.clock(),
+            mirror_groups=reconciler._mirrors_groups,
+            confirm_only=self.confirm_only,
+            site_names=reconciler._site_names(),
+        )
+        record = Settled.from_state(self.sync_state)
+        difference = difference_for(self.read.folded, record, self._settled_key, self.config, snapshot, state)
+        if difference is None:
+            return await reconciler._build_plan(self.config, snapshot, state, context)
+        some, narrowed, figures = difference.inputs(snapshot, state)
+        context = attrs.evolve(context, figures=figures)
+        plan = await reconciler._build_plan(self.config, some, narrowed, context, named=(snapshot, state))
+        self.people_planned = len(difference.people.external_ids)
+        return difference.merged(plan, state)
 
     async def _settled_plan(self, settled: Settled) -> tuple[Plan, DirectorySnapshot]:
         """Nothing changed since a run that planned nothing: plan nothing, and log the read and the skips as it did."""
@@ -266,25 +284,41 @@ class _Run:
         await self.record([summary])
         return plan, DirectorySnapshot(members={})
 
-    def _settled_key(self, cursor: Mapping[str, Any], state: SyncState | None = None) -> str | None:
-        """The key of this run's plan inputs with ``cursor`` (``None``: this run cannot be settled)."""
+    def _settled_key(
+        self, cursor: Mapping[str, Any], state: SyncState | None = None, *, writes: int = 0
+    ) -> str | None:
+        """The key of this run's plan inputs with ``cursor`` (``None``: this run cannot be settled).
+
+        ``writes``: the batches this run wrote, each of which moved the
+        store's data version once (the key of the store as the run leaves it).
+        """
         return run_key(
             self.config, self.reconciler.hierarchy.sites, mirror_groups=self.reconciler._mirrors_groups,
-            sync_state=self.sync_state if state is None else state, data_version=self.data_version,
-            confirming=self.confirm_hold is not None, cursor=cursor, library_version=_version.__version__,
+            sync_state=self.sync_state if state is None else state, confirming=self.confirm_hold is not None,
+            data_version=None if self.data_version is None else self.data_version + writes,
+            cursor=cursor, library_version=_version.__version__,
         )
 
-    def _settles(self, plan: Plan, snapshot: DirectorySnapshot, after: SyncState) -> Settled | None:
-        """The record this run leaves when it planned nothing at all (see incremental/settled.py), else ``None``."""
+    def _record(
+        self, plan: Plan, snapshot: DirectorySnapshot, after: SyncState, *, writes: int, applied_all: bool
+    ) -> Settled | None:
+        """The record this run leaves for the next (incremental/settled.py, difference.py), else ``None``.
+
+        Only after an incremental read, whose snapshot is the cache it
+        leaves (a full read's cache is seeded by a round after it, which
+        may already see more), and only when every planned change was applied.
+        """
         read = self.read
         cursor = read.next_cursor if read is not None else None
-        if read is None or cursor is None:
+        if read is None or cursor is None or read.mode != "incremental":
             return None
         if read.settled is not None:  # still settled: the same record, with the cursor moved on
             key = self._settled_key(cursor, after)
             return None if key is None else attrs.evolve(read.settled, key=key)
-        key = self._settled_key(cursor, after) if plans_nothing(plan, snapshot, errors=bool(self.errors)) else None
-        return None if key is None else settled_record(key, self.run_id, plan, snapshot)
+        if not leaves_no_question(plan, snapshot, errors=bool(self.errors)) or not applied_all:
+            return None
+        key = self._settled_key(cursor, after, writes=writes)
+        return None if key is None else settled_record(key, self.run_id, plan, snapshot, quiet=not plan.changes)
 
     async def _remember_before_apply(self, plan: Plan) -> None:
         """Save what must outlive a crash before anything is applied: a new hold, and the leavers.
@@ -304,8 +338,21 @@ class _Run:
         self.sync_state = attrs.evolve(self.sync_state, hold=hold, left_scope={**self.sync_state.left_scope, **leavers})
         await self.reconciler._state_store.save_state(self._trust, self.sync_state)
 
-    def _final_memory(self, plan: Plan, snapshot: DirectorySnapshot, results: Sequence[ChangeResult]) -> SyncState:
-        """What the trust remembers after this run applied ``results``: pure (a store may call it in its transaction)."""
+    def _final_memory(
+        self, plan: Plan, snapshot: DirectorySnapshot, results: Sequence[ChangeResult], *, last: Sequence[ChangeResult] = ()
+    ) -> SyncState:
+        """What the trust remembers after this run applied ``results``, with the record it leaves.
+
+        Pure (a store may call it in its transaction); ``last``: the results
+        of the batch being committed with it, if any.
+        """
+        assert self.cache_kept is not None
+        after = self._next_state(plan, snapshot, results)
+        applied_all = self.applied_all and all(result.outcome == "applied" for result in last)
+        record = self._record(plan, snapshot, after, writes=self.written + bool(last), applied_all=applied_all)
+        return without_settled(after) if record is None else record.kept_in(after)  # never the last run's
+
+    def _next_state(self, plan: Plan, snapshot: DirectorySnapshot, results: Sequence[ChangeResult]) -> SyncState:
         assert self.cache_kept is not None
         return next_sync_state(
             self.cache_kept,
@@ -344,15 +391,16 @@ class _Run:
         read = self.read
         if read is not None and read.settled is not None:  # nothing planned: only the cache's cursor moves
             after = self.sync_state
-            after = await self.reconciler._reader(self.config).keep_cache(self._trust, read, after, self._settles(plan, snapshot, after))
+            record = self._record(plan, snapshot, after, writes=0, applied_all=True)
+            after = await self.reconciler._reader(self.config).keep_cache(self._trust, read, after, record)
         elif self.cache_kept is not None:  # the cache was written before a last batch that could not save this
             after = self._final_memory(plan, snapshot, self.removal_results)
         else:
             self.cache_kept = self.opened if self.opened is not None else self.sync_state
             after = self._final_memory(plan, snapshot, self.removal_results)
-            if read is not None:
-                settled = self._settles(plan, snapshot, after)
-                after = await self.reconciler._reader(self.config).keep_cache(self._trust, read, after, settled)
+            if read is not None:  # the cache's write keeps the record _final_memory added
+                record = Settled.from_state(after)
+                after = await self.reconciler._reader(self.config).keep_cache(self._trust, read, after, record)
         if after != self.sync_state:
             await self.reconciler._state_store.save_state(self._trust, after)
             self.sync_state = after
@@ -380,7 +428,7 @@ class _Run:
 
         def memory_after(applied: Sequence[ChangeResult]) -> SyncState:
             results = [*self.removal_results, *applied, *skipped]
-            memory = self._final_memory(plan, snapshot, results) if last else self._memory_so_far(results)
+            memory = self._final_memory(plan, snapshot, results, last=[*applied, *skipped]) if last else self._memory_so_far(results)
             into.append(memory)
             return memory
 
@@ -428,6 +476,7 @@ class _Run:
                 logger.warning("store.apply failed for a batch of %d changes", len(to_apply), exc_info=True)
                 applied = [ChangeResult(change, _describe(error)) for change in to_apply]
                 saved.clear()
+            self.written += bool(to_apply)  # a batch that failed leaves applied_all false: no record
             if saved:
                 self.sync_state = saved[-1]
                 self.remembered = last
@@ -450,6 +499,7 @@ class _Run:
         if result.outcome == "applied":
             self.outcomes[change_kind(change)] += 1
             return
+        self.applied_all = False
         self.outcomes[result.outcome] += 1
         if result.outcome == "failed":
             self.errors.append(f"{change_kind(change)} for {self._label(change.external_id)} failed: {result.error}")
@@ -483,6 +533,7 @@ class _Run:
             mode=self.read.mode if self.read else "full",
             mode_reason=self.read.why if self.read else None,
             group_users=dict(self.group_users),
+            people_planned=self.people_planned,
         )
 
     async def _close(self) -> None:
@@ -544,22 +595,3 @@ def _describe(error: BaseException) -> str:
     if isinstance(error, CalmAzureSyncError):
         return str(error)
     return f"{type(error).__name__}: {error}"
-
-
-def _depends_on(change: Any, failed: set[tuple[str, str]]) -> bool:
-    """Whether a group membership change needs a user or group whose creation failed in this run."""
-    if not failed or not isinstance(change, (AddGroupMember, RemoveGroupMember)):
-        return False
-    return ("group", change.group_external_id) in failed or ("user", change.external_id) in failed
-
-
-def _batches(changes: Sequence[Any], size: int) -> Iterator[list[Any]]:
-    """Batches of about ``size`` changes, never splitting one user's changes."""
-    batch: list[Any] = []
-    for change in changes:
-        if len(batch) >= size and batch[-1].external_id != change.external_id:
-            yield batch
-            batch = []
-        batch.append(change)
-    if batch:
-        yield batch

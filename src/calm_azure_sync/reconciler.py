@@ -518,9 +518,14 @@ class Reconciler:
         return await self._reader(config).read_all(config)
 
     async def _build_plan(
-        self, config: SyncConfig, snapshot: DirectorySnapshot, state: StoreState, context: PlanContext
+        self, config: SyncConfig, snapshot: DirectorySnapshot, state: StoreState, context: PlanContext,
+        *, named: tuple[DirectorySnapshot, StoreState] | None = None,
     ) -> Plan:
-        """Plan; when an email conflict could be settled by asking the directory, ask and plan again."""
+        """Plan; when an email conflict could be settled by asking the directory, ask and plan again.
+
+        ``named``: the whole read and store when the plan covers some people
+        only (reviews name anyone the run knows by name).
+        """
         self._progress("plan", 0, 1)
         plan = build_plan(config, snapshot, state, context)
         directory = self._directory_for(config)
@@ -535,8 +540,9 @@ class Reconciler:
                 plan = build_plan(config, snapshot, state, attrs.evolve(context, lookups=found))
         self._progress("plan", 1, 1)
         # Reviews name sites by Site.name, and anyone the run knows by name (not only those it changes).
+        known_snapshot, known_state = (snapshot, state) if named is None else named
         return attrs.evolve(
-            plan, site_names=self._site_names(), people=KnownNames(plan.people, snapshot.members, state)
+            plan, site_names=self._site_names(), people=KnownNames(plan.people, known_snapshot.members, known_state)
         )
 
     async def _data_version(self) -> int | None:

@@ -194,6 +194,7 @@ class Journal:
         settled_by: str | None = None,
         left_out: Mapping[str, int] | None = None,
         group_names: Mapping[str, str] | None = None,
+        people_planned: int | None = None,
     ) -> AuditEvent:
         """The one ``discovery`` entry of a read: how, why, and every mapped group's figures in ``detail``.
 
@@ -205,7 +206,8 @@ class Journal:
         run) names the run whose figures these are, and ``left_out`` counts
         the users that run left out (``skipped``, ``excluded``), which a
         settled run does not log one by one again. ``group_names`` names the
-        groups in the message (ids stay in ``detail``).
+        groups in the message (ids stay in ``detail``). ``people_planned``: the
+        run planned by difference, that many people (``detail["people_planned"]``).
         """
         read = {group_id: group_users[group_id] for group_id in group_ids if group_id in group_users}
         failed = [group_id for group_id in group_ids if group_id not in read and group_id in unreadable]
@@ -228,6 +230,9 @@ class Journal:
                 parts.append(
                     "left out as that run did: " + ", ".join(f"{count} {kind}" for kind, count in shown.items())
                 )
+        if people_planned is not None:
+            detail["people_planned"] = people_planned
+            parts.append(f"planned only the {people_planned} people the changes touched")
         message = "; ".join(parts)
         return self.event(AuditKind.DISCOVERY, message[:1].upper() + message[1:], detail=detail)
 

@@ -82,12 +82,26 @@ from .plan import (
     UpsertGroup,
     is_removal,
 )
+from .scope import scope, skip_reason
 from .state import HoldScope, SyncState
 from .tenancy import tenancy, tenant_of_anyone, tenants_named
 
-__all__ = ["DirectorySnapshot", "build_plan", "skip_reason"]  # DirectorySnapshot: model.py's, importable here too
+__all__ = ["DirectorySnapshot", "PlanContext", "TrustFigures", "build_plan", "skip_reason"]  # DirectorySnapshot: model.py's, importable here too
 
 Wanted = dict[tuple[str, str], tuple[Role, tuple[str, ...]]]
+
+
+@attrs.frozen
+class TrustFigures:
+    """The trust-wide figures the removal guards judge by, for a plan over some of its people only.
+
+    An incremental run plans only the people its changes touched
+    (:mod:`calm_azure_sync.incremental.difference`); the mass-removal ratio
+    and the shrunk-group test still measure the whole trust.
+    """
+
+    synced_users: int
+    member_counts: Mapping[str, int]
 
 
 @attrs.frozen
@@ -105,21 +119,8 @@ class PlanContext:
     """A partial confirmation: only the held removals inside this scope are applied."""
     site_names: Mapping[str, str] = attrs.field(factory=dict)
     """How people read the trust's sites (``Site.name``), for the hold this plan leaves."""
-
-
-def skip_reason(user: DirectoryUser, config: SyncConfig) -> Skip | None:
-    """Why ``user`` is out of scope before emails are compared (``None``: in scope)."""
-    email = user.email
-    if not user.account_enabled:
-        return Skip(user.id, email, "account is disabled in Azure")
-    if user.is_guest and not config.include_guests:
-        return Skip(user.id, email, "guest account (guests are not synced)")
-    if email is None:
-        return Skip(user.id, None, "no usable email address in Azure")
-    reason = config.exclusions.reason_excluded(user)
-    if reason is not None:
-        return Skip(user.id, email, reason, excluded=True)
-    return None
+    figures: TrustFigures | None = None
+    """Set when the plan covers some people only: the whole trust's figures (``None``: the plan's own)."""
 
 
 def build_plan(
@@ -155,7 +156,7 @@ class _Planner:
         if tenants.conflicts:  # an object id read from two tenants: the other tenant's memberships give nothing
             self.snapshot = attrs.evolve(self.snapshot, members=tenants.members)
         users, wanted_by_user = _collect_users(tenants.members, self.config.mappings)
-        in_scope, skipped = _scope(users, self.config)
+        in_scope, skipped = scope(users, self.config)
         skipped.extend(tenants.conflicts)
         known = {**self.context.lookups, **users}
         identities = resolve_identities(
@@ -363,7 +364,10 @@ class _Planner:
             confirm_hold=context.confirm_hold,
             unreadable_groups=self.snapshot.unreadable,
             stale_groups=self.snapshot.stale,
-            member_counts={group: len(members) for group, members in self.snapshot.members.items()},
+            member_counts=(
+                context.figures.member_counts if context.figures is not None
+                else {group: len(members) for group, members in self.snapshot.members.items()}
+            ),
             baselines=context.sync_state.baselines,
             synced_users=synced_users,
             run_id=context.run_id,
@@ -388,7 +392,8 @@ class _Planner:
         tenant_of: Callable[[str], str | None],
     ) -> Plan:
         removals = [change for change in ordered if is_removal(change)] if self.may_remove else []
-        synced_users = sum(1 for access in self.state.synced_access.values() if access)
+        figures = self.context.figures
+        synced_users = sum(1 for access in self.state.synced_access.values() if access) if figures is None else figures.synced_users
         group_names = {group: self._group_named(group) for group in sorted(self.config.mappings.group_ids)}
         # The one gate: every removal this plan makes, whatever path made it, is judged here.
         verdict = apply_guards(
@@ -458,45 +463,6 @@ def _collect_users(
             add(user_access)
         fold(accesses, group_id)
     return users, access
-
-
-def _scope(
-    users: Mapping[str, DirectoryUser], config: SyncConfig
-) -> tuple[list[tuple[DirectoryUser, str, str]], list[Skip]]:
-    """The in-scope users with their email and its key (computed once), and the skipped ones."""
-    skipped: list[Skip] = []
-    candidates: list[tuple[DirectoryUser, str, str]] = []
-    add = candidates.append
-    holder_of: dict[str, str] = {}  # email key -> the first candidate's id
-    claim = holder_of.setdefault
-    shared: set[str] = set()
-    for user_id in sorted(users):
-        user = users[user_id]
-        skip = skip_reason(user, config)
-        if skip is not None:
-            skipped.append(skip)
-            continue
-        email = user.email
-        assert email is not None  # skip_reason leaves out users without one
-        key = email_key(email)
-        if claim(key, user_id) != user_id:
-            shared.add(key)
-        add((user, email, key))
-    if not shared:  # the usual case: nobody shares an email, every candidate is in scope
-        return candidates, skipped
-    holders: dict[str, list[str]] = {}
-    for user, _, key in candidates:
-        if key in shared:
-            holders.setdefault(key, []).append(user.id)
-    in_scope: list[tuple[DirectoryUser, str, str]] = []
-    for user, email, key in candidates:
-        if key in shared:
-            others = ", ".join(other for other in holders[key] if other != user.id)
-            reason = f"email is shared with other Azure users ({others}); fix it in Azure"
-            skipped.append(Skip(user.id, email, reason, keeps_access=True))
-        else:
-            in_scope.append((user, email, key))
-    return in_scope, skipped
 
 
 def _slot_in_store(

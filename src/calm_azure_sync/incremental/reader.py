@@ -185,6 +185,14 @@ class RunRead:
         """The cursor the next run starts from (``None``: no new cursor is kept)."""
         return self.cache.next_cursor
 
+    @property
+    def folded(self) -> tuple[DeltaCache, DeltaCache] | None:
+        """The delta cache before and after this read's round, when it folded one into a stored cache."""
+        cache = self.cache
+        if isinstance(cache, WriteCache) and cache.previous is not None:
+            return cache.previous, cache.cache
+        return None
+
 
 @attrs.frozen
 class ReadInFull:
@@ -382,7 +390,7 @@ class DirectoryReader:
         self.progress("read", 0, 1)
         first = None
         settled = Settled.from_state(sync_state)
-        if settled is not None and head.mapped == mapped and settled.key == settled_key(head.cursor):
+        if settled is not None and settled.quiet and head.mapped == mapped and settled.key == settled_key(head.cursor):
             first = await self._round(head.cursor, sorted({*mapped, *head.tracked}))
             if first[0].empty:
                 self.progress("read", 1, 1)

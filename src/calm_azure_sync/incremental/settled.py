@@ -36,7 +36,7 @@ from ..policies.config import SyncConfig
 if TYPE_CHECKING:  # the read imports nothing of the planner's plan at run time
     from ..core.plan import Plan
 
-__all__ = ["Settled", "plans_nothing", "run_key", "settled_key", "settled_record"]
+__all__ = ["Settled", "leaves_no_question", "plans_nothing", "run_key", "settled_key", "settled_record"]
 
 KEY_VERSION = 1
 
@@ -98,31 +98,42 @@ def run_key(
 
 
 def plans_nothing(plan: Plan, snapshot: DirectorySnapshot, *, errors: bool) -> bool:
-    """Whether a run that made ``plan`` may settle the trust: no change and no hold, every group read,
-    no conflict (a person must look) and no error."""
+    """Whether a run that made ``plan`` may settle the trust: no change, and :func:`leaves_no_question`."""
+    return not plan.changes and leaves_no_question(plan, snapshot, errors=errors)
+
+
+def leaves_no_question(plan: Plan, snapshot: DirectorySnapshot, *, errors: bool) -> bool:
+    """No hold, every group read, no conflict (a person must look) and no error: what any record needs."""
     return not (
-        plan.changes or plan.held_removals or plan.hold is not None or plan.unreadable_groups
+        plan.held_removals or plan.hold is not None or plan.unreadable_groups
         or snapshot.unreadable or errors or any(skip.conflict for skip in plan.skipped)
     )
 
 
-def settled_record(key: str, run_id: str, plan: Plan, snapshot: DirectorySnapshot) -> Settled:
-    """What a run that planned nothing leaves for the next: the key, and what its report and log said."""
+def settled_record(key: str, run_id: str, plan: Plan, snapshot: DirectorySnapshot, *, quiet: bool = True) -> Settled:
+    """What a run leaves for the next: the key, and what its report and log said.
+
+    ``quiet``: the run planned nothing (else it applied every change it
+    planned, and the next run may plan by difference).
+    """
     return Settled(
         key, run_id, plan.skipped, plan.users_in_scope, plan.synced_users,
-        {group: len(users) for group, users in snapshot.members.items()},
+        {group: len(users) for group, users in snapshot.members.items()}, quiet=quiet,
     )
 
 
 @attrs.frozen
 class Settled:
-    """What the run that settled the trust planned: no change, and who it left out.
+    """What the run that left the trust as it is planned: who it left out, and whether it changed anything.
 
     ``skipped``: that plan's skips (excluded and skipped users, never a
-    conflict: a run with one does not settle), so a settled run's report and
+    conflict: a run with one leaves no record), so a settled run's report and
     Import Log say what that run's said; ``users_in_scope`` /
     ``synced_users``: the plan's figures; ``group_users``: users per mapped
-    group as read.
+    group as read. ``quiet``: that run planned nothing, so a round that
+    brings nothing needs no plan at all (the trust is *settled*); when false,
+    that run applied every change it planned, so the next run plans only the
+    people its round touched (:mod:`calm_azure_sync.incremental.difference`).
     """
 
     key: str
@@ -131,6 +142,7 @@ class Settled:
     users_in_scope: int
     synced_users: int
     group_users: Mapping[str, int]
+    quiet: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -140,6 +152,7 @@ class Settled:
             "users_in_scope": self.users_in_scope,
             "synced_users": self.synced_users,
             "group_users": dict(sorted(self.group_users.items())),
+            "quiet": self.quiet,
         }
 
     @classmethod
@@ -153,9 +166,12 @@ class Settled:
             if not all(isinstance(v, int) for v in groups.values()):
                 return None
             skipped = tuple(_skip(item) for item in data["skipped"])
+            quiet = data.get("quiet", True)  # records before 0.4 were all of quiet runs
+            if type(quiet) is not bool:
+                return None
             settled = cls(
                 str(data["key"]), str(data["run_id"]), skipped, int(data["users_in_scope"]),
-                int(data["synced_users"]), dict(groups),
+                int(data["synced_users"]), dict(groups), quiet=quiet,
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             return None

@@ -83,23 +83,9 @@ def person_snapshot(
 
 def person_state(state: StoreState, external_ids: Iterable[str], email: str | None) -> StoreState:
     """The store as far as one person goes: their store users (by object id or email) and only their access."""
-    ids = set(external_ids)
     key = email_key(email) if email else None
-    users = {
-        user_id: stored
-        for user_id, stored in state.users.items()
-        if (stored.external_id is not None and stored.external_id in ids)
-        or (key is not None and email_key(stored.email) == key)
-    }
-    external = ids | {stored.external_id for stored in users.values() if stored.external_id is not None}
-    return StoreState(
-        users=users,
-        synced_access={ext: access for ext, access in state.synced_access.items() if ext in external},
-        manual_access_user_ids=state.manual_access_user_ids & users.keys(),
-        other_access_user_ids=state.other_access_user_ids & users.keys(),
-        groups=state.groups,
-        group_members={group: members & external for group, members in state.group_members.items()},
-    )
+    by_email = [user_id for user_id, stored in state.users.items() if key is not None and email_key(stored.email) == key]
+    return state.narrowed(external_ids, by_email)
 
 
 def person_sync_state(sync_state: SyncState, external_ids: Iterable[str]) -> SyncState:

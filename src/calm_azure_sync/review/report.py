@@ -34,6 +34,10 @@ class ImportReport:
     ``group_users`` maps each mapped group read completely to its user
     count (a settled run: as the run that settled the trust read them),
     what the run's one ``discovery`` entry in the Import Log lists.
+    ``people_planned``: an incremental run that planned by difference
+    planned only the people its changes touched (and those sharing an email
+    with them): how many; ``None`` when it planned everyone (or, settled,
+    no one).
     """
 
     run_id: str
@@ -51,6 +55,7 @@ class ImportReport:
     mode: str = "full"
     mode_reason: str | None = None
     group_users: Mapping[str, int] = attrs.field(factory=dict, repr=False)
+    people_planned: int | None = None
 
     @property
     def duration_seconds(self) -> float:

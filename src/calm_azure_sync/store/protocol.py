@@ -7,7 +7,7 @@ implementation against the behaviour described here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -118,6 +118,33 @@ class StoreState:
     other_access_user_ids: frozenset[str] = frozenset()
     groups: Mapping[str, SyncedGroup] = attrs.field(factory=dict)
     group_members: Mapping[str, frozenset[str]] = attrs.field(factory=dict)
+
+    def narrowed(self, external_ids: Iterable[str], user_ids: Iterable[str] = ()) -> StoreState:
+        """The store as far as some people go: their store users and only their access.
+
+        A person's store users are those synced from ``external_ids`` and the
+        ``user_ids`` given (found by email, say). What an explanation plans one
+        person over, and what an incremental run plans the people its changes
+        touched over. The groups stay whole; their members are narrowed to
+        these people.
+        """
+        ids = set(external_ids)
+        wanted = set(user_ids)
+        users = {
+            user_id: stored
+            for user_id, stored in self.users.items()
+            if user_id in wanted or (stored.external_id is not None and stored.external_id in ids)
+        }
+        external = frozenset(ids | {stored.external_id for stored in users.values() if stored.external_id is not None})
+        access = self.synced_access
+        return StoreState(
+            users=users,
+            synced_access={ext: access[ext] for ext in external if ext in access},
+            manual_access_user_ids=self.manual_access_user_ids & users.keys(),
+            other_access_user_ids=self.other_access_user_ids & users.keys(),
+            groups=self.groups,
+            group_members={group: members & external for group, members in self.group_members.items()},
+        )
 
 
 def _default_outcome(result: ChangeResult) -> ChangeOutcome:
