@@ -24,7 +24,7 @@ from calm_azure_sync import (
     SqliteUserStore,
     SyncConfig,
 )
-from calm_azure_sync.core.plan import Unassign, change_to_dict
+from calm_azure_sync.core.plan import Skip, Unassign, change_to_dict
 from calm_azure_sync.incremental.cache import DeltaCache
 from calm_azure_sync.incremental.difference import people_to_plan, touched_people
 from calm_azure_sync.model import DirectoryUser
@@ -105,19 +105,25 @@ def test_a_changed_user_object_and_a_removed_user_are_touched_and_an_equal_copy_
 
 
 def test_whoever_shares_an_email_with_a_touched_person_now_before_or_in_the_store_is_planned_too():
-    # u1 took an address u2 has, and gave up one u4 has had all along (each of them was skipped for sharing it).
-    now = {"u1": _user("u1", "shared@oak.sch.uk"), "u2": _user("u2", "shared@oak.sch.uk"), "u3": _user("u3"),
-           "u4": _user("u4", "old@oak.sch.uk")}
-    before = {"u1": _user("u1", "old@oak.sch.uk"), "u4": _user("u4", "old@oak.sch.uk")}
+    # u1 gave up an address it shared with u4 (both were left out for it) and took the one synced u2 has.
+    now = {"u1": _user("u1", "U2@oak.sch.uk"), "u2": _user("u2"), "u3": _user("u3"), "u4": _user("u4", "old@oak.sch.uk")}
+    before = {"u1": _user("u1", "old@oak.sch.uk"), "u2": _user("u2"), "u3": _user("u3"), "u4": _user("u4", "old@oak.sch.uk")}
+    shared = [
+        Skip("u1", "old@oak.sch.uk", "email is shared", keeps_access=True),
+        Skip("u4", "old@oak.sch.uk", "email is shared", keeps_access=True),
+        Skip("u5", "u5@oak.sch.uk", "account is disabled in Azure"),
+    ]
     state = StoreState(users={
-        "s1": StoredUser("s1", "old@oak.sch.uk", "U1", external_id="u1"),
-        "s5": StoredUser("s5", "OLD@oak.sch.uk", "Invited"),  # invited by hand: found by email only
+        "s1": StoredUser("s1", "u1-was@oak.sch.uk", "U1", external_id="u1"),
+        "s2": StoredUser("s2", "u2@oak.sch.uk", "U2", external_id="u2"),
+        "s5": StoredUser("s5", "OLD@oak.sch.uk", "Invited"),  # invited by hand: found by its email only
         "s6": StoredUser("s6", "u3@oak.sch.uk", "U3", external_id="u6"),
     })
-    found = people_to_plan({"u1"}, now, before, state)
+    found = people_to_plan({"u1"}, now, before, state, shared)
     assert found.external_ids == {"u1", "u2", "u4"}
-    assert found.user_ids == {"s1", "s5"}
-    assert people_to_plan({"u3"}, now, before, state).external_ids == {"u3", "u6"}
+    assert found.user_ids == {"s1", "s2", "s5"}
+    # The store user holding u3's address is another account: planned with u3 (a relink or a conflict).
+    assert people_to_plan({"u3"}, now, before, state, shared).external_ids == {"u3", "u6"}
 
 
 # ---------------------------------------------------------------------- the runs

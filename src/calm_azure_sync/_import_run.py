@@ -22,6 +22,7 @@ import attrs
 from . import _version
 from ._batches import batches as _batches
 from ._batches import depends_on as _depends_on
+from ._store_load import StoreLoad
 from .audit.events import AuditEvent
 from .core.guards import next_sync_state
 from .core.journal import Journal, skips_to_remember
@@ -42,12 +43,12 @@ from .core.planner import DirectorySnapshot, PlanContext
 from .core.state import HoldScope, RunningImport, SyncState
 from .errors import CalmAzureSyncError, RunLockLostError, StoreError
 from .incremental import ReadMode
-from .incremental.difference import difference_for
+from .incremental.difference import Narrowing, may_narrow, narrowing_for, plan_inputs
 from .incremental.reader import RunRead
 from .incremental.settled import Settled, leaves_no_question, run_key, settled_record, without_settled
 from .policies.config import SyncConfig
 from .review.report import ImportReport
-from .store.protocol import ChangeResult, FencedStore, StateWithChanges, StoreState, saves_state_with_changes
+from .store.protocol import ChangeResult, FencedStore, StateWithChanges, saves_state_with_changes
 
 if TYPE_CHECKING:
     from .reconciler import Reconciler
@@ -91,6 +92,11 @@ class _Run:
     started_recorded: bool = False
     group_users: dict[str, int] = attrs.field(factory=dict)  # users per mapped group read (the report's)
     people_planned: int | None = None  # planned by difference: how many people (None: everyone)
+    last_record: Settled | None = None  # what the last run left (incremental/settled.py), read once
+    # How this run reads the store: the whole trust, or some people's rows (planning by difference).
+    loads: StoreLoad = attrs.field(
+        default=attrs.Factory(lambda run: StoreLoad(run.reconciler.store, run._trust, run._may_narrow), takes_self=True)
+    )
     written: int = 0  # batches sent to the store and answered: each moved a VersionedStore's data version once
     applied_all: bool = True  # every change so far was applied (else the run leaves no record of the store)
 
@@ -196,35 +202,20 @@ class _Run:
 
     async def _read_and_plan(self) -> tuple[Plan, DirectorySnapshot]:
         reconciler = self.reconciler
-        trust = self.config.trust_site_id
         self.data_version = await reconciler._data_version()  # before the store loads: see settled.py
-        loading: asyncio.Future[StoreState] | None = None
-
-        def begin_load() -> None:
-            # The store loads while the directory is read: a no-change incremental run is
-            # one round of requests and one store load, so overlapping them halves its wait.
-            nonlocal loading
-            if loading is None:
-                loading = asyncio.ensure_future(reconciler.store.load(trust))
-
+        self.last_record = Settled.from_state(self.sync_state)
         try:
             self.read = await reconciler._reader(self.config).read_for_run(
-                self.config, self.sync_state, self.mode, settled_key=self._settled_key, begin_load=begin_load
+                self.config, self.sync_state, self.mode, settled_key=self._settled_key, begin_load=self.loads.begin
             )
         except BaseException:
-            if loading is not None:
-                loading.cancel()
-                await asyncio.gather(loading, return_exceptions=True)
+            await self.loads.cancel()
             raise
         if self.read.settled is not None:
             return await self._settled_plan(self.read.settled)
         snapshot = self.read.snapshot
         self.errors.extend(f"group {group_id}: {reason}" for group_id, reason in sorted(snapshot.unreadable.items()))
-        begin_load()
-        assert loading is not None
-        state = await loading
-        self.existing_groups = frozenset(state.groups)
-        plan = await self._plan(snapshot, state)
+        plan = await self._plan(snapshot)
         self._name_tenants(plan)
         self._learn_labels(plan)
         self.group_users = {group_id: len(users) for group_id, users in snapshot.members.items()}
@@ -244,28 +235,36 @@ class _Run:
         await self.record(events)
         return plan, snapshot
 
-    async def _plan(self, snapshot: DirectorySnapshot, state: StoreState) -> Plan:
+    async def _plan(self, snapshot: DirectorySnapshot) -> Plan:
         """Plan everyone, or only the people this round touched when the last run's record allows it."""
         reconciler = self.reconciler
         assert self.read is not None
         context = PlanContext(
-            self.sync_state,
-            self.confirm_hold,
-            run_id=self.run_id,
-            now=reconciler.clock(),
-            mirror_groups=reconciler._mirrors_groups,
-            confirm_only=self.confirm_only,
-            site_names=reconciler._site_names(),
-        )
-        record = Settled.from_state(self.sync_state)
-        difference = difference_for(self.read.folded, record, self._settled_key, self.config, snapshot, state)
-        if difference is None:
-            return await reconciler._build_plan(self.config, snapshot, state, context)
-        some, narrowed, figures = difference.inputs(snapshot, state)
+            self.sync_state, self.confirm_hold, run_id=self.run_id, now=reconciler.clock(),
+            mirror_groups=reconciler._mirrors_groups, confirm_only=self.confirm_only, site_names=reconciler._site_names(),
+        )  # fmt: skip
+        narrowing = narrowing_for(self.read.folded, self.last_record, self._settled_key, self.config, snapshot)
+        if narrowing is not None:
+            return await self._plan_some(narrowing, snapshot, context)
+        state = await self.loads.whole()
+        self.existing_groups = frozenset(state.groups)
+        return await reconciler._build_plan(self.config, snapshot, state, context)
+
+    def _may_narrow(self, cursor: Mapping[str, Any]) -> bool:
+        """Whether the last run's record lets this run plan by difference from the cache that starts at ``cursor``."""
+        return may_narrow(self.last_record, self._settled_key(cursor), self.config)
+
+    async def _plan_some(self, narrowing: Narrowing, snapshot: DirectorySnapshot, context: PlanContext) -> Plan:
+        """Plan by difference: the people the round touched and whoever shares an email with them."""
+        search = narrowing.search()
+        rows = await self.loads.people(search)
+        people = search.slice
+        some, narrowed, figures = plan_inputs(people, snapshot, rows)
+        self.existing_groups = frozenset(rows.state.groups)
         context = attrs.evolve(context, figures=figures)
-        plan = await reconciler._build_plan(self.config, some, narrowed, context, named=(snapshot, state))
-        self.people_planned = len(difference.people.external_ids)
-        return difference.merged(plan, state)
+        plan = await self.reconciler._build_plan(self.config, some, narrowed, context, named=(snapshot, narrowed))
+        self.people_planned = len(people.external_ids)
+        return narrowing.merged(plan, people)
 
     async def _settled_plan(self, settled: Settled) -> tuple[Plan, DirectorySnapshot]:
         """Nothing changed since a run that planned nothing: plan nothing, and log the read and the skips as it did."""

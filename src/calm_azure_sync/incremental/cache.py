@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
+from .._gc import without_collector
 from ..errors import DirectoryError
 from ..model import DirectoryUser
 
@@ -232,6 +233,7 @@ class DeltaCacheWrite:
         )
 
 
+@without_collector  # hundreds of thousands of small objects: see _gc.py
 def cache_write(previous: DeltaCache | None, cache: DeltaCache) -> DeltaCacheWrite:
     """The write that turns the stored ``previous`` into ``cache`` (all of it when ``previous`` is ``None``)."""
     cursor, mapped, at = dict(cache.cursor), cache.mapped, cache.full_read_at

@@ -10,7 +10,7 @@ whose key digests every plan input but the directory, the store's data
 version *after* that run's own writes and the delta cursor it left. This
 run plans by difference only when its own inputs give the same key: no
 write by anyone since, no settings change, no hold, the same cursor
-(:func:`by_difference`). Anything else plans everyone, as before.
+(:func:`may_narrow`, :func:`narrowing_for`). Anything else plans everyone, as before.
 
 Who is touched (:func:`touched_people`): every user whose directory object
 the round changed or removed, and for each mapped group that contains a
@@ -37,11 +37,12 @@ from typing import Any
 
 import attrs
 
-from ..core.plan import Plan
+from .._gc import without_collector
+from ..core.plan import Plan, Skip
 from ..core.planner import TrustFigures
 from ..model import DirectorySnapshot, DirectoryUser, email_key
 from ..policies.config import SyncConfig
-from ..store.protocol import StoredUser, StoreState
+from ..store.protocol import PeopleIndex, PeopleRows, StoreState
 from .cache import DeltaCache
 from .fold import resolve_members
 from .settled import Settled
@@ -49,11 +50,12 @@ from .settled import Settled
 __all__ = [
     "ALWAYS_NARROW",
     "MAX_SHARE",
-    "Difference",
+    "Narrowing",
+    "PeopleSearch",
     "PeopleSlice",
-    "by_difference",
-    "difference_for",
+    "may_narrow",
     "merged_plan",
+    "narrowing_for",
     "people_to_plan",
     "plan_inputs",
     "touched_people",
@@ -65,17 +67,7 @@ ALWAYS_NARROW = 50
 """Up to this many people touched, a run plans by difference whatever the trust's size."""
 
 
-def by_difference(record: Settled | None, key: str | None, *, several_tenants: bool, unread: bool) -> bool:
-    """Whether this run may plan by difference: the last run's record stands for this run's inputs (``key``).
-
-    ``key`` is this run's key with the cursor its cache started from
-    (``None``: the run can rely on nothing, e.g. a hold is pending). Not for a
-    trust with several tenants (an account's tenant is the whole trust's
-    question), nor when a mapped group could not be read.
-    """
-    return record is not None and key is not None and record.key == key and not several_tenants and not unread
-
-
+@without_collector  # hundreds of thousands of small objects: see _gc.py
 def touched_people(
     before: DeltaCache, after: DeltaCache, mapped: Iterable[str], members_after: Mapping[str, Sequence[DirectoryUser]]
 ) -> set[str]:
@@ -121,65 +113,108 @@ class PeopleSlice:
     user_ids: frozenset[str]
 
 
-def people_to_plan(
-    touched: Iterable[str], now: Mapping[str, DirectoryUser], before: Mapping[str, DirectoryUser], state: StoreState
-) -> PeopleSlice:
-    """The touched people and everyone who shares an email with one of them, to a fixed point."""
-    in_directory: dict[str, list[str]] = {}
-    for user_id, user in now.items():
-        if (email := user.email) is not None:
-            in_directory.setdefault(email_key(email), []).append(user_id)
-    in_store: dict[str, list[StoredUser]] = {}
-    synced: dict[str, list[StoredUser]] = {}
-    for stored in state.users.values():
-        in_store.setdefault(email_key(stored.email), []).append(stored)
-        if stored.external_id is not None:
-            synced.setdefault(stored.external_id, []).append(stored)
-    people = set(touched)
-    user_ids: set[str] = set()
-    keys_seen: set[str] = set()
-    frontier = list(people)
-    while frontier:
-        keys: set[str] = set()
-        for person in frontier:
-            for known in (now.get(person), before.get(person)):
+class PeopleSearch:
+    """Who a run plans, found by rounds of store look-ups: decides what to look up, never looks (no IO).
+
+    Start from the touched people; :meth:`wanted` names the object ids and
+    email keys to load (``None``: done), :meth:`found` takes the store's rows
+    for them, until no round finds anyone new. An email key is a person's in
+    the directory now, in the cache as it was, or in the store. Whoever else
+    takes part in an email comparison without being touched is either
+    synced (the store holds their email as the last run left it) or was
+    left out for sharing one (the last run's record lists them, ``shared``):
+    so the store and the record are the whole index, and the directory is
+    never scanned.
+    """
+
+    def __init__(
+        self,
+        touched: Iterable[str],
+        now: Mapping[str, DirectoryUser],
+        before: Mapping[str, DirectoryUser],
+        shared: Iterable[Skip],
+    ) -> None:
+        self._now, self._before = now, before
+        self._shared: dict[str, list[str]] = {}
+        for skip in shared:
+            if skip.keeps_access and not skip.conflict and skip.email is not None:
+                self._shared.setdefault(email_key(skip.email), []).append(skip.external_id)
+        self.people: set[str] = set()
+        self.keys: set[str] = set()
+        self.user_ids: set[str] = set()
+        self._asked: tuple[frozenset[str], frozenset[str]] | None = None
+        self._add(touched, ())
+
+    def _add(self, people: Iterable[str], keys: Iterable[str]) -> None:
+        new_keys = set(keys)
+        for person in people:
+            if person in self.people:
+                continue
+            self.people.add(person)
+            for known in (self._now.get(person), self._before.get(person)):
                 if known is not None and (email := known.email) is not None:
-                    keys.add(email_key(email))
-            keys.update(email_key(stored.email) for stored in synced.get(person, ()))
-        found: set[str] = set()
-        for key in keys - keys_seen:
-            found.update(in_directory.get(key, ()))
-            for stored in in_store.get(key, ()):
-                user_ids.add(stored.user_id)
-                if stored.external_id is not None:
-                    found.add(stored.external_id)
-        keys_seen |= keys
-        frontier = [person for person in found if person not in people]
-        people.update(frontier)
-    return PeopleSlice(frozenset(people), frozenset(user_ids))
+                    new_keys.add(email_key(email))
+        for key in new_keys - self.keys:
+            self.keys.add(key)
+            self._add(self._shared.get(key, ()), ())
+
+    def wanted(self) -> tuple[frozenset[str], frozenset[str]] | None:
+        """The object ids and email keys to load now, or ``None`` when the last rows found no one new."""
+        asking = (frozenset(self.people), frozenset(self.keys))
+        if asking == self._asked:
+            return None
+        self._asked = asking
+        return asking
+
+    def found(self, state: StoreState) -> None:
+        """The store's rows for what :meth:`wanted` named: their people and emails join the search."""
+        users = state.users.values()
+        self.user_ids.update(stored.user_id for stored in users)
+        self._add(
+            (stored.external_id for stored in users if stored.external_id is not None),
+            (email_key(stored.email) for stored in users),
+        )
+
+    @property
+    def slice(self) -> PeopleSlice:
+        return PeopleSlice(frozenset(self.people), frozenset(self.user_ids))
 
 
+def people_to_plan(
+    touched: Iterable[str],
+    now: Mapping[str, DirectoryUser],
+    before: Mapping[str, DirectoryUser],
+    state: StoreState,
+    shared: Iterable[Skip] = (),
+) -> PeopleSlice:
+    """:class:`PeopleSearch` over a whole store ``state`` loaded already."""
+    search = PeopleSearch(touched, now, before, shared)
+    index = PeopleIndex(state)
+    while (asked := search.wanted()) is not None:
+        search.found(index.rows(*asked).state)
+    return search.slice
+
+
+@without_collector  # hundreds of thousands of small objects: see _gc.py
 def plan_inputs(
-    people: PeopleSlice, snapshot: DirectorySnapshot, state: StoreState
+    people: PeopleSlice, snapshot: DirectorySnapshot, rows: PeopleRows
 ) -> tuple[DirectorySnapshot, StoreState, TrustFigures]:
-    """The snapshot and store narrowed to ``people``, and the whole trust's figures for the guards."""
+    """The snapshot narrowed to ``people``, their store rows, and the whole trust's figures for the guards."""
     ids = people.external_ids
     members = {group: [user for user in users if user.id in ids] for group, users in snapshot.members.items()}
     figures = TrustFigures(
-        synced_users=sum(1 for access in state.synced_access.values() if access),
+        synced_users=rows.synced_users,
         member_counts={group: len(users) for group, users in snapshot.members.items()},
     )
-    return attrs.evolve(snapshot, members=members), state.narrowed(ids, people.user_ids), figures
+    return attrs.evolve(snapshot, members=members), rows.state.narrowed(ids, people.user_ids), figures
 
 
-def merged_plan(
-    plan: Plan, record: Settled, people: PeopleSlice, before: Mapping[str, DirectoryUser], state: StoreState
-) -> Plan:
+def merged_plan(plan: Plan, record: Settled, people: PeopleSlice, before: Mapping[str, DirectoryUser]) -> Plan:
     """The plan of some people, with what the last run's record says of everyone else.
 
     ``before``: the users the last run read (the cache it left), to know who
-    of ``people`` it counted in scope; ``state``: the whole store, whose
-    synced access the plan's reviews compare with.
+    of ``people`` it counted in scope. The plan's ``access_before`` is the
+    planned people's (every change is theirs): its access table lists them.
     """
     ids = people.external_ids
     left_out = {skip.external_id for skip in record.skipped}
@@ -189,48 +224,58 @@ def merged_plan(
         plan,
         skipped=tuple(sorted([*kept, *plan.skipped], key=lambda skip: skip.external_id)),
         users_in_scope=record.users_in_scope - were_in_scope + plan.users_in_scope,
-        access_before=state.synced_access,
     )
 
 
 @attrs.frozen
-class Difference:
-    """A run that plans by difference: the last run's record, and whom this run plans."""
+class Narrowing:
+    """A run that plans by difference: the last run's record, the cache around the round, and who it touched."""
 
     record: Settled
-    people: PeopleSlice
     before: DeltaCache
-    touched: int
+    after: DeltaCache
+    touched: frozenset[str]
 
-    def inputs(self, snapshot: DirectorySnapshot, state: StoreState) -> tuple[DirectorySnapshot, StoreState, TrustFigures]:
-        """The planner's inputs: see :func:`plan_inputs`."""
-        return plan_inputs(self.people, snapshot, state)
+    def search(self) -> PeopleSearch:
+        """The search for everyone this run plans (the caller loads the rows it names)."""
+        return PeopleSearch(self.touched, self.after.users, self.before.users, self.record.skipped)
 
-    def merged(self, plan: Plan, state: StoreState) -> Plan:
+    def merged(self, plan: Plan, people: PeopleSlice) -> Plan:
         """The whole trust's plan: see :func:`merged_plan`."""
-        return merged_plan(plan, self.record, self.people, self.before.users, state)
+        return merged_plan(plan, self.record, people, self.before.users)
 
 
-def difference_for(
+def may_narrow(record: Settled | None, key: str | None, config: SyncConfig) -> bool:
+    """Whether the last run's ``record`` stands for this run's inputs (``key``, with the cursor the cache started from).
+
+    ``key`` is ``None`` when the run can rely on nothing (a hold is pending, a
+    confirmation). Never for a trust with several tenants (an account's
+    tenant is the whole trust's question).
+    """
+    return record is not None and key is not None and record.key == key and len(config.tenant_ids) <= 1
+
+
+def narrowing_for(
     folded: tuple[DeltaCache, DeltaCache] | None,
     record: Settled | None,
     key_of: Callable[[Mapping[str, Any]], str | None],
     config: SyncConfig,
     snapshot: DirectorySnapshot,
-    state: StoreState,
-) -> Difference | None:
+) -> Narrowing | None:
     """How this run plans by difference, or ``None``: it plans everyone.
 
     ``folded``: the delta cache before and after this run's round (``None``:
-    the read folded none); ``key_of(cursor)``: this run's key with that cursor.
+    the read folded none); ``key_of(cursor)``: this run's key with that
+    cursor. Everyone is planned too when a mapped group could not be read,
+    and when the round touched more than :data:`MAX_SHARE` of the users (and
+    more than :data:`ALWAYS_NARROW`).
     """
-    if folded is None or record is None:
+    if folded is None or record is None or snapshot.unreadable:
         return None
     before, after = folded
-    several = len(config.tenant_ids) > 1
-    if not by_difference(record, key_of(before.cursor), several_tenants=several, unread=bool(snapshot.unreadable)):
+    if not may_narrow(record, key_of(before.cursor), config):
         return None
     touched = touched_people(before, after, sorted(config.mappings.group_ids), snapshot.members)
     if len(touched) > max(ALWAYS_NARROW, MAX_SHARE * len(after.users)):
         return None
-    return Difference(record, people_to_plan(touched, after.users, before.users, state), before, len(touched))
+    return Narrowing(record, before, after, frozenset(touched))

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
+from .._gc import without_collector
 from ..directory.delta import DirectoryDelta
 from ..model import DirectoryUser, transitive_users
 
@@ -53,6 +54,7 @@ class Applied:
     missing_users: frozenset[str]  # member ids with no cached fields: look them up
 
 
+@without_collector  # hundreds of thousands of small objects: see _gc.py
 def apply_delta(
     groups: Mapping[str, frozenset[str]],
     users: Mapping[str, DirectoryUser],
@@ -84,6 +86,7 @@ def apply_delta(
     return Applied(kept_groups, kept_users, new_groups, missing)
 
 
+@without_collector  # hundreds of thousands of small objects: see _gc.py
 def snapshot_members(
     groups: Mapping[str, frozenset[str]], users: Mapping[str, DirectoryUser], mapped: Sequence[str]
 ) -> dict[str, list[DirectoryUser]]:

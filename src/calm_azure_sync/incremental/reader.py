@@ -335,14 +335,16 @@ class DirectoryReader:
         requested: ReadMode,
         *,
         settled_key: Callable[[Mapping[str, Any]], str | None],
-        begin_load: Callable[[], None],
+        begin_load: Callable[[Mapping[str, Any] | None], None],
     ) -> RunRead:
         """The snapshot a run plans from, read in full or from the delta cache, and what to keep of the cache.
 
         ``settled_key(cursor)``: the key this run's inputs have with that
         cursor (``None``: the run cannot be settled, e.g. a hold is pending).
-        ``begin_load()`` is called once it is clear the run will plan: the
-        reconciler then loads the store while the directory is read.
+        ``begin_load(cursor)`` is called once it is clear the run will plan:
+        the reconciler then loads the store while the directory is read
+        (``cursor``: the one the stored cache starts from, when the read folds
+        a round into it; the run may then load only some people's rows).
         """
         mapped = frozenset(config.mappings.group_ids)
         supports = isinstance(self.directory, DeltaDirectory)
@@ -364,7 +366,7 @@ class DirectoryReader:
                 why = fallback.why
         elif requested == "incremental":
             why = f"incremental read not possible: {why}"
-        begin_load()
+        begin_load(None)
         snapshot = await self.read_all(config)
         if not starts_cache(requested, supports, snapshot):
             return RunRead(snapshot, "full", why, KeepCache())
@@ -383,7 +385,7 @@ class DirectoryReader:
         cache: DeltaCache | None,
         why: str,
         settled_key: Callable[[Mapping[str, Any]], str | None],
-        begin_load: Callable[[], None],
+        begin_load: Callable[[Mapping[str, Any] | None], None],
     ) -> RunRead:
         """The read from changes: settled (only the cursor moves) or folded into the cache; raises when it fails."""
         mapped = frozenset(config.mappings.group_ids)
@@ -396,7 +398,7 @@ class DirectoryReader:
                 self.progress("read", 1, 1)
                 why = f"nothing changed in the directory, the store or the settings since run {settled.run_id}"
                 return RunRead(DirectorySnapshot(members={}), "incremental", why, MoveCursor(head, first[1], settled))
-        begin_load()
+        begin_load(head.cursor)
         cache = cache or await self._load_cache(config.trust_site_id, sync_state)
         if cache is None:
             raise _CacheGone()
@@ -413,13 +415,17 @@ class DirectoryReader:
         self, config: SyncConfig, cursor: Mapping[str, Any] | None,
         groups: Mapping[str, frozenset[str]], users: Mapping[str, DirectoryUser],
         *, known_users: Mapping[str, Sequence[DirectoryUser]] | None = None,
-        first: tuple[DirectoryDelta, DeltaCursor] | None = None,
+        first: tuple[DirectoryDelta, DeltaCursor] | None = None, restart: Iterable[str] = (),
     ) -> DeltaCache:
         """Rounds of changes until every nested group is tracked, then the users no round described.
 
         ``known_users``: users just read in full (per group), so the rounds need
         not look them up again when a chain lists them. ``first``: the first
-        round, when it was already asked for.
+        round, when it was already asked for. ``restart``: newly mapped groups
+        the cache keeps no memberships of; the first round leaves them out, so
+        the next asks for them from the start. (A round goes on with every
+        group the cursor lists: a group the cache pruned after the last round,
+        mapped again now, would bring only its changes since, never its members.)
         """
         directory: Any = self.directory
         mapped = sorted(config.mappings.group_ids)
@@ -428,6 +434,7 @@ class DirectoryReader:
             known.update((user.id, user) for user in members if user.id not in known)
         tracked = sorted({*mapped, *tracked_groups(groups, mapped)})
         kept_groups: Mapping[str, frozenset[str]] = {group: groups[group] for group in tracked if group in groups}
+        unchained = set() if first is not None else {group for group in restart if group not in groups}
 
         def fold(delta: DirectoryDelta) -> Applied:
             known.update((user.id, user) for user in delta.users)
@@ -435,8 +442,13 @@ class DirectoryReader:
                 known.pop(removed.id, None)
             return apply_delta(kept_groups, known, delta, mapped)
 
-        delta, next_cursor = first or await self._round(cursor, tracked)
+        delta, next_cursor = first or await self._round(cursor, [g for g in tracked if g not in unchained])
         applied = fold(delta)
+        if unchained:
+            applied = attrs.evolve(
+                applied, groups={**applied.groups, **dict.fromkeys(unchained, frozenset())},
+                new_groups=applied.new_groups | unchained,
+            )
         for _ in range(32):  # nesting depth; each round starts the chains of newly found groups
             if not applied.new_groups:
                 break
@@ -460,7 +472,7 @@ class DirectoryReader:
         added = sorted(added_groups(cache, config.mappings.group_ids))
         fresh = await self.read_all(config, only=added) if added else DirectorySnapshot(members={})
         after = await self._follow(
-            config, cache.cursor, cache.groups, cache.users, known_users=fresh.members, first=first
+            config, cache.cursor, cache.groups, cache.users, known_users=fresh.members, first=first, restart=added
         )
         after = attrs.evolve(after, full_read_at=cache.full_read_at)
         mapped = sorted(config.mappings.group_ids)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from .._gc import collector_paused, without_collector
 from ..core.plan import Skip
 from ..core.state import SyncState
 from ..model import DirectorySnapshot, Site
@@ -144,11 +145,16 @@ class Settled:
     group_users: Mapping[str, int]
     quiet: bool = True
 
+    @without_collector  # thousands of skips: see _gc.py
     def to_dict(self) -> dict[str, Any]:
         return {
             "key": self.key,
             "run_id": self.run_id,
-            "skipped": [attrs.asdict(skip) for skip in self.skipped],
+            "skipped": [
+                {"external_id": skip.external_id, "email": skip.email, "reason": skip.reason, "excluded": skip.excluded,
+                 "keeps_access": skip.keeps_access, "conflict": skip.conflict}
+                for skip in self.skipped
+            ],
             "users_in_scope": self.users_in_scope,
             "synced_users": self.synced_users,
             "group_users": dict(sorted(self.group_users.items())),
@@ -162,20 +168,24 @@ class Settled:
         if not isinstance(data, Mapping):
             return None
         try:
-            groups = data["group_users"]
-            if not all(isinstance(v, int) for v in groups.values()):
-                return None
-            skipped = tuple(_skip(item) for item in data["skipped"])
-            quiet = data.get("quiet", True)  # records before 0.4 were all of quiet runs
-            if type(quiet) is not bool:
-                return None
-            settled = cls(
-                str(data["key"]), str(data["run_id"]), skipped, int(data["users_in_scope"]),
-                int(data["synced_users"]), dict(groups), quiet=quiet,
-            )
+            with collector_paused():  # thousands of skips: see _gc.py
+                return cls._from_dict(data)
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
-        return settled
+
+    @classmethod
+    def _from_dict(cls, data: Mapping[str, Any]) -> Settled | None:
+        groups = data["group_users"]
+        if not all(isinstance(v, int) for v in groups.values()):
+            return None
+        skipped = tuple(_skip(item) for item in data["skipped"])
+        quiet = data.get("quiet", True)  # records before 0.4 were all of quiet runs
+        if type(quiet) is not bool:
+            return None
+        return cls(
+            str(data["key"]), str(data["run_id"]), skipped, int(data["users_in_scope"]),
+            int(data["synced_users"]), dict(groups), quiet=quiet,
+        )
 
     def kept_in(self, state: SyncState, delta: Mapping[str, Any] | None = None) -> SyncState:
         """``state`` with this record (and ``delta``'s other keys, when given) as its delta data."""

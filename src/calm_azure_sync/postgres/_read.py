@@ -11,7 +11,7 @@ import psycopg
 from .._gc import collector_paused
 from ..core.plan import Change, RetireGroup
 from ..model import Role
-from ..store.protocol import Grant, StoredUser, StoreState, SyncedGroup
+from ..store.protocol import Grant, PeopleRows, StoredUser, StoreState, SyncedGroup
 from ..store.rules import UserTables, batch_group_ids, batch_keys, batch_member_probes, batch_reads_grants
 from ._codec import from_db, from_db_list, from_db_optional, to_db, to_db_list, to_db_optional
 from ._write import Query
@@ -229,6 +229,51 @@ async def load_state(connection: psycopg.AsyncConnection[Any], q: Query, trust_s
     """Every user, the synced grants of ``trust_site_id``, and who holds other access (``PostgresUserStore.load``)."""
     rows = await _read_state_rows(connection, q, to_db(trust_site_id))
     return _state_from_rows(trust_site_id, rows)
+
+
+async def load_people(
+    connection: psycopg.AsyncConnection[Any],
+    q: Query,
+    trust_site_id: str,
+    external_ids: Iterable[str],
+    email_keys: Iterable[str],
+) -> PeopleRows:
+    """Some people's rows and the trust's synced-user count, in one snapshot (``PostgresUserStore.load_people``)."""
+    trust = to_db(trust_site_id)
+    async with connection.transaction():
+        await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        users = await _fetch(
+            connection, q, f"SELECT {USER_COLUMNS} FROM {{schema}}.users WHERE external_id = ANY(%s) OR email_key = ANY(%s)",
+            (to_db_list(sorted(set(external_ids))), to_db_list(sorted(set(email_keys)))),
+        )  # fmt: skip
+        ids = [row[0] for row in users]
+        grants = await _fetch(
+            connection, q, "SELECT user_id, site_id, module, role FROM {schema}.grants "
+            "WHERE source = 'azure' AND trust_site_id = %s AND user_id = ANY(%s) ORDER BY user_id", (trust, ids),
+        )  # fmt: skip
+        manual = await _fetch(
+            connection, q, "SELECT DISTINCT user_id FROM {schema}.grants WHERE source = 'manual' AND user_id = ANY(%s)",
+            (ids,),
+        )  # fmt: skip
+        other = await _fetch(
+            connection, q, "SELECT DISTINCT user_id FROM {schema}.grants WHERE source = 'azure' AND user_id = ANY(%s) "
+            "AND trust_site_id IS DISTINCT FROM %s", (ids, trust),
+        )  # fmt: skip
+        groups = await _fetch(
+            connection, q, "SELECT external_id, display_name, site_ids, retired FROM {schema}.synced_groups "
+            "WHERE trust_site_id = %s", (trust,),
+        )  # fmt: skip
+        members = await _fetch(
+            connection, q, "SELECT group_external_id, user_id FROM {schema}.group_members "
+            "WHERE trust_site_id = %s AND user_id = ANY(%s)", (trust, ids),
+        )  # fmt: skip
+        ((synced_users,),) = await _fetch(
+            connection, q, "SELECT COUNT(DISTINCT g.user_id) FROM {schema}.grants g JOIN {schema}.users u "
+            "ON u.id = g.user_id WHERE g.source = 'azure' AND g.trust_site_id = %s AND u.external_id IS NOT NULL",
+            (trust,),
+        )  # fmt: skip
+    state = _state_from_rows(trust_site_id, _StateRows(users, grants, manual, other, groups, members))
+    return PeopleRows(state, int(synced_users))
 
 
 # -- the rows one batch touches --------------------------------------------------------

@@ -65,7 +65,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from typing import Any, ClassVar, Concatenate, Final, LiteralString, ParamSpec, TypeVar
 
 import psycopg
@@ -77,7 +77,15 @@ from ..core.plan import Change
 from ..core.state import SyncState
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 from ..model import Role
-from ..store.protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup, checked_data_version
+from ..store.protocol import (
+    ChangeResult,
+    Grant,
+    PeopleRows,
+    StoredUser,
+    StoreState,
+    SyncedGroup,
+    checked_data_version,
+)
 from ..store.rules import (
     UserTables,
     add_user_keys,
@@ -191,6 +199,15 @@ class PostgresUserStore(OnDatabase):
         checked_id("trust_site_id", trust_site_id)
         async with self._db.connection() as connection:
             return await _read.load_state(connection, self._q, trust_site_id)
+
+    @_store_errors("load people of trust {0!r}")
+    async def load_people(
+        self, trust_site_id: str, external_ids: Iterable[str], email_keys: Iterable[str]
+    ) -> PeopleRows:
+        """Some people's rows (a :class:`~calm_azure_sync.PeopleStore`): see ``PeopleStore.load_people``."""
+        checked_id("trust_site_id", trust_site_id)
+        async with self._db.connection() as connection:
+            return await _read.load_people(connection, self._q, trust_site_id, external_ids, email_keys)
 
     # -- applying ----------------------------------------------------------------
 

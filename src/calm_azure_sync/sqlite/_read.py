@@ -10,10 +10,18 @@ from typing import Any, Final
 from .._gc import collector_paused
 from ..core.plan import Change, RetireGroup
 from ..model import Role
-from ..store.protocol import StoredUser, StoreState, SyncedGroup
+from ..store.protocol import PeopleRows, StoredUser, StoreState, SyncedGroup
 from ..store.rules import UserTables, batch_group_ids, batch_keys, batch_reads_grants, batch_reads_user_rows
 
-__all__ = ["GROUP_COLUMNS", "USER_COLUMNS", "group_from_row", "load_state", "load_tables", "user_from_row"]
+__all__ = [
+    "GROUP_COLUMNS",
+    "USER_COLUMNS",
+    "group_from_row",
+    "load_people",
+    "load_state",
+    "load_tables",
+    "user_from_row",
+]
 
 _ROLES: Final = {role.value: role for role in Role}
 
@@ -243,3 +251,79 @@ def _load_members(
             held.add(external_id)
     return members
 
+
+
+def load_people(
+    connection: sqlite3.Connection, trust_site_id: str, external_ids: Iterable[str], email_keys: Iterable[str]
+) -> PeopleRows:
+    """Some people's rows and the trust's synced-user count, in one read transaction (``load_people``).
+
+    Each read is an index search: users by their unique external id and
+    email key, grants and memberships by primary key (every key column
+    matched by an IN list), the count on the partial index of synced grants.
+    """
+    connection.execute("BEGIN")
+    try:
+        by_external, by_key = _among(external_ids), _among(email_keys)
+        users = {
+            row[0]: user_from_row(row)
+            for row in connection.execute(
+                f"SELECT {USER_COLUMNS} FROM users WHERE external_id IN {by_external[0]} OR email_key IN {by_key[0]}",
+                (*by_external[1], *by_key[1]),
+            )
+        }
+        ids = _among(users)
+        synced, manual, other = _people_grants(connection, trust_site_id, users, ids)
+        groups = {
+            row[0]: group_from_row(trust_site_id, row)
+            for row in connection.execute(
+                f"SELECT {GROUP_COLUMNS} FROM synced_groups WHERE trust_site_id = ?", (trust_site_id,)
+            )
+        }
+        members: dict[str, set[str]] = {group_id: set() for group_id in groups}
+        named = _among(groups)
+        for group_id, user_id in connection.execute(
+            "SELECT group_external_id, user_id FROM group_members WHERE trust_site_id = ? "
+            f"AND group_external_id IN {named[0]} AND user_id IN {ids[0]}",
+            (trust_site_id, *named[1], *ids[1]),
+        ):
+            if (external_id := users[user_id].external_id) is not None:
+                members[group_id].add(external_id)
+        # Everyone with a synced grant here, less those without an external id (rare): two index searches.
+        (synced_users,) = connection.execute(
+            "SELECT (SELECT COUNT(DISTINCT user_id) FROM grants WHERE source = 'azure' AND trust_site_id = ?1) - "
+            "(SELECT COUNT(DISTINCT g.user_id) FROM users u JOIN grants g ON g.user_id = u.id "
+            "WHERE u.external_id IS NULL AND g.source = 'azure' AND g.trust_site_id = ?1)",
+            (trust_site_id,),
+        ).fetchone()
+    finally:
+        connection.execute("COMMIT")
+    state = StoreState(
+        users=users,
+        synced_access=synced,
+        manual_access_user_ids=frozenset(manual),
+        other_access_user_ids=frozenset(manual | other),
+        groups=groups,
+        group_members={group_id: frozenset(held) for group_id, held in members.items()},
+    )
+    return PeopleRows(state, synced_users)
+
+
+def _people_grants(
+    connection: sqlite3.Connection, trust_site_id: str, users: dict[str, StoredUser], ids: tuple[str, tuple[str, ...]]
+) -> tuple[dict[str, dict[tuple[str, str], Role]], set[str], set[str]]:
+    """These users' synced access in the trust, and who of them holds manual or another trust's grants."""
+    synced: dict[str, dict[tuple[str, str], Role]] = {}
+    manual: set[str] = set()
+    other: set[str] = set()
+    for user_id, site_id, module, source, role, trust in connection.execute(
+        f"SELECT user_id, site_id, module, source, role, trust_site_id FROM grants WHERE user_id IN {ids[0]}", ids[1]
+    ):
+        external_id = users[user_id].external_id
+        if source == "manual":
+            manual.add(user_id)
+        elif trust != trust_site_id:
+            other.add(user_id)
+        elif external_id is not None:
+            synced.setdefault(external_id, {})[(site_id, module)] = _ROLES[role]
+    return synced, manual, other

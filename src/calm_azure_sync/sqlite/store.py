@@ -38,7 +38,7 @@ import logging
 import os
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import attrs
@@ -51,7 +51,7 @@ from ..core.state import SyncState
 from ..errors import StoreError
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 from ..model import Role
-from ..store.protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup
+from ..store.protocol import ChangeResult, Grant, PeopleRows, StoredUser, StoreState, SyncedGroup
 from . import _delta, _helpers
 from ._db import Fence, ThreadedConnection, write_transaction
 
@@ -64,6 +64,7 @@ from ._lock import check_holder as _check_holder
 from ._lock import fence as _lock_fence
 from ._lock import release_lock as _release_lock
 from ._lock import renew_lock as _renew_lock
+from ._read import load_people as _load_people
 from ._read import load_state as _load_state
 from ._read import load_tables as _load_tables
 from ._schema import MIGRATIONS as _MIGRATIONS  # noqa: F401 - patched by the migration tests
@@ -197,6 +198,15 @@ class SqliteUserStore(AsyncClosing):
     async def load(self, trust_site_id: str) -> StoreState:
         """Every user, the synced grants of ``trust_site_id``, and who holds manual grants."""
         return await self._run(f"load trust {trust_site_id!r}", _load_state, checked_id("trust_site_id", trust_site_id))
+
+    async def load_people(
+        self, trust_site_id: str, external_ids: Iterable[str], email_keys: Iterable[str]
+    ) -> PeopleRows:
+        """Some people's rows (a :class:`~calm_azure_sync.PeopleStore`): see ``PeopleStore.load_people``."""
+        return await self._run(
+            f"load people of trust {trust_site_id!r}", _load_people, checked_id("trust_site_id", trust_site_id),
+            sorted(external_ids), sorted(email_keys),
+        )
 
     async def apply(self, trust_site_id: str, changes: Sequence[Change]) -> Sequence[ChangeResult]:
         """Apply ``changes`` in one transaction; one :class:`ChangeResult` per change, in order."""

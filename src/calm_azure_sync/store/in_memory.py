@@ -7,7 +7,7 @@ every shipped store shares) and a set of locked trusts, nothing more.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import ClassVar
 
 import attrs
@@ -19,7 +19,7 @@ from ..core.state import SyncState
 from ..errors import ImportAlreadyRunningError
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
 from ..model import Role
-from .protocol import ChangeResult, Grant, StoredUser, StoreState, SyncedGroup
+from .protocol import ChangeResult, Grant, PeopleRows, StoredUser, StoreState, SyncedGroup, people_rows
 from .rules import GrantWrite as GrantWrite  # moved to store.rules; still importable from here
 from .rules import UserTables as UserTables  # (its home is store.rules; see above)
 from .rules import UserWrite as UserWrite  # moved to store.rules; still importable from here
@@ -60,6 +60,12 @@ class InMemoryUserStore(AsyncClosing):
     async def load(self, trust_site_id: str) -> StoreState:
         """Every user, the synced grants of ``trust_site_id``, and who holds manual grants."""
         return self._tables.state(checked_id("trust_site_id", trust_site_id))
+
+    async def load_people(
+        self, trust_site_id: str, external_ids: Iterable[str], email_keys: Iterable[str]
+    ) -> PeopleRows:
+        """Some people's rows (a :class:`~calm_azure_sync.PeopleStore`), worked out from the whole trust."""
+        return people_rows(self._tables.state(checked_id("trust_site_id", trust_site_id)), external_ids, email_keys)
 
     async def apply(self, trust_site_id: str, changes: Sequence[Change]) -> Sequence[ChangeResult]:
         """Apply ``changes`` in order; one :class:`ChangeResult` per change."""

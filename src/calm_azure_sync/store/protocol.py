@@ -15,7 +15,7 @@ import attrs
 
 from ..core.plan import Change
 from ..errors import ConfigError
-from ..model import Role
+from ..model import Role, email_key
 
 if TYPE_CHECKING:  # annotations only: the state module's holds import the plan, whose reviews import this
     from ..core.state import SyncState
@@ -27,6 +27,9 @@ __all__ = [
     "Grant",
     "GrantReader",
     "GrantSource",
+    "PeopleIndex",
+    "PeopleRows",
+    "PeopleStore",
     "StateWithChanges",
     "StoreState",
     "StoredUser",
@@ -34,6 +37,7 @@ __all__ = [
     "UserStore",
     "VersionedStore",
     "checked_data_version",
+    "people_rows",
     "saves_state_with_changes",
 ]
 
@@ -265,11 +269,73 @@ class VersionedStore(Protocol):
     (:mod:`calm_azure_sync.incremental.settled`). A store that cannot promise it simply
     does not implement it. Rows edited behind the store's back (raw SQL) are
     not seen until the next full read (``full_resync_interval``).
+
+    Planning by difference (:mod:`calm_azure_sync.incremental.difference`)
+    also counts on each call of ``apply`` (or ``apply_with_state``) that
+    writes moving it by exactly one, as every shipped store does: a run
+    expects the version it leaves to be the one it read plus the batches it
+    wrote. A store that moves it otherwise is never planned by difference
+    (every run plans everyone), which is safe.
     """
 
     async def data_version(self) -> int:
         """The current data version."""
         ...
+
+
+@attrs.frozen
+class PeopleRows:
+    """Some people's rows of a trust, and the trust's count of synced users.
+
+    ``state``: the store users synced from the ``external_ids`` asked for or
+    holding one of the ``email_keys`` (:func:`~calm_azure_sync.model.email_key`),
+    their synced access in the trust, which of them hold other access, and
+    the trust's mirrored groups with only their memberships (as
+    :meth:`StoreState.narrowed` gives them). ``synced_users``: how many
+    Azure accounts hold synced access in the trust (the mass-removal guard's
+    denominator).
+    """
+
+    state: StoreState
+    synced_users: int
+
+
+@runtime_checkable
+class PeopleStore(Protocol):
+    """A store that loads some people's rows without the whole trust: optional, for planning by difference.
+
+    ``load_people(trust_site_id, external_ids, email_keys)`` returns what
+    ``people_rows(await load(trust_site_id), external_ids, email_keys)``
+    would, in one read transaction. Without it, a run that plans by
+    difference loads the whole trust and narrows it.
+    """
+
+    async def load_people(
+        self, trust_site_id: str, external_ids: Iterable[str], email_keys: Iterable[str]
+    ) -> PeopleRows:
+        """The rows of the people with these object ids or email keys."""
+        ...
+
+
+class PeopleIndex:
+    """A whole store state indexed by email key once, answering :class:`PeopleStore`'s question in memory."""
+
+    def __init__(self, state: StoreState) -> None:
+        self.state = state
+        self._by_key: dict[str, list[str]] = {}
+        for user_id, stored in state.users.items():
+            self._by_key.setdefault(email_key(stored.email), []).append(user_id)
+        self._synced_users = sum(1 for access in state.synced_access.values() if access)
+
+    def rows(self, external_ids: Iterable[str], email_keys: Iterable[str]) -> PeopleRows:
+        """What :meth:`PeopleStore.load_people` returns for these object ids and email keys."""
+        by_email = [user_id for key in set(email_keys) for user_id in self._by_key.get(key, ())]
+        return PeopleRows(self.state.narrowed(external_ids, by_email), self._synced_users)
+
+
+def people_rows(state: StoreState, external_ids: Iterable[str], email_keys: Iterable[str]) -> PeopleRows:
+    """The rows :meth:`PeopleStore.load_people` returns, worked out from a whole trust's ``state``."""
+    return PeopleIndex(state).rows(external_ids, email_keys)
 
 
 @runtime_checkable

@@ -79,6 +79,7 @@ from ._store_conformance_base import (
 )
 from ._store_conformance_delta import DeltaCacheChecks
 from ._store_conformance_groups import GroupChecks
+from ._store_conformance_people import PeopleChecks
 from ._store_conformance_state import SyncStateChecks
 from ._store_conformance_tenants import TenantChecks
 from ._store_conformance_version import DataVersionChecks
@@ -86,7 +87,7 @@ from ._store_conformance_version import DataVersionChecks
 __all__ = ["ConformantUserStore", "GroupHelpers", "UserStoreConformance"]
 
 class UserStoreConformance(
-    GroupChecks, SyncStateChecks, DeltaCacheChecks, DataVersionChecks, AtomicStateChecks, TenantChecks
+    GroupChecks, SyncStateChecks, DeltaCacheChecks, DataVersionChecks, AtomicStateChecks, TenantChecks, PeopleChecks
 ):
     """The behavioural checks every :class:`~calm_azure_sync.UserStore` must pass.
 
