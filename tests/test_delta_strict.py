@@ -435,7 +435,7 @@ async def _shapes_differential(shapes: dict[str, str], rounds: list[list[tuple[s
 
     async def incremental() -> Any:
         nonlocal state
-        read = await reader.read_for_run(config, state, "auto", settled_key=lambda _: None, begin_load=lambda: None)
+        read = await reader.read_for_run(config, state, "auto", settled_key=lambda _: None, begin_load=lambda _: None)
         state = await reader.keep_cache("oak", read, state, None)
         return read
 
