@@ -15,11 +15,16 @@ other load is not.
 - **Runs by what changed** (``Reconciler.run``, ``InMemoryDirectory`` into a
   ``SqliteUserStore`` with a ``SqliteAuditSink`` in the same file, mode
   ``"auto"``): the first import (which seeds the delta state), a full
-  no-change re-run (``mode="full"``), an incremental run after 10 membership
-  changes, one after 1,000, a no-change incremental run (it plans, and
-  plans nothing), and the settled run after it (it skips the store and the
-  planner). Half the changes add a user to a mapped group, half remove a
-  direct member. The same at 5% and 50% of the users gives the growth row.
+  no-change re-run (``mode="full"``), a no-change incremental run that plans
+  everyone (after a full-mode run no record says the store is as a run left
+  it) and leaves that record, an incremental run after 10 membership
+  changes and one after 1,000 (both planned by difference), a no-change
+  incremental run (planned by difference: no one), the settled run after it
+  (it skips the store and the planner), and last 10 more changes after a
+  store write by someone else, so that run plans everyone: the same
+  changes both ways, side by side. Half the changes add a user to a mapped
+  group, half remove a direct member. The same at 5% and 50% of the users
+  gives the growth row.
 - **Import Log rows** written by the no-change run that plans and by the
   settled run (``audit_events`` rows of that run id).
 - **PostgreSQL vs SQLite first import**: ``bench_postgres``'s measurement

@@ -33,12 +33,8 @@ from calm_azure_sync.store.protocol import StoredUser, StoreState
 from .conftest import budget
 from .helpers import OAK_BIRCH_ASH as HIERARCHY
 from .helpers import SYSTEM, FlakyStore
+from .test_incremental import MAPPINGS, Clock
 
-MAPPINGS = [
-    GroupMapping("g0", "birch", {"Risk": "Member"}),
-    GroupMapping("g1", "birch", {"Risk": "Manager", "Policies": "Member"}),
-    GroupMapping("g2", "ash", {"Risk": "Admin"}),
-]
 CONFIGS = {
     "deactivate": SyncConfig("oak", MAPPINGS, removal=RemovalPolicy("deactivate")),
     "unassign": SyncConfig("oak", MAPPINGS),
@@ -61,14 +57,6 @@ def fixture() -> dict:
         "groups": [{"id": g, "displayName": g.upper()} for g in GROUPS],
         "members": {"g0": ["u0", "u1", "u2", "nested"], "g1": ["u3", "u7"], "g2": ["u4", "u5"], "nested": ["u6"]},
     }
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = dt.datetime(2026, 12, 1, 8, tzinfo=dt.UTC)
-
-    def __call__(self) -> dt.datetime:
-        return self.now
 
 
 def _comparable(changes):
@@ -151,12 +139,18 @@ async def test_a_run_after_a_few_changes_plans_only_those_people_and_says_so():
     assert "planned only the 2 people the changes touched" in summary[0].message
 
 
-async def test_a_write_by_anyone_since_the_last_run_makes_the_next_plan_everyone():
+async def _with_a_record(store: InMemoryUserStore) -> tuple[InMemoryDirectory, SyncConfig]:
+    """A trust imported (a full read), then read incrementally: that run leaves the record to plan by difference from."""
     directory = InMemoryDirectory.from_dict(fixture())
-    store = InMemoryUserStore()
     config = CONFIGS["deactivate"]
     for _ in range(2):
         await reconciler(directory, store).run(config, actor=SYSTEM)
+    return directory, config
+
+
+async def test_a_write_by_anyone_since_the_last_run_makes_the_next_plan_everyone():
+    store = InMemoryUserStore()
+    directory, config = await _with_a_record(store)
     state = await store.load("oak")
     (person,) = [u for u in state.users.values() if u.external_id == "u0"]
     await store.set_active(person.user_id, False)  # a person, in the app
@@ -172,11 +166,8 @@ async def test_a_write_by_anyone_since_the_last_run_makes_the_next_plan_everyone
 
 
 async def test_a_run_whose_change_failed_leaves_no_record_so_the_next_plans_everyone_and_retries_it():
-    directory = InMemoryDirectory.from_dict(fixture())
     inner = InMemoryUserStore()
-    config = CONFIGS["deactivate"]
-    for _ in range(2):
-        await reconciler(directory, inner).run(config, actor=SYSTEM)
+    directory, config = await _with_a_record(inner)
     refusing = _ApplyOnly(inner, reject=lambda change: "refused" if change.external_id == "u8" else None)
     directory.add_member("g2", "u8")
     directory.add_member("g2", "u9")

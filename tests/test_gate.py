@@ -568,3 +568,36 @@ async def test_a_held_removal_of_a_relinked_account_stays_held_through_keep_mode
     assert ("birch", "Risk") in access["ann@oak.sch.uk"], "a held removal was applied without a confirmation"
     after = await pending(store, audit)
     assert after is not None and any(change.external_id == tenant.ids["ann"] for change in after.changes)
+
+
+class _DiesAtTheHold(InMemoryAuditSink):
+    """An Import Log whose process dies (the sink is down for good) when a run announces held removals."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dead = False
+
+    async def record(self, events):
+        if self.dead or any(event.kind is AuditKind.REMOVALS_HELD for event in events):
+            self.dead = True
+            raise OSError("the worker died")
+        await super().record(events)
+
+
+async def test_a_hold_announced_in_the_import_log_is_saved_before_it_is_announced(make_store):
+    """Soak seed 2112: a run killed right after logging "held, confirm hold X" had not saved hold X yet; the next
+    run, finding the group filled again, applied one of its removals unconfirmed."""
+    tenant, store, audit = Tenant(STAFF), make_store(), InMemoryAuditSink()
+    assert (await run(tenant, store, audit, config())).ok
+    tenant.staff = {"s0"}  # Birch Staff reads 1 of 12: its 11 removals are held (group_shrank) ...
+    dying = _DiesAtTheHold()
+    await run(tenant, store, dying, config())  # ... and the run dies as it logs the hold
+    assert dying.dead
+    hold = await pending(store, audit)
+    assert hold is not None and tenant.ids["s11"] in hold.users
+    tenant.staff = set(STAFF) - {"s11"}  # Birch Staff fills again; only s11 is really gone
+    after = await run(tenant, store, audit, config())
+    assert "s11@oak.sch.uk" in by_email(await store.load("oak")), "a removal of the announced hold applied unconfirmed"
+    assert after.hold_id == hold.id and [c.external_id for c in after.held_removals] == [tenant.ids["s11"]] * len(
+        after.held_removals
+    )

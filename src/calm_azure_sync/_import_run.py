@@ -138,7 +138,6 @@ class _Run:
             plan, snapshot = await self._read_and_plan()
             if not snapshot.members and snapshot.unreadable:
                 why = "no mapped group could be read"
-            await self._remember_before_apply(plan)
             await self._apply(plan, snapshot)
             if not self.remembered:
                 await self._remember(plan, snapshot)
@@ -232,6 +231,9 @@ class _Run:
         events += self.journal.plan_events(
             plan, confirmed=self.confirm_hold, scope=self.confirm_only, skips_logged=self.sync_state.skips_logged
         )
+        # The hold is saved before the Import Log says so: a crash in between must not leave a hold
+        # announced that no later run knows of (its removals would then be planned afresh).
+        await self._remember_before_apply(plan)
         await self.record(events)
         return plan, snapshot
 
