@@ -93,10 +93,6 @@ class _Run:
     group_users: dict[str, int] = attrs.field(factory=dict)  # users per mapped group read (the report's)
     people_planned: int | None = None  # planned by difference: how many people (None: everyone)
     last_record: Settled | None = None  # what the last run left (incremental/settled.py), read once
-    # How this run reads the store: the whole trust, or some people's rows (planning by difference).
-    loads: StoreLoad = attrs.field(
-        default=attrs.Factory(lambda run: StoreLoad(run.reconciler.store, run._trust, run._may_narrow), takes_self=True)
-    )
     written: int = 0  # batches sent to the store and answered: each moved a VersionedStore's data version once
     applied_all: bool = True  # every change so far was applied (else the run leaves no record of the store)
 
@@ -203,18 +199,21 @@ class _Run:
         reconciler = self.reconciler
         self.data_version = await reconciler._data_version()  # before the store loads: see settled.py
         self.last_record = Settled.from_state(self.sync_state)
+        # How this run reads the store. Not kept on the run: it calls back into it, and a cycle
+        # would keep the run's whole read (two delta caches) alive until a full collection.
+        loads = StoreLoad(reconciler.store, self._trust, self._may_narrow)
         try:
             self.read = await reconciler._reader(self.config).read_for_run(
-                self.config, self.sync_state, self.mode, settled_key=self._settled_key, begin_load=self.loads.begin
+                self.config, self.sync_state, self.mode, settled_key=self._settled_key, begin_load=loads.begin
             )
         except BaseException:
-            await self.loads.cancel()
+            await loads.cancel()
             raise
         if self.read.settled is not None:
             return await self._settled_plan(self.read.settled)
         snapshot = self.read.snapshot
         self.errors.extend(f"group {group_id}: {reason}" for group_id, reason in sorted(snapshot.unreadable.items()))
-        plan = await self._plan(snapshot)
+        plan = await self._plan(snapshot, loads)
         self._name_tenants(plan)
         self._learn_labels(plan)
         self.group_users = {group_id: len(users) for group_id, users in snapshot.members.items()}
@@ -237,7 +236,7 @@ class _Run:
         await self.record(events)
         return plan, snapshot
 
-    async def _plan(self, snapshot: DirectorySnapshot) -> Plan:
+    async def _plan(self, snapshot: DirectorySnapshot, loads: StoreLoad) -> Plan:
         """Plan everyone, or only the people this round touched when the last run's record allows it."""
         reconciler = self.reconciler
         assert self.read is not None
@@ -247,8 +246,8 @@ class _Run:
         )  # fmt: skip
         narrowing = narrowing_for(self.read.folded, self.last_record, self._settled_key, self.config, snapshot)
         if narrowing is not None:
-            return await self._plan_some(narrowing, snapshot, context)
-        state = await self.loads.whole()
+            return await self._plan_some(narrowing, snapshot, context, loads)
+        state = await loads.whole()
         self.existing_groups = frozenset(state.groups)
         return await reconciler._build_plan(self.config, snapshot, state, context)
 
@@ -256,10 +255,12 @@ class _Run:
         """Whether the last run's record lets this run plan by difference from the cache that starts at ``cursor``."""
         return may_narrow(self.last_record, self._settled_key(cursor), self.config)
 
-    async def _plan_some(self, narrowing: Narrowing, snapshot: DirectorySnapshot, context: PlanContext) -> Plan:
+    async def _plan_some(
+        self, narrowing: Narrowing, snapshot: DirectorySnapshot, context: PlanContext, loads: StoreLoad
+    ) -> Plan:
         """Plan by difference: the people the round touched and whoever shares an email with them."""
         search = narrowing.search()
-        rows = await self.loads.people(search)
+        rows = await loads.people(search)
         people = search.slice
         some, narrowed, figures = plan_inputs(people, snapshot, rows)
         self.existing_groups = frozenset(rows.state.groups)
