@@ -393,7 +393,7 @@ class _Planner:
     ) -> Plan:
         removals = [change for change in ordered if is_removal(change)] if self.may_remove else []
         figures = self.context.figures
-        synced_users = sum(1 for access in self.state.synced_access.values() if access) if figures is None else figures.synced_users
+        synced_users = self.state.synced_users if figures is None else figures.synced_users
         group_names = {group: self._group_named(group) for group in sorted(self.config.mappings.group_ids)}
         # The one gate: every removal this plan makes, whatever path made it, is judged here.
         verdict = apply_guards(

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from ..core.state import SyncState
 from ..model import DirectorySnapshot, DirectoryUser, email_key
 from ..policies.config import SyncConfig
-from ..store.protocol import StoredUser, StoreState
+from ..store.protocol import PeopleIndex, StoredUser, StoreState
 
 __all__ = ["nesting_paths", "person_snapshot", "person_state", "person_sync_state", "stored_user_for"]
 
@@ -83,9 +83,7 @@ def person_snapshot(
 
 def person_state(state: StoreState, external_ids: Iterable[str], email: str | None) -> StoreState:
     """The store as far as one person goes: their store users (by object id or email) and only their access."""
-    key = email_key(email) if email else None
-    by_email = [user_id for user_id, stored in state.users.items() if key is not None and email_key(stored.email) == key]
-    return state.narrowed(external_ids, by_email)
+    return PeopleIndex(state).rows(external_ids, [email_key(email)] if email else []).state
 
 
 def person_sync_state(sync_state: SyncState, external_ids: Iterable[str]) -> SyncState:

@@ -176,11 +176,24 @@ def load_state(connection: sqlite3.Connection, trust_site_id: str) -> StoreState
             members = _load_members(connection, trust_site_id, users, groups)
         finally:
             connection.execute("COMMIT")
+    return _state(users, synced, manual, other_trusts, groups, members)
+
+
+def _state(
+    users: dict[str, StoredUser],
+    synced: dict[str, dict[tuple[str, str], Role]],
+    manual: Iterable[str],
+    other_trusts: Iterable[str],
+    groups: dict[str, SyncedGroup],
+    members: dict[str, set[str]],
+) -> StoreState:
+    """The state ``load`` and ``load_people`` return: other access is manual grants and other trusts' grants."""
+    manual = frozenset(manual)
     return StoreState(
         users=users,
         synced_access=synced,
         manual_access_user_ids=manual,
-        other_access_user_ids=manual | other_trusts,
+        other_access_user_ids=manual.union(other_trusts),
         groups=groups,
         group_members={group_id: frozenset(held) for group_id, held in members.items()},
     )
@@ -298,15 +311,7 @@ def load_people(
         ).fetchone()
     finally:
         connection.execute("COMMIT")
-    state = StoreState(
-        users=users,
-        synced_access=synced,
-        manual_access_user_ids=frozenset(manual),
-        other_access_user_ids=frozenset(manual | other),
-        groups=groups,
-        group_members={group_id: frozenset(held) for group_id, held in members.items()},
-    )
-    return PeopleRows(state, synced_users)
+    return PeopleRows(_state(users, synced, manual, other, groups, members), synced_users)
 
 
 def _people_grants(

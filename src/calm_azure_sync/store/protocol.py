@@ -123,6 +123,11 @@ class StoreState:
     groups: Mapping[str, SyncedGroup] = attrs.field(factory=dict)
     group_members: Mapping[str, frozenset[str]] = attrs.field(factory=dict)
 
+    @property
+    def synced_users(self) -> int:
+        """How many Azure accounts hold synced access in the trust (the mass-removal guard's denominator)."""
+        return sum(1 for access in self.synced_access.values() if access)
+
     def narrowed(self, external_ids: Iterable[str], user_ids: Iterable[str] = ()) -> StoreState:
         """The store as far as some people go: their store users and only their access.
 
@@ -325,7 +330,7 @@ class PeopleIndex:
         self._by_key: dict[str, list[str]] = {}
         for user_id, stored in state.users.items():
             self._by_key.setdefault(email_key(stored.email), []).append(user_id)
-        self._synced_users = sum(1 for access in state.synced_access.values() if access)
+        self._synced_users = state.synced_users  # counted once: a search asks a round or two
 
     def rows(self, external_ids: Iterable[str], email_keys: Iterable[str]) -> PeopleRows:
         """What :meth:`PeopleStore.load_people` returns for these object ids and email keys."""
