@@ -26,9 +26,9 @@ from calm_azure_sync import (
 )
 from calm_azure_sync.core.plan import Skip, Unassign, change_to_dict
 from calm_azure_sync.incremental.cache import DeltaCache
-from calm_azure_sync.incremental.difference import people_to_plan, touched_people
+from calm_azure_sync.incremental.difference import PeopleSearch, PeopleSlice, touched_people
 from calm_azure_sync.model import DirectoryUser
-from calm_azure_sync.store.protocol import StoredUser, StoreState
+from calm_azure_sync.store.protocol import PeopleIndex, StoredUser, StoreState
 
 from .conftest import budget
 from .helpers import OAK_BIRCH_ASH as HIERARCHY
@@ -90,6 +90,15 @@ def test_a_changed_user_object_and_a_removed_user_are_touched_and_an_equal_copy_
     before = _cache({"g0": {"u0", "u1", "u2"}}, [_user("u0"), _user("u1"), _user("u2")])
     after = _cache({"g0": {"u0", "u1"}}, [_user("u0"), _user("u1", "new@oak.sch.uk")])
     assert touched_people(before, after, ["g0"], {"g0": [_user("u0"), _user("u1", "new@oak.sch.uk")]}) == {"u1", "u2"}
+
+
+def people_to_plan(touched, now, before, state: StoreState, shared=()) -> PeopleSlice:
+    """The search run against a whole store state, as a run does against a store without ``load_people``."""
+    search = PeopleSearch(touched, now, before, shared)
+    index = PeopleIndex(state)
+    while (asked := search.wanted()) is not None:
+        search.found(index.rows(*asked).state)
+    return search.slice
 
 
 def test_whoever_shares_an_email_with_a_touched_person_now_before_or_in_the_store_is_planned_too():

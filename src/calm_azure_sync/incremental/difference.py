@@ -17,7 +17,7 @@ the round changed or removed, and for each mapped group that contains a
 changed group (at any depth, before or after the round), the users who
 entered or left it.
 
-Who is planned (:func:`people_to_plan`): the touched people, and everyone
+Who is planned (:class:`PeopleSearch`): the touched people, and everyone
 who shares an email with one of them (in the directory now, as the cache had
 it, or in the store), to a fixed point: the identity rules (link, relink,
 refresh, conflict, a shared email) compare people by email, never anyone
@@ -42,7 +42,7 @@ from ..core.plan import Plan, Skip
 from ..core.planner import TrustFigures
 from ..model import DirectorySnapshot, DirectoryUser, email_key
 from ..policies.config import SyncConfig
-from ..store.protocol import PeopleIndex, PeopleRows, StoreState
+from ..store.protocol import PeopleRows, StoreState
 from .cache import DeltaCache
 from .fold import resolve_members
 from .settled import Settled
@@ -56,7 +56,6 @@ __all__ = [
     "may_narrow",
     "merged_plan",
     "narrowing_for",
-    "people_to_plan",
     "plan_inputs",
     "touched_people",
 ]
@@ -178,21 +177,6 @@ class PeopleSearch:
     @property
     def slice(self) -> PeopleSlice:
         return PeopleSlice(frozenset(self.people), frozenset(self.user_ids))
-
-
-def people_to_plan(
-    touched: Iterable[str],
-    now: Mapping[str, DirectoryUser],
-    before: Mapping[str, DirectoryUser],
-    state: StoreState,
-    shared: Iterable[Skip] = (),
-) -> PeopleSlice:
-    """:class:`PeopleSearch` over a whole store ``state`` loaded already."""
-    search = PeopleSearch(touched, now, before, shared)
-    index = PeopleIndex(state)
-    while (asked := search.wanted()) is not None:
-        search.found(index.rows(*asked).state)
-    return search.slice
 
 
 @without_collector  # hundreds of thousands of small objects: see _gc.py
