@@ -37,6 +37,7 @@ from calm_azure_sync.core.state import SyncState
 from calm_azure_sync.directory._graph_delta import MemberChanges, merge_group_items, merge_user_items
 from calm_azure_sync.directory._items import member_item, user_item
 from calm_azure_sync.incremental.reader import DirectoryReader
+from calm_azure_sync.incremental.settled import Settled
 from calm_azure_sync.testing.fake_graph import FakeGraph, FakeGraphServer, Fault
 
 from .conftest import budget
@@ -435,7 +436,10 @@ async def _shapes_differential(shapes: dict[str, str], rounds: list[list[tuple[s
 
     async def incremental() -> Any:
         nonlocal state
-        read = await reader.read_for_run(config, state, "auto", settled_key=lambda _: None, begin_load=lambda _: None)
+        read = await reader.read_for_run(
+            config, state, "auto", last_record=Settled.from_state(state), settled_key=lambda _: None,
+            begin_load=lambda _: None,
+        )
         state = await reader.keep_cache("oak", read, state, None)
         return read
 

@@ -199,12 +199,15 @@ class _Run:
         reconciler = self.reconciler
         self.data_version = await reconciler._data_version()  # before the store loads: see settled.py
         self.last_record = Settled.from_state(self.sync_state)
-        # How this run reads the store. Not kept on the run: it calls back into it, and a cycle
-        # would keep the run's whole read (two delta caches) alive until a full collection.
-        loads = StoreLoad(reconciler.store, self._trust, self._may_narrow)
+        # How this run reads the store (no whole load when it may plan by difference). Not kept on the run: it
+        # calls back into it, and a cycle would keep the run's read (two delta caches) until a full collection.
+        loads = StoreLoad(
+            reconciler.store, self._trust, lambda cursor: may_narrow(self.last_record, self._settled_key(cursor), self.config)
+        )
         try:
             self.read = await reconciler._reader(self.config).read_for_run(
-                self.config, self.sync_state, self.mode, settled_key=self._settled_key, begin_load=loads.begin
+                self.config, self.sync_state, self.mode, last_record=self.last_record, settled_key=self._settled_key,
+                begin_load=loads.begin,
             )
         except BaseException:
             await loads.cancel()
@@ -251,10 +254,6 @@ class _Run:
         self.existing_groups = frozenset(state.groups)
         return await reconciler._build_plan(self.config, snapshot, state, context)
 
-    def _may_narrow(self, cursor: Mapping[str, Any]) -> bool:
-        """Whether the last run's record lets this run plan by difference from the cache that starts at ``cursor``."""
-        return may_narrow(self.last_record, self._settled_key(cursor), self.config)
-
     async def _plan_some(
         self, narrowing: Narrowing, snapshot: DirectorySnapshot, context: PlanContext, loads: StoreLoad
     ) -> Plan:
@@ -265,7 +264,7 @@ class _Run:
         some, narrowed, figures = plan_inputs(people, snapshot, rows)
         self.existing_groups = frozenset(rows.state.groups)
         context = attrs.evolve(context, figures=figures)
-        plan = await self.reconciler._build_plan(self.config, some, narrowed, context, named=(snapshot, narrowed))
+        plan = await self.reconciler._build_plan(self.config, some, narrowed, context, names_from=snapshot)
         self.people_planned = len(people.external_ids)
         return narrowing.merged(plan, people)
 
@@ -348,15 +347,15 @@ class _Run:
         Pure (a store may call it in its transaction); ``last``: the results
         of the batch being committed with it, if any.
         """
-        assert self.cache_kept is not None
-        after = self._next_state(plan, snapshot, results)
-        applied_all = self.applied_all and all(result.outcome == "applied" for result in last)
-        record = self._record(plan, snapshot, after, writes=self.written + bool(last), applied_all=applied_all)
-        return without_settled(after) if record is None else record.kept_in(after)  # never the last run's
+        after, record = self._memory_and_record(plan, snapshot, results, last)
+        return after if record is None else record.kept_in(after)
 
-    def _next_state(self, plan: Plan, snapshot: DirectorySnapshot, results: Sequence[ChangeResult]) -> SyncState:
+    def _memory_and_record(
+        self, plan: Plan, snapshot: DirectorySnapshot, results: Sequence[ChangeResult], last: Sequence[ChangeResult] = ()
+    ) -> tuple[SyncState, Settled | None]:
+        """The final memory without any record in it (never the last run's), and the record this run leaves (pure)."""
         assert self.cache_kept is not None
-        return next_sync_state(
+        after = next_sync_state(
             self.cache_kept,
             config=self.config,
             hold=plan.hold,
@@ -367,6 +366,9 @@ class _Run:
             disputed=plan.disputed_groups,
             skips_logged=skips_to_remember(plan.skipped),  # what plan_events told
         )
+        after = without_settled(after)
+        applied_all = self.applied_all and all(result.outcome == "applied" for result in last)
+        return after, self._record(plan, snapshot, after, writes=self.written + bool(last), applied_all=applied_all)
 
     def _memory_so_far(self, results: Sequence[ChangeResult]) -> SyncState:
         """The memory while batches remain: the saved state plus the deactivations ``results`` applied (pure)."""
@@ -399,9 +401,8 @@ class _Run:
             after = self._final_memory(plan, snapshot, self.removal_results)
         else:
             self.cache_kept = self.opened if self.opened is not None else self.sync_state
-            after = self._final_memory(plan, snapshot, self.removal_results)
-            if read is not None:  # the cache's write keeps the record _final_memory added
-                record = Settled.from_state(after)
+            after, record = self._memory_and_record(plan, snapshot, self.removal_results)
+            if read is not None:  # the cache's write leaves this run's record with it
                 after = await self.reconciler._reader(self.config).keep_cache(self._trust, read, after, record)
         if after != self.sync_state:
             await self.reconciler._state_store.save_state(self._trust, after)

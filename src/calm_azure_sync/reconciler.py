@@ -519,12 +519,12 @@ class Reconciler:
 
     async def _build_plan(
         self, config: SyncConfig, snapshot: DirectorySnapshot, state: StoreState, context: PlanContext,
-        *, named: tuple[DirectorySnapshot, StoreState] | None = None,
+        *, names_from: DirectorySnapshot | None = None,
     ) -> Plan:
         """Plan; when an email conflict could be settled by asking the directory, ask and plan again.
 
-        ``named``: the whole read and store when the plan covers some people
-        only (reviews name anyone the run knows by name).
+        ``names_from``: the whole read when the plan covers some people only
+        (reviews name anyone the run read by name).
         """
         self._progress("plan", 0, 1)
         plan = build_plan(config, snapshot, state, context)
@@ -540,10 +540,8 @@ class Reconciler:
                 plan = build_plan(config, snapshot, state, attrs.evolve(context, lookups=found))
         self._progress("plan", 1, 1)
         # Reviews name sites by Site.name, and anyone the run knows by name (not only those it changes).
-        known_snapshot, known_state = (snapshot, state) if named is None else named
-        return attrs.evolve(
-            plan, site_names=self._site_names(), people=KnownNames(plan.people, known_snapshot.members, known_state)
-        )
+        read = snapshot if names_from is None else names_from
+        return attrs.evolve(plan, site_names=self._site_names(), people=KnownNames(plan.people, read.members, state))
 
     async def _data_version(self) -> int | None:
         """The store's data version, when it keeps one (see :class:`~calm_azure_sync.VersionedStore`)."""

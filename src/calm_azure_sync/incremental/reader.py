@@ -334,12 +334,14 @@ class DirectoryReader:
         sync_state: SyncState,
         requested: ReadMode,
         *,
+        last_record: Settled | None,
         settled_key: Callable[[Mapping[str, Any]], str | None],
         begin_load: Callable[[Mapping[str, Any] | None], None],
     ) -> RunRead:
         """The snapshot a run plans from, read in full or from the delta cache, and what to keep of the cache.
 
-        ``settled_key(cursor)``: the key this run's inputs have with that
+        ``last_record``: what the last run left (``Settled.from_state`` of
+        ``sync_state``, read once by the run). ``settled_key(cursor)``: the key this run's inputs have with that
         cursor (``None``: the run cannot be settled, e.g. a hold is pending).
         ``begin_load(cursor)`` is called once it is clear the run will plan:
         the reconciler then loads the store while the directory is read
@@ -357,7 +359,9 @@ class DirectoryReader:
         )
         if mode == "incremental" and head is not None:
             try:
-                return await self._read_incremental(config, sync_state, head, cache, why, settled_key, begin_load)
+                return await self._read_incremental(
+                    config, sync_state, head, cache, why, last_record, settled_key, begin_load
+                )
             except Exception as error:
                 fallback = after_failed_read(error)
                 if isinstance(fallback, ReadNothing):  # nothing advances, nothing is removed
@@ -384,6 +388,7 @@ class DirectoryReader:
         head: DeltaHead,
         cache: DeltaCache | None,
         why: str,
+        settled: Settled | None,
         settled_key: Callable[[Mapping[str, Any]], str | None],
         begin_load: Callable[[Mapping[str, Any] | None], None],
     ) -> RunRead:
@@ -391,7 +396,6 @@ class DirectoryReader:
         mapped = frozenset(config.mappings.group_ids)
         self.progress("read", 0, 1)
         first = None
-        settled = Settled.from_state(sync_state)
         if settled is not None and settled.quiet and head.mapped == mapped and settled.key == settled_key(head.cursor):
             first = await self._round(head.cursor, sorted({*mapped, *head.tracked}))
             if first[0].empty:
