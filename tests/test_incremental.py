@@ -23,6 +23,7 @@ from calm_azure_sync import (
     InMemoryUserStore,
     Reconciler,
     RemovalPolicy,
+    Role,
     SyncConfig,
 )
 from calm_azure_sync.testing.fake_graph import FakeGraphServer
@@ -556,3 +557,26 @@ async def test_over_graph_a_group_untracked_then_nested_is_read_whole_again():
     fresh = InMemoryUserStore()
     await reconciler(InMemoryDirectory.from_dict(graph.fixture()), fresh, clock=clock).run(CONFIG, actor=SYSTEM, mode="full")
     assert access == synced_access_of(await fresh.load("oak"))
+
+
+async def test_over_graph_a_group_pruned_then_mapped_itself_is_read_whole():
+    # "nested" leaves g0, so the cache stops tracking it (the round that saw it go still asked for it, so the
+    # cursor kept its chain); then it is mapped itself: its members must be read whole, not only its changes.
+    from calm_azure_sync.testing.fake_graph import FakeGraph
+
+    from .graph_helpers import sdk_directory
+
+    graph = FakeGraph(fixture())
+    directory = sdk_directory(graph.transport())
+    store, clock = InMemoryUserStore(), Clock()
+    for _ in range(2):
+        assert (await reconciler(directory, store, clock=clock).run(CONFIG, actor=SYSTEM)).ok
+        clock.now += dt.timedelta(minutes=40)
+    graph.remove_member("g0", "nested")
+    pruned = await reconciler(directory, store, clock=clock).run(CONFIG, actor=SYSTEM)
+    assert pruned.ok and pruned.mode == "incremental", pruned.mode_reason
+    clock.now += dt.timedelta(minutes=40)
+    mapped = await reconciler(directory, store, clock=clock).run(CONFIGS["nested mapped too"], actor=SYSTEM)
+    assert mapped.ok and mapped.mode == "incremental", mapped.mode_reason
+    access = synced_access_of(await store.load("oak"))
+    assert access.get("u6", {}).get(("ash", "Policies")) is Role.MANAGER, access.get("u6")
