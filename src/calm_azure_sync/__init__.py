@@ -47,7 +47,15 @@ from .errors import (
     StoreError,
     TenantMismatchError,
 )
-from .incremental import DeltaCache, DeltaCacheStore, DeltaCacheWrite, DeltaHead, DeltaHeadStore
+from .incremental import (
+    DeltaCache,
+    DeltaCacheStore,
+    DeltaCacheWrite,
+    DeltaHead,
+    DeltaHeadStore,
+    DeltaRows,
+    DeltaRowsStore,
+)
 from .model import DirectoryGroup, DirectoryUser, Role, Site
 from .policies.check import ConfigProblem
 from .policies.config import RemovalPolicy, SyncConfig
@@ -137,6 +145,8 @@ __all__ = [
     "DeltaExpiredError",
     "DeltaHead",
     "DeltaHeadStore",
+    "DeltaRows",
+    "DeltaRowsStore",
     "Directory",
     "DirectoryAccessError",
     "DirectoryDelta",

@@ -22,6 +22,7 @@ import attrs
 from . import _version
 from ._batches import batches as _batches
 from ._batches import depends_on as _depends_on
+from ._run_plan import plan_run
 from ._store_load import StoreLoad
 from .audit.events import AuditEvent
 from .core.guards import next_sync_state
@@ -39,11 +40,11 @@ from .core.plan import (
     is_removal,
     skip_counts,
 )
-from .core.planner import DirectorySnapshot, PlanContext
+from .core.planner import DirectorySnapshot
 from .core.state import HoldScope, RunningImport, SyncState
 from .errors import CalmAzureSyncError, RunLockLostError, StoreError
 from .incremental import ReadMode
-from .incremental.difference import Narrowing, may_narrow, narrowing_for, plan_inputs
+from .incremental.difference import may_narrow
 from .incremental.reader import RunRead
 from .incremental.settled import Settled, leaves_no_question, run_key, settled_record, without_settled
 from .policies.config import SyncConfig
@@ -207,7 +208,7 @@ class _Run:
         try:
             self.read = await reconciler._reader(self.config).read_for_run(
                 self.config, self.sync_state, self.mode, last_record=self.last_record, settled_key=self._settled_key,
-                begin_load=loads.begin,
+                begin_load=loads.begin, may_narrow=loads.may_narrow,
             )
         except BaseException:
             await loads.cancel()
@@ -216,10 +217,10 @@ class _Run:
             return await self._settled_plan(self.read.settled)
         snapshot = self.read.snapshot
         self.errors.extend(f"group {group_id}: {reason}" for group_id, reason in sorted(snapshot.unreadable.items()))
-        plan = await self._plan(snapshot, loads)
+        plan, snapshot = await plan_run(self, snapshot, loads)
         self._name_tenants(plan)
         self._learn_labels(plan)
-        self.group_users = {group_id: len(users) for group_id, users in snapshot.members.items()}
+        self.group_users = self._sizes(snapshot)
         group_ids = sorted(self.config.mappings.group_ids)
         events = [
             self.journal.read_summary(
@@ -239,35 +240,6 @@ class _Run:
         await self.record(events)
         return plan, snapshot
 
-    async def _plan(self, snapshot: DirectorySnapshot, loads: StoreLoad) -> Plan:
-        """Plan everyone, or only the people this round touched when the last run's record allows it."""
-        reconciler = self.reconciler
-        assert self.read is not None
-        context = PlanContext(
-            self.sync_state, self.confirm_hold, run_id=self.run_id, now=reconciler.clock(),
-            mirror_groups=reconciler._mirrors_groups, confirm_only=self.confirm_only, site_names=reconciler._site_names(),
-        )  # fmt: skip
-        narrowing = narrowing_for(self.read.folded, self.last_record, self._settled_key, self.config, snapshot)
-        if narrowing is not None:
-            return await self._plan_some(narrowing, snapshot, context, loads)
-        state = await loads.whole()
-        self.existing_groups = frozenset(state.groups)
-        return await reconciler._build_plan(self.config, snapshot, state, context)
-
-    async def _plan_some(
-        self, narrowing: Narrowing, snapshot: DirectorySnapshot, context: PlanContext, loads: StoreLoad
-    ) -> Plan:
-        """Plan by difference: the people the round touched and whoever shares an email with them."""
-        search = narrowing.search()
-        rows = await loads.people(search)
-        people = search.slice
-        some, narrowed, figures = plan_inputs(people, snapshot, rows)
-        self.existing_groups = frozenset(rows.state.groups)
-        context = attrs.evolve(context, figures=figures)
-        plan = await self.reconciler._build_plan(self.config, some, narrowed, context, names_from=snapshot)
-        self.people_planned = len(people.external_ids)
-        return narrowing.merged(plan, people)
-
     async def _settled_plan(self, settled: Settled) -> tuple[Plan, DirectorySnapshot]:
         """Nothing changed since a run that planned nothing: plan nothing, and log the read and the skips as it did."""
         assert self.read is not None
@@ -284,6 +256,11 @@ class _Run:
         )  # fmt: skip
         await self.record([summary])
         return plan, DirectorySnapshot(members={})
+
+    def _sizes(self, snapshot: DirectorySnapshot) -> dict[str, int]:
+        """Users per mapped group read: the read's own count when it read part of the cache, else the snapshot's."""
+        sizes = self.read.sizes if self.read is not None else None
+        return dict(sizes) if sizes is not None else {group: len(users) for group, users in snapshot.members.items()}
 
     def _settled_key(
         self, cursor: Mapping[str, Any], state: SyncState | None = None, *, writes: int = 0
@@ -319,7 +296,7 @@ class _Run:
         if not leaves_no_question(plan, snapshot, errors=bool(self.errors)) or not applied_all:
             return None
         key = self._settled_key(cursor, after, writes=writes)
-        return None if key is None else settled_record(key, self.run_id, plan, snapshot, quiet=not plan.changes)
+        return None if key is None else settled_record(key, self.run_id, plan, self._sizes(snapshot), quiet=not plan.changes)
 
     async def _remember_before_apply(self, plan: Plan) -> None:
         """Save what must outlive a crash before anything is applied: a new hold, and the leavers.
@@ -359,7 +336,7 @@ class _Run:
             self.cache_kept,
             config=self.config,
             hold=plan.hold,
-            member_counts={group: len(users) for group, users in snapshot.members.items()},
+            member_counts=self._sizes(snapshot),
             in_scope=plan.in_scope_ids,
             results=results,
             left_now=plan.left_scope,

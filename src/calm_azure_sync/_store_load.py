@@ -11,7 +11,7 @@ whole trust and narrows it in memory.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -56,14 +56,25 @@ class StoreLoad:
         assert self.loading is not None
         return await self.loading
 
-    async def people(self, search: PeopleSearch) -> PeopleRows:
-        """The rows of everyone ``search`` ends up naming, loaded round by round until it names no one new."""
+    async def people(
+        self, search: PeopleSearch, learn: Callable[[Iterable[str]], Awaitable[None]] | None = None
+    ) -> PeopleRows:
+        """The rows of everyone ``search`` ends up naming, loaded round by round until it names no one new.
+
+        ``learn(people)``: called before each round with everyone named so
+        far, to load what else the search needs of them (their cache rows,
+        when the round was read from part of the cache).
+        """
         store = self.store
         index = None
         if self.loading is not None or not isinstance(store, PeopleStore):
             index = PeopleIndex(await self.whole())
         rows: PeopleRows | None = None
-        while (asked := search.wanted()) is not None:
+        while True:
+            if learn is not None:
+                await learn(search.people)
+            if (asked := search.wanted()) is None:
+                break
             if index is not None:
                 rows = index.rows(*asked)
             else:

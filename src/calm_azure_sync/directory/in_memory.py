@@ -101,11 +101,13 @@ class InMemoryDirectory(AsyncClosing):
         """Log every change made to ``users``, ``groups`` or ``members`` behind the log's back."""
         for user_id in self._shadow_users.keys() - self.users.keys():
             self._record("user", user_id, "deleted", "delete")
-        for user_id, user in self.users.items():
-            before = self._shadow_users.get(user_id)
+        shadow = self._shadow_users
+        # Most users are the very objects the log last saw: find the others in one pass (100k at a time).
+        for user_id in [user_id for user_id, user in self.users.items() if shadow.get(user_id) is not user]:
+            before = shadow.get(user_id)
             if before is None:
                 self._record("user", user_id, "", "create")
-            elif before is not user and before != user:
+            elif before != self.users[user_id]:
                 self._record("user", user_id, "", "update")
         for group_id in self._shadow_groups - self.groups.keys():
             self._record("group", group_id, "", "delete")
@@ -405,6 +407,8 @@ class InMemoryDirectory(AsyncClosing):
         removed: set[str],
     ) -> None:
         ops = [op for _, kind, object_id, _, op in events if kind == "group" and object_id == group_id]
+        if not ops and group_id not in member_events:
+            return  # nothing happened to it since the cursor
         existed = not ops or ops[0] != "create"  # at the cursor
         if group_id not in self.groups:
             if ops and existed:

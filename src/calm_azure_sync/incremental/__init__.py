@@ -31,6 +31,10 @@ The package, one concept a module, the read on top of the pure parts:
   and stores, and :func:`choose_mode` (pure);
 - :mod:`~calm_azure_sync.incremental.fold`: a delta round folded into the
   kept memberships, and the snapshot resolved from them (pure);
+- :mod:`~calm_azure_sync.incremental.partial`: a simple round read from
+  some rows of the cache, for planning by difference (pure);
+- :mod:`~calm_azure_sync.incremental.difference`: planning by difference,
+  who is touched and who is planned (pure);
 - :mod:`~calm_azure_sync.incremental.settled`: when a quiet run has nothing
   to plan (pure);
 - :mod:`~calm_azure_sync.incremental._rows`: the cache as table rows, for the
@@ -57,6 +61,7 @@ from .cache import (
 from .fold import Applied as Applied  # importable here as before the split (not in __all__, as before)
 from .fold import apply_delta, resolve_members, tracked_groups
 from .fold import snapshot_members as snapshot_members  # likewise
+from .partial import DeltaRows, DeltaRowsStore
 
 __all__ = [
     "CACHE_VERSION",
@@ -65,6 +70,8 @@ __all__ = [
     "DeltaCacheWrite",
     "DeltaHead",
     "DeltaHeadStore",
+    "DeltaRows",
+    "DeltaRowsStore",
     "ReadMode",
     "added_groups",
     "apply_delta",

@@ -18,11 +18,13 @@ from typing import Any
 
 from ..model import DirectoryUser
 from .cache import CACHE_VERSION, DeltaCache, DeltaCacheWrite, DeltaHead
+from .partial import DeltaRows
 
 __all__ = [
     "USER_COLUMNS",
     "UnreadableCache",
     "cache_from_rows",
+    "delta_rows",
     "groups_to_track",
     "head_from_rows",
     "meta_row",
@@ -95,6 +97,12 @@ def _text(value: object, column: str, *, optional: bool = True) -> str | None:
         return None
     if type(value) is not str or (not optional and not value):
         raise UnreadableCache(f"delta cache user column {column}: expected text, got {type(value).__name__}")
+    return value
+
+
+def _id(value: object, column: str) -> str:
+    if type(value) is not str or not value:
+        raise UnreadableCache(f"delta cache column {column}: expected text, got {type(value).__name__}")
     return value
 
 
@@ -183,4 +191,21 @@ def cache_from_rows(
         cached,
         mapped,
         at,
+    )
+
+
+def delta_rows(held: Iterable[Sequence[Any]], users: Iterable[Sequence[Any]], user_count: object) -> DeltaRows:
+    """Some rows of a cache (``(member_id, group_id)`` rows; user rows; the count of cached users) as :class:`DeltaRows`.
+
+    Raises :class:`UnreadableCache` on any value it cannot read, as :func:`cache_from_rows` does.
+    """
+    groups_of: dict[str, set[str]] = {}
+    for member_id, group_id in held:
+        groups_of.setdefault(_id(member_id, "member_id"), set()).add(_id(group_id, "group_id"))
+    if type(user_count) is not int or user_count < 0:
+        raise UnreadableCache(f"delta cache user count: got {user_count!r:.40}")
+    return DeltaRows(
+        {member: frozenset(groups) for member, groups in groups_of.items()},
+        {user.id: user for user in map(_user, users)},
+        user_count,
     )

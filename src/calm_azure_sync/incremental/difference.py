@@ -45,6 +45,7 @@ from ..policies.config import SyncConfig
 from ..store.protocol import PeopleRows, StoreState
 from .cache import DeltaCache
 from .fold import resolve_members
+from .partial import ALWAYS_NARROW, MAX_SHARE, RoundPart, too_many
 from .settled import Settled
 
 __all__ = [
@@ -56,14 +57,11 @@ __all__ = [
     "may_narrow",
     "merged_plan",
     "narrowing_for",
+    "narrowing_from",
     "plan_inputs",
     "touched_people",
 ]
 
-MAX_SHARE = 0.2
-"""Above this share of the trust's users touched, a run plans everyone: narrowing would cost more than it saves."""
-ALWAYS_NARROW = 50
-"""Up to this many people touched, a run plans by difference whatever the trust's size."""
 
 
 @without_collector  # hundreds of thousands of small objects: see _gc.py
@@ -157,6 +155,17 @@ class PeopleSearch:
             self.keys.add(key)
             self._add(self._shared.get(key, ()), ())
 
+    def known(self, users: Mapping[str, DirectoryUser]) -> None:
+        """Users whose rows were loaded after they joined the search (read from part of the cache): their emails join it."""
+        self._add(
+            (),
+            (
+                email_key(user.email)
+                for user in users.values()
+                if user.id in self.people and user.email is not None
+            ),
+        )
+
     def wanted(self) -> tuple[frozenset[str], frozenset[str]] | None:
         """The object ids and email keys to load now, or ``None`` when the last rows found no one new."""
         asking = (frozenset(self.people), frozenset(self.keys))
@@ -181,14 +190,20 @@ class PeopleSearch:
 
 @without_collector  # hundreds of thousands of small objects: see _gc.py
 def plan_inputs(
-    people: PeopleSlice, snapshot: DirectorySnapshot, rows: PeopleRows
+    people: PeopleSlice, snapshot: DirectorySnapshot, rows: PeopleRows, sizes: Mapping[str, int] | None = None
 ) -> tuple[DirectorySnapshot, StoreState, TrustFigures]:
-    """The snapshot narrowed to ``people``, their store rows, and the whole trust's figures for the guards."""
+    """The snapshot narrowed to ``people``, their store rows, and the whole trust's figures for the guards.
+
+    ``sizes``: each mapped group's user count, when ``snapshot`` holds only
+    some people already (read from part of the cache); else its own counts.
+    """
     ids = people.external_ids
     members = {group: [user for user in users if user.id in ids] for group, users in snapshot.members.items()}
     figures = TrustFigures(
         synced_users=rows.synced_users,
-        member_counts={group: len(users) for group, users in snapshot.members.items()},
+        member_counts=dict(sizes)
+        if sizes is not None
+        else {group: len(users) for group, users in snapshot.members.items()},
     )
     return attrs.evolve(snapshot, members=members), rows.state.narrowed(ids, people.user_ids), figures
 
@@ -213,20 +228,33 @@ def merged_plan(plan: Plan, record: Settled, people: PeopleSlice, before: Mappin
 
 @attrs.frozen
 class Narrowing:
-    """A run that plans by difference: the last run's record, the cache around the round, and who it touched."""
+    """A run that plans by difference: the last run's record, the users around the round, and who it touched.
+
+    ``now`` and ``before``: the directory's users after the round and as the
+    cache had them (the whole cache's, or those a
+    :class:`~calm_azure_sync.incremental.partial.RoundPart` loaded so far,
+    which it adds to as the search names people: ``part``).
+    """
 
     record: Settled
-    before: DeltaCache
-    after: DeltaCache
+    now: Mapping[str, DirectoryUser]
+    before: Mapping[str, DirectoryUser]
     touched: frozenset[str]
+    part: RoundPart | None = None
 
     def search(self) -> PeopleSearch:
         """The search for everyone this run plans (the caller loads the rows it names)."""
-        return PeopleSearch(self.touched, self.after.users, self.before.users, self.record.skipped)
+        return PeopleSearch(self.touched, self.now, self.before, self.record.skipped)
 
     def merged(self, plan: Plan, people: PeopleSlice) -> Plan:
         """The whole trust's plan: see :func:`merged_plan`."""
-        return merged_plan(plan, self.record, people, self.before.users)
+        return merged_plan(plan, self.record, people, self.before)
+
+
+
+def narrowing_from(part: RoundPart, record: Settled) -> Narrowing:
+    """The narrowing of a round read from part of the cache (its users grow as the search names people)."""
+    return Narrowing(record, part.now, part.before, part.touched, part)
 
 
 def may_narrow(record: Settled | None, key: str | None, config: SyncConfig) -> bool:
@@ -260,6 +288,6 @@ def narrowing_for(
     if not may_narrow(record, key_of(before.cursor), config):
         return None
     touched = touched_people(before, after, sorted(config.mappings.group_ids), snapshot.members)
-    if len(touched) > max(ALWAYS_NARROW, MAX_SHARE * len(after.users)):
+    if too_many(len(touched), len(after.users)):
         return None
-    return Narrowing(record, before, after, frozenset(touched))
+    return Narrowing(record, after.users, before.users, frozenset(touched))

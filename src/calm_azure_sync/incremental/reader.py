@@ -44,18 +44,18 @@ from ..errors import (
 )
 from ..model import DirectoryGroup, DirectorySnapshot, DirectoryUser
 from ..policies.config import SyncConfig
+from .actions import CacheAction, DropCache, KeepCache, MoveCursor, WriteCache, WriteRows, kept_json
 from .cache import (
     DeltaCache,
     DeltaCacheStore,
-    DeltaCacheWrite,
     DeltaHead,
     DeltaHeadStore,
     ReadMode,
     added_groups,
-    cache_write,
     choose_mode,
 )
 from .fold import Applied, apply_delta, snapshot_members, tracked_groups
+from .partial import DeltaRows, DeltaRowsStore, RoundPart, is_simple, too_many
 from .settled import Settled, without_settled
 
 __all__ = [
@@ -68,6 +68,7 @@ __all__ = [
     "ReadNothing",
     "RunRead",
     "WriteCache",
+    "WriteRows",
     "after_failed_read",
     "kept_json",
     "starts_cache",
@@ -76,86 +77,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, "int | None"], None]
-
-
-# ---------------------------------------------------------------------- what to do with the stored cache
-
-
-@attrs.frozen
-class KeepCache:
-    """Leave the stored cache as it is: a full read that starts none, or a round that failed partway."""
-
-    @property
-    def next_cursor(self) -> Mapping[str, Any] | None:
-        return None  # nothing new is known: the run cannot be settled on it
-
-
-@attrs.frozen
-class DropCache:
-    """Drop the stored cache (a full read whose first rounds failed): the next run reads in full."""
-
-    @property
-    def next_cursor(self) -> Mapping[str, Any] | None:
-        return None
-
-
-@attrs.frozen
-class WriteCache:
-    """Keep ``cache``, written as the difference from ``previous`` (the one loaded), or whole when that is ``None``."""
-
-    cache: DeltaCache
-    previous: DeltaCache | None
-
-    @property
-    def next_cursor(self) -> Mapping[str, Any] | None:
-        return self.cache.cursor
-
-    @property
-    def rows(self) -> DeltaCacheWrite:
-        """What a table store writes."""
-        return cache_write(self.previous, self.cache)
-
-
-@attrs.frozen
-class MoveCursor:
-    """Only the cursor moves on: the round brought nothing and the trust is ``settled`` (that run's record).
-
-    The cache's memberships and users are never loaded: a table store writes
-    one row (``head`` with the new ``cursor``), the JSON copy only its cursor.
-    """
-
-    head: DeltaHead
-    cursor: DeltaCursor
-    settled: Settled
-
-    @property
-    def next_cursor(self) -> Mapping[str, Any] | None:
-        return self.cursor
-
-    @property
-    def rows(self) -> DeltaCacheWrite:
-        """What a table store writes: the head's meta row with the new cursor."""
-        return DeltaCacheWrite(self.cursor, self.head.mapped, self.head.full_read_at, replace=False)
-
-
-CacheAction = KeepCache | DropCache | WriteCache | MoveCursor
-"""What a run's read leaves of the stored delta cache: exactly one of these."""
-
-
-def kept_json(action: CacheAction, delta: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The ``SyncState.delta`` JSON after ``action``, from the one loaded (a store with no cache tables)."""
-    match action:
-        case KeepCache():
-            return delta
-        case DropCache():
-            return {}
-        case WriteCache(cache=cache):
-            return cache.to_dict()
-        case MoveCursor(cursor=cursor):
-            # Only the cursor moved: the cache's JSON stays as it was read (no parse, no rewrite).
-            return {**delta, "cursor": dict(cursor)}
-        case _:
-            assert_never(action)
 
 
 # ---------------------------------------------------------------------- the read and its fallbacks
@@ -167,13 +88,20 @@ class RunRead:
 
     ``cache`` is one :data:`CacheAction`. When it is :class:`MoveCursor` the
     trust is settled (:attr:`settled`): ``snapshot`` is empty and nothing is
-    planned.
+    planned. When the round was read from part of the cache
+    (:class:`WriteRows`), ``part`` says whom it touched, ``record`` is the
+    last run's record it is planned by difference from, and ``sizes`` each
+    mapped group's user count; the snapshot is then built for the people
+    the run plans (:meth:`RoundPart.snapshot`), and this one is empty.
     """
 
     snapshot: DirectorySnapshot
     mode: Literal["full", "incremental"]
     why: str
     cache: CacheAction
+    part: RoundPart | None = None
+    record: Settled | None = None
+    sizes: Mapping[str, int] | None = None
 
     @property
     def settled(self) -> Settled | None:
@@ -337,6 +265,7 @@ class DirectoryReader:
         last_record: Settled | None,
         settled_key: Callable[[Mapping[str, Any]], str | None],
         begin_load: Callable[[Mapping[str, Any] | None], None],
+        may_narrow: Callable[[Mapping[str, Any]], bool] = lambda cursor: False,
     ) -> RunRead:
         """The snapshot a run plans from, read in full or from the delta cache, and what to keep of the cache.
 
@@ -347,6 +276,9 @@ class DirectoryReader:
         the reconciler then loads the store while the directory is read
         (``cursor``: the one the stored cache starts from, when the read folds
         a round into it; the run may then load only some people's rows).
+        ``may_narrow(cursor)``: whether the run may plan by difference from
+        the cache that starts at ``cursor``; then a simple round is read from
+        part of the cache (:mod:`~calm_azure_sync.incremental.partial`).
         """
         mapped = frozenset(config.mappings.group_ids)
         supports = isinstance(self.directory, DeltaDirectory)
@@ -360,7 +292,8 @@ class DirectoryReader:
         if mode == "incremental" and head is not None:
             try:
                 return await self._read_incremental(
-                    config, sync_state, head, cache, why, last_record, settled_key, begin_load
+                    config, sync_state, head, cache, why, last_record, settled_key, begin_load,
+                    narrow=cache is None and may_narrow(head.cursor),
                 )
             except Exception as error:
                 fallback = after_failed_read(error)
@@ -391,8 +324,13 @@ class DirectoryReader:
         settled: Settled | None,
         settled_key: Callable[[Mapping[str, Any]], str | None],
         begin_load: Callable[[Mapping[str, Any] | None], None],
+        *,
+        narrow: bool = False,
     ) -> RunRead:
-        """The read from changes: settled (only the cursor moves) or folded into the cache; raises when it fails."""
+        """The read from changes: settled (only the cursor moves), read from part of the cache, or folded into it.
+
+        Raises when it fails.
+        """
         mapped = frozenset(config.mappings.group_ids)
         self.progress("read", 0, 1)
         first = None
@@ -402,6 +340,13 @@ class DirectoryReader:
                 self.progress("read", 1, 1)
                 why = f"nothing changed in the directory, the store or the settings since run {settled.run_id}"
                 return RunRead(DirectorySnapshot(members={}), "incremental", why, MoveCursor(head, first[1], settled))
+        store: object = self.state
+        if narrow and settled is not None and self._tables is not None and isinstance(store, DeltaRowsStore):
+            first = first or await self._round(head.cursor, sorted({*mapped, *head.tracked}))
+            part = await self._read_part(config.trust_site_id, head, first, mapped, settled)
+            if part is not None:
+                self.progress("read", 1, 1)
+                return attrs.evolve(part, why=why)
         begin_load(head.cursor)
         cache = cache or await self._load_cache(config.trust_site_id, sync_state)
         if cache is None:
@@ -409,6 +354,37 @@ class DirectoryReader:
         snapshot, after = await self._read_changes(config, cache, first)
         self.progress("read", 1, 1)
         return RunRead(snapshot, "incremental", why, WriteCache(after, cache))
+
+    async def cache_rows(self, trust_site_id: str, member_ids: Iterable[str]) -> DeltaRows:
+        """Some rows of the trust's delta cache (a :class:`~calm_azure_sync.incremental.partial.DeltaRowsStore`)."""
+        store: Any = self.state
+        rows: DeltaRows = await store.load_delta_rows(trust_site_id, sorted(member_ids))
+        return rows
+
+    async def _read_part(
+        self, trust_site_id: str, head: DeltaHead, first: tuple[DirectoryDelta, DeltaCursor],
+        mapped: frozenset[str], record: Settled,
+    ) -> RunRead | None:
+        """A simple round read from the rows it names, or ``None``: fold it into the whole cache instead.
+
+        ``None`` too when it touched too many people to plan by difference,
+        or the record lacks a mapped group's size.
+        """
+        delta, cursor = first
+        if not is_simple(delta, head, mapped) or not mapped <= record.group_users.keys():
+            return None
+        nesting = await self.cache_rows(trust_site_id, head.tracked)
+        rows = await self.cache_rows(trust_site_id, RoundPart.named(delta))
+        missing = RoundPart.missing(delta, rows)
+        directory: Any = self.directory
+        found: Mapping[str, DirectoryUser | None] = await directory.lookup_users(missing) if missing else {}
+        part = RoundPart(head, delta, mapped, nesting, rows, found)
+        if too_many(len(part.touched), part.user_count):
+            return None
+        return RunRead(
+            DirectorySnapshot(members={}), "incremental", "", WriteRows(part.write(cursor)),
+            part=part, record=record, sizes=part.sizes(record.group_users),
+        )
 
     async def _round(self, cursor: Mapping[str, Any] | None, group_ids: Sequence[str]) -> tuple[DirectoryDelta, DeltaCursor]:
         directory: Any = self.directory
@@ -523,7 +499,7 @@ class DirectoryReader:
                 pass
             case DropCache():
                 await tables.clear_delta(trust_site_id)
-            case WriteCache() | MoveCursor():
+            case WriteCache() | MoveCursor() | WriteRows():
                 await tables.save_delta(trust_site_id, action.rows)
             case _:
                 assert_never(action)

@@ -111,15 +111,16 @@ def leaves_no_question(plan: Plan, snapshot: DirectorySnapshot, *, errors: bool)
     )
 
 
-def settled_record(key: str, run_id: str, plan: Plan, snapshot: DirectorySnapshot, *, quiet: bool = True) -> Settled:
-    """What a run leaves for the next: the key, and what its report and log said.
+def settled_record(
+    key: str, run_id: str, plan: Plan, group_users: Mapping[str, int], *, quiet: bool = True
+) -> Settled:
+    """What a run leaves for the next: the key, and what its report and log said (``group_users``: users per mapped group read).
 
     ``quiet``: the run planned nothing (else it applied every change it
     planned, and the next run may plan by difference).
     """
     return Settled(
-        key, run_id, plan.skipped, plan.users_in_scope, plan.synced_users,
-        {group: len(users) for group, users in snapshot.members.items()}, quiet=quiet,
+        key, run_id, plan.skipped, plan.users_in_scope, plan.synced_users, dict(group_users), quiet=quiet,
     )
 
 

@@ -31,16 +31,18 @@ from ..incremental._rows import (
     USER_COLUMNS,
     UnreadableCache,
     cache_from_rows,
+    delta_rows,
     groups_to_track,
     head_from_rows,
     meta_row,
     user_row,
 )
+from ..incremental.partial import DeltaRows
 from ..model import DirectoryUser
 from ._codec import from_db_row, to_db, to_db_list, to_db_optional
 from ._write import columns
 
-__all__ = ["DELTA_TABLES", "clear_delta", "load_delta", "load_delta_head", "save_delta"]
+__all__ = ["DELTA_TABLES", "clear_delta", "load_delta", "load_delta_head", "load_delta_rows", "save_delta"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,14 @@ _SELECT_META: Final = (
 _SELECT_GROUPS: Final = "SELECT group_id FROM {schema}.delta_groups WHERE trust_site_id = %s"
 _SELECT_MEMBERS: Final = "SELECT group_id, member_id FROM {schema}.delta_members WHERE trust_site_id = %s"
 _SELECT_USERS: Final = "SELECT " + _USER_LIST + " FROM {schema}.delta_users WHERE trust_site_id = %s"
+
+_SELECT_HELD: Final = "SELECT member_id, group_id FROM {schema}.delta_members WHERE trust_site_id = %s AND member_id = ANY(%b::text[])"
+_SELECT_SOME_USERS: Final = (
+    "SELECT "
+    + _USER_LIST
+    + " FROM {schema}.delta_users WHERE trust_site_id = %s AND user_id = ANY(%b::text[])"
+)
+_COUNT_USERS: Final = "SELECT count(*)::integer FROM {schema}.delta_users WHERE trust_site_id = %s"
 
 _DELETE_ALL: Final[tuple[LiteralString, ...]] = (
     "DELETE FROM {schema}.delta_meta WHERE trust_site_id = %s",
@@ -137,6 +147,25 @@ async def load_delta_head(
         return None
     meta, (groups,) = rows
     return _decoded(where, lambda: head_from_rows(from_db_row(meta), map(from_db_row, groups)))
+
+
+async def load_delta_rows(
+    connection: psycopg.AsyncConnection[Any], q: Query, trust_site_id: str, member_ids: Iterable[str]
+) -> DeltaRows:
+    """The direct groups and cached users of ``member_ids``, in one snapshot (empty rows without a cache).
+
+    Raises :class:`UnreadableCache` when a row cannot be read (the caller
+    then reads the whole cache, which answers "none").
+    """
+    trust, ids = to_db(trust_site_id), to_db_list(sorted(set(member_ids)))
+    async with connection.transaction():
+        await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        held = await (await connection.execute(q(_SELECT_HELD), (trust, ids), prepare=False)).fetchall()
+        users = await (
+            await connection.execute(q(_SELECT_SOME_USERS), (trust, ids), prepare=False)
+        ).fetchall()
+        row = await (await connection.execute(q(_COUNT_USERS), (trust,))).fetchone()
+    return delta_rows(map(from_db_row, held), map(from_db_row, users), row[0] if row else 0)
 
 
 async def _rows(

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 
 MIGRATIONS: Final[Migrations] = {
     1: (
@@ -191,4 +191,6 @@ MIGRATIONS: Final[Migrations] = {
     # v0.4: the synced account's tenant (API §13), written through the codec like
     # every text. Rows synced before stay NULL; the next run's UpdateUser qualifies them.
     6: ("ALTER TABLE {schema}.users ADD COLUMN tenant_id text",),
+    # v0.4: a member's groups, for reading some rows of a cache (load_delta_rows).
+    7: ("CREATE INDEX delta_members_by_member ON {schema}.delta_members (trust_site_id, member_id)",),
 }

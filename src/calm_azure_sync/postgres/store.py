@@ -76,6 +76,7 @@ from .._query_args import checked_id, checked_optional_id
 from ..core.plan import Change
 from ..core.state import SyncState
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
+from ..incremental.partial import DeltaRows
 from ..model import Role
 from ..store.protocol import (
     ChangeResult,
@@ -445,6 +446,12 @@ class PostgresUserStore(OnDatabase):
         """The trust's delta cache head (meta row and tracked group ids): what a round needs to start."""
         async with self._db.connection() as connection:
             return await _delta.load_delta_head(connection, self._q, trust_site_id, self._delta_label(trust_site_id))
+
+    @_store_errors("load rows of the delta cache of trust {0!r}")
+    async def load_delta_rows(self, trust_site_id: str, member_ids: Iterable[str]) -> DeltaRows:
+        """Some rows of the trust's delta cache (a :class:`~calm_azure_sync.DeltaRowsStore`): see its protocol."""
+        async with self._db.connection() as connection:
+            return await _delta.load_delta_rows(connection, self._q, trust_site_id, member_ids)
 
     @_store_errors("save the delta cache of trust {0!r}")
     async def save_delta(self, trust_site_id: str, write: DeltaCacheWrite) -> None:

@@ -23,14 +23,25 @@ from ..incremental._rows import (
     USER_COLUMNS,
     UnreadableCache,
     cache_from_rows,
+    delta_rows,
     groups_to_track,
     head_from_rows,
     meta_row,
     user_row,
 )
+from ..incremental.partial import DeltaRows
 from ._db import Fence, write_transaction
+from ._read import among
 
-__all__ = ["DELTA_TABLES", "clear_delta", "load_delta", "load_delta_head", "save_delta"]
+__all__ = [
+    "DELTA_INDEXES",
+    "DELTA_TABLES",
+    "clear_delta",
+    "load_delta",
+    "load_delta_head",
+    "load_delta_rows",
+    "save_delta",
+]
 
 logger = logging.getLogger("calm_azure_sync.store._sqlite_delta")  # its name before the move
 
@@ -72,6 +83,11 @@ DELTA_TABLES: Final = (
 ) WITHOUT ROWID""",
 )
 
+# A member's groups, for reading some rows of a cache (load_delta_rows): an index, no schema version of its own.
+DELTA_INDEXES: Final = (
+    "CREATE INDEX IF NOT EXISTS delta_members_by_member ON delta_members (trust_site_id, member_id)",
+)
+
 _TABLES: Final = ("delta_meta", "delta_groups", "delta_members", "delta_users")
 _USER_LIST: Final = ", ".join(USER_COLUMNS)
 _UPSERT_USER: Final = (
@@ -106,6 +122,31 @@ def load_delta_head(connection: sqlite3.Connection, trust_site_id: str, where: s
         return head_from_rows(meta, groups)
 
     return _read(connection, trust_site_id, where, build)
+
+
+def load_delta_rows(connection: sqlite3.Connection, trust_site_id: str, member_ids: Iterable[str]) -> DeltaRows:
+    """The direct groups and cached users of ``member_ids`` (empty rows when the trust has no cache).
+
+    Raises :class:`UnreadableCache` when a row cannot be read (the caller
+    then reads the whole cache, which answers "none").
+    """
+    members, parameters = among(member_ids)
+    connection.execute("BEGIN")  # one snapshot of both tables
+    try:
+        held = connection.execute(
+            f"SELECT member_id, group_id FROM delta_members WHERE trust_site_id = ? AND member_id IN {members}",
+            (trust_site_id, *parameters),
+        )
+        users = connection.execute(
+            f"SELECT {_USER_LIST} FROM delta_users WHERE trust_site_id = ? AND user_id IN {members}",
+            (trust_site_id, *parameters),
+        )
+        (count,) = connection.execute(
+            "SELECT COUNT(*) FROM delta_users WHERE trust_site_id = ?", (trust_site_id,)
+        ).fetchone()
+        return delta_rows(held, users, count)
+    finally:
+        connection.execute("COMMIT")
 
 
 def _read(

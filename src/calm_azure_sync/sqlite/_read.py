@@ -16,6 +16,7 @@ from ..store.rules import UserTables, batch_group_ids, batch_keys, batch_reads_g
 __all__ = [
     "GROUP_COLUMNS",
     "USER_COLUMNS",
+    "among",
     "group_from_row",
     "load_people",
     "load_state",
@@ -44,7 +45,7 @@ def user_from_row(row: sqlite3.Row | tuple[Any, ...]) -> StoredUser:
     )
 
 
-def _among(values: Iterable[str]) -> tuple[str, tuple[str, ...]]:
+def among(values: Iterable[str]) -> tuple[str, tuple[str, ...]]:
     """``(SQL, parameters)`` of a subquery listing ``values``, for ``column IN <SQL>``.
 
     One JSON parameter read by ``json_each``, except for text holding U+0000:
@@ -85,7 +86,7 @@ def load_tables(connection: sqlite3.Connection, trust_site_id: str, changes: Seq
     """
     external_ids, user_ids, email_keys = batch_keys(changes)
     tables = UserTables(log=[])
-    by_external_id, by_id, by_email_key = _among(external_ids), _among(user_ids), _among(email_keys)
+    by_external_id, by_id, by_email_key = among(external_ids), among(user_ids), among(email_keys)
     if batch_reads_user_rows(changes):
         rows = connection.execute(
             f"SELECT {USER_COLUMNS} FROM users WHERE external_id IN {by_external_id[0]} "
@@ -103,7 +104,7 @@ def load_tables(connection: sqlite3.Connection, trust_site_id: str, changes: Seq
             tables.put_external_id(external_id, user_id)
     # A membership-only batch (most of a first import's) reads no grants.
     if tables.users and batch_reads_grants(changes):
-        loaded = _among(tables.users)
+        loaded = among(tables.users)
         grant_rows = connection.execute(
             "SELECT user_id, site_id, module, source, role, trust_site_id FROM grants "
             f"WHERE user_id IN {loaded[0]}",
@@ -124,7 +125,7 @@ def _load_groups(
     group_ids: set[str],
     tables: UserTables,
 ) -> None:
-    named = _among(group_ids)
+    named = among(group_ids)
     for row in connection.execute(
         f"SELECT {GROUP_COLUMNS} FROM synced_groups WHERE trust_site_id = ? AND external_id IN {named[0]}",
         (trust_site_id, *named[1]),
@@ -135,14 +136,14 @@ def _load_groups(
     member_rows: list[tuple[str, str]] = []
     user_ids = tables.by_external_id.values()
     if user_ids:
-        kept, members = _among(group_ids - retiring), _among(user_ids)
+        kept, members = among(group_ids - retiring), among(user_ids)
         member_rows += connection.execute(
             "SELECT group_external_id, user_id FROM group_members WHERE trust_site_id = ? "
             f"AND group_external_id IN {kept[0]} AND user_id IN {members[0]}",
             (trust_site_id, *kept[1], *members[1]),
         ).fetchall()
     if retiring:
-        retired = _among(retiring)
+        retired = among(retiring)
         member_rows += connection.execute(
             "SELECT group_external_id, user_id FROM group_members WHERE trust_site_id = ? "
             f"AND group_external_id IN {retired[0]}",
@@ -277,7 +278,7 @@ def load_people(
     """
     connection.execute("BEGIN")
     try:
-        by_external, by_key = _among(external_ids), _among(email_keys)
+        by_external, by_key = among(external_ids), among(email_keys)
         users = {
             row[0]: user_from_row(row)
             for row in connection.execute(
@@ -285,7 +286,7 @@ def load_people(
                 (*by_external[1], *by_key[1]),
             )
         }
-        ids = _among(users)
+        ids = among(users)
         synced, manual, other = _people_grants(connection, trust_site_id, users, ids)
         groups = {
             row[0]: group_from_row(trust_site_id, row)
@@ -294,7 +295,7 @@ def load_people(
             )
         }
         members: dict[str, set[str]] = {group_id: set() for group_id in groups}
-        named = _among(groups)
+        named = among(groups)
         for group_id, user_id in connection.execute(
             "SELECT group_external_id, user_id FROM group_members WHERE trust_site_id = ? "
             f"AND group_external_id IN {named[0]} AND user_id IN {ids[0]}",

@@ -6,7 +6,7 @@ import sqlite3
 from typing import Final
 
 from ._db import write_transaction
-from ._delta import DELTA_TABLES
+from ._delta import DELTA_INDEXES, DELTA_TABLES
 from ._state import SYNC_STATE_TABLE as _SYNC_STATE_TABLE
 
 __all__ = ["SCHEMA_VERSION", "MIGRATIONS", "setup_store"]
@@ -30,6 +30,10 @@ _GROUP_TABLES: Final = (
     FOREIGN KEY (trust_site_id, group_external_id) REFERENCES synced_groups (trust_site_id, external_id)
 ) WITHOUT ROWID""",
 )
+
+# Indexes are created IF NOT EXISTS with the schema on every open (no version of their own): a
+# member's delta groups (DELTA_INDEXES) serve the reads of some rows of a delta cache. (An index of
+# group_members by user, tried for load_people, cost a 100k first import 10 s of its 16.)
 
 # One row: a number every write of users, grants and groups changes (data_version()).
 _DATA_VERSION_TABLE: Final = "CREATE TABLE IF NOT EXISTS data_version (version INTEGER NOT NULL)"
@@ -82,6 +86,7 @@ CREATE INDEX IF NOT EXISTS grants_manual_by_user ON grants (user_id) WHERE sourc
 {DELTA_TABLES[1]};
 {DELTA_TABLES[2]};
 {DELTA_TABLES[3]};
+{DELTA_INDEXES[0]};
 {_DATA_VERSION_TABLE};
 INSERT INTO data_version (version) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM data_version);
 CREATE TABLE IF NOT EXISTS run_locks (

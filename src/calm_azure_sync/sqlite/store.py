@@ -50,6 +50,7 @@ from ..core.plan import Change
 from ..core.state import SyncState
 from ..errors import StoreError
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
+from ..incremental.partial import DeltaRows
 from ..model import Role
 from ..store.protocol import ChangeResult, Grant, PeopleRows, StoredUser, StoreState, SyncedGroup
 from . import _delta, _helpers
@@ -270,6 +271,13 @@ class SqliteUserStore(AsyncClosing):
         """The trust's delta cache head (meta row and tracked group ids): what a round needs to start."""
         where = f"the delta cache of trust {trust_site_id!r} in {os.fspath(self.path)}"
         return await self._run(f"load {where}", _delta.load_delta_head, trust_site_id, where)
+
+    async def load_delta_rows(self, trust_site_id: str, member_ids: Iterable[str]) -> DeltaRows:
+        """Some rows of the trust's delta cache (a :class:`~calm_azure_sync.DeltaRowsStore`): see its protocol."""
+        return await self._run(
+            f"load rows of the delta cache of trust {trust_site_id!r}", _delta.load_delta_rows, trust_site_id,
+            sorted(member_ids),
+        )
 
     async def save_delta(self, trust_site_id: str, write: DeltaCacheWrite) -> None:
         """Apply ``write`` to the trust's delta cache rows in one transaction."""

@@ -18,6 +18,7 @@ from ..core.plan import Change
 from ..core.state import SyncState
 from ..errors import ImportAlreadyRunningError
 from ..incremental import DeltaCache, DeltaCacheWrite, DeltaHead
+from ..incremental.partial import DeltaRows, rows_of
 from ..model import Role
 from .protocol import ChangeResult, Grant, PeopleRows, StoredUser, StoreState, SyncedGroup, people_rows
 from .rules import GrantWrite as GrantWrite  # moved to store.rules; still importable from here
@@ -123,6 +124,11 @@ class InMemoryUserStore(AsyncClosing):
         """The trust's delta cache head, or ``None`` when none was saved."""
         cache = self._deltas.get(trust_site_id)
         return None if cache is None else cache.head
+
+    async def load_delta_rows(self, trust_site_id: str, member_ids: Iterable[str]) -> DeltaRows:
+        """Some rows of the trust's delta cache (a :class:`~calm_azure_sync.DeltaRowsStore`)."""
+        cache = self._deltas.get(trust_site_id)
+        return rows_of({}, {}, ()) if cache is None else rows_of(cache.groups, cache.users, member_ids)
 
     async def save_delta(self, trust_site_id: str, write: DeltaCacheWrite) -> None:
         """Apply ``write`` to the trust's delta cache."""

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from ..incremental import DeltaCache, DeltaCacheStore, DeltaCacheWrite, cache_write
+from ..incremental import DeltaCache, DeltaCacheStore, DeltaCacheWrite, DeltaRowsStore, cache_write
+from ..incremental.partial import rows_of
 from ..model import DirectoryUser
 from ._store_conformance_base import OTHER_TRUST, TRUST, ConformantUserStore, _Hooks
 
@@ -160,3 +161,24 @@ class DeltaCacheChecks(_Hooks):
         finally:
             if other is not store:
                 await self.close_store(other)
+
+    @pytest.mark.asyncio
+    async def test_some_rows_of_a_cache_are_what_the_whole_cache_says_of_those_ids(
+        self, store: ConformantUserStore
+    ) -> None:
+        # DeltaRowsStore (optional): a member's direct groups and cached user, and the cache's user count.
+        caches = self._delta_store(store)
+        if not isinstance(caches, DeltaRowsStore):
+            pytest.skip(f"{type(store).__name__} is not a DeltaRowsStore")
+        assert await caches.load_delta_rows(TRUST, ["user-1"]) == rows_of({}, {}, ())  # no cache yet
+        cache, other = sample_cache(10, users=40, groups=7), sample_cache(11)
+        await caches.save_delta(TRUST, cache_write(None, cache))
+        await caches.save_delta(OTHER_TRUST, cache_write(None, other))
+        users = sorted(cache.users)
+        for ids in (
+            users[:3], ["group-1", users[-1]], [*cache.groups], ["user-999", "group-99"], [], users,
+            [f"user-{i}" for i in range(45)],  # some cached, some in no group
+        ):
+            rows = await caches.load_delta_rows(TRUST, ids)
+            assert rows == rows_of(cache.groups, cache.users, ids), ids
+            assert rows.user_count == len(cache.users)
