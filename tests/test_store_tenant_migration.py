@@ -164,7 +164,7 @@ async def test_a_version_5_postgres_schema_migrates_and_the_next_run_qualifies_i
     await _v5_schema(postgres_url, postgres_schema)
     async with PostgresUserStore(postgres_url, schema=postgres_schema) as store:
         before = await store.load(TRUST)  # migrates on first use
-        assert await store.migrate() == SCHEMA_VERSION == 6
+        assert await store.migrate() == SCHEMA_VERSION == 7  # 6: the tenant column; 7: an index (below)
         assert set(before.users) == {"u1", "u2", "u3"}
         assert all(user.tenant_id is None for user in before.users.values())
         assert before.synced_access == {"e1": {(SITE, "risk"): Role.ADMIN}, "e2": {(SITE, "risk"): Role.MEMBER}}
@@ -179,3 +179,8 @@ async def test_a_version_5_postgres_schema_migrates_and_the_next_run_qualifies_i
     assert after.group_members == before.group_members
     schema = f'"{postgres_schema}"'
     assert _pg(postgres_url, f"SELECT count(*), count(tenant_id) FROM {schema}.users") == [(3, 1)]
+    assert _pg(
+        postgres_url,
+        f"SELECT indexname FROM pg_indexes WHERE schemaname = '{postgres_schema}' AND tablename = 'delta_members'"
+        " AND indexname = 'delta_members_by_member'",
+    ) == [("delta_members_by_member",)]  # migration 7: load_delta_rows reads a member's groups by it
