@@ -7,11 +7,13 @@ import asyncio
 import datetime as dt
 import os
 import tempfile
+import uuid
 
 import attrs
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
 from calm_azure_sync import (
     AuditKind,
@@ -213,6 +215,11 @@ class DifferenceAgainstEveryone(RuleBasedStateMachine):
         self.folder = tempfile.mkdtemp()
         if self.store_kind == "sqlite":
             self.store = SqliteUserStore(os.path.join(self.folder, "calm.db"))
+        elif self.store_kind == "postgres":
+            from calm_azure_sync.postgres import PostgresUserStore
+
+            self.schema = f"calm_diff_{uuid.uuid4().hex[:12]}"
+            self.store = PostgresUserStore(os.environ["CALM_TEST_POSTGRES"], schema=self.schema, pool_size=1)
         else:
             self.store = InMemoryUserStore()
         self.config = CONFIGS["deactivate"]
@@ -223,6 +230,12 @@ class DifferenceAgainstEveryone(RuleBasedStateMachine):
     def teardown(self) -> None:
         if self.store_kind == "sqlite":
             self.store.close()
+        elif self.store_kind == "postgres":
+            import psycopg
+
+            self.run(self.store.close())
+            with psycopg.connect(os.environ["CALM_TEST_POSTGRES"], autocommit=True) as connection:
+                connection.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
         self.loop.close()
 
     def run(self, coroutine):
@@ -346,9 +359,24 @@ DifferenceAgainstEveryoneOnSqlite.TestCase.settings = _machine_settings(budget("
 TestDifferenceAgainstEveryoneOnSqlite = DifferenceAgainstEveryoneOnSqlite.TestCase
 
 
-def test_the_machine_does_plan_by_difference_most_of_the_time(monkeypatch):
+class DifferenceAgainstEveryoneOnPostgres(DifferenceAgainstEveryone):
+    store_kind = "postgres"
+
+
+def test_planning_by_difference_on_postgres_plans_what_planning_everyone_plans(postgres_url):
+    """The same machine into PostgreSQL (a schema per example): its PeopleStore and DeltaRowsStore reads."""
+    run_state_machine_as_test(
+        DifferenceAgainstEveryoneOnPostgres, settings=_machine_settings(budget("CALM_DIFFERENCE_EXAMPLES", 6, 60))
+    )
+
+
+@pytest.mark.parametrize("machine_class", [DifferenceAgainstEveryone, DifferenceAgainstEveryoneOnSqlite, "postgres"])
+def test_the_machine_does_plan_by_difference_most_of_the_time(machine_class, monkeypatch, request):
     """The differential above would pass vacuously if no run narrowed: a fixed history shows they do, and
-    that they read the round from some rows of the cache (never loading it whole)."""
+    that they read the round from some rows of the cache (never loading it whole), on every store."""
+    if machine_class == "postgres":
+        request.getfixturevalue("postgres_url")  # skips without a server (never in CI)
+        machine_class = DifferenceAgainstEveryoneOnPostgres
     parts = []
     read_part = DirectoryReader._read_part
 
@@ -358,7 +386,7 @@ def test_the_machine_does_plan_by_difference_most_of_the_time(monkeypatch):
         return read
 
     monkeypatch.setattr(DirectoryReader, "_read_part", counted)
-    machine = DifferenceAgainstEveryone()
+    machine = machine_class()
     try:
         machine.runs()
         machine.runs()
