@@ -36,6 +36,8 @@ other load is not.
   seconds, first plan and no-change re-plan, with and without group mirroring.
 - **Graph read vs bare httpx + json**: ``bench_graph_read``'s readers over
   the fake Graph server (in its own process), 20 groups.
+- **CPU by phase** of the run after 10 changes at the three sizes
+  (``bench_cost_phases``): where what is left goes.
 - **Peak RSS of a first import**: ``ru_maxrss`` of a process that builds the
   tenant and runs the first import (the line also gives the RSS before the
   import started).
@@ -54,6 +56,7 @@ import tempfile
 import time
 from typing import Any
 
+from benchmarks import bench_cost_phases
 from benchmarks._common import child_json, median, peak_rss_mb, print_table
 
 MODULE = "benchmarks.bench_cost"
@@ -342,6 +345,12 @@ def run(scale: float, repeats: int, seed: int = 1) -> list[list[object]]:
         rows,
         command=f"python -m benchmarks.bench_cost --scale {scale:g} --repeats {repeats}",
     )
+    # Where the run after 10 changes spends its CPU, by phase, at the three sizes (bench_cost_phases).
+    phases = [
+        child_json("benchmarks.bench_cost_phases", "--size", str(users), "--seed", str(seed), "--json")
+        for users in dict.fromkeys([_scaled(scale, 5_000), _scaled(scale, 50_000), big])
+    ]
+    bench_cost_phases.print_phases(phases, "python -m benchmarks.bench_cost_phases --size N (N = each size)")
     _print_runs({
         **{f"{users:,}": result for users, result in runs.items()},
         **{f"{big:,} ({store})": result for store, result in runs_by_store.items()},
