@@ -144,3 +144,56 @@ async def test_the_in_memory_store_answers_rows_from_its_cache() -> None:
     assert rows.groups_of == {"p1": frozenset({"m0", "n0"}), "n0": frozenset({"m0"})}
     assert rows.users == {"p1": _user("p1")}
     assert rows.user_count == 2
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
+async def test_over_graph_a_run_after_a_few_changes_reads_some_rows_and_plans_what_everyone_would(
+    store_kind, tmp_path, monkeypatch
+) -> None:
+    """Through msgraph-sdk and the fake Graph's documented delta shapes (users/delta, groups/delta with
+    members@delta, @removed): a simple round is read from some rows of the cache, and the run's plan is the
+    plan of everyone on the same state."""
+    from calm_azure_sync import SqliteUserStore
+    from calm_azure_sync.incremental.reader import DirectoryReader
+    from calm_azure_sync.testing.fake_graph import FakeGraph
+
+    from .graph_helpers import sdk_directory
+    from .helpers import SYSTEM
+    from .test_difference import _comparable
+    from .test_incremental import CONFIG, Clock, fixture, reconciler
+
+    parts = []
+    read_part = DirectoryReader._read_part
+
+    async def counted(self, *args, **kwargs):
+        read = await read_part(self, *args, **kwargs)
+        parts.append(read is not None)
+        return read
+
+    monkeypatch.setattr(DirectoryReader, "_read_part", counted)
+    graph = FakeGraph(fixture())
+    directory = sdk_directory(graph.transport())
+    store = SqliteUserStore(tmp_path / "calm.db") if store_kind == "sqlite" else InMemoryUserStore()
+    clock = Clock()
+    try:
+        for _ in range(2):  # a full read, then an incremental run that leaves the record
+            assert (await reconciler(directory, store, clock=clock).run(CONFIG, actor=SYSTEM)).ok
+            clock.now += dt.timedelta(minutes=40)
+        graph.add_member("g1", "u7")  # joins
+        graph.add_member("g0", "u4")  # in g2 already: a new group, the same cached user
+        graph.remove_member("g2", "u5")  # leaves
+        graph.add_user({"id": "u3", "displayName": "U3 Renamed", "mail": "u3@oak.sch.uk",
+                        "userPrincipalName": "u3@oak.sch.uk", "accountEnabled": True})  # fmt: skip
+        graph.remove_user("u1", soft=True)  # @removed "changed"
+        sync = reconciler(directory, store, clock=clock)
+        everyone = await sync.plan(CONFIG, actor=SYSTEM)
+        report = await sync.run(CONFIG, actor=SYSTEM)
+    finally:
+        if store_kind == "sqlite":
+            store.close()
+    assert report.ok and report.mode == "incremental", report.mode_reason
+    assert parts[-1:] == [True] and report.people_planned == 5
+    assert report.plan is not None
+    assert _comparable(report.plan.changes) == _comparable(everyone.changes)
+    assert {c.external_id for c in report.plan.changes} >= {"u1", "u3", "u4", "u5", "u7"}
