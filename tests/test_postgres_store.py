@@ -440,3 +440,30 @@ def test_the_services_script_is_documented() -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "docs", "stores.md"), encoding="utf-8") as handle:
         assert ".ci/services.sh start" in handle.read()
+
+
+async def test_a_synced_grant_on_a_user_without_an_external_id_counts_as_the_whole_load_counts(
+    store: PostgresUserStore, postgres_url: str, postgres_schema: str
+) -> None:
+    # No change of the protocol leaves such a row (only a hand edit): load_people's synced-user count
+    # subtracts them, as StoreState.synced_users (keyed by external id) never counts them.
+    import psycopg
+
+    from calm_azure_sync.store.protocol import people_rows
+
+    await store.apply(TRUST, _batch(1, 3))
+    with psycopg.connect(postgres_url, autocommit=True) as side:
+        side.execute(
+            f'INSERT INTO "{postgres_schema}".users (id, email, email_key, display_name) '
+            "VALUES ('orphan', 'o@oak.example', 'o@oak.example', 'Orphan')"
+        )
+        side.execute(
+            f'INSERT INTO "{postgres_schema}".grants (user_id, site_id, module, role, source, trust_site_id) '
+            "VALUES ('orphan', 'oak-primary', 'risk', 'Member', 'azure', %s)", (TRUST,)
+        )
+    whole = await store.load(TRUST)
+    first = next(iter(sorted(whole.synced_access)))
+    assert whole.synced_users == 3
+    rows = await store.load_people(TRUST, [first], ["o@oak.example"])
+    assert rows.synced_users == 3
+    assert rows == people_rows(whole, [first], ["o@oak.example"])

@@ -640,3 +640,29 @@ async def test_a_migrated_version_2_store_takes_groups(tmp_path: Path) -> None:
         assert [result.outcome for result in results] == ["applied", "applied"]
         assert (await store.load(TRUST)).group_members == {"g1": frozenset({"e1"})}
         assert await store.group_members("g1") == frozenset({"e1"})
+
+
+async def test_a_synced_grant_on_a_user_without_an_external_id_counts_as_the_whole_load_counts(
+    store: SqliteUserStore, tmp_path: Path
+) -> None:
+    # No change of the protocol leaves such a row (only an older file or a hand edit): load_people's
+    # synced-user count subtracts them, as StoreState.synced_users (keyed by external id) never counts them.
+    from calm_azure_sync.store.protocol import people_rows
+
+    await store.apply(TRUST, _batch(1, 3))
+    with sqlite3.connect(tmp_path / "calm.db") as side:
+        side.execute(
+            "INSERT INTO users (id, email, email_key, display_name) VALUES ('orphan', 'o@oak.example', "
+            "'o@oak.example', 'Orphan')"
+        )
+        side.execute(
+            "INSERT INTO grants (user_id, site_id, module, role, source, trust_site_id) "
+            "VALUES ('orphan', 'oak-primary', 'risk', 'Member', 'azure', ?)", (TRUST,)
+        )
+    side.close()
+    whole = await store.load(TRUST)
+    assert whole.synced_users == 3
+    assert (await store.load_people(TRUST, ["e0001"], ["o@oak.example"])).synced_users == 3
+    assert await store.load_people(TRUST, ["e0001"], ["o@oak.example"]) == people_rows(
+        whole, ["e0001"], ["o@oak.example"]
+    )
