@@ -219,3 +219,19 @@ def assert_whole(state, lower_emails: Sequence[str], expected: dict) -> int:
     for user in synced:
         assert access.get(user.external_id) == expected[user.external_id], f"half-written user {user.external_id}"
     return len(synced)
+
+
+def partial_reads(monkeypatch) -> list[bool]:
+    """Record, run by run, whether a read planned by difference read some rows of the delta cache (True) or fell back."""
+    from calm_azure_sync.incremental.reader import DirectoryReader
+
+    taken: list[bool] = []
+    read_part = DirectoryReader._read_part
+
+    async def counted(self, *args, **kwargs):
+        read = await read_part(self, *args, **kwargs)
+        taken.append(read is not None)
+        return read
+
+    monkeypatch.setattr(DirectoryReader, "_read_part", counted)
+    return taken

@@ -13,7 +13,7 @@ import attrs
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
+from hypothesis.stateful import initialize, rule, run_state_machine_as_test
 
 from calm_azure_sync import (
     AuditKind,
@@ -29,13 +29,13 @@ from calm_azure_sync import (
 from calm_azure_sync.core.plan import Skip, Unassign, change_to_dict
 from calm_azure_sync.incremental.cache import DeltaCache
 from calm_azure_sync.incremental.difference import PeopleSearch, PeopleSlice, touched_people
-from calm_azure_sync.incremental.reader import DirectoryReader
 from calm_azure_sync.model import DirectoryUser
 from calm_azure_sync.store.protocol import PeopleIndex, StoredUser, StoreState
 
 from .conftest import budget
+from .directory_rules import membership_rules
 from .helpers import OAK_BIRCH_ASH as HIERARCHY
-from .helpers import SYSTEM, FlakyStore
+from .helpers import SYSTEM, FlakyStore, partial_reads
 from .test_incremental import MAPPINGS, Clock
 
 CONFIGS = {
@@ -202,7 +202,7 @@ class _ApplyOnly(FlakyStore):
 # ---------------------------------------------------------------------- planning by difference against everyone
 
 
-class DifferenceAgainstEveryone(RuleBasedStateMachine):
+class DifferenceAgainstEveryone(membership_rules(USERS, GROUPS)):  # type: ignore[misc]
     """Random directory, store and settings changes; before every run, the plan of everyone (``Reconciler.plan``)
     on the same state; the run's plan, by difference when it can, must be that plan."""
 
@@ -241,17 +241,6 @@ class DifferenceAgainstEveryone(RuleBasedStateMachine):
     def run(self, coroutine):
         return self.loop.run_until_complete(coroutine)
 
-    @rule(group=st.sampled_from(GROUPS), member=st.sampled_from([*USERS, "nested", "g1"]))
-    def join(self, group, member):
-        if group in self.directory.groups and member != group and member in {**self.directory.users, **self.directory.groups}:
-            self.directory.add_member(group, member)
-
-    @rule(group=st.sampled_from(GROUPS), data=st.data())
-    def leave(self, group, data):
-        members = self.directory.members.get(group, ())
-        if members:
-            self.directory.remove_member(group, data.draw(st.sampled_from(members)))
-
     @rule(user=st.sampled_from(USERS), other=st.sampled_from(USERS),
           change=st.sampled_from(["rename", "re-email", "take-email", "own-email", "disable", "enable", "guest"]))
     def edit(self, user, other, change):
@@ -269,10 +258,6 @@ class DifferenceAgainstEveryone(RuleBasedStateMachine):
             "guest": lambda: attrs.evolve(old, user_type="Guest"),
         }[change]()
         self.directory.put_user(new)
-
-    @rule(user=st.sampled_from(USERS), soft=st.booleans())
-    def delete(self, user, soft):
-        self.directory.delete_user(user, soft=soft)
 
     @rule(kind=st.sampled_from(["invite", "deactivate", "take a grant"]), user=st.sampled_from(USERS), data=st.data())
     def behind_the_syncs_back(self, kind, user, data):
@@ -377,15 +362,7 @@ def test_the_machine_does_plan_by_difference_most_of_the_time(machine_class, mon
     if machine_class == "postgres":
         request.getfixturevalue("postgres_url")  # skips without a server (never in CI)
         machine_class = DifferenceAgainstEveryoneOnPostgres
-    parts = []
-    read_part = DirectoryReader._read_part
-
-    async def counted(self, *args, **kwargs):
-        read = await read_part(self, *args, **kwargs)
-        parts.append(read is not None)
-        return read
-
-    monkeypatch.setattr(DirectoryReader, "_read_part", counted)
+    parts = partial_reads(monkeypatch)
     machine = machine_class()
     try:
         machine.runs()

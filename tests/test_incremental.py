@@ -8,7 +8,7 @@ import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import invariant, rule
 
 from calm_azure_sync import (
     AuditKind,
@@ -29,6 +29,7 @@ from calm_azure_sync import (
 from calm_azure_sync.testing.fake_graph import FakeGraphServer
 
 from .conftest import budget
+from .directory_rules import membership_rules
 from .graph_helpers import FakeCredential
 from .helpers import OAK_BIRCH_ASH as HIERARCHY
 from .helpers import SYSTEM, synced_access_of
@@ -260,7 +261,7 @@ CONFIGS = {
 }
 
 
-class DeltaAgainstFull(RuleBasedStateMachine):
+class DeltaAgainstFull(membership_rules(USERS, ["g0", "g1", "g2", "nested"])):  # type: ignore[misc]
     """Random directory and mapping changes between runs; after every run each incremental store equals the full one.
 
     Two incremental stores: one with delta tables (``DeltaCacheStore``), one
@@ -285,17 +286,6 @@ class DeltaAgainstFull(RuleBasedStateMachine):
     def run(self, coroutine):
         return self.loop.run_until_complete(coroutine)
 
-    @rule(group=st.sampled_from(["g0", "g1", "g2", "nested"]), member=st.sampled_from([*USERS, "nested", "g1"]))
-    def join(self, group, member):
-        if group in self.directory.groups and member != group and member in {**self.directory.users, **self.directory.groups}:
-            self.directory.add_member(group, member)  # cycles allowed
-
-    @rule(group=st.sampled_from(["g0", "g1", "g2", "nested"]), data=st.data())
-    def leave(self, group, data):
-        members = self.directory.members.get(group, ())
-        if members:
-            self.directory.remove_member(group, data.draw(st.sampled_from(members)))
-
     @rule(user=st.sampled_from(USERS), change=st.sampled_from(["rename", "re-email", "disable", "enable"]))
     def edit(self, user, change):
         old = self.directory.users.get(user)
@@ -312,10 +302,6 @@ class DeltaAgainstFull(RuleBasedStateMachine):
             self.directory.users[user] = new
         else:
             self.directory.put_user(new)
-
-    @rule(user=st.sampled_from(USERS), soft=st.booleans())
-    def delete(self, user, soft):
-        self.directory.delete_user(user, soft=soft)
 
     @rule()
     def delete_nested_group(self):

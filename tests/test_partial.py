@@ -155,23 +155,14 @@ async def test_over_graph_a_run_after_a_few_changes_reads_some_rows_and_plans_wh
     members@delta, @removed): a simple round is read from some rows of the cache, and the run's plan is the
     plan of everyone on the same state."""
     from calm_azure_sync import SqliteUserStore
-    from calm_azure_sync.incremental.reader import DirectoryReader
     from calm_azure_sync.testing.fake_graph import FakeGraph
 
     from .graph_helpers import sdk_directory
-    from .helpers import SYSTEM
+    from .helpers import SYSTEM, partial_reads
     from .test_difference import _comparable
     from .test_incremental import CONFIG, Clock, fixture, reconciler
 
-    parts = []
-    read_part = DirectoryReader._read_part
-
-    async def counted(self, *args, **kwargs):
-        read = await read_part(self, *args, **kwargs)
-        parts.append(read is not None)
-        return read
-
-    monkeypatch.setattr(DirectoryReader, "_read_part", counted)
+    parts = partial_reads(monkeypatch)
     graph = FakeGraph(fixture())
     directory = sdk_directory(graph.transport())
     store = SqliteUserStore(tmp_path / "calm.db") if store_kind == "sqlite" else InMemoryUserStore()
