@@ -188,3 +188,32 @@ async def test_over_graph_a_run_after_a_few_changes_reads_some_rows_and_plans_wh
     assert report.plan is not None
     assert _comparable(report.plan.changes) == _comparable(everyone.changes)
     assert {c.external_id for c in report.plan.changes} >= {"u1", "u3", "u4", "u5", "u7"}
+
+
+@pytest.mark.asyncio
+async def test_when_rows_of_the_cache_cannot_be_read_the_round_is_folded_into_the_whole_cache(monkeypatch) -> None:
+    """A cache is never a reason to fail: a store whose load_delta_rows fails still plans by difference, from
+    the whole cache, and plans what planning everyone plans (not a read of nothing, every group unreadable)."""
+    from calm_azure_sync import InMemoryDirectory
+
+    from .helpers import SYSTEM, partial_reads
+    from .test_difference import _comparable
+    from .test_incremental import CONFIG, Clock, fixture, reconciler
+
+    class RowsFail(InMemoryUserStore):
+        async def load_delta_rows(self, trust_site_id, member_ids):
+            raise RuntimeError("the delta cache's rows are on fire")
+
+    parts = partial_reads(monkeypatch)
+    directory, store, clock = InMemoryDirectory.from_dict(fixture()), RowsFail(), Clock()
+    for _ in range(2):
+        assert (await reconciler(directory, store, clock=clock).run(CONFIG, actor=SYSTEM)).ok
+        clock.now += dt.timedelta(minutes=40)
+    directory.add_member("g1", "u7")
+    sync = reconciler(directory, store, clock=clock)
+    everyone = await sync.plan(CONFIG, actor=SYSTEM)
+    report = await sync.run(CONFIG, actor=SYSTEM)
+    assert report.ok and report.mode == "incremental", (report.mode_reason, report.errors)
+    assert parts[-1:] == [False] and report.people_planned == 1
+    assert report.plan is not None and _comparable(report.plan.changes) == _comparable(everyone.changes)
+    assert {change.external_id for change in report.plan.changes} == {"u7"}

@@ -368,13 +368,17 @@ class DirectoryReader:
         """A simple round read from the rows it names, or ``None``: fold it into the whole cache instead.
 
         ``None`` too when it touched too many people to plan by difference,
-        or the record lacks a mapped group's size.
+        the record lacks a mapped group's size, or the rows cannot be read.
         """
         delta, cursor = first
         if not is_simple(delta, head, mapped) or not mapped <= record.group_users.keys():
             return None
-        nesting = await self.cache_rows(trust_site_id, head.tracked)
-        rows = await self.cache_rows(trust_site_id, RoundPart.named(delta))
+        try:
+            nesting = await self.cache_rows(trust_site_id, head.tracked)
+            rows = await self.cache_rows(trust_site_id, RoundPart.named(delta))
+        except Exception:  # a cache is never a reason to fail: fold the round into the whole cache instead
+            logger.warning("reading rows of the delta cache of trust %s failed", trust_site_id, exc_info=True)
+            return None
         missing = RoundPart.missing(delta, rows)
         directory: Any = self.directory
         found: Mapping[str, DirectoryUser | None] = await directory.lookup_users(missing) if missing else {}
