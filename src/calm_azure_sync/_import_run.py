@@ -200,15 +200,11 @@ class _Run:
         reconciler = self.reconciler
         self.data_version = await reconciler._data_version()  # before the store loads: see settled.py
         self.last_record = Settled.from_state(self.sync_state)
-        # How this run reads the store (no whole load when it may plan by difference). Not kept on the run: it
-        # calls back into it, and a cycle would keep the run's read (two delta caches) until a full collection.
-        loads = StoreLoad(
-            reconciler.store, self._trust, lambda cursor: may_narrow(self.last_record, self._settled_key(cursor), self.config)
-        )
+        loads = StoreLoad(reconciler.store, self._trust)  # no whole load when the run may plan by difference
         try:
             self.read = await reconciler._reader(self.config).read_for_run(
                 self.config, self.sync_state, self.mode, last_record=self.last_record, settled_key=self._settled_key,
-                begin_load=loads.begin, may_narrow=loads.may_narrow,
+                begin_load=loads.begin, may_narrow=lambda key: may_narrow(self.last_record, key, self.config),
             )
         except BaseException:
             await loads.cancel()

@@ -11,7 +11,7 @@ cache rows loaded as the search names them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import attrs
@@ -36,19 +36,21 @@ async def plan_run(run: _Run, snapshot: DirectorySnapshot, loads: StoreLoad) -> 
         run.sync_state, run.confirm_hold, run_id=run.run_id, now=reconciler.clock(),
         mirror_groups=reconciler._mirrors_groups, confirm_only=run.confirm_only, site_names=reconciler._site_names(),
     )  # fmt: skip
-    if read.part is not None and read.record is not None:
-        narrowing: Narrowing | None = narrowing_from(read.part, read.record)
+    record = run.last_record if read.narrowable else None  # the reader decided whether it stands for this run
+    if read.part is not None and record is not None:
+        narrowing: Narrowing | None = narrowing_from(read.part, record)
     else:
-        narrowing = narrowing_for(read.folded, run.last_record, run._settled_key, run.config, snapshot)
+        narrowing = narrowing_for(read.folded, record, run.config, snapshot)
     if narrowing is not None:
-        return await _plan_some(run, narrowing, snapshot, context, loads)
+        return await _plan_some(run, narrowing, snapshot, context, loads, read.sizes)
     state = await loads.whole()
     run.existing_groups = frozenset(state.groups)
     return await reconciler._build_plan(run.config, snapshot, state, context), snapshot
 
 
 async def _plan_some(
-    run: _Run, narrowing: Narrowing, snapshot: DirectorySnapshot, context: PlanContext, loads: StoreLoad
+    run: _Run, narrowing: Narrowing, snapshot: DirectorySnapshot, context: PlanContext, loads: StoreLoad,
+    sizes: Mapping[str, int] | None,
 ) -> tuple[Plan, DirectorySnapshot]:
     """Plan by difference: the people the round touched and whoever shares an email with them."""
     search = narrowing.search()
@@ -68,7 +70,7 @@ async def _plan_some(
     people = search.slice
     if part is not None:
         snapshot = part.snapshot(people.external_ids)
-    some, narrowed, figures = plan_inputs(people, snapshot, rows, run.read.sizes if run.read else None)
+    some, narrowed, figures = plan_inputs(people, snapshot, rows, sizes)
     run.existing_groups = frozenset(rows.state.groups)
     context = attrs.evolve(context, figures=figures)
     plan = await run.reconciler._build_plan(run.config, some, narrowed, context, names_from=snapshot)

@@ -11,8 +11,7 @@ whole trust and narrows it in memory.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
 
 import attrs
 
@@ -24,23 +23,22 @@ __all__ = ["StoreLoad"]
 
 @attrs.define
 class StoreLoad:
-    """One run's reads of the store.
-
-    ``may_narrow(cursor)``: whether the run may plan by difference from the
-    delta cache that starts at ``cursor`` (then no whole load is started for
-    a :class:`~calm_azure_sync.PeopleStore`).
-    """
+    """One run's reads of the store."""
 
     store: UserStore
     trust_site_id: str
-    may_narrow: Callable[[Mapping[str, Any]], bool]
     loading: asyncio.Future[StoreState] | None = None
 
-    def begin(self, cursor: Mapping[str, Any] | None = None) -> None:
-        """Start loading the whole trust (the reader calls this once it is clear the run plans)."""
+    def begin(self, narrowable: bool = False) -> None:
+        """Start loading the whole trust (the reader calls this once it is clear the run plans).
+
+        ``narrowable``: the run may plan by difference, so a
+        :class:`~calm_azure_sync.PeopleStore` is not loaded whole (only the
+        rows of the people its search names, by :meth:`people`).
+        """
         if self.loading is not None:
             return
-        if cursor is not None and isinstance(self.store, PeopleStore) and self.may_narrow(cursor):
+        if narrowable and isinstance(self.store, PeopleStore):
             return
         self.loading = asyncio.ensure_future(self.store.load(self.trust_site_id))
 

@@ -32,8 +32,7 @@ run's record says (their skips, the count in scope).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
@@ -270,23 +269,21 @@ def may_narrow(record: Settled | None, key: str | None, config: SyncConfig) -> b
 def narrowing_for(
     folded: tuple[DeltaCache, DeltaCache] | None,
     record: Settled | None,
-    key_of: Callable[[Mapping[str, Any]], str | None],
     config: SyncConfig,
     snapshot: DirectorySnapshot,
 ) -> Narrowing | None:
     """How this run plans by difference, or ``None``: it plans everyone.
 
     ``folded``: the delta cache before and after this run's round (``None``:
-    the read folded none); ``key_of(cursor)``: this run's key with that
-    cursor. Everyone is planned too when a mapped group could not be read,
-    and when the round touched more than :data:`MAX_SHARE` of the users (and
-    more than :data:`ALWAYS_NARROW`).
+    the read folded none); ``record``: the last run's record when it stands
+    for this run's inputs (:func:`may_narrow`, with the cursor the cache
+    started from), else ``None``. Everyone is planned too when a mapped group
+    could not be read, and when the round touched more than
+    :data:`MAX_SHARE` of the users (and more than :data:`ALWAYS_NARROW`).
     """
     if folded is None or record is None or snapshot.unreadable:
         return None
     before, after = folded
-    if not may_narrow(record, key_of(before.cursor), config):
-        return None
     touched = touched_people(before, after, sorted(config.mappings.group_ids), snapshot.members)
     if too_many(len(touched), len(after.users)):
         return None

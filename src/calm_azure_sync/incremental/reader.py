@@ -88,19 +88,20 @@ class RunRead:
 
     ``cache`` is one :data:`CacheAction`. When it is :class:`MoveCursor` the
     trust is settled (:attr:`settled`): ``snapshot`` is empty and nothing is
-    planned. When the round was read from part of the cache
-    (:class:`WriteRows`), ``part`` says whom it touched, ``record`` is the
-    last run's record it is planned by difference from, and ``sizes`` each
-    mapped group's user count; the snapshot is then built for the people
-    the run plans (:meth:`RoundPart.snapshot`), and this one is empty.
+    planned. ``narrowable``: the last run's record stands for this run's
+    inputs, so it may plan by difference (decided once, by the reader). When
+    the round was read from part of the cache (:class:`WriteRows`), ``part``
+    says whom it touched and ``sizes`` each mapped group's user count; the
+    snapshot is then built for the people the run plans
+    (:meth:`RoundPart.snapshot`), and this one is empty.
     """
 
     snapshot: DirectorySnapshot
     mode: Literal["full", "incremental"]
     why: str
     cache: CacheAction
+    narrowable: bool = False
     part: RoundPart | None = None
-    record: Settled | None = None
     sizes: Mapping[str, int] | None = None
 
     @property
@@ -264,21 +265,21 @@ class DirectoryReader:
         *,
         last_record: Settled | None,
         settled_key: Callable[[Mapping[str, Any]], str | None],
-        begin_load: Callable[[Mapping[str, Any] | None], None],
-        may_narrow: Callable[[Mapping[str, Any]], bool] = lambda cursor: False,
+        begin_load: Callable[[bool], None],
+        may_narrow: Callable[[str | None], bool] = lambda key: False,
     ) -> RunRead:
         """The snapshot a run plans from, read in full or from the delta cache, and what to keep of the cache.
 
         ``last_record``: what the last run left (``Settled.from_state`` of
         ``sync_state``, read once by the run). ``settled_key(cursor)``: the key this run's inputs have with that
         cursor (``None``: the run cannot be settled, e.g. a hold is pending).
-        ``begin_load(cursor)`` is called once it is clear the run will plan:
-        the reconciler then loads the store while the directory is read
-        (``cursor``: the one the stored cache starts from, when the read folds
-        a round into it; the run may then load only some people's rows).
-        ``may_narrow(cursor)``: whether the run may plan by difference from
-        the cache that starts at ``cursor``; then a simple round is read from
-        part of the cache (:mod:`~calm_azure_sync.incremental.partial`).
+        ``begin_load(narrowable)`` is called once it is clear the run will
+        plan: the reconciler then loads the store while the directory is read
+        (``narrowable``: the run may plan by difference, so it may load only
+        some people's rows). ``may_narrow(key)``: whether the last run's
+        record stands for this run, given this run's key with the cursor the
+        stored cache starts from (asked once); then a simple round is read
+        from part of the cache (:mod:`~calm_azure_sync.incremental.partial`).
         """
         mapped = frozenset(config.mappings.group_ids)
         supports = isinstance(self.directory, DeltaDirectory)
@@ -290,10 +291,10 @@ class DirectoryReader:
             full_resync_interval=self.full_resync_interval,
         )
         if mode == "incremental" and head is not None:
+            key = settled_key(head.cursor) if last_record is not None else None  # one digest, asked twice below
             try:
                 return await self._read_incremental(
-                    config, sync_state, head, cache, why, last_record, settled_key, begin_load,
-                    narrow=cache is None and may_narrow(head.cursor),
+                    config, sync_state, head, cache, why, last_record, key, begin_load, narrowable=may_narrow(key)
                 )
             except Exception as error:
                 fallback = after_failed_read(error)
@@ -303,7 +304,7 @@ class DirectoryReader:
                 why = fallback.why
         elif requested == "incremental":
             why = f"incremental read not possible: {why}"
-        begin_load(None)
+        begin_load(False)
         snapshot = await self.read_all(config)
         if not starts_cache(requested, supports, snapshot):
             return RunRead(snapshot, "full", why, KeepCache())
@@ -322,10 +323,10 @@ class DirectoryReader:
         cache: DeltaCache | None,
         why: str,
         settled: Settled | None,
-        settled_key: Callable[[Mapping[str, Any]], str | None],
-        begin_load: Callable[[Mapping[str, Any] | None], None],
+        key: str | None,
+        begin_load: Callable[[bool], None],
         *,
-        narrow: bool = False,
+        narrowable: bool = False,
     ) -> RunRead:
         """The read from changes: settled (only the cursor moves), read from part of the cache, or folded into it.
 
@@ -334,26 +335,28 @@ class DirectoryReader:
         mapped = frozenset(config.mappings.group_ids)
         self.progress("read", 0, 1)
         first = None
-        if settled is not None and settled.quiet and head.mapped == mapped and settled.key == settled_key(head.cursor):
+        if settled is not None and settled.quiet and head.mapped == mapped and settled.key == key:
             first = await self._round(head.cursor, sorted({*mapped, *head.tracked}))
             if first[0].empty:
                 self.progress("read", 1, 1)
                 why = f"nothing changed in the directory, the store or the settings since run {settled.run_id}"
                 return RunRead(DirectorySnapshot(members={}), "incremental", why, MoveCursor(head, first[1], settled))
         store: object = self.state
-        if narrow and settled is not None and self._tables is not None and isinstance(store, DeltaRowsStore):
+        if narrowable and cache is None and settled is not None and self._tables is not None and isinstance(
+            store, DeltaRowsStore
+        ):
             first = first or await self._round(head.cursor, sorted({*mapped, *head.tracked}))
             part = await self._read_part(config.trust_site_id, head, first, mapped, settled)
             if part is not None:
                 self.progress("read", 1, 1)
                 return attrs.evolve(part, why=why)
-        begin_load(head.cursor)
+        begin_load(narrowable)
         cache = cache or await self._load_cache(config.trust_site_id, sync_state)
         if cache is None:
             raise _CacheGone()
         snapshot, after = await self._read_changes(config, cache, first)
         self.progress("read", 1, 1)
-        return RunRead(snapshot, "incremental", why, WriteCache(after, cache))
+        return RunRead(snapshot, "incremental", why, WriteCache(after, cache), narrowable=narrowable)
 
     async def cache_rows(self, trust_site_id: str, member_ids: Iterable[str]) -> DeltaRows:
         """Some rows of the trust's delta cache (a :class:`~calm_azure_sync.incremental.partial.DeltaRowsStore`)."""
@@ -387,7 +390,7 @@ class DirectoryReader:
             return None
         return RunRead(
             DirectorySnapshot(members={}), "incremental", "", WriteRows(part.write(cursor)),
-            part=part, record=record, sizes=part.sizes(record.group_users),
+            narrowable=True, part=part, sizes=part.sizes(record.group_users),
         )
 
     async def _round(self, cursor: Mapping[str, Any] | None, group_ids: Sequence[str]) -> tuple[DirectoryDelta, DeltaCursor]:
