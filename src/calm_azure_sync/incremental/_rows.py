@@ -92,17 +92,19 @@ def user_row(user: DirectoryUser) -> tuple[Any, ...]:
     )
 
 
-def _text(value: object, column: str, *, optional: bool = True) -> str | None:
-    if value is None and optional:
+def _text(value: object, column: str) -> str | None:
+    """An optional text column: ``None``, or text (empty allowed)."""
+    if value is None:
         return None
-    if type(value) is not str or (not optional and not value):
+    if type(value) is not str:
         raise UnreadableCache(f"delta cache user column {column}: expected text, got {type(value).__name__}")
     return value
 
 
-def _id(value: object, column: str) -> str:
+def _required(value: object, label: str) -> str:
+    """A required text value (an id, a type): non-empty text, or :class:`UnreadableCache` naming ``label``."""
     if type(value) is not str or not value:
-        raise UnreadableCache(f"delta cache column {column}: expected text, got {type(value).__name__}")
+        raise UnreadableCache(f"delta cache {label}: expected text, got {type(value).__name__}")
     return value
 
 
@@ -125,14 +127,14 @@ def _user(row: Sequence[Any]) -> DirectoryUser:
     enabled = _flag(row[6], "account_enabled", optional=False)
     assert enabled is not None
     return DirectoryUser(
-        _text(row[0], "user_id", optional=False),  # type: ignore[arg-type]
+        _required(row[0], "user column user_id"),
         display_name=_text(row[1], "display_name"),
         mail=_text(row[2], "mail"),
         user_principal_name=_text(row[3], "user_principal_name"),
         given_name=_text(row[4], "given_name"),
         surname=_text(row[5], "surname"),
         account_enabled=enabled,
-        user_type=_text(row[7], "user_type", optional=False),  # type: ignore[arg-type]
+        user_type=_required(row[7], "user column user_type"),
         assigned_license_count=licenses,
         on_premises_sync_enabled=_flag(row[9], "on_premises_sync_enabled", optional=True),
         creation_type=_text(row[10], "creation_type"),
@@ -161,8 +163,8 @@ def _meta(meta: Sequence[Any]) -> tuple[dict[str, Any], frozenset[str], dt.datet
 def head_from_rows(meta: Sequence[Any], groups: Iterable[Sequence[Any]]) -> DeltaHead:
     """The cache head from the meta row and the ``(group_id,)`` rows; :class:`UnreadableCache` as below."""
     cursor, mapped, at = _meta(meta)
-    tracked = frozenset(_text(group_id, "group_id", optional=False) for (group_id,) in groups)
-    return DeltaHead(cursor, mapped, at, tracked)  # type: ignore[arg-type]
+    tracked = frozenset(_required(group_id, "user column group_id") for (group_id,) in groups)
+    return DeltaHead(cursor, mapped, at, tracked)
 
 
 def cache_from_rows(
@@ -179,11 +181,11 @@ def cache_from_rows(
     cursor, mapped, at = _meta(meta)
     kept: dict[str, set[str]] = {}
     for (group_id,) in groups:
-        kept[_text(group_id, "group_id", optional=False)] = set()  # type: ignore[index]
+        kept[_required(group_id, "user column group_id")] = set()
     for group_id, member_id in members:
         if group_id not in kept:
             raise UnreadableCache(f"delta cache membership of untracked group {group_id!r:.60}")
-        kept[group_id].add(_text(member_id, "member_id", optional=False))  # type: ignore[arg-type]
+        kept[group_id].add(_required(member_id, "user column member_id"))
     cached = {user.id: user for user in map(_user, users)}
     return DeltaCache(
         cursor,
@@ -201,7 +203,7 @@ def delta_rows(held: Iterable[Sequence[Any]], users: Iterable[Sequence[Any]], us
     """
     groups_of: dict[str, set[str]] = {}
     for member_id, group_id in held:
-        groups_of.setdefault(_id(member_id, "member_id"), set()).add(_id(group_id, "group_id"))
+        groups_of.setdefault(_required(member_id, "column member_id"), set()).add(_required(group_id, "column group_id"))
     if type(user_count) is not int or user_count < 0:
         raise UnreadableCache(f"delta cache user count: got {user_count!r:.40}")
     return DeltaRows(

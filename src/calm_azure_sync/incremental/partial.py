@@ -262,7 +262,7 @@ class RoundPart:
 
     def unknown(self, people: Iterable[str]) -> list[str]:
         """Of ``people``, those whose rows are not loaded yet."""
-        return sorted(person for person in people if person not in self._direct and person not in self._was)
+        return sorted(person for person in people if person not in self._direct)  # everyone named is in it
 
     def learn(self, rows: DeltaRows, people: Iterable[str]) -> None:
         """The rows of ``people`` the round did not name (unchanged by it: before and after alike)."""
