@@ -1,5 +1,6 @@
 """The directory's side of the stateful machines: members join and leave groups, users are deleted.
 
+``edited_user`` is how the machines' ``edit`` rules change a user.
 ``membership_rules(users, groups)`` is a ``RuleBasedStateMachine`` base whose
 rules edit ``self.directory`` (an ``InMemoryDirectory``): a user or a group
 (``nested``, ``g1``: nesting, cycles allowed) joins a group, a direct member
@@ -12,8 +13,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import attrs
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
+
+
+def edited_user(old, change: str, version: int, other: str = ""):
+    """``old`` after one edit: ``rename``, ``re-email``, ``take-email`` (``other``'s address, in another case),
+    ``own-email``, ``disable``, ``enable`` or ``guest``; ``version`` makes names and addresses new."""
+    user = old.id
+    return {
+        "rename": lambda: attrs.evolve(old, display_name=f"{user} v{version}"),
+        "re-email": lambda: attrs.evolve(old, mail=f"{user}.v{version}@oak.sch.uk"),
+        "take-email": lambda: attrs.evolve(old, mail=f"{other.upper()}@Oak.sch.uk"),  # shared, any case
+        "own-email": lambda: attrs.evolve(old, mail=f"{user}@oak.sch.uk"),
+        "disable": lambda: attrs.evolve(old, account_enabled=False),
+        "enable": lambda: attrs.evolve(old, account_enabled=True),
+        "guest": lambda: attrs.evolve(old, user_type="Guest"),
+    }[change]()
 
 
 def membership_rules(users: Sequence[str], groups: Sequence[str]) -> type[RuleBasedStateMachine]:

@@ -9,7 +9,6 @@ import os
 import tempfile
 import uuid
 
-import attrs
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -33,7 +32,7 @@ from calm_azure_sync.model import DirectoryUser
 from calm_azure_sync.store.protocol import PeopleIndex, StoredUser, StoreState
 
 from .conftest import budget
-from .directory_rules import membership_rules
+from .directory_rules import edited_user, membership_rules
 from .helpers import OAK_BIRCH_ASH as HIERARCHY
 from .helpers import SYSTEM, FlakyStore, partial_reads
 from .test_incremental import MAPPINGS, Clock
@@ -248,16 +247,7 @@ class DifferenceAgainstEveryone(membership_rules(USERS, GROUPS)):  # type: ignor
         if old is None:
             return
         self.edits += 1
-        new = {
-            "rename": lambda: attrs.evolve(old, display_name=f"{user} v{self.edits}"),
-            "re-email": lambda: attrs.evolve(old, mail=f"{user}.v{self.edits}@oak.sch.uk"),
-            "take-email": lambda: attrs.evolve(old, mail=f"{other.upper()}@Oak.sch.uk"),  # shared, any case
-            "own-email": lambda: attrs.evolve(old, mail=f"{user}@oak.sch.uk"),
-            "disable": lambda: attrs.evolve(old, account_enabled=False),
-            "enable": lambda: attrs.evolve(old, account_enabled=True),
-            "guest": lambda: attrs.evolve(old, user_type="Guest"),
-        }[change]()
-        self.directory.put_user(new)
+        self.directory.put_user(edited_user(old, change, self.edits, other))
 
     @rule(kind=st.sampled_from(["invite", "deactivate", "take a grant"]), user=st.sampled_from(USERS), data=st.data())
     def behind_the_syncs_back(self, kind, user, data):

@@ -29,7 +29,7 @@ from calm_azure_sync import (
 from calm_azure_sync.testing.fake_graph import FakeGraphServer
 
 from .conftest import budget
-from .directory_rules import membership_rules
+from .directory_rules import edited_user, membership_rules
 from .graph_helpers import FakeCredential
 from .helpers import OAK_BIRCH_ASH as HIERARCHY
 from .helpers import SYSTEM, synced_access_of
@@ -292,12 +292,7 @@ class DeltaAgainstFull(membership_rules(USERS, ["g0", "g1", "g2", "nested"])):  
         if old is None:
             return
         self.renames += 1
-        new = {
-            "rename": lambda: attrs.evolve(old, display_name=f"{user} v{self.renames}"),
-            "re-email": lambda: attrs.evolve(old, mail=f"{user}.v{self.renames}@oak.sch.uk"),
-            "disable": lambda: attrs.evolve(old, account_enabled=False),
-            "enable": lambda: attrs.evolve(old, account_enabled=True),
-        }[change]()
+        new = edited_user(old, change, self.renames)
         if change == "re-email":  # edited behind the log's back, as notebooks and tests do
             self.directory.users[user] = new
         else:
