@@ -37,7 +37,8 @@ async def plan_run(run: _Run, snapshot: DirectorySnapshot, loads: StoreLoad) -> 
         mirror_groups=reconciler._mirrors_groups, confirm_only=run.confirm_only, site_names=reconciler._site_names(),
     )  # fmt: skip
     record = run.last_record if read.narrowable else None  # the reader decided whether it stands for this run
-    if read.part is not None and record is not None:
+    if read.part is not None:  # read from part of the cache: its snapshot is empty, so only by difference
+        assert record is not None, "a round read from part of the cache is always narrowable"
         narrowing: Narrowing | None = narrowing_from(read.part, record)
     else:
         narrowing = narrowing_for(read.folded, record, run.config, snapshot)
