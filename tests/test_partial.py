@@ -64,13 +64,13 @@ def simple_rounds(draw, cache: DeltaCache) -> DirectoryDelta:
     return DirectoryDelta(users, tuple(RemovedUser(p) for p in sorted(removed)), tuple(changes))
 
 
-def _whole(cache: DeltaCache, delta: DirectoryDelta, found: dict[str, DirectoryUser | None]):
+def _whole(cache: DeltaCache, delta: DirectoryDelta, found: dict[str, DirectoryUser | None], mapped=MAPPED):
     """The whole path, as DirectoryReader._follow folds a round with no new chain."""
     known = dict(cache.users)
     known.update((user.id, user) for user in delta.users)
     for gone in delta.removed_users:
         known.pop(gone.id, None)
-    applied = apply_delta(cache.groups, known, delta, MAPPED)
+    applied = apply_delta(cache.groups, known, delta, mapped)
     assert not applied.new_groups
     users, groups = dict(applied.users), dict(applied.groups)
     looked = {p: found[p] for p in applied.missing_users}
@@ -80,11 +80,13 @@ def _whole(cache: DeltaCache, delta: DirectoryDelta, found: dict[str, DirectoryU
     return DeltaCache({"seq": 2}, groups, users, cache.mapped, AT)
 
 
-def _part(cache: DeltaCache, delta: DirectoryDelta, found: dict[str, DirectoryUser | None]) -> RoundPart:
+def _part(
+    cache: DeltaCache, delta: DirectoryDelta, found: dict[str, DirectoryUser | None], mapped=MAPPED
+) -> RoundPart:
     nesting = rows_of(cache.groups, cache.users, cache.groups)
     rows = rows_of(cache.groups, cache.users, RoundPart.named(delta))
     missing = RoundPart.missing(delta, rows)
-    return RoundPart(cache.head, delta, MAPPED, nesting, rows, {p: found[p] for p in missing})
+    return RoundPart(cache.head, delta, mapped, nesting, rows, {p: found[p] for p in missing})
 
 
 @settings(max_examples=budget("CALM_PARTIAL_EXAMPLES", 300, 2000), deadline=None)
@@ -217,3 +219,43 @@ async def test_when_rows_of_the_cache_cannot_be_read_the_round_is_folded_into_th
     assert parts[-1:] == [False] and report.people_planned == 1
     assert report.plan is not None and _comparable(report.plan.changes) == _comparable(everyone.changes)
     assert {change.external_id for change in report.plan.changes} == {"u7"}
+
+
+def test_the_documented_change_round_read_from_some_rows_equals_the_whole_fold() -> None:
+    """FACTS.md's change round as the Graph reader merges it: users-delta-changes.json (a changed user, one
+    soft-deleted) and groups-delta.json (members@delta: one member @removed, its id one character short as
+    documented, and one added), over a cache where the group is mapped and nested in another mapped group."""
+    from calm_azure_sync.directory._graph_delta import merge_user_items
+    from calm_azure_sync.directory.delta import build_delta
+
+    from .graph_helpers import example
+    from .test_delta import merged_groups
+
+    group, outer = "2e5807ce-58f3-4a94-9b37-ffff2e085957", "outer"
+    gone, admin, soft, added = (
+        "632f6bb2-3ec8-4c1f-9073-0027a8c6859", "25dcffff-959e-4ece-9973-e5d9b800e8cc",
+        "8ffff70c-1c63-4860-b963-e34ec660931d", "37de1ae3-408f-4702-8636-20824abda004",
+    )  # fmt: skip
+    users: dict = {}
+    merge_user_items(example("users-delta-changes.json")["value"], users, "changes", require_account_enabled=False)
+    members, removed_groups = merged_groups("groups-delta.json")
+    delta = build_delta(users, {group: members[group].frozen(group, complete=False)}, removed_groups, users_complete=False)
+    mapped = [group, outer]
+    cached = {person: _user(person) for person in (gone, admin, soft)}
+    cache = DeltaCache(
+        {"seq": 1}, {group: frozenset({gone, admin, soft}), outer: frozenset({group, soft})}, cached,
+        frozenset(mapped), AT,
+    )  # fmt: skip
+    head = cache.head
+    assert is_simple(delta, head, frozenset(mapped))
+    for found in ({added: _user(added, 3)}, {added: None}):  # the added member looked up, or gone by then
+        after = _whole(cache, delta, found, mapped)
+        part = _part(cache, delta, found, mapped)
+        members_after = snapshot_members(after.groups, after.users, mapped)
+        assert part.touched == touched_people(cache, after, mapped, members_after) == (
+            {gone, admin, soft, added} if found[added] else {gone, admin, soft}
+        )
+        before_sizes = {g: len(u) for g, u in snapshot_members(cache.groups, cache.users, mapped).items()}
+        assert part.sizes(before_sizes) == {g: len(u) for g, u in members_after.items()}
+        left = part.write({"seq": 2}).applied_to(cache)
+        assert (left.groups, left.users) == (after.groups, after.users)
