@@ -164,7 +164,7 @@ async def test_a_version_5_postgres_schema_migrates_and_the_next_run_qualifies_i
     await _v5_schema(postgres_url, postgres_schema)
     async with PostgresUserStore(postgres_url, schema=postgres_schema) as store:
         before = await store.load(TRUST)  # migrates on first use
-        assert await store.migrate() == SCHEMA_VERSION == 7  # 6: the tenant column; 7: an index (below)
+        assert await store.migrate() == SCHEMA_VERSION == 8  # 6: the tenant column; 7: an index (below); 8: key checks
         assert set(before.users) == {"u1", "u2", "u3"}
         assert all(user.tenant_id is None for user in before.users.values())
         assert before.synced_access == {"e1": {(SITE, "risk"): Role.ADMIN}, "e2": {(SITE, "risk"): Role.MEMBER}}

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION: Final = 7
+SCHEMA_VERSION: Final = 8
 
 MIGRATIONS: Final[Migrations] = {
     1: (
@@ -193,4 +193,97 @@ MIGRATIONS: Final[Migrations] = {
     6: ("ALTER TABLE {schema}.users ADD COLUMN tenant_id text",),
     # v0.4: a member's groups, for reading some rows of a cache (load_delta_rows).
     7: ("CREATE INDEX delta_members_by_member ON {schema}.delta_members (trust_site_id, member_id)",),
+    # v0.4: the three foreign keys of grants and group_members become one check per
+    # statement. A foreign key checks each inserted row by a trigger of its own (a
+    # lookup and a row lock), which was about half of a first import's COPY time;
+    # these check a statement's rows at once (transition tables), with the same
+    # locks (FOR KEY SHARE) and the same error (SQLSTATE 23503). Removing or
+    # renaming a referenced user or group is refused as before, row by row (rare).
+    # See docs/stores.md, "Referential checks".
+    8: (
+        "ALTER TABLE {schema}.grants DROP CONSTRAINT grants_user_id_fkey",
+        "ALTER TABLE {schema}.group_members DROP CONSTRAINT group_members_user_id_fkey",
+        "ALTER TABLE {schema}.group_members DROP CONSTRAINT group_members_trust_site_id_group_external_id_fkey",
+        # Every user a statement's new rows name exists, locked as a foreign key locks it.
+        """CREATE FUNCTION {schema}.calm_users_exist() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE
+            wanted text[];
+            found bigint;
+        BEGIN
+            SELECT array_agg(DISTINCT user_id) INTO wanted FROM new_rows;
+            PERFORM 1 FROM {schema}.users WHERE id = ANY(wanted) ORDER BY id FOR KEY SHARE;
+            GET DIAGNOSTICS found = ROW_COUNT;
+            IF found <> coalesce(cardinality(wanted), 0) THEN
+                RAISE foreign_key_violation USING
+                    MESSAGE = format('a row of %I names a user that does not exist', TG_TABLE_NAME);
+            END IF;
+            RETURN NULL;
+        END $$""",
+        # Every (trust, group) the statement's new memberships name exists, locked likewise.
+        """CREATE FUNCTION {schema}.calm_groups_exist() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE
+            wanted bigint;
+            found bigint;
+        BEGIN
+            SELECT count(*) INTO wanted FROM (SELECT DISTINCT trust_site_id, group_external_id FROM new_rows) AS k;
+            PERFORM 1 FROM {schema}.synced_groups AS g
+                JOIN (SELECT DISTINCT trust_site_id, group_external_id FROM new_rows) AS k
+                ON g.trust_site_id = k.trust_site_id AND g.external_id = k.group_external_id
+                ORDER BY g.trust_site_id, g.external_id FOR KEY SHARE OF g;
+            GET DIAGNOSTICS found = ROW_COUNT;
+            IF found <> wanted THEN
+                RAISE foreign_key_violation USING
+                    MESSAGE = 'a row of group_members names a group that does not exist';
+            END IF;
+            RETURN NULL;
+        END $$""",
+        # A user row that goes (deleted, or its id changed) while grants or memberships name it.
+        """CREATE FUNCTION {schema}.calm_user_unreferenced() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NOT EXISTS (SELECT 1 FROM {schema}.users WHERE id = OLD.id) AND (
+                EXISTS (SELECT 1 FROM {schema}.grants WHERE user_id = OLD.id)
+                OR EXISTS (SELECT 1 FROM {schema}.group_members WHERE user_id = OLD.id)
+            ) THEN
+                RAISE foreign_key_violation USING
+                    MESSAGE = 'a user that grants or group memberships name cannot be removed or renamed';
+            END IF;
+            RETURN NULL;
+        END $$""",
+        """CREATE FUNCTION {schema}.calm_group_unreferenced() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NOT EXISTS (
+                SELECT 1 FROM {schema}.synced_groups
+                WHERE trust_site_id = OLD.trust_site_id AND external_id = OLD.external_id
+            ) AND EXISTS (
+                SELECT 1 FROM {schema}.group_members
+                WHERE trust_site_id = OLD.trust_site_id AND group_external_id = OLD.external_id
+            ) THEN
+                RAISE foreign_key_violation USING
+                    MESSAGE = 'a group that group memberships name cannot be removed or renamed';
+            END IF;
+            RETURN NULL;
+        END $$""",
+        # Transition tables need one trigger per event.
+        "CREATE TRIGGER grants_users_on_insert AFTER INSERT ON {schema}.grants REFERENCING NEW TABLE AS new_rows "
+        "FOR EACH STATEMENT EXECUTE FUNCTION {schema}.calm_users_exist()",
+        "CREATE TRIGGER grants_users_on_update AFTER UPDATE ON {schema}.grants REFERENCING NEW TABLE AS new_rows "
+        "FOR EACH STATEMENT EXECUTE FUNCTION {schema}.calm_users_exist()",
+        "CREATE TRIGGER members_users_on_insert AFTER INSERT ON {schema}.group_members "
+        "REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION {schema}.calm_users_exist()",
+        "CREATE TRIGGER members_users_on_update AFTER UPDATE ON {schema}.group_members "
+        "REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION {schema}.calm_users_exist()",
+        "CREATE TRIGGER members_groups_on_insert AFTER INSERT ON {schema}.group_members "
+        "REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION {schema}.calm_groups_exist()",
+        "CREATE TRIGGER members_groups_on_update AFTER UPDATE ON {schema}.group_members "
+        "REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION {schema}.calm_groups_exist()",
+        "CREATE TRIGGER users_referenced_on_delete AFTER DELETE ON {schema}.users "
+        "FOR EACH ROW EXECUTE FUNCTION {schema}.calm_user_unreferenced()",
+        "CREATE TRIGGER users_referenced_on_rename AFTER UPDATE OF id ON {schema}.users FOR EACH ROW "
+        "WHEN (OLD.id IS DISTINCT FROM NEW.id) EXECUTE FUNCTION {schema}.calm_user_unreferenced()",
+        "CREATE TRIGGER groups_referenced_on_delete AFTER DELETE ON {schema}.synced_groups "
+        "FOR EACH ROW EXECUTE FUNCTION {schema}.calm_group_unreferenced()",
+        "CREATE TRIGGER groups_referenced_on_rename AFTER UPDATE OF trust_site_id, external_id ON "
+        "{schema}.synced_groups FOR EACH ROW WHEN (OLD.trust_site_id IS DISTINCT FROM NEW.trust_site_id "
+        "OR OLD.external_id IS DISTINCT FROM NEW.external_id) EXECUTE FUNCTION {schema}.calm_group_unreferenced()",
+    ),
 }
