@@ -14,7 +14,6 @@ A schema migrated from version 7 with rows in it keeps them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -43,7 +42,7 @@ def _refused(postgres_url: str, statement: str) -> str:
 
 
 @pytest.fixture
-def schema(postgres_url: str, postgres_schema: str) -> Iterator[str]:
+def schema(postgres_url: str, postgres_schema: str) -> str:
     """A schema at version 7 holding two users, a group, a grant and a membership, then migrated to 8."""
     import asyncio
 
@@ -70,7 +69,7 @@ def schema(postgres_url: str, postgres_schema: str) -> Iterator[str]:
     _run(postgres_url, f"INSERT INTO {quoted}.grants VALUES ('u1', 'oak', 'risk', 'azure', 'Admin', '{TRUST}')")
     _run(postgres_url, f"INSERT INTO {quoted}.group_members VALUES ('{TRUST}', 'g1', 'u1')")
     assert asyncio.run(migrate(range(1, SCHEMA_VERSION + 1))) == SCHEMA_VERSION == 8
-    yield quoted
+    return quoted
 
 
 def test_migration_8_keeps_the_rows_and_drops_the_per_row_foreign_keys(postgres_url: str, schema: str) -> None:
@@ -112,12 +111,15 @@ def test_copy_is_checked_too(postgres_url: str, schema: str) -> None:
     import psycopg
 
     with psycopg.connect(postgres_url) as connection:
-        with pytest.raises(psycopg.errors.ForeignKeyViolation):
-            with connection.cursor().copy(
-                f"COPY {schema}.grants (user_id, site_id, module, source, role, trust_site_id) FROM STDIN".encode()
-            ) as copy:
+        copying = f"COPY {schema}.grants (user_id, site_id, module, source, role, trust_site_id) FROM STDIN"
+
+        def copy_rows() -> None:
+            with connection.cursor().copy(copying.encode()) as copy:
                 for user_id in ("u1", "u2", "nobody"):
                     copy.write_row((user_id, "elm", "risk", "azure", "Member", TRUST))
+
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            copy_rows()
         connection.rollback()
     assert _run(postgres_url, f"SELECT count(*) FROM {schema}.grants") == [(1,)]
 
