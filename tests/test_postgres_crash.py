@@ -82,7 +82,10 @@ def test_a_killed_import_leaves_no_half_written_user_and_the_lock_free(
     for kill in range(kills):
         if kill:  # every case starts from an empty store
             with psycopg.connect(postgres_url, autocommit=True) as connection:
-                connection.execute(f'TRUNCATE "{postgres_schema}".users, "{postgres_schema}".sync_states CASCADE')
+                connection.execute(
+                    f'TRUNCATE "{postgres_schema}".users, "{postgres_schema}".grants, "{postgres_schema}".group_members, '
+                    f'"{postgres_schema}".sync_states'
+                )
         assert _import_and_kill(postgres_url, postgres_schema, rng.randrange(50, total_changes - 50))
         found = _check_whole(postgres_url, postgres_schema, expected)
         assert 0 < found < len(expected), "the kill should land mid-import"

@@ -191,3 +191,15 @@ def test_an_insert_racing_an_uncommitted_delete_is_refused_once_the_delete_commi
         waiting.join(10)
     assert len(outcome) == 1 and isinstance(outcome[0], psycopg.errors.ForeignKeyViolation)
     assert _run(postgres_url, f"SELECT count(*) FROM {schema}.grants WHERE user_id = 'u2'") == [(0,)]
+
+
+def test_truncating_a_referenced_table_alone_is_refused_and_with_its_referrers_allowed(
+    postgres_url: str, schema: str
+) -> None:
+    assert "users" in _refused(postgres_url, f"TRUNCATE {schema}.users")
+    assert "users" in _refused(postgres_url, f"TRUNCATE {schema}.users CASCADE")  # no foreign key to cascade by
+    assert "synced_groups" in _refused(postgres_url, f"TRUNCATE {schema}.synced_groups")
+    assert "users" in _refused(postgres_url, f"TRUNCATE {schema}.users, {schema}.grants")  # memberships left
+    assert _run(postgres_url, f"SELECT count(*) FROM {schema}.users") == [(2,)]  # nothing was truncated
+    _run(postgres_url, f"TRUNCATE {schema}.users, {schema}.grants, {schema}.group_members, {schema}.synced_groups")
+    assert _run(postgres_url, f"SELECT count(*) FROM {schema}.users") == [(0,)]

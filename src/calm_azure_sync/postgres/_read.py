@@ -12,7 +12,14 @@ from .._gc import collector_paused
 from ..core.plan import Change, RetireGroup
 from ..model import Role
 from ..store.protocol import Grant, PeopleRows, StoredUser, StoreState, SyncedGroup
-from ..store.rules import UserTables, batch_group_ids, batch_keys, batch_member_probes, batch_reads_grants
+from ..store.rules import (
+    UserTables,
+    batch_group_ids,
+    batch_keys,
+    batch_member_probes,
+    batch_reads_grants,
+    batch_reads_user_rows,
+)
 from ._codec import from_db, from_db_list, from_db_optional, to_db, to_db_list, to_db_optional
 from ._write import Query
 
@@ -32,6 +39,7 @@ _SELECT_TOUCHED_USERS: Final = (
     "FROM {schema}.users WHERE external_id = ANY(%b) OR id = ANY(%b) OR email_key = ANY(%b) "
     "ORDER BY id FOR UPDATE"
 )
+_SELECT_CARRIERS: Final = "SELECT id, external_id FROM {schema}.users WHERE external_id = ANY(%b) ORDER BY id FOR UPDATE"
 _SELECT_GRANTS_OF: Final = "SELECT user_id, site_id, module, source, role, trust_site_id FROM {schema}.grants WHERE user_id = ANY(%b)"
 
 
@@ -299,13 +307,20 @@ async def load_tables(
     """
     external_ids, user_ids, email_keys = batch_keys(changes)
     tables = UserTables(log=[])
-    cursor = await connection.execute(
-        q(_SELECT_TOUCHED_USERS),
-        (to_db_list(sorted(external_ids)), to_db_list(sorted(user_ids)), to_db_list(sorted(email_keys))),
-        prepare=False,
-    )
-    for row in await cursor.fetchall():
-        tables.put_user(user_from_row(row))
+    if batch_reads_user_rows(changes):
+        cursor = await connection.execute(
+            q(_SELECT_TOUCHED_USERS),
+            (to_db_list(sorted(external_ids)), to_db_list(sorted(user_ids)), to_db_list(sorted(email_keys))),
+            prepare=False,
+        )
+        for row in await cursor.fetchall():
+            tables.put_user(user_from_row(row))
+    else:
+        # Only groups and memberships (most of a first import's batches): which user
+        # carries each external id is all the rules read. Locked as the rows would be.
+        cursor = await connection.execute(q(_SELECT_CARRIERS), (to_db_list(sorted(external_ids)),), prepare=False)
+        for user_id, external_id in await cursor.fetchall():
+            tables.put_external_id(from_db(external_id), from_db(user_id))
     # A membership-only batch (most of a first import's) reads no grants.
     if tables.users and batch_reads_grants(changes):
         cursor = await connection.execute(q(_SELECT_GRANTS_OF), (to_db_list(tables.users),), prepare=False)

@@ -263,6 +263,23 @@ MIGRATIONS: Final[Migrations] = {
             END IF;
             RETURN NULL;
         END $$""",
+        # TRUNCATE fires no row triggers: a truncated users or synced_groups table may not
+        # leave rows naming it behind. Checked after the statement, so truncating the
+        # referencing tables in the same statement passes; CASCADE no longer reaches them.
+        """CREATE FUNCTION {schema}.calm_truncated_unreferenced() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM {schema}.group_members)
+                OR (TG_TABLE_NAME = 'users' AND EXISTS (SELECT 1 FROM {schema}.grants)) THEN
+                RAISE foreign_key_violation USING
+                    MESSAGE = format('%I cannot be truncated while rows name it', TG_TABLE_NAME),
+                    HINT = 'Truncate grants and group_members in the same statement.';
+            END IF;
+            RETURN NULL;
+        END $$""",
+        "CREATE TRIGGER users_referenced_on_truncate AFTER TRUNCATE ON {schema}.users "
+        "FOR EACH STATEMENT EXECUTE FUNCTION {schema}.calm_truncated_unreferenced()",
+        "CREATE TRIGGER groups_referenced_on_truncate AFTER TRUNCATE ON {schema}.synced_groups "
+        "FOR EACH STATEMENT EXECUTE FUNCTION {schema}.calm_truncated_unreferenced()",
         # Transition tables need one trigger per event.
         "CREATE TRIGGER grants_users_on_insert AFTER INSERT ON {schema}.grants REFERENCING NEW TABLE AS new_rows "
         "FOR EACH STATEMENT EXECUTE FUNCTION {schema}.calm_users_exist()",

@@ -102,18 +102,21 @@ class _Folded:
     @classmethod
     def of(cls, log: Sequence[Any]) -> _Folded:
         folded = cls()
+        new_users, grants, members = folded.new_users, folded.grants, folded.members
+        # By exact type, the most frequent first: a first import logs ~1M of these.
         for mutation in log:
-            if isinstance(mutation, UserWrite):
+            kind = type(mutation)
+            if kind is GrantWrite:
+                grants[(mutation.user_id, mutation.key)] = mutation.value
+            elif kind is MemberWrite:
+                members[(mutation.key, mutation.user_id)] = mutation.member
+            elif kind is UserWrite:
                 if mutation.new:
-                    folded.new_users[mutation.user.user_id] = None
-                elif mutation.user.user_id not in folded.new_users:
+                    new_users[mutation.user.user_id] = None
+                elif mutation.user.user_id not in new_users:
                     folded.updates.append(mutation.user)
-            elif isinstance(mutation, GrantWrite):
-                folded.grants[(mutation.user_id, mutation.key)] = mutation.value
-            elif isinstance(mutation, GroupWrite):
+            elif kind is GroupWrite:
                 folded.groups.append(mutation)
-            elif isinstance(mutation, MemberWrite):
-                folded.members[(mutation.key, mutation.user_id)] = mutation.member
         return folded
 
 
