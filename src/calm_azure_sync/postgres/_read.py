@@ -34,12 +34,27 @@ USER_COLUMNS: Final = (
     "id, email, display_name, external_id, given_name, surname, active, deactivated_by_sync, tenant_id"
 )
 
+# A batch's users are found by one index probe per key: a LATERAL subquery that OFFSET 0
+# keeps from being flattened. Asked as "external_id = ANY(%b) OR ...", the planner read
+# all 100k users for a batch's 900 keys (27 ms a batch against 5 ms); the rows are then
+# fetched and locked by id.
+_PROBE_EXTERNAL_ID: Final = (
+    "SELECT x.id FROM unnest(%b::text[]) AS k (v) CROSS JOIN LATERAL "
+    "(SELECT id FROM {schema}.users WHERE external_id = k.v OFFSET 0) AS x"
+)
 _SELECT_TOUCHED_USERS: Final = (
     "SELECT id, email, display_name, external_id, given_name, surname, active, deactivated_by_sync, tenant_id "
-    "FROM {schema}.users WHERE external_id = ANY(%b) OR id = ANY(%b) OR email_key = ANY(%b) "
-    "ORDER BY id FOR UPDATE"
+    "FROM {schema}.users WHERE id = ANY(ARRAY("
+    + _PROBE_EXTERNAL_ID
+    + " UNION ALL SELECT x.id FROM unnest(%b::text[]) AS k (v) CROSS JOIN LATERAL "
+    "(SELECT id FROM {schema}.users WHERE id = k.v OFFSET 0) AS x"
+    " UNION ALL SELECT x.id FROM unnest(%b::text[]) AS k (v) CROSS JOIN LATERAL "
+    "(SELECT id FROM {schema}.users WHERE email_key = k.v OFFSET 0) AS x"
+    ")) ORDER BY id FOR UPDATE"
 )
-_SELECT_CARRIERS: Final = "SELECT id, external_id FROM {schema}.users WHERE external_id = ANY(%b) ORDER BY id FOR UPDATE"
+_SELECT_CARRIERS: Final = (
+    "SELECT id, external_id FROM {schema}.users WHERE id = ANY(ARRAY(" + _PROBE_EXTERNAL_ID + ")) ORDER BY id FOR UPDATE"
+)
 _SELECT_GRANTS_OF: Final = "SELECT user_id, site_id, module, source, role, trust_site_id FROM {schema}.grants WHERE user_id = ANY(%b)"
 
 
