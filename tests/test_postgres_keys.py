@@ -41,6 +41,32 @@ def _refused(postgres_url: str, statement: str) -> str:
     return refused.value.diag.message_primary or ""
 
 
+def _waits_for_commit(waiter: Any, statement: str, holder: Any) -> BaseException | None:
+    """Run ``statement`` on ``waiter`` in a thread; it must block until ``holder`` commits.
+
+    Returns the error it then raised (``None`` if it succeeded).
+    """
+    import psycopg
+
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            waiter.execute(statement.encode())
+            outcome.append(None)
+        except psycopg.Error as error:
+            outcome.append(error)
+
+    waiting = threading.Thread(target=run)
+    waiting.start()
+    waiting.join(0.3)
+    assert waiting.is_alive(), "the statement did not wait for the other transaction's lock"
+    holder.commit()
+    waiting.join(10)
+    assert len(outcome) == 1
+    return outcome[0]
+
+
 @pytest.fixture
 def schema(postgres_url: str, postgres_schema: str) -> str:
     """A schema at version 7 holding two users, a group, a grant and a membership, then migrated to 8."""
@@ -146,22 +172,8 @@ def test_a_delete_racing_an_uncommitted_grant_waits_for_it_then_is_refused(postg
         with pytest.raises(psycopg.errors.LockNotAvailable):
             deleter.execute(f"DELETE FROM {schema}.users WHERE id = 'u2'".encode())
         deleter.execute("SET lock_timeout = 0")
-        outcome: list[BaseException | None] = []
-
-        def delete() -> None:
-            try:
-                deleter.execute(f"DELETE FROM {schema}.users WHERE id = 'u2'".encode())
-                outcome.append(None)
-            except psycopg.Error as error:
-                outcome.append(error)
-
-        waiting = threading.Thread(target=delete)
-        waiting.start()
-        waiting.join(0.3)
-        assert waiting.is_alive()  # blocked on the writer's lock
-        writer.commit()
-        waiting.join(10)
-    assert len(outcome) == 1 and isinstance(outcome[0], psycopg.errors.ForeignKeyViolation)
+        outcome = _waits_for_commit(deleter, f"DELETE FROM {schema}.users WHERE id = 'u2'", writer)
+    assert isinstance(outcome, psycopg.errors.ForeignKeyViolation)
     assert _run(postgres_url, f"SELECT id FROM {schema}.users ORDER BY id") == [("u1",), ("u2",)]
 
 
@@ -172,24 +184,9 @@ def test_an_insert_racing_an_uncommitted_delete_is_refused_once_the_delete_commi
 
     with psycopg.connect(postgres_url) as deleter, psycopg.connect(postgres_url, autocommit=True) as writer:
         deleter.execute(f"DELETE FROM {schema}.users WHERE id = 'u2'".encode())
-        outcome: list[BaseException | None] = []
-
-        def insert() -> None:
-            try:
-                writer.execute(
-                    f"INSERT INTO {schema}.grants VALUES ('u2', 'oak', 'risk', 'azure', 'Member', '{TRUST}')".encode()
-                )
-                outcome.append(None)
-            except psycopg.Error as error:
-                outcome.append(error)
-
-        waiting = threading.Thread(target=insert)
-        waiting.start()
-        waiting.join(0.3)
-        assert waiting.is_alive()  # the check's lock waits for the delete
-        deleter.commit()
-        waiting.join(10)
-    assert len(outcome) == 1 and isinstance(outcome[0], psycopg.errors.ForeignKeyViolation)
+        inserting = f"INSERT INTO {schema}.grants VALUES ('u2', 'oak', 'risk', 'azure', 'Member', '{TRUST}')"
+        outcome = _waits_for_commit(writer, inserting, deleter)  # the check's lock waits for the delete
+    assert isinstance(outcome, psycopg.errors.ForeignKeyViolation)
     assert _run(postgres_url, f"SELECT count(*) FROM {schema}.grants WHERE user_id = 'u2'") == [(0,)]
 
 
