@@ -78,6 +78,30 @@ def test_the_postgres_text_codec_stores_any_text_and_reads_it_back(text: str) ->
         assert stored == text  # ordinary text is stored as it is
 
 
+_ANY_TEXT = st.text(
+    alphabet=st.characters(codec=None)
+    | st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF, categories=["Cs"])
+    | st.sampled_from("\x00\uffff0d8"),
+    max_size=8,
+)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("psycopg") is None, reason="the postgres extra is not installed")
+@settings(deadline=None)
+@given(
+    st.lists(st.tuples(_ANY_TEXT, st.none() | _ANY_TEXT | st.sampled_from(ODD), st.booleans(), _ANY_TEXT), max_size=6)
+)
+def test_a_batch_of_rows_or_a_list_is_stored_as_each_value_alone_would_be(rows: list[tuple[Any, ...]]) -> None:
+    # to_db_rows and to_db_list check a whole batch at once; they must say what to_db says per value.
+    from calm_azure_sync.postgres._codec import to_db, to_db_list, to_db_optional, to_db_rows
+
+    stored = to_db_rows(rows, (0, 1, 3))
+    assert stored == [(to_db(a), to_db_optional(b), flag, to_db(d)) for a, b, flag, d in rows]
+    assert to_db_rows(rows, (0,)) == [(to_db(a), b, flag, d) for a, b, flag, d in rows]  # other columns as they are
+    texts = [a for a, _, _, _ in rows]
+    assert to_db_list(iter(texts)) == [to_db(text) for text in texts]
+
+
 @pytest.fixture(params=STORES)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
     if request.param == "memory":

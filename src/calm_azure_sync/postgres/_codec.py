@@ -45,6 +45,7 @@ __all__ = [
     "to_db",
     "to_db_list",
     "to_db_optional",
+    "to_db_rows",
 ]
 
 ESCAPE: Final = "\uffff"
@@ -96,9 +97,35 @@ def from_db_optional(stored: str | None) -> str | None:
     return None if stored is None else from_db(stored)
 
 
+def _all_plain(joined: str) -> bool:
+    """Whether text (several values joined) holds nothing :func:`to_db` escapes."""
+    return "\x00" not in joined and (joined.isascii() or _NEEDS_ESCAPE.search(joined) is None)
+
+
 def to_db_list(texts: Iterable[str]) -> list[str]:
-    """Each of ``texts`` as stored (for a ``text[]`` column or an ``= ANY(%s)`` parameter)."""
-    return [to_db(text) for text in texts]
+    """Each of ``texts`` as stored (for a ``text[]`` column or an ``= ANY(%s)`` parameter).
+
+    All of them are checked at once (joined): almost every batch holds only plain text.
+    """
+    values = list(texts)
+    return values if _all_plain("".join(values)) else [to_db(text) for text in values]
+
+
+def to_db_rows(rows: list[tuple[Any, ...]], text_columns: Sequence[int]) -> list[tuple[Any, ...]]:
+    """``rows`` with each value of ``text_columns`` (``str`` or ``None``) as stored; other columns as they are.
+
+    Checked column by column at once, so a batch of plain text (almost every
+    one) costs one scan per column instead of a call per value.
+    """
+    if not rows:
+        return rows
+    by_column = list(zip(*rows, strict=True))
+    if all(_all_plain("".join(filter(None, by_column[index]))) for index in text_columns):
+        return rows
+    texts = frozenset(text_columns)
+    return [
+        tuple(to_db_optional(value) if index in texts else value for index, value in enumerate(row)) for row in rows
+    ]
 
 
 def from_db_list(stored: Iterable[str]) -> list[str]:
