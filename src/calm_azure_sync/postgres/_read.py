@@ -34,26 +34,32 @@ USER_COLUMNS: Final = (
     "id, email, display_name, external_id, given_name, surname, active, deactivated_by_sync, tenant_id"
 )
 
-# A batch's users are found by one index probe per key: a LATERAL subquery that OFFSET 0
-# keeps from being flattened. Asked as "external_id = ANY(%b) OR ...", the planner read
-# all 100k users for a batch's 900 keys (27 ms a batch against 5 ms); the rows are then
-# fetched and locked by id.
-_PROBE_EXTERNAL_ID: Final = (
-    "SELECT x.id FROM unnest(%b::text[]) AS k (v) CROSS JOIN LATERAL "
-    "(SELECT id FROM {schema}.users WHERE external_id = k.v OFFSET 0) AS x"
-)
+
+def _each_key(rows: LiteralString, keys: LiteralString = "%b") -> LiteralString:
+    """``rows`` (a SELECT naming ``k.v``) for each key of the array parameter ``keys``: ``x.*``.
+
+    One index probe per key: the LATERAL subquery is kept from being
+    flattened (OFFSET 0), so the planner cannot turn it into a scan. Asked as
+    ``external_id = ANY(%b) OR …``, a batch's user read scanned all 100k users:
+    27 ms for 900 keys instead of 5 ms. Not a rule for every read: at 5,000
+    keys with several rows each (a person's grants or memberships) a probe per
+    key cost as much as the scan or more (measured), so those stay ``= ANY``.
+    """
+    return "SELECT x.* FROM unnest(" + keys + "::text[]) AS k (v) CROSS JOIN LATERAL (" + rows + " OFFSET 0) AS x"
+
+
+def _users_by(*columns: LiteralString) -> LiteralString:
+    """The ids of the users whose ``columns`` (one array parameter each, in order) hold a key, as an array."""
+    probes = [_each_key("SELECT id FROM {schema}.users WHERE " + column + " = k.v") for column in columns]
+    return "ARRAY(" + " UNION ALL ".join(probes) + ")"
+
+
 _SELECT_TOUCHED_USERS: Final = (
     "SELECT id, email, display_name, external_id, given_name, surname, active, deactivated_by_sync, tenant_id "
-    "FROM {schema}.users WHERE id = ANY(ARRAY("
-    + _PROBE_EXTERNAL_ID
-    + " UNION ALL SELECT x.id FROM unnest(%b::text[]) AS k (v) CROSS JOIN LATERAL "
-    "(SELECT id FROM {schema}.users WHERE id = k.v OFFSET 0) AS x"
-    " UNION ALL SELECT x.id FROM unnest(%b::text[]) AS k (v) CROSS JOIN LATERAL "
-    "(SELECT id FROM {schema}.users WHERE email_key = k.v OFFSET 0) AS x"
-    ")) ORDER BY id FOR UPDATE"
+    "FROM {schema}.users WHERE id = ANY(" + _users_by("external_id", "id", "email_key") + ") ORDER BY id FOR UPDATE"
 )
 _SELECT_CARRIERS: Final = (
-    "SELECT id, external_id FROM {schema}.users WHERE id = ANY(ARRAY(" + _PROBE_EXTERNAL_ID + ")) ORDER BY id FOR UPDATE"
+    "SELECT id, external_id FROM {schema}.users WHERE id = ANY(" + _users_by("external_id") + ") ORDER BY id FOR UPDATE"
 )
 _SELECT_GRANTS_OF: Final = "SELECT user_id, site_id, module, source, role, trust_site_id FROM {schema}.grants WHERE user_id = ANY(%b)"
 
