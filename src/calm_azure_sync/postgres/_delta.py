@@ -88,12 +88,9 @@ _DELETE_GROUP_MEMBERS: Final = (
     "DELETE FROM {schema}.delta_members WHERE trust_site_id = %s AND group_id = ANY(%b::text[])"
 )
 _DELETE_GROUPS: Final = "DELETE FROM {schema}.delta_groups WHERE trust_site_id = %s AND group_id = ANY(%b::text[])"
-# One primary-key probe per row, then by ctid (as postgres/_write.py's deletes, which say why).
 _DELETE_MEMBERS: Final = (
-    "DELETE FROM {schema}.delta_members WHERE ctid = ANY(ARRAY(SELECT x.ctid FROM "
-    "unnest(%b::text[], %b::text[]) AS d (group_id, member_id) CROSS JOIN LATERAL (SELECT ctid FROM "
-    "{schema}.delta_members m WHERE m.trust_site_id = %s AND m.group_id = d.group_id "
-    "AND m.member_id = d.member_id FOR UPDATE) AS x))"
+    "DELETE FROM {schema}.delta_members m USING unnest(%b::text[], %b::text[]) AS d (group_id, member_id) "
+    "WHERE m.trust_site_id = %s AND m.group_id = d.group_id AND m.member_id = d.member_id"
 )
 _DELETE_USERS: Final = "DELETE FROM {schema}.delta_users WHERE trust_site_id = %s AND user_id = ANY(%b::text[])"
 _INSERT_GROUPS: Final = (
