@@ -324,7 +324,9 @@ async def load_tables(
     nothing within seconds, and a plan cached while they were empty (a
     nested loop over a "tiny" table) made one batch's membership read take
     600 ms at 100k users instead of 20 ms. Planned afresh, each read sees
-    the tables' current size.
+    the tables' current size. A batch of only group and membership changes
+    loads which user carries each external id, not the user rows
+    (:func:`~calm_azure_sync.store.rules.batch_reads_user_rows`).
     """
     external_ids, user_ids, email_keys = batch_keys(changes)
     tables = UserTables(log=[])

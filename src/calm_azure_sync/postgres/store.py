@@ -8,7 +8,9 @@ How ``apply`` stays fast and safe
 ---------------------------------
 One ``apply`` call is one transaction (READ COMMITTED). Inside it the store
 loads just the rows the batch touches (users named by external id, user id or
-email key, ``SELECT … ORDER BY id FOR UPDATE``, and their grants) into a
+email key, ``SELECT … ORDER BY id FOR UPDATE``, and their grants; for a batch
+of only group and membership changes, just which user carries each external
+id, locked the same way) into a
 :class:`~calm_azure_sync.store.rules.UserTables`, applies the batch there
 with the rules every shipped store shares, and writes back the logged
 mutations. The row locks make two batches touching one user (two trusts
