@@ -74,6 +74,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool
 
+from .._gc import collector_paused
 from .._query_args import checked_id, checked_optional_id
 from ..core.plan import Change
 from ..core.state import SyncState
@@ -101,7 +102,7 @@ from . import _delta, _lock, _read
 from ._codec import from_db, to_db, to_db_optional
 from ._db import Database, OnDatabase, advisory_key, database_errors
 from ._schema import MIGRATIONS
-from ._write import Loaded, write_mutations
+from ._write import BatchWrites, Loaded
 
 __all__ = ["PostgresUserStore"]
 
@@ -268,9 +269,12 @@ class PostgresUserStore(OnDatabase):
         async with connection.transaction():
             await self._check_lock(connection, trust_site_id)
             tables = await self._load_tables(connection, trust_site_id, changes)
-            loaded = Loaded.of(tables, grants_read=batch_reads_grants(changes))
-            results = tables.apply(trust_site_id, changes)
-            await self._write(connection, tables, loaded)
+            # Deciding the batch and building its rows: cycle-free and allocation-heavy (see _gc.py).
+            with collector_paused():
+                loaded = Loaded.of(tables, grants_read=batch_reads_grants(changes))
+                results = tables.apply(trust_site_id, changes)
+                writes = BatchWrites.of(tables, loaded)
+            await self._write(connection, writes)
             if state_after is not None:
                 await self._write_state(connection, trust_site_id, state_after(results))
         return results
@@ -291,7 +295,7 @@ class PostgresUserStore(OnDatabase):
                     async with connection.transaction():
                         tables = await self._load_tables(connection, trust_site_id, [change])
                         (result,) = tables.apply(trust_site_id, [change])
-                        await self._write(connection, tables)
+                        await self._write(connection, BatchWrites.of(tables, None))
                 except (psycopg.IntegrityError, psycopg.DataError) as error:
                     result = ChangeResult(change, _refusal(error))
                 results.append(result)
@@ -334,12 +338,10 @@ class PostgresUserStore(OnDatabase):
         """The rows ``changes`` can read or collide with, locked (see ``postgres/_read.py``)."""
         return await _read.load_tables(connection, self._q, trust_site_id, changes)
 
-    async def _write(
-        self, connection: psycopg.AsyncConnection[Any], tables: UserTables, loaded: Loaded | None = None
-    ) -> None:
-        """Write the logged mutations (see the module docstring for the order and the statements)."""
-        await write_mutations(connection, self._q, tables, loaded)
-        if tables.log:
+    async def _write(self, connection: psycopg.AsyncConnection[Any], writes: BatchWrites) -> None:
+        """Write the batch's rows (see postgres/_write.py for the order and the statements)."""
+        await writes.send(connection, self._q)
+        if writes.logged:
             await self._bump_data_version(connection)
 
     async def _bump_data_version(self, connection: psycopg.AsyncConnection[Any]) -> None:
@@ -515,7 +517,7 @@ class PostgresUserStore(OnDatabase):
                         for row in await cursor.fetchall():
                             tables.put_user(_read.user_from_row(row))
                         new_id = tables.add_user(email, display_name, user_id)
-                        await self._write(connection, tables)
+                        await self._write(connection, BatchWrites.of(tables, None))
                     return new_id
                 except pg_errors.UniqueViolation:
                     # Someone added the same email or id just now: the second

@@ -44,6 +44,7 @@ from typing import Any, ClassVar, TypeVar
 import attrs
 
 from .._async_closing import AsyncClosing
+from .._gc import collector_paused
 from .._query_args import checked_id, checked_optional_id
 from .._text import clean_text
 from ..core.plan import Change
@@ -96,10 +97,12 @@ def _apply_batch(
     with write_transaction(connection, fence):
         connection.execute("SAVEPOINT calm_batch")
         try:
-            tables = _load_tables(connection, trust_site_id, changes)
-            results = tables.apply(trust_site_id, changes)
-            assert tables.log is not None
-            _write(connection, tables.log)
+            # Cycle-free and allocation-heavy (rows read, rules, rows written): see _gc.py.
+            with collector_paused():
+                tables = _load_tables(connection, trust_site_id, changes)
+                results = tables.apply(trust_site_id, changes)
+                assert tables.log is not None
+                _write(connection, tables.log)
         except (sqlite3.IntegrityError, UnicodeEncodeError):
             # UnicodeEncodeError: text the rules let through that UTF-8
             # cannot encode (they replace or refuse all they know of).
