@@ -15,6 +15,7 @@ stores too.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, LiteralString
 
@@ -32,13 +33,14 @@ __all__ = ["BatchWrites", "Loaded", "columns"]
 Query = Callable[[LiteralString], Any]
 """Turns a statement template with ``{schema}`` into the store's composed query."""
 
+# A user row's columns: those of _USER_FIELDS, then email_key (the rows of _user_rows).
 _UPDATE_USER: Final = (
-    "UPDATE {schema}.users SET email = %s, email_key = %s, display_name = %s, given_name = %s, surname = %s, "
-    "external_id = %s, active = %s, deactivated_by_sync = %s, tenant_id = %s WHERE id = %s"
+    "UPDATE {schema}.users SET email = %s, display_name = %s, given_name = %s, surname = %s, external_id = %s, "
+    "active = %s, deactivated_by_sync = %s, tenant_id = %s, email_key = %s WHERE id = %s"
 )
 _COPY_USERS: Final = (
-    "COPY {schema}.users (id, email, email_key, display_name, given_name, surname, external_id, active, "
-    "deactivated_by_sync, tenant_id) FROM STDIN"
+    "COPY {schema}.users (id, email, display_name, given_name, surname, external_id, active, "
+    "deactivated_by_sync, tenant_id, email_key) FROM STDIN"
 )
 _COPY_GRANTS: Final = (
     "COPY {schema}.grants (user_id, site_id, module, source, role, trust_site_id) FROM STDIN"
@@ -72,7 +74,11 @@ _LEAVE_GROUPS: Final = (
 _GRANT_KEY_TEXTS: Final = (0, 1, 2)
 _GRANT_TEXTS: Final = (0, 1, 2, 5)
 _MEMBER_TEXTS: Final = (0, 1, 2)
-_USER_TEXTS: Final = (0, 1, 2, 3, 4, 5, 6, 9)
+_USER_FIELDS: Final = operator.attrgetter(
+    "user_id", "email", "display_name", "given_name", "surname", "external_id", "active", "deactivated_by_sync",
+    "tenant_id",
+)
+_USER_TEXTS: Final = (0, 1, 2, 3, 4, 5, 8, 9)
 
 
 def columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
@@ -130,22 +136,9 @@ class _Folded:
 
 
 def _user_rows(users: Iterable[StoredUser]) -> list[tuple[Any, ...]]:
-    """Users as ``users`` rows in ``_COPY_USERS``' column order, every text as stored."""
-    rows = [
-        (
-            user.user_id,
-            user.email,
-            email_key(user.email),
-            user.display_name,
-            user.given_name,
-            user.surname,
-            user.external_id,
-            user.active,
-            user.deactivated_by_sync,
-            user.tenant_id,
-        )
-        for user in users
-    ]
+    """Users as rows in ``_COPY_USERS``' column order, every text as stored."""
+    fields = _USER_FIELDS
+    rows = [(*fields(user), email_key(user.email)) for user in users]
     return to_db_rows(rows, _USER_TEXTS)
 
 
