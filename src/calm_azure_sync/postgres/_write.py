@@ -22,7 +22,6 @@ from typing import Any, Final, LiteralString
 import attrs
 import psycopg
 
-from .._gc import collector_paused
 from ..model import Role, email_key
 from ..store.protocol import StoredUser
 from ..store.rules import GrantWrite, GroupWrite, MemberWrite, UserTables, UserWrite
@@ -95,13 +94,12 @@ class Loaded:
 
     @classmethod
     def of(cls, tables: UserTables, *, grants_read: bool) -> Loaded:
-        with collector_paused():  # as _Writes.of
-            return cls(
-                grants=frozenset((user_id, key) for user_id, held in tables.grants.items() for key in held)
-                if grants_read
-                else None,
-                members=frozenset((key, user_id) for key, user_ids in tables.members.items() for user_id in user_ids),
-            )
+        return cls(
+            grants=frozenset((user_id, key) for user_id, held in tables.grants.items() for key in held)
+            if grants_read
+            else None,
+            members=frozenset((key, user_id) for key, user_ids in tables.members.items() for user_id in user_ids),
+        )
 
 
 @attrs.define
@@ -146,11 +144,11 @@ def _user_rows(users: Iterable[StoredUser]) -> list[tuple[Any, ...]]:
 class BatchWrites:
     """The rows of every statement a batch sends, built before the first is sent. Pure.
 
-    Built with the cycle collector paused (``_gc.py``), as the store decides
-    the batch: a first import's batch allocates tens of thousands of tuples
-    here and frees none until it is sent, and the collector, rescanning the
-    run's whole heap (its plan included), cost 3.5 s of a 100k import's 9.5 s
-    of client CPU.
+    The store builds them in the same step as it decides the batch, with the
+    cycle collector paused (``_gc.py``): a first import's batch allocates tens
+    of thousands of tuples here and frees none until it is sent, and the
+    collector, rescanning the run's whole heap (its plan included), cost 3.5 s
+    of a 100k import's 9.5 s of client CPU.
     """
 
     user_updates: list[tuple[Any, ...]]
@@ -169,16 +167,15 @@ class BatchWrites:
     @classmethod
     def of(cls, tables: UserTables, loaded: Loaded | None) -> BatchWrites:
         """What ``tables.log`` writes; ``loaded``: the rows the batch found (``None``: unknown, upsert all)."""
-        with collector_paused():
-            folded = _Folded.of(tables.log or ())
-            updates = [(*values, stored_id) for stored_id, *values in _user_rows(folded.updates)]
-            new_users = _user_rows(tables.users[user_id] for user_id in folded.new_users)
-            deletes, upserts, inserts = _grant_rows(folded, loaded)
-            leaves, joins = _member_rows(folded, loaded)
-            return cls(
-                updates, new_users, deletes, upserts, inserts, folded.groups, leaves, joins, loaded is not None,
-                logged=bool(tables.log),
-            )  # fmt: skip
+        folded = _Folded.of(tables.log or ())
+        updates = [(*values, stored_id) for stored_id, *values in _user_rows(folded.updates)]
+        new_users = _user_rows(tables.users[user_id] for user_id in folded.new_users)
+        deletes, upserts, inserts = _grant_rows(folded, loaded)
+        leaves, joins = _member_rows(folded, loaded)
+        return cls(
+            updates, new_users, deletes, upserts, inserts, folded.groups, leaves, joins, loaded is not None,
+            logged=bool(tables.log),
+        )  # fmt: skip
 
     async def send(self, connection: psycopg.AsyncConnection[Any], q: Query) -> None:
         """Write it all, inside the caller's transaction: users first (grants and memberships name
