@@ -62,7 +62,6 @@ __all__ = [
 ]
 
 
-
 @without_collector  # hundreds of thousands of small objects: see _gc.py
 def touched_people(
     before: DeltaCache, after: DeltaCache, mapped: Iterable[str], members_after: Mapping[str, Sequence[DirectoryUser]]
@@ -248,7 +247,6 @@ class Narrowing:
     def merged(self, plan: Plan, people: PeopleSlice) -> Plan:
         """The whole trust's plan: see :func:`merged_plan`."""
         return merged_plan(plan, self.record, people, self.before)
-
 
 
 def narrowing_from(part: RoundPart, record: Settled) -> Narrowing:

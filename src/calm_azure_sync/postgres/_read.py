@@ -392,7 +392,7 @@ async def _load_groups(
                 "SELECT group_external_id AS g, user_id AS u FROM {schema}.group_members "
                 "WHERE trust_site_id = %s AND group_external_id = p.g AND user_id = p.u OFFSET 0) AS m"
             ),
-            ([to_db(group) for group, _ in pairs], [to_db(user) for _, user in pairs], trust),
+            (to_db_list([group for group, _ in pairs]), to_db_list([user for _, user in pairs]), trust),
             prepare=False,
         )
         rows += await cursor.fetchall()
